@@ -1,0 +1,59 @@
+"""The admin listener of a proxy: /status (config version, routes, clusters) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mesh.admin import AdminServer, json_reply
+from mesh.state import MeshState
+
+log = logging.getLogger("mitmesh.admin")
+
+
+class Admin:
+    def __init__(self, state: MeshState, role: str = "gateway"):
+        self.state = state
+        self.role = role
+        self.server: AdminServer | None = None
+        self.handlers = {"/status": self._status, "/healthz": self._healthz}
+
+    def _status(self, method: str, query: str):
+        return json_reply({"role": self.role, **self.state.status()})
+
+    def _healthz(self, method: str, query: str):
+        ok = self.state.snapshot is not None
+        return json_reply({"ok": ok}, 200 if ok else 503)
+
+    def _wanted(self) -> tuple[str, int] | None:
+        snap = self.state.snapshot
+        if snap is None:
+            return None
+        admin = snap.config.gateway.admin
+        return (admin.address, admin.port)
+
+    async def running(self):
+        await self._ensure()
+
+    def configure(self, updated):
+        if self.server is not None and self._wanted() != (self.server.address, self.server.port):
+            asyncio.get_running_loop().create_task(self._ensure())
+
+    async def _ensure(self):
+        wanted = self._wanted()
+        if wanted is None or (self.server and (self.server.address, self.server.port) == wanted):
+            return
+        if self.server:
+            await self.server.stop()
+        self.server = AdminServer(wanted[0], wanted[1], self.handlers)
+        try:
+            await self.server.start()
+        except OSError as e:
+            log.error(f"admin listener {wanted[0]}:{wanted[1]} cannot bind: {e.strerror}")
+            self.server = None
+            return
+        log.info(f"admin listener on http://{wanted[0]}:{self.server.port}/status")
+
+    async def done(self):
+        if self.server:
+            await self.server.stop()

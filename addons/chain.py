@@ -1,0 +1,27 @@
+"""The request path, in one place. Order matters: each entry says why it sits where it does."""
+
+from __future__ import annotations
+
+from mesh.state import MeshState
+
+from .admin import Admin
+from .config import Config
+from .forward import Forward
+from .forwarded import Forwarded
+from .requestid import RequestId
+from .router import Router
+from .tls import Tls
+
+
+def gateway(state: MeshState | None = None) -> list:
+    """The edge gateway's addons, in the order every request meets them."""
+    state = state or MeshState()
+    return [
+        Config(state),     # first: loads mesh.yaml and pins the live snapshot to the flow
+        Admin(state),      # admin listener; not on the request path
+        RequestId(),       # before anything may answer, so every reply carries the id
+        Tls(state),        # downstream TLS handshake; refuses plain HTTP on HTTPS listeners
+        Router(),          # picks the route; 404, direct and redirect answers end here
+        Forwarded(),       # X-Forwarded-* once we know the request goes upstream
+        Forward(state),    # last: the upstream attempt, answers every flow that got this far
+    ]

@@ -1,0 +1,94 @@
+"""Loads mesh.yaml, keeps it live (hot reload), and pins the current snapshot to every new flow."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ProxyMode
+
+from mesh.config import ConfigError
+from mesh.reload import Watcher
+from mesh.state import MeshState, Snapshot, build
+
+from . import keys, replies
+
+log = logging.getLogger("mitmesh.config")
+
+# The reverse target of our listeners is never contacted: Forward always answers the flow itself
+# (connection_strategy=lazy). Port 9 (discard) keeps a mistake from looping back into the proxy.
+PLACEHOLDER = "http://127.0.0.1:9"
+
+
+def listener_modes(snap: Snapshot) -> dict[str, object]:
+    return {
+        f"reverse:{PLACEHOLDER}@{lst.address}:{lst.port}": lst
+        for lst in snap.config.gateway.listeners
+    }
+
+
+class Config:
+    def __init__(self, state: MeshState):
+        self.state = state
+        self.watcher: Watcher | None = None
+        self._listeners: dict[str, object] = {}
+
+    def load(self, loader):
+        loader.add_option("mesh_config", str, "mesh.yaml",
+                          "Mesh config file (YAML). Edits are validated and applied live.")
+        loader.add_option("mesh_reload", bool, True, "Watch mesh_config and reload it on change.")
+
+    def configure(self, updated):
+        if "mesh_config" in updated:
+            try:
+                snap = build(ctx.options.mesh_config)
+            except ConfigError as e:
+                raise exceptions.OptionsError(str(e)) from None
+            self._install(snap)
+
+    def _install(self, snap: Snapshot) -> None:
+        snap = self.state.install(snap)
+        self._listeners = listener_modes(snap)
+        wanted = {"mode": sorted(self._listeners), "connection_strategy": "lazy",
+                  "keep_host_header": True}
+        changed = {k: v for k, v in wanted.items() if getattr(ctx.options, k) != v}
+        if changed:
+            ctx.options.update(**changed)
+        log.info(f"config {snap.file} version {snap.version} ({snap.digest}) in service: "
+                 f"{len(snap.routes.routes)} routes, {len(snap.clusters)} clusters")
+
+    async def running(self):
+        # mitmdump loads scripts after it has bound its default listener; bind ours now.
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            await proxyserver.servers.update([ProxyMode.parse(m) for m in ctx.options.mode])
+        if ctx.options.mesh_reload and self.state.snapshot:
+            self.watcher = Watcher(self.state.snapshot.file, self._reloaded, self._rejected)
+            self.watcher.start()
+
+    async def done(self):
+        if self.watcher:
+            await self.watcher.stop()
+        await self.state.pool.close()
+
+    def _reloaded(self, snap: Snapshot) -> None:
+        try:
+            self._install(snap)
+        except exceptions.OptionsError as e:  # e.g. a listener port that cannot be bound
+            self._rejected(f"{snap.file}:1: gateway.listeners: {e}")
+            return
+        self.state.reloads["ok"] += 1
+        self.state.last_error = None
+
+    def _rejected(self, text: str) -> None:
+        self.state.reloads["rejected"] += 1
+        self.state.last_error = text
+        log.error(f"config change rejected, still serving version {self.state.version}:\n{text}")
+
+    def requestheaders(self, flow: http.HTTPFlow):
+        snap = self.state.snapshot
+        if snap is None:
+            replies.reply(flow, 503, "no_config", "the proxy has no valid config loaded")
+            return
+        listener = self._listeners.get(flow.client_conn.proxy_mode.full_spec)
+        keys.begin(flow, snap, listener)

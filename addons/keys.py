@@ -1,0 +1,55 @@
+"""Named per-flow state: one FlowState object per flow, and the flow.metadata keys we write.
+
+Runtime objects (snapshot, route, endpoint) live in FlowState, which is never serialized;
+what a saved flow or mitmweb should show goes into flow.metadata under the keys below.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from mesh.cluster import Endpoint
+    from mesh.config.schema import Listener
+    from mesh.routing import Route
+    from mesh.state import Snapshot
+
+# flow.metadata keys (plain, serializable values only)
+REQUEST_ID = "mitmesh.request_id"
+ROUTE = "mitmesh.route"
+CLUSTER = "mitmesh.cluster"
+ENDPOINT = "mitmesh.endpoint"
+ATTEMPTS = "mitmesh.attempts"
+
+_ATTR = "_mitmesh"
+
+
+class FlowState:
+    """What the addons of one proxy decided about one flow, in request order."""
+
+    __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
+                 "attempts", "started", "upstream_path")
+
+    def __init__(self, snapshot: Snapshot, listener: Listener | None):
+        self.snapshot = snapshot
+        self.listener = listener
+        self.request_id = ""
+        self.route: Route | None = None
+        self.cluster: str | None = None
+        self.endpoint: Endpoint | None = None
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.upstream_path: str | None = None
+
+
+def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None) -> FlowState:
+    st = FlowState(snapshot, listener)
+    setattr(flow, _ATTR, st)
+    return st
+
+
+def get(flow: http.HTTPFlow) -> FlowState | None:
+    return getattr(flow, _ATTR, None)

@@ -1,0 +1,34 @@
+"""Router: picks the route for a request (first match, indexed), answers 404, direct and redirects."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from mesh.routing import DirectAction, RedirectAction, normalize_path
+
+from . import keys, replies
+
+
+class Router:
+    def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response or flow.error or not flow.live:
+            return
+        st = keys.get(flow)
+        if st is None:
+            return
+        req = flow.request
+        path, _, _ = req.path.partition("?")
+        path = normalize_path(path)
+        host = req.host_header or ""
+        route = st.snapshot.routes.match(host, path, req.method, req.headers.get, lambda: req.query)
+        if route is None:
+            replies.reply(flow, 404, "no_route", f"no route for {req.method} {path} on host {host}")
+            return
+        st.route = route
+        st.upstream_path = path
+        flow.metadata[keys.ROUTE] = route.name
+        action = route.action
+        if isinstance(action, DirectAction):
+            replies.raw(flow, action.status, action.body, action.headers)
+        elif isinstance(action, RedirectAction):
+            replies.raw(flow, action.status, b"", (("location", action.location),))

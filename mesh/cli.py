@@ -1,0 +1,72 @@
+"""The `mitmesh` command line: validate, up, certs (later: gateway, sidecar, bench, canary, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _validate(args) -> int:
+    from .config import ConfigError, load
+
+    status = 0
+    for file in args.files:
+        try:
+            load(file)
+        except ConfigError as e:
+            print(e)
+            print(f"{len(e.problems)} error(s) in {file}", file=sys.stderr)
+            status = 1
+        else:
+            print("ok" if len(args.files) == 1 else f"{file}: ok")
+    return status
+
+
+def _up(args) -> int:
+    from .launcher import up
+
+    return up(args.config, web=args.web, web_port=args.web_port)
+
+
+def _certs(args) -> int:
+    from . import pki
+
+    made = pki.init_edge(Path(args.dir), force=args.force)
+    for p in made:
+        print(f"wrote {p}")
+    if not made:
+        print(f"certificates in {args.dir} are present (use --force to replace them)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mitmesh", description="API gateway and service mesh on mitmproxy")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check config files; prints ok or every error")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=_validate)
+
+    u = sub.add_parser("up", help="start the demo services and the gateway")
+    u.add_argument("--config", default="mesh.yaml")
+    u.add_argument("--web", action="store_true", help="run the gateway as mitmweb on 127.0.0.1")
+    u.add_argument("--web-port", type=int, default=8081)
+    u.set_defaults(func=_up)
+
+    c = sub.add_parser("certs", help="certificates")
+    csub = c.add_subparsers(dest="certs_command", required=True)
+    ci = csub.add_parser("init", help="make the demo edge CA and edge certificate if missing")
+    ci.add_argument("--dir", default="certs")
+    ci.add_argument("--force", action="store_true")
+    ci.set_defaults(func=_certs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

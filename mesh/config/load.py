@@ -1,0 +1,211 @@
+"""Loads and validates mesh.yaml: every problem is reported with file, line and key path."""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .schema import MeshConfig
+from .source import ConfigError, Path, Problem, Source, parse, show
+
+_GENERIC = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+}
+
+
+def load(path: str | FsPath) -> MeshConfig:
+    """Read, parse and validate a config file; raises ConfigError listing every problem."""
+    path = FsPath(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([Problem(str(path), 1, (), f"cannot read file: {e.strerror}")]) from None
+    return load_text(text, str(path))
+
+
+def load_text(text: str, file: str) -> MeshConfig:
+    src = parse(text, file)
+    if not isinstance(src.data, dict):
+        raise ConfigError([src.problem((), f"expected a mapping at the top level (got {show(src.data)})")])
+    problems: list[Problem] = []
+    config = None
+    try:
+        config = MeshConfig.model_validate(src.data)
+    except ValidationError as e:
+        problems.extend(_translate(src, err) for err in e.errors())
+    problems.extend(_references(src))
+    if problems:
+        raise ConfigError(_dedupe(problems))
+    assert config is not None
+    return config
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# pydantic errors → one error shape
+
+
+def _translate(src: Source, err: dict[str, Any]) -> Problem:
+    loc: list[str | int] = list(err["loc"])
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    is_key = bool(loc) and loc[-1] == "[key]"
+    if is_key:
+        loc = loc[:-1]
+    path: Path = tuple(loc)
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(path[:-1])
+        expected = f"; expected one of {', '.join(allowed)}" if allowed else ""
+        return src.problem(path, f"unknown key{expected} (got {show(path[-1])})")
+    if kind == "missing":
+        return src.problem(path, "required key is missing")
+    if kind in ("value_error", "assertion_error"):
+        message = str(ctx.get("error", err["msg"]))
+    elif kind == "literal_error":
+        message = f"expected one of {ctx['expected'].replace(' or ', ', ')} (got {show(value)})"
+    elif kind in _GENERIC:
+        message = f"{_GENERIC[kind]} (got {show(value)})"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        message = f"expected a value {op} {bound} (got {show(value)})"
+    elif kind == "too_short":
+        message = f"expected at least {ctx.get('min_length')} item(s) (got {show(value)})"
+    elif kind == "too_long":
+        message = f"expected at most {ctx.get('max_length')} item(s)"
+    else:
+        message = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {show(value)})"
+    if is_key:
+        message = f"key {show(path[-1])}: {message}"
+    return src.problem(path, message)
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated and Optional to reach the model, list or dict type inside."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[0] if len(args) == 1 else tp
+            if len(args) != 1:
+                return tp
+        else:
+            return tp
+
+
+def _allowed_keys(path: Path) -> list[str]:
+    tp: Any = MeshConfig
+    for part in path:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return []
+            tp = field.annotation
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# references between sections, checked on the raw data so they are reported beside schema errors
+
+
+def _references(src: Source) -> list[Problem]:
+    data = src.data
+    out: list[Problem] = []
+    services = data.get("services") if isinstance(data.get("services"), dict) else {}
+    policies = data.get("policies") if isinstance(data.get("policies"), dict) else {}
+    routes = data.get("routes") if isinstance(data.get("routes"), list) else []
+
+    names: dict[str, int] = {}
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        name = route.get("name")
+        if isinstance(name, str):
+            if name in names:
+                out.append(src.problem(("routes", i, "name"), f"duplicate route name (first at routes[{names[name]}]) (got {show(name)})"))
+            names.setdefault(name, i)
+        fwd = route.get("forward")
+        if isinstance(fwd, dict) and isinstance(fwd.get("service"), str):
+            svc_name = fwd["service"]
+            service = services.get(svc_name)
+            if service is None:
+                known = f"expected one of {', '.join(services)}" if services else "no services are defined"
+                out.append(src.problem(("routes", i, "forward", "service"), f"unknown service; {known} (got {show(svc_name)})"))
+            elif isinstance(service, dict) and isinstance(service.get("versions"), dict):
+                versions = service["versions"]
+                known = ", ".join(versions)
+                if isinstance(fwd.get("version"), str) and fwd["version"] not in versions:
+                    out.append(src.problem(("routes", i, "forward", "version"),
+                                           f"unknown version of {svc_name}; expected one of {known} (got {show(fwd['version'])})"))
+                if isinstance(fwd.get("weights"), dict):
+                    for v in fwd["weights"]:
+                        if v not in versions:
+                            out.append(src.problem(("routes", i, "forward", "weights", v),
+                                                   f"unknown version of {svc_name}; expected one of {known} (got {show(v)})"))
+        refs = route.get("policies")
+        if isinstance(refs, list):
+            for j, ref in enumerate(refs):
+                if isinstance(ref, str) and ref not in policies:
+                    known = f"expected one of {', '.join(policies)}" if policies else "no policies are defined"
+                    out.append(src.problem(("routes", i, "policies", j), f"unknown policy; {known} (got {show(ref)})"))
+            kinds: dict[str, str] = {}
+            for j, ref in enumerate(refs):
+                block = policies.get(ref) if isinstance(ref, str) else None
+                for kind in block if isinstance(block, dict) else ():
+                    if kind in kinds and kinds[kind] != ref:
+                        out.append(src.problem(("routes", i, "policies", j),
+                                               f"policy {show(ref)} sets {kind}, already set by {show(kinds[kind])}"))
+                    kinds.setdefault(kind, ref)
+
+    gateway = data.get("gateway")
+    listeners = gateway.get("listeners") if isinstance(gateway, dict) else None
+    if isinstance(listeners, list):
+        seen_names: dict[str, int] = {}
+        seen_ports: dict[tuple, int] = {}
+        for i, lst in enumerate(listeners):
+            if not isinstance(lst, dict):
+                continue
+            if isinstance(lst.get("name"), str):
+                if lst["name"] in seen_names:
+                    out.append(src.problem(("gateway", "listeners", i, "name"),
+                                           f"duplicate listener name (first at listeners[{seen_names[lst['name']]}]) (got {show(lst['name'])})"))
+                seen_names.setdefault(lst["name"], i)
+            if isinstance(lst.get("port"), int):
+                key = (lst.get("address", "127.0.0.1"), lst["port"])
+                if key in seen_ports:
+                    out.append(src.problem(("gateway", "listeners", i, "port"),
+                                           f"port already used by listeners[{seen_ports[key]}] (got {lst['port']})"))
+                seen_ports.setdefault(key, i)
+    return out

@@ -1,0 +1,126 @@
+"""Child processes that cannot outlive us: own process group, parent-death signal, group kill on stop."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen
+    log: Path | None = None
+    ports: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the child's whole process group, wait, then SIGKILL what is left."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the child only (as a crash would), leaving the rest of its group alone."""
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
+
+    def tail(self, lines: int = 30) -> str:
+        if self.log and self.log.exists():
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def spawn(name: str, argv: list[str], *, log_dir: Path | None = None, env: dict | None = None,
+          cwd: str | None = None, stdout=None) -> Child:
+    """Start a child in its own process group; its output goes to log_dir/NAME.log."""
+    log = None
+    if stdout is None and log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{name}.log"
+        stdout = open(log, "wb", buffering=0)
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=merged, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+    if log is not None:
+        stdout.close()
+    return Child(name, argv, proc, log)
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (mitmdump, mitmweb, mitmesh)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_ports(child: Child, ports: list[tuple[str, int]], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode} before listening:\n{child.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name} did not listen on {pending} within {timeout:g}s:\n{child.tail()}")
+        pending = [p for p in pending if not port_open(*p)]
+        if pending:
+            time.sleep(0.05)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
