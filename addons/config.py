@@ -7,6 +7,7 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from mesh import modes
 from mesh.config import ConfigError
 from mesh.reload import Watcher
 from mesh.state import MeshState, Snapshot, build
@@ -15,16 +16,8 @@ from . import keys, replies
 
 log = logging.getLogger("mitmesh.config")
 
-# The reverse target of our listeners is never contacted: Forward always answers the flow itself
-# (connection_strategy=lazy). Port 9 (discard) keeps a mistake from looping back into the proxy.
-PLACEHOLDER = "http://127.0.0.1:9"
-
-
 def listener_modes(snap: Snapshot) -> dict[str, object]:
-    return {
-        f"reverse:{PLACEHOLDER}@{lst.address}:{lst.port}": lst
-        for lst in snap.config.gateway.listeners
-    }
+    return {modes.reverse(lst.address, lst.port): lst for lst in snap.config.gateway.listeners}
 
 
 class Config:
@@ -51,7 +44,7 @@ class Config:
         self._listeners = listener_modes(snap)
         wanted = {"mode": sorted(self._listeners), "connection_strategy": "lazy",
                   "keep_host_header": True}
-        changed = {k: v for k, v in wanted.items() if getattr(ctx.options, k) != v}
+        changed = {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
         if changed:
             ctx.options.update(**changed)
         log.info(f"config {snap.file} version {snap.version} ({snap.digest}) in service: "

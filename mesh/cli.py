@@ -40,6 +40,12 @@ def _certs(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from . import bench
+
+    return bench.main(args.rest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mitmesh", description="API gateway and service mesh on mitmproxy")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--web-port", type=int, default=8081)
     u.set_defaults(func=_up)
 
+    b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_bench)
+
     c = sub.add_parser("certs", help="certificates")
     csub = c.add_subparsers(dest="certs_command", required=True)
     ci = csub.add_parser("init", help="make the demo edge CA and edge certificate if missing")
@@ -64,6 +74,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # bench parses its own options
+        from . import bench
+
+        return bench.main(argv[1:])
     args = parser().parse_args(argv)
     return args.func(args)
 

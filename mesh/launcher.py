@@ -12,14 +12,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import addons
-from addons.config import PLACEHOLDER
-
-from . import pki, procs
+from . import modes, pki, procs
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
-ROOT = Path(addons.__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -65,9 +62,9 @@ def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[s
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
                  web_token: str | None = None, extra: list[str] = ()) -> list[str]:
     script = str(ROOT / "addons" / "gateway.py")
-    modes = [arg for lst in config.gateway.listeners
-             for arg in ("--mode", f"reverse:{PLACEHOLDER}@{lst.address}:{lst.port}")]
-    argv = [procs.tool("mitmweb" if web else "mitmdump"), "-s", script, *modes,
+    mode_args = [arg for lst in config.gateway.listeners
+             for arg in ("--mode", modes.reverse(lst.address, lst.port))]
+    argv = [procs.tool("mitmweb" if web else "mitmdump"), "-s", script, *mode_args,
             "--set", f"mesh_config={config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
             "--set", f"confdir={ROOT / '.mitmesh' / 'mitmproxy'}"]
     if web:
@@ -132,7 +129,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081) -> int:
                 if not child.alive() or time.monotonic() > deadline or stopping.is_set():
                     raise RuntimeError(f"{child.name} did not become healthy:\n{child.tail()}")
                 time.sleep(0.05)
-            print(f"service: {child.name} http://{host}:{port}", flush=True)
+            print(f"service: {child.name} http://{host}:{port} pid {child.pid}", flush=True)
         token = secrets.token_hex(12)
         gw = procs.spawn("gateway", gateway_argv(path, config, web=web, web_port=web_port, web_token=token),
                          log_dir=run_dir, cwd=str(path.parent))
@@ -148,6 +145,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081) -> int:
         if web:
             print(f"web: http://127.0.0.1:{web_port}/?token={token}", flush=True)
         print(f"logs: {run_dir}", flush=True)
+        print(f"gateway-pid: {gw.pid}", flush=True)
         if plain:
             print(f"try: curl {gateway_url}/catalog/items   (Ctrl-C stops everything)", flush=True)
         print("ready", flush=True)

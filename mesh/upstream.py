@@ -8,6 +8,7 @@ and lets retries, deadlines and breakers decide per attempt.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl as _ssl
 import time
 from dataclasses import dataclass, field
@@ -171,7 +172,8 @@ class Pool:
         except _ssl.SSLError as e:
             raise ConnectFailure(f"TLS handshake with {host}:{port} failed: {e.reason or e}") from None
         except OSError as e:
-            raise ConnectFailure(f"connect to {host}:{port} failed: {e.strerror or e}") from None
+            reason = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise ConnectFailure(f"connect to {host}:{port} failed: {reason}") from None
         self.opened += 1
         return _Conn(reader, writer)
 

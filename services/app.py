@@ -65,7 +65,7 @@ def arguments(service: str, default_version: str = "v1") -> argparse.ArgumentPar
 
 @web.middleware
 async def _faults(request: web.Request, handler):
-    ident: Identity = request.app["identity"]
+    ident: Identity = request.app[IDENTITY]
     if request.path in ("/healthz", "/__knobs"):
         return await handler(request)
     knobs = ident.knobs
@@ -79,12 +79,12 @@ async def _faults(request: web.Request, handler):
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    ident: Identity = request.app["identity"]
+    ident: Identity = request.app[IDENTITY]
     return web.json_response({"ok": True, "service": ident.service, "instance": ident.instance})
 
 
 async def _knobs(request: web.Request) -> web.Response:
-    knobs: Knobs = request.app["identity"].knobs
+    knobs: Knobs = request.app[IDENTITY].knobs
     if request.method == "POST":
         try:
             body = await request.json()
@@ -99,9 +99,12 @@ async def _knobs(request: web.Request) -> web.Response:
                               "error_status": knobs.error_status, "hits": knobs.hits})
 
 
+IDENTITY = web.AppKey("identity", Identity)
+
+
 def make_app(ident: Identity) -> web.Application:
     app = web.Application(middlewares=[_faults], client_max_size=16 << 20)
-    app["identity"] = ident
+    app[IDENTITY] = ident
     app.router.add_get("/healthz", _healthz)
     app.router.add_route("*", "/__knobs", _knobs)
     return app
@@ -114,7 +117,7 @@ def serve(app: web.Application, args: argparse.Namespace) -> None:
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port, reuse_address=True, backlog=1024)
         await site.start()
-        ident = app["identity"]
+        ident = app[IDENTITY]
         print(f"{ident.service} {ident.version} {ident.instance} listening on http://{args.host}:{args.port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

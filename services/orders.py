@@ -13,18 +13,20 @@ from aiohttp import web
 
 from .app import PROPAGATE, arguments, identity, make_app, serve
 
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
 
 def build(ident, catalog: str, payments: str, proxy: str | None) -> web.Application:
     app = make_app(ident)
 
     async def start(app):
-        app["session"] = aiohttp.ClientSession(
+        app[SESSION] = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=30),
         )
 
     async def stop(app):
-        await app["session"].close()
+        await app[SESSION].close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
@@ -33,7 +35,7 @@ def build(ident, catalog: str, payments: str, proxy: str | None) -> web.Applicat
         return {h: request.headers[h] for h in PROPAGATE if h in request.headers}
 
     async def call(request, method: str, url: str, **kw):
-        session: aiohttp.ClientSession = request.app["session"]
+        session: aiohttp.ClientSession = request.app[SESSION]
         async with session.request(method, url, headers=passed_on(request), proxy=proxy, **kw) as r:
             try:
                 body = await r.json(content_type=None)

@@ -1,0 +1,121 @@
+"""The mitmesh command line: validate's errors, and `up` starting and stopping everything it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from mesh import procs
+
+from .conftest import demo_config, get, wait_until
+
+MITMESH = [sys.executable, "-m", "mesh.cli"]
+
+
+def test_validate_ok_and_three_mistakes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(demo_config()))
+    out = subprocess.run(MITMESH + ["validate", str(good)], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, "ok\n")
+
+    text = good.read_text()
+    text = text.replace("prefix: /users", "prefx: /users", 1)
+    text = text.replace("service: orders", "service: order", 1)
+    text = text.replace("app: payments", "app: billing", 1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    out = subprocess.run(MITMESH + ["validate", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, out.stdout
+    for line in lines:
+        assert line.startswith(f"{bad}:")
+    assert any("routes[0].match.path.prefx: unknown key" in l for l in lines)
+    assert any("routes[3].forward.service: unknown service" in l for l in lines)
+    assert any("services.payments.versions.v1.launch.app: expected one of" in l and "(got 'billing')" in l
+               for l in lines)
+    for line in lines:  # the line number points at the offending key
+        number = int(line.split(":")[1])
+        assert any(k in text.splitlines()[number - 1] for k in ("prefx", "order", "billing"))
+
+
+def _pids(output: str) -> dict[str, int]:
+    pids = {}
+    for line in output.splitlines():
+        if line.startswith("service: "):
+            parts = line.split()
+            pids[parts[1]] = int(parts[-1])
+        elif line.startswith("gateway-pid: "):
+            pids["gateway"] = int(line.split()[-1])
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _start_up(tmp_path: Path, config: dict) -> tuple[subprocess.Popen, Path]:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(MITMESH + ["up", "--config", str(path)], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
+    config = demo_config(tls_dir=tmp_path / "certs")
+    proc, log = _start_up(tmp_path, config)
+    try:
+        wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30)
+        out = log.read_text()
+        assert proc.poll() is None, out
+        port = config["gateway"]["listeners"][0]["port"]
+        tls_port = config["gateway"]["listeners"][1]["port"]
+        assert f"gateway: http://127.0.0.1:{port}\n" in out
+        assert f"gateway-tls: https://127.0.0.1:{tls_port}\n" in out
+        assert get(f"http://127.0.0.1:{port}/users/alice")[1]["service"] == "users"
+        pids = _pids(out)
+        assert len(pids) == 7 and all(_alive(p) for p in pids.values())
+
+        # a service that dies is reported, the rest keeps running
+        os.kill(pids["users-v1-1"], signal.SIGKILL)
+        wait_until(lambda: "exited: users-v1-1" in log.read_text())
+        assert get(f"http://127.0.0.1:{port}/catalog/items")[0] == 200
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "stopped" in log.read_text()
+        wait_until(lambda: not any(_alive(p) for p in pids.values()), timeout=5)
+        assert not procs.port_open("127.0.0.1", port)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_killed_launcher_leaves_no_orphans(tmp_path):
+    proc, log = _start_up(tmp_path, demo_config())
+    try:
+        wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30)
+        pids = _pids(log.read_text())
+        assert pids
+        proc.kill()  # no chance to clean up: children must still go (parent-death signal)
+        proc.wait(5)
+        wait_until(lambda: not any(_alive(p) for p in pids.values()), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,118 @@
+"""mesh.yaml schema and loader: every error names file, line, key path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh.config import ConfigError, load, load_text
+from tests.conftest import BASE, dedent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_text(dedent(text), "mesh.yaml")
+    return [str(p) for p in e.value.problems]
+
+
+def test_demo_config_is_valid():
+    config = load(ROOT / "mesh.yaml")
+    assert {r.name for r in config.routes} >= {"users", "catalog", "orders", "payments"}
+
+
+def test_base_config_is_valid():
+    config = load_text(dedent(BASE), "mesh.yaml")
+    assert config.services["catalog"].versions["v1"].endpoints[0].port == 19101
+    assert config.gateway.listeners[0].address == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "replace, expected",
+    [
+        ("{name: public, port: 18080}", "mesh.yaml:4: gateway.listeners[0].port: expected a value <= 65535 (got 99999)"),
+        ("path: {prefix: /users}", "mesh.yaml:16: routes[0].match.path: expected exactly one of exact, prefix, regex (got none)"),
+        ("forward: {service: users}", "mesh.yaml:17: routes[0].forward.service: unknown service; expected one of catalog, users (got 'nope')"),
+        ("weights: {v1: 90, v2: 10}", "mesh.yaml:20: routes[1].forward.weights.v3: unknown version of catalog; expected one of v1, v2 (got 'v3')"),
+        ("version: 1", "mesh.yaml:1: version: expected one of 1 (got 2)"),
+    ],
+)
+def test_error_names_line_path_and_expectation(replace, expected):
+    bad = {
+        "{name: public, port: 18080}": "{name: public, port: 99999}",
+        "path: {prefix: /users}": "path: {}",
+        "forward: {service: users}": "forward: {service: nope}",
+        "weights: {v1: 90, v2: 10}": "weights: {v1: 90, v3: 10}",
+        "version: 1": "version: 2",
+    }[replace]
+    assert expected in errors(BASE.replace(replace, bad))
+
+
+def test_three_mistakes_are_all_reported_with_lines():
+    text = BASE.replace("{name: public, port: 18080}", "{name: public, prot: 18080}")
+    text = text.replace("forward: {service: users}", "forward: {service: user}")
+    text = text.replace("path: {prefix: /catalog/}", "path: {prefix: catalog}")
+    found = errors(text)
+    assert found == [
+        "mesh.yaml:4: gateway.listeners[0].port: required key is missing",
+        "mesh.yaml:4: gateway.listeners[0].prot: unknown key; expected one of name, address, port, tls (got 'prot')",
+        "mesh.yaml:17: routes[0].forward.service: unknown service; expected one of catalog, users (got 'user')",
+        "mesh.yaml:19: routes[1].match.path: prefix: expected a path starting with '/' (got 'catalog')",
+    ]
+
+
+@pytest.mark.parametrize(
+    "snippet, expected",
+    [
+        ("direct: {status: 200}\n    forward: {service: users}", "expected exactly one of forward, direct, redirect (got forward, direct)"),
+        ("direct: {status: 200}\n    policies: [nope]", "routes[2].policies[0]: unknown policy; no policies are defined (got 'nope')"),
+        ("direct: {status: 200}\n    match: {methods: [FETCH]}", "routes[2].match.methods[0]: expected one of 'GET'"),
+        ("direct: {status: 200}\n    match: {path: {regex: '('}}", "routes[2].match.path.regex: invalid regular expression"),
+        ("direct: {status: 200}\n    match: {headers: {x-a: {exact: a, prefix: b}}}", "routes[2].match.headers.x-a: expected exactly one of exact, prefix, suffix, regex, present (got exact, prefix)"),
+        ("direct: {status: 200, body: 5}", "routes[2].direct.body: expected a string, mapping or list (got 5)"),
+        ("redirect: {location: /x, status: 300}", "routes[2].redirect.status: expected one of 301, 302, 303, 307, 308 (got 300)"),
+        ("forward: {service: catalog, version: v1, weights: {v1: 1}}", "routes[2].forward: expected either version or weights, not both"),
+        ("forward: {service: catalog, rewrite: {prefix: /}}", "routes[2]: forward.rewrite.prefix needs match.path.prefix"),
+        ("forward: {service: catalog, rewrite: {regex: '^/a'}}", "routes[2].forward.rewrite: regex needs a substitution"),
+    ],
+)
+def test_route_errors(snippet, expected):
+    text = BASE + "  - name: extra\n    " + snippet + "\n"
+    assert any(expected in e for e in errors(text)), errors(text)
+
+
+def test_duplicate_keys_are_errors():
+    text = BASE.replace("  users:\n    versions:", "  users:\n    versions: {}\n    versions:")
+    assert any("services.users.versions: duplicate key (first at line" in e for e in errors(text))
+
+
+def test_yaml_syntax_error_has_a_line():
+    found = errors("gateway:\n  listeners: [\n")
+    assert len(found) == 1 and found[0].startswith("mesh.yaml:3: invalid YAML")
+
+
+def test_policy_kinds_conflict_and_durations():
+    text = BASE + dedent("""
+    policies:
+      a: {timeout: {request: 2s}}
+      b: {timeout: {request: 250ms}}
+      c: {timeout: {request: soon}}
+    """)
+    text = text.replace("forward: {service: users}", "forward: {service: users}\n    policies: [a, b]")
+    found = errors(text)
+    assert any("routes[0].policies[1]: policy 'b' sets timeout, already set by 'a'" in e for e in found)
+    assert any("policies.c.timeout.request: expected a duration like 250ms, 2s or 1m (got 'soon')" in e for e in found)
+
+
+def test_missing_file_is_reported():
+    with pytest.raises(ConfigError) as e:
+        load("/nonexistent/mesh.yaml")
+    assert "/nonexistent/mesh.yaml:1: cannot read file" in str(e.value)
+
+
+def test_models_are_frozen():
+    config = load_text(dedent(BASE), "mesh.yaml")
+    with pytest.raises(Exception):
+        config.routes[0].name = "other"  # type: ignore[misc]

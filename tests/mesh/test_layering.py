@@ -1,0 +1,25 @@
+"""mesh/ is the core: data in, decision out. It must not import mitmproxy (or our addons)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+MESH = Path(__file__).resolve().parents[2] / "mesh"
+ALLOWED: set[str] = set()  # modules that must drive mitmproxy itself would be listed here, with why
+
+
+def test_mesh_does_not_import_mitmproxy_or_addons():
+    offenders = []
+    for path in MESH.rglob("*.py"):
+        rel = str(path.relative_to(MESH))
+        if rel in ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("mitmproxy", "addons")]
+    assert not offenders
