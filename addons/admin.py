@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
+from mesh import sockets
 from mesh.admin import AdminServer, json_reply
 from mesh.state import MeshState
 
@@ -19,7 +21,7 @@ class Admin:
         self.handlers = {"/status": self._status, "/healthz": self._healthz}
 
     def _status(self, method: str, query: str):
-        return json_reply({"role": self.role, **self.state.status()})
+        return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})
 
     def _healthz(self, method: str, query: str):
         ok = self.state.snapshot is not None
@@ -45,7 +47,8 @@ class Admin:
             return
         if self.server:
             await self.server.stop()
-        self.server = AdminServer(wanted[0], wanted[1], self.handlers)
+        self.server = AdminServer(wanted[0], wanted[1], self.handlers,
+                                  sock=sockets.inherited(*wanted))
         try:
             await self.server.start()
         except OSError as e:

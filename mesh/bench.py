@@ -1,7 +1,9 @@
-"""`mitmesh bench`: loopback throughput and latency, as ratios against baselines of the same run.
+"""`mitmesh bench`: loopback throughput, latency and memory, as ratios against baselines of one run.
 
-Targets: the demo service directly, bare `mitmdump --mode reverse`, and the mitmesh gateway.
-Load comes from wrk (installed with apt-get when missing). A benchmark, never a test.
+Targets, all in front of the same demo service: the service directly, bare `mitmdump --mode
+reverse`, nginx as a reverse proxy (the reference a user would pick instead), and the mitmesh
+gateway on the lean runtime with 1 worker, with N workers, and with 10,000 routes. Load comes from
+wrk; wrk and nginx are installed with apt-get when missing. A benchmark, never a test.
 """
 
 from __future__ import annotations
@@ -15,78 +17,191 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from . import launcher, procs
+from . import procs, supervisor
 
 PATH = "/catalog/items/1"
+ROUTES = 10  # the ordinary config has this many routes; the big one adds 10,000 more
+
+NGINX = """
+worker_processes {workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fastcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  upstream catalog {{ server 127.0.0.1:{service}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /catalog/ {{
+      proxy_pass http://catalog/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"""
 
 
 @dataclass
 class Result:
     name: str
-    rps: float = 0.0
-    p50_1: float = 0.0  # ms, one connection
-    p99_1: float = 0.0
-    p50_n: float = 0.0  # ms, many connections
-    p99_n: float = 0.0
-    errors: int = 0
-    extra: dict = field(default_factory=dict)
+    rps: float
+    p50_1: float  # ms at one connection
+    p99_1: float
+    p50_n: float  # ms at many connections
+    p99_n: float
+    errors: int
+    cores: float = 0.0  # CPU the proxy processes used during the throughput run, in cores
 
 
-def ensure_wrk() -> str:
-    wrk = shutil.which("wrk")
-    if wrk:
-        return wrk
+def ensure(binary: str, package: str) -> str:
+    found = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if found:
+        return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("bench: installing wrk with apt-get", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
-        wrk = shutil.which("wrk")
-    if not wrk:
-        sys.exit("bench: wrk is needed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
-    return wrk
+        print(f"bench: installing {package} with apt-get", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                       env=env, stdout=subprocess.DEVNULL, check=False)
+        found = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if not found:
+        sys.exit(f"bench: {binary} is needed (Debian/Ubuntu: apt-get install {package})")
+    return found
 
 
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(wrk_bin: str, url: str, connections: int, seconds: float) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from one wrk run."""
-    out = subprocess.run([wrk_bin, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    pct = dict((p, _ms(v, u)) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M))
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?timeout)\s*:?\s*(\d+)", out))
-    return rps, pct.get("50", 0.0), pct.get("99", 0.0), errors
+class Wrk:
+    def __init__(self, binary: str):
+        self.binary = binary
+        self.last_count = 0
+
+    def run(self, url: str, connections: int, seconds: float) -> tuple[float, float, float, int]:
+        """(requests/s, p50 ms, p99 ms, errors) of one timed run."""
+        out = subprocess.run([self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                              "--latency", url], capture_output=True, text=True, timeout=seconds + 60).stdout
+        return self._parse(out)
+
+    def _parse(self, out: str) -> tuple[float, float, float, int]:
+        count = re.search(r"(\d+) requests in", out)
+        self.last_count = int(count.group(1)) if count else 0
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if not m:
+            raise RuntimeError(f"wrk printed no result:\n{out}")
+        pct = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+        errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        if sock:
+            errors += sum(int(x) for x in sock.groups())
+        return float(m.group(1)), pct.get("50", 0.0), pct.get("99", 0.0), errors
 
 
-def measure(name: str, url: str, args, wrk_bin: str) -> Result:
-    wrk(wrk_bin, url, args.connections, 1)  # warm up connections, pools and caches
-    rps, p50n, p99n, err = wrk(wrk_bin, url, args.connections, args.seconds)
-    _, p50, p99, err1 = wrk(wrk_bin, url, 1, max(args.seconds / 2, 1))
-    r = Result(name, rps, p50, p99, p50n, p99n, err + err1)
-    print(f"  {name:<22} {rps:>9.0f} req/s   p50/p99 @1: {p50:.2f}/{p99:.2f} ms   "
-          f"@{args.connections}: {p50n:.1f}/{p99n:.1f} ms" + (f"   errors {r.errors}" if r.errors else ""),
-          flush=True)
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure(name: str, url: str, wrk: Wrk, args, pids: list[int] = ()) -> Result:
+    wrk.run(url, args.connections, 1)  # warm up connections, pools and caches
+    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    rps, p50n, p99n, err = wrk.run(url, args.connections, args.seconds)
+    cores = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0) if pids else 0.0
+    _, p50, p99, err1 = wrk.run(url, 1, max(args.seconds / 2, 1))
+    r = Result(name, rps, p50, p99, p50n, p99n, err + err1, cores)
+    print(f"  {name:<28} {rps:>8.0f} req/s   p50/p99 @1: {p50:.2f}/{p99:.2f} ms   "
+          f"@{args.connections}: {p50n:.1f}/{p99n:.1f} ms" + (f"   {cores:.2f} cores" if pids else "")
+          + (f"   ERRORS {r.errors}" if r.errors else ""), flush=True)
     return r
 
 
-def bench_config(service_port: int, listen_port: int, admin_port: int) -> dict:
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0) -> dict:
+    """The gateway under test: the demo's kind of chain (health, a few services, rewrite)."""
+    routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
+    routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
+               for i in range(extra_routes)]
+    routes += [{"name": f"other{i}", "match": {"path": {"prefix": f"/other{i}/"}, "methods": ["GET"]},
+                "forward": {"service": "catalog"}} for i in range(ROUTES - 2)]
+    routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
+                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}})
     return {
         "version": 1,
         "gateway": {"listeners": [{"name": "bench", "port": listen_port}], "admin": {"port": admin_port}},
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
-        "routes": [
-            {"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}},
-            {"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
-             "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}},
-        ],
+        "routes": routes,
     }
+
+
+def gw1_rps(results: dict) -> float:
+    return max(results["gw1"].rps, 1.0)
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+CATEGORIES = [  # leaf frame → where the time goes; first match wins
+    ("hook dispatch (addon manager, hook objects)", r"addonmanager|typecheck|contextlib|hooks\.py|handle_hook|hook_task|HookTable|dataclasses\.py"),
+    ("task creation and scheduling", r"asyncio/tasks\.py|asyncio_utils|asyncio/locks\.py|create_task|call_soon|create_future"),
+    ("mitmproxy layers (state machines, events, commands)", r"mitmproxy/proxy/"),
+    ("HTTP/1 parsing and message objects", r"h11|mitmproxy/net/http|mitmproxy/http\.py|<string>|coretypes|multidict"),
+    ("mitmesh addons", r"/addons/"),
+    ("mitmesh core (routing, upstream pool)", r"/mesh/"),
+    ("asyncio transports and selector", r"asyncio/|selectors\.py|socket"),
+]
+
+
+def profile(pid: int, seconds: float, tmp: Path) -> None:
+    """py-spy the worker while wrk loads it; print where its CPU goes, by category and function."""
+    out = tmp / "profile.txt"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    subprocess.run([spy, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "250",
+                    "-f", "raw", "-o", str(out), "--nonblocking"], capture_output=True, check=True)
+    categories: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(n)
+        leaf = stack.split(";")[-1]
+        label = next((name for name, rx in CATEGORIES if re.search(rx, leaf)), "other (C code, interpreter)")
+        categories[label] = categories.get(label, 0) + int(n)
+        fn = re.sub(r"\(.*?(site-packages/|python3\.\d+/|/work/[^/]+/)?([^:()]*):\d+\)", r"(\2)", leaf)
+        functions[fn] = functions.get(fn, 0) + int(n)
+    print(f"  profile of the 1-worker gateway under load ({total} samples, self time):")
+    for label, n in sorted(categories.items(), key=lambda kv: -kv[1]):
+        print(f"    {100 * n / total:5.1f}%  {label}")
+    print("  top functions:")
+    for fn, n in sorted(functions.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {100 * n / total:5.1f}%  {fn}")
 
 
 def machine() -> str:
@@ -101,56 +216,129 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
-def run(args) -> int:
-    wrk_bin = ensure_wrk()
-    children: list[procs.Child] = []
-    tmp = Path(tempfile.mkdtemp(prefix="mitmesh-bench-"))
-    try:
-        svc_port, mitm_port, gw_port, admin_port = (procs.free_port() for _ in range(4))
-        svc = procs.spawn("catalog", procs.python("-m", "services.catalog", "--port", str(svc_port)),
-                          log_dir=tmp)
-        children.append(svc)
-        procs.wait_ports(svc, [("127.0.0.1", svc_port)])
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="mitmesh-bench-"))
+        self.children: list[procs.Child] = []
+        self.wrk = Wrk(ensure("wrk", "wrk"))
 
-        bare = procs.spawn("mitmdump", [procs.tool("mitmdump"), "-q", "--mode",
-                                        f"reverse:http://127.0.0.1:{svc_port}@127.0.0.1:{mitm_port}",
-                                        "--set", f"confdir={tmp / 'mitmproxy'}"], log_dir=tmp)
-        children.append(bare)
-        cfg_path = tmp / "mesh.yaml"
-        cfg_path.write_text(yaml.safe_dump(bench_config(svc_port, gw_port, admin_port)))
-        from .config import load
-        gw = procs.spawn("gateway", launcher.gateway_argv(cfg_path, load(cfg_path), extra=["-q"]),
-                         log_dir=tmp)
-        children.append(gw)
-        procs.wait_ports(bare, [("127.0.0.1", mitm_port)])
-        procs.wait_ports(gw, [("127.0.0.1", gw_port)])
+    def spawn(self, name: str, argv: list[str], port: int) -> procs.Child:
+        child = procs.spawn(name, argv, log_dir=self.tmp)
+        self.children.append(child)
+        procs.wait_ports(child, [("127.0.0.1", port)], timeout=60)
+        return child
 
+    def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0) -> tuple[str, procs.Child]:
+        port, admin = procs.free_port(), procs.free_port()
+        cfg = self.tmp / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes)))
+        child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
+                                   "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
+        self.children.append(child)
+        procs.wait_log(child, "gateway ready", timeout=120)
+        return f"http://127.0.0.1:{port}{PATH}", child
+
+    def stop(self, child: procs.Child) -> None:
+        child.stop()
+        self.children.remove(child)
+
+    def run(self) -> int:
+        args = self.args
+        workers = args.workers or supervisor.default_workers()
+        svc = procs.free_port()
+        self.spawn("catalog", procs.python("-m", "services.catalog", "--port", str(svc)), svc)
         print(f"bench: {machine()}", flush=True)
-        print(f"bench: wrk -t1, {args.connections} connections, {args.seconds:g}s per run, GET {PATH}", flush=True)
-        direct = measure("direct", f"http://127.0.0.1:{svc_port}/items/1", args, wrk_bin)
-        mitm = measure("mitmdump (bare)", f"http://127.0.0.1:{mitm_port}/items/1", args, wrk_bin)
-        gate = measure("mitmesh gateway", f"http://127.0.0.1:{gw_port}{PATH}", args, wrk_bin)
+        print(f"bench: wrk -t1, {args.connections} connections, {args.seconds:g}s per run, "
+              f"GET {PATH} through each target to one demo catalog instance", flush=True)
+        results: dict[str, Result] = {}
+        results["direct"] = measure("direct (demo service)", f"http://127.0.0.1:{svc}/items/1", self.wrk, args)
 
+        port = procs.free_port()
+        bare = self.spawn("mitmdump", [procs.tool("mitmdump"), "-q", "--mode",
+                                       f"reverse:http://127.0.0.1:{svc}@127.0.0.1:{port}",
+                                       "--set", f"confdir={self.tmp / 'mitmproxy'}"], port)
+        results["mitmdump"] = measure("mitmdump --mode reverse", f"http://127.0.0.1:{port}/items/1", self.wrk, args)
+        self.stop(bare)
+
+        if not args.no_nginx:
+            nginx = ensure("nginx", "nginx-light")
+            port = procs.free_port()
+            conf = self.tmp / "nginx.conf"
+            conf.write_text(NGINX.format(workers=workers, tmp=self.tmp, service=svc, port=port))
+            ng = self.spawn("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-g", "daemon off;"], port)
+            results["nginx"] = measure(f"nginx ({workers} workers)", f"http://127.0.0.1:{port}{PATH}", self.wrk, args)
+            self.stop(ng)
+
+        url, gw = self.gateway("gateway-1", svc, 1)
+        worker_pids = children_of(gw.pid)
+        results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
+        if args.profile:
+            load = subprocess.Popen([self.wrk.binary, "-t1", f"-c{args.connections}",
+                                     f"-d{round(args.seconds) + 3}s", url], stdout=subprocess.DEVNULL)
+            time.sleep(1)
+            profile(worker_pids[0], args.seconds, self.tmp)
+            load.wait()
+        before = rss_kb(worker_pids)  # after the warm-up and measured runs above
+        sent = 0
+        while sent < args.requests:  # timed runs sized from the measured rate, until enough were sent
+            self.wrk.run(url, args.connections, (args.requests - sent) / gw1_rps(results) * 1.05 + 1)
+            sent += self.wrk.last_count
+        after = rss_kb(worker_pids)
+        growth = 100.0 * (after - before) / before
+        print(f"  RSS of 1 worker: {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after "
+              f"{sent:,} more requests: {growth:+.1f}%", flush=True)
+        self.stop(gw)
+
+        url, gw = self.gateway(f"gateway-{workers}", svc, workers)
+        results["gwN"] = measure(f"mitmesh gateway, {workers} workers", url, self.wrk, args, children_of(gw.pid))
+        self.stop(gw)
+
+        url, gw = self.gateway("gateway-10k", svc, 1, extra_routes=10_000)
+        results["gw10k"] = measure("mitmesh, 1 worker, 10k routes", url, self.wrk, args)
+        self.stop(gw)
+
+        base = results["mitmdump"].rps
         print()
-        print("| target | req/s | vs mitmdump | p50 @1 (ms) | p99 @1 (ms) | "
+        print(f"| target | req/s @{args.connections} | vs mitmdump | p50 @1 (ms) | p99 @1 (ms) | "
               f"p50 @{args.connections} (ms) | p99 @{args.connections} (ms) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
-        for r in (direct, mitm, gate):
-            print(f"| {r.name} | {r.rps:.0f} | {r.rps / mitm.rps:.2f}x | {r.p50_1:.2f} | {r.p99_1:.2f} | "
+        for r in results.values():
+            print(f"| {r.name} | {r.rps:.0f} | {r.rps / base:.2f}x | {r.p50_1:.2f} | {r.p99_1:.2f} | "
                   f"{r.p50_n:.1f} | {r.p99_n:.1f} |")
         print()
-        added = gate.p50_1 - direct.p50_1
-        print(f"gateway_vs_mitmdump={gate.rps / mitm.rps:.2f} gateway_vs_direct={gate.rps / direct.rps:.3f} "
-              f"added_p50_ms={added:.2f}", flush=True)
+        gw1, gwn = results["gw1"], results["gwN"]
+        print(f"RSS growth of 1 worker over {sent:,} requests: {growth:+.1f}% "
+              f"({before / 1024:.1f} → {after / 1024:.1f} MiB)")
+        print(f"10,000 routes against {ROUTES}: {results['gw10k'].rps / gw1.rps:.2f}x the throughput")
+        if gw1.cores and gwn.cores:
+            per1, perN = gw1.rps / gw1.cores, gwn.rps / gwn.cores
+            print(f"{workers} workers used {gwn.cores:.2f} cores against {gw1.cores:.2f} for 1 worker "
+                  f"(wrk and the demo service share the machine); requests per worker CPU-second: "
+                  f"{perN:.0f} against {per1:.0f} ({perN / per1:.2f}x)")
+        errors = sum(r.errors for r in results.values())
+        if errors:
+            print(f"WARNING: {errors} failed requests during the runs")
+        print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
+              f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f}", flush=True)
         return 0
-    finally:
-        for c in reversed(children):
+
+    def close(self) -> None:
+        for c in reversed(self.children):
             c.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mitmesh bench")
-    p.add_argument("--seconds", type=float, default=5.0, help="duration of each measured run")
-    p.add_argument("--connections", type=int, default=32)
-    return run(p.parse_args(argv))
+    p = argparse.ArgumentParser(prog="mitmesh bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each measured run (default 5)")
+    p.add_argument("--connections", type=int, default=32, help="connections for throughput (default 32)")
+    p.add_argument("--workers", type=int, default=0, help="workers for the N-worker run (default: cores)")
+    p.add_argument("--requests", type=int, default=100_000, help="requests for the RSS check (default 100,000)")
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    p.add_argument("--profile", action="store_true", help="also py-spy the 1-worker gateway under load")
+    bench = Bench(p.parse_args(argv))
+    try:
+        return bench.run()
+    finally:
+        bench.close()

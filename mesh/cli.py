@@ -26,7 +26,14 @@ def _validate(args) -> int:
 def _up(args) -> int:
     from .launcher import up
 
-    return up(args.config, web=args.web, web_port=args.web_port)
+    return up(args.config, web=args.web, web_port=args.web_port, workers=args.workers)
+
+
+def _gateway(args) -> int:
+    from . import supervisor
+
+    workers = args.workers or supervisor.default_workers()
+    return supervisor.serve(args.config, workers, args.verbosity)
 
 
 def _certs(args) -> int:
@@ -58,7 +65,14 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--config", default="mesh.yaml")
     u.add_argument("--web", action="store_true", help="run the gateway as mitmweb on 127.0.0.1")
     u.add_argument("--web-port", type=int, default=8081)
+    u.add_argument("--workers", type=int, default=0, help="gateway workers (default: number of cores)")
     u.set_defaults(func=_up)
+
+    g = sub.add_parser("gateway", help="run the gateway on the lean runtime, one worker per core")
+    g.add_argument("--config", default="mesh.yaml")
+    g.add_argument("--workers", type=int, default=0, help="worker processes (default: number of cores)")
+    g.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
+    g.set_defaults(func=_gateway)
 
     b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -73,6 +73,12 @@ def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, we
     return argv + list(extra)
 
 
+def lean_argv(config_path: Path, workers: int = 0, verbosity: str = "info") -> list[str]:
+    """The production gateway: `mitmesh gateway` (lean runtime, one worker per core by default)."""
+    argv = procs.python("-m", "mesh.cli", "gateway", "--config", str(config_path), "--verbosity", verbosity)
+    return argv + (["--workers", str(workers)] if workers else [])
+
+
 def _healthy(host: str, port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.5) as r:
@@ -97,7 +103,7 @@ def _echo(child: procs.Child, prefix: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def up(config_path: str, web: bool = False, web_port: int = 8081) -> int:
+def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0) -> int:
     path = Path(config_path).resolve()
     try:
         config = load(path)
@@ -131,13 +137,17 @@ def up(config_path: str, web: bool = False, web_port: int = 8081) -> int:
                 time.sleep(0.05)
             print(f"service: {child.name} http://{host}:{port} pid {child.pid}", flush=True)
         token = secrets.token_hex(12)
-        gw = procs.spawn("gateway", gateway_argv(path, config, web=web, web_port=web_port, web_token=token),
-                         log_dir=run_dir, cwd=str(path.parent))
+        argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token) if web
+                else lean_argv(path, workers))
+        gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent))
         children.append(gw)
         _echo(gw, "[gateway]")
         admin = config.gateway.admin
-        procs.wait_ports(gw, [(l.address, l.port) for l in listeners] + [(admin.address, admin.port)]
-                         + ([("127.0.0.1", web_port)] if web else []))
+        if web:
+            procs.wait_ports(gw, [(l.address, l.port) for l in listeners]
+                             + [(admin.address, admin.port), ("127.0.0.1", web_port)])
+        else:
+            procs.wait_log(gw, "gateway ready")
         for l in listeners:
             scheme, label = ("https", "gateway-tls") if l.tls else ("http", "gateway")
             print(f"{label}: {scheme}://{l.address}:{l.port}", flush=True)

@@ -74,7 +74,7 @@ class Child:
 
 
 def spawn(name: str, argv: list[str], *, log_dir: Path | None = None, env: dict | None = None,
-          cwd: str | None = None, stdout=None) -> Child:
+          cwd: str | None = None, stdout=None, pass_fds: tuple[int, ...] = ()) -> Child:
     """Start a child in its own process group; its output goes to log_dir/NAME.log."""
     log = None
     if stdout is None and log_dir is not None:
@@ -83,7 +83,8 @@ def spawn(name: str, argv: list[str], *, log_dir: Path | None = None, env: dict 
         stdout = open(log, "wb", buffering=0)
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=merged, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+                            env=merged, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
+                            pass_fds=pass_fds)
     if log is not None:
         stdout.close()
     return Child(name, argv, proc, log)
@@ -118,6 +119,19 @@ def wait_ports(child: Child, ports: list[tuple[str, int]], timeout: float = 20.0
         pending = [p for p in pending if not port_open(*p)]
         if pending:
             time.sleep(0.05)
+
+
+def wait_log(child: Child, text: str, timeout: float = 30.0) -> None:
+    """Wait until the child's log holds `text` (a readiness line)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.log is not None and child.log.exists() and text in child.log.read_text(errors="replace"):
+            return
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode} before '{text}':\n{child.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name} did not print '{text}' within {timeout:g}s:\n{child.tail()}")
+        time.sleep(0.05)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -63,14 +63,19 @@ class Mesh:
         for child in list(self.children.values()):
             procs.wait_ports(child, child.ports)
 
-    def start_gateway(self, extra: list[str] = ()) -> procs.Child:
+    def start_gateway(self, workers: int = 1, mitmdump: bool = False) -> procs.Child:
+        """The lean runtime (`mitmesh gateway`), or the same addons inside mitmdump."""
         parsed = load(self.path)
-        argv = launcher.gateway_argv(self.path, parsed, extra=list(extra))
+        argv = (launcher.gateway_argv(self.path, parsed) if mitmdump
+                else launcher.lean_argv(self.path, workers))
         gw = procs.spawn("gateway", argv, log_dir=self.tmp / "logs", cwd=str(self.tmp))
         self.children["gateway"] = gw
         admin = parsed.gateway.admin
-        procs.wait_ports(gw, [(l.address, l.port) for l in parsed.gateway.listeners]
-                         + [(admin.address, admin.port)])
+        if mitmdump:
+            procs.wait_ports(gw, [(l.address, l.port) for l in parsed.gateway.listeners]
+                             + [(admin.address, admin.port)])
+        else:
+            procs.wait_log(gw, "gateway ready")
         return gw
 
     def status(self) -> dict:

@@ -81,7 +81,7 @@ def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
     config = demo_config(tls_dir=tmp_path / "certs")
     proc, log = _start_up(tmp_path, config)
     try:
-        wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30)
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=30)
         out = log.read_text()
         assert proc.poll() is None, out
         port = config["gateway"]["listeners"][0]["port"]
@@ -110,7 +110,7 @@ def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
 def test_killed_launcher_leaves_no_orphans(tmp_path):
     proc, log = _start_up(tmp_path, demo_config())
     try:
-        wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30)
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=30)
         pids = _pids(log.read_text())
         assert pids
         proc.kill()  # no chance to clean up: children must still go (parent-death signal)

@@ -1,0 +1,179 @@
+"""The lean proxy runtime: a mitmproxy Master with only the addons a proxy needs, plus our chain.
+
+mitmdump dispatches every hook through ~50 built-in addons; a gateway needs five. This is the one
+module of mesh/ that builds a mitmproxy Master (and so imports mitmproxy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import dataclasses
+import functools
+import gc
+import inspect
+
+from mitmproxy import addonmanager, exceptions, hooks, master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
+from mitmproxy.proxy import mode_servers
+
+from . import modes, sockets
+from .config import ConfigError, load
+
+
+async def _listen(self, host: str, port: int):
+    """Accept on the socket inherited from the supervisor, or bind one that others may share."""
+    sock = sockets.inherited(host, port)
+    if sock is not None:
+        return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
+    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True, backlog=1024)]
+
+
+log = logging.getLogger("mitmesh.runtime")
+
+
+@functools.cache
+def _arg_names(hook_type: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(hook_type))
+
+
+class HookTable(addonmanager.AddonManager):
+    """mitmproxy's AddonManager, with hooks looked up once per hook name instead of per event.
+
+    The stock manager walks every addon (and its children) through a generator and a context
+    manager for every event, about a third of a proxy's CPU under load. Here each hook name maps to
+    the callables that implement it, rebuilt when addons change; errors are logged per addon as
+    before, and AddonHalt still stops the event.
+    """
+
+    def __init__(self, m):
+        super().__init__(m)
+        self._table: dict[str, tuple] = {}
+
+    def register(self, addon):
+        self._table.clear()
+        return super().register(addon)
+
+    def remove(self, addon):
+        self._table.clear()
+        super().remove(addon)
+
+    def clear(self):
+        self._table.clear()
+        super().clear()
+
+    def _callables(self, name: str) -> tuple:
+        found = []
+        for a in addonmanager.traverse(self.chain):
+            func = getattr(a, name, None)
+            if func is not None and callable(func):
+                found.append(func)
+        self._table[name] = table = tuple(found)
+        return table
+
+    async def trigger_event(self, event: hooks.Hook):
+        funcs = self._table.get(event.name)
+        if funcs is None:
+            funcs = self._callables(event.name)
+        if not funcs:
+            return
+        args = [getattr(event, n) for n in _arg_names(type(event))]
+        for func in funcs:
+            try:
+                res = func(*args)
+                if res is not None and inspect.isawaitable(res):
+                    await res
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as e:
+                log.error(f"Addon error: {e}", exc_info=True)
+
+
+def _share_listeners() -> None:
+    # mitmproxy binds its own listening sockets and offers no hook to pass one in; its reverse and
+    # regular instances (the only modes we use) accept from ours instead.
+    mode_servers.ReverseInstance.listen = _listen
+    mode_servers.RegularInstance.listen = _listen
+
+
+class Ready:
+    """Tells the supervisor, through an inherited pipe, that this worker serves (listeners bound)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def running(self):
+        # Everything loaded so far (config, compiled routes, modules) lives as long as the process:
+        # keep it out of the collector's scans, which otherwise grow with the number of routes.
+        gc.freeze()
+        if self.fd >= 0:
+            os.write(self.fd, b"ready\n")
+            os.close(self.fd)
+            self.fd = -1
+
+
+def build_master(config_path: str, role: str = "gateway", verbosity: str = "info",
+                 ready_fd: int = -1) -> master.Master:
+    from addons import chain  # the chain imports mitmproxy's addon API; keep it out of module import
+
+    config = load(config_path)
+    opts = options.Options()
+    m = master.Master(opts)
+    m.addons = HookTable(m)
+    m.addons.add(termlog.TermLog())
+    m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), errorcheck.ErrorCheck())
+    if role != "gateway":
+        raise ValueError(f"unknown role {role!r}")
+    m.addons.add(*chain.gateway())
+    m.addons.add(Ready(ready_fd))  # last: every other addon's running() has completed
+    opts.update(
+        mode=[modes.reverse(l.address, l.port) for l in config.gateway.listeners],
+        listen_host="127.0.0.1",
+        connection_strategy="lazy",
+        keep_host_header=True,
+        termlog_verbosity=verbosity,
+        mesh_config=os.path.abspath(config_path),
+    )
+    return m
+
+
+async def run(config_path: str, role: str, verbosity: str, ready_fd: int = -1) -> int:
+    _share_listeners()
+    m = build_master(config_path, role, verbosity, ready_fd)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, m.shutdown)
+    await m.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mesh.runtime", description="one mitmesh proxy worker")
+    p.add_argument("--config", default="mesh.yaml")
+    p.add_argument("--role", default="gateway", choices=["gateway"])
+    p.add_argument("--inherit", action="append", default=[], metavar="ADDR:PORT=FD",
+                   help="a listening socket inherited from the supervisor")
+    p.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
+    p.add_argument("--ready-fd", type=int, default=-1, help="write 'ready' here once serving")
+    args = p.parse_args(argv)
+    for spec in args.inherit:
+        sockets.adopt(spec)
+    logging.getLogger().setLevel(logging.DEBUG)  # termlog filters by termlog_verbosity
+    logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)  # no line per connection
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(run(args.config, args.role, args.verbosity, args.ready_fd))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

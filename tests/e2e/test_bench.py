@@ -1,0 +1,23 @@
+"""The bench runs end to end and ends with its machine-readable line (figures are not asserted:
+speed is measured by `just bench`, never by a test)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_bench_smoke():
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "bench", "--seconds", "1", "--requests", "3000",
+                          "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"gateway_vs_mitmdump=[\d.]+ workers_scaling=[\d.]+ added_p50_ms=-?[\d.]+ "
+                        r"rss_growth_pct=-?[\d.]+", lines[-1]), lines[-1]
+    table = "\n".join(lines)
+    for row in ("| direct (demo service) |", "| mitmdump --mode reverse |", "| nginx (2 workers) |",
+                "| mitmesh gateway, 1 worker |", "| mitmesh gateway, 2 workers |",
+                "| mitmesh, 1 worker, 10k routes |"):
+        assert row in table
+    assert "WARNING" not in table  # no failed requests through any target
