@@ -44,8 +44,10 @@ class Forward:
         flow.metadata[keys.CLUSTER] = cname
         endpoint = cluster.pick() if cluster is not None else None
         if endpoint is None:
+            st.decide("forward", f"cluster {cname} has no healthy endpoint")
             replies.reply(flow, 503, "no_healthy_upstream", f"cluster {cname} has no healthy endpoint")
             return
+        st.decide("forward", f"cluster {cname}, endpoint {endpoint} ({cluster.policy})")
         st.endpoint = endpoint
         st.attempts = 1
         flow.metadata[keys.ENDPOINT] = str(endpoint)
@@ -66,6 +68,7 @@ class Forward:
                 req.raw_content or b"", timeout=timeout, connect_timeout=cluster.connect_timeout,
             )
         except upstream.UpstreamError as e:
+            st.decide("forward", f"attempt to {endpoint} failed: {e.kind}: {e}")
             replies.reply(flow, _STATUS[e.kind], _ERROR[e.kind],
                           f"{cname} endpoint {endpoint}: {e}")
             return

@@ -23,6 +23,8 @@ ROUTE = "mitmesh.route"
 CLUSTER = "mitmesh.cluster"
 ENDPOINT = "mitmesh.endpoint"
 ATTEMPTS = "mitmesh.attempts"
+DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order they were made
+PRINCIPAL = "mitmesh.principal"
 
 _ATTR = "_mitmesh"
 
@@ -31,7 +33,7 @@ class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
-                 "attempts", "started", "upstream_path")
+                 "attempts", "started", "upstream_path", "principal", "claims", "decisions")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None):
         self.snapshot = snapshot
@@ -43,6 +45,16 @@ class FlowState:
         self.attempts = 0
         self.started = time.monotonic()
         self.upstream_path: str | None = None
+        # who the downstream is, once an authentication addon verified it: a consumer name,
+        # a JWT subject or a workload's SPIFFE ID; `claims` are the verified token claims
+        self.principal: str | None = None
+        self.claims: dict | None = None
+        # "why did the proxy do that": every addon appends what it decided, in request order
+        self.decisions: list[tuple[str, str]] = []
+
+    def decide(self, who: str, what: str) -> None:
+        """Record one decision, e.g. decide("router", "route catalog matched prefix /catalog/")."""
+        self.decisions.append((who, what))
 
 
 def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None) -> FlowState:

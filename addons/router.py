@@ -22,8 +22,10 @@ class Router:
         host = req.host_header or ""
         route = st.snapshot.routes.match(host, path, req.method, req.headers.get, lambda: req.query)
         if route is None:
+            st.decide("router", f"no route for {req.method} {path} on host {host}")
             replies.reply(flow, 404, "no_route", f"no route for {req.method} {path} on host {host}")
             return
+        st.decide("router", f"route {route.name} matched {req.method} {path} on host {host}")
         st.route = route
         st.upstream_path = path
         flow.metadata[keys.ROUTE] = route.name
