@@ -18,7 +18,8 @@ class Admin:
         self.state = state
         self.role = role
         self.server: AdminServer | None = None
-        self.handlers = {"/status": self._status, "/healthz": self._healthz}
+        self.handlers = state.admin_handlers
+        self.handlers.update({"/status": self._status, "/healthz": self._healthz})
 
     def _status(self, method: str, query: str):
         return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})

@@ -7,7 +7,7 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from mesh import modes
+from mesh import metrics, modes
 from mesh.config import ConfigError
 from mesh.reload import Watcher
 from mesh.state import MeshState, Snapshot, build
@@ -72,9 +72,11 @@ class Config:
             return
         self.state.reloads["ok"] += 1
         self.state.last_error = None
+        metrics.CONFIG_RELOADS.labels("ok").inc()
 
     def _rejected(self, text: str) -> None:
         self.state.reloads["rejected"] += 1
+        metrics.CONFIG_RELOADS.labels("rejected").inc()
         self.state.last_error = text
         log.error(f"config change rejected, still serving version {self.state.version}:\n{text}")
 

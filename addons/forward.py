@@ -14,7 +14,7 @@ from mesh import upstream
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
 
-from . import keys, replies
+from . import keys, replies, tracing
 
 DEFAULT_TIMEOUT = 15.0  # Envoy's default route timeout
 
@@ -24,8 +24,9 @@ _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_rese
 
 
 class Forward:
-    def __init__(self, state: MeshState):
+    def __init__(self, state: MeshState, tracer: tracing.Tracing | None = None):
         self.state = state
+        self.tracer = tracer
 
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -57,6 +58,10 @@ class Forward:
         target = (path + "?" + query if query else path).encode()
         host = (req.host_header or f"{endpoint.address}:{endpoint.port}").encode()
         headers = upstream.request_headers(req.headers.fields, host)
+        flow.metadata[keys.UPSTREAM_PATH] = target.decode("latin-1")
+        span = tracing.client_span(self.tracer, st, cname, str(endpoint), st.attempts)
+        if span is not None:
+            headers = span.inject(headers)
         timeout_policy = st.route.policies.get("timeout") if st.route else None
         timeout = timeout_policy.request if timeout_policy else DEFAULT_TIMEOUT
         # show the real upstream in mitmweb and saved flows
@@ -68,12 +73,16 @@ class Forward:
                 req.raw_content or b"", timeout=timeout, connect_timeout=cluster.connect_timeout,
             )
         except upstream.UpstreamError as e:
+            if span is not None:
+                span.end(None, e.kind)
             st.decide("forward", f"attempt to {endpoint} failed: {e.kind}: {e}")
             replies.reply(flow, _STATUS[e.kind], _ERROR[e.kind],
                           f"{cname} endpoint {endpoint}: {e}")
             return
         finally:
             endpoint.active -= 1
+        if span is not None:
+            span.end(resp.status)
         flow.response = http.Response(
             resp.http_version, resp.status, resp.reason, tuple(resp.headers), resp.body, None,
             time.time(), time.time(),

@@ -23,7 +23,8 @@ ROUTE = "mitmesh.route"
 CLUSTER = "mitmesh.cluster"
 ENDPOINT = "mitmesh.endpoint"
 ATTEMPTS = "mitmesh.attempts"
-DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order they were made
+DECISIONS = "mitmesh.decisions"
+UPSTREAM_PATH = "mitmesh.upstream_path"  # the path sent upstream, after rewrites (for replay)  # list of [addon, decision] pairs, in the order they were made
 PRINCIPAL = "mitmesh.principal"
 
 _ATTR = "_mitmesh"
@@ -33,7 +34,8 @@ class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
-                 "attempts", "started", "upstream_path", "principal", "claims", "decisions")
+                 "attempts", "started", "upstream_path", "principal", "claims", "decisions",
+                 "direction", "span", "trace_id")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None):
         self.snapshot = snapshot
@@ -51,6 +53,9 @@ class FlowState:
         self.claims: dict | None = None
         # "why did the proxy do that": every addon appends what it decided, in request order
         self.decisions: list[tuple[str, str]] = []
+        self.direction = "edge"  # edge (gateway), inbound or outbound (sidecar listeners)
+        self.span = None  # the server span, when tracing is on
+        self.trace_id = ""  # W3C trace id (hex), when known
 
     def decide(self, who: str, what: str) -> None:
         """Record one decision, e.g. decide("router", "route catalog matched prefix /catalog/")."""

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# JSON keys that differ between any two instances or versions of a demo service, whatever the data
+VOLATILE = ("request_id", "instance", "version", "zone")
+
 
 def _validate(args) -> int:
     from .config import ConfigError, load
@@ -34,6 +37,21 @@ def _gateway(args) -> int:
 
     workers = args.workers or supervisor.default_workers()
     return supervisor.serve(args.config, workers, args.verbosity)
+
+
+def _record(args) -> int:
+    from . import replay
+
+    admins = args.admin or replay.admins_of(args.config)
+    return replay.record(admins, args.seconds, args.filter, args.output)
+
+
+def _replay(args) -> int:
+    from . import replay
+
+    ignore = frozenset(k for k in args.ignore.split(",") if k)
+    return replay.replay(args.file, args.against, only=args.only, admin=args.admin,
+                         config_path=args.config, ignore=ignore)
 
 
 def _certs(args) -> int:
@@ -73,6 +91,25 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="worker processes (default: number of cores)")
     g.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
     g.set_defaults(func=_gateway)
+
+    r = sub.add_parser("record", help="save the mesh's flows for a while (mitmproxy flow format)")
+    r.add_argument("--admin", action="append", metavar="URL",
+                   help="admin listener of a proxy to record (repeatable; default: every proxy of `mitmesh up`)")
+    r.add_argument("--config", default="mesh.yaml")
+    r.add_argument("--seconds", type=float, default=30.0)
+    r.add_argument("--filter", default="", help="mitmproxy filter expression, e.g. '~u /items & ~m GET'")
+    r.add_argument("-o", "--output", default="flows.mitm")
+    r.set_defaults(func=_record)
+
+    rp = sub.add_parser("replay", help="replay recorded requests against a cluster; list differing responses")
+    rp.add_argument("file")
+    rp.add_argument("--against", required=True, metavar="CLUSTER", help="e.g. catalog/v2")
+    rp.add_argument("--only", metavar="CLUSTER", help="replay only flows that went to this cluster")
+    rp.add_argument("--admin", metavar="URL", help="find the cluster's endpoints through this admin listener")
+    rp.add_argument("--config", default="mesh.yaml", help="else through this config's static endpoints")
+    rp.add_argument("--ignore", default=",".join(VOLATILE),
+                    help=f"JSON keys to ignore when comparing (default {','.join(VOLATILE)})")
+    rp.set_defaults(func=_replay)
 
     b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -112,6 +113,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         return 1
     pki.init_edge(path.parent / "certs")
     run_dir = ROOT / ".mitmesh" / "logs"
+    up_state = path.parent / ".mitmesh" / "up.json"
     children: list[procs.Child] = []
     stopping = threading.Event()
 
@@ -155,6 +157,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         if web:
             print(f"web: http://127.0.0.1:{web_port}/?token={token}", flush=True)
         print(f"logs: {run_dir}", flush=True)
+        # where `mitmesh record` finds every proxy of this demo
+        up_state.parent.mkdir(parents=True, exist_ok=True)
+        up_state.write_text(json.dumps({"admins": [f"http://{admin.address}:{admin.port}"]}))
         print(f"gateway-pid: {gw.pid}", flush=True)
         if plain:
             print(f"try: curl {gateway_url}/catalog/items   (Ctrl-C stops everything)", flush=True)
@@ -175,4 +180,5 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     finally:
         for child in reversed(children):
             child.stop()
+        up_state.unlink(missing_ok=True)
         print("stopped", flush=True)

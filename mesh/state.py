@@ -49,6 +49,9 @@ class MeshState:
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
+        # admin listener endpoints (path → handler(method, query) → (status, content type, body));
+        # addons add theirs, the Admin addon serves them
+        self.admin_handlers: dict = {}
 
     def install(self, snap: Snapshot) -> Snapshot:
         """Swap in a new snapshot; clusters that stay keep their live endpoint state."""

@@ -9,8 +9,10 @@ Each worker watches the config file itself, so one edit reaches all of them.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,11 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
         print(f"mitmesh gateway: cannot listen: {e}", file=sys.stderr)
         return 1
     socks = shared + [s for group in own for s in group]
+    # shared by the workers: Prometheus multiprocess files (so /metrics covers them all) and
+    # control files such as a running recording
+    run = tempfile.mkdtemp(prefix="mitmesh-gateway-")
+    os.makedirs(os.path.join(run, "metrics"))
+    env = {"MITMESH_RUN_DIR": run, "PROMETHEUS_MULTIPROC_DIR": os.path.join(run, "metrics")}
     stopping = False
 
     def on_signal(signum, _frame):
@@ -74,7 +81,7 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
                               worker_argv(path, [sockets.spec(s) for s in mine], verbosity=verbosity,
                                           ready_fd=write_end),
                               stdout=sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None,
-                              pass_fds=tuple(s.fileno() for s in mine) + (write_end,))
+                              pass_fds=tuple(s.fileno() for s in mine) + (write_end,), env=env)
         os.close(write_end)
         w.ready_pipe, w.ready = read_end, False
         w.started = time.monotonic()
@@ -113,6 +120,7 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
                     delay = min(0.5 * 2 ** min(w.restarts - 1, 6), 30.0)
                     print(f"worker {w.index} (pid {w.child.pid}) exited with {code}; "
                           f"restarting in {delay:g}s", flush=True)
+                    _forget_metrics(w.child.pid, env["PROMETHEUS_MULTIPROC_DIR"])
                     w.child = None
                     w.next_start = now + delay
                     if w.ready_pipe >= 0:
@@ -130,7 +138,15 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
                 w.child.stop(timeout=5)
         for s in socks:
             s.close()
+        shutil.rmtree(run, ignore_errors=True)
     return 0
+
+
+def _forget_metrics(pid: int, path: str) -> None:
+    """A dead worker's live gauges must not linger; its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, path)
 
 
 def default_workers() -> int:

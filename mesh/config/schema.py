@@ -262,6 +262,35 @@ class Policy(Model):
 # ---------------------------------------------------------------------------------------------
 
 
+class AccessLog(Model):
+    """One JSON line per request; secrets are never written."""
+
+    enabled: bool = Field(True, description="write access log lines (default true)")
+    path: str = Field("-", description="file, relative to the config file; '-' is stdout (default)")
+
+
+class Tracing(Model):
+    """OpenTelemetry traces over OTLP/HTTP (protobuf). Nothing is exported without an endpoint."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces (default none)")
+    sampling: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        1.0, description="share of new traces sampled; a sampled parent is always followed (default 1.0)")
+
+    @model_validator(mode="after")
+    def _http_url(self) -> Tracing:
+        url = self.otlp_endpoint
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"otlp_endpoint: expected an http:// or https:// URL (got {show(url)})")
+        return self
+
+
+class Observability(Model):
+    metrics: bool = Field(True, description="serve /metrics on the admin listener (default true)")
+    access_log: AccessLog = AccessLog()
+    tracing: Tracing = Tracing()
+
+
 class MeshSettings(Model):
     trust_domain: str = Field("mitmesh.local", description="SPIFFE trust domain")
     namespace: Name = Field("demo", description="namespace of workload identities")
@@ -274,3 +303,4 @@ class MeshConfig(Model):
     services: dict[Name, Service] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     policies: dict[Name, Policy] = Field(default_factory=dict)
+    observability: Observability = Observability()

@@ -1,0 +1,117 @@
+"""Access log: one JSON line per request at every proxy, with ids, route, upstream and decisions.
+
+Lines are buffered and written by a background task (whole lines per write, so workers sharing a
+file or stdout never interleave inside a line); secrets are redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+from mitmproxy import http
+
+from mesh import redact
+from mesh.state import MeshState, Snapshot
+
+from . import keys
+
+log = logging.getLogger("mitmesh.accesslog")
+
+
+class AccessLog:
+    def __init__(self, state: MeshState):
+        self.state = state
+        self._lines: list[str] = []
+        self._fd = -1
+        self._for: Snapshot | None = None
+        self._task: asyncio.Task | None = None
+
+    def _target(self) -> int:
+        """The fd to write to for the current snapshot's config (-1: access log off)."""
+        snap = self.state.snapshot
+        if snap is self._for:
+            return self._fd
+        cfg = snap.config.observability.access_log if snap else None
+        if self._fd > 2:
+            os.close(self._fd)
+        self._fd = -1
+        if cfg is not None and cfg.enabled:
+            if cfg.path == "-":
+                self._fd = 1
+            else:
+                path = os.path.join(os.path.dirname(os.path.abspath(snap.file)), cfg.path)
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                except OSError as e:
+                    log.error(f"access log {path}: {e.strerror}; access log off")
+        self._for = snap
+        return self._fd
+
+    def running(self):
+        self._task = asyncio.get_running_loop().create_task(self._flusher(), name="mitmesh-accesslog")
+
+    async def done(self):
+        if self._task:
+            self._task.cancel()
+        self._flush()
+
+    async def _flusher(self):
+        while True:
+            await asyncio.sleep(0.2)
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._lines:
+            return
+        data = "".join(self._lines).encode()
+        self._lines.clear()
+        fd = self._target()
+        if fd >= 0:
+            try:
+                os.write(fd, data)
+            except OSError as e:
+                log.error(f"access log write failed: {e.strerror}")
+
+    def response(self, flow: http.HTTPFlow):
+        self._record(flow)
+
+    def error(self, flow: http.HTTPFlow):
+        if flow.response is None:
+            self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        st = keys.get(flow)
+        if st is None or self._target() < 0:
+            return
+        req, resp = flow.request, flow.response
+        now = time.time()
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "request_id": st.request_id,
+            "trace_id": st.trace_id,
+            "direction": st.direction,
+            "listener": st.listener.name if st.listener is not None else None,
+            "client": flow.client_conn.peername[0] if flow.client_conn.peername else None,
+            "principal": st.principal,
+            "method": req.method,
+            "host": req.host_header,
+            "path": redact.path(req.path),
+            "route": st.route.name if st.route else None,
+            "cluster": st.cluster,
+            "upstream": str(st.endpoint) if st.endpoint else None,
+            "attempts": st.attempts,
+            "status": resp.status_code if resp else None,
+            "duration_ms": round((time.monotonic() - st.started) * 1000, 2),
+            "bytes_in": len(req.raw_content or b""),
+            "bytes_out": len(resp.raw_content or b"") if resp else 0,
+            "error": flow.error.msg if flow.error else None,
+            "decisions": [f"{who}: {what}" for who, what in st.decisions],
+        }
+        self._lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+        if len(self._lines) >= 256:
+            self._flush()

@@ -1,0 +1,83 @@
+"""Metrics: one observation per answered request, from what the chain recorded in FlowState."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from mitmproxy import http
+
+from mesh import metrics
+from mesh.state import MeshState
+
+from . import keys
+
+
+class Metrics:
+    def __init__(self, state: MeshState):
+        self.state = state
+        self._children: dict[tuple, tuple] = {}  # label values → (requests by code, duration, sizes)
+        self._task: asyncio.Task | None = None
+        state.admin_handlers["/metrics"] = self._serve
+
+    def _serve(self, method: str, query: str):
+        snap = self.state.snapshot
+        if snap is not None and not snap.config.observability.metrics:
+            return 404, "text/plain", b"metrics are off (observability.metrics: false)\n"
+        self._gauges()
+        body, ctype = metrics.render()
+        return 200, ctype, body
+
+    def running(self):
+        self._task = asyncio.get_running_loop().create_task(self._refresh(), name="mitmesh-metrics")
+
+    async def done(self):
+        if self._task:
+            self._task.cancel()
+
+    async def _refresh(self):
+        while True:  # gauges of the registry, so a scrape of any worker sees fresh values
+            self._gauges()
+            await asyncio.sleep(1.0)
+
+    def _gauges(self) -> None:
+        snap = self.state.snapshot
+        if snap is None:
+            return
+        for name, cluster in snap.clusters.items():
+            metrics.REGISTRY_ENDPOINTS.labels(name).set(len(cluster.endpoints))
+
+    def response(self, flow: http.HTTPFlow):
+        self._observe(flow, flow.response.status_code if flow.response else None)
+
+    def error(self, flow: http.HTTPFlow):
+        if flow.response is None:
+            self._observe(flow, None)
+
+    def _observe(self, flow: http.HTTPFlow, status: int | None) -> None:
+        st = keys.get(flow)
+        if st is None:
+            return
+        route = st.route.name if st.route else ""
+        cluster = st.cluster or ""
+        key = (st.direction, route, cluster)
+        children = self._children.get(key)
+        if children is None:
+            version = cluster.partition("/")[2]
+            children = self._children[key] = (
+                {},
+                metrics.DURATION.labels(st.direction, route, cluster, version),
+                metrics.REQUEST_BYTES.labels(st.direction, route),
+                metrics.RESPONSE_BYTES.labels(st.direction, route),
+                version,
+            )
+        by_code, duration, req_bytes, resp_bytes, version = children
+        code = metrics.code_class(status)
+        counter = by_code.get(code)
+        if counter is None:
+            counter = by_code[code] = metrics.REQUESTS.labels(st.direction, route, cluster, version, code)
+        counter.inc()
+        duration.observe(time.monotonic() - st.started)
+        req_bytes.observe(len(flow.request.raw_content or b""))
+        if flow.response is not None:
+            resp_bytes.observe(len(flow.response.raw_content or b""))

@@ -1,0 +1,126 @@
+"""Recorder: saves the proxy's flows (mitmproxy's flow format) while a recording is on.
+
+`POST /record?seconds=30&filter=~u%20/items` on the admin listener starts one; it reaches every
+worker of the proxy through a control file in the shared run directory, and each worker writes
+its own `flows-<pid>.mitm` there. `mitmesh record` drives this and merges the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+import urllib.parse
+import uuid
+
+from mitmproxy import flowfilter, http, io
+
+from mesh.admin import json_reply
+from mesh.state import MeshState
+
+CONTROL = "record.json"
+
+
+def run_dir() -> str:
+    """The directory the workers of one proxy share (set by the supervisor; else this process's)."""
+    path = os.environ.get("MITMESH_RUN_DIR")
+    if not path:
+        path = os.environ["MITMESH_RUN_DIR"] = tempfile.mkdtemp(prefix="mitmesh-run-")
+    return path
+
+
+class Recorder:
+    def __init__(self, state: MeshState):
+        self.state = state
+        self._seen: tuple | None = None
+        self._until = 0.0
+        self._filter = None
+        self._dir = ""
+        self._writer: io.FlowWriter | None = None
+        self._file = None
+        self._task: asyncio.Task | None = None
+        state.admin_handlers["/record"] = self._admin
+
+    def _admin(self, method: str, query: str):
+        if method != "POST":
+            return json_reply({"recording": self._until > time.time(), "until": self._until,
+                               "dir": self._dir})
+        params = dict(urllib.parse.parse_qsl(query))
+        try:
+            seconds = float(params.get("seconds", "30"))
+            if not 0 < seconds <= 3600:
+                raise ValueError
+        except ValueError:
+            return json_reply({"error": "bad_request", "reason":
+                               f"seconds: expected a number in (0, 3600] (got {params.get('seconds')!r})"}, 400)
+        expr = params.get("filter", "")
+        if expr:
+            try:
+                flowfilter.parse(expr)
+            except ValueError as e:
+                return json_reply({"error": "bad_request", "reason": f"filter: {e} (got {expr!r})"}, 400)
+        control = {"id": uuid.uuid4().hex[:12], "until": time.time() + seconds, "filter": expr}
+        control["dir"] = os.path.join(run_dir(), "recordings", control["id"])
+        os.makedirs(control["dir"], exist_ok=True)
+        tmp = os.path.join(run_dir(), f".{CONTROL}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(control, f)
+        os.replace(tmp, os.path.join(run_dir(), CONTROL))
+        self._poll()  # this worker starts at once; the others within a quarter second
+        return json_reply(control)
+
+    def running(self):
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="mitmesh-recorder")
+
+    async def done(self):
+        if self._task:
+            self._task.cancel()
+        self._close()
+
+    async def _watch(self):
+        while True:
+            await asyncio.sleep(0.25)
+            self._poll()
+
+    def _poll(self) -> None:
+        if self._writer is not None and time.time() >= self._until:
+            self._close()
+        path = os.path.join(run_dir(), CONTROL)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp == self._seen:
+            return
+        self._seen = stamp
+        with open(path) as f:
+            control = json.load(f)
+        self._close()
+        self._until, self._dir = control["until"], control["dir"]
+        self._filter = flowfilter.parse(control["filter"]) if control["filter"] else None
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None
+
+    def response(self, flow: http.HTTPFlow):
+        self._record(flow)
+
+    def error(self, flow: http.HTTPFlow):
+        if flow.response is None:
+            self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        if not self._until or time.time() >= self._until:
+            return
+        if self._filter is not None and not self._filter(flow):
+            return
+        if self._writer is None:
+            self._file = open(os.path.join(self._dir, f"flows-{os.getpid()}.mitm"), "ab")
+            self._writer = io.FlowWriter(self._file)
+        self._writer.add(flow)
+        self._file.flush()

@@ -1,0 +1,83 @@
+"""Prometheus metrics of one proxy, every name prefixed mitmesh_, with bounded label sets.
+
+Labels are only names from the config (route, cluster, version, listener), a direction and a
+response code class: never raw paths or user ids. A supervisor runs its workers with
+PROMETHEUS_MULTIPROC_DIR set, so `/metrics` on the shared admin listener shows the whole process
+group, whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+
+REQUESTS = Counter(
+    "mitmesh_requests_total", "Requests answered, by direction, route, cluster, version and code class",
+    ["direction", "route", "cluster", "version", "code"])
+DURATION = Histogram(
+    "mitmesh_request_duration_seconds", "Time from request headers to the complete response",
+    ["direction", "route", "cluster", "version"], buckets=LATENCY_BUCKETS)
+REQUEST_BYTES = Histogram(
+    "mitmesh_request_bytes", "Request body sizes", ["direction", "route"], buckets=SIZE_BUCKETS)
+RESPONSE_BYTES = Histogram(
+    "mitmesh_response_bytes", "Response body sizes", ["direction", "route"], buckets=SIZE_BUCKETS)
+UPSTREAM_FAILURES = Counter(
+    "mitmesh_upstream_failures_total", "Upstream attempts without a usable response, by kind",
+    ["cluster", "kind"])
+RETRIES = Counter("mitmesh_retries_total", "Upstream attempts beyond the first", ["cluster"])
+RETRY_BUDGET_EXHAUSTED = Counter(
+    "mitmesh_retry_budget_exhausted_total", "Retries not made because the retry budget was spent",
+    ["cluster"])
+BREAKER_OPEN = Gauge(
+    "mitmesh_breaker_open", "1 while an endpoint's circuit breaker is open (0.5 half-open)",
+    ["cluster", "endpoint"], multiprocess_mode="livemax")
+BREAKER_TRANSITIONS = Counter(
+    "mitmesh_breaker_transitions_total", "Circuit breaker state changes", ["cluster", "to"])
+EJECTIONS = Counter("mitmesh_ejections_total", "Endpoints ejected as outliers", ["cluster"])
+RATELIMIT_REJECTIONS = Counter(
+    "mitmesh_ratelimit_rejections_total", "Requests answered 429 by a rate limit", ["route"])
+RATELIMIT_STORAGE_ERRORS = Counter(
+    "mitmesh_ratelimit_storage_errors_total", "Rate-limit storage (Redis) unreachable", ["route", "outcome"])
+AUTH_FAILURES = Counter(
+    "mitmesh_auth_failures_total", "Requests refused by authentication or authorization, by reason",
+    ["reason"])
+TLS_HANDSHAKE_FAILURES = Counter(
+    "mitmesh_tls_handshake_failures_total", "Downstream TLS/mTLS handshakes that failed", ["listener"])
+REGISTRY_ENDPOINTS = Gauge(
+    "mitmesh_registry_endpoints", "Endpoints known per cluster (healthy or not)", ["cluster"],
+    multiprocess_mode="livemax")
+CONFIG_RELOADS = Counter("mitmesh_config_reloads_total", "Config reloads, by result", ["result"])
+MIRROR_DIFFERENCES = Counter(
+    "mitmesh_mirror_differences_total", "Mirrored responses that differed from the primary", ["route"])
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of this proxy: every worker's metrics when running under a supervisor."""
+    if multiprocess():
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_died(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters keep counting in the totals)."""
+    if multiprocess():
+        from prometheus_client import multiprocess as mp
+
+        mp.mark_process_dead(pid)
+
+
+def code_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "error"

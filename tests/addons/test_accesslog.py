@@ -1,0 +1,42 @@
+"""Access log: one JSON line per request with ids, route and decisions; secrets never written."""
+
+from __future__ import annotations
+
+import json
+
+from addons.accesslog import AccessLog
+from tests.conftest import BASE
+
+CONFIG = BASE + """
+  - {name: health, match: {path: {exact: /healthz}}, direct: {status: 200}}
+observability:
+  access_log: {path: logs/access.log}
+"""
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_one_json_line_per_request_with_secrets_redacted(gateway, tmp_path):
+    async with gateway(CONFIG) as gw:
+        log = next(a for a in gw.addons if isinstance(a, AccessLog))
+        await gw.send("/healthz?api_key=s3cret&x=1", headers={"traceparent": TRACEPARENT,
+                                                             "authorization": "Bearer abc.def.ghi"})
+        await gw.send("/missing")
+        log._flush()
+    lines = (tmp_path / "logs" / "access.log").read_text().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["route"] == "health" and first["status"] == 200 and first["method"] == "GET"
+    assert first["path"] == "/healthz?api_key=[REDACTED]&x=1"
+    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert len(first["request_id"]) == 36 and first["duration_ms"] >= 0
+    assert first["decisions"] == ["router: route health matched GET /healthz on host example.com"]
+    assert "s3cret" not in lines[0] and "abc.def.ghi" not in lines[0]
+    assert second["route"] is None and second["status"] == 404
+
+
+async def test_access_log_off(gateway, tmp_path):
+    async with gateway(CONFIG.replace("{path: logs/access.log}", "{enabled: false, path: logs/a.log}")) as gw:
+        await gw.send("/healthz")
+        next(a for a in gw.addons if isinstance(a, AccessLog))._flush()
+    assert not (tmp_path / "logs" / "a.log").exists()

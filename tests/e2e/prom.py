@@ -1,0 +1,54 @@
+"""A real Prometheus for tests: Debian's binary (installed by .ci/run), on 127.0.0.1, scraping
+the proxies' admin listeners every second."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from mesh import procs
+
+
+def binary() -> str:
+    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    assert found, "prometheus is needed (.ci/run installs Debian's prometheus)"
+    return found
+
+
+class Prometheus:
+    def __init__(self, tmp: Path, targets: list[str]):
+        self.tmp = tmp
+        self.port = procs.free_port()
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "scrape_configs": [{"job_name": "mitmesh", "metrics_path": "/metrics",
+                                      "static_configs": [{"targets": targets}]}]}
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.child: procs.Child | None = None
+
+    def __enter__(self):
+        self.child = procs.spawn("prometheus", [
+            binary(), f"--config.file={self.tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.tmp / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"], log_dir=self.tmp)
+        procs.wait_ports(self.child, [("127.0.0.1", self.port)], timeout=30)
+        return self
+
+    def __exit__(self, *exc):
+        if self.child:
+            self.child.stop()
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            data = json.load(r)
+        assert data["status"] == "success", data
+        return data["data"]["result"]
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None

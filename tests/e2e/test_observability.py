@@ -1,0 +1,122 @@
+"""Observability end to end: a real Prometheus scraping the gateway's workers, spans exported over
+OTLP to a real receiver, access log lines, and record/replay of real traffic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from mesh import pki
+
+from .conftest import Mesh, demo_config, get, wait_until
+from .otlp import Receiver
+from .prom import Prometheus
+
+MITMESH = [sys.executable, "-m", "mesh.cli"]
+
+
+@pytest.fixture
+def observed(tmp_path):
+    """The demo with users answering after 50 ms, two gateway workers, traces to a receiver."""
+    pki.init_edge(tmp_path / "certs")
+    config = demo_config(tmp_path / "certs")
+    config["services"]["users"]["versions"]["v1"]["launch"]["latency"] = "50ms"
+    with Receiver() as receiver:
+        config["observability"] = {"tracing": {"otlp_endpoint": receiver.url},
+                                   "access_log": {"path": "logs/access.log"}}
+        m = Mesh(tmp_path, config)
+        m.write()
+        try:
+            m.start_services()
+            m.start_gateway(workers=2)
+            m.receiver = receiver
+            yield m
+        finally:
+            m.stop()
+
+
+def test_prometheus_rate_and_quantile_across_workers(observed):
+    admin = observed.admin.removeprefix("http://")
+    with Prometheus(observed.tmp, [admin]) as prom:
+        wait_until(lambda: prom.scalar("up") == 1, timeout=20, interval=0.2)  # scraping has begun
+        seconds, sent = 9.0, []
+        stop = time.monotonic() + seconds
+
+        def drive():  # 20 requests per second, each on a new connection: both workers serve
+            while time.monotonic() < stop:
+                t = time.monotonic()
+                sent.append(get(observed.url + "/users/alice")[0])
+                time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        time.sleep(8.5)  # query while traffic still flows, with a 5 s window full of 1 s scrapes
+        rate = prom.scalar('sum(rate(mitmesh_requests_total{route="users",code="2xx"}[5s]))')
+        p50 = prom.scalar('histogram_quantile(0.5, sum by (le) '
+                          '(rate(mitmesh_request_duration_seconds_bucket{route="users"}[5s])))')
+        driver.join()
+    assert set(sent) == {200}
+    achieved = len(sent) / seconds
+    assert rate is not None and abs(rate - achieved) / achieved < 0.25, (rate, achieved)
+    assert p50 is not None and 0.05 <= p50 <= 0.1, p50  # 50 ms upstream latency: the 50–100 ms bucket
+
+
+def test_one_trace_across_every_hop(observed):
+    trace = "6e0c63257de34c92bf9efcd03927272e"
+    parent = "00f067aa0ba902b7"
+    status, body, _ = get(observed.url + "/orders", data=b'{"item_id": 2}',
+                          headers={"traceparent": f"00-{trace}-{parent}-01"})
+    assert status == 200, body
+
+    def complete():
+        spans = observed.receiver.trace(trace)
+        return len(spans) >= 6 and spans
+
+    spans = wait_until(complete, timeout=10)
+    by_id = {s.span_id: s for s in spans}
+    servers = [s for s in spans if s.kind == 2]
+    root = next(s for s in servers if s.parent_id == parent)
+    assert root.name == "POST orders" and root.attributes["mitmesh.route"] == "orders"
+    hop = next(s for s in spans if s.kind == 3 and s.parent_id == root.span_id)
+    assert hop.attributes["mitmesh.cluster"] == "orders/v1"
+    children = {s.attributes.get("mitmesh.route"): s for s in servers if s.parent_id == hop.span_id}
+    assert set(children) == {"catalog", "payments"}  # orders passed the context on to both calls
+    for route, server in children.items():
+        client = next(s for s in spans if s.kind == 3 and s.parent_id == server.span_id)
+        assert client.attributes["mitmesh.cluster"] == f"{route}/v1"
+    assert all(s.parent_id in by_id or s.span_id == root.span_id for s in spans)
+    log = [json.loads(line) for line in (observed.tmp / "logs" / "access.log").read_text().splitlines()]
+    assert {e["trace_id"] for e in log if e["route"] in ("orders", "catalog", "payments")} == {trace}
+
+
+def test_record_and_replay_against_another_version(observed):
+    out = observed.tmp / "flows.mitm"
+    rec = subprocess.Popen(MITMESH + ["record", "--admin", observed.admin, "--seconds", "2.5",
+                                      "--filter", "~u /catalog/", "-o", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: get(observed.admin + "/record")[1]["recording"], timeout=5)
+        time.sleep(0.5)  # every worker has picked the recording up
+        for i in (1, 2, 3, 4, 1, 2):
+            assert get(observed.url + f"/catalog/items/{i}")[0] == 200
+        get(observed.url + "/users/alice")  # filtered out
+        output, _ = rec.communicate(timeout=20)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+    assert rec.returncode == 0 and "wrote 6 flows" in output, output
+
+    same = subprocess.run(MITMESH + ["replay", str(out), "--against", "catalog/v1", "--config",
+                                     str(observed.path)], capture_output=True, text=True)
+    assert same.returncode == 0 and "6 same, 0 differ, 0 failed" in same.stdout, same.stdout
+    differ = subprocess.run(MITMESH + ["replay", str(out), "--against", "catalog/v2", "--config",
+                                       str(observed.path)], capture_output=True, text=True)
+    assert differ.returncode == 1 and "0 same, 6 differ" in differ.stdout, differ.stdout
+    assert "DIFF GET /catalog/items/1" in differ.stdout
+    assert "$.item.price: 49.9 → (missing)" in differ.stdout
+    assert "$.item.price_cents: (missing) → 4990" in differ.stdout
