@@ -1,32 +1,51 @@
-"""Forward: sends the routed request to an endpoint of its cluster through the shared upstream pool.
+"""Forward: sends the routed request to an endpoint of its cluster through the shared upstream pool,
+with the route's deadline and per-try timeout, retries (each to an endpoint not tried yet, within the
+cluster's retry budget), per-endpoint circuit breakers, outlier ejection and injected faults.
 
-It always answers the flow itself (never lets mitmproxy connect), so failures become JSON
-502/503/504 and later policies (retries, deadlines, breakers) can decide per attempt.
+It always answers the flow itself (never lets mitmproxy connect), so every failure is a JSON
+502/503/504 and every attempt is recorded in the decision log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from mitmproxy import http
 
-from mesh import upstream
+from mesh import metrics, upstream
+from mesh.faults import HEADER, NONE, Fault, parse_header
+from mesh.retry import retry_after
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
 
 from . import keys, replies, tracing
 
-DEFAULT_TIMEOUT = 15.0  # Envoy's default route timeout
-
-_STATUS = {"connect_failure": 503, "reset": 502, "protocol_error": 502, "timeout": 504}
+_STATUS = {"connect_failure": 503, "reset": 502, "protocol_error": 502, "timeout": 504,
+           "per_try_timeout": 504}
 _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_reset",
-          "protocol_error": "upstream_protocol_error", "timeout": "upstream_timeout"}
+          "protocol_error": "upstream_protocol_error", "timeout": "upstream_timeout",
+          "per_try_timeout": "upstream_timeout"}
+ATTEMPTS_HEADER = "x-mitmesh-attempts"
+
+
+class _Failed(Exception):
+    """A 5xx answer: counted as a failure by the endpoint's breaker."""
+
+    def __init__(self, resp: upstream.Response):
+        self.resp = resp
 
 
 class Forward:
     def __init__(self, state: MeshState, tracer: tracing.Tracing | None = None):
         self.state = state
         self.tracer = tracer
+        state.on_breaker = self._breaker_changed
+
+    @staticmethod
+    def _breaker_changed(cluster: str, endpoint: str, old: str | None, new: str) -> None:
+        metrics.BREAKER_TRANSITIONS.labels(cluster, new).inc()
+        metrics.BREAKER_OPEN.labels(cluster, endpoint).set({"open": 1.0, "half-open": 0.5}.get(new, 0.0))
 
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -41,49 +60,200 @@ class Forward:
     async def _forward(self, flow: http.HTTPFlow, st: keys.FlowState, action: ForwardAction):
         cname = action.pick_cluster()
         cluster = st.snapshot.clusters.get(cname)
+        guards = self.state.guards.get(cname)
         st.cluster = cname
         flow.metadata[keys.CLUSTER] = cname
-        endpoint = cluster.pick() if cluster is not None else None
-        if endpoint is None:
-            st.decide("forward", f"cluster {cname} has no healthy endpoint")
-            replies.reply(flow, 503, "no_healthy_upstream", f"cluster {cname} has no healthy endpoint")
-            return
-        st.decide("forward", f"cluster {cname}, endpoint {endpoint} ({cluster.policy})")
-        st.endpoint = endpoint
-        st.attempts = 1
-        flow.metadata[keys.ENDPOINT] = str(endpoint)
+        if cluster is None or guards is None:
+            return self._unavailable(flow, st, cname, "no such cluster")
+        res = st.route.resilience
         req = flow.request
+        header_fault = NONE
+        raw_fault = req.headers.get(HEADER)
+        if raw_fault is not None:
+            del req.headers[HEADER]  # never sent upstream
+            if res.header_faults:
+                try:
+                    header_fault = parse_header(raw_fault)
+                except ValueError as e:
+                    replies.reply(flow, 400, "bad_fault_header", f"{HEADER}: {e}")
+                    return
         path = action.rewrite(st.upstream_path or "/")
         query = req.path.partition("?")[2]
         target = (path + "?" + query if query else path).encode()
-        host = (req.host_header or f"{endpoint.address}:{endpoint.port}").encode()
-        headers = upstream.request_headers(req.headers.fields, host)
         flow.metadata[keys.UPSTREAM_PATH] = target.decode("latin-1")
+        base_headers = upstream.request_headers(req.headers.fields, req.host_header.encode() if req.host_header else b"")
+        body = req.raw_content or b""
+        policy = res.retry
+        retries_allowed = policy is not None and policy.allows_method(req.method)
+        attempts = policy.attempts if retries_allowed else 1
+        deadline = time.monotonic() + res.deadline
+        guards.budget.request()
+        tried: list = []
+        last_resp: upstream.Response | None = None
+        last_kind: str | None = None
+        last_error = ""
+        while True:
+            endpoint = cluster.pick(exclude=tuple(tried), usable=guards.usable)
+            if endpoint is None:
+                if last_resp is not None or last_kind is not None:
+                    break  # nothing left to retry on: answer with the last outcome
+                reason = "every endpoint's circuit breaker is open or it is ejected" if cluster.endpoints else "no healthy endpoint"
+                return self._unavailable(flow, st, cname, reason, open_circuit=bool(cluster.endpoints))
+            tried.append(endpoint)
+            st.attempts = len(tried)
+            st.endpoint = endpoint
+            remaining = deadline - time.monotonic()
+            per_try = min(res.per_try, remaining) if res.per_try else remaining
+            fault = self._fault(st, guards, res, header_fault)
+            resp, kind, last_error = await self._attempt(flow, st, cluster, guards, endpoint, target,
+                                                         base_headers, body, per_try, fault)
+            last_resp, last_kind = resp, kind
+            if kind == "timeout" and time.monotonic() < deadline - 0.001:
+                kind = last_kind = "per_try_timeout"
+            # --- retry?
+            if len(tried) >= attempts or policy is None:
+                break
+            if resp is not None and not policy.retriable_status(resp.status):
+                break
+            if resp is None and not policy.retriable_failure(kind):
+                break
+            wait = policy.backoff(len(tried))
+            hinted = retry_after(_header(resp, b"retry-after")) if resp is not None else None
+            if hinted is not None:
+                wait = max(wait, hinted)
+            if time.monotonic() + wait >= deadline:
+                st.decide("retry", f"no retry: waiting {wait * 1000:.0f} ms would pass the deadline")
+                break
+            if not guards.budget.try_retry():
+                metrics.RETRY_BUDGET_EXHAUSTED.labels(cname).inc()
+                st.decide("retry", f"no retry: the retry budget of {cname} is spent")
+                break
+            metrics.RETRIES.labels(cname).inc()
+            outcome = f"status {resp.status}" if resp is not None else kind
+            st.decide("retry", f"attempt {len(tried)} got {outcome}; retrying after {wait * 1000:.0f} ms "
+                               f"on another endpoint ({len(tried) + 1} of {attempts})")
+            await asyncio.sleep(wait)
+        flow.metadata[keys.ATTEMPTS] = st.attempts
+        if last_resp is not None:
+            headers = list(last_resp.headers)
+            headers.append((ATTEMPTS_HEADER.encode(), str(st.attempts).encode()))
+            flow.response = http.Response(last_resp.http_version, last_resp.status, last_resp.reason,
+                                          tuple(headers), last_resp.body, None, time.time(), time.time())
+            return
+        kind = last_kind or "timeout"
+        if time.monotonic() >= deadline:
+            kind = "timeout"
+            reason = f"{cname}: no response within the route's deadline of {res.deadline:g}s"
+        else:
+            reason = f"{cname} endpoint {st.endpoint}: {last_error}"
+        replies.reply(flow, _STATUS[kind], _ERROR[kind], reason,
+                      headers={ATTEMPTS_HEADER: str(st.attempts)})
+
+    def _fault(self, st, guards, res, header_fault: Fault) -> Fault:
+        if header_fault:
+            return header_fault
+        for state in (res.fault, guards.fault):
+            if state is not None:
+                fault = state.next()
+                if fault:
+                    return fault
+        return NONE
+
+    async def _attempt(self, flow, st, cluster, guards, endpoint, target, headers, body, timeout: float,
+                       fault: Fault) -> tuple[upstream.Response | None, str | None, str]:
+        """One try: (response, None, "") or (None, failure kind, why). Feeds breaker, outliers, metrics."""
+        cname = cluster.name
         span = tracing.client_span(self.tracer, st, cname, str(endpoint), st.attempts)
         if span is not None:
             headers = span.inject(headers)
-        timeout_policy = st.route.policies.get("timeout") if st.route else None
-        timeout = timeout_policy.request if timeout_policy else DEFAULT_TIMEOUT
-        # show the real upstream in mitmweb and saved flows
-        req.data.host, req.data.port = endpoint.address, endpoint.port
+        flow.request.data.host, flow.request.data.port = endpoint.address, endpoint.port
+        resp: upstream.Response | None = None
+        kind: str | None = None
+        error = ""
         endpoint.active += 1
         try:
-            resp = await self.state.pool.request(
-                endpoint.address, endpoint.port, req.data.method, target, headers,
-                req.raw_content or b"", timeout=timeout, connect_timeout=cluster.connect_timeout,
-            )
+            with guards.breakers.calling(endpoint.key) if guards.breakers else _nothing():
+                resp = await self._send(st, flow.request.data.method, endpoint, target, headers, body,
+                                        timeout, fault, cluster)
+                if resp.status >= 500:
+                    raise _Failed(resp)
+        except _Failed:
+            pass
         except upstream.UpstreamError as e:
-            if span is not None:
-                span.end(None, e.kind)
-            st.decide("forward", f"attempt to {endpoint} failed: {e.kind}: {e}")
-            replies.reply(flow, _STATUS[e.kind], _ERROR[e.kind],
-                          f"{cname} endpoint {endpoint}: {e}")
-            return
+            kind, resp, error = e.kind, None, str(e)
+            metrics.UPSTREAM_FAILURES.labels(cname, e.kind).inc()
         finally:
             endpoint.active -= 1
         if span is not None:
-            span.end(resp.status)
-        flow.response = http.Response(
-            resp.http_version, resp.status, resp.reason, tuple(resp.headers), resp.body, None,
-            time.time(), time.time(),
-        )
+            span.end(resp.status if resp else None, kind)
+        outcome = f"status {resp.status}" if resp is not None else f"{kind}: {error}"
+        state = f", breaker {guards.breakers.state(endpoint.key)}" if guards.breakers else ""
+        st.decide("forward", f"attempt {st.attempts}: {cname} endpoint {endpoint} ({cluster.policy}) → {outcome}{state}")
+        if guards.outlier is not None:
+            if resp is not None and resp.status < 500:
+                guards.outlier.success(endpoint.key)
+            else:
+                ejected = guards.outlier.failure(endpoint.key, status=resp.status if resp else None,
+                                                 cluster_size=len(cluster.endpoints))
+                if ejected is not None:
+                    metrics.EJECTIONS.labels(cname).inc()
+                    st.decide("outlier", f"{cname} endpoint {endpoint} ejected for {ejected:g}s")
+        return resp, kind, error
+
+    async def _send(self, st, method: bytes, endpoint, target, headers, body, timeout, fault: Fault, cluster):
+        if fault:
+            st.decide("fault", _describe(fault))
+        if fault.delay:
+            if fault.delay >= timeout:
+                await asyncio.sleep(timeout)
+                raise upstream.Timeout(f"no response within {timeout:g}s (injected delay {fault.delay:g}s)")
+            await asyncio.sleep(fault.delay)
+            timeout -= fault.delay
+        if fault.abort is not None:
+            return upstream.Response(fault.abort, b"Injected Fault", [(b"content-type", b"text/plain"),
+                                     (b"content-length", b"14")], b"injected fault")
+        resp = await self.state.pool.request(
+            endpoint.address, endpoint.port, method, target, headers, body,
+            timeout=timeout, connect_timeout=cluster.connect_timeout)
+        if fault.reset_after is not None and len(resp.body) > fault.reset_after:
+            raise upstream.Reset(f"connection reset after {fault.reset_after} body bytes (injected)")
+        if fault.drip:
+            wait = len(resp.body) / fault.drip
+            if wait >= timeout:
+                await asyncio.sleep(timeout)
+                raise upstream.Timeout(f"body not complete within {timeout:g}s (injected drip {fault.drip:g} B/s)")
+            await asyncio.sleep(wait)
+        return resp
+
+    def _unavailable(self, flow, st, cname: str, reason: str, open_circuit: bool = False) -> None:
+        st.decide("forward", f"{cname}: {reason}")
+        replies.reply(flow, 503, "circuit_open" if open_circuit else "no_healthy_upstream",
+                      f"cluster {cname}: {reason}", cluster=cname)
+
+
+def _header(resp: upstream.Response, name: bytes) -> str | None:
+    for n, v in resp.headers:
+        if n.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _describe(fault: Fault) -> str:
+    parts = []
+    if fault.delay:
+        parts.append(f"delay {fault.delay * 1000:.0f} ms")
+    if fault.abort is not None:
+        parts.append(f"abort {fault.abort}")
+    if fault.drip:
+        parts.append(f"drip {fault.drip:g} B/s")
+    if fault.reset_after is not None:
+        parts.append(f"reset after {fault.reset_after} bytes")
+    return "injected " + ", ".join(parts)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

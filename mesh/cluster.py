@@ -95,9 +95,12 @@ class Cluster:
     def refresh(self) -> None:
         self._healthy = [e for e in self.endpoints if e.healthy]
 
-    def pick(self, exclude: tuple[Endpoint, ...] = (), key=None) -> Endpoint | None:
-        """An endpoint for the next attempt, avoiding those in `exclude` when others are left."""
+    def pick(self, exclude: tuple[Endpoint, ...] = (), key=None, usable=None) -> Endpoint | None:
+        """An endpoint for the next attempt, avoiding those in `exclude` when others are left;
+        `usable(endpoint)` (breakers, ejections) filters strictly."""
         candidates = self._healthy
+        if usable is not None:
+            candidates = [e for e in candidates if usable(e.key)]
         if exclude:
             rest = [e for e in candidates if e not in exclude]
             candidates = rest or candidates

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from .config import schema
+from .resilience import RouteResilience, for_route
 
 HeaderGetter = Callable[[str], str | None]
 QueryGetter = Callable[[], Mapping[str, str]]
@@ -74,6 +75,7 @@ class Route:
     path_regex: re.Pattern | None
     policies: Mapping[str, object]  # policy kind → its config model, merged from named blocks
     config: schema.Route
+    resilience: RouteResilience  # deadline, per-try timeout, retries and faults, compiled
 
     def matches(self, path: str, method: str, header: HeaderGetter, query: QueryGetter) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -236,6 +238,7 @@ def compile_routes(config: schema.MeshConfig) -> RouteTable:
                 path_regex=re.compile(m.path.regex) if m.path and m.path.regex else None,
                 policies=policies,
                 config=rc,
+                resilience=for_route(policies),
             )
         )
     return RouteTable(routes)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from . import config as meshconfig
 from .cluster import Cluster, Endpoint
 from .config.schema import MeshConfig
+from .resilience import Guards, guards
 from .routing import RouteTable, compile_routes
 from .upstream import Pool
 
@@ -49,6 +50,8 @@ class MeshState:
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
+        self.guards: dict[str, Guards] = {}  # cluster name → breakers, outliers, retry budget, faults
+        self.on_breaker = None  # callback(cluster, endpoint, old, new): metrics, set by an addon
         # admin listener endpoints (path → handler(method, query) → (status, content type, body));
         # addons add theirs, the Admin addon serves them
         self.admin_handlers: dict = {}
@@ -69,10 +72,15 @@ class MeshState:
                     Endpoint(e.address, e.port, e.weight, e.zone) for e in vcfg.endpoints
                 )
                 clusters[cname] = cluster
+                self.guards[cname] = guards(cname, svc, self.guards.get(cname), self._breaker_changed)
         self.version += 1
         snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters)
         self.snapshot = snap
         return snap
+
+    def _breaker_changed(self, cluster: str, endpoint: str, old: str | None, new: str) -> None:
+        if self.on_breaker is not None:
+            self.on_breaker(cluster, endpoint, old, new)
 
     def status(self) -> dict:
         snap = self.snapshot
@@ -87,7 +95,8 @@ class MeshState:
                  "action": _describe(r)}
                 for r in snap.routes.routes
             ],
-            "clusters": {name: c.status() for name, c in snap.clusters.items()},
+            "clusters": {name: {**c.status(), **self.guards[name].status()} if name in self.guards
+                         else c.status() for name, c in snap.clusters.items()},
         }
 
 

@@ -99,10 +99,44 @@ class LoadBalancer(Model):
     )
 
 
+class CircuitBreaker(Model):
+    """pybreaker per endpoint: fail_max failures in a row open it for reset_timeout, then one
+    request at a time probes it (half-open) until success_threshold successes close it."""
+
+    fail_max: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="failures in a row that open it (default 5)")
+    reset_timeout: Duration = Field(10.0, description="how long it stays open before probing (default 10s)")
+    success_threshold: Annotated[int, Field(ge=1, le=100)] = Field(1, description="probe successes that close it (default 1)")
+
+
+class OutlierDetection(Model):
+    """Envoy's outlier ejection: an endpoint failing in a row is ejected for a time that grows with
+    each ejection, never more than max_ejection_percent of the cluster (but always one)."""
+
+    consecutive_5xx: Annotated[int, Field(ge=1)] = Field(5, description="5xx or connect failures in a row (default 5)")
+    consecutive_gateway_failure: Annotated[int, Field(ge=1)] = Field(
+        5, description="502/503/504 or connect failures in a row (default 5)")
+    base_ejection_time: Duration = Field(30.0, description="first ejection; n-th lasts n times as long (default 30s)")
+    max_ejection_time: Duration = Field(300.0, description="cap of one ejection (default 300s)")
+    max_ejection_percent: Annotated[float, Field(ge=0, le=100)] = Field(
+        10.0, description="share of the cluster that may be ejected at once (default 10)")
+
+
+class RetryBudget(Model):
+    """Linkerd's retry budget: retries at most `ratio` of recent requests plus a floor per second."""
+
+    ratio: Annotated[float, Field(ge=0, le=10)] = Field(0.2, description="retries per request (default 0.2)")
+    min_per_second: Annotated[float, Field(ge=0)] = Field(10.0, description="retries always allowed per second (default 10)")
+    ttl: Duration = Field(10.0, description="window the ratio is computed over (default 10s)")
+
+
 class Service(Model):
     versions: Annotated[dict[Name, Version], Field(min_length=1)]
     lb: LoadBalancer = LoadBalancer()
     connect_timeout: Duration = Field(1.0, description="upstream TCP connect timeout (default 1s)")
+    circuit_breaker: CircuitBreaker | None = Field(None, description="per-endpoint breakers (default off)")
+    outlier_detection: OutlierDetection | None = Field(None, description="outlier ejection (default off)")
+    retry_budget: RetryBudget = RetryBudget()
+    fault: Fault | None = Field(None, description="faults injected on every attempt to this service")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,10 +287,72 @@ class Route(Model):
 
 class Timeout(Model):
     request: Duration = Field(15.0, description="whole request deadline, all attempts (default 15s)")
+    per_try: Duration | None = Field(None, description="deadline of one attempt (default: the request deadline)")
+
+
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes")
+
+
+class Backoff(Model):
+    base: Duration = Field(0.025, description="first retry waits up to this (default 25ms)")
+    max: Duration = Field(0.25, description="ceiling of the exponential back-off (default 250ms)")
+
+
+class Retries(Model):
+    """Envoy's retry policy. Each retry goes to an endpoint not tried yet when one is left."""
+
+    attempts: Annotated[int, Field(ge=1, le=10)] = Field(
+        2, description="tries in all, the first included (default 2)")
+    retry_on: Annotated[list[Literal[RETRY_ON]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["connect-failure", "reset"],
+        description="which outcomes are retried (default connect-failure, reset)")
+    retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list, description="statuses retried with retriable-status-codes")
+    backoff: Backoff = Backoff()
+    non_idempotent: bool = Field(False, description="also retry POST and PATCH (default false)")
+
+    @model_validator(mode="after")
+    def _codes_need_the_kind(self) -> Retries:
+        if self.retriable_status_codes and "retriable-status-codes" not in self.retry_on:
+            raise ValueError("retriable_status_codes needs retriable-status-codes in retry_on")
+        return self
+
+
+class FaultDelay(Model):
+    fixed: Duration
+    percentage: Annotated[float, Field(ge=0, le=100)] = Field(100.0, description="share of requests delayed (default 100)")
+
+
+class FaultAbort(Model):
+    """Answer `status` instead of calling the upstream: by percentage, every Nth call, or for a
+    while from the first call (then recover)."""
+
+    status: Annotated[int, Field(ge=200, le=599)]
+    percentage: Annotated[float, Field(ge=0, le=100)] = Field(100.0, description="share of requests aborted (default 100)")
+    every_nth: Annotated[int, Field(ge=1)] | None = Field(None, description="fail only every Nth call")
+    for_seconds: Duration | None = Field(None, description="fail for this long from the first call, then recover")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> FaultAbort:
+        if self.every_nth is not None and self.for_seconds is not None:
+            raise ValueError("expected either every_nth or for_seconds, not both")
+        return self
+
+
+class Fault(Model):
+    """Istio's fault injection plus stateful faults, applied to each upstream attempt."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    drip: Annotated[float, Field(gt=0)] | None = Field(None, description="upstream body arrives at this many bytes/s")
+    reset_after: Annotated[int, Field(ge=0)] | None = Field(None, description="upstream resets after this many body bytes")
+    header_triggered: bool = Field(False, description="honour the x-mitmesh-fault request header (default false)")
 
 
 class Policy(Model):
     timeout: Timeout | None = None
+    retries: Retries | None = None
+    fault: Fault | None = None
 
 
 # ---------------------------------------------------------------------------------------------
