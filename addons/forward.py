@@ -93,12 +93,15 @@ class Forward:
         last_kind: str | None = None
         last_error = ""
         while True:
-            endpoint = cluster.pick(exclude=tuple(tried), usable=guards.usable)
+            avoid = tuple(tried) + guards.ejected(cluster.endpoints)
+            endpoint = cluster.pick(exclude=avoid, usable=guards.usable)
             if endpoint is None:
                 if last_resp is not None or last_kind is not None:
                     break  # nothing left to retry on: answer with the last outcome
-                reason = "every endpoint's circuit breaker is open or it is ejected" if cluster.endpoints else "no healthy endpoint"
-                return self._unavailable(flow, st, cname, reason, open_circuit=bool(cluster.endpoints))
+                if cluster.endpoints and guards.breakers is not None:
+                    return self._unavailable(flow, st, cname, "every endpoint's circuit breaker is open",
+                                             open_circuit=True)
+                return self._unavailable(flow, st, cname, "no healthy endpoint")
             tried.append(endpoint)
             st.attempts = len(tried)
             st.endpoint = endpoint

@@ -63,9 +63,15 @@ class Guards:
     fault: FaultState | None
 
     def usable(self, key: tuple) -> bool:
-        if self.outlier is not None and self.outlier.ejected(key):
-            return False
+        """May an attempt go there at all? Not while its breaker is open."""
         return self.breakers is None or self.breakers.available(key)
+
+    def ejected(self, endpoints) -> tuple:
+        """Endpoints to avoid while others are left (when all are ejected, they are used anyway,
+        as Envoy's panic routing does, rather than failing every request)."""
+        if self.outlier is None:
+            return ()
+        return tuple(e for e in endpoints if self.outlier.ejected(e.key))
 
     def status(self) -> dict:
         out: dict = {"retry_budget": {"requests": self.budget.requests, "retries": self.budget.retries,

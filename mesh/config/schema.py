@@ -134,7 +134,8 @@ class Service(Model):
     lb: LoadBalancer = LoadBalancer()
     connect_timeout: Duration = Field(1.0, description="upstream TCP connect timeout (default 1s)")
     circuit_breaker: CircuitBreaker | None = Field(None, description="per-endpoint breakers (default off)")
-    outlier_detection: OutlierDetection | None = Field(None, description="outlier ejection (default off)")
+    outlier_detection: OutlierDetection | None = Field(
+        OutlierDetection(), description="outlier ejection (default on, as Linkerd's failure accrual; null: off)")
     retry_budget: RetryBudget = RetryBudget()
     fault: Fault | None = Field(None, description="faults injected on every attempt to this service")
 

@@ -103,7 +103,7 @@ async def test_breaker_opens_fast_503_then_recovers(gateway, upstream_app):
         return web.json_response({}, status=200 if healthy["ok"] else 500)
 
     ports = [await upstream_app("flaky", handler=flaky)]
-    service = "    circuit_breaker: {fail_max: 3, reset_timeout: 300ms}"
+    service = "    circuit_breaker: {fail_max: 3, reset_timeout: 300ms}\n    outlier_detection: null"
     async with gateway(config(ports, policy="    timeout: {request: 2s}", service=service)) as gw:
         statuses = [(await gw.send("/x")).response.status_code for _ in range(5)]
         assert statuses[:3] == [500, 500, 500]
@@ -122,7 +122,7 @@ async def test_breaker_opens_fast_503_then_recovers(gateway, upstream_app):
 async def test_retry_budget_caps_attempts_when_everything_fails(gateway, upstream_app):
     calls: list = []
     ports = [await upstream_app(f"bad{i}", handler=failing(calls=calls)) for i in range(3)]
-    service = "    retry_budget: {ratio: 0.2, min_per_second: 1, ttl: 10s}"
+    service = "    retry_budget: {ratio: 0.2, min_per_second: 1, ttl: 10s}\n    outlier_detection: null"
     async with gateway(config(ports, policy=RETRY_5XX, service=service)) as gw:
         for _ in range(100):
             await gw.send("/x")
