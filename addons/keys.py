@@ -25,6 +25,7 @@ ENDPOINT = "mitmesh.endpoint"
 ATTEMPTS = "mitmesh.attempts"
 DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order they were made
 PRINCIPAL = "mitmesh.principal"
+PEER = "mitmesh.peer"  # the SPIFFE ID of a verified mTLS peer
 
 _ATTR = "_mitmesh"
 
@@ -33,7 +34,7 @@ class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
-                 "attempts", "started", "upstream_path", "principal", "claims", "decisions")
+                 "attempts", "started", "upstream_path", "principal", "claims", "decisions", "peer")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None):
         self.snapshot = snapshot
@@ -49,6 +50,9 @@ class FlowState:
         # a JWT subject or a workload's SPIFFE ID; `claims` are the verified token claims
         self.principal: str | None = None
         self.claims: dict | None = None
+        # the SPIFFE ID of the downstream's verified mTLS certificate (source.principal in Istio);
+        # Tls also sets it as `principal` until an authentication addon names the caller
+        self.peer: str | None = None
         # "why did the proxy do that": every addon appends what it decided, in request order
         self.decisions: list[tuple[str, str]] = []
 
