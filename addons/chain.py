@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+from mesh import redact
 from mesh.state import MeshState
 
 from .admin import Admin
+from .authn import Authn
+from .authz import Authz
 from .config import Config
+from .cors import Cors
 from .forward import Forward
 from .forwarded import Forwarded
+from .ipfilter import IpFilter
 from .requestid import RequestId
 from .router import Router
+from .sanitize import Sanitize
+from .securityheaders import SecurityHeaders
+from .sizelimit import SizeLimit
 from .tls import Tls
 
 
 def gateway(state: MeshState | None = None) -> list:
     """The edge gateway's addons, in the order every request meets them."""
     state = state or MeshState()
+    redact.install()       # credentials never reach a log line, whoever logs
     return [
         Config(state),     # first: loads mesh.yaml and pins the live snapshot to the flow
         Admin(state),      # admin listener; not on the request path
         RequestId(),       # before anything may answer, so every reply carries the id
-        Tls(state),        # downstream TLS handshake; refuses plain HTTP on HTTPS listeners
+        Sanitize(),        # drops client-sent claim headers before routing or upstreams see them
+        Tls(state),        # downstream TLS and mTLS; refuses plaintext where TLS is required
+        IpFilter(),        # cheapest refusal: the listener's address lists, before any parsing
         Router(),          # picks the route; 404, direct and redirect answers end here
+        Cors(),            # preflights answered before authentication (browsers send no credentials)
+        SizeLimit(),       # 413/431 before authentication reads or introspects anything
+        Authn(),           # who is calling: JWT, opaque token, API key; 401/403
+        Authz(),           # may they: deny and allow rules on peer identity, request and claims
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream
-        Forward(state),    # last: the upstream attempt, answers every flow that got this far
+        Forward(state),    # the upstream attempt, answers every flow that got this far
+        SecurityHeaders(), # response hook: security headers on every answer, ours or upstream's
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 
 import pytest
 from aiohttp import web
@@ -51,6 +52,9 @@ async def gateway(write_config):
             try:
                 yield Gateway(tctx, state, addons)
             finally:
+                for addon in addons:  # what the proxy does at shutdown: close sessions, stop tasks
+                    if (done := getattr(addon, "done", None)) is not None and inspect.isawaitable(r := done()):
+                        await r
                 await state.pool.close()
     return make
 
