@@ -30,6 +30,7 @@ class Tls:
         self._contexts: dict[tuple[str, int], mtls.Watched[SSL.Context]] = {}
         self._refuse = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
         self._built_for: Snapshot | None = None
+        self._names: dict[tuple[str, int], str] = {}  # mTLS listeners, for log lines
         self._peers: dict[str, str | None] = {}  # client connection id → verified SPIFFE ID
         self._task: asyncio.Task | None = None
 
@@ -76,6 +77,7 @@ class Tls:
                     client, pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, name))
         store.retain(list(contexts.values()) + [u.client for u in upstream.values()])
         self._contexts = contexts
+        self._names = {(l.address, l.port): l.name for l in config.gateway.listeners if l.tls and l.tls.mtls}
         self.state.upstream_tls = upstream
         self._built_for = snap
 
@@ -120,6 +122,13 @@ class Tls:
         if cert is not None:  # OpenSSL verified it against the listener's client CA
             self._peers[data.conn.id] = pki.spiffe_of(cert.to_cryptography())
 
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        mode = data.context.client.proxy_mode
+        listener = self._names.get((mode.listen_host(), mode.listen_port()))
+        if listener is not None:  # mitmproxy's own line assumes an interception proxy
+            log.info(f"mTLS handshake refused on listener {listener}: {_reason(data.conn.error or '')} "
+                     f"(client {data.conn.peername[0]})")
+
     def client_disconnected(self, client: connection.Client) -> None:
         self._peers.pop(client.id, None)
 
@@ -148,3 +157,12 @@ class Tls:
                 st.principal = peer
             flow.metadata[keys.PEER] = peer
             st.decide("tls", f"mTLS peer {peer}")
+
+
+def _reason(error: str) -> str:
+    """The OpenSSL reason inside mitmproxy's handshake error text."""
+    if "Certificate verify failed: " in error:
+        return error.rsplit("Certificate verify failed: ", 1)[1].rstrip(")")
+    if "', '" in error:
+        return error.rsplit("', '", 1)[1].split("'")[0]
+    return error

@@ -88,21 +88,23 @@ def main(args) -> int:
             print("mitmesh certs rotate: needs --config (or ./mesh.yaml)", file=sys.stderr)
             return 1
         pki.init_mesh(directory, trust_domain)
-        return rotate(directory, config, watch=args.watch)
+        return rotate(directory, config, watch=args.watch, names=args.names or None)
     raise AssertionError(args.certs_command)
 
 
 def rotate(directory: Path, config: MeshConfig, watch: bool = False,
-           stop: threading.Event | None = None) -> int:
-    """Renew every workload certificate that is due; with `watch`, keep doing so each second."""
+           stop: threading.Event | None = None, names: list[str] | None = None) -> int:
+    """Renew the workload certificates that are due (all of the config's, or `names`); with
+    `watch`, keep doing so each second."""
     stop = stop or threading.Event()
     if watch and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    names = identities(config)
+    m = config.mesh
+    wanted = {n: pki.spiffe_id(m.trust_domain, m.namespace, n) for n in names} if names else identities(config)
     lifetime = dt.timedelta(seconds=config.mesh.identity.lifetime)
     while True:
-        for name, why in pki.renew_due(directory, names, lifetime, config.mesh.identity.renew_after):
+        for name, why in pki.renew_due(directory, wanted, lifetime, config.mesh.identity.renew_after):
             print(f"renewed workload certificate {name} ({why})", flush=True)
         if not watch or stop.wait(1.0):
             return 0
@@ -120,8 +122,8 @@ def add_parser(sub) -> None:
         p.add_argument("--dir", default=None, help="certificate folder (default mesh.identity.dir)")
         if name == "init":
             p.add_argument("--force", action="store_true", help="replace existing CAs and certificates")
-        if name in ("issue", "show"):
-            p.add_argument("names", nargs="*" if name == "show" else "+", metavar="NAME")
+        if name in ("issue", "show", "rotate"):
+            p.add_argument("names", nargs="+" if name == "issue" else "*", metavar="NAME")
         if name == "issue":
             p.add_argument("--lifetime", default=None, help="e.g. 1h (default mesh.identity.lifetime)")
         if name == "rotate":

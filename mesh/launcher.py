@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import modes, pki, procs
+from . import certcmd, modes, pki, procs
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
@@ -114,6 +114,13 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     run_dir = ROOT / ".mitmesh" / "logs"
     children: list[procs.Child] = []
     stopping = threading.Event()
+    # the mesh CA and a workload certificate per service and for the gateway, renewed before
+    # they expire for as long as `up` runs; proxies pick the new files up by themselves
+    identity_dir = certcmd.identity_dir(path, config)
+    pki.init_mesh(identity_dir, config.mesh.trust_domain)
+    certcmd.rotate(identity_dir, config)
+    threading.Thread(target=certcmd.rotate, args=(identity_dir, config),
+                     kwargs={"watch": True, "stop": stopping}, daemon=True, name="cert-rotation").start()
 
     def on_signal(signum, _frame):
         stopping.set()

@@ -13,8 +13,10 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 SECRET_PARAMS = frozenset({"apikey", "api_key", "api-key", "key", "token", "access_token",
                            "id_token", "refresh_token", "client_secret", "password", "secret"})
 
+# `name: value`, `name=value` or `'name': 'value'` (a logged dict); query parameters are _QUERY's
 _HEADER_LINE = re.compile(
-    r"(?i)\b(" + "|".join(re.escape(h) for h in sorted(SECRET_HEADERS)) + r")(\s*[:=]\s*)([^\r\n]+)")
+    r"(?i)(?<![?&;\w-])(" + "|".join(re.escape(h) for h in sorted(SECRET_HEADERS))
+    + r")(['\"]?\s*[:=]\s*)('[^']*'|\"[^\"]*\"|[^\r\n]+)")
 _QUERY = re.compile(
     r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in sorted(SECRET_PARAMS)) + r")=)([^&\s#\"']+)")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")

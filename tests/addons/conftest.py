@@ -9,9 +9,11 @@ import inspect
 import pytest
 from aiohttp import web
 from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain
+from mesh import modes
 from mesh.state import MeshState
 
 
@@ -21,7 +23,10 @@ class Gateway:
         self.state = state
         self.addons = addons
 
-    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False):
+    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
+                   client: str | None = None, listener: int | None = None):
+        """One request through the chain; `client` sets the downstream address, `listener` the
+        port of the config's listener it arrives on (default: no listener)."""
         req = tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=9,
                           authority=b"", content=body)
         req.headers.clear()
@@ -32,6 +37,10 @@ class Gateway:
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None
+        if client is not None:
+            flow.client_conn.peername = (client, 40000)
+        if listener is not None:
+            flow.client_conn.proxy_mode = ProxyMode.parse(modes.reverse("127.0.0.1", listener))
         manager = self.tctx.master.addons
         await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
         await manager.handle_lifecycle(HttpRequestHook(flow))
