@@ -88,6 +88,8 @@ class MeshState:
                 for r in snap.routes.routes
             ],
             "clusters": {name: c.status() for name, c in snap.clusters.items()},
+            "certificates": [{"files": list(w.paths), "renewals": w.renewals, "error": w.error}
+                             for w in self.certs.items.values()],
         }
 
 
