@@ -19,7 +19,7 @@ from mesh import authn
 from mesh.compiled import PerSnapshot
 from mesh.httpclient import Http
 from mesh.jwks import JwksCache
-from mesh.state import Snapshot
+from mesh.state import MeshState, Snapshot
 
 from . import keys, replies
 
@@ -27,7 +27,8 @@ log = logging.getLogger("mitmesh.authn")
 
 
 class Authn:
-    def __init__(self):
+    def __init__(self, state: MeshState):
+        self.state = state
         self.http = Http()
         self.jwks: dict[str, JwksCache] = {}  # by URI or file: keys outlive config reloads
         self.introspectors: dict[tuple, authn.Introspector] = {}
@@ -37,6 +38,9 @@ class Authn:
     def _compile(self, snap: Snapshot) -> dict[int, authn.RouteAuthn]:
         base = os.path.dirname(os.path.abspath(snap.file))
         out = {}
+        jwks, introspectors = self.jwks, self.introspectors
+        if snap is self.state.snapshot:  # the live config: forget what it no longer uses
+            self.jwks, self.introspectors = {}, {}
         for route in snap.routes.routes:
             p = route.policies
             if not any(k in p for k in ("jwt", "oauth2", "api_key", "require")):
@@ -44,17 +48,18 @@ class Authn:
             verifier = introspector = api_keys = None
             if (j := p.get("jwt")) is not None:
                 source = j.jwks_uri or os.path.join(base, j.jwks_file or "")
-                cache = self.jwks.get(source)
+                cache = self.jwks.get(source) or jwks.get(source)
                 if cache is None:
-                    cache = self.jwks[source] = JwksCache(
+                    cache = JwksCache(
                         source, self.http, ttl=j.cache_duration, unknown_kid_refresh=j.unknown_kid_refresh,
                         timeout=j.fetch_timeout, is_file=j.jwks_file is not None)
+                self.jwks[source] = cache
                 verifier = authn.JwtVerifier(j, cache)
             if (o := p.get("oauth2")) is not None:
                 k = (o.introspection_url, o.client_id, o.cache, o.timeout, o.issuer, tuple(o.audiences))
-                if k not in self.introspectors:
-                    self.introspectors[k] = authn.Introspector(o, self.http, authn.secret_of(o, os.environ))
-                introspector = self.introspectors[k]
+                introspector = self.introspectors.get(k) or introspectors.get(k) \
+                    or authn.Introspector(o, self.http, authn.secret_of(o, os.environ))
+                self.introspectors[k] = introspector
             if (a := p.get("api_key")) is not None:
                 api_keys = authn.ApiKeys(a)
             out[route.index] = authn.RouteAuthn(route.name, jwt_verifier=verifier, introspector=introspector,
@@ -71,8 +76,11 @@ class Authn:
         await self.http.close()
 
     async def _refresh_keys(self) -> None:
-        """Fetch every issuer's keys at start, then again whenever they are older than their TTL."""
+        """Fetch every issuer's keys at start (and after a reload), then whenever they are older
+        than their TTL, so requests find them in memory."""
         while True:
+            if self.state.snapshot is not None:
+                self._routes.get(self.state.snapshot)
             stale = [c for c in list(self.jwks.values()) if c.stale()]
             await asyncio.gather(*(c.refresh() for c in stale))
             await asyncio.sleep(1.0)

@@ -35,7 +35,7 @@ def gateway(state: MeshState | None = None) -> list:
         Router(),          # picks the route; 404, direct and redirect answers end here
         Cors(),            # preflights answered before authentication (browsers send no credentials)
         SizeLimit(),       # 413/431 before authentication reads or introspects anything
-        Authn(),           # who is calling: JWT, opaque token, API key; 401/403
+        Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
         Authz(),           # may they: deny and allow rules on peer identity, request and claims
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream
         Forward(state),    # the upstream attempt, answers every flow that got this far

@@ -133,10 +133,10 @@ class Tls:
         self._peers.pop(client.id, None)
 
     def requestheaders(self, flow: http.HTTPFlow):
+        self._ensure()  # after a reload: listener contexts and how Forward calls mTLS services
         st = keys.get(flow)
         if flow.response or st is None or st.listener is None:
             return
-        self._ensure()
         listener_tls = st.listener.tls
         if listener_tls is None:
             return

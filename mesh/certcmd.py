@@ -44,8 +44,13 @@ def main(args) -> int:
     try:
         found = _config(args.config)
     except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+        if args.config is not None or args.certs_command == "rotate":
+            print(e, file=sys.stderr)
+            return 1
+        # `just setup` runs `certs init` beside whatever mesh.yaml holds; a broken one must not stop it
+        print(f"mitmesh certs: ignoring ./mesh.yaml, which does not load; using defaults:\n{e}",
+              file=sys.stderr)
+        found = None
     path, config = found if found else (None, None)
     directory = Path(args.dir) if args.dir else (identity_dir(path, config) if config else Path("certs"))
     trust_domain = config.mesh.trust_domain if config else "mitmesh.local"

@@ -337,3 +337,17 @@ async def test_api_keys(gateway, upstream_app, idp):
         assert flow.response.status_code == 401
         assert body(flow)["reason"] == ("route keys needs credentials: API key in x-api-key header")
         assert flow.response.headers["www-authenticate"] == 'ApiKey realm="keys", header="x-api-key"'
+
+
+async def test_keys_are_fetched_at_start_so_requests_find_them_in_memory(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        authn = next(a for a in gw.addons if isinstance(a, Authn))
+        await authn.running()
+        for _ in range(100):
+            if idp.state["stats"]["jwks_fetches"]:
+                break
+            await asyncio.sleep(0.02)
+        assert idp.state["stats"]["jwks_fetches"] == 1
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {await idp.token()}"})
+        assert flow.response.status_code == 200 and idp.state["stats"]["jwks_fetches"] == 1
