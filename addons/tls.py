@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Callable
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from OpenSSL import SSL
 
 from mesh import mtls, pki
+from mesh.config.schema import Listener
 from mesh.state import MeshState, Snapshot
 
 from . import keys, replies
@@ -24,9 +26,23 @@ from . import keys, replies
 log = logging.getLogger("mitmesh.tls")
 
 
+def gateway_listeners(snap: Snapshot) -> list[Listener]:
+    return snap.config.gateway.listeners
+
+
+def gateway_identity(snap: Snapshot) -> str:
+    return snap.config.gateway.identity
+
+
 class Tls:
-    def __init__(self, state: MeshState):
+    """`listeners` and `identity` say, per snapshot, which listeners this proxy serves and whose
+    workload certificate it presents upstream: the gateway's by default; a sidecar passes its own."""
+
+    def __init__(self, state: MeshState, listeners: Callable[[Snapshot], list[Listener]] = gateway_listeners,
+                 identity: Callable[[Snapshot], str] = gateway_identity):
         self.state = state
+        self.listeners = listeners
+        self.identity = identity
         self._contexts: dict[tuple[str, int], mtls.Watched[SSL.Context]] = {}
         self._refuse = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
         self._built_for: Snapshot | None = None
@@ -43,10 +59,12 @@ class Tls:
             return
         base = os.path.dirname(os.path.abspath(snap.file))
         config = snap.config
-        mesh_ca = mtls.workload_files(base, config.mesh.identity.dir, config.gateway.identity)[2]
+        me = self.identity(snap)
+        mesh_ca = mtls.workload_files(base, config.mesh.identity.dir, me)[2]
         store = self.state.certs
         contexts, used = {}, []
-        for i, lst in enumerate(config.gateway.listeners):
+        listeners = self.listeners(snap)
+        for i, lst in enumerate(listeners):
             if lst.tls is None:
                 continue
             t = lst.tls
@@ -63,7 +81,6 @@ class Tls:
         upstream: dict[str, mtls.UpstreamTls] = {}
         wanted = [name for name, svc in config.services.items() if svc.mtls != "DISABLE"]
         if wanted:
-            me = config.gateway.identity
             cert, key, ca = mtls.workload_files(base, config.mesh.identity.dir, me)
             try:
                 client = store.client(cert, key, ca)
@@ -77,7 +94,7 @@ class Tls:
                     client, pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, name))
         store.retain(list(contexts.values()) + [u.client for u in upstream.values()])
         self._contexts = contexts
-        self._names = {(l.address, l.port): l.name for l in config.gateway.listeners if l.tls and l.tls.mtls}
+        self._names = {(l.address, l.port): l.name for l in listeners if l.tls and l.tls.mtls}
         self.state.upstream_tls = upstream
         self._built_for = snap
 

@@ -156,7 +156,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         else:
             procs.wait_log(gw, "gateway ready")
         for l in listeners:
-            scheme, label = ("https", "gateway-tls") if l.tls else ("http", "gateway")
+            scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
+                             else ("http", "gateway"))
             print(f"{label}: {scheme}://{l.address}:{l.port}", flush=True)
         print(f"admin: http://{admin.address}:{admin.port}/status", flush=True)
         if web:
