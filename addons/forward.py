@@ -66,11 +66,14 @@ class Forward:
         timeout = timeout_policy.request if timeout_policy else DEFAULT_TIMEOUT
         # show the real upstream in mitmweb and saved flows
         req.data.host, req.data.port = endpoint.address, endpoint.port
+        mtls = self.state.upstream_tls.get(cluster.service)  # mTLS to the service's sidecar
         endpoint.active += 1
         try:
             resp = await self.state.pool.request(
                 endpoint.address, endpoint.port, req.data.method, target, headers,
                 req.raw_content or b"", timeout=timeout, connect_timeout=cluster.connect_timeout,
+                ssl=mtls.client.context if mtls else None,
+                peer_identity=(endpoint.identity or mtls.identity) if mtls else None,
             )
         except upstream.UpstreamError as e:
             if span is not None:

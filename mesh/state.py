@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as meshconfig
+from . import mtls
 from .cluster import Cluster, Endpoint
 from .config.schema import MeshConfig
 from .routing import RouteTable, compile_routes
@@ -46,6 +47,8 @@ class MeshState:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.pool = Pool()
+        self.certs = mtls.CertStore()  # watched TLS contexts, renewed from disk (addons/tls.py)
+        self.upstream_tls: dict[str, mtls.UpstreamTls] = {}  # service → how to call it over mTLS
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
@@ -88,6 +91,8 @@ class MeshState:
                 for r in snap.routes.routes
             ],
             "clusters": {name: c.status() for name, c in snap.clusters.items()},
+            "certificates": [{"files": list(w.paths), "renewals": w.renewals, "error": w.error}
+                             for w in self.certs.items.values()],
         }
 
 

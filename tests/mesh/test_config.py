@@ -57,7 +57,7 @@ def test_three_mistakes_are_all_reported_with_lines():
     found = errors(text)
     assert found == [
         "mesh.yaml:4: gateway.listeners[0].port: required key is missing",
-        "mesh.yaml:4: gateway.listeners[0].prot: unknown key; expected one of name, address, port, tls (got 'prot')",
+        "mesh.yaml:4: gateway.listeners[0].prot: unknown key; expected one of name, address, port, tls, ip_filter (got 'prot')",
         "mesh.yaml:17: routes[0].forward.service: unknown service; expected one of catalog, users (got 'user')",
         "mesh.yaml:19: routes[1].match.path: prefix: expected a path starting with '/' (got 'catalog')",
     ]
