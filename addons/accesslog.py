@@ -100,7 +100,7 @@ class AccessLog:
             "principal": st.principal,
             "method": req.method,
             "host": req.host_header,
-            "path": redact.path(req.path),
+            "path": redact.url(req.path),
             "route": st.route.name if st.route else None,
             "cluster": st.cluster,
             "upstream": str(st.endpoint) if st.endpoint else None,

@@ -215,9 +215,12 @@ class Forward:
         if fault.abort is not None:
             return upstream.Response(fault.abort, b"Injected Fault", [(b"content-type", b"text/plain"),
                                      (b"content-length", b"14")], b"injected fault")
+        mtls = self.state.upstream_tls.get(cluster.service)  # mTLS to the service's sidecar
         resp = await self.state.pool.request(
             endpoint.address, endpoint.port, method, target, headers, body,
-            timeout=timeout, connect_timeout=cluster.connect_timeout)
+            timeout=timeout, connect_timeout=cluster.connect_timeout,
+            ssl=mtls.client.context if mtls else None,
+            peer_identity=(endpoint.identity or mtls.identity) if mtls else None)
         if fault.reset_after is not None and len(resp.body) > fault.reset_after:
             raise upstream.Reset(f"connection reset after {fault.reset_after} body bytes (injected)")
         if fault.drip:

@@ -23,9 +23,10 @@ ROUTE = "mitmesh.route"
 CLUSTER = "mitmesh.cluster"
 ENDPOINT = "mitmesh.endpoint"
 ATTEMPTS = "mitmesh.attempts"
-DECISIONS = "mitmesh.decisions"
-UPSTREAM_PATH = "mitmesh.upstream_path"  # the path sent upstream, after rewrites (for replay)  # list of [addon, decision] pairs, in the order they were made
+DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order they were made
+UPSTREAM_PATH = "mitmesh.upstream_path"  # the path sent upstream, after rewrites (for replay)
 PRINCIPAL = "mitmesh.principal"
+PEER = "mitmesh.peer"  # the SPIFFE ID of a verified mTLS peer
 
 _ATTR = "_mitmesh"
 
@@ -35,7 +36,7 @@ class FlowState:
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
                  "attempts", "started", "upstream_path", "principal", "claims", "decisions",
-                 "direction", "span", "trace_id")
+                 "direction", "span", "trace_id", "peer")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None):
         self.snapshot = snapshot
@@ -51,6 +52,9 @@ class FlowState:
         # a JWT subject or a workload's SPIFFE ID; `claims` are the verified token claims
         self.principal: str | None = None
         self.claims: dict | None = None
+        # the SPIFFE ID of the downstream's verified mTLS certificate (source.principal in Istio);
+        # Tls also sets it as `principal` until an authentication addon names the caller
+        self.peer: str | None = None
         # "why did the proxy do that": every addon appends what it decided, in request order
         self.decisions: list[tuple[str, str]] = []
         self.direction = "edge"  # edge (gateway), inbound or outbound (sidecar listeners)

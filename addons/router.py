@@ -20,7 +20,11 @@ class Router:
         path, _, _ = req.path.partition("?")
         path = normalize_path(path)
         host = req.host_header or ""
-        route = st.snapshot.routes.match(host, path, req.method, req.headers.get, lambda: req.query)
+        method = req.method
+        if method == "OPTIONS" and "origin" in req.headers and "access-control-request-method" in req.headers:
+            # a CORS preflight goes to the route its real request will take, where Cors answers it
+            method = req.headers["access-control-request-method"].upper()
+        route = st.snapshot.routes.match(host, path, method, req.headers.get, lambda: req.query)
         if route is None:
             st.decide("router", f"no route for {req.method} {path} on host {host}")
             replies.reply(flow, 404, "no_route", f"no route for {req.method} {path} on host {host}")

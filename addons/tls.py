@@ -1,52 +1,54 @@
-"""TLS toward downstream clients: each HTTPS listener presents its configured certificate.
+"""TLS of the proxy: listener certificates and mTLS toward downstream clients, the workload
+certificate presented to mTLS upstreams, and renewed certificate files picked up without a restart.
 
-Contexts are built once per config; a listener without TLS refuses a TLS handshake instead of
-letting mitmproxy mint a certificate from its interception CA.
+Contexts are built once per config from watched files (mesh/mtls.py); a listener without TLS
+refuses a TLS handshake instead of letting mitmproxy mint a certificate from its interception CA.
+Client certificates are verified by OpenSSL itself (VERIFY_PEER, and FAIL_IF_NO_PEER_CERT in
+STRICT mode): mitmproxy's own `request_client_cert` accepts any certificate, so it is not used.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+from typing import Callable
 
-from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy import connection, ctx, exceptions, http, tls
 from OpenSSL import SSL
 
-from mesh.state import Snapshot
+from mesh import mtls, pki
+from mesh.config.schema import Listener
+from mesh.state import MeshState, Snapshot
 
 from . import keys, replies
 
-
-def _select_alpn(http2: bool):
-    def select(conn: SSL.Connection, offered: list[bytes]):
-        if http2 and b"h2" in offered:
-            return b"h2"
-        if b"http/1.1" in offered:
-            return b"http/1.1"
-        return SSL.NO_OVERLAPPING_PROTOCOLS
-    return select
+log = logging.getLogger("mitmesh.tls")
 
 
-def server_context(cert: str, key: str, http2: bool) -> SSL.Context:
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
-    context.use_certificate_chain_file(cert)
-    context.use_privatekey_file(key)
-    context.check_privatekey()
-    context.set_alpn_select_callback(_select_alpn(http2))
-    return context
+def gateway_listeners(snap: Snapshot) -> list[Listener]:
+    return snap.config.gateway.listeners
 
 
-def _refusing_context() -> SSL.Context:
-    return SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
+def gateway_identity(snap: Snapshot) -> str:
+    return snap.config.gateway.identity
 
 
 class Tls:
-    def __init__(self, state):
+    """`listeners` and `identity` say, per snapshot, which listeners this proxy serves and whose
+    workload certificate it presents upstream: the gateway's by default; a sidecar passes its own."""
+
+    def __init__(self, state: MeshState, listeners: Callable[[Snapshot], list[Listener]] = gateway_listeners,
+                 identity: Callable[[Snapshot], str] = gateway_identity):
         self.state = state
-        self._contexts: dict[tuple[str, int], SSL.Context] = {}
-        self._refuse = _refusing_context()
+        self.listeners = listeners
+        self.identity = identity
+        self._contexts: dict[tuple[str, int], mtls.Watched[SSL.Context]] = {}
+        self._refuse = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
         self._built_for: Snapshot | None = None
+        self._names: dict[tuple[str, int], str] = {}  # mTLS listeners, for log lines
+        self._peers: dict[str, str | None] = {}  # client connection id → verified SPIFFE ID
+        self._task: asyncio.Task | None = None
 
     def configure(self, updated):
         self._build()
@@ -56,38 +58,128 @@ class Tls:
         if snap is None or snap is self._built_for:
             return
         base = os.path.dirname(os.path.abspath(snap.file))
-        contexts = {}
-        for i, lst in enumerate(snap.config.gateway.listeners):
+        config = snap.config
+        me = self.identity(snap)
+        mesh_ca = mtls.workload_files(base, config.mesh.identity.dir, me)[2]
+        store = self.state.certs
+        contexts, used = {}, []
+        listeners = self.listeners(snap)
+        for i, lst in enumerate(listeners):
             if lst.tls is None:
                 continue
-            cert, key = (os.path.join(base, p) for p in (lst.tls.cert, lst.tls.key))
+            t = lst.tls
+            cert, key = (os.path.join(base, p) for p in (t.cert, t.key))
+            client_ca = (os.path.join(base, t.client_ca) if t.client_ca else mesh_ca) if t.mtls else None
             try:
-                contexts[(lst.address, lst.port)] = server_context(cert, key, lst.tls.http2)
-            except (OSError, SSL.Error) as e:
+                contexts[(lst.address, lst.port)] = store.server(
+                    cert, key, http2=t.http2, client_ca=client_ca, mode=t.mtls)
+            except (OSError, SSL.Error, ValueError) as e:
+                what = f"client CA {client_ca}, " if client_ca else ""
                 raise exceptions.OptionsError(
-                    f"{snap.file}:1: gateway.listeners[{i}].tls: cannot use certificate "
-                    f"{lst.tls.cert} with key {lst.tls.key}: {e} (got {cert!r})"
-                ) from None
+                    f"{snap.file}:1: gateway.listeners[{i}].tls: cannot use {what}certificate "
+                    f"{t.cert} with key {t.key}: {e} (got {cert!r})") from None
+        upstream: dict[str, mtls.UpstreamTls] = {}
+        wanted = [name for name, svc in config.services.items() if svc.mtls != "DISABLE"]
+        if wanted:
+            cert, key, ca = mtls.workload_files(base, config.mesh.identity.dir, me)
+            try:
+                client = store.client(cert, key, ca)
+            except (OSError, ValueError) as e:
+                raise exceptions.OptionsError(
+                    f"{snap.file}:1: gateway.identity: cannot load the workload certificate of "
+                    f"{me} for mTLS upstreams ({', '.join(wanted)}): {e}; `mitmesh certs issue "
+                    f"{me}` makes one (got {me!r})") from None
+            for name in wanted:
+                upstream[name] = mtls.UpstreamTls(
+                    client, pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, name))
+        store.retain(list(contexts.values()) + [u.client for u in upstream.values()])
         self._contexts = contexts
+        self._names = {(l.address, l.port): l.name for l in listeners if l.tls and l.tls.mtls}
+        self.state.upstream_tls = upstream
         self._built_for = snap
 
-    def tls_start_client(self, data: tls.TlsData) -> None:
-        if data.ssl_conn is not None:
-            return
+    def _ensure(self) -> None:
         if self._built_for is not self.state.snapshot:
             try:
                 self._build()
             except exceptions.OptionsError as e:
                 ctx.log.error(str(e))
+                self._built_for = self.state.snapshot  # reported once; keep the last good contexts
+
+    async def running(self):
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="mitmesh-cert-watch")
+
+    async def done(self):
+        if self._task:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        """Swap in renewed certificate files: new handshakes use them, open connections go on."""
+        while True:
+            snap = self.state.snapshot
+            await asyncio.sleep(snap.config.mesh.identity.reload_interval if snap else 1.0)
+            for w in self.state.certs.refresh():
+                log.info(f"certificate {w.paths[0]} renewed: new handshakes use it")
+            for w in self.state.certs.items.values():
+                if w.error:
+                    log.debug(f"certificate {w.paths[0]} not reloaded yet: {w.error}")
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        if data.ssl_conn is not None:
+            return
+        self._ensure()
         mode = data.context.client.proxy_mode
-        context = self._contexts.get((mode.listen_host(), mode.listen_port()), self._refuse)
-        data.ssl_conn = SSL.Connection(context)
+        watched = self._contexts.get((mode.listen_host(), mode.listen_port()))
+        data.ssl_conn = SSL.Connection(watched.context if watched else self._refuse)
         data.ssl_conn.set_accept_state()
 
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        cert = data.ssl_conn.get_peer_certificate() if data.ssl_conn else None
+        if cert is not None:  # OpenSSL verified it against the listener's client CA
+            self._peers[data.conn.id] = pki.spiffe_of(cert.to_cryptography())
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        mode = data.context.client.proxy_mode
+        listener = self._names.get((mode.listen_host(), mode.listen_port()))
+        if listener is not None:  # mitmproxy's own line assumes an interception proxy
+            log.info(f"mTLS handshake refused on listener {listener}: {_reason(data.conn.error or '')} "
+                     f"(client {data.conn.peername[0]})")
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._peers.pop(client.id, None)
+
     def requestheaders(self, flow: http.HTTPFlow):
+        self._ensure()  # after a reload: listener contexts and how Forward calls mTLS services
         st = keys.get(flow)
         if flow.response or st is None or st.listener is None:
             return
-        if st.listener.tls is not None and not flow.client_conn.tls_established:
-            replies.reply(flow, 400, "tls_required",
-                          f"listener {st.listener.name} only speaks HTTPS; use https://")
+        listener_tls = st.listener.tls
+        if listener_tls is None:
+            return
+        if not flow.client_conn.tls_established:
+            if listener_tls.mtls == "STRICT":
+                st.decide("tls", "plaintext refused: listener is mTLS STRICT")
+                replies.reply(flow, 400, "mtls_required",
+                              f"listener {st.listener.name} only accepts mutual TLS; "
+                              "connect with https:// and a mesh client certificate")
+            elif listener_tls.mtls is None:
+                replies.reply(flow, 400, "tls_required",
+                              f"listener {st.listener.name} only speaks HTTPS; use https://")
+            return
+        peer = self._peers.get(flow.client_conn.id)
+        if peer is not None:
+            st.peer = peer
+            if st.principal is None:
+                st.principal = peer
+            flow.metadata[keys.PEER] = peer
+            st.decide("tls", f"mTLS peer {peer}")
+
+
+def _reason(error: str) -> str:
+    """The OpenSSL reason inside mitmproxy's handshake error text."""
+    if "Certificate verify failed: " in error:
+        return error.rsplit("Certificate verify failed: ", 1)[1].rstrip(")")
+    if "', '" in error:
+        return error.rsplit("', '", 1)[1].split("'")[0]
+    return error

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 # JSON keys that differ between any two instances or versions of a demo service, whatever the data
 VOLATILE = ("request_id", "instance", "version", "zone")
@@ -54,14 +53,12 @@ def _replay(args) -> int:
                          config_path=args.config, ignore=ignore)
 
 
-def _certs(args) -> int:
-    from . import pki
+def _apikey(args) -> int:
+    from . import apikeys
 
-    made = pki.init_edge(Path(args.dir), force=args.force)
-    for p in made:
-        print(f"wrote {p}")
-    if not made:
-        print(f"certificates in {args.dir} are present (use --force to replace them)")
+    key = apikeys.new_key()
+    print(f"key for {args.name} (give it to the consumer; it is not stored anywhere):\n  {key}")
+    print(f"config (policies.<name>.api_key.consumers):\n  {args.name}: {{key_sha256: {apikeys.digest(key)}}}")
     return 0
 
 
@@ -115,12 +112,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=_bench)
 
-    c = sub.add_parser("certs", help="certificates")
-    csub = c.add_subparsers(dest="certs_command", required=True)
-    ci = csub.add_parser("init", help="make the demo edge CA and edge certificate if missing")
-    ci.add_argument("--dir", default="certs")
-    ci.add_argument("--force", action="store_true")
-    ci.set_defaults(func=_certs)
+    from . import certcmd
+    certcmd.add_parser(sub)
+
+    k = sub.add_parser("apikey", help="API keys for the api_key policy")
+    ksub = k.add_subparsers(dest="apikey_command", required=True)
+    kn = ksub.add_parser("new", help="make a random key and print its config entry (SHA-256)")
+    kn.add_argument("name", metavar="CONSUMER")
+    kn.set_defaults(func=_apikey)
     return p
 
 

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import modes, pki, procs
+from . import certcmd, modes, pki, procs
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
@@ -116,6 +116,13 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     up_state = path.parent / ".mitmesh" / "up.json"
     children: list[procs.Child] = []
     stopping = threading.Event()
+    # the mesh CA and a workload certificate per service and for the gateway, renewed before
+    # they expire for as long as `up` runs; proxies pick the new files up by themselves
+    identity_dir = certcmd.identity_dir(path, config)
+    pki.init_mesh(identity_dir, config.mesh.trust_domain)
+    certcmd.rotate(identity_dir, config)
+    threading.Thread(target=certcmd.rotate, args=(identity_dir, config),
+                     kwargs={"watch": True, "stop": stopping}, daemon=True, name="cert-rotation").start()
 
     def on_signal(signum, _frame):
         stopping.set()
@@ -151,7 +158,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         else:
             procs.wait_log(gw, "gateway ready")
         for l in listeners:
-            scheme, label = ("https", "gateway-tls") if l.tls else ("http", "gateway")
+            scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
+                             else ("http", "gateway"))
             print(f"{label}: {scheme}://{l.address}:{l.port}", flush=True)
         print(f"admin: http://{admin.address}:{admin.port}/status", flush=True)
         if web:

@@ -1,6 +1,9 @@
-"""Certificates with `cryptography`: a demo edge CA and the gateway's edge certificate.
+"""Certificates with `cryptography`: the demo edge CA and edge certificate, the mesh CA, and
+short-lived workload certificates carrying a SPIFFE ID, renewed before they expire.
 
-Private keys are written 0600; certs/ is ignored by git except its README.
+Private keys are written 0600; certs/ is ignored by git except its README. Files are replaced
+atomically (key first, then certificate), so a proxy watching them never reads half a file; a
+proxy that sees a new key before its certificate keeps its old pair until both match.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -21,6 +25,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 class Issued:
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+
+
+SKEW = dt.timedelta(minutes=5)  # certificates start this long before now, for clock skew
 
 
 def _now() -> dt.datetime:
@@ -52,19 +59,22 @@ def new_ca(common_name: str, days: int = 3650) -> Issued:
 def issue(ca: Issued, common_name: str, *, dns: list[str] = (), ips: list[str] = (),
           uris: list[str] = (), lifetime: dt.timedelta = dt.timedelta(days=365),
           not_before: dt.datetime | None = None, server: bool = True, client: bool = False) -> Issued:
+    """A leaf certificate valid from `not_before` (default: 5 minutes ago, for clock skew) until
+    `lifetime` after now (or after `not_before` when given)."""
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     sans += [x509.UniformResourceIdentifier(u) for u in uris]
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
              ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
-    start = not_before or (_now() - dt.timedelta(minutes=5))
+    start = not_before or (_now() - SKEW)
+    end = (not_before or _now()) + lifetime
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.cert.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + lifetime)
+        .not_valid_before(start).not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
@@ -119,3 +129,114 @@ def init_edge(directory: Path, hosts: list[str] = ("localhost",), ips: list[str]
         write(issue(ca, hosts[0], dns=list(hosts), ips=list(ips)), cert, key, chain=[ca.cert])
         made.append(cert)
     return made
+
+
+# ---------------------------------------------------------------------------------------------
+# The mesh CA and workload identities (SPIFFE X.509 SVIDs), separate from the edge certificates.
+
+MESH_CA = "mesh-ca"
+WORKLOADS = "workload"
+DEFAULT_LIFETIME = dt.timedelta(hours=24)  # Istio's default workload certificate lifetime
+
+
+def spiffe_id(trust_domain: str, namespace: str, name: str) -> str:
+    """The SPIFFE ID of a workload: `spiffe://<trust-domain>/ns/<namespace>/sa/<name>`."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{name}"
+
+
+def spiffe_of(cert: x509.Certificate) -> str | None:
+    """The certificate's SPIFFE ID (its one spiffe:// URI SAN), or None."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    ids = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
+           if u.startswith("spiffe://")]
+    return ids[0] if len(ids) == 1 else None
+
+
+def mesh_ca_paths(directory: Path) -> tuple[Path, Path]:
+    return directory / f"{MESH_CA}.pem", directory / f"{MESH_CA}.key"
+
+
+def workload_paths(directory: Path, name: str) -> tuple[Path, Path]:
+    return directory / WORKLOADS / f"{name}.pem", directory / WORKLOADS / f"{name}.key"
+
+
+def init_mesh(directory: Path, trust_domain: str, force: bool = False) -> list[Path]:
+    """The mesh CA (EC P-256) that signs workload certificates; kept if present unless `force`."""
+    cert, key = mesh_ca_paths(directory)
+    if not force and cert.exists() and key.exists():
+        return []
+    ca = new_ca(f"mitmesh mesh CA ({trust_domain})")
+    write(ca, cert, key)
+    return [cert]
+
+
+def issue_workload(directory: Path, name: str, identity: str,
+                   lifetime: dt.timedelta = DEFAULT_LIFETIME) -> Path:
+    """Sign a workload certificate for `identity` (server and client use) and write it 0600."""
+    ca = read(*mesh_ca_paths(directory))
+    cert, key = workload_paths(directory, name)
+    leaf = issue(ca, name, uris=[identity], lifetime=lifetime, server=True, client=True)
+    write(leaf, cert, key, chain=[ca.cert])
+    return cert
+
+
+def renewal_due(cert: x509.Certificate, identity: str, ca: x509.Certificate,
+                lifetime: dt.timedelta, renew_after: float, now: dt.datetime | None = None) -> str | None:
+    """Why this certificate must be replaced now, or None while it is good."""
+    now = now or _now()
+    if spiffe_of(cert) != identity:
+        return f"identity is {spiffe_of(cert)}, expected {identity}"
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return "signed by another CA"
+    issued = cert.not_valid_before_utc + SKEW
+    end = cert.not_valid_after_utc
+    if end - issued > lifetime + dt.timedelta(seconds=1):
+        return f"lifetime {end - issued} is longer than the configured {lifetime}"
+    if now >= issued + (end - issued) * renew_after:
+        return "past its renewal point" if now < end else "expired"
+    return None
+
+
+def renew_due(directory: Path, identities: dict[str, str], lifetime: dt.timedelta = DEFAULT_LIFETIME,
+              renew_after: float = 0.5, now: dt.datetime | None = None) -> list[tuple[str, str]]:
+    """Issue or renew every workload certificate that is missing or due: [(name, why)]."""
+    ca = read(*mesh_ca_paths(directory))
+    done = []
+    for name, identity in identities.items():
+        cert_path, key_path = workload_paths(directory, name)
+        why: str | None
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            why = renewal_due(cert, identity, ca.cert, lifetime, renew_after, now) \
+                if key_path.exists() else "key is missing"
+        except (OSError, ValueError):
+            why = "missing"
+        if why:
+            issue_workload(directory, name, identity, lifetime)
+            done.append((name, why))
+    return done
+
+
+def describe(cert_path: Path, now: dt.datetime | None = None) -> dict:
+    """What `mitmesh certs show` prints about one certificate file."""
+    now = now or _now()
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    end = cert.not_valid_after_utc
+    key_path = cert_path.with_suffix(".key")
+    mode = oct(key_path.stat().st_mode & 0o777) if key_path.exists() else None
+    return {
+        "file": str(cert_path),
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "spiffe_id": spiffe_of(cert),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": end.isoformat(),
+        "expires_in_s": int((end - now).total_seconds()),
+        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+        "key_mode": mode,
+    }

@@ -220,7 +220,7 @@ def compile_routes(config: schema.MeshConfig) -> RouteTable:
     routes = []
     for i, rc in enumerate(config.routes):
         policies: dict[str, object] = {}
-        for ref in rc.policies:
+        for ref in (*rc.policies, *config.gateway.policies):  # the route's own kinds win
             block = config.policies[ref]
             for kind in type(block).model_fields:
                 value = getattr(block, kind)

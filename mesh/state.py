@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as meshconfig
+from . import mtls
 from .cluster import Cluster, Endpoint
 from .config.schema import MeshConfig
 from .resilience import Guards, guards
@@ -47,6 +48,8 @@ class MeshState:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.pool = Pool()
+        self.certs = mtls.CertStore()  # watched TLS contexts, renewed from disk (addons/tls.py)
+        self.upstream_tls: dict[str, mtls.UpstreamTls] = {}  # service → how to call it over mTLS
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
@@ -97,6 +100,8 @@ class MeshState:
             ],
             "clusters": {name: {**c.status(), **self.guards[name].status()} if name in self.guards
                          else c.status() for name, c in snap.clusters.items()},
+            "certificates": [{"files": list(w.paths), "renewals": w.renewals, "error": w.error}
+                             for w in self.certs.items.values()],
         }
 
 

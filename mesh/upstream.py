@@ -13,6 +13,8 @@ import ssl as _ssl
 import time
 from dataclasses import dataclass, field
 
+from . import mtls
+
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
      b"trailer", b"upgrade"}
@@ -58,6 +60,7 @@ class _Conn:
     writer: asyncio.StreamWriter
     idle_since: float = 0.0
     used: int = 0
+    ssl: _ssl.SSLContext | None = None  # the context it was opened with
 
     def usable(self, now: float, idle_timeout: float) -> bool:
         return (
@@ -74,10 +77,16 @@ class _Conn:
 @dataclass(slots=True)
 class _Bucket:
     idle: list[_Conn] = field(default_factory=list)
+    ssl: _ssl.SSLContext | None = None  # the current context; older connections are retired
 
 
 class Pool:
-    """Keep-alive connections per upstream (host, port, TLS identity); LIFO so hot ones stay warm."""
+    """Keep-alive connections per upstream (host, port, TLS, peer identity); LIFO so hot ones stay warm.
+
+    When the TLS context for an upstream changes (a renewed workload certificate), idle connections
+    made with the old one are closed and busy ones are closed when they come back: new connections
+    present the new certificate, and no request in flight is cut.
+    """
 
     def __init__(self, *, max_idle: int = 64, idle_timeout: float = 30.0, max_body: int = 64 << 20):
         self.max_idle = max_idle
@@ -99,16 +108,19 @@ class Pool:
         connect_timeout: float = 1.0,
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        peer_identity: str | None = None,
     ) -> Response:
-        """Send one request; raises an UpstreamError subclass when no response could be had."""
-        key = (host, port, id(ssl) if ssl else None)
+        """Send one request; raises an UpstreamError subclass when no response could be had.
+
+        With `peer_identity`, the TLS peer must present that SPIFFE ID, else ConnectFailure."""
+        key = (host, port, ssl is not None, server_hostname, peer_identity)
         head = _serialize(method, target, headers, body)
         deadline = time.monotonic() + timeout
         for fresh in (False, True):
-            conn = None if fresh else self._checkout(key)
+            conn = None if fresh else self._checkout(key, ssl)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(host, port, ssl, server_hostname,
+                conn = await self._connect(host, port, ssl, server_hostname, peer_identity,
                                            min(connect_timeout, max(deadline - time.monotonic(), 0.001)))
             try:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
@@ -137,9 +149,15 @@ class Pool:
             return resp
         raise AssertionError("unreachable")
 
-    def _checkout(self, key: tuple) -> _Conn | None:
+    def _checkout(self, key: tuple, ssl: _ssl.SSLContext | None) -> _Conn | None:
         bucket = self._buckets.get(key)
         if not bucket:
+            return None
+        if bucket.ssl is not ssl:  # renewed certificate: retire connections of the old one
+            for conn in bucket.idle:
+                conn.close()
+            bucket.idle.clear()
+            bucket.ssl = ssl
             return None
         now = time.monotonic()
         while bucket.idle:
@@ -152,15 +170,15 @@ class Pool:
     def _checkin(self, key: tuple, conn: _Conn) -> None:
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket()
-        if len(bucket.idle) >= self.max_idle:
+            bucket = self._buckets[key] = _Bucket(ssl=conn.ssl)
+        if len(bucket.idle) >= self.max_idle or conn.ssl is not bucket.ssl:
             conn.close()
             return
         conn.idle_since = time.monotonic()
         conn.used += 1
         bucket.idle.append(conn)
 
-    async def _connect(self, host, port, ssl, server_hostname, timeout: float) -> _Conn:
+    async def _connect(self, host, port, ssl, server_hostname, peer_identity, timeout: float) -> _Conn:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
@@ -170,12 +188,18 @@ class Pool:
         except TimeoutError:
             raise ConnectFailure(f"connect to {host}:{port} timed out after {timeout:g}s") from None
         except _ssl.SSLError as e:
-            raise ConnectFailure(f"TLS handshake with {host}:{port} failed: {e.reason or e}") from None
+            why = getattr(e, "verify_message", None) or e.reason or e  # e.g. certificate has expired
+            raise ConnectFailure(f"TLS handshake with {host}:{port} failed: {why}") from None
         except OSError as e:
             reason = os.strerror(e.errno).lower() if e.errno else str(e)
             raise ConnectFailure(f"connect to {host}:{port} failed: {reason}") from None
+        if peer_identity is not None:
+            problem = mtls.check_peer(writer.get_extra_info("ssl_object"), peer_identity)
+            if problem is not None:
+                writer.close()
+                raise ConnectFailure(f"TLS peer {host}:{port} refused: {problem}")
         self.opened += 1
-        return _Conn(reader, writer)
+        return _Conn(reader, writer, ssl=ssl)
 
     async def _exchange(self, conn: _Conn, method: bytes, head: bytes, body: bytes):
         writer, reader = conn.writer, conn.reader

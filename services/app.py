@@ -38,9 +38,14 @@ class Identity:
     knobs: Knobs = field(default_factory=Knobs)
 
     def describe(self, request: web.Request) -> dict:
-        return {"service": self.service, "version": self.version, "instance": self.instance,
-                "zone": self.zone, "method": request.method, "path": request.path_qs,
-                "request_id": request.headers.get("x-request-id")}
+        out = {"service": self.service, "version": self.version, "instance": self.instance,
+               "zone": self.zone, "method": request.method, "path": request.path_qs,
+               "request_id": request.headers.get("x-request-id")}
+        # who the gateway verified (its authentication policies forward these), shown for the demo
+        caller = request.headers.get("x-user") or request.headers.get("x-consumer")
+        if caller:
+            out["caller"] = caller
+        return out
 
 
 def parse_duration(text: str) -> float:

@@ -191,6 +191,7 @@ def _references(src: Source) -> list[Problem]:
                     kinds.setdefault(kind, ref)
 
     gateway = data.get("gateway")
+    out.extend(_default_policies(src, gateway, policies))
     listeners = gateway.get("listeners") if isinstance(gateway, dict) else None
     if isinstance(listeners, list):
         seen_names: dict[str, int] = {}
@@ -209,4 +210,27 @@ def _references(src: Source) -> list[Problem]:
                     out.append(src.problem(("gateway", "listeners", i, "port"),
                                            f"port already used by listeners[{seen_ports[key]}] (got {lst['port']})"))
                 seen_ports.setdefault(key, i)
+    return out
+
+
+def _default_policies(src: Source, gateway: Any, policies: dict) -> list[Problem]:
+    """gateway.policies: known names, each kind set by one block only."""
+    refs = gateway.get("policies") if isinstance(gateway, dict) else None
+    if not isinstance(refs, list):
+        return []
+    out: list[Problem] = []
+    kinds: dict[str, str] = {}
+    for j, ref in enumerate(refs):
+        if not isinstance(ref, str):
+            continue
+        if ref not in policies:
+            known = f"expected one of {', '.join(policies)}" if policies else "no policies are defined"
+            out.append(src.problem(("gateway", "policies", j), f"unknown policy; {known} (got {show(ref)})"))
+            continue
+        block = policies[ref]
+        for kind in block if isinstance(block, dict) else ():
+            if kind in kinds and kinds[kind] != ref:
+                out.append(src.problem(("gateway", "policies", j),
+                                       f"policy {show(ref)} sets {kind}, already set by {show(kinds[kind])}"))
+            kinds.setdefault(kind, ref)
     return out

@@ -11,18 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from .source import show
-from .types import Address, Duration, Model, Name, Regex, split_hostport
+from .security import (ApiKey, Authz, Cors, IdentitySettings, IpFilter, Jwt, MtlsMode, OAuth2,
+                       Require, SecurityHeaders, SizeLimit)
+from .types import METHODS, Address, Duration, Model, Name, Regex, one_of as _one_of, split_hostport
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
-
-
-def _one_of(model: Model, names: tuple[str, ...], *, required: bool = True) -> None:
-    given = [n for n in names if getattr(model, n) is not None]
-    if len(given) > 1 or (required and not given):
-        raise ValueError(
-            f"expected exactly one of {', '.join(names)} (got {', '.join(given) or 'none'})"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,6 +28,18 @@ class ListenerTls(Model):
     cert: str = Field(description="PEM certificate chain, relative to the config file")
     key: str = Field(description="PEM private key, relative to the config file")
     http2: bool = Field(True, description="offer HTTP/2 over ALPN (default true)")
+    mtls: MtlsMode | None = Field(
+        None, description="client certificates: STRICT requires one from client_ca (mTLS only), "
+                          "PERMISSIVE also accepts plaintext and TLS without one (default: not asked)")
+    client_ca: str | None = Field(
+        None, description="with mtls: CA bundle client certificates must chain to "
+                          "(default: the mesh CA, <mesh.identity.dir>/mesh-ca.pem)")
+
+    @model_validator(mode="after")
+    def _client_ca_needs_mtls(self) -> ListenerTls:
+        if self.client_ca is not None and self.mtls is None:
+            raise ValueError("client_ca needs mtls: STRICT or PERMISSIVE")
+        return self
 
 
 class Listener(Model):
@@ -44,6 +49,7 @@ class Listener(Model):
     address: Address = Field("127.0.0.1", description="IP to bind (default 127.0.0.1)")
     port: Port
     tls: ListenerTls | None = Field(None, description="serve HTTPS with this certificate")
+    ip_filter: IpFilter | None = Field(None, description="downstream addresses allowed or denied (403)")
 
 
 class Admin(Model):
@@ -56,6 +62,10 @@ class Admin(Model):
 class Gateway(Model):
     listeners: Annotated[list[Listener], Field(min_length=1)]
     admin: Admin = Admin()
+    identity: Name = Field("gateway", description="workload name whose certificate the gateway "
+                                                  "presents to mTLS upstreams (default gateway)")
+    policies: list[Name] = Field(default_factory=list, description="policy blocks for every route "
+                                 "that does not set the same kind itself (e.g. size limits)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +148,9 @@ class Service(Model):
         OutlierDetection(), description="outlier ejection (default on, as Linkerd's failure accrual; null: off)")
     retry_budget: RetryBudget = RetryBudget()
     fault: Fault | None = Field(None, description="faults injected on every attempt to this service")
+    mtls: Literal["STRICT", "PERMISSIVE", "DISABLE"] = Field(
+        "DISABLE", description="the service's inbound mTLS mode (Istio's names); with STRICT or "
+                               "PERMISSIVE proxies call it over mTLS and check its SPIFFE ID (default DISABLE)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +367,14 @@ class Policy(Model):
     timeout: Timeout | None = None
     retries: Retries | None = None
     fault: Fault | None = None
+    jwt: Jwt | None = Field(None, description="JWT bearer tokens, verified against the issuer's JWKS")
+    oauth2: OAuth2 | None = Field(None, description="opaque OAuth2 tokens, by introspection")
+    api_key: ApiKey | None = Field(None, description="API keys per consumer")
+    require: Require | None = Field(None, description="scopes or claims the caller must hold (403)")
+    authz: Authz | None = Field(None, description="allow/deny by peer identity and request (403)")
+    cors: Cors | None = Field(None, description="cross-origin requests and preflights")
+    size_limit: SizeLimit | None = Field(None, description="request body (413) and header (431) limits")
+    security_headers: SecurityHeaders | None = Field(None, description="security response headers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +412,7 @@ class Observability(Model):
 class MeshSettings(Model):
     trust_domain: str = Field("mitmesh.local", description="SPIFFE trust domain")
     namespace: Name = Field("demo", description="namespace of workload identities")
+    identity: IdentitySettings = IdentitySettings()
 
 
 class MeshConfig(Model):

@@ -13,12 +13,28 @@ from .source import show
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
+               "GB": 1000**3, "GiB": 1024**3}
+_HEADER = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 
 
 class Model(BaseModel):
     """Base of every config model: frozen, and an unknown key is an error, not a silent no-op."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def one_of(model: BaseModel, names: tuple[str, ...], *, required: bool = True) -> None:
+    """For a model_validator: exactly one (or, not required, at most one) of `names` is set."""
+    given = [n for n in names if getattr(model, n) is not None]
+    if len(given) > 1 or (required and not given):
+        raise ValueError(
+            f"expected exactly one of {', '.join(names)} (got {', '.join(given) or 'none'})"
+        )
 
 
 def parse_duration(value: object) -> float:
@@ -34,6 +50,36 @@ def parse_duration(value: object) -> float:
     if seconds < 0:
         raise ValueError(f"expected a duration >= 0 (got {show(value)})")
     return seconds
+
+
+def parse_size(value: object) -> int:
+    """`512KiB`, `1MiB`, `10MB` or a plain number of bytes, to bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 64KiB, 1MiB or 10MB (got {show(value)})")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    else:
+        raise ValueError(f"expected a size like 64KiB, 1MiB or 10MB (got {show(value)})")
+    if size < 0:
+        raise ValueError(f"expected a size >= 0 (got {show(value)})")
+    return size
+
+
+def check_header(value: object) -> str:
+    """A header name, lowercased (HTTP/2 needs lowercase names anyway)."""
+    if not isinstance(value, str) or not _HEADER.match(value.lower()):
+        raise ValueError(f"expected a header name such as x-user (got {show(value)})")
+    return value.lower()
+
+
+def check_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"expected an address or CIDR block such as 10.0.0.0/8 ({e}) "
+                         f"(got {show(value)})") from None
 
 
 def check_name(value: str) -> str:
@@ -74,3 +120,6 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, AfterValidator(check_name)]
 Address = Annotated[str, AfterValidator(check_address)]
 Regex = Annotated[str, AfterValidator(check_regex)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+HeaderName = Annotated[str, BeforeValidator(check_header)]
+Cidr = Annotated[str, AfterValidator(check_cidr)]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 
 import pytest
 from aiohttp import web
 from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain
+from mesh import modes
 from mesh.state import MeshState
 
 
@@ -20,7 +23,10 @@ class Gateway:
         self.state = state
         self.addons = addons
 
-    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False):
+    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
+                   client: str | None = None, listener: int | None = None):
+        """One request through the chain; `client` sets the downstream address, `listener` the
+        port of the config's listener it arrives on (default: no listener)."""
         req = tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=9,
                           authority=b"", content=body)
         req.headers.clear()
@@ -31,6 +37,10 @@ class Gateway:
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None
+        if client is not None:
+            flow.client_conn.peername = (client, 40000)
+        if listener is not None:
+            flow.client_conn.proxy_mode = ProxyMode.parse(modes.reverse("127.0.0.1", listener))
         manager = self.tctx.master.addons
         await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
         await manager.handle_lifecycle(HttpRequestHook(flow))
@@ -40,7 +50,11 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(write_config):
+async def gateway(write_config, tmp_path, monkeypatch):
+    # the Config addon loads its default `mesh.yaml` (from the working directory) when added:
+    # make that the test's own file, never the repository's demo
+    monkeypatch.chdir(tmp_path)
+
     @contextlib.asynccontextmanager
     async def make(text=None):
         path = write_config(text) if text else write_config()
@@ -51,6 +65,9 @@ async def gateway(write_config):
             try:
                 yield Gateway(tctx, state, addons)
             finally:
+                for addon in addons:  # what the proxy does at shutdown: close sessions, stop tasks
+                    if (done := getattr(addon, "done", None)) is not None and inspect.isawaitable(r := done()):
+                        await r
                 await state.pool.close()
     return make
 

@@ -27,7 +27,7 @@ async def test_one_json_line_per_request_with_secrets_redacted(gateway, tmp_path
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
     assert first["route"] == "health" and first["status"] == 200 and first["method"] == "GET"
-    assert first["path"] == "/healthz?api_key=[REDACTED]&x=1"
+    assert first["path"] == "/healthz?api_key=[redacted]&x=1"
     assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert len(first["request_id"]) == 36 and first["duration_ms"] >= 0
     assert first["decisions"] == ["router: route health matched GET /healthz on host example.com"]

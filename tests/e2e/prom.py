@@ -49,6 +49,14 @@ class Prometheus:
         assert data["status"] == "success", data
         return data["data"]["result"]
 
+    def ready(self) -> bool:
+        """True once Prometheus answers queries and has scraped every target at least once."""
+        try:
+            result = self.query("up")
+        except OSError:  # not listening yet, or its HTTP API still starting (HTTP 503)
+            return False
+        return bool(result) and all(r["value"][1] == "1" for r in result)
+
     def scalar(self, expr: str) -> float | None:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None

@@ -43,7 +43,7 @@ def observed(tmp_path):
 def test_prometheus_rate_and_quantile_across_workers(observed):
     admin = observed.admin.removeprefix("http://")
     with Prometheus(observed.tmp, [admin]) as prom:
-        wait_until(lambda: prom.scalar("up") == 1, timeout=20, interval=0.2)  # scraping has begun
+        wait_until(prom.ready, timeout=20, interval=0.2)  # scraping has begun
         seconds, sent = 9.0, []
         stop = time.monotonic() + seconds
 

@@ -57,7 +57,7 @@ def test_three_mistakes_are_all_reported_with_lines():
     found = errors(text)
     assert found == [
         "mesh.yaml:4: gateway.listeners[0].port: required key is missing",
-        "mesh.yaml:4: gateway.listeners[0].prot: unknown key; expected one of name, address, port, tls (got 'prot')",
+        "mesh.yaml:4: gateway.listeners[0].prot: unknown key; expected one of name, address, port, tls, ip_filter (got 'prot')",
         "mesh.yaml:17: routes[0].forward.service: unknown service; expected one of catalog, users (got 'user')",
         "mesh.yaml:19: routes[1].match.path: prefix: expected a path starting with '/' (got 'catalog')",
     ]
@@ -136,7 +136,7 @@ def test_resilience_policy_errors(block, expected):
     ("circuit_breaker: {fail_max: 0}", "services.users.circuit_breaker.fail_max: expected a value >= 1 (got 0)"),
     ("outlier_detection: {max_ejection_percent: 101}", "services.users.outlier_detection.max_ejection_percent: expected a value <= 100 (got 101)"),
     ("retry_budget: {ratio: -1}", "services.users.retry_budget.ratio: expected a value >= 0 (got -1)"),
-    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, circuit_breaker, outlier_detection, retry_budget, fault (got 'circuit_breakers')"),
+    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls (got 'circuit_breakers')"),
 ])
 def test_cluster_resilience_errors(block, expected):
     text = BASE.replace("  users:\n    versions:", f"  users:\n    {block}\n    versions:")

@@ -1,0 +1,56 @@
+"""Cors: answers a route's CORS preflights (before authentication: browsers send them without
+credentials) and adds CORS headers to its responses, including the proxy's own 401/403/429."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from mesh.compiled import PerSnapshot
+from mesh.cors import CorsPolicy, compile_cors
+from mesh.state import Snapshot
+
+from . import keys, replies
+
+
+def compile_policies(snap: Snapshot) -> dict[int, CorsPolicy]:
+    return {r.index: compile_cors(r.policies["cors"]) for r in snap.routes.routes if "cors" in r.policies}
+
+
+class Cors:
+    def __init__(self):
+        self._policies = PerSnapshot(compile_policies)
+
+    def _policy(self, flow: http.HTTPFlow) -> CorsPolicy | None:
+        st = keys.get(flow)
+        if st is None or st.route is None:
+            return None
+        return self._policies.get(st.snapshot).get(st.route.index)
+
+    def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response or flow.error or not flow.live:
+            return
+        req = flow.request
+        if req.method != "OPTIONS" or "access-control-request-method" not in req.headers:
+            return
+        origin = req.headers.get("origin")
+        policy = self._policy(flow)
+        if policy is None or origin is None:
+            return  # not ours to answer: the upstream may handle CORS itself
+        st = keys.get(flow)
+        headers, why = policy.preflight(origin, req.headers["access-control-request-method"],
+                                        req.headers.get("access-control-request-headers"))
+        if headers is None:
+            st.decide("cors", f"preflight refused: {why}")
+            replies.reply(flow, 403, "cors_denied", why)
+            return
+        st.decide("cors", f"preflight from {origin} answered")
+        replies.raw(flow, 204, b"", tuple(headers.items()))
+
+    def response(self, flow: http.HTTPFlow):
+        origin = flow.request.headers.get("origin")
+        if origin is None or flow.response is None or flow.request.method == "OPTIONS":
+            return
+        policy = self._policy(flow)
+        if policy is not None:
+            for name, value in policy.response(origin).items():
+                flow.response.headers[name] = value

@@ -1,0 +1,353 @@
+"""Authn: real tokens from the demo IdP (services/auth.py) on loopback, verified by the real chain.
+
+Every bad token is a JSON 401 (never a 500); keys rotate; unknown key ids cannot hammer the IdP;
+the IdP going down keeps the last good keys; opaque tokens are introspected and cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from addons import keys
+from addons.authn import Authn
+from mesh import apikeys, procs
+from mesh.httpclient import basic_auth
+from services import auth
+from services.app import Identity
+
+KEY = "mk_test_key_for_acme_0123456789abcdef"
+
+
+class Idp:
+    def __init__(self, port: int, app: web.Application, runner: web.AppRunner):
+        self.port, self.app, self.runner = port, app, runner
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def state(self) -> dict:
+        return self.app[auth.STATE]
+
+    @property
+    def signer(self) -> auth.Signer:
+        return self.state["signer"]
+
+    async def token(self, client="demo-app", secret=None, scope=None) -> str:
+        secret = secret or auth.CLIENTS[client].secret
+        data = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(self.url + "/oauth/token", data=data,
+                              headers={"authorization": basic_auth(client, secret)}) as r:
+                assert r.status == 200, await r.text()
+                return (await r.json())["access_token"]
+
+    def sign(self, **changes) -> str:
+        """A token signed with the IdP's real current key, with some claims changed."""
+        now = int(time.time())
+        claims = {"iss": self.url, "sub": "demo-app", "aud": "mitmesh", "iat": now, "nbf": now,
+                  "exp": now + 300, "scope": "users:read"}
+        headers = {"kid": self.signer.keys[0][0]}
+        headers.update(changes.pop("headers", {}))
+        claims.update(changes)
+        return jwt.encode({k: v for k, v in claims.items() if v is not None}, self.signer.keys[0][1],
+                          algorithm="RS256", headers=headers)
+
+    async def stop(self):
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def idp():
+    port = procs.free_port()
+    app = auth.build(Identity("auth", "v1", "auth-test"), f"http://127.0.0.1:{port}", "mitmesh", 300)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server = Idp(port, app, runner)
+    yield server
+    await runner.cleanup()
+
+
+def config(idp: Idp, upstream: int, jwt_extra: str = "", oauth_extra: str = "") -> str:
+    return f"""
+version: 1
+gateway: {{listeners: [{{name: public, port: 18080}}]}}
+services:
+  users: {{versions: {{v1: {{endpoints: ["127.0.0.1:{upstream}"]}}}}}}
+routes:
+  - name: jwt
+    match: {{path: {{prefix: /jwt/}}}}
+    forward: {{service: users}}
+    policies: [idp-jwt, read-users]
+  - name: any-token
+    match: {{path: {{prefix: /token/}}}}
+    forward: {{service: users}}
+    policies: [idp-jwt, idp-opaque]
+  - name: keys
+    match: {{path: {{prefix: /keys/}}}}
+    forward: {{service: users}}
+    policies: [partners]
+  - name: open
+    match: {{path: {{prefix: /open/}}}}
+    forward: {{service: users}}
+policies:
+  idp-jwt:
+    jwt:
+      issuer: {idp.url}
+      audiences: [mitmesh]
+      jwks_uri: {idp.url}/.well-known/jwks.json
+      forward_claims: {{sub: x-user, scope: x-scopes}}
+      {jwt_extra}
+  idp-opaque:
+    oauth2:
+      introspection_url: {idp.url}/oauth/introspect
+      client_id: gateway
+      client_secret: gateway-secret
+      issuer: {idp.url}
+      forward_claims: {{sub: x-user}}
+      {oauth_extra}
+  read-users:
+    require: {{scopes: [users:read]}}
+  partners:
+    api_key:
+      query: apikey
+      consumers:
+        acme: {{key_sha256: {apikeys.digest(KEY)}, claims: {{tier: gold}}}}
+"""
+
+
+def body(flow) -> dict:
+    return json.loads(flow.response.content)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned(idp: Idp) -> str:
+    header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    payload = b64(json.dumps({"iss": idp.url, "sub": "x", "aud": "mitmesh", "exp": int(time.time()) + 60}).encode())
+    return f"{header}.{payload}."
+
+
+def hs256_with_public_key(idp: Idp) -> str:
+    """The classic algorithm-confusion attack: HMAC keyed with the RSA public key's PEM."""
+    pem = idp.signer.keys[0][1].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": idp.signer.keys[0][0]}).encode())
+    payload = b64(json.dumps({"iss": idp.url, "sub": "x", "aud": "mitmesh", "scope": "users:read",
+                              "exp": int(time.time()) + 60}).encode())
+    sig = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(sig)}"
+
+
+def tamper(token: str, part: int) -> str:
+    parts = token.split(".")
+    if part == 1:  # a claim changed, the signature kept
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=="))
+        claims["scope"] = "users:read admin"
+        parts[1] = b64(json.dumps(claims).encode())
+    else:
+        sig = bytearray(base64.urlsafe_b64decode(parts[2] + "=="))
+        sig[len(sig) // 2] ^= 0x01
+        parts[2] = b64(bytes(sig))
+    return ".".join(parts)
+
+
+def foreign_key(idp: Idp) -> str:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode({"iss": idp.url, "aud": "mitmesh", "exp": int(time.time()) + 60}, other,
+                      algorithm="RS256", headers={"kid": "not-a-known-kid"})
+
+
+BAD_TOKENS = [
+    ("expired", lambda i: i.sign(exp=int(time.time()) - 3600), "token expired"),
+    ("not yet valid", lambda i: i.sign(nbf=int(time.time()) + 3600), "token not yet valid (nbf or iat in the future)"),
+    ("wrong issuer", lambda i: i.sign(iss="http://evil.example"), "wrong issuer"),
+    ("wrong audience", lambda i: i.sign(aud="someone-else"), "wrong audience"),
+    ("no exp", lambda i: i.sign(exp=None), 'token lacks a required claim: Token is missing the "exp" claim'),
+    ("alg none", unsigned, "unsigned token: the 'none' algorithm is never accepted"),
+    ("tampered claims", lambda i: tamper(i.sign(), 1), "signature verification failed"),
+    ("tampered signature", lambda i: tamper(i.sign(), 2), "signature verification failed"),
+    ("unknown kid", foreign_key, "unknown key id 'not-a-known-kid'"),
+    ("HS256 with the RS256 public key", hs256_with_public_key, "algorithm HS256 is not allowed (allowed: ES256, RS256)"),
+    ("malformed base64", lambda i: "eyJhbGciOi!!.e30.x", "malformed token: Invalid header padding"),
+    ("not a JWT at all", lambda i: "hello", "malformed token: Not enough segments"),
+    ("100 KB token", lambda i: "eyJhbGciOiJSUzI1NiJ9." + "A" * 100_000 + ".sig",
+     "token of 100025 bytes is larger than 8192"),
+]
+
+
+@pytest.mark.parametrize("name, make, reason", BAD_TOKENS, ids=[b[0] for b in BAD_TOKENS])
+async def test_bad_tokens_are_401_with_a_json_reason(gateway, upstream_app, idp, name, make, reason):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {make(idp)}"})
+        assert flow.response.status_code == 401, flow.response.content
+        assert body(flow) == {"error": "invalid_token", "reason": reason,
+                              "request_id": flow.response.headers["x-request-id"]}
+        assert flow.response.headers["www-authenticate"] == 'Bearer realm="jwt", error="invalid_token"'
+        assert keys.get(flow).principal is None
+
+
+async def test_hs256_confusion_is_refused_even_when_hs256_is_allowed(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users, jwt_extra="algorithms: [RS256, HS256]")) as gw:
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {hs256_with_public_key(idp)}"})
+        assert flow.response.status_code == 401
+        assert body(flow)["reason"].startswith("no HS256 key with id")
+
+
+async def test_valid_jwt_reaches_upstream_with_claims_and_without_the_token(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        token = await idp.token()
+        flow = await gw.send("/jwt/me", headers={"authorization": f"Bearer {token}", "x-user": "forged-admin"})
+        assert flow.response.status_code == 200, flow.response.content
+        seen = body(flow)["headers"]
+        assert seen["x-user"] == "demo-app" and seen["x-scopes"] == "users:read orders:read catalog:read"
+        assert "authorization" not in seen
+        st = keys.get(flow)
+        assert st.principal == "demo-app" and st.claims["client_id"] == "demo-app"
+        assert flow.metadata[keys.PRINCIPAL] == "demo-app"
+        # forged claim headers are dropped on every route, authenticated or not
+        flow = await gw.send("/open/x", headers={"x-user": "forged-admin", "x-consumer": "acme"})
+        assert "x-user" not in body(flow)["headers"] and "x-consumer" not in body(flow)["headers"]
+
+
+async def test_missing_token_and_missing_scope(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        flow = await gw.send("/jwt/x")
+        assert flow.response.status_code == 401 and body(flow)["error"] == "missing_credentials"
+        assert body(flow)["reason"] == "route jwt needs credentials: JWT in authorization header (Bearer)"
+        assert flow.response.headers["www-authenticate"] == 'Bearer realm="jwt"'
+        token = await idp.token(scope="orders:read")
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {token}"})
+        assert flow.response.status_code == 403
+        assert body(flow)["error"] == "insufficient_scope"
+        assert body(flow)["reason"] == "route jwt requires scope users:read"
+        assert flow.response.headers["www-authenticate"] == 'Bearer realm="jwt", error="insufficient_scope"'
+
+
+async def test_token_after_key_rotation_verifies(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users, jwt_extra="unknown_kid_refresh: 200ms")) as gw:
+        old = await idp.token()
+        assert (await gw.send("/jwt/x", headers={"authorization": f"Bearer {old}"})).response.status_code == 200
+        idp.signer.rotate()
+        await asyncio.sleep(0.25)
+        new = await idp.token()
+        assert jwt.get_unverified_header(new)["kid"] != jwt.get_unverified_header(old)["kid"]
+        for token in (new, old):  # the previous key stays published, so older tokens still pass
+            flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {token}"})
+            assert flow.response.status_code == 200, flow.response.content
+        assert idp.state["stats"]["jwks_fetches"] == 2
+
+
+async def test_a_flood_of_unknown_kids_fetches_the_jwks_at_most_once(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users, jwt_extra="unknown_kid_refresh: 1m")) as gw:
+        good = await idp.token()
+        assert (await gw.send("/jwt/x", headers={"authorization": f"Bearer {good}"})).response.status_code == 200
+        fetches = idp.state["stats"]["jwks_fetches"]
+        flows = await asyncio.gather(*(
+            gw.send("/jwt/x", headers={"authorization": f"Bearer {idp.sign(headers={'kid': f'kid-{i}'})}"})
+            for i in range(40)))
+        assert {f.response.status_code for f in flows} == {401}
+        assert idp.state["stats"]["jwks_fetches"] - fetches <= 1
+
+
+async def test_idp_down_keeps_the_last_good_keys(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users, jwt_extra="unknown_kid_refresh: 0s")) as gw:
+        good = await idp.token()
+        assert (await gw.send("/jwt/x", headers={"authorization": f"Bearer {good}"})).response.status_code == 200
+        await idp.stop()
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {foreign_key(idp)}"})
+        assert flow.response.status_code == 401  # the refetch failed; the kid is still unknown
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {good}"})
+        assert flow.response.status_code == 200  # last good keys kept
+        authn = next(a for a in gw.addons if isinstance(a, Authn))
+        assert "ClientConnectorError" in next(iter(authn.jwks.values())).error
+
+
+async def test_no_keys_at_all_is_503_not_401(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    await idp.stop()
+    async with gateway(config(idp, users)) as gw:
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {idp.sign()}"})
+        assert flow.response.status_code == 503 and body(flow)["error"] == "authn_unavailable"
+
+
+async def test_opaque_tokens_are_introspected_and_cached(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        opaque = await idp.token("legacy-app")
+        assert "." not in opaque
+        for _ in range(3):
+            flow = await gw.send("/token/x", headers={"authorization": f"Bearer {opaque}"})
+            assert flow.response.status_code == 200, flow.response.content
+            assert body(flow)["headers"]["x-user"] == "legacy-app"
+        assert idp.state["stats"]["introspections"] == 1  # cached
+        assert keys.get(flow).claims["scope"] == "users:read catalog:read"
+        # a JWT on the same route is verified locally, without introspection
+        flow = await gw.send("/token/x", headers={"authorization": f"Bearer {await idp.token()}"})
+        assert flow.response.status_code == 200 and idp.state["stats"]["introspections"] == 1
+        flow = await gw.send("/token/x", headers={"authorization": "Bearer not-a-real-token"})
+        assert flow.response.status_code == 401
+        assert body(flow) | {"request_id": ""} == {"error": "invalid_token", "reason": "token is not active",
+                                                   "request_id": ""}
+
+
+async def test_introspection_down_is_503(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        opaque = await idp.token("legacy-app")
+        await idp.stop()
+        flow = await gw.send("/token/x", headers={"authorization": f"Bearer {opaque}"})
+        assert flow.response.status_code == 503 and body(flow)["error"] == "authn_unavailable"
+        assert body(flow)["reason"].startswith("token introspection failed:")
+
+
+async def test_api_keys(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        flow = await gw.send("/keys/x", headers={"x-api-key": KEY})
+        assert flow.response.status_code == 200
+        seen = body(flow)["headers"]
+        assert seen["x-consumer"] == "acme" and "x-api-key" not in seen
+        assert keys.get(flow).principal == "acme" and keys.get(flow).claims["tier"] == "gold"
+        flow = await gw.send(f"/keys/x?apikey={KEY}&page=2")
+        assert flow.response.status_code == 200 and body(flow)["path"] == "/keys/x?page=2"
+        flow = await gw.send("/keys/x", headers={"x-api-key": KEY + "x"})
+        assert flow.response.status_code == 401 and body(flow)["error"] == "invalid_api_key"
+        flow = await gw.send("/keys/x")
+        assert flow.response.status_code == 401
+        assert body(flow)["reason"] == ("route keys needs credentials: API key in x-api-key header")
+        assert flow.response.headers["www-authenticate"] == 'ApiKey realm="keys", header="x-api-key"'
+
+
+async def test_keys_are_fetched_at_start_so_requests_find_them_in_memory(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(config(idp, users)) as gw:
+        authn = next(a for a in gw.addons if isinstance(a, Authn))
+        await authn.running()
+        for _ in range(100):
+            if idp.state["stats"]["jwks_fetches"]:
+                break
+            await asyncio.sleep(0.02)
+        assert idp.state["stats"]["jwks_fetches"] == 1
+        flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {await idp.token()}"})
+        assert flow.response.status_code == 200 and idp.state["stats"]["jwks_fetches"] == 1

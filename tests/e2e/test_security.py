@@ -1,0 +1,177 @@
+"""The demo's security end to end through `mitmesh up`: the repository's mesh.yaml on free ports,
+with its demo IdP, API keys, opaque and JWT tokens, the mTLS listener and edge hardening."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import jwt
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from mesh import procs
+from mesh.httpclient import basic_auth
+
+from .conftest import get, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_KEY = "mk_demo_acme_7Qx2Lr9VfT3pWz8K"  # the key whose SHA-256 mesh.yaml holds
+
+
+def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
+    """mesh.yaml with every port replaced by a free one (URLs included)."""
+    text = (ROOT / "mesh.yaml").read_text()
+    data = yaml.safe_load(text)
+    ports = [l["port"] for l in data["gateway"]["listeners"]] + [data["gateway"]["admin"]["port"]]
+    for svc in data["services"].values():
+        for version in svc["versions"].values():
+            ports += [int(e.rsplit(":", 1)[1]) for e in version["endpoints"]]
+    moved = {old: procs.free_port() for old in ports}
+    for old, new in moved.items():
+        text = text.replace(f"port: {old}\n", f"port: {new}\n").replace(f":{old}", f":{new}")
+    # rotation test below: let a token with a new key id refetch the keys sooner than the default 5s
+    text = text.replace("      forward_claims: {sub: x-user, scope: x-scopes}\n  idp-opaque:",
+                        "      forward_claims: {sub: x-user, scope: x-scopes}\n      unknown_kid_refresh: 500ms\n"
+                        "  idp-opaque:")
+    path = tmp / "mesh.yaml"
+    path.write_text(text)
+    return path, moved
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def post_form(url: str, form: dict, client: str, secret: str) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(),
+                                 headers={"authorization": basic_auth(client, secret)})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    path, ports = demo_on_free_ports(tmp)
+    log = tmp / "up.log"
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=40)
+        assert proc.poll() is None, log.read_text()
+        yield {"url": f"http://127.0.0.1:{ports[8080]}", "tls": f"https://127.0.0.1:{ports[8443]}",
+               "mtls": ports[8444], "idp": f"http://127.0.0.1:{ports[9401]}", "tmp": tmp, "log": log}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def token(demo, client: str, secret: str) -> str:
+    status, body = post_form(demo["url"] + "/oauth/token", {"grant_type": "client_credentials"}, client, secret)
+    assert status == 200, body
+    return body["access_token"]
+
+
+def test_api_keys_and_opaque_tokens(demo):
+    status, body, headers = get(demo["url"] + "/partner/catalog/items/1", headers={"x-api-key": DEMO_KEY})
+    assert (status, body["service"], body["caller"]) == (200, "catalog", "acme")
+    assert headers["x-content-type-options"] == "nosniff"  # the demo's hardening defaults
+    status, body, headers = get(demo["url"] + "/partner/catalog/items/1")
+    assert (status, body["error"]) == (401, "missing_credentials")
+    assert headers["www-authenticate"] == 'ApiKey realm="partner-catalog", header="x-api-key"'
+    assert get(demo["url"] + "/partner/catalog/items/1", headers={"x-api-key": "mk_guess"})[0] == 401
+
+    opaque = token(demo, "legacy-app", "legacy-secret")
+    assert "." not in opaque
+    for _ in range(3):  # the first is introspected, the others come from the cache
+        status, body, _ = get(demo["url"] + "/secure/users/alice", headers={"authorization": f"Bearer {opaque}"})
+        assert (status, body["user"]["name"], body["caller"]) == (200, "Alice", "legacy-app")
+    stats = json.load(urllib.request.urlopen(demo["idp"] + "/__stats", timeout=5))
+    assert stats["introspections"] == 1
+    status, body, _ = get(demo["url"] + "/secure/users/alice", headers={"authorization": "Bearer made-up"})
+    assert (status, body["reason"]) == (401, "token is not active")
+
+
+def test_jwts_bad_tokens_and_key_rotation(demo):
+    url = demo["url"] + "/secure/users/bob"
+    good = token(demo, "demo-app", "demo-secret")
+    status, body, _ = get(url, headers={"authorization": f"Bearer {good}"})
+    assert (status, body["caller"]) == (200, "demo-app")
+
+    jwks = json.load(urllib.request.urlopen(demo["idp"] + "/.well-known/jwks.json", timeout=5))
+    public = RSAAlgorithm.from_jwk(jwks["keys"][0])
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    head, payload, sig = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    confused_head = b64(json.dumps({"alg": "HS256", "kid": jwks["keys"][0]["kid"]}).encode())
+    confused = f"{confused_head}.{payload}." + b64(hmac.new(pem, f"{confused_head}.{payload}".encode(),
+                                                             hashlib.sha256).digest())
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bad = {
+        "alg none": f"{b64(json.dumps({'alg': 'none'}).encode())}.{payload}.",
+        "tampered": f"{head}.{b64(json.dumps({**claims, 'scope': 'admin'}).encode())}.{sig}",
+        "unknown kid": jwt.encode(claims, other, algorithm="RS256", headers={"kid": "nope"}),
+        "HS256 with the public key": confused,
+        "malformed base64": "eyJ!!.e30.x",
+        "100 KB": "eyJhbGciOiJSUzI1NiJ9." + "A" * 100_000 + ".sig",
+    }
+    for name, value in bad.items():
+        status, body, headers = get(url, headers={"authorization": f"Bearer {value}"})
+        assert status == 401 and body["error"] == "invalid_token" and body["reason"], (name, status, body)
+        assert headers["www-authenticate"].startswith('Bearer realm="secure-users"')
+
+    rotated = json.load(urllib.request.urlopen(urllib.request.Request(demo["idp"] + "/__rotate", method="POST"),
+                                               timeout=5))
+    time.sleep(0.6)  # unknown_kid_refresh of this config
+    new = token(demo, "demo-app", "demo-secret")
+    assert jwt.get_unverified_header(new)["kid"] == rotated["kid"]
+    for t in (new, good):
+        status, body, _ = get(url, headers={"authorization": f"Bearer {t}"})
+        assert status == 200, body
+
+
+def test_cors_preflight_and_mtls_listener(demo):
+    req = urllib.request.Request(demo["url"] + "/secure/users/alice", method="OPTIONS", headers={
+        "origin": "http://localhost:3000", "access-control-request-method": "GET",
+        "access-control-request-headers": "authorization"})
+    with urllib.request.urlopen(req, timeout=5) as r:  # answered before authentication
+        assert r.status == 204 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+    certs = demo["tmp"] / "certs"
+    for name, expected in (("orders", 200), ("users", 403)):
+        context = ssl.create_default_context(cafile=str(certs / "edge-ca.pem"))
+        context.load_cert_chain(str(certs / "workload" / f"{name}.pem"), str(certs / "workload" / f"{name}.key"))
+        req = urllib.request.Request(f"https://127.0.0.1:{demo['mtls']}/internal/payments/charge",
+                                     data=b'{"amount": 3}', method="POST")
+        try:
+            with urllib.request.urlopen(req, context=context, timeout=5) as r:
+                status, body = r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            status, body = e.code, json.load(e)
+        assert status == expected, body
+        if status == 200:
+            assert body["status"] == "charged"
+    assert "renewed workload certificate gateway (missing)" in demo["log"].read_text()
+    assert get(demo["url"] + "/internal/payments/charge", data=b'{"amount": 3}')[0] == 403

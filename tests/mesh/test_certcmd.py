@@ -1,0 +1,49 @@
+"""`mitmesh certs …` and `mitmesh apikey new`, run in-process through the real argument parser."""
+
+from __future__ import annotations
+
+import re
+import stat
+
+from mesh import apikeys, cli, pki
+from tests.conftest import BASE, dedent
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_init_issue_show_rotate(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./mesh.yaml: defaults
+    code, out = run(capsys, "certs", "init")
+    assert code == 0 and out.splitlines() == [
+        "wrote certs/edge-ca.pem", "wrote certs/edge.pem", "wrote certs/mesh-ca.pem"]
+    code, out = run(capsys, "certs", "issue", "orders", "--lifetime", "1h")
+    assert out == "wrote certs/workload/orders.pem for spiffe://mitmesh.local/ns/demo/sa/orders\n"
+    assert stat.S_IMODE((tmp_path / "certs/workload/orders.key").stat().st_mode) == 0o600
+    code, out = run(capsys, "certs", "show", "orders")
+    assert re.match(r"certs/workload/orders.pem: spiffe://mitmesh.local/ns/demo/sa/orders  expires \S+ "
+                    r"\(in 3[56]\d\ds\)  key 0o600  sha256 [0-9a-f]{16}…\n$", out), out
+
+    (tmp_path / "mesh.yaml").write_text(dedent(BASE) + "mesh: {trust_domain: shop.test, namespace: prod}\n")
+    code, out = run(capsys, "certs", "rotate")
+    assert code == 0, out
+    assert sorted(out.splitlines()) == ["renewed workload certificate catalog (missing)",
+                                        "renewed workload certificate gateway (missing)",
+                                        "renewed workload certificate users (missing)"]
+    (tmp_path / "mesh.yaml").write_text(dedent(BASE).replace("  users:", "  orders:\n    versions: "
+                                        "{v1: {endpoints: ['127.0.0.1:9']}}\n  users:")
+                                        + "mesh: {trust_domain: shop.test, namespace: prod}\n")
+    assert run(capsys, "certs", "rotate", "orders")[1] == (
+        "renewed workload certificate orders (identity is spiffe://mitmesh.local/ns/demo/sa/orders, "
+        "expected spiffe://shop.test/ns/prod/sa/orders)\n")
+    assert run(capsys, "certs", "rotate")[1] == ""  # nothing due
+    assert pki.describe(tmp_path / "certs/workload/users.pem")["spiffe_id"] == "spiffe://shop.test/ns/prod/sa/users"
+
+
+def test_apikey_new(capsys):
+    code, out = run(capsys, "apikey", "new", "acme")
+    key = out.splitlines()[1].strip()
+    assert key.startswith("mk_") and len(key) > 40
+    assert out.splitlines()[3] == f"  acme: {{key_sha256: {apikeys.digest(key)}}}"

@@ -1,0 +1,44 @@
+"""Redaction: credentials never reach a log line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mesh import redact
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkZW1vLWFwcCJ9.c2lnbmF0dXJlLXZhbHVl"
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("Authorization: Bearer abc.def.ghi", "Authorization: [redacted]"),
+    ("headers {'authorization': 'Basic ZGVtbzpzZWNyZXQ=', 'host': 'a'}",
+     "headers {'authorization': [redacted], 'host': 'a'}"),
+    ("Cookie: session=abc; theme=dark", "Cookie: [redacted]"),
+    ("set-cookie=sid=123", "set-cookie=[redacted]"),
+    ("x-api-key: mk_abcdefghijklmnopqrstuvwxyz", "x-api-key: [redacted]"),
+    ("GET /partner/items?apikey=mk_secret123&page=2 200", "GET /partner/items?apikey=[redacted]&page=2 200"),
+    ("POST /oauth/token?client_secret=s3cret", "POST /oauth/token?client_secret=[redacted]"),
+    (f"rejected token {JWT} (expired)", "rejected token [redacted] (expired)"),
+    ("sent bearer 0123456789abcdef to idp", "sent bearer [redacted] to idp"),
+    ("consumer acme used mk_0123456789abcdefghijkl", "consumer acme used [redacted]"),
+    ("route catalog matched GET /catalog/items", "route catalog matched GET /catalog/items"),
+])
+def test_lines(line, expected):
+    assert redact.text(line) == expected
+
+
+def test_headers_and_urls():
+    fields = [("Host", "a"), ("Authorization", "Bearer x"), ("X-Partner-Key", "k"), ("Cookie", "c=1")]
+    assert redact.headers(fields, extra=["x-partner-key"]) == [
+        ("Host", "a"), ("Authorization", "[redacted]"), ("X-Partner-Key", "[redacted]"), ("Cookie", "[redacted]")]
+    assert redact.url("/x?a=1&token=abc&b=2") == "/x?a=1&token=[redacted]&b=2"
+
+
+def test_every_logger_is_masked_once_installed(caplog):
+    redact.install()
+    redact.install()  # idempotent
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("some.library").info("calling %s with Authorization: %s", "idp", "Bearer xyz123456789")
+    assert caplog.messages == ["calling idp with Authorization: [redacted]"]
