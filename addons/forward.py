@@ -23,6 +23,11 @@ _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_rese
           "protocol_error": "upstream_protocol_error", "timeout": "upstream_timeout"}
 
 
+def upstream_path(st: keys.FlowState, action: ForwardAction) -> str:
+    """The path sent upstream: the route's rewrite, unless an addon (Transform) set the final one."""
+    return st.final_path if st.final_path is not None else action.rewrite(st.upstream_path or "/")
+
+
 class Forward:
     def __init__(self, state: MeshState):
         self.state = state
@@ -38,7 +43,7 @@ class Forward:
         return self._forward(flow, st, st.route.action)
 
     async def _forward(self, flow: http.HTTPFlow, st: keys.FlowState, action: ForwardAction):
-        cname = action.pick_cluster()
+        cname = st.cluster or action.pick_cluster()  # an addon before may have chosen (versioning, canary)
         cluster = st.snapshot.clusters.get(cname)
         st.cluster = cname
         flow.metadata[keys.CLUSTER] = cname
@@ -52,7 +57,7 @@ class Forward:
         st.attempts = 1
         flow.metadata[keys.ENDPOINT] = str(endpoint)
         req = flow.request
-        path = action.rewrite(st.upstream_path or "/")
+        path = upstream_path(st, action)
         query = req.path.partition("?")[2]
         target = (path + "?" + query if query else path).encode()
         host = (req.host_header or f"{endpoint.address}:{endpoint.port}").encode()

@@ -25,6 +25,9 @@ ENDPOINT = "mitmesh.endpoint"
 ATTEMPTS = "mitmesh.attempts"
 DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order they were made
 PRINCIPAL = "mitmesh.principal"
+API_VERSION = "mitmesh.api_version"
+RATELIMIT = "mitmesh.ratelimit"  # the RateLimit-* values of the response
+MIRROR = "mitmesh.mirror"  # the cluster a copy of the request went to
 
 _ATTR = "_mitmesh"
 
@@ -33,7 +36,10 @@ class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
-                 "attempts", "started", "upstream_path", "principal", "claims", "decisions")
+                 "attempts", "started", "upstream_path", "principal", "claims", "decisions",
+                 # traffic policies (versioning, rate limits, canary, transform, mirror)
+                 "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
+                 "mirror")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None):
         self.snapshot = snapshot
@@ -51,6 +57,13 @@ class FlowState:
         self.claims: dict | None = None
         # "why did the proxy do that": every addon appends what it decided, in request order
         self.decisions: list[tuple[str, str]] = []
+        # cluster: set before Forward (by Versioning or Canary) to choose it instead of the weights
+        self.final_path: str | None = None  # the upstream path after every rewrite (Transform)
+        self.version_headers: tuple[tuple[str, str], ...] = ()  # Deprecation, Sunset, Link
+        self.ratelimit_headers: tuple[tuple[str, str], ...] = ()  # RateLimit-*
+        self.set_cookie: str | None = None  # a sticky-split cookie to hand to the client
+        self.transform_values: dict | None = None  # what transform templates read, as the request came
+        self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
 
     def decide(self, who: str, what: str) -> None:
         """Record one decision, e.g. decide("router", "route catalog matched prefix /catalog/")."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import config as meshconfig
@@ -49,6 +50,9 @@ class MeshState:
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
+        # event counters for /status (and metrics): ratelimit_storage_errors, mirror_diffs, ...
+        self.counters: Counter[str] = Counter()
+        self.mirror_diffs: deque[dict] = deque(maxlen=20)  # the latest mirror differences
 
     def install(self, snap: Snapshot) -> Snapshot:
         """Swap in a new snapshot; clusters that stay keep their live endpoint state."""
@@ -85,6 +89,8 @@ class MeshState:
                 for r in snap.routes.routes
             ],
             "clusters": {name: c.status() for name, c in snap.clusters.items()},
+            "counters": dict(self.counters),
+            "mirror_diffs": list(self.mirror_diffs),
         }
 
 

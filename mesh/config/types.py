@@ -74,3 +74,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, AfterValidator(check_name)]
 Address = Annotated[str, AfterValidator(check_address)]
 Regex = Annotated[str, AfterValidator(check_regex)]
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def check_header_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"expected an HTTP header name (letters, digits, '-', ...) (got {show(value)})")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(check_header_name)]

@@ -7,10 +7,12 @@ import contextlib
 
 import pytest
 from aiohttp import web
-from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.layers.http import (HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook,
+                                         HttpResponseHook)
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import chain
+from addons import chain, keys
+from addons.router import Router
 from mesh.state import MeshState
 
 
@@ -20,7 +22,8 @@ class Gateway:
         self.state = state
         self.addons = addons
 
-    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False):
+    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
+                   client_ip="127.0.0.1", principal=None, claims=None):
         req = tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=9,
                           authority=b"", content=body)
         req.headers.clear()
@@ -28,15 +31,31 @@ class Gateway:
         for k, v in (headers or {}).items():
             req.headers[k] = v
         flow = tflow.tflow(req=req)
+        flow.client_conn.peername = (client_ip, 40000)
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None
         manager = self.tctx.master.addons
+        self.auth.principal, self.auth.claims = principal, claims
         await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
         await manager.handle_lifecycle(HttpRequestHook(flow))
-        if flow.response:
+        if flow.response:  # as mitmproxy does: responseheaders, then response
+            await manager.handle_lifecycle(HttpResponseHeadersHook(flow))
             await manager.handle_lifecycle(HttpResponseHook(flow))
         return flow
+
+
+class Authenticated:
+    """Stands where authentication sits (right after the Router) and records what an authentication
+    addon records: the verified consumer and its claims, as given to `send`."""
+
+    def __init__(self):
+        self.principal, self.claims = None, None
+
+    def requestheaders(self, flow):
+        st = keys.get(flow)
+        if st is not None and st.route is not None:
+            st.principal, st.claims = self.principal, self.claims
 
 
 @pytest.fixture
@@ -46,10 +65,14 @@ async def gateway(write_config):
         path = write_config(text) if text else write_config()
         state = MeshState()
         addons = chain.gateway(state)
+        auth = Authenticated()
+        addons.insert(next(i for i, a in enumerate(addons) if isinstance(a, Router)) + 1, auth)
         with taddons.context(*addons) as tctx:
             tctx.options.update(mesh_config=str(path), mesh_reload=False)
             try:
-                yield Gateway(tctx, state, addons)
+                gw = Gateway(tctx, state, addons)
+                gw.auth = auth
+                yield gw
             finally:
                 await state.pool.close()
     return make
