@@ -1,15 +1,19 @@
 """Mirroring: copies a share of a route's requests to another cluster, fire and forget, and compares
-the mirror's answer with the primary's (status and body), counting and logging every difference."""
+the mirror's answer with the primary's (status and body), counting and logging every difference.
+
+The copy leaves just after the client has its answer, so the primary never waits for it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from mitmproxy import http
 
 from mesh import mirror, upstream
+from mesh.cluster import Cluster
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
 
@@ -17,12 +21,28 @@ from . import keys
 from .forward import upstream_path
 
 log = logging.getLogger("mitmesh.mirror")
+LOG_LINES_PER_SECOND = 10  # per route; every difference is counted and the latest are in /status
+SEND_AFTER = 0.002  # seconds after the primary answer: the client reads it before the copy takes CPU
+
+
+@dataclass(slots=True)
+class _Copy:
+    """A copy of one request, waiting for the primary's answer."""
+
+    policy: mirror.Mirror
+    cluster: Cluster
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    primary: tuple | None = None  # (status, content type, body, cluster) as the upstream answered
 
 
 class Mirror:
     def __init__(self, state: MeshState):
         self.state = state
         self.tasks: set[asyncio.Task] = set()
+        self._logged: dict[str, list] = {}  # route → [second, lines logged in it, not logged]
 
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -33,79 +53,99 @@ class Mirror:
         policy: mirror.Mirror | None = st.route.policies.get("mirror")
         if policy is None or not policy.wanted():
             return
-        counters = self.state.counters
         cname = policy.pick_cluster()
         cluster = st.snapshot.clusters.get(cname)
-        endpoint = cluster.pick() if cluster is not None else None
-        if endpoint is None:
-            counters["mirror_errors"] += 1
-            st.decide("mirror", f"not mirrored: cluster {cname} has no healthy endpoint")
+        if cluster is None:
             return
         req = flow.request
         query = req.path.partition("?")[2]
         path = upstream_path(st, st.route.action)
         target = (path + "?" + query if query else path).encode()
-        host = (req.host_header or f"{endpoint.address}:{endpoint.port}") + "-shadow"  # as Envoy marks copies
-        headers = upstream.request_headers(req.headers.fields, host.encode())
-        loop = asyncio.get_running_loop()
-        primary = loop.create_future() if policy.compare else None
-        st.mirror = primary
-        task = loop.create_task(self._shadow(policy, cluster, endpoint, req.data.method, target, headers,
-                                             req.raw_content or b"", primary, st.request_id, st.route.name))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        host = (req.host_header or cname) + "-shadow"  # Envoy's mark of a mirrored request
+        # taken now, exactly as the upstream gets it; sent once the client has its answer
+        st.mirror = _Copy(policy, cluster, req.data.method, target,
+                          upstream.request_headers(req.headers.fields, host.encode()), req.raw_content or b"")
         flow.metadata[keys.MIRROR] = cname
-        st.decide("mirror", f"copy sent to {cname} endpoint {endpoint}")
+        st.decide("mirror", f"copy for {cname}, sent after the primary answers")
 
     def responseheaders(self, flow: http.HTTPFlow):
-        # the upstream's answer as it came, before any response transform changes it
+        # the upstream's answer as it came, before a response transform changes it
         st = keys.get(flow)
-        fut = st.mirror if st is not None else None
-        if fut is not None and not fut.done() and flow.response is not None:
+        copy = st.mirror if st is not None else None
+        if copy is not None and copy.primary is None and flow.response is not None:
             r = flow.response
-            fut.set_result((r.status_code, r.headers.get("content-type"), r.raw_content or b"",
-                            flow.metadata.get(keys.CLUSTER, "?")))
+            copy.primary = (r.status_code, r.headers.get("content-type"), r.raw_content or b"",
+                            flow.metadata.get(keys.CLUSTER, "?"))
 
-    def error(self, flow: http.HTTPFlow):
+    def response(self, flow: http.HTTPFlow):
         st = keys.get(flow)
-        if st is not None and st.mirror is not None and not st.mirror.done():
-            st.mirror.cancel()
+        copy = st.mirror if st is not None else None
+        if copy is None:
+            return
+        st.mirror = None
+        task = asyncio.get_running_loop().create_task(self._shadow(copy, st.request_id, st.route.name))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    async def _shadow(self, policy: mirror.Mirror, cluster, endpoint, method: bytes, target: bytes,
-                      headers, body: bytes, primary: asyncio.Future | None, request_id: str, route: str):
+    async def _shadow(self, copy: _Copy, request_id: str, route: str):
+        # The client's answer is written when this hook returns (mitmproxy starts tasks eagerly, so
+        # sleep first). Waiting a moment more keeps the copy, and the mirror's work it triggers, from
+        # competing for CPU with the client's own exchange; a copy is never urgent.
+        await asyncio.sleep(SEND_AFTER)
         counters = self.state.counters
+        policy, cluster = copy.policy, copy.cluster
         counters["mirror_requests"] += 1
-        endpoint.active += 1
-        try:
-            resp = await self.state.pool.request(endpoint.address, endpoint.port, method, target, headers,
-                                                 body, timeout=policy.timeout,
-                                                 connect_timeout=cluster.connect_timeout)
-            answer = (resp.status, _header(resp.headers, b"content-type"), resp.body)
-        except upstream.UpstreamError as e:
+        endpoint = cluster.pick()
+        if endpoint is None:
+            answer = (0, None, f"cluster {cluster.name} has no healthy endpoint".encode())
+        else:
+            endpoint.active += 1
+            try:
+                resp = await self.state.pool.request(
+                    endpoint.address, endpoint.port, copy.method, copy.target, copy.headers, copy.body,
+                    timeout=policy.timeout, connect_timeout=cluster.connect_timeout)
+                answer = (resp.status, _header(resp.headers, b"content-type"), resp.body)
+            except upstream.UpstreamError as e:
+                answer = (0, None, f"{e.kind}: {e}".encode())
+            except Exception:  # a copy must never take the proxy down
+                counters["mirror_errors"] += 1
+                log.exception(f"mirror of request {request_id} to {cluster.name} failed")
+                return
+            finally:
+                endpoint.active -= 1
+        if answer[0] == 0:
             counters["mirror_errors"] += 1
-            answer = (0, None, f"{e.kind}: {e}".encode())
-        except Exception:  # never let a copy take the proxy down
-            counters["mirror_errors"] += 1
-            log.exception(f"mirror of request {request_id} to {cluster.name} failed")
+        if not policy.compare or copy.primary is None:
             return
-        finally:
-            endpoint.active -= 1
-        if primary is None:
-            return
-        try:
-            status, ctype, pbody, pcluster = await asyncio.wait_for(primary, policy.timeout + 30)
-        except (asyncio.CancelledError, TimeoutError):
-            return  # the primary never answered (client gone, proxy stopping)
+        status, ctype, body, primary = copy.primary
         counters["mirror_compared"] += 1
-        diff = mirror.difference((status, ctype, pbody), answer, policy.ignore)
-        if diff is None:
-            return
         if answer[0] == 0:
             diff = f"mirror failed: {answer[2].decode()}"
+        else:
+            diff = mirror.difference((status, ctype, body), answer, policy.ignore)
+            if diff is None:
+                return
         counters["mirror_diffs"] += 1
-        log.warning(f"mirror differs: request {request_id} route {route}: {pcluster} vs {cluster.name}: {diff}")
-        self.state.mirror_diffs.append({"request_id": request_id, "route": route, "primary": pcluster,
+        self.state.mirror_diffs.append({"request_id": request_id, "route": route, "primary": primary,
                                         "mirror": cluster.name, "difference": diff, "at": time.time()})
+        self._log(route, f"mirror differs: request {request_id} route {route}: {primary} vs "
+                         f"{cluster.name}: {diff}")
+
+    def _log(self, route: str, line: str) -> None:
+        """At most LOG_LINES_PER_SECOND lines per route and second: a log line costs more than a
+        comparison, and 100 % mirroring of a changed API would otherwise log every request."""
+        now = int(time.monotonic())
+        entry = self._logged.get(route)
+        if entry is None or entry[0] != now:
+            if entry is not None and entry[2]:
+                log.warning(f"mirror differs: {entry[2]} more differences on route {route} were counted, "
+                            f"not logged (see /status: mirror_diffs)")
+            entry = self._logged[route] = [now, 0, 0]
+        if entry[1] < LOG_LINES_PER_SECOND:
+            entry[1] += 1
+            log.warning(line)
+        else:
+            entry[2] += 1
 
     async def done(self):
         for task in list(self.tasks):

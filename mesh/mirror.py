@@ -57,7 +57,7 @@ def difference(primary: tuple[int, str | None, bytes], mirror: tuple[int, str | 
             for path in ignore:
                 _drop(a, path)
                 _drop(b, path)
-            return _first_difference(a, b, "")
+            return None if a == b and _same_types(a, b) else _first_difference(a, b, "")
     return f"body differs ({len(pbody)} vs {len(mbody)} bytes)"
 
 
@@ -69,6 +69,17 @@ def _drop(doc: Any, path: tuple[str, ...]) -> None:
         node = node.get(step)
     if isinstance(node, dict):
         node.pop(path[-1], None)
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    """`==` says 1 == 1.0 == True; a canary check should not."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return all(_same_types(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return all(_same_types(x, y) for x, y in zip(a, b))
+    return True
 
 
 _ABSENT = object()

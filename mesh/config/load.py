@@ -90,6 +90,7 @@ def _translate(src: Source, err: dict[str, Any]) -> Problem:
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         message = f"expected a value {op} {bound} (got {show(value)})"
     elif kind == "too_short":
         message = f"expected at least {ctx.get('min_length')} item(s) (got {show(value)})"
