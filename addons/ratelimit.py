@@ -3,6 +3,8 @@ response of a limited route, a JSON 429 with Retry-After when over."""
 
 from __future__ import annotations
 
+import asyncio
+
 from mitmproxy import http
 
 from mesh import ratelimit
@@ -32,6 +34,15 @@ class RateLimit:
     def __init__(self, state: MeshState):
         self.state = state
         self.limiters = ratelimit.Limiters(state.counters)
+        self._sweeper: asyncio.Task | None = None
+
+    def running(self):
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="mitmesh-ratelimit-expiry")
+
+    async def _sweep(self):
+        while True:  # drop expired memory counters on the loop, not in limits' timer threads
+            await asyncio.sleep(1.0)
+            self.limiters.expire()
 
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -73,8 +84,13 @@ class RateLimit:
         if st is None or not st.ratelimit_headers or flow.response is None:
             return
         headers = flow.response.headers
-        for name, value in st.ratelimit_headers:
-            headers[name] = value
+        if any(n[:9].lower() == b"ratelimit" for n, _ in headers.fields):  # the upstream sent its own
+            for name, value in st.ratelimit_headers:
+                headers[name] = value
+        else:  # one tuple append instead of four Headers.set_all calls (a quarter of this addon's time)
+            headers.fields += tuple((n.encode(), v.encode()) for n, v in st.ratelimit_headers)
 
     async def done(self):
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.limiters.close()

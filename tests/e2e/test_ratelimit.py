@@ -19,7 +19,9 @@ def limited(storage: str, per_minute: int) -> dict:
         {"catalog": service("catalog", "v1")},
         [{"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
           "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}, "policies": ["per-consumer"]}],
-        {"per-consumer": {"rate_limit": {"minute": per_minute, "key": "api_key", "storage": storage}}})
+        # storage_timeout: this shared test machine may be slow; the default (100ms) suits production
+        {"per-consumer": {"rate_limit": {"minute": per_minute, "key": "api_key", "storage": storage,
+                                         "storage_timeout": "2s"}}})
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,30 @@ def test_memory_allows_exactly_the_limit_and_counts_down(strategy):
     assert limiters.hit_sync(p, "ip:10.0.0.2").allowed  # another key has its own count
 
 
+def test_memory_storage_starts_no_threads_and_expires_on_request():
+    import threading
+    import time
+
+    p = policy("{second: 1000, key: ip, strategy: moving_window}")
+    q = policy("{second: 1000, key: ip}")
+    limiters = ratelimit.Limiters()
+    time.sleep(0.05)
+    before = threading.active_count()
+    for i in range(200):
+        limiters.hit_sync(p, f"k{i % 20}")
+        limiters.hit_sync(q, f"k{i % 20}")
+    time.sleep(0.05)  # limits' own MemoryStorage would have started a timer thread by now
+    assert threading.active_count() == before
+    memory = limiters._memory
+    assert memory.events and memory.storage
+    memory.expirations = {k: 0 for k in memory.expirations}  # as if a second had passed
+    for entries in memory.events.values():
+        for e in entries:
+            e.expiry = 0
+    limiters.expire()
+    assert not any(memory.events.values()) and not memory.storage
+
+
 def test_several_windows_headers_show_the_most_restrictive():
     p = policy("{second: 3, minute: 4, key: ip}")
     assert p.policy_header == "3;w=1, 4;w=60"
@@ -64,7 +88,7 @@ def test_api_keys_are_hashed_in_counter_keys():
 
 
 def test_redis_is_shared_by_limiters(redis_server):
-    p = policy(f"{{minute: 10, key: header, header: x-consumer, storage: '{redis_server.url}'}}")
+    p = policy(f"{{minute: 10, key: header, header: x-consumer, storage: '{redis_server.url}', storage_timeout: 2s}}")
 
     async def run():
         a, b = ratelimit.Limiters(), ratelimit.Limiters()  # two gateways, one storage
@@ -82,7 +106,8 @@ def test_redis_is_shared_by_limiters(redis_server):
 
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_unreachable_redis_fails_open_or_closed_and_is_counted(redis_server, fail_open):
-    p = policy(f"{{minute: 10, key: ip, storage: '{redis_server.url}', fail_open: {str(fail_open).lower()}}}")
+    p = policy(f"{{minute: 10, key: ip, storage: '{redis_server.url}', fail_open: {str(fail_open).lower()}, "
+               f"storage_timeout: 2s}}")  # a busy test machine may take more than 100 ms to connect
 
     async def run():
         counters = Counter()
