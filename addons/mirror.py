@@ -21,7 +21,6 @@ from . import keys
 from .forward import upstream_path
 
 log = logging.getLogger("mitmesh.mirror")
-LOG_LINES_PER_SECOND = 10  # per route; every difference is counted and the latest are in /status
 SEND_AFTER = 0.002  # seconds after the primary answer: the client reads it before the copy takes CPU
 
 
@@ -42,7 +41,8 @@ class Mirror:
     def __init__(self, state: MeshState):
         self.state = state
         self.tasks: set[asyncio.Task] = set()
-        self._logged: dict[str, list] = {}  # route → [second, lines logged in it, not logged]
+        # a log line costs more than a comparison: at most 10 per route and second (all are counted)
+        self.budget = mirror.LineBudget(10)
 
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -128,24 +128,9 @@ class Mirror:
         counters["mirror_diffs"] += 1
         self.state.mirror_diffs.append({"request_id": request_id, "route": route, "primary": primary,
                                         "mirror": cluster.name, "difference": diff, "at": time.time()})
-        self._log(route, f"mirror differs: request {request_id} route {route}: {primary} vs "
-                         f"{cluster.name}: {diff}")
-
-    def _log(self, route: str, line: str) -> None:
-        """At most LOG_LINES_PER_SECOND lines per route and second: a log line costs more than a
-        comparison, and 100 % mirroring of a changed API would otherwise log every request."""
-        now = int(time.monotonic())
-        entry = self._logged.get(route)
-        if entry is None or entry[0] != now:
-            if entry is not None and entry[2]:
-                log.warning(f"mirror differs: {entry[2]} more differences on route {route} were counted, "
-                            f"not logged (see /status: mirror_diffs)")
-            entry = self._logged[route] = [now, 0, 0]
-        if entry[1] < LOG_LINES_PER_SECOND:
-            entry[1] += 1
+        for line in self.budget.lines(route, f"mirror differs: request {request_id} route {route}: "
+                                             f"{primary} vs {cluster.name}: {diff}"):
             log.warning(line)
-        else:
-            entry[2] += 1
 
     async def done(self):
         for task in list(self.tasks):

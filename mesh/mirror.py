@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,31 @@ class Mirror:
 
     def pick_cluster(self) -> str:
         return self.clusters[0] if len(self.clusters) == 1 else random.choice(self.clusters)
+
+
+class LineBudget:
+    """At most `per_second` log lines per key and second; the rest are summed up in the next line.
+    (100 % mirroring of a changed API would otherwise write a line for every request.)"""
+
+    def __init__(self, per_second: int):
+        self.per_second = per_second
+        self._seen: dict[str, list[int]] = {}  # key → [second, lines written, lines held back]
+
+    def lines(self, key: str, line: str, now: float | None = None) -> list[str]:
+        second = int(time.monotonic() if now is None else now)
+        entry = self._seen.get(key)
+        out = []
+        if entry is None or entry[0] != second:
+            if entry is not None and entry[2]:
+                out.append(f"mirror differs: {entry[2]} more differences on route {key} were counted, "
+                           f"not logged (see /status: mirror_diffs)")
+            entry = self._seen[key] = [second, 0, 0]
+        if entry[1] < self.per_second:
+            entry[1] += 1
+            out.append(line)
+        else:
+            entry[2] += 1
+        return out
 
 
 def compile(model: schema.Mirror, route: schema.Route, config: schema.MeshConfig) -> Mirror:

@@ -354,13 +354,22 @@ def _date(value: Any) -> Any:
 Date = Annotated[datetime.datetime, BeforeValidator(_date)]
 
 
+def _deprecated(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    try:
+        return _date(value)
+    except ValueError:
+        raise ValueError(f"expected true, false or a date such as 2026-01-01 (got {show(value)})") from None
+
+
 class ApiVersion(Model):
     """One version of an API: the cluster serving it, and whether (and until when) it lives."""
 
     service: Name | None = Field(None, description="service serving it (default: the route's service)")
     version: Name | None = Field(None, description="service version (cluster) serving it "
                                                    "(default: the version of the same name)")
-    deprecated: Annotated[bool | datetime.datetime, BeforeValidator(_date)] = Field(
+    deprecated: Annotated[bool | datetime.datetime, BeforeValidator(_deprecated)] = Field(
         False, description="true, or the date it was deprecated: adds a Deprecation header")
     sunset: Date | None = Field(None, description="date it goes away: adds a Sunset header")
     successor: Name | None = Field(None, description="the version to move to: adds a Link header")

@@ -150,3 +150,27 @@ def test_non_json_bodies_pass_untouched(mesh):
                                  headers={"content-type": "application/x-www-form-urlencoded"})
     with urllib.request.urlopen(req, timeout=5) as r:
         assert json.loads(r.read())["body"] == "drop=1"
+
+
+def test_invalid_transform_is_a_validate_error_with_its_line(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = config({"echo": service("echo", "v1")}, [r for r, _ in ROUTES[:1]],
+                 {"remove": {"transform": {"request": {"add": {"headers": {"x-user": "$(claim.sub)"}},
+                                                       "path": {"strip_prefix": "api"}}}}})
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "validate", str(path)], capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = path.read_text().splitlines()
+    found = out.stdout.strip().splitlines()
+    assert found == [
+        f"{path}:{lines.index('            x-user: $(claim.sub)') + 1}: policies.remove.transform.request.add.headers."
+        "x-user: invalid template: unknown source 'claim'; expected $(headers.NAME), $(query.NAME), $(path.NAME) "
+        "or $(claims.NAME) (got '$(claim.sub)')",
+        f"{path}:{lines.index('        path:') + 1}: policies.remove.transform.request.path: strip_prefix: expected "
+        "a path starting with '/' (got 'api')",
+    ]

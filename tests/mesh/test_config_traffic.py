@@ -135,6 +135,11 @@ VERSIONING = [
           "(got 'someday')"),
     ("""
         versioning:
+          versions: {v1: {deprecated: soon}}
+     """, "mesh.yaml:13: policies.p.versioning.versions.v1.deprecated: expected true, false or a date such as "
+          "2026-01-01 (got 'soon')"),
+    ("""
+        versioning:
           versions: {}
      """, "mesh.yaml:13: policies.p.versioning.versions: expected at least 1 item(s) (got {})"),
 ]

@@ -48,3 +48,13 @@ def test_wanted_share():
     m = mirror.Mirror("s", ("s/v2",), 0.25, True, (), 1.0)
     assert m.wanted(0.1) and not m.wanted(0.25) and not m.wanted(0.9)
     assert sum(m.wanted() for _ in range(4000)) in range(850, 1150)
+
+
+def test_log_lines_are_budgeted_per_route_and_second():
+    budget = mirror.LineBudget(2)
+    assert budget.lines("r", "a", now=10.1) == ["a"]
+    assert budget.lines("r", "b", now=10.5) == ["b"]
+    assert budget.lines("r", "c", now=10.9) == []
+    assert budget.lines("other", "x", now=10.9) == ["x"]
+    assert budget.lines("r", "d", now=11.0) == [
+        "mirror differs: 1 more differences on route r were counted, not logged (see /status: mirror_diffs)", "d"]

@@ -85,3 +85,14 @@ def test_deprecation_headers_and_successor_link():
     assert v.link(res, "/catalog/items", "api-version=v1&x=1") == \
         '</catalog/items?x=1&api-version=v2>; rel="successor-version"'
     assert v.link(resolve(v, "/catalog/v2/items"), "/catalog/v2/items", "") is None
+
+
+def test_deprecated_without_a_date_and_a_fixed_link():
+    text = CONFIG.replace("SOURCES", "").replace(
+        "v1: {deprecated: 2025-01-01, sunset: 2027-06-30, successor: v2}",
+        "v1: {deprecated: true, successor: v2, link: 'https://docs.example.com/catalog/v2'}")
+    config = load_text(text, "t.yaml")
+    v = versioning.compile(config.policies["ver"].versioning, config.routes[0])
+    assert v.versions["v1"].headers == (("Deprecation", "true"),)
+    res = resolve(v, "/catalog/v1/items")
+    assert v.link(res, "/catalog/v1/items", "") == '<https://docs.example.com/catalog/v2>; rel="successor-version"'
