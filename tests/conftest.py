@@ -44,4 +44,4 @@ def write_config(tmp_path: Path):
     return write
 
 
-from tests.redis import redis_server  # noqa: E402,F401  (a real redis-server, for rate limits)
+from tests.redis_server import redis_server  # noqa: E402,F401  (a real redis-server, for rate limits)

@@ -71,21 +71,23 @@ def timed(conn: http.client.HTTPConnection, path: str) -> float:
 def test_mirroring_adds_no_client_latency(mesh):
     """A client's latency with every request mirrored stays within 10 % of the same route without.
 
-    Requests alternate between the two routes, one at a time with a 3 ms pause (a client that does
-    not saturate this 2-core machine, where the client, gateway and both services share the cores),
-    so machine noise hits both alike; medians of 300 each."""
+    Blocks of 20 requests alternate between the two routes (so machine noise hits both alike, and a
+    copy's work, if it lingered, would land on the next request of its own block), one at a time
+    with a 5 ms pause: a client that leaves the gateway idle between requests. (Back to back, on
+    this 2-core machine where the client, the gateway and both services share the cores, the
+    copies' extra work shows in the latency; that is throughput, measured by the bench.)"""
     port = mesh.config["gateway"]["listeners"][0]["port"]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    plain, mirrored = [], []
-    for _ in range(30):  # warm up both routes and the pools
+    for _ in range(20):  # warm up both routes and the pools
         timed(conn, "/plain/items/1")
         timed(conn, "/mirrored/items/1")
-    for _ in range(300):
-        time.sleep(0.003)
-        plain.append(timed(conn, "/plain/items/1"))
-        time.sleep(0.003)
-        mirrored.append(timed(conn, "/mirrored/items/1"))
+    plain, mirrored = [], []
+    for _ in range(10):
+        for path, out in (("/plain/items/1", plain), ("/mirrored/items/1", mirrored)):
+            for _ in range(20):
+                time.sleep(0.005)
+                out.append(timed(conn, path))
     conn.close()
     p, m = statistics.median(plain), statistics.median(mirrored)
     assert m <= p * 1.10, f"median latency {m * 1000:.3f} ms mirrored vs {p * 1000:.3f} ms plain"
-    assert mesh.status()["counters"]["mirror_requests"] >= 330  # every request was mirrored
+    assert mesh.status()["counters"]["mirror_requests"] >= 220  # every request was mirrored

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.redis import start_redis
+from tests.redis_server import start_redis
 
 from .conftest import Mesh, get, wait_until
 from .traffic import config, gateway_copy, service, start_gateways
