@@ -87,8 +87,10 @@ def test_api_keys_are_hashed_in_counter_keys():
     assert ratelimit.key_text("header", "acme") == "header:acme"
 
 
-def test_redis_is_shared_by_limiters(redis_server):
-    p = policy(f"{{minute: 10, key: header, header: x-consumer, storage: '{redis_server.url}', storage_timeout: 2s}}")
+@pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "moving_window"])
+def test_redis_is_shared_by_limiters(redis_server, strategy):
+    p = policy(f"{{minute: 10, key: header, header: x-consumer, storage: '{redis_server.url}', "
+               f"storage_timeout: 2s, strategy: {strategy}}}")
 
     async def run():
         a, b = ratelimit.Limiters(), ratelimit.Limiters()  # two gateways, one storage
