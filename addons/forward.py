@@ -29,6 +29,11 @@ _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_rese
 ATTEMPTS_HEADER = "x-mitmesh-attempts"
 
 
+def upstream_path(st: keys.FlowState, action: ForwardAction) -> str:
+    """The path sent upstream: the route's rewrite, unless an addon (Transform) set the final one."""
+    return st.final_path if st.final_path is not None else action.rewrite(st.upstream_path or "/")
+
+
 class _Failed(Exception):
     """A 5xx answer: counted as a failure by the endpoint's breaker."""
 
@@ -58,7 +63,7 @@ class Forward:
         return self._forward(flow, st, st.route.action)
 
     async def _forward(self, flow: http.HTTPFlow, st: keys.FlowState, action: ForwardAction):
-        cname = action.pick_cluster()
+        cname = st.cluster or action.pick_cluster()  # an addon before may have chosen (versioning, canary)
         cluster = st.snapshot.clusters.get(cname)
         guards = self.state.guards.get(cname)
         st.cluster = cname
@@ -77,7 +82,7 @@ class Forward:
                 except ValueError as e:
                     replies.reply(flow, 400, "bad_fault_header", f"{HEADER}: {e}")
                     return
-        path = action.rewrite(st.upstream_path or "/")
+        path = upstream_path(st, action)
         query = req.path.partition("?")[2]
         target = (path + "?" + query if query else path).encode()
         flow.metadata[keys.UPSTREAM_PATH] = target.decode("latin-1")

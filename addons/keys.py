@@ -27,6 +27,9 @@ DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order
 UPSTREAM_PATH = "mitmesh.upstream_path"  # the path sent upstream, after rewrites (for replay)
 PRINCIPAL = "mitmesh.principal"
 PEER = "mitmesh.peer"  # the SPIFFE ID of a verified mTLS peer
+API_VERSION = "mitmesh.api_version"
+RATELIMIT = "mitmesh.ratelimit"  # the RateLimit-* values of the response
+MIRROR = "mitmesh.mirror"  # the cluster a copy of the request went to
 
 _ATTR = "_mitmesh"
 
@@ -36,7 +39,10 @@ class FlowState:
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
                  "attempts", "started", "upstream_path", "principal", "claims", "decisions",
-                 "direction", "span", "trace_id", "peer")
+                 "direction", "span", "trace_id", "peer",
+                 # traffic policies (versioning, rate limits, canary, transform, mirror)
+                 "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
+                 "mirror")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None):
         self.snapshot = snapshot
@@ -60,6 +66,13 @@ class FlowState:
         self.direction = "edge"  # edge (gateway), inbound or outbound (sidecar listeners)
         self.span = None  # the server span, when tracing is on
         self.trace_id = ""  # W3C trace id (hex), when known
+        # cluster: set before Forward (by Versioning or Canary) to choose it instead of the weights
+        self.final_path: str | None = None  # the upstream path after every rewrite (Transform)
+        self.version_headers: tuple[tuple[str, str], ...] = ()  # Deprecation, Sunset, Link
+        self.ratelimit_headers: tuple[tuple[str, str], ...] = ()  # RateLimit-*
+        self.set_cookie: str | None = None  # a sticky-split cookie to hand to the client
+        self.transform_values: dict | None = None  # what transform templates read, as the request came
+        self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
 
     def decide(self, who: str, what: str) -> None:
         """Record one decision, e.g. decide("router", "route catalog matched prefix /catalog/")."""

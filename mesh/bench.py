@@ -137,19 +137,21 @@ def children_of(pid: int) -> list[int]:
 
 
 def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0) -> dict:
-    """The gateway under test: the demo's kind of chain (health, a few services, rewrite)."""
+    """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate limit)."""
     routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
     routes += [{"name": f"other{i}", "match": {"path": {"prefix": f"/other{i}/"}, "methods": ["GET"]},
                 "forward": {"service": "catalog"}} for i in range(ROUTES - 2)]
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
-                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}})
+                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}, "policies": ["public"]})
     return {
         "version": 1,
         "gateway": {"listeners": [{"name": "bench", "port": listen_port}], "admin": {"port": admin_port}},
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
         "routes": routes,
+        # as the demo limits every public route (memory storage, never reached here)
+        "policies": {"public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000}}},
     }
 
 

@@ -1,4 +1,4 @@
-"""The `mitmesh` command line: validate, up, certs (later: gateway, sidecar, bench, canary, ...)."""
+"""The `mitmesh` command line: validate, up, gateway, bench, canary, certs."""
 
 from __future__ import annotations
 
@@ -62,6 +62,23 @@ def _apikey(args) -> int:
     return 0
 
 
+def _canary(args) -> int:
+    from . import canary
+
+    try:
+        wanted = canary.parse_assignments(args.weights)
+        changes = canary.set_weights(args.config, args.service, wanted, args.route)
+    except canary.CanaryError as e:
+        print(f"mitmesh canary: {e}", file=sys.stderr)
+        return 1
+    for c in changes:
+        before = " ".join(f"{v}={w}" for v, w in c.before.items())
+        after = " ".join(f"{v}={w}" for v, w in c.after.items())
+        print(f"{args.config}: route {c.route}: {args.service} {before} -> {after}")
+    print("running gateways reload the file within a second")
+    return 0
+
+
 def _bench(args) -> int:
     from . import bench
 
@@ -120,6 +137,17 @@ def parser() -> argparse.ArgumentParser:
     kn = ksub.add_parser("new", help="make a random key and print its config entry (SHA-256)")
     kn.add_argument("name", metavar="CONSUMER")
     kn.set_defaults(func=_apikey)
+
+    cn = sub.add_parser("canary", help="canary releases: change a service's weights live")
+    cnsub = cn.add_subparsers(dest="canary_command", required=True)
+    ks = cnsub.add_parser("set", help="set version weights in percent, e.g. `canary set catalog v2=25`; "
+                                     "the other versions share the rest")
+    ks.add_argument("service")
+    ks.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
+    ks.add_argument("--config", default="mesh.yaml")
+    ks.add_argument("--route", default=None, help="only this route (default: every route splitting the service)")
+    ks.set_defaults(func=_canary)
+
     return p
 
 

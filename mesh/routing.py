@@ -21,12 +21,22 @@ QueryGetter = Callable[[], Mapping[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
+class StickyKey:
+    """Where the key of a sticky split is read: a cookie, a header or a verified claim."""
+
+    kind: str  # cookie | header | claim
+    name: str
+    ttl: float | None = None  # cookie only: set a fresh one when absent
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardAction:
     service: str
     clusters: tuple[str, ...]  # "service/version"
     cumulative: tuple[int, ...]  # cumulative weights, same order as clusters
     rewrite_prefix: tuple[str, str] | None = None  # (matched prefix, replacement)
     rewrite_regex: tuple[re.Pattern, str] | None = None
+    sticky: StickyKey | None = None
 
     def pick_cluster(self, rnd: float | None = None) -> str:
         if len(self.clusters) == 1:
@@ -73,9 +83,10 @@ class Route:
     headers: tuple[tuple[str, Callable[[str | None], bool]], ...]
     query: tuple[tuple[str, Callable[[str | None], bool]], ...]
     path_regex: re.Pattern | None
-    policies: Mapping[str, object]  # policy kind → its config model, merged from named blocks
+    policies: Mapping[str, object]  # policy kind → its config model (or compiled form), from named blocks
     config: schema.Route
     resilience: RouteResilience  # deadline, per-try timeout, retries and faults, compiled
+    cookies: tuple[tuple[str, Callable[[str | None], bool]], ...] = ()
 
     def matches(self, path: str, method: str, header: HeaderGetter, query: QueryGetter) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -90,7 +101,26 @@ class Route:
             for name, test in self.query:
                 if not test(params.get(name)):
                     return False
+        if self.cookies:
+            jar = parse_cookies(header("cookie"))
+            for name, test in self.cookies:
+                if not test(jar.get(name)):
+                    return False
         return True
+
+
+def parse_cookies(header: str | None) -> dict[str, str]:
+    """Cookie header → name → value (first wins). Cookie values cannot hold ';' or ',' (RFC 6265),
+    so headers joined by ', ' split the same way."""
+    jar: dict[str, str] = {}
+    if not header:
+        return jar
+    for part in re.split(r"[;,]", header):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in jar:
+            value = value.strip()
+            jar[name] = value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
+    return jar
 
 
 def string_matcher(m: schema.StringMatch) -> Callable[[str | None], bool]:
@@ -216,8 +246,21 @@ def normalize_path(path: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
+def _compilers() -> dict[str, Callable]:
+    """Policy kinds whose hooks need more than the model: compiled here, once per snapshot."""
+    from . import mirror, ratelimit, transform, versioning
+
+    return {
+        "rate_limit": lambda model, rc, config: ratelimit.compile(model, rc),
+        "versioning": lambda model, rc, config: versioning.compile(model, rc),
+        "transform": lambda model, rc, config: transform.compile(model, rc),
+        "mirror": mirror.compile,
+    }
+
+
 def compile_routes(config: schema.MeshConfig) -> RouteTable:
     routes = []
+    compilers = _compilers()
     for i, rc in enumerate(config.routes):
         policies: dict[str, object] = {}
         for ref in (*rc.policies, *config.gateway.policies):  # the route's own kinds win
@@ -226,6 +269,9 @@ def compile_routes(config: schema.MeshConfig) -> RouteTable:
                 value = getattr(block, kind)
                 if value is not None:
                     policies.setdefault(kind, value)
+        for kind, compile_policy in compilers.items():
+            if kind in policies:
+                policies[kind] = compile_policy(policies[kind], rc, config)
         m = rc.match
         routes.append(
             Route(
@@ -239,6 +285,7 @@ def compile_routes(config: schema.MeshConfig) -> RouteTable:
                 policies=policies,
                 config=rc,
                 resilience=for_route(policies),
+                cookies=tuple((k, string_matcher(v)) for k, v in m.cookies.items()),
             )
         )
     return RouteTable(routes)
@@ -280,4 +327,9 @@ def _compile_action(config: schema.MeshConfig, rc: schema.Route) -> Action:
             prefix = (rc.match.path.prefix, f.rewrite.prefix)
         else:
             regex = (re.compile(f.rewrite.regex or ""), f.rewrite.substitution or "")
-    return ForwardAction(f.service, tuple(clusters), tuple(cumulative), prefix, regex)
+    sticky = None
+    if f.sticky is not None:
+        kind = next(k for k in ("cookie", "header", "claim") if getattr(f.sticky, k) is not None)
+        name = getattr(f.sticky, kind)
+        sticky = StickyKey(kind, name.lower() if kind == "header" else name, f.sticky.ttl)
+    return ForwardAction(f.service, tuple(clusters), tuple(cumulative), prefix, regex, sticky)

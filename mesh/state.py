@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import config as meshconfig
@@ -58,6 +59,9 @@ class MeshState:
         # admin listener endpoints (path → handler(method, query) → (status, content type, body));
         # addons add theirs, the Admin addon serves them
         self.admin_handlers: dict = {}
+        # event counters for /status (and metrics): ratelimit_storage_errors, mirror_diffs, ...
+        self.counters: Counter[str] = Counter()
+        self.mirror_diffs: deque[dict] = deque(maxlen=20)  # the latest mirror differences
 
     def install(self, snap: Snapshot) -> Snapshot:
         """Swap in a new snapshot; clusters that stay keep their live endpoint state."""
@@ -102,6 +106,8 @@ class MeshState:
                          else c.status() for name, c in snap.clusters.items()},
             "certificates": [{"files": list(w.paths), "renewals": w.renewals, "error": w.error}
                              for w in self.certs.items.values()],
+            "counters": dict(self.counters),
+            "mirror_diffs": list(self.mirror_diffs),
         }
 
 

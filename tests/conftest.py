@@ -42,3 +42,6 @@ def write_config(tmp_path: Path):
         path.write_text(dedent(text))
         return path
     return write
+
+
+from tests.redis_server import redis_server  # noqa: E402,F401  (a real redis-server, for rate limits)

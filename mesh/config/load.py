@@ -190,6 +190,8 @@ def _references(src: Source) -> list[Problem]:
                                                f"policy {show(ref)} sets {kind}, already set by {show(kinds[kind])}"))
                     kinds.setdefault(kind, ref)
 
+    out.extend(_policy_references(src, services, policies, routes))
+
     gateway = data.get("gateway")
     out.extend(_default_policies(src, gateway, policies))
     listeners = gateway.get("listeners") if isinstance(gateway, dict) else None
@@ -233,4 +235,69 @@ def _default_policies(src: Source, gateway: Any, policies: dict) -> list[Problem
                 out.append(src.problem(("gateway", "policies", j),
                                        f"policy {show(ref)} sets {kind}, already set by {show(kinds[kind])}"))
             kinds.setdefault(kind, ref)
+    return out
+
+
+def _cluster_problem(services: dict, svc: Any, version: Any, where: str = "") -> tuple[str, str] | None:
+    """(key, message) when svc/version names no cluster; None when it does or cannot be checked."""
+    if not isinstance(svc, str):
+        return None
+    service = services.get(svc)
+    if service is None:
+        known = f"expected one of {', '.join(services)}" if services else "no services are defined"
+        return "service", f"unknown service{where}; {known} (got {show(svc)})"
+    versions = service.get("versions") if isinstance(service, dict) else None
+    if isinstance(version, str) and isinstance(versions, dict) and version not in versions:
+        return "version", (f"unknown version of {svc}{where}; expected one of {', '.join(versions)} "
+                           f"(got {show(version)})")
+    return None
+
+
+def _policy_references(src: Source, services: dict, policies: dict, routes: list) -> list[Problem]:
+    """Clusters named by mirror and versioning policies must exist (versioning: for every route using it)."""
+    out: list[Problem] = []
+    for name, block in policies.items():
+        mirror = block.get("mirror") if isinstance(block, dict) else None
+        if isinstance(mirror, dict):
+            found = _cluster_problem(services, mirror.get("service"), mirror.get("version"))
+            if found:
+                out.append(src.problem(("policies", name, "mirror", found[0]), found[1]))
+        versioning = block.get("versioning") if isinstance(block, dict) else None
+        versions = versioning.get("versions") if isinstance(versioning, dict) else None
+        if isinstance(versions, dict) and versions:
+            known = ", ".join(map(str, versions))
+            where = ("policies", name, "versioning")
+            default = versioning.get("default")
+            if isinstance(default, str) and default not in versions:
+                out.append(src.problem(where + ("default",), f"unknown version; expected one of {known} "
+                                                             f"(got {show(default)})"))
+            for vname, v in versions.items():
+                succ = v.get("successor") if isinstance(v, dict) else None
+                if isinstance(succ, str) and succ not in versions:
+                    out.append(src.problem(where + ("versions", vname, "successor"),
+                                           f"unknown version; expected one of {known} (got {show(succ)})"))
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict) or not isinstance(route.get("policies"), list):
+            continue
+        fwd = route.get("forward")
+        route_service = fwd.get("service") if isinstance(fwd, dict) else None
+        for ref in route["policies"]:
+            block = policies.get(ref) if isinstance(ref, str) else None
+            versioning = block.get("versioning") if isinstance(block, dict) else None
+            versions = versioning.get("versions") if isinstance(versioning, dict) else None
+            if not isinstance(versions, dict):
+                continue
+            for vname, v in versions.items():
+                v = v if isinstance(v, dict) else {}
+                svc = v.get("service", route_service)
+                path = ("policies", ref, "versioning", "versions", vname)
+                if svc is None:
+                    out.append(src.problem(path, f"needs service: route {show(route.get('name'))} does not "
+                                                 f"forward to a service (got {show(vname)})"))
+                    continue
+                found = _cluster_problem(services, svc, v.get("version", vname),
+                                         f" (for route {show(route.get('name'))})")
+                if found:
+                    key = found[0] if found[0] in v else None
+                    out.append(src.problem(path + ((key,) if key else ()), found[1]))
     return out

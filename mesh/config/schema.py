@@ -6,14 +6,17 @@ know is an error, so a typo never passes silently.
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from .. import template
 from .source import show
 from .security import (ApiKey, Authz, Cors, IdentitySettings, IpFilter, Jwt, MtlsMode, OAuth2,
                        Require, SecurityHeaders, SizeLimit)
-from .types import METHODS, Address, Duration, Model, Name, Regex, one_of as _one_of, split_hostport
+from .types import (METHODS, Address, Duration, HeaderToken, Model, Name, Regex, one_of as _one_of,
+                    split_hostport)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -84,7 +87,7 @@ class Endpoint(Model):
 class Launch(Model):
     """What `mitmesh up` starts for this cluster: a demo app from services/."""
 
-    app: Literal["users", "catalog", "orders", "payments", "auth"]
+    app: Literal["users", "catalog", "orders", "payments", "auth", "echo"]
     instances: Annotated[int, Field(ge=1, le=32)] = Field(
         1, description="instances to start when no static endpoints are listed (default 1)"
     )
@@ -218,6 +221,9 @@ class Match(Model):
     query: dict[str, Annotated[StringMatch, BeforeValidator(_exact_shorthand)]] = Field(
         default_factory=dict, description="query parameter → match"
     )
+    cookies: dict[str, Annotated[StringMatch, BeforeValidator(_exact_shorthand)]] = Field(
+        default_factory=dict, description="cookie name → match (A/B groups, opt-in cookies)"
+    )
 
 
 class Rewrite(Model):
@@ -237,6 +243,24 @@ class Rewrite(Model):
         return self
 
 
+class Sticky(Model):
+    """Sticky split: a key hashed to one version, so a user does not flip between versions."""
+
+    cookie: str | None = Field(None, description="cookie holding the key (e.g. a user or session id)")
+    header: HeaderToken | None = Field(None, description="header holding the key")
+    claim: str | None = Field(None, description="verified JWT claim holding the key (dotted path)")
+    ttl: Duration | None = Field(
+        None, description="with cookie: when the cookie is absent, set one with a random key valid "
+                          "this long (default: do not set one)")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Sticky:
+        _one_of(self, ("cookie", "header", "claim"))
+        if self.ttl is not None and self.cookie is None:
+            raise ValueError("ttl needs cookie")
+        return self
+
+
 class Forward(Model):
     """Send to a service: one version, or a weighted split across versions."""
 
@@ -246,6 +270,7 @@ class Forward(Model):
         None, description="version → weight, e.g. {v1: 90, v2: 10}"
     )
     rewrite: Rewrite | None = None
+    sticky: Sticky | None = Field(None, description="hash a key to pick the version (default random)")
 
     @model_validator(mode="after")
     def _version_or_weights(self) -> Forward:
@@ -362,6 +387,240 @@ class Fault(Model):
     reset_after: Annotated[int, Field(ge=0)] | None = Field(None, description="upstream resets after this many body bytes")
     header_triggered: bool = Field(False, description="honour the x-mitmesh-fault request header (default false)")
 
+# Rate limits (Kong's rate-limiting plugin, on the `limits` library) ---------------------------
+
+Count = Annotated[int, Field(ge=1, le=1_000_000_000)]
+STORAGE_SCHEMES = ("memory", "redis://", "rediss://", "async+redis://", "async+rediss://")
+
+
+def _check_storage(value: str) -> str:
+    if value in ("memory", "memory://"):
+        return "memory"
+    if not value.startswith(STORAGE_SCHEMES[1:]):
+        raise ValueError(f"expected memory or a Redis URI such as redis://127.0.0.1:6379/0 (got {show(value)})")
+    return value
+
+
+class RateLimit(Model):
+    """Requests allowed per key in one or more windows; over any of them the answer is a 429."""
+
+    second: Count | None = Field(None, description="requests per second")
+    minute: Count | None = Field(None, description="requests per minute")
+    hour: Count | None = Field(None, description="requests per hour")
+    day: Count | None = Field(None, description="requests per day")
+    key: Literal["consumer", "ip", "header", "claim", "api_key"] = Field(
+        "consumer", description="what is counted: the verified consumer (default), the client IP, a "
+                                "header, a JWT claim or an API key header; a missing key falls back to the IP")
+    header: HeaderToken | None = Field(
+        None, description="the header, with key: header (required) or key: api_key (default x-api-key)")
+    claim: str | None = Field(None, description="the claim, with key: claim (dotted path)")
+    strategy: Literal["fixed_window", "sliding_window", "moving_window"] = Field(
+        "fixed_window", description="fixed_window (default, cheapest), sliding_window (weighted counter) "
+                                    "or moving_window (exact, one entry per request)")
+    storage: Annotated[str, AfterValidator(_check_storage)] = Field(
+        "memory", description="memory (default: per worker) or redis://host:port/db (shared by every "
+                              "worker and gateway using it)")
+    fail_open: bool = Field(True, description="when the storage is unreachable: allow (default) or "
+                                              "answer 503")
+    storage_timeout: Annotated[Duration, Field(gt=0, le=10)] = Field(
+        0.1, description="longest wait for the storage per request (default 100ms)")
+
+    @model_validator(mode="after")
+    def _valid(self) -> RateLimit:
+        if all(getattr(self, w) is None for w in ("second", "minute", "hour", "day")):
+            raise ValueError("expected at least one of second, minute, hour, day (got none)")
+        if self.key == "header" and self.header is None:
+            raise ValueError("key: header needs header: NAME")
+        if self.key == "claim" and self.claim is None:
+            raise ValueError("key: claim needs claim: NAME")
+        if self.header is not None and self.key not in ("header", "api_key"):
+            raise ValueError(f"header is only used with key: header or api_key (got key: {self.key})")
+        if self.claim is not None and self.key != "claim":
+            raise ValueError(f"claim is only used with key: claim (got key: {self.key})")
+        return self
+
+
+# API versioning ---------------------------------------------------------------------------------
+
+SOURCES = ("path", "header", "media_type", "query")
+
+
+def _date(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"expected a date such as 2027-06-30 (got {show(value)})") from None
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    if isinstance(value, bool) or value is None:
+        return value
+    raise ValueError(f"expected a date such as 2027-06-30 (got {show(value)})")
+
+
+Date = Annotated[datetime.datetime, BeforeValidator(_date)]
+
+
+def _deprecated(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    try:
+        return _date(value)
+    except ValueError:
+        raise ValueError(f"expected true, false or a date such as 2026-01-01 (got {show(value)})") from None
+
+
+class ApiVersion(Model):
+    """One version of an API: the cluster serving it, and whether (and until when) it lives."""
+
+    service: Name | None = Field(None, description="service serving it (default: the route's service)")
+    version: Name | None = Field(None, description="service version (cluster) serving it "
+                                                   "(default: the version of the same name)")
+    deprecated: Annotated[bool | datetime.datetime, BeforeValidator(_deprecated)] = Field(
+        False, description="true, or the date it was deprecated: adds a Deprecation header")
+    sunset: Date | None = Field(None, description="date it goes away: adds a Sunset header")
+    successor: Name | None = Field(None, description="the version to move to: adds a Link header")
+    link: str | None = Field(None, description="URL of the successor for the Link header "
+                                               "(default: this request's URL with the successor version)")
+
+
+class Versioning(Model):
+    """Which API version a request wants (path, header, media type or query), and where it goes."""
+
+    sources: Annotated[list[Literal[SOURCES]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(SOURCES),
+        description="where to look, in order (default path, header, media_type, query)")
+    header: HeaderToken = Field("API-Version", description="header naming the version (default API-Version)")
+    query: str = Field("api-version", description="query parameter naming the version (default api-version)")
+    media_type: str = Field(
+        "application/vnd.mitmesh",
+        description="vendor media type in Accept: application/vnd.mitmesh.v2+json names v2")
+    path_pattern: Regex = Field(r"v\d+", description="a path segment that names a version, right after "
+                                                      "the route's prefix (default v\\d+)")
+    strip: bool = Field(True, description="remove the version segment from the path sent upstream")
+    default: Name | None = Field(None, description="version of requests that name none (default: 400)")
+    versions: Annotated[dict[Name, ApiVersion], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _valid(self) -> Versioning:
+        # default and successor must name versions: checked with their own lines in load._references
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sources: expected each source once (got {show(self.sources)})")
+        return self
+
+
+# Request and response transformation (Kong's request-transformer) -------------------------------
+
+Template = Annotated[str, AfterValidator(template.check)]
+JsonTemplate = Annotated[Any, AfterValidator(template.check_value)]
+
+
+def _body_path(value: str) -> str:
+    if not value or any(not part for part in value.split(".")):
+        raise ValueError(f"expected a JSON field name, dotted for nested fields (got {show(value)})")
+    return value
+
+
+BodyPath = Annotated[str, AfterValidator(_body_path)]
+
+
+class ResponseNames(Model):
+    headers: list[HeaderToken] = Field(default_factory=list, description="header names")
+    body: list[BodyPath] = Field(default_factory=list, description="JSON fields (a.b for nested)")
+
+
+class RequestNames(ResponseNames):
+    query: list[str] = Field(default_factory=list, description="query parameter names")
+
+
+class ResponseRenames(Model):
+    headers: dict[HeaderToken, HeaderToken] = Field(default_factory=dict, description="old → new name")
+    body: dict[BodyPath, BodyPath] = Field(default_factory=dict, description="old → new field")
+
+
+class RequestRenames(ResponseRenames):
+    query: dict[str, str] = Field(default_factory=dict, description="old → new name")
+
+
+class ResponseValues(Model):
+    headers: dict[HeaderToken, Template] = Field(default_factory=dict, description="name → template")
+    body: dict[BodyPath, JsonTemplate] = Field(default_factory=dict, description="field → JSON value; "
+                                                                                "strings are templates")
+
+
+class RequestValues(ResponseValues):
+    query: dict[str, Template] = Field(default_factory=dict, description="name → template")
+
+
+class PathTransform(Model):
+    """Rewrite the upstream path: strip a prefix, a regex substitution, or a whole new path."""
+
+    strip_prefix: str | None = Field(None, description="remove this prefix when the path has it")
+    regex: Regex | None = Field(None, description="with substitution: a regex searched in the path")
+    substitution: str | None = Field(None, description="replacement, \\1 or \\g<name> for captures")
+    set: Template | None = Field(None, description="the new path, a template: /users/$(path.id)")
+
+    @model_validator(mode="after")
+    def _one(self) -> PathTransform:
+        _one_of(self, ("strip_prefix", "regex", "set"))
+        if (self.regex is None) != (self.substitution is None):
+            raise ValueError("regex and substitution go together")
+        for name in ("strip_prefix", "set"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("/"):
+                raise ValueError(f"{name}: expected a path starting with '/' (got {show(value)})")
+        return self
+
+
+class ResponseTransform(Model):
+    """Applied in Kong's order: remove, rename, replace (if present), set, add (if absent), append."""
+
+    remove: ResponseNames = ResponseNames()
+    rename: ResponseRenames = ResponseRenames()
+    replace: ResponseValues = Field(ResponseValues(), description="change a value that is present")
+    set: ResponseValues = Field(ResponseValues(), description="set a value, present or not")
+    add: ResponseValues = Field(ResponseValues(), description="add a value that is absent")
+    append: ResponseValues = Field(ResponseValues(), description="add one more value (header line, "
+                                                                 "query parameter, array item)")
+
+
+class RequestTransform(ResponseTransform):
+    remove: RequestNames = RequestNames()
+    rename: RequestRenames = RequestRenames()
+    replace: RequestValues = Field(RequestValues(), description="change a value that is present")
+    set: RequestValues = Field(RequestValues(), description="set a value, present or not")
+    add: RequestValues = Field(RequestValues(), description="add a value that is absent")
+    append: RequestValues = Field(RequestValues(), description="add one more value")
+    path: PathTransform | None = Field(None, description="rewrite the upstream path (before the other "
+                                                         "operations, as Kong does)")
+
+
+class Transform(Model):
+    """Change requests before they go upstream and responses before they go back."""
+
+    request: RequestTransform | None = None
+    response: ResponseTransform | None = None
+    max_body: Annotated[int, Field(ge=0, le=64 << 20)] = Field(
+        1 << 20, description="larger bodies pass untouched (bytes, default 1 MiB)")
+
+
+# Mirroring (Envoy's request_mirror_policies, plus a comparison of the answers) ----------------------
+
+
+class Mirror(Model):
+    """Copy a share of the requests to another cluster; its answers are compared, never returned."""
+
+    service: Name = Field(description="service to mirror to")
+    version: Name | None = Field(None, description="its version (default: all versions equally)")
+    percent: Annotated[float, Field(ge=0, le=100)] = Field(100.0, description="share of requests "
+                                                                                "mirrored (default 100)")
+    compare: bool = Field(True, description="compare status and body with the primary's (default true)")
+    ignore: list[BodyPath] = Field(default_factory=list, description="JSON fields left out of the "
+                                                                      "comparison (a.b for nested)")
+    timeout: Annotated[Duration, Field(gt=0)] = Field(5.0, description="mirror request deadline (default 5s)")
+
 
 class Policy(Model):
     timeout: Timeout | None = None
@@ -375,6 +634,10 @@ class Policy(Model):
     cors: Cors | None = Field(None, description="cross-origin requests and preflights")
     size_limit: SizeLimit | None = Field(None, description="request body (413) and header (431) limits")
     security_headers: SecurityHeaders | None = Field(None, description="security response headers")
+    rate_limit: RateLimit | None = Field(None, description="requests per key and window")
+    versioning: Versioning | None = Field(None, description="API version → cluster, deprecation headers")
+    transform: Transform | None = Field(None, description="change headers, query, path and JSON bodies")
+    mirror: Mirror | None = Field(None, description="copy requests to another cluster and compare")
 
 
 # ---------------------------------------------------------------------------------------------

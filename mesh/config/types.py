@@ -123,3 +123,16 @@ Regex = Annotated[str, AfterValidator(check_regex)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HeaderName = Annotated[str, BeforeValidator(check_header)]
 Cidr = Annotated[str, AfterValidator(check_cidr)]
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def check_header_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"expected an HTTP header name (letters, digits, '-', ...) (got {show(value)})")
+    return value
+
+
+# case kept, for headers the proxy writes (transforms); HeaderName lowercases for matching
+HeaderToken = Annotated[str, AfterValidator(check_header_name)]

@@ -8,11 +8,13 @@ import inspect
 
 import pytest
 from aiohttp import web
-from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.layers.http import (HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook,
+                                         HttpResponseHook)
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import chain
+from addons import chain, keys
+from addons.router import Router
 from mesh import modes
 from mesh.state import MeshState
 
@@ -22,11 +24,13 @@ class Gateway:
         self.tctx = tctx
         self.state = state
         self.addons = addons
+        self.auth: Authenticated | None = None  # the stand-in for authentication, when inserted
 
     async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
-                   client: str | None = None, listener: int | None = None):
+                   client: str | None = None, listener: int | None = None, principal=None, claims=None):
         """One request through the chain; `client` sets the downstream address, `listener` the
-        port of the config's listener it arrives on (default: no listener)."""
+        port of the config's listener it arrives on (default: no listener); `principal` and
+        `claims` stand for what authentication would have verified."""
         req = tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=9,
                           authority=b"", content=body)
         req.headers.clear()
@@ -34,19 +38,34 @@ class Gateway:
         for k, v in (headers or {}).items():
             req.headers[k] = v
         flow = tflow.tflow(req=req)
+        flow.client_conn.peername = (client or "127.0.0.1", 40000)
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None
-        if client is not None:
-            flow.client_conn.peername = (client, 40000)
         if listener is not None:
             flow.client_conn.proxy_mode = ProxyMode.parse(modes.reverse("127.0.0.1", listener))
         manager = self.tctx.master.addons
+        if self.auth is not None:
+            self.auth.principal, self.auth.claims = principal, claims
         await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
         await manager.handle_lifecycle(HttpRequestHook(flow))
-        if flow.response:
+        if flow.response:  # as mitmproxy does: responseheaders, then response
+            await manager.handle_lifecycle(HttpResponseHeadersHook(flow))
             await manager.handle_lifecycle(HttpResponseHook(flow))
         return flow
+
+
+class Authenticated:
+    """Stands where authentication sits (right after the Router) and records what an authentication
+    addon records: the verified consumer and its claims, as given to `send`."""
+
+    def __init__(self):
+        self.principal, self.claims = None, None
+
+    def requestheaders(self, flow):
+        st = keys.get(flow)
+        if st is not None and st.route is not None:
+            st.principal, st.claims = self.principal, self.claims
 
 
 @pytest.fixture
@@ -60,10 +79,14 @@ async def gateway(write_config, tmp_path, monkeypatch):
         path = write_config(text) if text else write_config()
         state = MeshState()
         addons = chain.gateway(state)
+        auth = Authenticated()
+        addons.insert(next(i for i, a in enumerate(addons) if isinstance(a, Router)) + 1, auth)
         with taddons.context(*addons) as tctx:
             tctx.options.update(mesh_config=str(path), mesh_reload=False)
             try:
-                yield Gateway(tctx, state, addons)
+                gw = Gateway(tctx, state, addons)
+                gw.auth = auth
+                yield gw
             finally:
                 for addon in addons:  # what the proxy does at shutdown: close sessions, stop tasks
                     if (done := getattr(addon, "done", None)) is not None and inspect.isawaitable(r := done()):

@@ -61,3 +61,18 @@ async def test_orders_calls_catalog_and_payments():
     finally:
         await o.close()
         await cat.close()
+
+
+async def test_echo_answers_what_it_received():
+    from services import echo
+
+    c = await client(echo.build(Identity("echo", "v1", "e1")))
+    try:
+        r = await c.post("/a/b?x=1&x=2&respond=x-extra:yes", json={"k": [1]}, headers={"X-Test": "t"})
+        body = await r.json()
+        assert body["path"] == "/a/b?x=1&x=2&respond=x-extra:yes" and body["method"] == "POST"
+        assert ["x", "1"] in body["query"] and ["x", "2"] in body["query"]
+        assert ["x-test", "t"] in body["headers"] and body["json"] == {"k": [1]}
+        assert r.headers["x-extra"] == "yes"
+    finally:
+        await c.close()

@@ -1,0 +1,87 @@
+"""RateLimit: 429 with Retry-After over the limit, RateLimit-* on every response of a limited route,
+keyed by consumer, claim, API key, header or client IP; fail closed answers 503."""
+
+from __future__ import annotations
+
+import json
+
+from addons import keys
+from mesh import procs
+
+
+def config(port: int, spec: str, extra: str = "") -> str:
+    return f"""
+version: 1
+gateway: {{listeners: [{{name: public, port: 18080}}]}}
+services:
+  api: {{versions: {{v1: {{endpoints: ["127.0.0.1:{port}"]}}}}}}
+routes:
+  - {{name: limited, match: {{path: {{prefix: /limited}}}}, forward: {{service: api}}, policies: [rl]}}
+  - {{name: free, match: {{path: {{prefix: /free}}}}, forward: {{service: api}}}}
+policies:
+  rl:
+    rate_limit: {spec}
+{extra}"""
+
+
+async def test_over_the_limit_is_json_429_with_retry_after(gateway, upstream_app):
+    port = await upstream_app("api")
+    async with gateway(config(port, "{minute: 3, key: ip}")) as gw:
+        flows = [await gw.send("/limited") for _ in range(4)]
+        assert [f.response.status_code for f in flows] == [200, 200, 200, 429]
+        assert [f.response.headers["RateLimit-Remaining"] for f in flows] == ["2", "1", "0", "0"]
+        assert all(f.response.headers["RateLimit-Limit"] == "3" for f in flows)
+        assert flows[0].response.headers["RateLimit-Policy"] == "3;w=60"
+        over = flows[-1]
+        body = json.loads(over.response.content)
+        assert body["error"] == "rate_limited" and body["request_id"] == over.response.headers["x-request-id"]
+        assert "3 per minute" in body["reason"]
+        assert 1 <= int(over.response.headers["Retry-After"]) <= 60
+        assert keys.get(over).decisions[-1][0] == "ratelimit"
+        assert over.metadata[keys.RATELIMIT]["RateLimit-Remaining"] == "0"
+        free = await gw.send("/free")
+        assert free.response.status_code == 200 and "RateLimit-Limit" not in free.response.headers
+        other_ip = await gw.send("/limited", client="10.1.1.1")
+        assert other_ip.response.status_code == 200
+
+
+async def test_keys_consumer_claim_api_key_and_header(gateway, upstream_app):
+    port = await upstream_app("api")
+    for spec, first, second in [
+        ("{minute: 1}", dict(principal="alice"), dict(principal="bob")),
+        ("{minute: 1, key: claim, claim: org.id}", dict(claims={"org": {"id": "a"}}),
+         dict(claims={"org": {"id": "b"}})),
+        ("{minute: 1, key: api_key}", dict(headers={"x-api-key": "k1"}), dict(headers={"x-api-key": "k2"})),
+        ("{minute: 1, key: header, header: x-tenant}", dict(headers={"x-tenant": "t1"}),
+         dict(headers={"x-tenant": "t2"})),
+    ]:
+        async with gateway(config(port, spec)) as gw:
+            assert (await gw.send("/limited", **first)).response.status_code == 200
+            assert (await gw.send("/limited", **first)).response.status_code == 429, spec
+            assert (await gw.send("/limited", **second)).response.status_code == 200, spec
+            # without the key, the client IP is counted (as Kong falls back)
+            assert (await gw.send("/limited")).response.status_code == 200
+            assert (await gw.send("/limited")).response.status_code == 429
+
+
+async def test_upstream_errors_carry_the_headers_too(gateway):
+    dead = procs.free_port()
+    async with gateway(config(dead, "{minute: 5, key: ip}")) as gw:
+        flow = await gw.send("/limited")
+        assert flow.response.status_code == 503 and flow.response.headers["RateLimit-Remaining"] == "4"
+
+
+async def test_fail_closed_when_redis_is_unreachable(gateway, upstream_app):
+    port = await upstream_app("api")
+    dead = procs.free_port()
+    spec = f"{{minute: 5, key: ip, storage: 'redis://127.0.0.1:{dead}/0', fail_open: false}}"
+    async with gateway(config(port, spec)) as gw:
+        flow = await gw.send("/limited")
+        assert flow.response.status_code == 503
+        assert json.loads(flow.response.content)["error"] == "ratelimit_unavailable"
+        assert gw.state.counters["ratelimit_storage_errors"] == 1
+    spec = spec.replace("fail_open: false", "fail_open: true")
+    async with gateway(config(port, spec)) as gw:
+        flow = await gw.send("/limited")
+        assert flow.response.status_code == 200 and "RateLimit-Limit" not in flow.response.headers
+        assert gw.state.counters["ratelimit_storage_outages"] == 1
