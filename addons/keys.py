@@ -39,7 +39,7 @@ class FlowState:
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
                  "attempts", "started", "upstream_path", "principal", "claims", "decisions",
-                 "direction", "span", "trace_id", "peer",
+                 "direction", "span", "trace_id", "peer", "error",
                  # traffic policies (versioning, rate limits, canary, transform, mirror)
                  "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
                  "mirror")
@@ -66,6 +66,7 @@ class FlowState:
         self.direction = "edge"  # edge (gateway), inbound or outbound (sidecar listeners)
         self.span = None  # the server span, when tracing is on
         self.trace_id = ""  # W3C trace id (hex), when known
+        self.error: str | None = None  # the `error` of a reply the proxy made itself (replies.py)
         # cluster: set before Forward (by Versioning or Canary) to choose it instead of the weights
         self.final_path: str | None = None  # the upstream path after every rewrite (Transform)
         self.version_headers: tuple[tuple[str, str], ...] = ()  # Deprecation, Sunset, Link

@@ -13,6 +13,12 @@ from mesh.state import MeshState
 from . import keys
 
 
+# the proxy's own refusals counted as authentication/authorization failures, by their `error`
+AUTH_ERRORS = frozenset({"missing_credentials", "invalid_token", "invalid_api_key", "insufficient_scope",
+                         "insufficient_claims", "access_denied", "authn_unavailable", "ip_denied",
+                         "mtls_required"})
+
+
 class Metrics:
     def __init__(self, state: MeshState):
         self.state = state
@@ -72,6 +78,11 @@ class Metrics:
                 version,
             )
         by_code, duration, req_bytes, resp_bytes, version = children
+        if st.error is not None:
+            if st.error == "rate_limited":
+                metrics.RATELIMIT_REJECTIONS.labels(route).inc()
+            elif st.error in AUTH_ERRORS:
+                metrics.AUTH_FAILURES.labels(st.error).inc()
         code = metrics.code_class(status)
         counter = by_code.get(code)
         if counter is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from mesh import mirror, upstream
+from mesh import metrics, mirror, upstream
 from mesh.cluster import Cluster
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
@@ -126,6 +126,7 @@ class Mirror:
             if diff is None:
                 return
         counters["mirror_diffs"] += 1
+        metrics.MIRROR_DIFFERENCES.labels(route).inc()
         self.state.mirror_diffs.append({"request_id": request_id, "route": route, "primary": primary,
                                         "mirror": cluster.name, "difference": diff, "at": time.time()})
         for line in self.budget.lines(route, f"mirror differs: request {request_id} route {route}: "

@@ -14,6 +14,8 @@ def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,
           headers: dict[str, str] | None = None, **extra) -> None:
     st = keys.get(flow)
     rid = st.request_id if st else flow.request.headers.get("x-request-id", "")
+    if st is not None:
+        st.error = error  # what the proxy answered itself, for metrics and logs
     body = {"error": error, "reason": reason, "request_id": rid, **extra}
     h = {"content-type": "application/json", "cache-control": "no-store"}
     if rid:

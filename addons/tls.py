@@ -17,7 +17,7 @@ from typing import Callable
 from mitmproxy import connection, ctx, exceptions, http, tls
 from OpenSSL import SSL
 
-from mesh import mtls, pki
+from mesh import metrics, mtls, pki
 from mesh.config.schema import Listener
 from mesh.state import MeshState, Snapshot
 
@@ -142,6 +142,7 @@ class Tls:
     def tls_failed_client(self, data: tls.TlsData) -> None:
         mode = data.context.client.proxy_mode
         listener = self._names.get((mode.listen_host(), mode.listen_port()))
+        metrics.TLS_HANDSHAKE_FAILURES.labels(listener or f"{mode.listen_host()}:{mode.listen_port()}").inc()
         if listener is not None:  # mitmproxy's own line assumes an interception proxy
             log.info(f"mTLS handshake refused on listener {listener}: {_reason(data.conn.error or '')} "
                      f"(client {data.conn.peername[0]})")

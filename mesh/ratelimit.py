@@ -21,6 +21,7 @@ import limits
 from limits import aio
 from limits import strategies as sync_strategies
 
+from . import metrics
 from .config import schema
 
 log = logging.getLogger("mitmesh.ratelimit")
@@ -212,6 +213,7 @@ class Limiters:
     def _unavailable(self, policy: Policy, error: Exception | None) -> Outcome:
         uri = policy.storage
         self.counters["ratelimit_storage_errors"] += 1
+        metrics.RATELIMIT_STORAGE_ERRORS.labels(policy.route, "allowed" if policy.fail_open else "refused").inc()
         if error is not None:
             self._down_until[uri] = time.monotonic() + RETRY_STORAGE_AFTER
             if uri not in self._failures:
