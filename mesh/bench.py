@@ -9,6 +9,7 @@ wrk; wrk and nginx are installed with apt-get when missing. A benchmark, never a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import re
@@ -25,6 +26,7 @@ import yaml
 from . import procs, supervisor
 
 PATH = "/catalog/items/1"
+BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
 ROUTES = 10  # the ordinary config has this many routes; the big one adds 10,000 more
 
 NGINX = """
@@ -93,7 +95,8 @@ class Wrk:
     def run(self, url: str, connections: int, seconds: float) -> tuple[float, float, float, int]:
         """(requests/s, p50 ms, p99 ms, errors) of one timed run."""
         out = subprocess.run([self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                              "--latency", url], capture_output=True, text=True, timeout=seconds + 60).stdout
+                              "--latency", "-H", f"x-api-key: {BENCH_KEY}", url],
+                             capture_output=True, text=True, timeout=seconds + 60).stdout
         return self._parse(out)
 
     def _parse(self, out: str) -> tuple[float, float, float, int]:
@@ -144,14 +147,20 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     routes += [{"name": f"other{i}", "match": {"path": {"prefix": f"/other{i}/"}, "methods": ["GET"]},
                 "forward": {"service": "catalog"}} for i in range(ROUTES - 2)]
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
-                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}, "policies": ["public"]})
+                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
+                   "policies": ["partner", "public"]})
     return {
         "version": 1,
         "gateway": {"listeners": [{"name": "bench", "port": listen_port}], "admin": {"port": admin_port}},
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
         "routes": routes,
-        # as the demo limits every public route (memory storage, never reached here)
-        "policies": {"public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000}}},
+        "policies": {
+            # as the demo: an API key identifies the consumer, whose rate limit is counted
+            # (memory storage, never reached here); metrics and the access log are on by default
+            "partner": {"api_key": {"consumers": {"bench": {
+                "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}}}},
+            "public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000, "key": "consumer"}},
+        },
     }
 
 
@@ -276,7 +285,7 @@ class Bench:
         worker_pids = children_of(gw.pid)
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
         if args.profile:
-            load = subprocess.Popen([self.wrk.binary, "-t1", f"-c{args.connections}",
+            load = subprocess.Popen([self.wrk.binary, "-t1", f"-c{args.connections}", "-H", f"x-api-key: {BENCH_KEY}",
                                      f"-d{round(args.seconds) + 3}s", url], stdout=subprocess.DEVNULL)
             time.sleep(1)
             profile(worker_pids[0], args.seconds, self.tmp)
