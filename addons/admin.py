@@ -1,4 +1,4 @@
-"""The admin listener of a proxy: /status (config version, routes, clusters) on loopback."""
+"""The admin listener of a proxy: /status (config, registry, routes, clusters) and /flows, on loopback."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ class Admin:
         self.state = state
         self.role = role
         self.server: AdminServer | None = None
-        self.handlers = {"/status": self._status, "/healthz": self._healthz}
+        self.handlers = {"/status": self._status, "/healthz": self._healthz, "/flows": self._flows}
 
     def _status(self, method: str, query: str):
         return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})
+
+    def _flows(self, method: str, query: str):
+        """The last flows this process answered, newest last, with every decision made about them."""
+        return json_reply({"role": self.role, "pid": os.getpid(), "flows": list(self.state.recent)})
 
     def _healthz(self, method: str, query: str):
         ok = self.state.snapshot is not None
@@ -31,8 +35,7 @@ class Admin:
         snap = self.state.snapshot
         if snap is None:
             return None
-        admin = snap.config.gateway.admin
-        return (admin.address, admin.port)
+        return snap.admin
 
     async def running(self):
         await self._ensure()

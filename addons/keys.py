@@ -9,6 +9,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+# which listener of a sidecar a flow came in on (FlowState.direction; None on the gateway):
+# INBOUND from another proxy to the local app, OUTBOUND from the local app to another service
+from mesh.state import INBOUND, OUTBOUND  # noqa: F401
+
 if TYPE_CHECKING:
     from mitmproxy import http
 
@@ -25,6 +29,7 @@ ENDPOINT = "mitmesh.endpoint"
 ATTEMPTS = "mitmesh.attempts"
 DECISIONS = "mitmesh.decisions"  # list of [addon, decision] pairs, in the order they were made
 PRINCIPAL = "mitmesh.principal"
+DIRECTION = "mitmesh.direction"  # on a sidecar: "inbound" or "outbound"
 
 _ATTR = "_mitmesh"
 
@@ -33,11 +38,13 @@ class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
     __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
-                 "attempts", "started", "upstream_path", "principal", "claims", "decisions")
+                 "attempts", "started", "upstream_path", "principal", "claims", "decisions",
+                 "direction")
 
-    def __init__(self, snapshot: Snapshot, listener: Listener | None):
+    def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None):
         self.snapshot = snapshot
         self.listener = listener
+        self.direction = direction  # INBOUND, OUTBOUND, or None on the gateway
         self.request_id = ""
         self.route: Route | None = None
         self.cluster: str | None = None
@@ -57,9 +64,12 @@ class FlowState:
         self.decisions.append((who, what))
 
 
-def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None) -> FlowState:
-    st = FlowState(snapshot, listener)
+def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None,
+          direction: str | None = None) -> FlowState:
+    st = FlowState(snapshot, listener, direction)
     setattr(flow, _ATTR, st)
+    if direction is not None:
+        flow.metadata[DIRECTION] = direction
     return st
 
 

@@ -57,7 +57,8 @@ class Tls:
             return
         base = os.path.dirname(os.path.abspath(snap.file))
         contexts = {}
-        for i, lst in enumerate(snap.config.gateway.listeners):
+        for bound in snap.listeners:
+            lst = bound.listener
             if lst.tls is None:
                 continue
             cert, key = (os.path.join(base, p) for p in (lst.tls.cert, lst.tls.key))
@@ -65,7 +66,7 @@ class Tls:
                 contexts[(lst.address, lst.port)] = server_context(cert, key, lst.tls.http2)
             except (OSError, SSL.Error) as e:
                 raise exceptions.OptionsError(
-                    f"{snap.file}:1: gateway.listeners[{i}].tls: cannot use certificate "
+                    f"{snap.file}:1: {bound.path}.tls: cannot use certificate "
                     f"{lst.tls.cert} with key {lst.tls.key}: {e} (got {cert!r})"
                 ) from None
         self._contexts = contexts

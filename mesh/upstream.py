@@ -270,6 +270,12 @@ class Pool:
     def idle_count(self) -> int:
         return sum(len(b.idle) for b in self._buckets.values())
 
+    def forget(self, host: str, port: int) -> None:
+        """Close the idle connections to an endpoint that left its cluster."""
+        for key in [k for k in self._buckets if k[0] == host and k[1] == port]:
+            for conn in self._buckets.pop(key).idle:
+                conn.close()
+
 
 class _NothingReceived(Exception):
     pass
