@@ -144,6 +144,8 @@ class MeshState:
             local = _cluster(old.get(LOCAL), LOCAL, workload.service, workload.version, svc, None)
             local.set_endpoints([self.local])
             clusters[LOCAL] = local
+        # a sidecar's connections leave from its instance's address, as from its own host
+        self.pool.local_address = workload.address if workload else None
         self.version += 1
         snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters,
                                    workload=workload, listeners=listeners_of(config, workload),
@@ -236,6 +238,7 @@ class MeshState:
                            "direction": b.direction, "tls": b.listener.tls is not None}
                           for b in snap.listeners],
             "registry": {"instances": instances},
+            "upstream": {"connections_opened": self.pool.opened, "idle": self.pool.idle_count()},
             "routes": [
                 {"name": r.name, "match": r.config.match.model_dump(exclude_defaults=True),
                  "action": _describe(r)}

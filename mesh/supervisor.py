@@ -36,7 +36,7 @@ def worker_argv(config: Path, inherit: list[str], role: str = "gateway",
                 verbosity: str = "info", ready_fd: int = -1, workload: str = "",
                 announce: bool = True) -> list[str]:
     # -O: mitmproxy type-checks every request and response object under __debug__ (+40 % req/s)
-    argv = procs.python("-O", "-m", "mesh.runtime", "--config", str(config), "--role", role,
+    argv = procs.python("-O", "-m", "mesh.worker", "--config", str(config), "--role", role,
                         "--verbosity", verbosity, "--ready-fd", str(ready_fd))
     if workload:
         argv += ["--workload", workload]

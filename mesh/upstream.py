@@ -85,6 +85,7 @@ class Pool:
         self.max_body = max_body
         self._buckets: dict[tuple, _Bucket] = {}
         self.opened = 0  # connections opened since start, for tests and /status
+        self.local_address: str | None = None  # bind upstream connections here (a sidecar's address)
 
     async def request(
         self,
@@ -166,6 +167,7 @@ class Pool:
                 reader, writer = await asyncio.open_connection(
                     host, port, ssl=ssl, server_hostname=server_hostname if ssl else None,
                     limit=MAX_HEAD,
+                    local_addr=(self.local_address, 0) if self.local_address else None,
                 )
         except TimeoutError:
             raise ConnectFailure(f"connect to {host}:{port} timed out after {timeout:g}s") from None
