@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
@@ -75,24 +76,30 @@ def hash64(data: bytes) -> int:
 
 class RingHash:
     """Envoy's ring_hash: each endpoint owns points on a 64-bit ring in proportion to its weight,
-    and a key goes to the owner of the first point at or after the key's hash. Points depend only on
-    the endpoint's address, so adding or removing one endpoint moves only the keys of its arcs
-    (about 1/N of them). A request without a key goes to a random endpoint, as in Envoy."""
+    and a key goes to the owner of the first point at or after the key's hash. An endpoint's points
+    depend only on its address and weight, never on the others: adding or removing one endpoint
+    moves only the keys of its own arcs (about 1/N of them). A request without a key goes to a
+    random endpoint, as in Envoy."""
 
-    def __init__(self, min_size: int = 1024):
-        self.min_size = min_size
+    MAX_POINTS = 1 << 20
+
+    def __init__(self, points_per_weight: int = 256):
+        self.points_per_weight = points_per_weight
         self._points: list[int] = []
         self._owners: list[Endpoint] = []
         self._built_for: list[Endpoint] | None = None
 
     def rebuild(self, endpoints: list[Endpoint]) -> None:
         self._built_for = endpoints
-        total = sum(e.weight for e in endpoints)
+        unit = math.gcd(*(e.weight for e in endpoints)) if endpoints else 1
+        per = self.points_per_weight
+        total = sum(e.weight // unit for e in endpoints) * per
+        if total > self.MAX_POINTS:  # extreme weight ratios: fewer points, same proportions
+            per = max(1, per * self.MAX_POINTS // total)
         ring = []
         for ep in endpoints:
-            n = max(1, round(self.min_size * ep.weight / total)) if total else 0
             name = f"{ep.address}:{ep.port}_".encode()
-            ring.extend((hash64(name + str(i).encode()), ep) for i in range(n))
+            ring.extend((hash64(name + str(i).encode()), ep) for i in range(per * ep.weight // unit))
         ring.sort(key=lambda p: p[0])
         self._points = [p for p, _ in ring]
         self._owners = [e for _, e in ring]
@@ -132,14 +139,14 @@ class Cluster:
     connect_timeout: float = 1.0
     endpoints: list[Endpoint] = field(default_factory=list)
     hash_on: HashKey | None = None
-    ring_size: int = 1024
+    points_per_weight: int = 256
     zone_aware: float | None = None  # min healthy share of the local zone; None: zone-blind
     local_zone: str | None = None  # the caller's zone (this proxy's)
     used: bool = False  # picked from at least once: its endpoints are worth health-checking
     health_check: object = None  # the service's HealthCheck settings, for the active checker
 
     def __post_init__(self) -> None:
-        self.lb = RingHash(self.ring_size) if self.policy == "consistent_hash" else POLICIES[self.policy]()
+        self.lb = RingHash(self.points_per_weight) if self.policy == "consistent_hash" else POLICIES[self.policy]()
         self.refresh()
 
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:

@@ -45,9 +45,9 @@ class Workload:
         return ",".join(parts)
 
 
-def _port(key: str, value: str) -> int:
+def _port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise ValueError(f"{key}: expected a port from 1 to 65535 (got {value!r})")
+        raise ValueError(f"expected a port from 1 to 65535 (got {value!r})")
     return int(value)
 
 
@@ -72,13 +72,16 @@ def parse_workload(text: str) -> Workload:
                 host, colon, port = value.rpartition(":")
                 if not colon:
                     raise ValueError(f"expected host:port such as 127.0.0.1:9101 (got {value!r})")
-                fields[key] = (check_address(host.strip("[]")), _port("port", port))
+                try:
+                    fields[key] = (check_address(host.strip("[]")), _port(port))
+                except ValueError as e:
+                    raise ValueError(f"expected host:port such as 127.0.0.1:9101; {e}") from None
             elif key == "weight":
                 if not value.isdigit() or not 1 <= int(value) <= 10_000:
                     raise ValueError(f"expected an integer from 1 to 10000 (got {value!r})")
                 fields[key] = int(value)
             else:
-                fields[key] = _port(key, value)
+                fields[key] = _port(value)
         except ValueError as e:
             raise ValueError(f"workload: {key}: {e}") from None
     for key in ("service", "app"):

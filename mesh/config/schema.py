@@ -137,8 +137,9 @@ class LoadBalancer(Model):
         "round_robin", description="how an endpoint is chosen (default round_robin)"
     )
     hash_on: HashOn | None = Field(None, description="consistent_hash only: the key to hash")
-    ring_size: Annotated[int, Field(ge=64, le=1 << 20)] = Field(
-        1024, description="consistent_hash only: minimum points on the hash ring (default 1024)"
+    points_per_weight: Annotated[int, Field(ge=16, le=4096)] = Field(
+        256, description="consistent_hash only: points on the hash ring per unit of weight, weights "
+                         "divided by their greatest common divisor (default 256)"
     )
     zone_aware: Annotated[ZoneAware | None, BeforeValidator(_enabled_shorthand)] = Field(
         None, description="prefer the caller's zone: true, or {min_healthy: 0.5} (default off)"

@@ -8,6 +8,7 @@ import contextlib
 import pytest
 from aiohttp import web
 from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain
@@ -20,14 +21,19 @@ class Gateway:
         self.state = state
         self.addons = addons
 
-    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False):
-        req = tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=9,
+    async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
+                   mode: str | None = None, target: str = "127.0.0.1"):
+        """One flow through the chain; `mode` is the listener it came in on (a sidecar's inbound or
+        outbound), `target` the host of a proxied request (`GET http://catalog/...`)."""
+        req = tutils.treq(method=method.encode(), path=path.encode(), host=target, port=9,
                           authority=b"", content=body)
         req.headers.clear()
         req.headers["host"] = host
         for k, v in (headers or {}).items():
             req.headers[k] = v
         flow = tflow.tflow(req=req)
+        if mode is not None:
+            flow.client_conn.proxy_mode = ProxyMode.parse(mode)
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None
@@ -48,6 +54,23 @@ async def gateway(write_config):
         addons = chain.gateway(state)
         with taddons.context(*addons) as tctx:
             tctx.options.update(mesh_config=str(path), mesh_reload=False)
+            try:
+                yield Gateway(tctx, state, addons)
+            finally:
+                await state.pool.close()
+    return make
+
+
+@pytest.fixture
+async def sidecar(write_config):
+    """The sidecar chain for one workload: flows come in on its inbound or outbound listener."""
+    @contextlib.asynccontextmanager
+    async def make(text: str, workload: str):
+        path = write_config(text)
+        state = MeshState()
+        addons = chain.sidecar(state)
+        with taddons.context(*addons) as tctx:
+            tctx.options.update(mesh_config=str(path), mesh_reload=False, mesh_workload=workload)
             try:
                 yield Gateway(tctx, state, addons)
             finally:
