@@ -44,7 +44,6 @@ class Mdns:
         self.settings: tuple | None = None
         self.stopping = False
         self._busy: asyncio.Lock | None = None
-        self._running = False
 
     def load(self, loader):
         loader.add_option("mesh_announce", bool, True,
@@ -52,7 +51,6 @@ class Mdns:
 
     async def running(self):
         self._busy = asyncio.Lock()
-        self._running = True
         await self._restart()
         self.state.watchers.append(self._changed)
         snap, local = self.state.snapshot, self.state.local
@@ -63,11 +61,6 @@ class Mdns:
             if health.record(local, ok, detail, hc):
                 self.state.refresh()
         await self._reconcile()
-
-    def configure(self, updated):
-        snap = self.state.snapshot
-        if self._running and snap is not None and mdns_settings(snap) != self.settings:
-            asyncio.get_running_loop().create_task(self._restart())
 
     async def _restart(self) -> None:
         async with self._busy:
@@ -87,8 +80,14 @@ class Mdns:
         await self._reconcile()
 
     def _changed(self) -> None:
-        local, announced = self.state.local, self.state.announced is not None
-        if local is not None and local.healthy != announced and not self.stopping:
+        """After any change of config, membership or health: follow the mDNS settings (a reload
+        may change them) and the app's readiness."""
+        if self.stopping:
+            return
+        snap, local = self.state.snapshot, self.state.local
+        if snap is not None and mdns_settings(snap) != self.settings:
+            asyncio.get_running_loop().create_task(self._restart())
+        elif local is not None and local.healthy != (self.state.announced is not None):
             asyncio.get_running_loop().create_task(self._reconcile())
 
     async def _reconcile(self) -> None:
