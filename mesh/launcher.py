@@ -135,21 +135,26 @@ def _healthy(host: str, port: int) -> bool:
         return False
 
 
-def _wait_discovered(address: str, port: int, count: int, stopping: threading.Event,
+def _wait_discovered(admins: list[tuple[str, int]], count: int, stopping: threading.Event,
                      timeout: float = 10.0) -> None:
-    """Wait until the gateway's registry holds every sidecar `up` started (mDNS answers in ~ms)."""
+    """Wait until the gateway's and every sidecar's registry hold every instance `up` started
+    (a newcomer's questions are answered at once, or at most a second later)."""
     deadline = time.monotonic() + timeout
-    found = 0
-    while time.monotonic() < deadline and not stopping.is_set():
-        try:
-            with urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
-                found = sum(1 for i in json.load(r)["registry"]["instances"] if i["source"] == "mdns")
-        except (OSError, ValueError, KeyError):
-            found = 0
-        if found >= count:
-            return
-        time.sleep(0.1)
-    print(f"mitmesh up: the gateway discovered {found} of {count} sidecars so far", flush=True)
+    pending = list(admins)
+    while pending and time.monotonic() < deadline and not stopping.is_set():
+        pending = [a for a in pending if _discovered(*a) < count]
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        print(f"mitmesh up: {len(pending)} proxies have not discovered all {count} instances yet", flush=True)
+
+
+def _discovered(address: str, port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
+            return sum(1 for i in json.load(r)["registry"]["instances"] if i["source"] == "mdns")
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _echo(child: procs.Child, prefix: str) -> None:
@@ -229,7 +234,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         else:
             procs.wait_log(gw, "gateway ready")
         if sidecars and config.discovery.mdns is not None:
-            _wait_discovered(admin.address, admin.port, len(sidecars), stopping)
+            _wait_discovered([(admin.address, admin.port)]
+                             + [(i.sidecar.address, i.sidecar.admin) for i, _ in sidecars],
+                             len(sidecars), stopping)
         for l in listeners:
             scheme, label = ("https", "gateway-tls") if l.tls else ("http", "gateway")
             print(f"{label}: {scheme}://{l.address}:{l.port}", flush=True)

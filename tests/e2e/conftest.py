@@ -179,6 +179,12 @@ class Mesh:
         with urllib.request.urlopen((admin or self.admin) + "/status", timeout=5) as r:
             return json.load(r)["registry"]["instances"]
 
+    def wait_converged(self, instances: list[Sidecared], count: int, timeout: float = 10.0) -> None:
+        """Wait until the gateway and every given sidecar know `count` instances (each proxy
+        converges on its own: a responder answers for a record at most once a second)."""
+        for admin in [self.admin] + [s.admin for s in instances]:
+            self.wait_instances(count, timeout=timeout, admin=admin)
+
     def wait_instances(self, count: int, service: str | None = None, healthy: bool | None = None,
                        timeout: float = 10.0, admin: str | None = None) -> list[dict]:
         """Wait until the gateway's (or `admin`'s) registry holds `count` matching instances."""

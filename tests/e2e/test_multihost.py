@@ -85,13 +85,16 @@ def test_services_on_different_hosts_find_each_other(hosts):
     for child in starting + [gateway]:
         procs.wait_log(child, child.ready)
 
-    def registry():
-        status = json.load(urllib.request.urlopen(f"http://{edge}:{GATEWAY_ADMIN}/status", timeout=5))
+    def registry(admin: str = f"{edge}:{GATEWAY_ADMIN}"):
+        status = json.load(urllib.request.urlopen(f"http://{admin}/status", timeout=5))
         return {i["service"]: i for i in status["registry"]["instances"]}
 
     found = net.call("edge", wait_until, lambda: len(r := registry()) == 3 and r, 10)
     assert {s: i["address"] for s, i in found.items()} == {
         s: f"{net.address(h)}:{INBOUND}" for s, h in placed.items()}
+    # every proxy converges on its own (a responder answers a record at most once a second)
+    for host in placed.values():
+        net.call(host, wait_until, lambda h=host: len(registry(f"{net.address(h)}:{ADMIN}")) == 3, 10)
 
     # edge → orders' host → its app → its sidecar → catalog's and payments' hosts
     status, body, _ = net.call("edge", get, f"http://{edge}:{GATEWAY}/orders",

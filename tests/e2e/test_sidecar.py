@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
             {"service": "catalog", "zone": "a", "weight": 2}, {"service": "payments"},
             {"service": "orders"})}
         m.start_gateway()
-        m.wait_instances(3)
+        m.wait_converged(list(m.instances.values()), 3)
         yield m
     finally:
         m.stop()
