@@ -409,8 +409,8 @@ class MeshConfig(Model):
     version: Literal[1] = Field(1, description="schema version")
     mesh: MeshSettings = MeshSettings()
     gateway: Gateway
-    discovery: Discovery = Discovery()
-    sidecar: SidecarSettings = SidecarSettings()
+    discovery: Discovery = Field(Discovery(), description="how proxies find endpoints (default: static only)")
+    sidecar: SidecarSettings = Field(SidecarSettings(), description="defaults of every sidecar")
     services: dict[Name, Service] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     policies: dict[Name, Policy] = Field(default_factory=dict)
