@@ -139,3 +139,10 @@ async def test_consistent_hash_on_a_header_or_cookie(gateway, upstream_app):
                 assert len(seen) == 1
                 owners[user] = seen.pop()
             assert len(set(owners.values())) == 3
+
+
+async def test_consistent_hash_on_the_source_ip(gateway, upstream_app):
+    ports = [await upstream_app(f"c{i}") for i in range(3)]
+    async with gateway(hashed(ports[0], ports, "{source_ip: true}")) as gw:
+        names = {json.loads((await gw.send("/catalog/x")).response.content)["name"] for _ in range(10)}
+        assert len(names) == 1  # one downstream address, one endpoint
