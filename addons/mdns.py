@@ -44,6 +44,7 @@ class Mdns:
         self.settings: tuple | None = None
         self.stopping = False
         self._busy: asyncio.Lock | None = None
+        self._announced: Instance | None = None
 
     def load(self, loader):
         loader.add_option("mesh_announce", bool, True,
@@ -87,7 +88,8 @@ class Mdns:
         snap, local = self.state.snapshot, self.state.local
         if snap is not None and mdns_settings(snap) != self.settings:
             asyncio.get_running_loop().create_task(self._restart())
-        elif local is not None and local.healthy != (self.state.announced is not None):
+        elif local is not None and (local.healthy != (self.state.announced is not None)
+                                    or (self._announced and local_instance(snap) != self._announced)):
             asyncio.get_running_loop().create_task(self._reconcile())
 
     async def _reconcile(self) -> None:
@@ -99,9 +101,13 @@ class Mdns:
             if self.source is None:
                 return
             want = local.healthy and not self.stopping and ctx.options.mesh_announce
+            inst = local_instance(snap)
+            if want and self.state.announced is not None and inst != self._announced:
+                await self.source.withdraw()  # a reload changed what it announces (port, TLS, ...)
+                self.state.announced = None
             if want and self.state.announced is None:
-                inst = local_instance(snap)
                 self.state.announced = await self.source.announce(inst, inst.name)
+                self._announced = inst
                 log.info(f"announced {inst.name} ({inst.cluster}, zone {inst.zone or '-'}, weight "
                          f"{inst.weight}) at {inst.address}:{inst.port} as {self.state.announced}")
             elif not want and self.state.announced is not None:

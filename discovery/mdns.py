@@ -50,7 +50,8 @@ def _text(props: dict, key: str) -> str | None:
     return None if value is None else value.decode("utf-8", "replace")
 
 
-def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dict, mesh: str) -> Instance | None:
+def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dict,
+                      mesh: str) -> Instance | None:
     """The instance an announcement describes; None if it belongs to another mesh.
 
     Raises ValueError naming the bad TXT key when the announcement is malformed.

@@ -146,7 +146,8 @@ class Cluster:
     health_check: object = None  # the service's HealthCheck settings, for the active checker
 
     def __post_init__(self) -> None:
-        self.lb = RingHash(self.points_per_weight) if self.policy == "consistent_hash" else POLICIES[self.policy]()
+        self.lb = (RingHash(self.points_per_weight) if self.policy == "consistent_hash"
+                   else POLICIES[self.policy]())
         self.refresh()
 
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:

@@ -266,10 +266,11 @@ def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Se
         hash_on = (HashKey("header", h.header.lower()) if h.header is not None
                    else HashKey("cookie", h.cookie) if h.cookie is not None else HashKey("source_ip"))
     cluster = old
-    if cluster is None or (cluster.policy, cluster.hash_on, cluster.points_per_weight) != (lb.policy, hash_on, lb.points_per_weight):
+    settings = (lb.policy, hash_on, lb.points_per_weight)
+    if cluster is None or (cluster.policy, cluster.hash_on, cluster.points_per_weight) != settings:
         cluster = Cluster(name, service, version, lb.policy, svc.connect_timeout,
-                          list(old.endpoints) if old else [], hash_on=hash_on, points_per_weight=lb.points_per_weight,
-                          used=old.used if old else False)
+                          list(old.endpoints) if old else [], hash_on=hash_on,
+                          points_per_weight=lb.points_per_weight, used=old.used if old else False)
     cluster.connect_timeout = svc.connect_timeout
     cluster.zone_aware = lb.zone_aware.min_healthy if lb.zone_aware is not None else None
     cluster.local_zone = zone

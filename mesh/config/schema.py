@@ -148,9 +148,11 @@ class LoadBalancer(Model):
     @model_validator(mode="after")
     def _hash_needs_key(self) -> LoadBalancer:
         if self.policy == "consistent_hash" and self.hash_on is None:
-            raise ValueError("consistent_hash needs hash_on: {header: NAME}, {cookie: NAME} or {source_ip: true}")
+            raise ValueError("consistent_hash needs hash_on: {header: NAME}, {cookie: NAME} or "
+                             "{source_ip: true}")
         if self.policy != "consistent_hash" and self.hash_on is not None:
-            raise ValueError(f"hash_on is only used by policy consistent_hash (got policy {show(self.policy)})")
+            raise ValueError("hash_on is only used by policy consistent_hash "
+                             f"(got policy {show(self.policy)})")
         return self
 
 
