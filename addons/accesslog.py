@@ -94,7 +94,7 @@ class AccessLog:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
             "request_id": st.request_id,
             "trace_id": st.trace_id,
-            "direction": st.direction,
+            "direction": st.direction or "edge",
             "listener": st.listener.name if st.listener is not None else None,
             "client": flow.client_conn.peername[0] if flow.client_conn.peername else None,
             "principal": st.principal,

@@ -1,4 +1,4 @@
-"""The admin listener of a proxy: /status (config version, routes, clusters) on loopback."""
+"""The admin listener of a proxy: /status (config, registry, routes, clusters) and /flows, on loopback."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ class Admin:
         self.role = role
         self.server: AdminServer | None = None
         self.handlers = state.admin_handlers
-        self.handlers.update({"/status": self._status, "/healthz": self._healthz})
+        self.handlers.update({"/status": self._status, "/healthz": self._healthz, "/flows": self._flows})
 
     def _status(self, method: str, query: str):
         return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})
+
+    def _flows(self, method: str, query: str):
+        """The last flows this process answered, newest last, with every decision made about them."""
+        return json_reply({"role": self.role, "pid": os.getpid(), "flows": list(self.state.recent)})
 
     def _healthz(self, method: str, query: str):
         ok = self.state.snapshot is not None
@@ -32,8 +36,7 @@ class Admin:
         snap = self.state.snapshot
         if snap is None:
             return None
-        admin = snap.config.gateway.admin
-        return (admin.address, admin.port)
+        return snap.admin
 
     async def running(self):
         await self._ensure()

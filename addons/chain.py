@@ -15,10 +15,15 @@ from .cors import Cors
 from .decisions import Decisions
 from .forward import Forward
 from .forwarded import Forwarded
+from .health import Health
+from .inbound import Inbound
 from .ipfilter import IpFilter
+from .mdns import Mdns
 from .metrics import Metrics
 from .mirror import Mirror
+from .outbound import Outbound
 from .ratelimit import RateLimit
+from .recent import Recent
 from .recorder import Recorder
 from .requestid import RequestId
 from .router import Router
@@ -38,7 +43,9 @@ def gateway(state: MeshState | None = None) -> list:
     tracing = Tracing(state, "mitmesh-gateway")
     return [
         Config(state),     # first: loads mesh.yaml and pins the live snapshot to the flow
-        Admin(state),      # admin listener (/status, /metrics, /record); not on the request path
+        Admin(state),      # admin listener (/status, /metrics, /record, /flows); not on the request path
+        Mdns(state),       # keeps the registry live over mDNS; not on the request path
+        Health(state),     # active health checks of endpoints; not on the request path
         RequestId(),       # before anything may answer, so every reply carries the id
         tracing,           # server span from the incoming trace context, before any decision
         Sanitize(),        # drops client-sent claim headers before routing or upstreams see them
@@ -62,4 +69,31 @@ def gateway(state: MeshState | None = None) -> list:
         Metrics(state),    # Prometheus observations from FlowState
         AccessLog(state),  # one JSON line, after the decisions are complete
         Recorder(state),   # saves the flow (with its decisions) while a recording is on
+        Recent(state),     # last: keeps what was decided for /flows, once the answer is known
+    ]
+
+
+def sidecar(state: MeshState | None = None) -> list:
+    """A sidecar's addons: inbound flows go to the local app, outbound flows to other services."""
+    state = state or MeshState()
+    redact.install()       # credentials never reach a log line, whoever logs
+    tracing = Tracing(state, "mitmesh-sidecar")
+    return [
+        Config(state, role="sidecar"),  # first: config and workload; pins snapshot and direction
+        Admin(state, role="sidecar"),   # admin listener (/status shows the registry); off the path
+        Mdns(state),       # mDNS browse, and announces this instance while its app is healthy
+        Health(state),     # active health checks (the app, and endpoints sent to); off the path
+        RequestId(),       # before anything may answer, so every reply carries the id
+        tracing,           # server span (inbound: continues the caller's trace; outbound: the app's)
+        Tls(state),        # downstream TLS on the inbound listener (mTLS attaches here)
+        Inbound(),         # inbound policy: the local app is the only destination
+        Outbound(),        # outbound policy: the host names a service; CONNECT is refused
+        Forwarded(),       # X-Forwarded-For on inbound; nothing on outbound
+        Forward(state, tracing),  # the attempts (a client span each), through the shared keep-alive pool
+        # response side: observe the finished flow
+        Decisions(),       # the decision log into flow metadata and mitmweb's Comment tab
+        Metrics(state),    # Prometheus observations, by direction
+        AccessLog(state),  # one JSON line per request, also at every sidecar
+        Recorder(state),   # saves the flow while a recording is on
+        Recent(state),     # last: keeps what was decided for /flows, once the answer is known
     ]

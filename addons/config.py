@@ -7,32 +7,48 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from mesh import metrics, modes
+from mesh import metrics
 from mesh.config import ConfigError
 from mesh.reload import Watcher
-from mesh.state import MeshState, Snapshot, build
+from mesh.state import Bound, MeshState, Snapshot, build
+from mesh.workload import parse_workload
 
 from . import keys, replies
 
 log = logging.getLogger("mitmesh.config")
 
-def listener_modes(snap: Snapshot) -> dict[str, object]:
-    return {modes.reverse(lst.address, lst.port): lst for lst in snap.config.gateway.listeners}
-
 
 class Config:
-    def __init__(self, state: MeshState):
+    def __init__(self, state: MeshState, role: str = "gateway"):
         self.state = state
+        self.role = role
         self.watcher: Watcher | None = None
-        self._listeners: dict[str, object] = {}
+        self._listeners: dict[str, Bound] = {}
 
     def load(self, loader):
         loader.add_option("mesh_config", str, "mesh.yaml",
                           "Mesh config file (YAML). Edits are validated and applied live.")
         loader.add_option("mesh_reload", bool, True, "Watch mesh_config and reload it on change.")
+        if self.role == "sidecar":
+            loader.add_option(
+                "mesh_workload", str, "",
+                "The instance this sidecar stands beside: service=NAME,app=HOST:PORT"
+                "[,version=v1,address=127.0.0.1,zone=Z,weight=1,instance=NAME,inbound=PORT,"
+                "outbound=PORT,admin=PORT]. It binds its listeners and mDNS on `address`.",
+            )
 
     def configure(self, updated):
-        if "mesh_config" in updated:
+        if self.role == "sidecar" and "mesh_workload" in updated:
+            if not ctx.options.mesh_workload:
+                raise exceptions.OptionsError("a sidecar needs mesh_workload, e.g. "
+                                              "service=catalog,app=127.0.0.1:9101")
+            try:
+                self.state.workload = parse_workload(ctx.options.mesh_workload)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
+        if "mesh_config" in updated or (self.role == "sidecar" and "mesh_workload" in updated):
+            if self.role == "sidecar" and self.state.workload is None:
+                return  # nothing to serve until mesh_workload says which instance this is
             try:
                 snap = build(ctx.options.mesh_config)
             except ConfigError as e:
@@ -41,7 +57,7 @@ class Config:
 
     def _install(self, snap: Snapshot) -> None:
         snap = self.state.install(snap)
-        self._listeners = listener_modes(snap)
+        self._listeners = {b.mode: b for b in snap.listeners}
         wanted = {"mode": sorted(self._listeners), "connection_strategy": "lazy",
                   "keep_host_header": True}
         changed = {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
@@ -85,5 +101,8 @@ class Config:
         if snap is None:
             replies.reply(flow, 503, "no_config", "the proxy has no valid config loaded")
             return
-        listener = self._listeners.get(flow.client_conn.proxy_mode.full_spec)
-        keys.begin(flow, snap, listener)
+        bound = self._listeners.get(flow.client_conn.proxy_mode.full_spec)
+        if bound is None:
+            keys.begin(flow, snap, None)
+        else:
+            keys.begin(flow, snap, bound.listener, bound.direction)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pybreaker
+
 from mitmproxy import http
 
-from mesh import metrics, upstream
+from mesh import health, metrics, upstream
+from mesh.cluster import HashKey
 from mesh.faults import HEADER, NONE, Fault, parse_header
 from mesh.retry import retry_after
 from mesh.routing import ForwardAction
@@ -27,6 +30,7 @@ _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_rese
           "protocol_error": "upstream_protocol_error", "timeout": "upstream_timeout",
           "per_try_timeout": "upstream_timeout"}
 ATTEMPTS_HEADER = "x-mitmesh-attempts"
+MAX_REFUSED = 3  # endpoints tried when each refuses the connection, before answering 503
 
 
 def upstream_path(st: keys.FlowState, action: ForwardAction) -> str:
@@ -65,11 +69,12 @@ class Forward:
     async def _forward(self, flow: http.HTTPFlow, st: keys.FlowState, action: ForwardAction):
         cname = st.cluster or action.pick_cluster()  # an addon before may have chosen (versioning, canary)
         cluster = st.snapshot.clusters.get(cname)
-        guards = self.state.guards.get(cname)
         st.cluster = cname
         flow.metadata[keys.CLUSTER] = cname
-        if cluster is None or guards is None:
+        if cluster is None:
             return self._unavailable(flow, st, cname, "no such cluster")
+        guards = self.state.guards_for(cluster)
+        key = hash_key(flow, cluster.hash_on) if cluster.hash_on else None
         res = st.route.resilience
         req = flow.request
         header_fault = NONE
@@ -94,12 +99,15 @@ class Forward:
         deadline = time.monotonic() + res.deadline
         guards.budget.request()
         tried: list = []
+        refused: list = []
         last_resp: upstream.Response | None = None
         last_kind: str | None = None
         last_error = ""
         while True:
             avoid = tuple(tried) + guards.ejected(cluster.endpoints)
-            endpoint = cluster.pick(exclude=avoid, usable=guards.usable)
+            endpoint = cluster.pick(exclude=avoid, key=key, usable=guards.usable)
+            if endpoint is not None and endpoint in refused:
+                break  # it refused the connection already: answer with that
             if endpoint is None:
                 if last_resp is not None or last_kind is not None:
                     break  # nothing left to retry on: answer with the last outcome
@@ -118,6 +126,17 @@ class Forward:
             last_resp, last_kind = resp, kind
             if kind == "timeout" and time.monotonic() < deadline - 0.001:
                 kind = last_kind = "per_try_timeout"
+            if kind == "connect_failure":
+                # passive ejection (liveness): a refused endpoint leaves the rotation at once; the
+                # request was never sent, so another endpoint may take it whatever the retry policy
+                if health.eject(endpoint, f"{kind}: {last_error}"):
+                    self.state.refresh()
+                refused.append(endpoint)
+                if len(refused) < MAX_REFUSED and time.monotonic() < deadline and (
+                        policy is None or len(tried) >= attempts or not policy.retriable_failure(kind)):
+                    st.decide("forward", f"{endpoint} refused the connection; ejected it, trying another endpoint")
+                    attempts = max(attempts, len(tried) + 1)
+                    continue
             # --- retry?
             if len(tried) >= attempts or policy is None:
                 break
@@ -187,6 +206,8 @@ class Forward:
                     raise _Failed(resp)
         except _Failed:
             pass
+        except pybreaker.CircuitBreakerError as e:  # opened by a concurrent request meanwhile
+            kind, resp, error = "connect_failure", None, f"circuit breaker open ({e})"
         except upstream.UpstreamError as e:
             kind, resp, error = e.kind, None, str(e)
             metrics.UPSTREAM_FAILURES.labels(cname, e.kind).inc()
@@ -240,6 +261,15 @@ class Forward:
         st.decide("forward", f"{cname}: {reason}")
         replies.reply(flow, 503, "circuit_open" if open_circuit else "no_healthy_upstream",
                       f"cluster {cname}: {reason}", cluster=cname)
+
+
+def hash_key(flow: http.HTTPFlow, on: HashKey) -> str | None:
+    """The consistent-hash key of a request: a header, a cookie or the downstream IP."""
+    if on.kind == "header":
+        return flow.request.headers.get(on.name)
+    if on.kind == "cookie":
+        return flow.request.cookies.get(on.name)
+    return flow.client_conn.peername[0] if flow.client_conn.peername else None
 
 
 def _header(resp: upstream.Response, name: bytes) -> str | None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+# which listener of a sidecar a flow came in on (FlowState.direction; None on the gateway):
+# INBOUND from another proxy to the local app, OUTBOUND from the local app to another service
+from mesh.state import INBOUND, OUTBOUND  # noqa: F401
+
 if TYPE_CHECKING:
     from mitmproxy import http
 
@@ -30,6 +34,7 @@ PEER = "mitmesh.peer"  # the SPIFFE ID of a verified mTLS peer
 API_VERSION = "mitmesh.api_version"
 RATELIMIT = "mitmesh.ratelimit"  # the RateLimit-* values of the response
 MIRROR = "mitmesh.mirror"  # the cluster a copy of the request went to
+DIRECTION = "mitmesh.direction"  # on a sidecar: "inbound" or "outbound"
 
 _ATTR = "_mitmesh"
 
@@ -44,9 +49,10 @@ class FlowState:
                  "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
                  "mirror")
 
-    def __init__(self, snapshot: Snapshot, listener: Listener | None):
+    def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None):
         self.snapshot = snapshot
         self.listener = listener
+        self.direction = direction  # INBOUND, OUTBOUND, or None on the gateway
         self.request_id = ""
         self.route: Route | None = None
         self.cluster: str | None = None
@@ -63,7 +69,6 @@ class FlowState:
         self.peer: str | None = None
         # "why did the proxy do that": every addon appends what it decided, in request order
         self.decisions: list[tuple[str, str]] = []
-        self.direction = "edge"  # edge (gateway), inbound or outbound (sidecar listeners)
         self.span = None  # the server span, when tracing is on
         self.trace_id = ""  # W3C trace id (hex), when known
         self.error: str | None = None  # the `error` of a reply the proxy made itself (replies.py)
@@ -80,9 +85,12 @@ class FlowState:
         self.decisions.append((who, what))
 
 
-def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None) -> FlowState:
-    st = FlowState(snapshot, listener)
+def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None,
+          direction: str | None = None) -> FlowState:
+    st = FlowState(snapshot, listener, direction)
     setattr(flow, _ATTR, st)
+    if direction is not None:
+        flow.metadata[DIRECTION] = direction
     return st
 
 

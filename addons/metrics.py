@@ -65,16 +65,17 @@ class Metrics:
         if st is None:
             return
         route = st.route.name if st.route else ""
+        direction = st.direction or "edge"  # edge: the gateway; inbound/outbound: a sidecar
         cluster = st.cluster or ""
-        key = (st.direction, route, cluster)
+        key = (direction, route, cluster)
         children = self._children.get(key)
         if children is None:
             version = cluster.partition("/")[2]
             children = self._children[key] = (
                 {},
-                metrics.DURATION.labels(st.direction, route, cluster, version),
-                metrics.REQUEST_BYTES.labels(st.direction, route),
-                metrics.RESPONSE_BYTES.labels(st.direction, route),
+                metrics.DURATION.labels(direction, route, cluster, version),
+                metrics.REQUEST_BYTES.labels(direction, route),
+                metrics.RESPONSE_BYTES.labels(direction, route),
                 version,
             )
         by_code, duration, req_bytes, resp_bytes, version = children
@@ -86,7 +87,7 @@ class Metrics:
         code = metrics.code_class(status)
         counter = by_code.get(code)
         if counter is None:
-            counter = by_code[code] = metrics.REQUESTS.labels(st.direction, route, cluster, version, code)
+            counter = by_code[code] = metrics.REQUESTS.labels(direction, route, cluster, version, code)
         counter.inc()
         duration.observe(time.monotonic() - st.started)
         req_bytes.observe(len(flow.request.raw_content or b""))

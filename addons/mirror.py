@@ -21,7 +21,7 @@ from . import keys
 from .forward import upstream_path
 
 log = logging.getLogger("mitmesh.mirror")
-SEND_AFTER = 0.001  # seconds after the primary answer: the client reads it before the copy takes CPU
+SEND_AFTER = 0.003  # seconds after the primary answer: the client reads it before the copy takes CPU
 
 
 @dataclass(slots=True)

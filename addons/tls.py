@@ -26,22 +26,18 @@ from . import keys, replies
 log = logging.getLogger("mitmesh.tls")
 
 
-def gateway_listeners(snap: Snapshot) -> list[Listener]:
-    return snap.config.gateway.listeners
-
-
-def gateway_identity(snap: Snapshot) -> str:
-    return snap.config.gateway.identity
+def identity_of(snap: Snapshot) -> str:
+    """Whose workload certificate this proxy presents upstream: a sidecar its service's, the
+    gateway `gateway.identity`."""
+    return snap.workload.service if snap.workload is not None else snap.config.gateway.identity
 
 
 class Tls:
-    """`listeners` and `identity` say, per snapshot, which listeners this proxy serves and whose
-    workload certificate it presents upstream: the gateway's by default; a sidecar passes its own."""
+    """The listeners of the snapshot (the gateway's, or a sidecar's inbound and outbound) with
+    their TLS and mTLS contexts, and the client contexts for mTLS upstreams."""
 
-    def __init__(self, state: MeshState, listeners: Callable[[Snapshot], list[Listener]] = gateway_listeners,
-                 identity: Callable[[Snapshot], str] = gateway_identity):
+    def __init__(self, state: MeshState, identity: Callable[[Snapshot], str] = identity_of):
         self.state = state
-        self.listeners = listeners
         self.identity = identity
         self._contexts: dict[tuple[str, int], mtls.Watched[SSL.Context]] = {}
         self._refuse = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
@@ -63,8 +59,9 @@ class Tls:
         mesh_ca = mtls.workload_files(base, config.mesh.identity.dir, me)[2]
         store = self.state.certs
         contexts, used = {}, []
-        listeners = self.listeners(snap)
-        for i, lst in enumerate(listeners):
+        listeners = [bound.listener for bound in snap.listeners]
+        for bound in snap.listeners:
+            lst = bound.listener
             if lst.tls is None:
                 continue
             t = lst.tls
@@ -76,7 +73,7 @@ class Tls:
             except (OSError, SSL.Error, ValueError) as e:
                 what = f"client CA {client_ca}, " if client_ca else ""
                 raise exceptions.OptionsError(
-                    f"{snap.file}:1: gateway.listeners[{i}].tls: cannot use {what}certificate "
+                    f"{snap.file}:1: {bound.path}.tls: cannot use {what}certificate "
                     f"{t.cert} with key {t.key}: {e} (got {cert!r})") from None
         upstream: dict[str, mtls.UpstreamTls] = {}
         wanted = [name for name, svc in config.services.items() if svc.mtls != "DISABLE"]
@@ -86,7 +83,8 @@ class Tls:
                 client = store.client(cert, key, ca)
             except (OSError, ValueError) as e:
                 raise exceptions.OptionsError(
-                    f"{snap.file}:1: gateway.identity: cannot load the workload certificate of "
+                    f"{snap.file}:1: {'gateway.identity' if snap.workload is None else 'sidecar'}: "
+                    f"cannot load the workload certificate of "
                     f"{me} for mTLS upstreams ({', '.join(wanted)}): {e}; `mitmesh certs issue "
                     f"{me}` makes one (got {me!r})") from None
             for name in wanted:

@@ -93,9 +93,9 @@ class Tracing:
         parent = EXTRACT.extract(flow.request.headers)
         req = flow.request
         span = self.tracer.start_span(
-            f"{req.method} {st.direction}", context=parent, kind=SpanKind.SERVER,
+            f"{req.method} {st.direction or 'edge'}", context=parent, kind=SpanKind.SERVER,
             attributes={"http.request.method": req.method, "url.path": req.path.partition("?")[0],
-                        "server.address": req.host_header or "", "mitmesh.direction": st.direction,
+                        "server.address": req.host_header or "", "mitmesh.direction": st.direction or "edge",
                         "mitmesh.request_id": st.request_id},
         )
         st.span = span

@@ -1,8 +1,9 @@
 """`mitmesh bench`: loopback throughput, latency and memory, as ratios against baselines of one run.
 
 Targets, all in front of the same demo service: the service directly, bare `mitmdump --mode
-reverse`, nginx as a reverse proxy (the reference a user would pick instead), and the mitmesh
-gateway on the lean runtime with 1 worker, with N workers, and with 10,000 routes. Load comes from
+reverse`, nginx as a reverse proxy (the reference a user would pick instead), a request through two
+sidecars (a caller's outbound listener, then the service's inbound), and the mitmesh gateway on the
+lean runtime with 1 worker, with N workers, and with 10,000 routes. Load comes from
 wrk; wrk and nginx are installed with apt-get when missing. A benchmark, never a test.
 """
 
@@ -92,10 +93,11 @@ class Wrk:
         self.binary = binary
         self.last_count = 0
 
-    def run(self, url: str, connections: int, seconds: float) -> tuple[float, float, float, int]:
-        """(requests/s, p50 ms, p99 ms, errors) of one timed run."""
+    def run(self, url: str, connections: int, seconds: float, host: str | None = None) -> tuple[float, float, float, int]:
+        """(requests/s, p50 ms, p99 ms, errors) of one timed run; `host` sets the Host header."""
+        headers = ["-H", f"Host: {host}"] if host else []
         out = subprocess.run([self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                              "--latency", "-H", f"x-api-key: {BENCH_KEY}", url],
+                              "--latency", "-H", f"x-api-key: {BENCH_KEY}", *headers, url],
                              capture_output=True, text=True, timeout=seconds + 60).stdout
         return self._parse(out)
 
@@ -121,14 +123,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, url: str, wrk: Wrk, args, pids: list[int] = ()) -> Result:
-    wrk.run(url, args.connections, 1)  # warm up connections, pools and caches
+def measure(name: str, url: str, wrk: Wrk, args, pids: list[int] = (), host: str | None = None) -> Result:
+    wrk.run(url, args.connections, 1, host)  # warm up connections, pools and caches
     cpu0, t0 = cpu_seconds(pids), time.monotonic()
-    rps, p50n, p99n, err = wrk.run(url, args.connections, args.seconds)
+    rps, p50n, p99n, err = wrk.run(url, args.connections, args.seconds, host)
     cores = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0) if pids else 0.0
-    _, p50, p99, err1 = wrk.run(url, 1, max(args.seconds / 2, 1))
+    _, p50, p99, err1 = wrk.run(url, 1, max(args.seconds / 2, 1), host)
     r = Result(name, rps, p50, p99, p50n, p99n, err + err1, cores)
-    print(f"  {name:<28} {rps:>8.0f} req/s   p50/p99 @1: {p50:.2f}/{p99:.2f} ms   "
+    print(f"  {name:<32} {rps:>8.0f} req/s   p50/p99 @1: {p50:.2f}/{p99:.2f} ms   "
           f"@{args.connections}: {p50n:.1f}/{p99n:.1f} ms" + (f"   {cores:.2f} cores" if pids else "")
           + (f"   ERRORS {r.errors}" if r.errors else ""), flush=True)
     return r
@@ -161,6 +163,16 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
                 "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}}}},
             "public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000, "key": "consumer"}},
         },
+    }
+
+
+def sidecar_config(inbound: int, admin: int) -> dict:
+    """Two sidecars: a caller's outbound sends `catalog` to catalog's sidecar inbound (static
+    endpoint, no mDNS), which sends it to the catalog app."""
+    return {
+        "version": 1,
+        "gateway": {"listeners": [{"name": "unused", "port": admin}]},  # the schema wants one
+        "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{inbound}"]}}}},
     }
 
 
@@ -250,6 +262,25 @@ class Bench:
         procs.wait_log(child, "gateway ready", timeout=120)
         return f"http://127.0.0.1:{port}{PATH}", child
 
+    def sidecars(self, app_port: int) -> tuple[str, list[procs.Child]]:
+        """The catalog app's sidecar, and a caller's sidecar whose outbound listener wrk talks to."""
+        ports = {k: procs.free_port() for k in ("in", "in_out", "in_admin", "c_in", "out", "c_admin", "gw")}
+        cfg = self.tmp / "sidecars.yaml"
+        cfg.write_text(yaml.safe_dump(sidecar_config(ports["in"], ports["gw"])))
+        children = []
+        for name, service, inbound, outbound, admin in (
+                ("sidecar-catalog", "catalog", ports["in"], ports["in_out"], ports["in_admin"]),
+                ("sidecar-caller", "caller", ports["c_in"], ports["out"], ports["c_admin"])):
+            child = procs.spawn(name, [procs.tool("mitmesh"), "sidecar", "--config", str(cfg), "--service", service,
+                                       "--app", f"127.0.0.1:{app_port}", "--inbound-port", str(inbound),
+                                       "--outbound-port", str(outbound), "--admin-port", str(admin),
+                                       "--verbosity", "warn"], log_dir=self.tmp)
+            self.children.append(child)
+            children.append(child)
+        for child in children:
+            procs.wait_log(child, "sidecar ready", timeout=120)
+        return f"http://127.0.0.1:{ports['out']}/items/1", children
+
     def stop(self, child: procs.Child) -> None:
         child.stop()
         self.children.remove(child)
@@ -280,6 +311,12 @@ class Bench:
             ng = self.spawn("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-g", "daemon off;"], port)
             results["nginx"] = measure(f"nginx ({workers} workers)", f"http://127.0.0.1:{port}{PATH}", self.wrk, args)
             self.stop(ng)
+
+        url, pair = self.sidecars(svc)
+        results["sidecars"] = measure("2 sidecars (outbound → inbound)", url, self.wrk, args,
+                                      [c.pid for c in pair], host="catalog")
+        for c in pair:
+            self.stop(c)
 
         url, gw = self.gateway("gateway-1", svc, 1)
         worker_pids = children_of(gw.pid)
@@ -327,11 +364,16 @@ class Bench:
             print(f"{workers} workers used {gwn.cores:.2f} cores against {gw1.cores:.2f} for 1 worker "
                   f"(wrk and the demo service share the machine); requests per worker CPU-second: "
                   f"{perN:.0f} against {per1:.0f} ({perN / per1:.2f}x)")
+        two = results["sidecars"]
+        print(f"2 sidecars against the direct call: {two.rps / results['direct'].rps:.2f}x the throughput, "
+              f"p50 +{two.p50_1 - results['direct'].p50_1:.2f} ms at 1 connection, "
+              f"+{two.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}")
         errors = sum(r.errors for r in results.values())
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
-              f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f}", flush=True)
+              f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
+              f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}", flush=True)
         return 0
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
-"""The `mitmesh` command line: validate, up, gateway, bench, canary, certs."""
+"""The `mitmesh` command line: validate, up, gateway, sidecar, bench, canary, certs, record, replay."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 # JSON keys that differ between any two instances or versions of a demo service, whatever the data
 VOLATILE = ("request_id", "instance", "version", "zone")
@@ -36,6 +37,31 @@ def _gateway(args) -> int:
 
     workers = args.workers or supervisor.default_workers()
     return supervisor.serve(args.config, workers, args.verbosity)
+
+
+def _sidecar(args) -> int:
+    import os
+
+    from . import supervisor
+    from .workload import parse_workload
+
+    spec = ",".join(f"{k}={v}" for k, v in (
+        ("service", args.service), ("version", args.version), ("app", args.app),
+        ("address", args.address), ("zone", args.zone), ("weight", args.weight),
+        ("instance", args.instance), ("inbound", args.inbound_port),
+        ("outbound", args.outbound_port), ("admin", args.admin_port)) if v not in (None, ""))
+    try:
+        parse_workload(spec)
+    except ValueError as e:
+        print(f"mitmesh sidecar: {e}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
+    # one worker: the sidecar is this one process (no supervisor), under -O like every worker
+    argv = supervisor.worker_argv(Path(args.config).resolve(), [], "sidecar", args.verbosity, -1, spec)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+    return 1  # not reached
 
 
 def _record(args) -> int:
@@ -124,6 +150,23 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--ignore", default=",".join(VOLATILE),
                     help=f"JSON keys to ignore when comparing (default {','.join(VOLATILE)})")
     rp.set_defaults(func=_replay)
+
+    s = sub.add_parser("sidecar", help="run the sidecar of one service instance (inbound and outbound)")
+    s.add_argument("--config", default="mesh.yaml")
+    s.add_argument("--service", required=True, help="the service this instance belongs to")
+    s.add_argument("--version", default="v1", help="its version (default v1)")
+    s.add_argument("--app", required=True, metavar="HOST:PORT", help="where the local app listens")
+    s.add_argument("--address", default="127.0.0.1",
+                   help="this instance's address: listeners and mDNS bind here (default 127.0.0.1)")
+    s.add_argument("--zone", default=None, help="its zone, announced for zone-aware balancing")
+    s.add_argument("--weight", type=int, default=None, help="its load balancing weight (default 1)")
+    s.add_argument("--instance", default=None, help="instance name (default service-version-address)")
+    s.add_argument("--inbound-port", type=int, default=None, help="default: sidecar.inbound.port")
+    s.add_argument("--outbound-port", type=int, default=None, help="default: sidecar.outbound.port")
+    s.add_argument("--admin-port", type=int, default=None, help="default: sidecar.admin.port")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
+    s.set_defaults(func=_sidecar)
 
     b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -21,6 +22,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
+class Sidecar:
+    """Where an instance's sidecar listens: its own loopback address, the config's sidecar ports."""
+
+    address: str
+    inbound: int
+    outbound: int
+    admin: int
+    zone: str | None = None
+    weight: int = 1
+
+
+@dataclass
 class Instance:
     name: str
     app: str
@@ -30,20 +43,35 @@ class Instance:
     port: int
     latency: float = 0.0
     error_rate: float = 0.0
+    sidecar: Sidecar | None = None
 
 
 def plan_instances(config: MeshConfig) -> list[Instance]:
-    """The demo instances `up` starts: one per static loopback endpoint of each launched version."""
+    """The demo instances `up` starts. A launched version with static endpoints gets one bare app
+    listening on each loopback endpoint; one without gets `launch.instances` instances, each with
+    its sidecar on its own loopback address (from sidecar.first_address on), found by discovery."""
     out = []
+    sc = config.sidecar
+    address = ipaddress.ip_address(sc.first_address)
     for sname, svc in config.services.items():
         for vname, version in svc.versions.items():
-            if version.launch is None:
+            launch = version.launch
+            if launch is None:
                 continue
-            for i, ep in enumerate(version.endpoints, 1):
-                if not ep.address.startswith("127."):
-                    continue
-                out.append(Instance(f"{sname}-{vname}-{i}", version.launch.app, sname, vname,
-                                    ep.address, ep.port, version.launch.latency, version.launch.error_rate))
+            if version.endpoints:
+                for i, ep in enumerate(version.endpoints, 1):
+                    if ep.address.startswith("127."):
+                        out.append(Instance(f"{sname}-{vname}-{i}", launch.app, sname, vname,
+                                            ep.address, ep.port, launch.latency, launch.error_rate))
+                continue
+            for i in range(launch.instances):
+                host = str(address)
+                address += 1
+                zone = launch.zones[i % len(launch.zones)] if launch.zones else None
+                out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, host,
+                                    procs.free_port(host), launch.latency, launch.error_rate,
+                                    Sidecar(host, sc.inbound.port, sc.outbound.port, sc.admin.port,
+                                            zone, launch.weight)))
     return out
 
 
@@ -54,10 +82,29 @@ def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[s
         argv += ["--latency", f"{inst.latency}"]
     if inst.error_rate:
         argv += ["--error-rate", f"{inst.error_rate}"]
+    if inst.sidecar is not None and inst.sidecar.zone:
+        argv += ["--zone", inst.sidecar.zone]
     if inst.app == "orders":
-        # until sidecars exist, orders reaches its dependencies through the gateway's routes
-        argv += ["--catalog-url", f"{gateway_url}/catalog", "--payments-url", f"{gateway_url}/payments"]
+        if inst.sidecar is not None:  # calls go out through its sidecar, which finds the services
+            argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
+                     "--catalog-url", "http://catalog", "--payments-url", "http://payments"]
+        else:  # a bare demo app reaches its dependencies through the gateway's routes
+            argv += ["--catalog-url", f"{gateway_url}/catalog", "--payments-url", f"{gateway_url}/payments"]
     return argv
+
+
+def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> list[str]:
+    """`mitmesh sidecar` beside one instance: inbound to the app, outbound for its calls."""
+    sc = inst.sidecar
+    if sc is None:
+        raise ValueError(f"{inst.name} has no sidecar")
+    argv = procs.python("-m", "mesh.cli", "sidecar", "--config", str(config_path),
+                        "--service", inst.service, "--version", inst.version,
+                        "--app", f"{inst.host}:{inst.port}", "--address", sc.address,
+                        "--instance", inst.name, "--weight", str(sc.weight),
+                        "--inbound-port", str(sc.inbound), "--outbound-port", str(sc.outbound),
+                        "--admin-port", str(sc.admin), "--verbosity", verbosity)
+    return argv + (["--zone", sc.zone] if sc.zone else [])
 
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
@@ -86,6 +133,28 @@ def _healthy(host: str, port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def _wait_discovered(admins: list[tuple[str, int]], count: int, stopping: threading.Event,
+                     timeout: float = 10.0) -> None:
+    """Wait until the gateway's and every sidecar's registry hold every instance `up` started
+    (a newcomer's questions are answered at once, or at most a second later)."""
+    deadline = time.monotonic() + timeout
+    pending = list(admins)
+    while pending and time.monotonic() < deadline and not stopping.is_set():
+        pending = [a for a in pending if _discovered(*a) < count]
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        print(f"mitmesh up: {len(pending)} proxies have not discovered all {count} instances yet", flush=True)
+
+
+def _discovered(address: str, port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
+            return sum(1 for i in json.load(r)["registry"]["instances"] if i["source"] == "mdns")
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _echo(child: procs.Child, prefix: str) -> None:
@@ -133,18 +202,33 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     plain = next((l for l in listeners if l.tls is None), None)
     gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
     try:
-        for inst in plan_instances(config):
+        planned = plan_instances(config)
+        apps: list[tuple[Instance, procs.Child]] = []
+        for inst in planned:
             child = procs.spawn(inst.name, service_argv(inst, config, gateway_url), log_dir=run_dir)
             children.append(child)
             child.ports = [(inst.host, inst.port)]
+            apps.append((inst, child))
         deadline = time.monotonic() + 20
-        for child in children:
-            host, port = child.ports[0]
-            while not _healthy(host, port):
+        for inst, child in apps:
+            while not _healthy(inst.host, inst.port):
                 if not child.alive() or time.monotonic() > deadline or stopping.is_set():
                     raise RuntimeError(f"{child.name} did not become healthy:\n{child.tail()}")
                 time.sleep(0.05)
-            print(f"service: {child.name} http://{host}:{port} pid {child.pid}", flush=True)
+            print(f"service: {child.name} http://{inst.host}:{inst.port} pid {child.pid}", flush=True)
+        sidecars = []
+        for inst, _ in apps:
+            if inst.sidecar is not None:
+                sc = procs.spawn(f"{inst.name}.sidecar", sidecar_argv(path, inst), log_dir=run_dir,
+                                 cwd=str(path.parent))
+                children.append(sc)
+                sidecars.append((inst, sc))
+        for inst, sc in sidecars:  # announced: its app answered, and the mesh can find it
+            procs.wait_log(sc, "announced ", timeout=30)
+            s = inst.sidecar
+            print(f"sidecar: {inst.name} inbound http://{s.address}:{s.inbound} outbound "
+                  f"http://{s.address}:{s.outbound} admin http://{s.address}:{s.admin}/status "
+                  f"pid {sc.pid}", flush=True)
         token = secrets.token_hex(12)
         argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token) if web
                 else lean_argv(path, workers))
@@ -157,6 +241,10 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
                              + [(admin.address, admin.port), ("127.0.0.1", web_port)])
         else:
             procs.wait_log(gw, "gateway ready")
+        if sidecars and config.discovery.mdns is not None:
+            _wait_discovered([(admin.address, admin.port)]
+                             + [(i.sidecar.address, i.sidecar.admin) for i, _ in sidecars],
+                             len(sidecars), stopping)
         for l in listeners:
             scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
                              else ("http", "gateway"))
@@ -167,7 +255,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         print(f"logs: {run_dir}", flush=True)
         # where `mitmesh record` finds every proxy of this demo
         up_state.parent.mkdir(parents=True, exist_ok=True)
-        up_state.write_text(json.dumps({"admins": [f"http://{admin.address}:{admin.port}"]}))
+        up_state.write_text(json.dumps({"admins": [f"http://{admin.address}:{admin.port}"] + [
+            f"http://{i.sidecar.address}:{i.sidecar.admin}" for i, _ in sidecars]}))
         print(f"gateway-pid: {gw.pid}", flush=True)
         if plain:
             print(f"try: curl {gateway_url}/catalog/items   (Ctrl-C stops everything)", flush=True)
@@ -186,7 +275,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         print(f"mitmesh up: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
-        for child in reversed(children):
-            child.stop()
+        if children and children[-1].name == "gateway":  # stop sending first, then the rest at once
+            children.pop().stop()
+        procs.stop_all(children)
         up_state.unlink(missing_ok=True)
         print("stopped", flush=True)

@@ -9,3 +9,8 @@ PLACEHOLDER = "http://127.0.0.1:9"
 
 def reverse(address: str, port: int) -> str:
     return f"reverse:{PLACEHOLDER}@{address}:{port}"
+
+
+def regular(address: str, port: int) -> str:
+    """An HTTP proxy listener (a sidecar's outbound): the app sends `GET http://catalog/items`."""
+    return f"regular@{address}:{port}"

@@ -73,6 +73,23 @@ class Child:
         return ""
 
 
+def stop_all(children: list[Child], timeout: float = 10.0) -> None:
+    """Stop many children at once: one SIGTERM to each group, one shared wait, then SIGKILL."""
+    for child in children:
+        if child.alive():
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.proc.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            pass
+        child.stop(timeout=0.01, sig=signal.SIGKILL)
+
+
 def spawn(name: str, argv: list[str], *, log_dir: Path | None = None, env: dict | None = None,
           cwd: str | None = None, stdout=None, pass_fds: tuple[int, ...] = ()) -> Child:
     """Start a child in its own process group; its output goes to log_dir/NAME.log."""

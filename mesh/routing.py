@@ -258,20 +258,26 @@ def _compilers() -> dict[str, Callable]:
     }
 
 
+def merge_policies(config: schema.MeshConfig, refs, rc: schema.Route) -> dict[str, object]:
+    """Policy kind → compiled config, from named blocks (the first block naming a kind wins)."""
+    policies: dict[str, object] = {}
+    for ref in refs:
+        block = config.policies[ref]
+        for kind in type(block).model_fields:
+            value = getattr(block, kind)
+            if value is not None:
+                policies.setdefault(kind, value)
+    for kind, compile_policy in _compilers().items():
+        if kind in policies:
+            policies[kind] = compile_policy(policies[kind], rc, config)
+    return policies
+
+
 def compile_routes(config: schema.MeshConfig) -> RouteTable:
     routes = []
-    compilers = _compilers()
     for i, rc in enumerate(config.routes):
-        policies: dict[str, object] = {}
-        for ref in (*rc.policies, *config.gateway.policies):  # the route's own kinds win
-            block = config.policies[ref]
-            for kind in type(block).model_fields:
-                value = getattr(block, kind)
-                if value is not None:
-                    policies.setdefault(kind, value)
-        for kind, compile_policy in compilers.items():
-            if kind in policies:
-                policies[kind] = compile_policy(policies[kind], rc, config)
+        # the route's own kinds win over the gateway's defaults
+        policies = merge_policies(config, (*rc.policies, *config.gateway.policies), rc)
         m = rc.match
         routes.append(
             Route(

@@ -22,16 +22,64 @@ from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
 from mitmproxy.proxy import mode_servers
 
-from . import modes, sockets
+from . import sockets
 from .config import ConfigError, load
+from .state import listeners_of
+from .workload import parse_workload
+
+
+class CoalescingWriter:
+    """A StreamWriter whose writes of one event-loop turn leave in one send.
+
+    mitmproxy writes a response's head and body as two commands, and asyncio sends each at once:
+    two syscalls per response, the costliest calls of a proxy here. Buffering until the end of the
+    turn (call_soon) sends them together; nothing waits longer than the current turn.
+    """
+
+    __slots__ = ("_writer", "_buffer", "_loop")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+        self._buffer = bytearray()
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._buffer:
+            self._loop.call_soon(self._flush)
+        self._buffer += data
+
+    def _flush(self) -> None:
+        if self._buffer:
+            if not self._writer.is_closing():
+                self._writer.write(bytes(self._buffer))
+            self._buffer.clear()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._writer.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    def __getattr__(self, name: str):
+        return getattr(self._writer, name)
 
 
 async def _listen(self, host: str, port: int):
     """Accept on the socket inherited from the supervisor, or bind one that others may share."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.handle_stream(reader, CoalescingWriter(writer))
+
     sock = sockets.inherited(host, port)
     if sock is not None:
-        return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
-    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True, backlog=1024)]
+        return [await asyncio.start_server(handle, sock=sock, backlog=1024)]
+    return [await asyncio.start_server(handle, host, port, reuse_port=True, backlog=1024)]
 
 
 log = logging.getLogger("mitmesh.runtime")
@@ -104,10 +152,12 @@ def _share_listeners() -> None:
 
 
 class Ready:
-    """Tells the supervisor, through an inherited pipe, that this worker serves (listeners bound)."""
+    """Tells the supervisor, through an inherited pipe, that this worker serves (listeners bound);
+    without a supervisor (a one-worker sidecar), prints it."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, role: str = "gateway"):
         self.fd = fd
+        self.role = role
 
     def running(self):
         # Everything loaded so far (config, compiled routes, modules) lives as long as the process:
@@ -117,10 +167,13 @@ class Ready:
             os.write(self.fd, b"ready\n")
             os.close(self.fd)
             self.fd = -1
+        elif self.fd == -1:
+            print(f"{self.role} ready: 1 worker, pid {os.getpid()}", flush=True)
+            self.fd = -2
 
 
 def build_master(config_path: str, role: str = "gateway", verbosity: str = "info",
-                 ready_fd: int = -1) -> master.Master:
+                 ready_fd: int = -1, workload: str = "", announce: bool = True) -> master.Master:
     from addons import chain  # the chain imports mitmproxy's addon API; keep it out of module import
 
     config = load(config_path)
@@ -129,27 +182,58 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
     m.addons = HookTable(m)
     m.addons.add(termlog.TermLog())
     m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), errorcheck.ErrorCheck())
-    if role != "gateway":
+    extra: dict = {}
+    if role == "gateway":
+        m.addons.add(*chain.gateway())
+        modes = [b.mode for b in listeners_of(config, None)]
+    elif role == "sidecar":
+        m.addons.add(*chain.sidecar())
+        modes = [b.mode for b in listeners_of(config, parse_workload(workload))]
+        extra = {"mesh_workload": workload, "mesh_announce": announce}
+    else:
         raise ValueError(f"unknown role {role!r}")
-    m.addons.add(*chain.gateway())
-    m.addons.add(Ready(ready_fd))  # last: every other addon's running() has completed
+    m.addons.add(Ready(ready_fd, role))  # last: every other addon's running() has completed
     opts.update(
-        mode=[modes.reverse(l.address, l.port) for l in config.gateway.listeners],
+        mode=modes,
         listen_host="127.0.0.1",
         connection_strategy="lazy",
         keep_host_header=True,
         termlog_verbosity=verbosity,
         mesh_config=os.path.abspath(config_path),
+        **extra,
     )
     return m
 
 
-async def run(config_path: str, role: str, verbosity: str, ready_fd: int = -1) -> int:
+async def _drain(m: master.Master) -> None:
+    """A sidecar's graceful stop: goodbye first, keep serving while callers let go, then stop."""
+    announcer, config = m.addons.get("mdns"), m.addons.get("config")
+    snap = config.state.snapshot if config is not None else None
+    try:
+        if announcer is not None:
+            await announcer.withdraw()
+        if snap is not None and snap.workload is not None:
+            log.info(f"draining for {snap.config.sidecar.drain:g}s")
+            await asyncio.sleep(snap.config.sidecar.drain)
+    finally:
+        m.shutdown()
+
+
+async def run(config_path: str, role: str, verbosity: str, ready_fd: int = -1,
+              workload: str = "", announce: bool = True) -> int:
     _share_listeners()
-    m = build_master(config_path, role, verbosity, ready_fd)
+    m = build_master(config_path, role, verbosity, ready_fd, workload, announce)
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task] = []
+
+    def stop():
+        if role == "sidecar" and not draining:
+            draining.append(loop.create_task(_drain(m)))
+        else:  # the gateway, or a second signal while draining
+            m.shutdown()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, m.shutdown)
+        loop.add_signal_handler(sig, stop)
     await m.run()
     return 0
 
@@ -157,19 +241,28 @@ async def run(config_path: str, role: str, verbosity: str, ready_fd: int = -1) -
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mesh.runtime", description="one mitmesh proxy worker")
     p.add_argument("--config", default="mesh.yaml")
-    p.add_argument("--role", default="gateway", choices=["gateway"])
+    p.add_argument("--role", default="gateway", choices=["gateway", "sidecar"])
+    p.add_argument("--workload", default="", help="a sidecar's workload spec (see mesh/workload.py)")
+    p.add_argument("--no-announce", action="store_true", help="a sidecar worker that does not announce")
     p.add_argument("--inherit", action="append", default=[], metavar="ADDR:PORT=FD",
                    help="a listening socket inherited from the supervisor")
     p.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
     p.add_argument("--ready-fd", type=int, default=-1, help="write 'ready' here once serving")
     args = p.parse_args(argv)
+    if args.role == "sidecar":
+        try:
+            parse_workload(args.workload)
+        except ValueError as e:
+            print(f"mitmesh sidecar: {e}", file=sys.stderr)
+            return 2
     for spec in args.inherit:
         sockets.adopt(spec)
     logging.getLogger().setLevel(logging.DEBUG)  # termlog filters by termlog_verbosity
     logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)  # no line per connection
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     try:
-        return asyncio.run(run(args.config, args.role, args.verbosity, args.ready_fd))
+        return asyncio.run(run(args.config, args.role, args.verbosity, args.ready_fd, args.workload,
+                               not args.no_announce))
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

@@ -1,20 +1,59 @@
-"""Live state of one proxy process: the current config snapshot and the clusters it routes to."""
+"""Live state of one proxy process: the config snapshot, the registry of instances, the clusters."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from discovery import Event, Instance, Registry, StaticSource
 
 from . import config as meshconfig
-from . import mtls
-from .cluster import Cluster, Endpoint
-from .config.schema import MeshConfig
+from . import modes, mtls
+from .cluster import Cluster, Endpoint, HashKey
 from .resilience import Guards, guards
+from .config.schema import HealthCheck, Listener, MeshConfig, Service
 from .routing import RouteTable, compile_routes
 from .upstream import Pool
+from .workload import Workload
+
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+LOCAL = "local"  # a sidecar's cluster holding its own app
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A listener of this proxy: its mitmproxy mode, its config, the direction of its flows."""
+
+    mode: str
+    listener: Listener
+    direction: str | None  # None on the gateway; INBOUND or OUTBOUND on a sidecar
+    path: str  # where it is configured, for error messages: gateway.listeners[0], sidecar.inbound
+
+
+def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, ...]:
+    """The gateway's listeners, or a sidecar's inbound and outbound on its instance address."""
+    if workload is None:
+        return tuple(Bound(modes.reverse(l.address, l.port), l, None, f"gateway.listeners[{i}]")
+                     for i, l in enumerate(config.gateway.listeners))
+    sc = config.sidecar
+    inbound = sc.inbound.model_copy(update={"address": workload.address,
+                                            "port": workload.inbound or sc.inbound.port})
+    outbound = sc.outbound.model_copy(update={"address": workload.address,
+                                              "port": workload.outbound or sc.outbound.port})
+    return (Bound(modes.reverse(inbound.address, inbound.port), inbound, INBOUND, "sidecar.inbound"),
+            Bound(modes.regular(outbound.address, outbound.port), outbound, OUTBOUND, "sidecar.outbound"))
+
+
+def admin_of(config: MeshConfig, workload: Workload | None) -> tuple[str, int]:
+    if workload is None:
+        return (config.gateway.admin.address, config.gateway.admin.port)
+    return (workload.address, workload.admin or config.sidecar.admin.port)
 
 
 @dataclass(frozen=True)
@@ -28,6 +67,14 @@ class Snapshot:
     version: int = 0
     loaded_at: float = 0.0
     clusters: dict[str, Cluster] = field(default_factory=dict)
+    workload: Workload | None = None  # set on a sidecar
+    listeners: tuple[Bound, ...] = ()
+    admin: tuple[str, int] = ("127.0.0.1", 9901)
+    zone: str | None = None  # this proxy's zone
+
+    @property
+    def role(self) -> str:
+        return "gateway" if self.workload is None else "sidecar"
 
 
 def build(path: str) -> Snapshot:
@@ -43,8 +90,24 @@ def build(path: str) -> Snapshot:
     )
 
 
+def static_instances(config: MeshConfig) -> list[Instance]:
+    return [Instance(f"static:{name}/{version}/{e.address}:{e.port}", name, version, e.address, e.port,
+                     e.weight, e.zone)
+            for name, svc in config.services.items()
+            for version, vcfg in svc.versions.items()
+            for e in vcfg.endpoints]
+
+
+_DEFAULT_SERVICE = Service(versions={"v1": {}})  # the settings of a service the config does not name
+
+
 class MeshState:
-    """Shared by the addons of one proxy: they read `snapshot`; only `install` changes it."""
+    """Shared by the addons of one proxy: they read `snapshot`; only `install` changes it.
+
+    Discovery sources feed `registry`; every change is turned into cluster memberships here, with
+    one Endpoint object per address, shared by the clusters it belongs to (its version's cluster and
+    its service's), so health and load are counted once.
+    """
 
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
@@ -62,41 +125,152 @@ class MeshState:
         # event counters for /status (and metrics): ratelimit_storage_errors, mirror_diffs, ...
         self.counters: Counter[str] = Counter()
         self.mirror_diffs: deque[dict] = deque(maxlen=20)  # the latest mirror differences
+        self.workload: Workload | None = None  # set before the first install on a sidecar
+        self.registry = Registry()
+        self.static = StaticSource()
+        self.static.attach(self.registry)
+        self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.local: Endpoint | None = None  # a sidecar's app
+        self.announced: str | None = None  # the mDNS name this sidecar is announced as
+        self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
+        self.recent: collections.deque = collections.deque(maxlen=100)  # recent flows, for /flows
+        self._installing = False
+        self.registry.subscribe(self._registry_changed)
 
     def install(self, snap: Snapshot) -> Snapshot:
         """Swap in a new snapshot; clusters that stay keep their live endpoint state."""
+        config, workload = snap.config, self.workload
+        zone = workload.zone if workload else config.gateway.zone
         old = self.snapshot.clusters if self.snapshot else {}
         clusters: dict[str, Cluster] = {}
-        for name, svc in snap.config.services.items():
-            for version, vcfg in svc.versions.items():
-                cname = f"{name}/{version}"
-                cluster = old.get(cname)
-                if cluster is None or cluster.policy != svc.lb.policy:
-                    cluster = Cluster(cname, name, version, svc.lb.policy, svc.connect_timeout,
-                                      list(cluster.endpoints) if cluster else [])
-                cluster.connect_timeout = svc.connect_timeout
-                cluster.set_endpoints(
-                    Endpoint(e.address, e.port, e.weight, e.zone) for e in vcfg.endpoints
-                )
+        for name, svc in config.services.items():
+            for version in svc.versions:
+                clusters[f"{name}/{version}"] = _cluster(old.get(f"{name}/{version}"), f"{name}/{version}",
+                                                         name, version, svc, zone)
+            clusters[name] = _cluster(old.get(name), name, name, "*", svc, zone)
+        for cname, cluster in old.items():  # discovered services the config does not name
+            if cname not in clusters and cname != LOCAL and cluster.endpoints:
                 clusters[cname] = cluster
-                self.guards[cname] = guards(cname, svc, self.guards.get(cname), self._breaker_changed)
+        if workload is not None:
+            svc = config.services.get(workload.service) or Service(versions={workload.version: {}})
+            if self.local is None or self.local.key != workload.app:
+                self.local = Endpoint(*workload.app, source=LOCAL, instance=workload.name,
+                                      healthy=False, detail="not checked yet")
+            local = _cluster(old.get(LOCAL), LOCAL, workload.service, workload.version, svc, None)
+            local.set_endpoints([self.local])
+            clusters[LOCAL] = local
+        # a sidecar's connections leave from its instance's address, as from its own host
+        self.pool.local_address = workload.address if workload else None
+        for cname, cluster in clusters.items():
+            self.guards[cname] = guards(cname, config.services.get(cluster.service) or _DEFAULT_SERVICE,
+                                        self.guards.get(cname), self._breaker_changed)
         self.version += 1
-        snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters)
+        snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters,
+                                   workload=workload, listeners=listeners_of(config, workload),
+                                   admin=admin_of(config, workload), zone=zone)
         self.snapshot = snap
+        self._installing = True
+        try:
+            self.static.replace(static_instances(config))
+        finally:
+            self._installing = False
+        self._sync()
         return snap
+
+    def guards_for(self, cluster: Cluster) -> Guards:
+        """The cluster's breakers, outlier detector, retry budget and faults (a cluster discovered
+        after the last install gets the defaults of a service the config does not name)."""
+        found = self.guards.get(cluster.name)
+        if found is None:
+            svc = self.snapshot.config.services.get(cluster.service) if self.snapshot else None
+            found = self.guards[cluster.name] = guards(cluster.name, svc or _DEFAULT_SERVICE, None,
+                                                       self._breaker_changed)
+        return found
 
     def _breaker_changed(self, cluster: str, endpoint: str, old: str | None, new: str) -> None:
         if self.on_breaker is not None:
             self.on_breaker(cluster, endpoint, old, new)
 
+    def _registry_changed(self, event: Event) -> None:
+        if not self._installing:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Registry → cluster memberships (keeping each endpoint's live state)."""
+        snap = self.snapshot
+        if snap is None:
+            return
+        members: dict[str, dict[tuple[str, int], Endpoint]] = {}
+        for inst in self.registry.instances.values():
+            ep = self.endpoints.get(inst.key)
+            if ep is None:
+                ep = self.endpoints[inst.key] = Endpoint(inst.address, inst.port)
+            ep.weight, ep.zone, ep.identity = inst.weight, inst.zone, inst.identity
+            ep.source, ep.protocol, ep.instance = inst.source, inst.protocol, inst.name
+            members.setdefault(inst.cluster, {})[inst.key] = ep
+            members.setdefault(inst.service, {})[inst.key] = ep
+        for cname, eps in members.items():
+            if cname not in snap.clusters:  # a discovered service or version the config does not name
+                service, _, version = cname.partition("/")
+                snap.clusters[cname] = _cluster(None, cname, service, version or "*",
+                                                Service(versions={"v1": {}}), snap.zone)
+        for cname, cluster in snap.clusters.items():
+            if cname != LOCAL:
+                cluster.set_endpoints(list(members.get(cname, {}).values()))
+        live = {key for eps in members.values() for key in eps}
+        for key in [k for k in self.endpoints if k not in live]:
+            del self.endpoints[key]
+            self.pool.forget(*key)
+        self._notify()
+
+    def refresh(self) -> None:
+        """After health changed: recompute every cluster's candidates and tell the watchers."""
+        if self.snapshot is not None:
+            for cluster in self.snapshot.clusters.values():
+                cluster.refresh()
+        self._notify()
+
+    def _notify(self) -> None:
+        for watcher in list(self.watchers):
+            watcher()
+
+    def health_targets(self) -> Iterator[tuple[Endpoint, HealthCheck]]:
+        """What the active health checker probes: this sidecar's app, and the endpoints of every
+        cluster this proxy has sent to (a sidecar that never calls a service never checks it)."""
+        snap = self.snapshot
+        if snap is None:
+            return
+        seen = set()
+        for cluster in snap.clusters.values():
+            if cluster.used or cluster.name == LOCAL:
+                for ep in cluster.endpoints:
+                    if ep not in seen:
+                        seen.add(ep)
+                        yield ep, cluster.health_check
+
     def status(self) -> dict:
         snap = self.snapshot
         if snap is None:
             return {"config": None}
-        return {
+        endpoints = self.endpoints
+        instances = []
+        for entry in self.registry.status():
+            inst = self.registry.instances[entry["name"]]
+            ep = endpoints.get(inst.key)
+            entry["healthy"] = ep.healthy if ep else None
+            entry["detail"] = ep.detail if ep else ""
+            instances.append(entry)
+        out = {
             "config": {"file": snap.file, "version": snap.version, "digest": snap.digest,
                        "loaded_at": snap.loaded_at, "reloads": self.reloads,
                        "last_error": self.last_error},
+            "mesh": snap.config.mesh.id,
+            "zone": snap.zone,
+            "listeners": [{"name": b.listener.name, "address": f"{b.listener.address}:{b.listener.port}",
+                           "direction": b.direction, "tls": b.listener.tls is not None}
+                          for b in snap.listeners],
+            "registry": {"instances": instances},
+            "upstream": {"connections_opened": self.pool.opened, "idle": self.pool.idle_count()},
             "routes": [
                 {"name": r.name, "match": r.config.match.model_dump(exclude_defaults=True),
                  "action": _describe(r)}
@@ -109,6 +283,37 @@ class MeshState:
             "counters": dict(self.counters),
             "mirror_diffs": list(self.mirror_diffs),
         }
+        if snap.workload is not None:
+            w, local = snap.workload, self.local
+            out["workload"] = {"service": w.service, "version": w.version, "instance": w.name,
+                               "zone": w.zone, "weight": w.weight, "identity": w.identity(snap.config),
+                               "app": f"{w.app[0]}:{w.app[1]}", "announced": self.announced,
+                               "app_healthy": local.healthy if local else None,
+                               "app_detail": local.detail if local else ""}
+        return out
+
+
+def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Service,
+             zone: str | None) -> Cluster:
+    """The cluster with this service's balancing settings, reusing `old` (and its live state)."""
+    lb = svc.lb
+    hash_on = None
+    if lb.hash_on is not None:
+        h = lb.hash_on
+        hash_on = (HashKey("header", h.header.lower()) if h.header is not None
+                   else HashKey("cookie", h.cookie) if h.cookie is not None else HashKey("source_ip"))
+    cluster = old
+    settings = (lb.policy, hash_on, lb.points_per_weight)
+    if cluster is None or (cluster.policy, cluster.hash_on, cluster.points_per_weight) != settings:
+        cluster = Cluster(name, service, version, lb.policy, svc.connect_timeout,
+                          list(old.endpoints) if old else [], hash_on=hash_on,
+                          points_per_weight=lb.points_per_weight, used=old.used if old else False)
+    cluster.connect_timeout = svc.connect_timeout
+    cluster.zone_aware = lb.zone_aware.min_healthy if lb.zone_aware is not None else None
+    cluster.local_zone = zone
+    cluster.health_check = svc.health_check
+    cluster.refresh()
+    return cluster
 
 
 def _describe(route) -> dict:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from . import procs, sockets
 from .config import ConfigError, load
+from .state import admin_of, listeners_of
+from .workload import parse_workload
 
 
 @dataclass
@@ -33,29 +35,37 @@ class Worker:
 
 
 def worker_argv(config: Path, inherit: list[str], role: str = "gateway",
-                verbosity: str = "info", ready_fd: int = -1) -> list[str]:
+                verbosity: str = "info", ready_fd: int = -1, workload: str = "",
+                announce: bool = True) -> list[str]:
     # -O: mitmproxy type-checks every request and response object under __debug__ (+40 % req/s)
-    argv = procs.python("-O", "-m", "mesh.runtime", "--config", str(config), "--role", role,
+    argv = procs.python("-O", "-m", "mesh.worker", "--config", str(config), "--role", role,
                         "--verbosity", verbosity, "--ready-fd", str(ready_fd))
+    if workload:
+        argv += ["--workload", workload]
+    if not announce:
+        argv.append("--no-announce")
     for spec in inherit:
         argv += ["--inherit", spec]
     return argv
 
 
-def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
+def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "gateway",
+          workload: str = "") -> int:
     path = Path(config_path).resolve()
     try:
         config = load(path)
-    except ConfigError as e:
+        wl = parse_workload(workload) if role == "sidecar" else None
+    except (ConfigError, ValueError) as e:
         print(e, file=sys.stderr)
         return 1
-    listeners = [(l.address, l.port) for l in config.gateway.listeners]
-    admin = config.gateway.admin
+    listeners = [(b.listener.address, b.listener.port) for b in listeners_of(config, wl)]
+    admin_address, admin_port = admin_of(config, wl)
+    drain = config.sidecar.drain if role == "sidecar" else 0.0
     try:
-        shared = [sockets.listen(admin.address, admin.port)]
+        shared = [sockets.listen(admin_address, admin_port)]
         own = [[sockets.listen(a, p, reuse_port=True) for a, p in listeners] for _ in range(workers)]
     except OSError as e:
-        print(f"mitmesh gateway: cannot listen: {e}", file=sys.stderr)
+        print(f"mitmesh {role}: cannot listen: {e}", file=sys.stderr)
         return 1
     socks = shared + [s for group in own for s in group]
     # shared by the workers: Prometheus multiprocess files (so /metrics covers them all) and
@@ -78,8 +88,8 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         w.child = procs.spawn(f"worker-{w.index}",
-                              worker_argv(path, [sockets.spec(s) for s in mine], verbosity=verbosity,
-                                          ready_fd=write_end),
+                              worker_argv(path, [sockets.spec(s) for s in mine], role, verbosity,
+                                          write_end, workload, announce=w.index == 0),
                               stdout=sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None,
                               pass_fds=tuple(s.fileno() for s in mine) + (write_end,), env=env)
         os.close(write_end)
@@ -104,7 +114,7 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
         w.ready_pipe = -1
         if not announced and all(x.ready for x in pool):
             announced = True
-            print(f"gateway ready: {len(pool)} workers", flush=True)
+            print(f"{role} ready: {len(pool)} workers", flush=True)
 
     for w in pool:
         start(w)
@@ -135,7 +145,7 @@ def serve(config_path: str, workers: int, verbosity: str = "info") -> int:
                 w.child.proc.send_signal(signal.SIGTERM)
         for w in pool:
             if w.child is not None:
-                w.child.stop(timeout=5)
+                w.child.stop(timeout=5 + drain)
         for s in socks:
             s.close()
         shutil.rmtree(run, ignore_errors=True)

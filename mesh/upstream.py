@@ -94,6 +94,7 @@ class Pool:
         self.max_body = max_body
         self._buckets: dict[tuple, _Bucket] = {}
         self.opened = 0  # connections opened since start, for tests and /status
+        self.local_address: str | None = None  # bind upstream connections here (a sidecar's address)
 
     async def request(
         self,
@@ -184,6 +185,7 @@ class Pool:
                 reader, writer = await asyncio.open_connection(
                     host, port, ssl=ssl, server_hostname=server_hostname if ssl else None,
                     limit=MAX_HEAD,
+                    local_addr=(self.local_address, 0) if self.local_address else None,
                 )
         except TimeoutError:
             raise ConnectFailure(f"connect to {host}:{port} timed out after {timeout:g}s") from None
@@ -203,8 +205,8 @@ class Pool:
 
     async def _exchange(self, conn: _Conn, method: bytes, head: bytes, body: bytes):
         writer, reader = conn.writer, conn.reader
-        writer.write(head)
-        if body:
+        writer.write(head + body if body and len(body) < 65536 else head)  # one send for small bodies
+        if body and len(body) >= 65536:
             writer.write(body)
         try:
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -293,6 +295,12 @@ class Pool:
 
     def idle_count(self) -> int:
         return sum(len(b.idle) for b in self._buckets.values())
+
+    def forget(self, host: str, port: int) -> None:
+        """Close the idle connections to an endpoint that left its cluster."""
+        for key in [k for k in self._buckets if k[0] == host and k[1] == port]:
+            for conn in self._buckets.pop(key).idle:
+                conn.close()
 
 
 class _NothingReceived(Exception):

@@ -191,6 +191,12 @@ def _references(src: Source) -> list[Problem]:
                     kinds.setdefault(kind, ref)
 
     out.extend(_policy_references(src, services, policies, routes))
+    for sname, svc in services.items():  # services.X.policies: known names
+        refs = svc.get("policies") if isinstance(svc, dict) else None
+        for j, ref in enumerate(refs if isinstance(refs, list) else ()):
+            if isinstance(ref, str) and ref not in policies:
+                known = f"expected one of {', '.join(policies)}" if policies else "no policies are defined"
+                out.append(src.problem(("services", sname, "policies", j), f"unknown policy; {known} (got {show(ref)})"))
 
     gateway = data.get("gateway")
     out.extend(_default_policies(src, gateway, policies))

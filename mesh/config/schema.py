@@ -16,7 +16,7 @@ from .source import show
 from .security import (ApiKey, Authz, Cors, IdentitySettings, IpFilter, Jwt, MtlsMode, OAuth2,
                        Require, SecurityHeaders, SizeLimit)
 from .types import (METHODS, Address, Duration, HeaderToken, Model, Name, Regex, one_of as _one_of,
-                    split_hostport)
+                    parse_duration, split_hostport)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -69,6 +69,7 @@ class Gateway(Model):
                                                   "presents to mTLS upstreams (default gateway)")
     policies: list[Name] = Field(default_factory=list, description="policy blocks for every route "
                                  "that does not set the same kind itself (e.g. size limits)")
+    zone: Name | None = Field(None, description="the gateway's zone, for zone-aware balancing (default none)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +90,14 @@ class Launch(Model):
 
     app: Literal["users", "catalog", "orders", "payments", "auth", "echo"]
     instances: Annotated[int, Field(ge=1, le=32)] = Field(
-        1, description="instances to start when no static endpoints are listed (default 1)"
+        1, description="without static endpoints: instances to start, each with its sidecar and found "
+                       "by discovery (default 1); with static endpoints, one app listens on each, bare"
+    )
+    zones: list[Name] = Field(
+        default_factory=list, description="zones of the started instances, in turn (default none)"
+    )
+    weight: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        1, description="weight the started instances announce (default 1)"
     )
     latency: Duration = Field(0.0, description="added latency per request (default 0)")
     error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
@@ -106,10 +114,85 @@ class Version(Model):
     launch: Launch | None = None
 
 
+class HashOn(Model):
+    """What consistent_hash hashes: exactly one of a header, a cookie or the source IP."""
+
+    header: str | None = Field(None, description="request header name, e.g. x-user")
+    cookie: str | None = Field(None, description="cookie name, e.g. session")
+    source_ip: Literal[True] | None = Field(None, description="true: the downstream IP address")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashOn:
+        _one_of(self, ("header", "cookie", "source_ip"))
+        return self
+
+
+def _enabled_shorthand(value: Any) -> Any:
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class ZoneAware(Model):
+    """Prefer endpoints in the caller's zone; fail over to other zones when too few are healthy."""
+
+    min_healthy: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.5, description="share of the caller zone's endpoints that must be healthy for that zone to "
+                         "keep all traffic (default 0.5); below it, traffic spreads over the healthy "
+                         "endpoints of every zone; with none healthy, it goes to the other zones"
+    )
+
+
 class LoadBalancer(Model):
-    policy: Literal["round_robin", "least_request", "random"] = Field(
+    policy: Literal["round_robin", "least_request", "random", "consistent_hash"] = Field(
         "round_robin", description="how an endpoint is chosen (default round_robin)"
     )
+    hash_on: HashOn | None = Field(None, description="consistent_hash only: the key to hash")
+    points_per_weight: Annotated[int, Field(ge=16, le=4096)] = Field(
+        256, description="consistent_hash only: points on the hash ring per unit of weight, weights "
+                         "divided by their greatest common divisor (default 256)"
+    )
+    zone_aware: Annotated[ZoneAware | None, BeforeValidator(_enabled_shorthand)] = Field(
+        None, description="prefer the caller's zone: true, or {min_healthy: 0.5} (default off)"
+    )
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> LoadBalancer:
+        if self.policy == "consistent_hash" and self.hash_on is None:
+            raise ValueError("consistent_hash needs hash_on: {header: NAME}, {cookie: NAME} or "
+                             "{source_ip: true}")
+        if self.policy != "consistent_hash" and self.hash_on is not None:
+            raise ValueError("hash_on is only used by policy consistent_hash "
+                             f"(got policy {show(self.policy)})")
+        return self
+
+
+class HealthCheck(Model):
+    """Active health checks of every endpoint the proxy sends to (Envoy's health_checks)."""
+
+    interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = Field(
+        1.0, description="time between checks of one endpoint (default 1s)"
+    )
+    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = Field(
+        0.5, description="a check not answered within this fails (default 500ms)"
+    )
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = Field(
+        2, description="consecutive failed checks that take an endpoint out of rotation (default 2)"
+    )
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = Field(
+        1, description="consecutive passed checks that bring it back (default 1)"
+    )
+    path: str | None = Field(
+        None, description="HTTP GET this path and expect a 2xx; default: a TCP connect is the check"
+    )
+
+    @model_validator(mode="after")
+    def _path(self) -> HealthCheck:
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"path: expected a path starting with '/' (got {show(self.path)})")
+        return self
 
 
 class CircuitBreaker(Model):
@@ -154,6 +237,11 @@ class Service(Model):
     mtls: Literal["STRICT", "PERMISSIVE", "DISABLE"] = Field(
         "DISABLE", description="the service's inbound mTLS mode (Istio's names); with STRICT or "
                                "PERMISSIVE proxies call it over mTLS and check its SPIFFE ID (default DISABLE)")
+    health_check: HealthCheck = Field(HealthCheck(), description="active health checks (default on, 1s)")
+    policies: list[Name] = Field(
+        default_factory=list,
+        description="policy blocks the sidecars apply to this service: callers' sidecars on calls to it "
+                    "(timeout, retries, fault), its own sidecars at their inbound (authz, ...)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,12 +764,70 @@ class MeshSettings(Model):
     trust_domain: str = Field("mitmesh.local", description="SPIFFE trust domain")
     namespace: Name = Field("demo", description="namespace of workload identities")
     identity: IdentitySettings = IdentitySettings()
+    id: Name = Field(
+        "default", description="mesh id, announced in every instance's TXT record: proxies only see "
+                               "instances of their own mesh (default 'default')"
+    )
+
+
+class Mdns(Model):
+    """Discovery over multicast DNS (zeroconf), on explicit interface addresses only."""
+
+    interfaces: Annotated[list[Address], Field(min_length=1)] = Field(
+        description="addresses of the interfaces the gateway sends and receives mDNS on, e.g. "
+                    "[127.0.0.1]; never all interfaces. A sidecar uses its own instance address"
+    )
+
+
+class Discovery(Model):
+    """Where proxies find endpoints besides the static ones in `services`."""
+
+    mdns: Mdns | None = Field(None, description="zeroconf discovery (default off: static endpoints only)")
+
+
+def _named(name: str) -> Any:
+    def fill(value: Any) -> Any:
+        return {"name": name, **value} if isinstance(value, dict) and "name" not in value else value
+    return BeforeValidator(fill)
+
+
+class SidecarSettings(Model):
+    """Defaults for every sidecar (`mitmesh sidecar`): its listeners, admin and graceful stop.
+
+    Each instance binds them on its own address (`--address`), so all sidecars share these ports.
+    """
+
+    inbound: Annotated[Listener, _named("inbound")] = Field(
+        Listener(name="inbound", port=15006),
+        description="the inbound listener: the only way in to the local app (default port 15006)",
+    )
+    outbound: Annotated[Listener, _named("outbound")] = Field(
+        Listener(name="outbound", port=15001),
+        description="the outbound listener: the app's HTTP proxy to other services (default port 15001)",
+    )
+    admin: Admin = Field(Admin(port=15000), description="the admin listener (default port 15000)")
+    drain: Duration = Field(
+        2.0, description="graceful stop: time between the mDNS goodbye and closing the listeners (default 2s)"
+    )
+    first_address: Address = Field(
+        "127.0.0.2", description="`mitmesh up` gives its first instance this loopback address and each "
+                                 "next instance the next one (default 127.0.0.2)"
+    )
+
+    @model_validator(mode="after")
+    def _plain_outbound(self) -> SidecarSettings:
+        if self.outbound.tls is not None:
+            raise ValueError("outbound.tls: the outbound listener speaks plain HTTP to its local app "
+                             "(got a tls block)")
+        return self
 
 
 class MeshConfig(Model):
     version: Literal[1] = Field(1, description="schema version")
     mesh: MeshSettings = MeshSettings()
     gateway: Gateway
+    discovery: Discovery = Field(Discovery(), description="how proxies find endpoints (default: static only)")
+    sidecar: SidecarSettings = Field(SidecarSettings(), description="defaults of every sidecar")
     services: dict[Name, Service] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     policies: dict[Name, Policy] = Field(default_factory=dict)

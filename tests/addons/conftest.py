@@ -27,11 +27,14 @@ class Gateway:
         self.auth: Authenticated | None = None  # the stand-in for authentication, when inserted
 
     async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
-                   client: str | None = None, listener: int | None = None, principal=None, claims=None):
+                   client: str | None = None, listener: int | None = None, principal=None, claims=None,
+                   mode: str | None = None, target: str = "127.0.0.1"):
         """One request through the chain; `client` sets the downstream address, `listener` the
-        port of the config's listener it arrives on (default: no listener); `principal` and
-        `claims` stand for what authentication would have verified."""
-        req = tutils.treq(method=method.encode(), path=path.encode(), host="127.0.0.1", port=9,
+        port of the config's listener it arrives on (default: no listener), `mode` a sidecar's
+        listener spec (inbound or outbound), `target` the host of a proxied request
+        (`GET http://catalog/...`); `principal` and `claims` stand for what authentication
+        would have verified."""
+        req = tutils.treq(method=method.encode(), path=path.encode(), host=target, port=9,
                           authority=b"", content=body)
         req.headers.clear()
         req.headers["host"] = host
@@ -39,6 +42,8 @@ class Gateway:
             req.headers[k] = v
         flow = tflow.tflow(req=req)
         flow.client_conn.peername = (client or "127.0.0.1", 40000)
+        if mode is not None:
+            flow.client_conn.proxy_mode = ProxyMode.parse(mode)
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None
@@ -91,6 +96,23 @@ async def gateway(write_config, tmp_path, monkeypatch):
                 for addon in addons:  # what the proxy does at shutdown: close sessions, stop tasks
                     if (done := getattr(addon, "done", None)) is not None and inspect.isawaitable(r := done()):
                         await r
+                await state.pool.close()
+    return make
+
+
+@pytest.fixture
+async def sidecar(write_config):
+    """The sidecar chain for one workload: flows come in on its inbound or outbound listener."""
+    @contextlib.asynccontextmanager
+    async def make(text: str, workload: str):
+        path = write_config(text)
+        state = MeshState()
+        addons = chain.sidecar(state)
+        with taddons.context(*addons) as tctx:
+            tctx.options.update(mesh_config=str(path), mesh_reload=False, mesh_workload=workload)
+            try:
+                yield Gateway(tctx, state, addons)
+            finally:
                 await state.pool.close()
     return make
 

@@ -94,3 +94,55 @@ async def test_reset_upstream_is_json_502(gateway, upstream_app):
         flow = await gw.send("/users", method="POST")
         assert flow.response.status_code == 502
         assert json.loads(flow.response.content)["error"] == "upstream_reset"
+
+
+async def test_refused_endpoint_is_ejected_and_another_takes_the_request(gateway, upstream_app):
+    users = await upstream_app("users")
+    good = await upstream_app("good")
+    dead = procs.free_port()
+    async with gateway(config(users, [dead, good])) as gw:
+        names = [json.loads((await gw.send("/catalog/x", method="POST")).response.content)["name"]
+                 for _ in range(4)]
+        assert names == ["good"] * 4  # the request was never sent to the dead one: safe to resend
+        ejected = gw.state.endpoints[("127.0.0.1", dead)]
+        assert not ejected.healthy and "connect_failure" in ejected.detail
+        flow = await gw.send("/catalog/x")
+        assert keys.get(flow).attempts == 1  # no longer picked
+
+
+def hashed(users: int, catalog_ports: list[int], hash_on: str) -> str:
+    eps = ", ".join(f'"127.0.0.1:{p}"' for p in catalog_ports)
+    return f"""
+version: 1
+gateway: {{listeners: [{{name: public, port: 18080}}]}}
+services:
+  users: {{versions: {{v1: {{endpoints: ["127.0.0.1:{users}"]}}}}}}
+  catalog:
+    lb: {{policy: consistent_hash, hash_on: {hash_on}}}
+    versions: {{v1: {{endpoints: [{eps}]}}}}
+routes:
+  - name: catalog
+    match: {{path: {{prefix: /catalog/}}}}
+    forward: {{service: catalog, rewrite: {{prefix: /}}}}
+"""
+
+
+async def test_consistent_hash_on_a_header_or_cookie(gateway, upstream_app):
+    ports = [await upstream_app(f"c{i}") for i in range(3)]
+    for hash_on, header in (("{header: x-user}", "x-user"), ("{cookie: session}", "cookie")):
+        async with gateway(hashed(ports[0], ports, hash_on)) as gw:
+            owners = {}
+            for user in (f"u{i}" for i in range(30)):
+                value = user if header == "x-user" else f"session={user}; other=1"
+                seen = {json.loads((await gw.send("/catalog/x", headers={header: value})).response.content)["name"]
+                        for _ in range(3)}
+                assert len(seen) == 1
+                owners[user] = seen.pop()
+            assert len(set(owners.values())) == 3
+
+
+async def test_consistent_hash_on_the_source_ip(gateway, upstream_app):
+    ports = [await upstream_app(f"c{i}") for i in range(3)]
+    async with gateway(hashed(ports[0], ports, "{source_ip: true}")) as gw:
+        names = {json.loads((await gw.send("/catalog/x")).response.content)["name"] for _ in range(10)}
+        assert len(names) == 1  # one downstream address, one endpoint

@@ -6,9 +6,19 @@ finally block, also when the test fails.
 
 from __future__ import annotations
 
+import datetime
+import http.client
 import json
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +33,42 @@ pytestmark = pytest.mark.e2e
 
 
 @dataclass
+class Sidecared:
+    """One service instance: its app and its sidecar (inbound, outbound and admin listeners)."""
+
+    inst: launcher.Instance
+    app: procs.Child
+    sidecar: procs.Child | None
+    announced: float = 0.0  # wall-clock time of the mDNS announcement, from the sidecar's log
+
+    @property
+    def name(self) -> str:
+        return self.inst.name
+
+    @property
+    def inbound(self) -> str:
+        return f"{self.inst.sidecar.address}:{self.inst.sidecar.inbound}"
+
+    @property
+    def outbound(self) -> str:
+        return f"http://{self.inst.sidecar.address}:{self.inst.sidecar.outbound}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://{self.inst.sidecar.address}:{self.inst.sidecar.admin}"
+
+    def flows(self) -> list[dict]:
+        with urllib.request.urlopen(self.admin + "/flows", timeout=5) as r:
+            return json.load(r)["flows"]
+
+
+@dataclass
 class Mesh:
     tmp: Path
     config: dict
     children: dict[str, procs.Child] = field(default_factory=dict)
+    net: str = field(default_factory=lambda: f"127.{random.randint(1, 254)}.{random.randint(1, 254)}")
+    hosts: int = 1  # .1 is the gateway's mDNS address
 
     @property
     def path(self) -> Path:
@@ -83,8 +125,75 @@ class Mesh:
             return json.load(r)
 
     def stop(self) -> None:
-        for child in reversed(list(self.children.values())):
-            child.stop()
+        children = list(self.children.values())
+        gateway = self.children.get("gateway")
+        if gateway is not None:  # stop sending first, then everything else at once
+            gateway.stop()
+        procs.stop_all([c for c in children if c is not gateway])
+
+    # sidecars: every instance is an app plus its sidecar, on an address of its own
+
+    def host(self) -> str:
+        """The next instance address, in a 127.x.y.0/24 of this mesh's own."""
+        self.hosts += 1
+        return f"{self.net}.{self.hosts}"
+
+    def start_instances(self, *specs: dict) -> list[Sidecared]:
+        """Start instances in parallel: each spec names service, app, and optionally version,
+        zone, weight, name. Returns once every sidecar has announced its instance."""
+        config = load(self.path)
+        started = []
+        for spec in specs:
+            service, version = spec["service"], spec.get("version", "v1")
+            name = spec.get("name") or f"{service}-{version}-{self.hosts + 1}"
+            host = self.host()
+            sc = launcher.Sidecar(host, procs.free_port(host), procs.free_port(host), procs.free_port(host),
+                                  spec.get("zone"), spec.get("weight", 1))
+            inst = launcher.Instance(name, spec.get("app", service), service, version, host,
+                                     procs.free_port(host), sidecar=sc)
+            app = procs.spawn(name, launcher.service_argv(inst, config, self.url), log_dir=self.tmp / "logs")
+            self.children[name] = app
+            started.append(Sidecared(inst, app, None))
+        for s in started:
+            procs.wait_ports(s.app, [(s.inst.host, s.inst.port)])
+            s.sidecar = procs.spawn(f"{s.inst.name}.sidecar", launcher.sidecar_argv(self.path, s.inst),
+                                    log_dir=self.tmp / "logs", cwd=str(self.tmp))
+            self.children[s.sidecar.name] = s.sidecar
+        for s in started:
+            procs.wait_log(s.sidecar, "announced ")
+            s.announced = announced_at(s.sidecar)
+        return started
+
+    def stop_instance(self, s: Sidecared) -> None:
+        """Graceful: the sidecar says goodbye, drains, exits; then the app stops."""
+        s.sidecar.proc.send_signal(signal.SIGTERM)
+        s.sidecar.proc.wait(15)
+        s.app.stop()
+
+    def kill_instance(self, s: Sidecared) -> None:
+        """A crash: SIGKILL to the sidecar and the app, no goodbye."""
+        s.sidecar.kill()
+        s.app.kill()
+
+    def registry(self, admin: str | None = None) -> list[dict]:
+        with urllib.request.urlopen((admin or self.admin) + "/status", timeout=5) as r:
+            return json.load(r)["registry"]["instances"]
+
+    def wait_converged(self, instances: list[Sidecared], count: int, timeout: float = 10.0) -> None:
+        """Wait until the gateway and every given sidecar know `count` instances (each proxy
+        converges on its own: a responder answers for a record at most once a second)."""
+        for admin in [self.admin] + [s.admin for s in instances]:
+            self.wait_instances(count, timeout=timeout, admin=admin)
+
+    def wait_instances(self, count: int, service: str | None = None, healthy: bool | None = None,
+                       timeout: float = 10.0, admin: str | None = None) -> list[dict]:
+        """Wait until the gateway's (or `admin`'s) registry holds `count` matching instances."""
+        def matching():
+            found = [i for i in self.registry(admin) if i["source"] == "mdns"
+                     and (service is None or i["service"] == service)
+                     and (healthy is None or i["healthy"] == healthy)]
+            return found if len(found) == count else None
+        return wait_until(matching, timeout=timeout, interval=0.05)
 
 
 def get(url: str, headers: dict | None = None, data: bytes | None = None, timeout: float = 5.0,
@@ -144,6 +253,122 @@ def mesh(tmp_path):
         yield m
     finally:
         m.stop()
+
+
+def sidecar_config(mdns_address: str) -> dict:
+    """A mesh of sidecars found over mDNS: a gateway (zone a) with routes to four services whose
+    instances the tests start; a mesh id of its own, so no other mesh on this machine is seen."""
+    p = procs.free_port
+    return {
+        "version": 1,
+        "mesh": {"id": f"t-{secrets.token_hex(4)}"},
+        "gateway": {"listeners": [{"name": "public", "port": p()}], "admin": {"port": p()}, "zone": "a"},
+        "discovery": {"mdns": {"interfaces": [mdns_address]}},
+        "sidecar": {"drain": "1s"},
+        "services": {
+            "catalog": {"versions": {"v1": {}}},
+            "orders": {"versions": {"v1": {}}},
+            "payments": {"versions": {"v1": {}}},
+            "users": {"versions": {"v1": {}}},
+        },
+        "routes": [
+            {"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
+             "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}},
+            {"name": "orders", "match": {"path": {"prefix": "/orders"}}, "forward": {"service": "orders"}},
+            {"name": "users", "match": {"path": {"prefix": "/users"}}, "forward": {"service": "users"}},
+        ],
+    }
+
+
+@pytest.fixture
+def sidecar_mesh(tmp_path):
+    """A gateway that finds sidecars over mDNS; tests start the instances. Cleaned up always."""
+    m = Mesh(tmp_path, {})
+    m.config = sidecar_config(f"{m.net}.1")
+    m.write()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+_STAMP = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] announced ", re.M)
+
+
+def announced_at(sidecar: procs.Child) -> float:
+    """The wall-clock time a sidecar logged its announcement (termlog stamps local HH:MM:SS.mmm)."""
+    m = _STAMP.search(sidecar.log.read_text(errors="replace"))
+    assert m, sidecar.tail()
+    now = datetime.datetime.now()
+    stamp = now.replace(hour=int(m[1]), minute=int(m[2]), second=int(m[3]), microsecond=int(m[4]) * 1000)
+    if stamp > now + datetime.timedelta(hours=12):  # logged before midnight, read after
+        stamp -= datetime.timedelta(days=1)
+    return stamp.timestamp()
+
+
+@dataclass
+class Sample:
+    start: float  # wall-clock time the request was sent
+    end: float
+    status: int  # 0: no HTTP response at all
+    instance: str | None
+    reason: str = ""
+
+
+class Load:
+    """Steady, bounded load: a few threads, each on its own keep-alive connection, paced, recording
+    every request. Through a proxy when `proxy` is given (the request line then carries the URL)."""
+
+    def __init__(self, url: str, threads: int = 3, pace: float = 0.02, proxy: str | None = None,
+                 headers: dict | None = None, limit: int = 20_000):
+        self.url, self.threads, self.pace, self.proxy = url, threads, pace, proxy
+        self.headers = headers or {}
+        self.limit = limit
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> Load:
+        for _ in range(self.threads):
+            t = threading.Thread(target=self._run, daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        for t in self._workers:
+            t.join(30)
+        return sorted(self.samples, key=lambda s: s.start)
+
+    def seen(self, instance: str) -> Sample | None:
+        return next((s for s in sorted(self.samples, key=lambda s: s.start)
+                     if s.instance == instance and s.status == 200), None)
+
+    def _run(self) -> None:
+        parsed = urllib.parse.urlsplit(self.proxy or self.url)
+        target = self.url if self.proxy else (parsed.path or "/")
+        conn = None
+        while not self._stop.is_set() and len(self.samples) < self.limit:
+            if conn is None:
+                conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+            start = time.time()
+            try:
+                conn.request("GET", target, headers=self.headers)
+                r = conn.getresponse()
+                body = json.loads(r.read() or b"null") or {}
+                self.samples.append(Sample(start, time.time(), r.status, body.get("instance"),
+                                           body.get("reason", "") if r.status != 200 else ""))
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                self.samples.append(Sample(start, time.time(), 0, None, repr(e)))
+                conn.close()
+                conn = None
+            self._stop.wait(self.pace)
+        if conn is not None:
+            conn.close()
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):

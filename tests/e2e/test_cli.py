@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
 
 from mesh import procs
 
-from .conftest import demo_config, get, wait_until
+from .conftest import demo_config, get, sidecar_config, wait_until
 
 MITMESH = [sys.executable, "-m", "mesh.cli"]
 
@@ -51,6 +54,9 @@ def _pids(output: str) -> dict[str, int]:
         if line.startswith("service: "):
             parts = line.split()
             pids[parts[1]] = int(parts[-1])
+        elif line.startswith("sidecar: "):
+            parts = line.split()
+            pids[parts[1] + ".sidecar"] = int(parts[-1])
         elif line.startswith("gateway-pid: "):
             pids["gateway"] = int(line.split()[-1])
     return pids
@@ -77,11 +83,25 @@ def _start_up(tmp_path: Path, config: dict) -> tuple[subprocess.Popen, Path]:
     return proc, log
 
 
+def up_config(tmp_path: Path, services=("users", "catalog", "orders", "payments")) -> dict:
+    """The demo's shape, with sidecars: each launched instance on a loopback address of this test."""
+    first = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.2"
+    config = sidecar_config(first.rsplit(".", 1)[0] + ".1")
+    config["gateway"]["listeners"].append({"name": "public-tls", "port": procs.free_port(), "tls": {
+        "cert": str(tmp_path / "certs" / "edge.pem"), "key": str(tmp_path / "certs" / "edge.key")}})
+    ports = random.sample(range(20000, 60000), 3)
+    config["sidecar"].update({"first_address": first, "inbound": {"port": ports[0]},
+                              "outbound": {"port": ports[1]}, "admin": {"port": ports[2]}})
+    config["services"] = {s: {"versions": {"v1": {"launch": {"app": s}}}} for s in services}
+    config["routes"] = [r for r in config["routes"] if r["forward"]["service"] in services]
+    return config
+
+
 def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
-    config = demo_config(tls_dir=tmp_path / "certs")
+    config = up_config(tmp_path)
     proc, log = _start_up(tmp_path, config)
     try:
-        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=30)
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=60)
         out = log.read_text()
         assert proc.poll() is None, out
         port = config["gateway"]["listeners"][0]["port"]
@@ -90,7 +110,19 @@ def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
         assert f"gateway-tls: https://127.0.0.1:{tls_port}\n" in out
         assert get(f"http://127.0.0.1:{port}/users/alice")[1]["service"] == "users"
         pids = _pids(out)
-        assert len(pids) == 7 and all(_alive(p) for p in pids.values())
+        assert len(pids) == 9 and all(_alive(p) for p in pids.values())  # 4 apps, 4 sidecars, gateway
+
+        # the orders app calls catalog and payments through its sidecar, found over mDNS
+        status, body, _ = get(f"http://127.0.0.1:{port}/orders", data=b'{"item_id": 1, "quantity": 1}')
+        assert status == 200 and body["order"]["catalog"] == "catalog-v1-1", body
+        # every proxy's /status shows its registry: instances, zone, health, weight
+        admin = config["gateway"]["admin"]["port"]
+        instances = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status"))["registry"]["instances"]
+        assert sorted(i["service"] for i in instances) == ["catalog", "orders", "payments", "users"]
+        assert all(i["healthy"] is not False and i["weight"] == 1 and "zone" in i for i in instances)
+        sidecar_admin = next(l.split()[-3] for l in out.splitlines() if l.startswith("sidecar: orders-v1-1"))
+        mine = json.load(urllib.request.urlopen(sidecar_admin))
+        assert mine["workload"]["instance"] == "orders-v1-1" and len(mine["registry"]["instances"]) == 4
 
         # a service that dies is reported, the rest keeps running
         os.kill(pids["users-v1-1"], signal.SIGKILL)
@@ -108,11 +140,13 @@ def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
 
 
 def test_killed_launcher_leaves_no_orphans(tmp_path):
-    proc, log = _start_up(tmp_path, demo_config())
+    config = up_config(tmp_path, services=("users",))
+    config["services"]["catalog"] = demo_config()["services"]["catalog"]  # bare apps too
+    proc, log = _start_up(tmp_path, config)
     try:
-        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=30)
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=60)
         pids = _pids(log.read_text())
-        assert pids
+        assert "users-v1-1.sidecar" in pids and "catalog-v1-2" in pids, log.read_text()
         proc.kill()  # no chance to clean up: children must still go (parent-death signal)
         proc.wait(5)
         wait_until(lambda: not any(_alive(p) for p in pids.values()), timeout=10)

@@ -4,6 +4,7 @@ with its demo IdP, API keys, opaque and JWT tokens, the mTLS listener and edge h
 from __future__ import annotations
 
 import base64
+import random
 import hashlib
 import hmac
 import json
@@ -40,10 +41,15 @@ def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
     ports = [l["port"] for l in data["gateway"]["listeners"]] + [data["gateway"]["admin"]["port"]]
     for svc in data["services"].values():
         for version in svc["versions"].values():
-            ports += [int(e.rsplit(":", 1)[1]) for e in version["endpoints"]]
+            ports += [int(e.rsplit(":", 1)[1]) for e in version.get("endpoints", [])]
     moved = {old: procs.free_port() for old in ports}
     for old, new in moved.items():
         text = text.replace(f"port: {old}\n", f"port: {new}\n").replace(f":{old}", f":{new}")
+    # the demo's sidecars and mDNS on a 127.x.y.0/24 and a mesh id of this test's own
+    net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    text = text.replace("  id: demo ", f"  id: t{random.randint(0, 1 << 30):x} ")
+    text = text.replace("    interfaces: [127.0.0.1]", f"    interfaces: [{net}.1]")
+    text = text.replace("  admin: {port: 15000}", f"  admin: {{port: 15000}}\n  first_address: {net}.2")
     # rotation test below: let a token with a new key id refetch the keys sooner than the default 5s
     text = text.replace("      forward_claims: {sub: x-user, scope: x-scopes}\n  idp-opaque:",
                         "      forward_claims: {sub: x-user, scope: x-scopes}\n      unknown_kid_refresh: 500ms\n"

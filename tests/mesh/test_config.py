@@ -136,8 +136,65 @@ def test_resilience_policy_errors(block, expected):
     ("circuit_breaker: {fail_max: 0}", "services.users.circuit_breaker.fail_max: expected a value >= 1 (got 0)"),
     ("outlier_detection: {max_ejection_percent: 101}", "services.users.outlier_detection.max_ejection_percent: expected a value <= 100 (got 101)"),
     ("retry_budget: {ratio: -1}", "services.users.retry_budget.ratio: expected a value >= 0 (got -1)"),
-    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls (got 'circuit_breakers')"),
+    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls, health_check, policies (got 'circuit_breakers')"),
 ])
 def test_cluster_resilience_errors(block, expected):
     text = BASE.replace("  users:\n    versions:", f"  users:\n    {block}\n    versions:")
     assert any(expected in e for e in errors(text)), errors(text)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ("services:\n  x:\n    lb: {policy: consistent_hash}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb: consistent_hash needs hash_on: {header: NAME}, {cookie: NAME} or {source_ip: true}"),
+        ("services:\n  x:\n    lb: {policy: random, hash_on: {header: x-user}}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb: hash_on is only used by policy consistent_hash (got policy 'random')"),
+        ("services:\n  x:\n    lb: {policy: consistent_hash, hash_on: {header: a, cookie: b}}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb.hash_on: expected exactly one of header, cookie, source_ip (got header, cookie)"),
+        ("services:\n  x:\n    lb: {policy: consistent_hash, hash_on: {source_ip: false}}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb.hash_on.source_ip: expected one of True (got False)"),
+        ("services:\n  x:\n    lb: {policy: ring_hash}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb.policy: expected one of 'round_robin', 'least_request', 'random', 'consistent_hash' (got 'ring_hash')"),
+        ("services:\n  x:\n    lb: {zone_aware: {min_healthy: 0}}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb.zone_aware.min_healthy: expected a value > 0 (got 0)"),
+        ("services:\n  x:\n    lb: {zone_aware: {share: 1}}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.lb.zone_aware.share: unknown key; expected one of min_healthy (got 'share')"),
+        ("services:\n  x:\n    health_check: {interval: 0s}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.health_check.interval: expected a value > 0 (got '0s')"),
+        ("services:\n  x:\n    health_check: {path: healthz}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.health_check: path: expected a path starting with '/' (got 'healthz')"),
+        ("services:\n  x:\n    health_check: {unhealthy_threshold: 0}\n    versions: {v1: {}}\n",
+         "mesh.yaml:3: services.x.health_check.unhealthy_threshold: expected a value >= 1 (got 0)"),
+        ("discovery:\n  mdns: {}\n", "mesh.yaml:2: discovery.mdns.interfaces: required key is missing"),
+        ("discovery:\n  mdns: {interfaces: []}\n",
+         "mesh.yaml:2: discovery.mdns.interfaces: expected at least 1 item(s) (got [])"),
+        ("discovery:\n  mdns: {interfaces: [eth0]}\n",
+         "mesh.yaml:2: discovery.mdns.interfaces[0]: expected an IP address such as 127.0.0.1 (got 'eth0')"),
+        ("sidecar:\n  outbound: {port: 15001, tls: {cert: a.pem, key: a.key}}\n",
+         "mesh.yaml:1: sidecar: outbound.tls: the outbound listener speaks plain HTTP to its local app (got a tls block)"),
+        ("sidecar:\n  inbound: {port: 0}\n", "mesh.yaml:2: sidecar.inbound.port: expected a value >= 1 (got 0)"),
+        ("sidecar:\n  drain: later\n", "mesh.yaml:2: sidecar.drain: expected a duration like 250ms, 2s or 1m (got 'later')"),
+        ("mesh:\n  id: My Mesh\n", "mesh.yaml:2: mesh.id: expected a name of lowercase letters, digits, '.', '-' or '_' (got 'My Mesh')"),
+    ],
+)
+def test_mesh_data_plane_errors(extra, expected):
+    found = errors(extra + "gateway:\n  listeners: [{name: p, port: 1}]\n")
+    assert found == [expected], found
+
+
+def test_data_plane_defaults_and_shorthands():
+    config = load_text(dedent("""
+    gateway: {listeners: [{name: p, port: 1}], zone: a}
+    discovery: {mdns: {interfaces: [127.0.0.1]}}
+    sidecar: {inbound: {port: 16006}}
+    services:
+      x:
+        lb: {policy: consistent_hash, hash_on: {cookie: session}, zone_aware: true}
+        versions: {v1: {}}
+    """), "mesh.yaml")
+    lb = config.services["x"].lb
+    assert lb.zone_aware.min_healthy == 0.5 and lb.hash_on.cookie == "session" and lb.points_per_weight == 256
+    assert config.sidecar.inbound.name == "inbound" and config.sidecar.inbound.port == 16006
+    assert (config.sidecar.outbound.port, config.sidecar.admin.port, config.sidecar.drain) == (15001, 15000, 2.0)
+    assert config.services["x"].health_check.interval == 1.0 and config.mesh.id == "default"

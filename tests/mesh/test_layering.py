@@ -26,3 +26,18 @@ def test_mesh_does_not_import_mitmproxy_or_addons():
                 names = [node.module]
             offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("mitmproxy", "addons")]
     assert not offenders
+
+
+def test_discovery_does_not_import_mitmproxy_addons_or_the_core():
+    """discovery/ finds instances; it knows neither the proxy nor how the core uses them."""
+    root = MESH.parent / "discovery"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("mitmproxy", "addons", "mesh")]
+    assert not offenders

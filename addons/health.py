@@ -1,0 +1,20 @@
+"""Health: runs the active health checks of endpoints in the background (mesh/health.py)."""
+
+from __future__ import annotations
+
+from mesh.health import Checker
+from mesh.state import MeshState
+
+
+class Health:
+    def __init__(self, state: MeshState):
+        self.state = state
+        self.checker: Checker | None = None
+
+    def running(self):
+        self.checker = Checker(self.state.health_targets, self.state.refresh)
+        self.checker.start()
+
+    async def done(self):
+        if self.checker is not None:
+            await self.checker.stop()

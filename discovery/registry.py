@@ -1,0 +1,89 @@
+"""The registry: every service instance a proxy knows of, fed by discovery sources as events."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+log = logging.getLogger("mitmesh.discovery")
+
+Kind = Literal["add", "update", "remove"]
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One instance of a service as announced: where its inbound listener is, and who it is."""
+
+    name: str  # unique within a registry: the mDNS instance name, or "static:service/version/addr:port"
+    service: str
+    version: str
+    address: str
+    port: int  # the instance's inbound listener (its sidecar), or the app itself for static endpoints
+    weight: int = 1
+    zone: str | None = None
+    identity: str | None = None  # the workload identity the instance claims (SPIFFE ID)
+    protocol: str = "http"  # what its inbound listener speaks: http, or https once mTLS lands
+    source: str = "static"  # which source found it: static, mdns, ...
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+    @property
+    def cluster(self) -> str:
+        return f"{self.service}/{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: Kind
+    instance: Instance
+
+
+Listener = Callable[[Event], None]
+
+
+class Registry:
+    """Instances by name. Sources apply events; subscribers hear every change that took effect."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, Instance] = {}
+        self._subscribers: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._subscribers.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._subscribers:
+            self._subscribers.remove(listener)
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; returns whether anything changed (an add of a known instance updates it)."""
+        inst = event.instance
+        old = self.instances.get(inst.name)
+        if event.kind == "remove":
+            if old is None:
+                return False
+            del self.instances[inst.name]
+            effective = Event("remove", old)
+        else:
+            if old == inst:
+                return False
+            self.instances[inst.name] = inst
+            effective = Event("add" if old is None else "update", inst)
+        log.debug(f"registry: {effective.kind} {inst.name} ({inst.cluster} at {inst.address}:{inst.port})")
+        for listener in list(self._subscribers):
+            listener(effective)
+        return True
+
+    def by_source(self, source: str) -> dict[str, Instance]:
+        return {n: i for n, i in self.instances.items() if i.source == source}
+
+    def status(self) -> list[dict]:
+        return [
+            {"name": i.name, "service": i.service, "version": i.version, "address": f"{i.address}:{i.port}",
+             "zone": i.zone, "weight": i.weight, "identity": i.identity, "protocol": i.protocol,
+             "source": i.source}
+            for i in sorted(self.instances.values(), key=lambda i: (i.service, i.version, i.name))
+        ]

@@ -1,0 +1,87 @@
+"""Linux network namespaces as hosts, for multi-host tests.
+
+Every host is a namespace with one veth into a "switch" namespace holding a bridge, so the test's
+hosts reach each other and nothing else: mDNS multicast stays on that bridge, never in the
+machine's own namespace. All names carry the test's pid; `close()` removes everything.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def why_not() -> str | None:
+    """Why namespaces cannot be made here, or None when they can."""
+    if not hasattr(os, "setns"):
+        return "os.setns needs Python 3.12 on Linux"
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs as root)"
+    if shutil.which("ip") is None:
+        return "the ip command is missing (apt-get install iproute2)"
+    return None
+
+
+class Network:
+    def __init__(self, hosts: list[str], subnet: str = "10.77.0"):
+        self.prefix = f"mm4-{os.getpid()}-{secrets.token_hex(2)}"
+        self.switch = f"{self.prefix}-sw"
+        self.hosts = {h: (f"{self.prefix}-{h}", f"{subnet}.{i + 1}") for i, h in enumerate(hosts)}
+        self.made: list[str] = []
+
+    def _ip(self, *args: str) -> None:
+        out = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+
+    def create(self) -> None:
+        self._ip("netns", "add", self.switch)
+        self.made.append(self.switch)
+        self._ip("-n", self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        self._ip("-n", self.switch, "link", "set", "br0", "up")
+        for i, (ns, address) in enumerate(self.hosts.values()):
+            self._ip("netns", "add", ns)
+            self.made.append(ns)
+            self._ip("-n", self.switch, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0",
+                     "netns", ns)
+            self._ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+            self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            self._ip("-n", ns, "link", "set", "eth0", "up")
+
+    def close(self) -> None:
+        for ns in reversed(self.made):  # deleting a namespace deletes its end of every veth
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made.clear()
+
+    def address(self, host: str) -> str:
+        return self.hosts[host][1]
+
+    def argv(self, host: str, argv: list[str]) -> list[str]:
+        """Run `argv` on `host` (ip netns exec execs it: the pid stays the same)."""
+        return ["ip", "netns", "exec", self.hosts[host][0], *argv]
+
+    def call(self, host: str, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Call `fn` in a thread that lives in `host`'s namespace (its sockets are made there)."""
+        result: dict = {}
+
+        def run():
+            try:
+                with open(f"/run/netns/{self.hosts[host][0]}") as f:
+                    os.setns(f.fileno(), os.CLONE_NEWNET)
+                result["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # handed to the caller
+                result["error"] = e
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["value"]

@@ -1,0 +1,144 @@
+"""Several hosts (network namespaces on one bridge): the gateway, catalog, payments and orders each
+on a host of its own, finding each other over mDNS on their veth addresses; apps listen on their
+host's loopback, so their sidecar really is the only way in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from discovery import Registry
+from discovery.mdns import MdnsSource
+from mesh import procs
+
+from . import netns
+from .conftest import get, wait_until
+
+pytestmark = pytest.mark.skipif(netns.why_not() is not None, reason=str(netns.why_not()))
+
+INBOUND, OUTBOUND, ADMIN, APP, GATEWAY, GATEWAY_ADMIN = 15006, 15001, 15000, 8000, 8080, 9901
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    net = netns.Network(["edge", "h1", "h2", "h3"])
+    children: list[procs.Child] = []
+    try:
+        try:
+            net.create()
+        except RuntimeError as e:
+            pytest.skip(f"cannot make network namespaces here: {e}")
+        net.children = children
+        net.tmp = tmp_path
+        yield net
+    finally:
+        procs.stop_all(children)
+        net.close()
+
+
+def start(net, host: str, name: str, argv: list[str], ready: str) -> procs.Child:
+    child = procs.spawn(name, net.argv(host, argv), log_dir=net.tmp / "logs", cwd=str(net.tmp))
+    net.children.append(child)
+    child.ready = ready
+    return child
+
+
+def test_services_on_different_hosts_find_each_other(hosts):
+    net = hosts
+    edge = net.address("edge")
+    mesh_id = f"t-{secrets.token_hex(4)}"
+    config = {
+        "version": 1,
+        "mesh": {"id": mesh_id},
+        "gateway": {"listeners": [{"name": "public", "address": edge, "port": GATEWAY}],
+                    "admin": {"address": edge, "port": GATEWAY_ADMIN}},
+        "discovery": {"mdns": {"interfaces": [edge]}},
+        "sidecar": {"inbound": {"port": INBOUND}, "outbound": {"port": OUTBOUND},
+                    "admin": {"port": ADMIN}, "drain": "500ms"},
+        "services": {s: {"versions": {"v1": {}}} for s in ("catalog", "payments", "orders")},
+        "routes": [{"name": "orders", "match": {"path": {"prefix": "/orders"}}, "forward": {"service": "orders"}}],
+    }
+    path = net.tmp / "mesh.yaml"
+    path.write_text(yaml.safe_dump(config))
+    placed = {"catalog": "h1", "payments": "h2", "orders": "h3"}
+    starting = []
+    for service, host in placed.items():
+        address = net.address(host)
+        argv = procs.python("-m", f"services.{service}", "--host", "127.0.0.1", "--port", str(APP),
+                            "--instance", f"{service}-on-{host}")
+        if service == "orders":
+            argv += ["--proxy", f"http://{address}:{OUTBOUND}"]
+        starting.append(start(net, host, service, argv, "listening on"))
+        starting.append(start(net, host, f"{service}.sidecar", procs.python(
+            "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", service,
+            "--app", f"127.0.0.1:{APP}", "--address", address, "--instance", f"{service}-on-{host}"),
+            "announced "))
+    gateway = start(net, "edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
+                                                         "--workers", "1"), "gateway ready")
+    for child in starting + [gateway]:
+        procs.wait_log(child, child.ready)
+
+    def registry(admin: str = f"{edge}:{GATEWAY_ADMIN}"):
+        status = json.load(urllib.request.urlopen(f"http://{admin}/status", timeout=5))
+        return {i["service"]: i for i in status["registry"]["instances"]}
+
+    found = net.call("edge", wait_until, lambda: len(r := registry()) == 3 and r, 10)
+    assert {s: i["address"] for s, i in found.items()} == {
+        s: f"{net.address(h)}:{INBOUND}" for s, h in placed.items()}
+    # every proxy converges on its own (a responder answers a record at most once a second)
+    for host in placed.values():
+        net.call(host, wait_until, lambda h=host: len(registry(f"{net.address(h)}:{ADMIN}")) == 3, 10)
+
+    # edge → orders' host → its app → its sidecar → catalog's and payments' hosts
+    status, body, _ = net.call("edge", get, f"http://{edge}:{GATEWAY}/orders",
+                               headers={"x-request-id": "across-hosts"},
+                               data=json.dumps({"item_id": 4, "quantity": 1}).encode())
+    assert status == 200, body
+    assert (body["order"]["catalog"], body["order"]["payments"]) == ("catalog-on-h1", "payments-on-h2")
+    flows = net.call("h3", lambda: json.load(urllib.request.urlopen(
+        f"http://{net.address('h3')}:{ADMIN}/flows", timeout=5))["flows"])
+    out = {(f["host"], f["endpoint"]) for f in flows
+           if f["request_id"] == "across-hosts" and f["direction"] == "outbound"}
+    assert out == {("catalog", f"{net.address('h1')}:{INBOUND}"), ("payments", f"{net.address('h2')}:{INBOUND}")}
+    # the apps are on their hosts' loopback: from another host, only the sidecar answers
+    with pytest.raises(OSError):
+        net.call("h3", urllib.request.urlopen, f"http://{net.address('h1')}:{APP}/healthz", None, 2)
+
+    # a graceful stop on one host is seen on another within a second (the goodbye crosses hosts)
+    catalog_sidecar = next(c for c in starting if c.name == "catalog.sidecar")
+    catalog_sidecar.proc.send_signal(signal.SIGTERM)
+    net.call("edge", wait_until, lambda: "catalog" not in registry(), 1.0)
+
+
+async def test_nothing_of_the_namespaces_reaches_this_host(hosts):
+    """mDNS in the namespaces stays on their bridge: a browser here, on loopback, sees nothing."""
+    net = hosts
+    mesh_id = f"t-{secrets.token_hex(4)}"
+    h1 = net.address("h1")
+    path = net.tmp / "mesh.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "mesh": {"id": mesh_id},
+        "gateway": {"listeners": [{"name": "public", "address": net.address("edge"), "port": GATEWAY}]},
+        "discovery": {"mdns": {"interfaces": [net.address("edge")]}},
+        "services": {"users": {"versions": {"v1": {}}}}}))
+    start(net, "h1", "users", procs.python("-m", "services.users", "--host", "127.0.0.1", "--port", str(APP)),
+          "listening on")
+    sidecar = start(net, "h1", "users.sidecar", procs.python(
+        "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", "users",
+        "--app", f"127.0.0.1:{APP}", "--address", h1), "announced ")
+    here = Registry()
+    browser = MdnsSource(mesh_id, ["127.0.0.1"])
+    await browser.start(here)
+    try:
+        await asyncio.to_thread(procs.wait_log, sidecar, "announced ")
+        await asyncio.sleep(1.0)  # announcements and their repeats are out by now
+        assert here.instances == {}
+    finally:
+        await browser.stop()

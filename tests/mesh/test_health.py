@@ -1,0 +1,90 @@
+"""Liveness: thresholds, passive ejection, and real probes (TCP and HTTP) against loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from mesh import health, procs
+from mesh.cluster import Endpoint
+from mesh.config.schema import HealthCheck
+
+HC = HealthCheck(interval=0.1, timeout=0.5, unhealthy_threshold=2, healthy_threshold=2)
+
+
+def test_thresholds_decide_when_health_changes():
+    ep = Endpoint("127.0.0.1", 1)
+    assert not health.record(ep, False, "refused", HC) and ep.healthy  # one failure is not enough
+    assert health.record(ep, False, "refused", HC) and not ep.healthy and ep.detail == "refused"
+    assert not health.record(ep, True, "", HC) and not ep.healthy
+    assert health.record(ep, True, "", HC) and ep.healthy and ep.detail == ""
+
+
+def test_passive_ejection_is_immediate_and_checks_bring_it_back():
+    ep = Endpoint("127.0.0.1", 1)
+    assert health.eject(ep, "connect_failure: refused") and not ep.healthy
+    assert not health.eject(ep, "again")
+    health.record(ep, True, "", HC)
+    assert health.record(ep, True, "", HC) and ep.healthy
+
+
+async def serve(status: int) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    async def healthz(request):
+        return web.Response(status=status)
+
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_probes_against_real_sockets():
+    up, port = await serve(200)
+    sick, sick_port = await serve(503)
+    try:
+        assert await health.probe(Endpoint("127.0.0.1", port), HC) == (True, "")
+        http = HealthCheck(path="/healthz", timeout=0.5)
+        assert (await health.probe(Endpoint("127.0.0.1", port), http))[0]
+        ok, detail = await health.probe(Endpoint("127.0.0.1", sick_port), http)
+        assert not ok and "answered 'HTTP/1.1 503 Service Unavailable'" in detail
+        ok, detail = await health.probe(Endpoint("127.0.0.1", procs.free_port()), HC)
+        assert (ok, detail) == (False, "health check failed: connection refused")
+    finally:
+        await up.cleanup()
+        await sick.cleanup()
+
+
+async def test_checker_takes_a_dead_endpoint_out_and_back_in():
+    runner, port = await serve(200)
+    ep = Endpoint("127.0.0.1", port)
+    changes = []
+    checker = health.Checker(lambda: [(ep, HC)], lambda: changes.append(ep.healthy), tick=0.02)
+    checker.start()
+    try:
+        await runner.cleanup()  # the endpoint dies without telling anyone
+        for _ in range(100):
+            if not ep.healthy:
+                break
+            await asyncio.sleep(0.02)
+        assert not ep.healthy and changes == [False]
+        runner, _ = await serve_on(port)
+        for _ in range(100):
+            if ep.healthy:
+                break
+            await asyncio.sleep(0.02)
+        assert ep.healthy and changes == [False, True]
+        await runner.cleanup()
+    finally:
+        await checker.stop()
+
+
+async def serve_on(port: int) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
+    return runner, port
