@@ -66,8 +66,10 @@ class Tracing:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = self.exporter or OTLPSpanExporter(endpoint=endpoint, timeout=5)
+        # a sidecar's spans carry its service's name, as Istio's do; the gateway's its own
+        name = f"{snap.workload.service}.sidecar" if snap and snap.workload else self.service_name
         self.provider = TracerProvider(
-            resource=Resource.create({"service.name": self.service_name}),
+            resource=Resource.create({"service.name": name}),
             sampler=ParentBased(TraceIdRatioBased(ratio)),
         )
         # a background thread exports batches: the event loop never waits on the collector
