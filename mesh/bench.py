@@ -124,7 +124,8 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def measure(name: str, url: str, wrk: Wrk, args, pids: list[int] = (), host: str | None = None) -> Result:
-    wrk.run(url, args.connections, 1, host)  # warm up connections, pools and caches
+    if not args.no_warmup:
+        wrk.run(url, args.connections, 1, host)  # warm up connections, pools and caches
     cpu0, t0 = cpu_seconds(pids), time.monotonic()
     rps, p50n, p99n, err = wrk.run(url, args.connections, args.seconds, host)
     cores = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0) if pids else 0.0
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="workers for the N-worker run (default: cores)")
     p.add_argument("--requests", type=int, default=100_000, help="requests for the RSS check (default 100,000)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    p.add_argument("--no-warmup", action="store_true", help="skip the 1 s warm-up runs (figures get worse)")
     p.add_argument("--profile", action="store_true", help="also py-spy the 1-worker gateway under load")
     bench = Bench(p.parse_args(argv))
     try:

@@ -239,9 +239,7 @@ def demo_config(tls_dir: Path | None = None) -> dict:
     }
 
 
-@pytest.fixture
-def mesh(tmp_path):
-    """A started demo: services and a gateway. Cleaned up whatever the test does."""
+def _started_demo(tmp_path):
     from mesh import pki
 
     pki.init_edge(tmp_path / "certs")
@@ -253,6 +251,18 @@ def mesh(tmp_path):
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    """A started demo: services and a gateway, for this test alone. Cleaned up whatever happens."""
+    yield from _started_demo(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_mesh(tmp_path_factory):
+    """The same, shared by a module's tests that only read it (none may change or kill anything)."""
+    yield from _started_demo(tmp_path_factory.mktemp("demo"))
 
 
 def sidecar_config(mdns_address: str) -> dict:

@@ -9,7 +9,7 @@ import sys
 
 
 def test_bench_smoke():
-    out = subprocess.run([sys.executable, "-m", "mesh.cli", "bench", "--seconds", "1", "--requests", "3000",
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "bench", "--seconds", "1", "--requests", "2000", "--no-warmup",
                           "--workers", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.strip().splitlines()

@@ -12,7 +12,8 @@ import urllib.request
 from .conftest import get
 
 
-def test_routes_reach_each_service(mesh):
+def test_routes_reach_each_service(shared_mesh):
+    mesh = shared_mesh
     status, body, headers = get(mesh.url + "/users/alice")
     assert status == 200 and body["service"] == "users" and body["user"]["name"] == "Alice"
     assert headers["x-request-id"] == body["request_id"]
@@ -30,7 +31,8 @@ def test_routes_reach_each_service(mesh):
     assert status == 200 and body["service"] == "payments" and body["amount"] == 5
 
 
-def test_no_route_is_json_404(mesh):
+def test_no_route_is_json_404(shared_mesh):
+    mesh = shared_mesh
     status, body, headers = get(mesh.url + "/nope")
     assert status == 404 and body["error"] == "no_route"
     assert headers["content-type"] == "application/json"
@@ -45,7 +47,8 @@ def test_killed_upstream_is_json_503_at_once(mesh):
     assert get(mesh.url + "/catalog/items")[0] == 200  # the gateway itself is fine
 
 
-def test_https_with_the_edge_certificate_and_http2(mesh):
+def test_https_with_the_edge_certificate_and_http2(shared_mesh):
+    mesh = shared_mesh
     context = ssl.create_default_context(cafile=str(mesh.tmp / "certs" / "edge-ca.pem"))
     with urllib.request.urlopen(mesh.tls_url + "/users/bob", context=context, timeout=5) as r:
         assert json.load(r)["user"]["name"] == "Bob"
@@ -61,7 +64,8 @@ def test_https_with_the_edge_certificate_and_http2(mesh):
     assert version == "2" and json.loads(body)["service"] == "catalog"
 
 
-def test_status_lists_config_routes_and_endpoints(mesh):
+def test_status_lists_config_routes_and_endpoints(shared_mesh):
+    mesh = shared_mesh
     status = mesh.status()
     assert status["config"]["version"] == 1
     assert [r["name"] for r in status["routes"]][:2] == ["users", "catalog-canary"]
