@@ -3,8 +3,9 @@ lists as their members, nested claims by dotted name (`realm_access.roles`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
+
+from .template import as_text
 
 _SCOPE_CLAIMS = ("scope", "scp")
 
@@ -31,8 +32,8 @@ def values(claims: Mapping[str, Any] | None, name: str) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset(value.split()) if name in _SCOPE_CLAIMS else frozenset((value,))
     if isinstance(value, (list, tuple)):
-        return frozenset(_text(v) for v in value)
-    return frozenset((_text(value),))
+        return frozenset(as_text(v) for v in value)
+    return frozenset((as_text(value),))
 
 
 def scopes(claims: Mapping[str, Any] | None) -> frozenset[str]:
@@ -42,18 +43,4 @@ def scopes(claims: Mapping[str, Any] | None) -> frozenset[str]:
 
 def header_value(value: Any) -> str:
     """A claim as one header line: strings as they are, lists comma-joined, others as JSON."""
-    if isinstance(value, (list, tuple)):
-        text = ",".join(_text(v) for v in value)
-    else:
-        text = _text(value)
-    return text.replace("\r", " ").replace("\n", " ")
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return as_text(value).replace("\r", " ").replace("\n", " ")

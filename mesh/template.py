@@ -81,7 +81,7 @@ def as_text(value: Any) -> str:
         return str(value)
     if isinstance(value, (list, tuple)):
         return ",".join(as_text(v) for v in value)
-    return json.dumps(value, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def parse(text: str) -> Template:
