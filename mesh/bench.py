@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -167,13 +168,13 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     }
 
 
-def sidecar_config(inbound: int, admin: int) -> dict:
+def sidecar_config(inbound: int, admin: int, address: str = "127.0.0.1") -> dict:
     """Two sidecars: a caller's outbound sends `catalog` to catalog's sidecar inbound (static
     endpoint, no mDNS), which sends it to the catalog app."""
     return {
         "version": 1,
         "gateway": {"listeners": [{"name": "unused", "port": admin}]},  # the schema wants one
-        "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{inbound}"]}}}},
+        "services": {"catalog": {"versions": {"v1": {"endpoints": [f"{address}:{inbound}"]}}}},
     }
 
 
@@ -265,22 +266,26 @@ class Bench:
 
     def sidecars(self, app_port: int) -> tuple[str, list[procs.Child]]:
         """The catalog app's sidecar, and a caller's sidecar whose outbound listener wrk talks to."""
-        ports = {k: procs.free_port() for k in ("in", "in_out", "in_admin", "c_in", "out", "c_admin", "gw")}
+        # an instance address of their own, as `mitmesh up` gives each instance: no port of anyone
+        # else on 127.0.0.1 can be taken between choosing it and binding it
+        address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        ports = {k: procs.free_port(address) for k in ("in", "in_out", "in_admin", "c_in", "out", "c_admin", "gw")}
         cfg = self.tmp / "sidecars.yaml"
-        cfg.write_text(yaml.safe_dump(sidecar_config(ports["in"], ports["gw"])))
+        cfg.write_text(yaml.safe_dump(sidecar_config(ports["in"], ports["gw"], address)))
         children = []
         for name, service, inbound, outbound, admin in (
                 ("sidecar-catalog", "catalog", ports["in"], ports["in_out"], ports["in_admin"]),
                 ("sidecar-caller", "caller", ports["c_in"], ports["out"], ports["c_admin"])):
             child = procs.spawn(name, [procs.tool("mitmesh"), "sidecar", "--config", str(cfg), "--service", service,
-                                       "--app", f"127.0.0.1:{app_port}", "--inbound-port", str(inbound),
+                                       "--app", f"127.0.0.1:{app_port}", "--address", address,
+                                       "--inbound-port", str(inbound),
                                        "--outbound-port", str(outbound), "--admin-port", str(admin),
                                        "--verbosity", "warn"], log_dir=self.tmp)
             self.children.append(child)
             children.append(child)
         for child in children:
             procs.wait_log(child, "sidecar ready", timeout=120)
-        return f"http://127.0.0.1:{ports['out']}/items/1", children
+        return f"http://{address}:{ports['out']}/items/1", children
 
     def stop(self, child: procs.Child) -> None:
         child.stop()
