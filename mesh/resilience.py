@@ -79,6 +79,8 @@ class Guards:
         if self.breakers is not None:
             out["breakers"] = self.breakers.status()
             out["breaker_transitions"] = len(self.breakers.transitions)
+            if self.breakers.shared is not None:  # openings shared through Redis: is it reachable?
+                out["breakers_shared"] = self.breakers.shared.down or "ok"
         if self.outlier is not None:
             out["ejected"] = [f"{k[0]}:{k[1]}" for k in self.outlier.records if self.outlier.ejected(k)]
             out["ejections"] = self.outlier.total_ejections
@@ -91,11 +93,14 @@ def guards(cluster: str, svc: schema.Service, old: Guards | None,
     settings = (svc.circuit_breaker, svc.outlier_detection, svc.retry_budget, svc.fault)
     if old is not None and old.settings == settings:
         return old
+    if old is not None and old.breakers is not None:
+        old.breakers.stop()  # its task reading shared openings, if any
     cb, od, rb = svc.circuit_breaker, svc.outlier_detection, svc.retry_budget
     notify = (lambda name, a, b: on_breaker(cluster, name, a, b)) if on_breaker else None
     return Guards(
         settings=settings,
-        breakers=Breakers(cluster, BreakerPolicy(cb.fail_max, cb.reset_timeout, cb.success_threshold),
+        breakers=Breakers(cluster, BreakerPolicy(cb.fail_max, cb.reset_timeout, cb.success_threshold,
+                                                    cb.shared, cb.shared_poll),
                           notify) if cb else None,
         outlier=OutlierDetector(OutlierPolicy(od.consecutive_5xx, od.consecutive_gateway_failure,
                                               od.base_ejection_time, od.max_ejection_time,

@@ -195,6 +195,12 @@ class HealthCheck(Model):
         return self
 
 
+def _check_shared(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a Redis URI such as redis://127.0.0.1:6379/0 (got {show(value)})")
+    return value
+
+
 class CircuitBreaker(Model):
     """pybreaker per endpoint: fail_max failures in a row open it for reset_timeout, then one
     request at a time probes it (half-open) until success_threshold successes close it."""
@@ -202,6 +208,12 @@ class CircuitBreaker(Model):
     fail_max: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="failures in a row that open it (default 5)")
     reset_timeout: Duration = Field(10.0, description="how long it stays open before probing (default 10s)")
     success_threshold: Annotated[int, Field(ge=1, le=100)] = Field(1, description="probe successes that close it (default 1)")
+    shared: Annotated[str | None, AfterValidator(_check_shared)] = Field(
+        None, description="a Redis URI (redis://host:port/db) through which every proxy and worker using it "
+                          "shares openings: an endpoint one of them opens is open for all until its "
+                          "reset_timeout ends (default: none, each process keeps its own breakers)")
+    shared_poll: Annotated[Duration, Field(gt=0, le=10)] = Field(
+        0.25, description="how often openings by others are read from Redis (default 250ms)")
 
 
 class OutlierDetection(Model):

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from mesh import procs
+from tests.redis_server import start_redis
 
 from .conftest import Mesh, get, wait_until
 
@@ -140,3 +141,39 @@ def test_post_is_never_retried_unless_the_route_opts_in(started, tmp_path):
     results = asyncio.run(load(m.url + "/catalog/orders", 20, concurrency=1, method="POST"))
     assert all(s == 503 for _, s in results)
     assert hits(m) - before == 20  # one attempt each
+
+
+def test_breaker_openings_are_shared_by_workers_through_redis(tmp_path):
+    """Two gateway workers, one Redis: the breaker one worker opens is open in the other too, so
+    fresh connections (spread over both workers by the kernel) make no upstream attempt at all.
+    Without sharing the other worker would spend its own fail_max attempts first."""
+    redis = start_redis(tmp_path / "logs")
+    m = catalog_mesh(tmp_path, instances=1, policy={"timeout": {"request": "5s"}}, service_extra={
+        "circuit_breaker": {"fail_max": 3, "reset_timeout": "30s", "shared": redis.url, "shared_poll": "100ms"}})
+    try:
+        m.start_services()
+        m.start_gateway(workers=2)
+        knobs(m, "catalog-v1-1", error_rate=1.0, error_status=503)
+
+        async def trip_then_fresh_connections():
+            url = m.url + "/catalog/items/1"
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one:
+                tripped = []
+                for _ in range(3):  # one keep-alive connection: one worker sees fail_max failures
+                    async with one.get(url) as r:
+                        tripped.append((r.status, (await r.json())["error"]))
+            await asyncio.sleep(0.5)
+            fresh = []
+            for _ in range(20):
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+                    async with s.get(url) as r:
+                        fresh.append((r.status, (await r.json())["error"]))
+            return tripped, fresh
+
+        tripped, fresh = asyncio.run(trip_then_fresh_connections())
+        assert all(status == 503 and error != "circuit_open" for status, error in tripped), tripped
+        assert fresh == [(503, "circuit_open")] * 20, fresh
+        assert knobs(m, "catalog-v1-1")["hits"] == 3  # nothing reached the instance after the trip
+    finally:
+        m.stop()
+        redis.child.stop()
