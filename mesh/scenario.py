@@ -335,10 +335,14 @@ def cli(args: argparse.Namespace) -> int:
         print("\n".join(f"mitmesh scenario: {n}: {pending()[n]}" for n in waiting), file=sys.stderr)
         return 2
     codes = []
-    for name in wanted:
-        codes.append(run_one(name, short=args.short, keep=args.keep))
-        if len(wanted) > 1:
-            print(flush=True)
+    try:
+        for name in wanted:
+            codes.append(run_one(name, short=args.short, keep=args.keep))
+            if len(wanted) > 1:
+                print(flush=True)
+    except KeyboardInterrupt:  # run_one's finally blocks have stopped everything it started
+        print("\nmitmesh scenario: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
     if len(wanted) > 1:
         print("  ".join(f"{n}: {dict(((PASS, 'PASS'), (FAIL, 'FAIL'), (SKIPPED, 'SKIP')))[c]}"
                         for n, c in zip(wanted, codes)))
