@@ -225,14 +225,14 @@ class Report:
         for label, text in (("mesh", self.mesh), ("load", self.load), ("fault", self.fault), ("SLO", self.slo)):
             if text:
                 lines.append(f"{label:<9} {text}")
-        lines += ["", f"{'phase':<34}{'requests':>9}{'success':>11}{'p50':>11}{'p99':>11}"]
+        lines += ["", f"{'phase':<44}{'requests':>9}{'success':>11}{'p50':>11}{'p99':>11}"]
         end = max((s.start for s in self.samples), default=t0) + 1
         for name, start, stop in [*self.phases, ("all", t0, end)]:
             part = self.during(start, stop)
             ok, n = success(part)
             lat = [s.latency for s in part if s.status]
             span = f" ({start - t0:.1f}–{min(stop, end) - t0:.1f} s)" if name != "all" else ""
-            lines.append(f"{(name + span)[:33]:<34}{n:>9}{(f'{100 * ok / n:.2f} %' if n else '-'):>11}"
+            lines.append(f"{(name + span)[:43]:<44}{n:>9}{(f'{100 * ok / n:.2f} %' if n else '-'):>11}"
                          f"{ms(percentile(lat, 50)):>11}{ms(percentile(lat, 99)):>11}")
         failed = [s for s in self.samples if not s.ok]
         if failed:

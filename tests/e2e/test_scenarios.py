@@ -51,11 +51,13 @@ def run_scenario(name: str, tmp) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Every scenario, started at once on two workers; a test waits for its own."""
+def runs(request, tmp_path_factory):
+    """Every selected scenario, started at once on two workers; a test waits for its own."""
     tmp = tmp_path_factory.mktemp("scenarios")
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = {name: pool.submit(run_scenario, name, tmp) for name in RUNNABLE}
+        futures = {name: pool.submit(run_scenario, name, tmp) for name in RUNNABLE if name in selected}
         yield futures
         for f in futures.values():
             f.cancel()
