@@ -30,6 +30,7 @@ _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_rese
           "protocol_error": "upstream_protocol_error", "timeout": "upstream_timeout",
           "per_try_timeout": "upstream_timeout"}
 ATTEMPTS_HEADER = "x-mitmesh-attempts"
+_ATTEMPTS = ATTEMPTS_HEADER.encode()
 MAX_REFUSED = 3  # endpoints tried when each refuses the connection, before answering 503
 
 
@@ -162,8 +163,9 @@ class Forward:
             await asyncio.sleep(wait)
         flow.metadata[keys.ATTEMPTS] = st.attempts
         if last_resp is not None:
-            headers = list(last_resp.headers)
-            headers.append((ATTEMPTS_HEADER.encode(), str(st.attempts).encode()))
+            # ours replaces the count of a proxy further upstream (a sidecar's): one header, this hop's
+            headers = [(n, v) for n, v in last_resp.headers if n.lower() != _ATTEMPTS]
+            headers.append((_ATTEMPTS, str(st.attempts).encode()))
             flow.response = http.Response(last_resp.http_version, last_resp.status, last_resp.reason,
                                           tuple(headers), last_resp.body, None, time.time(), time.time())
             return

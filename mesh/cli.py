@@ -1,4 +1,4 @@
-"""The `mitmesh` command line: validate, up, gateway, sidecar, bench, canary, certs, record, replay."""
+"""The `mitmesh` command line: validate, up, gateway, sidecar, bench, canary, certs, record, replay, scenario."""
 
 from __future__ import annotations
 
@@ -105,6 +105,12 @@ def _canary(args) -> int:
     return 0
 
 
+def _scenario(args) -> int:
+    from . import scenario
+
+    return scenario.cli(args)
+
+
 def _bench(args) -> int:
     from . import bench
 
@@ -174,6 +180,14 @@ def parser() -> argparse.ArgumentParser:
 
     from . import certcmd
     certcmd.add_parser(sub)
+
+    sc = sub.add_parser("scenario", help="run a failure scenario against a mesh of real processes; "
+                                         "prints a report and PASS/FAIL against its SLO")
+    sc.add_argument("names", nargs="*", metavar="NAME", help="scenario names, or all")
+    sc.add_argument("--list", action="store_true", help="list the scenarios")
+    sc.add_argument("--short", action="store_true", help="a few seconds of load (as in CI)")
+    sc.add_argument("--keep", action="store_true", help="keep the work directory and logs (kept on FAIL)")
+    sc.set_defaults(func=_scenario)
 
     k = sub.add_parser("apikey", help="API keys for the api_key policy")
     ksub = k.add_subparsers(dest="apikey_command", required=True)

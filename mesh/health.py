@@ -14,6 +14,7 @@ import os
 import time
 from typing import Callable, Iterable
 
+from . import metrics
 from .cluster import Endpoint
 from .config.schema import HealthCheck
 
@@ -32,6 +33,7 @@ def eject(ep: Endpoint, reason: str, threshold: int = 1) -> bool:
     if ep.healthy:
         ep.healthy = False
         log.warning(f"endpoint {ep} ejected: {reason}")
+        metrics.ENDPOINT_UNHEALTHY.labels("connect_failure").inc()
         return True
     return False
 
@@ -52,6 +54,7 @@ def record(ep: Endpoint, ok: bool, detail: str, hc: HealthCheck) -> bool:
     if ep.healthy and ep.failures >= hc.unhealthy_threshold:
         ep.healthy = False
         log.warning(f"endpoint {ep} failed {ep.failures} health checks: {detail}")
+        metrics.ENDPOINT_UNHEALTHY.labels("health_check").inc()
         return True
     return False
 

@@ -39,6 +39,9 @@ BREAKER_OPEN = Gauge(
 BREAKER_TRANSITIONS = Counter(
     "mitmesh_breaker_transitions_total", "Circuit breaker state changes", ["cluster", "to"])
 EJECTIONS = Counter("mitmesh_ejections_total", "Endpoints ejected as outliers", ["cluster"])
+ENDPOINT_UNHEALTHY = Counter(
+    "mitmesh_endpoint_unhealthy_total", "Endpoints taken out of rotation by liveness, by reason "
+    "(connect_failure: a refused connection, passive; health_check: failed active checks)", ["reason"])
 RATELIMIT_REJECTIONS = Counter(
     "mitmesh_ratelimit_rejections_total", "Requests answered 429 by a rate limit", ["route"])
 RATELIMIT_STORAGE_ERRORS = Counter(

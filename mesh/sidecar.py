@@ -9,12 +9,19 @@ from .routing import ForwardAction, Route, merge_policies
 from .state import LOCAL, Snapshot
 
 
-def forward_route(name: str, service: str, cluster: str, config: schema.MeshConfig | None = None) -> Route:
+# kinds a caller's sidecar applies on its calls to the service (as Istio's VirtualService): applied
+# again at the service's own inbound, they would retry its one app and inject every fault twice
+CALLER_SIDE = frozenset({"timeout", "retries", "fault"})
+
+
+def forward_route(name: str, service: str, cluster: str, config: schema.MeshConfig | None = None,
+                  skip: frozenset[str] = frozenset()) -> Route:
     """A route that sends everything to one cluster, without rewriting, with the policies of the
-    service (`services.NAME.policies`) when the config names it."""
+    service (`services.NAME.policies`) when the config names it, but for the kinds in `skip`."""
     rc = schema.Route(name=name, forward=schema.Forward(service=service))
     svc = config.services.get(service) if config is not None else None
     policies = merge_policies(config, svc.policies, rc) if svc is not None else {}
+    policies = {kind: value for kind, value in policies.items() if kind not in skip}
     return Route(index=0, name=name, action=ForwardAction(service, (cluster,), (1,)), methods=None,
                  headers=(), query=(), path_regex=None, policies=policies, config=rc,
                  resilience=for_route(policies))
@@ -23,7 +30,7 @@ def forward_route(name: str, service: str, cluster: str, config: schema.MeshConf
 def inbound_route(snap: Snapshot) -> Route:
     if snap.workload is None:
         raise ValueError("inbound routing needs a sidecar's workload")
-    return forward_route("inbound", snap.workload.service, LOCAL, snap.config)
+    return forward_route("inbound", snap.workload.service, LOCAL, snap.config, skip=CALLER_SIDE)
 
 
 def service_of_host(host: str) -> str:

@@ -99,6 +99,9 @@ def static_instances(config: MeshConfig) -> list[Instance]:
 
 
 _DEFAULT_SERVICE = Service(versions={"v1": {}})  # the settings of a service the config does not name
+# a sidecar's own app: the service's breakers, outlier detection and faults act at its callers, per
+# instance; here they would trip, eject or fault the one app a second time
+_LOCAL_SERVICE = Service(versions={"v1": {}}, outlier_detection=None)
 
 
 class MeshState:
@@ -162,8 +165,9 @@ class MeshState:
         # a sidecar's connections leave from its instance's address, as from its own host
         self.pool.local_address = workload.address if workload else None
         for cname, cluster in clusters.items():
-            self.guards[cname] = guards(cname, config.services.get(cluster.service) or _DEFAULT_SERVICE,
-                                        self.guards.get(cname), self._breaker_changed)
+            svc = (_LOCAL_SERVICE if cname == LOCAL
+                   else config.services.get(cluster.service) or _DEFAULT_SERVICE)
+            self.guards[cname] = guards(cname, svc, self.guards.get(cname), self._breaker_changed)
         self.version += 1
         snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters,
                                    workload=workload, listeners=listeners_of(config, workload),

@@ -58,6 +58,19 @@ async def test_retries_go_to_other_endpoints_until_one_answers(gateway, upstream
     assert retried[0].metadata[keys.ATTEMPTS] == 2
 
 
+async def test_the_attempts_header_is_this_proxys_count_only(gateway, upstream_app):
+    """Behind another proxy (a sidecar), the upstream's own x-mitmesh-attempts is replaced, not
+    repeated: the client sees one header, the count of the proxy it talks to."""
+    async def sidecar_like(request):
+        return web.json_response({}, headers={"x-mitmesh-attempts": "1"})
+
+    ports = [await upstream_app("bad", handler=failing()), await upstream_app("ok", handler=sidecar_like)]
+    async with gateway(config(ports, policy=RETRY_5XX)) as gw:
+        flows = [await gw.send("/x") for _ in range(4)]
+    counts = [f.response.headers.get_all("x-mitmesh-attempts") for f in flows]
+    assert sorted(counts) == [["1"], ["1"], ["2"], ["2"]], counts
+
+
 async def test_post_is_not_retried_unless_the_route_opts_in(gateway, upstream_app):
     calls: list = []
     ports = [await upstream_app("bad", handler=failing(calls=calls))]

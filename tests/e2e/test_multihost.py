@@ -16,9 +16,8 @@ import yaml
 
 from discovery import Registry
 from discovery.mdns import MdnsSource
-from mesh import procs
+from mesh import netns, procs
 
-from . import netns
 from .conftest import get, wait_until
 
 pytestmark = pytest.mark.skipif(netns.why_not() is not None, reason=str(netns.why_not()))

@@ -1,8 +1,10 @@
-"""Linux network namespaces as hosts, for multi-host tests.
+"""Linux network namespaces as hosts, for multi-host tests and scenarios.
 
-Every host is a namespace with one veth into a "switch" namespace holding a bridge, so the test's
-hosts reach each other and nothing else: mDNS multicast stays on that bridge, never in the
-machine's own namespace. All names carry the test's pid; `close()` removes everything.
+Every host is a namespace with one veth into a "switch" namespace holding a bridge, so the hosts
+reach each other and nothing else: mDNS multicast stays on that bridge, never in the machine's own
+namespace. All names carry our pid and a random tag; `close()` removes everything. `partition(a, b)`
+cuts two hosts apart silently (their packets to each other are lost, as behind a failed link or a
+firewall that drops), while both keep reaching every other host; `heal(a, b)` undoes it.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ def why_not() -> str | None:
 
 
 class Network:
-    def __init__(self, hosts: list[str], subnet: str = "10.77.0"):
-        self.prefix = f"mm4-{os.getpid()}-{secrets.token_hex(2)}"
+    def __init__(self, hosts: list[str], subnet: str = "10.77.0", tag: str = "mm4"):
+        self.prefix = f"{tag}-{os.getpid()}-{secrets.token_hex(2)}"
         self.switch = f"{self.prefix}-sw"
         self.hosts = {h: (f"{self.prefix}-{h}", f"{subnet}.{i + 1}") for i, h in enumerate(hosts)}
         self.made: list[str] = []
@@ -60,8 +62,30 @@ class Network:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.made.clear()
 
+    def partition(self, a: str, b: str) -> None:
+        """Lose every packet between hosts a and b, both ways, silently (no refusal, no ICMP:
+        connects and requests time out, mDNS of one never reaches the other), as behind a failed
+        link: their bridge ports are isolated, and isolated ports only reach ports that are not.
+        Every other host still reaches both. One partition at a time."""
+        for host in (a, b):
+            self._isolate(host, True)
+
+    def heal(self, a: str, b: str) -> None:
+        """End a partition: a and b reach each other again."""
+        for host in (a, b):
+            self._isolate(host, False)
+
+    def _isolate(self, host: str, on: bool) -> None:
+        port = f"p{list(self.hosts).index(host)}"
+        self._ip("-n", self.switch, "link", "set", "dev", port, "type", "bridge_slave",
+                 "isolated", "on" if on else "off")
+
     def address(self, host: str) -> str:
         return self.hosts[host][1]
+
+    def name(self, host: str) -> str:
+        """The namespace of `host` (under /run/netns)."""
+        return self.hosts[host][0]
 
     def argv(self, host: str, argv: list[str]) -> list[str]:
         """Run `argv` on `host` (ip netns exec execs it: the pid stays the same)."""

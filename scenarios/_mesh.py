@@ -1,0 +1,57 @@
+"""What the scenarios share: a mesh of sidecars on a loopback /24 and mesh id of its own, the route
+policy they run with, and which proxies' /metrics their reports read."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Iterator
+
+from mesh.scenario import Proxies, Run
+from mesh.testbed import Mesh, Sidecared, sidecar_config
+
+# what a user would put on a route to a replicated service: a deadline, a per-try timeout, and up
+# to two retries (each on another endpoint) on 5xx, refused connections and resets
+RESILIENT = {
+    "timeout": {"request": "5s", "per_try": "1s"},
+    "retries": {"attempts": 3, "retry_on": ["5xx", "connect-failure", "reset"],
+                "backoff": {"base": "10ms", "max": "100ms"}},
+}
+
+
+@contextlib.contextmanager
+def sidecar_mesh(run: Run, *, services: dict | None = None, policies: dict | None = None,
+                 catalog_policies: list[str] = ("resilient",)) -> Iterator[Mesh]:
+    """A gateway (zone a) finding sidecars over mDNS on 127.x.y.1, its own mesh id; the scenario
+    starts the instances. `services` entries are merged over the defaults (catalog, orders,
+    payments, users with version v1). Everything it started is stopped on the way out."""
+    m = Mesh(run.workdir, {})
+    config = sidecar_config(f"{m.net}.1")
+    config["mesh"]["id"] = f"s-{secrets.token_hex(4)}"
+    config["sidecar"]["drain"] = "100ms"  # no scenario stops an instance gracefully; teardown is quick
+    for name, extra in (services or {}).items():
+        config["services"].setdefault(name, {"versions": {"v1": {}}}).update(extra)
+    config["policies"] = {"resilient": RESILIENT, **(policies or {})}
+    for route in config["routes"]:
+        if route["name"] == "catalog" and catalog_policies:
+            route["policies"] = list(catalog_policies)
+    m.write(config)
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def describe(m: Mesh, instances: list[Sidecared]) -> str:
+    names = ", ".join(f"{s.name}" + (f" (zone {s.inst.sidecar.zone})" if s.inst.sidecar.zone else "")
+                      for s in instances)
+    return (f"gateway (zone a, 1 worker) and {len(instances)} instances with sidecars: {names}; "
+            f"mDNS on {m.net}.0/24, mesh id {m.config['mesh']['id']}")
+
+
+def proxies(m: Mesh, instances: list[Sidecared]) -> Proxies:
+    p = Proxies()
+    p.add("gateway", m.admin)
+    for s in instances:
+        p.add(s.name, s.admin)
+    return p

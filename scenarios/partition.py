@@ -1,0 +1,172 @@
+"""partition: a network partition cuts the gateway's host off from one catalog host, then heals.
+
+Four hosts, each a Linux network namespace on one bridge (mesh/netns.py): `edge` runs the gateway
+and the load; h1, h2 and h3 each run a catalog instance (its app on the host's loopback, its
+sidecar on the host's address), found over mDNS on the bridge. Then edge and h2 are partitioned:
+every packet between them is lost silently, both ways (no refusal, no ICMP; mDNS too), while both
+still reach h1 and h3. Requests on their way to h2 time out after the per-try timeout (300 ms) and
+are retried on another host; outlier detection and health checks take h2 out of rotation. After
+the partition heals, h2 is healthy again and back in rotation.
+
+SLO: at least 99.9 % of the requests succeed; from 2 s after the cut until the heal every request
+is answered at its first attempt (h2 is out of rotation, nobody waits for it); after the heal h2
+answers requests again within 10 s. Needs root and `ip` (iproute2): without them the scenario is
+skipped (exit 77) and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+import urllib.request
+
+import yaml
+
+from mesh import netns, procs
+from mesh.scenario import Proxies, Report, Run, Skip, main, rate_text, success
+from mesh.testbed import Load, wait_until
+
+from . import _mesh
+
+TITLE = "a network partition cuts the gateway's host off from one of three catalog hosts, then heals"
+INBOUND, OUTBOUND, ADMIN, APP, GATEWAY, GATEWAY_ADMIN = 15006, 15001, 15000, 8000, 8080, 9901
+PER_TRY = 0.3
+POLICY = {"timeout": {"request": "5s", "per_try": f"{PER_TRY * 1000:g}ms"},
+          "retries": {"attempts": 3, "retry_on": ["5xx", "connect-failure", "reset"],
+                      "backoff": {"base": "5ms", "max": "50ms"}}}
+BACK_WITHIN = 10.0
+
+
+def run(r: Run) -> Report:
+    why = netns.why_not()
+    if why:
+        raise Skip(why)
+    seconds, cut_at, cut_for, settle = r.pick(30.0, 9.0), r.pick(5.0, 1.5), r.pick(10.0, 4.0), 2.0
+    rate = 50
+    net = netns.Network(["edge", "h1", "h2", "h3"], subnet="10.78.0", tag="mmsc")
+    children: list[procs.Child] = []
+    try:
+        try:
+            net.create()
+        except RuntimeError as e:
+            raise Skip(f"cannot make network namespaces here: {e}") from None
+        edge = net.address("edge")
+        config = {
+            "version": 1,
+            "mesh": {"id": f"s-{secrets.token_hex(4)}"},
+            "gateway": {"listeners": [{"name": "public", "address": edge, "port": GATEWAY}],
+                        "admin": {"address": edge, "port": GATEWAY_ADMIN}, "zone": "a"},
+            "discovery": {"mdns": {"interfaces": [edge]}},
+            "sidecar": {"inbound": {"port": INBOUND}, "outbound": {"port": OUTBOUND},
+                        "admin": {"port": ADMIN}, "drain": "100ms"},
+            # ejected for 2 s (then 4, 6...): health checks decide while the partition lasts
+            "services": {"catalog": {"versions": {"v1": {}},
+                                     "outlier_detection": {"base_ejection_time": "2s"}}},
+            "policies": {"partition-tolerant": POLICY},
+            "routes": [{"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
+                        "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
+                        "policies": ["partition-tolerant"]}],
+        }
+        path = r.workdir / "mesh.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        r.say(f"hosts (namespaces on one bridge): edge {edge} (gateway), "
+              + ", ".join(f"{h} {net.address(h)}" for h in ("h1", "h2", "h3")) + " (catalog)")
+
+        def start(host: str, name: str, argv: list[str], ready: str) -> procs.Child:
+            child = procs.spawn(name, net.argv(host, argv), log_dir=r.workdir / "logs", cwd=str(r.workdir))
+            children.append(child)
+            child.ready = ready
+            return child
+
+        starting = [start("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
+                                                          "--workers", "1"), "gateway ready")]
+        for host in ("h1", "h2", "h3"):
+            name = f"catalog-{host}"
+            starting.append(start(host, name, procs.python(
+                "-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", name),
+                "listening on"))
+            starting.append(start(host, f"{name}.sidecar", procs.python(
+                "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", "catalog",
+                "--app", f"127.0.0.1:{APP}", "--address", net.address(host), "--instance", name),
+                "announced "))
+        for child in starting:
+            procs.wait_log(child, child.ready)
+
+        def status() -> dict:
+            with urllib.request.urlopen(f"http://{edge}:{GATEWAY_ADMIN}/status", timeout=2) as resp:
+                return json.load(resp)
+
+        def endpoints() -> list[dict]:
+            return status()["clusters"]["catalog/v1"]["endpoints"]
+
+        net.call("edge", wait_until, lambda: len(status()["registry"]["instances"]) == 3, 15)
+        watched = Proxies()
+        watched.add("gateway", f"http://{edge}:{GATEWAY_ADMIN}", via=lambda fn: net.call("edge", fn))
+        for host in ("h1", "h2", "h3"):
+            watched.add(f"catalog-{host}", f"http://{net.address(host)}:{ADMIN}",
+                        via=lambda fn, h=host: net.call(h, fn))
+        watched.baseline()
+        watched.start()
+        r.say(f"load from edge: {rate} req/s for {seconds:g} s; edge and h2 partitioned from {cut_at:g} s "
+              f"for {cut_for:g} s")
+        load = Load(f"http://{edge}:{GATEWAY}/catalog/items/1", threads=4, rate=rate,
+                    netns=net.name("edge")).start()
+        h2 = f"{net.address('h2')}:{INBOUND}"
+        try:
+            time.sleep(cut_at)
+            net.partition("edge", "h2")
+            cut = time.time()
+            r.say("edge and h2 partitioned")
+            time.sleep(cut_for)
+            during = next((e for e in net.call("edge", endpoints) if e["address"] == h2), None)
+            healed = time.time()
+            net.heal("edge", "h2")
+            r.say("partition healed")
+            time.sleep(max(load.started + seconds - time.time(), 0))
+        finally:
+            samples = load.stop()
+            watched.stop()
+        after = next((e for e in net.call("edge", endpoints) if e["address"] == h2), None)
+    finally:
+        procs.stop_all(children)
+        net.close()
+
+    report = Report("partition", TITLE, samples=samples, started=load.started, proxies=watched)
+    report.mesh = (f"4 network namespaces on one bridge: edge {edge} (gateway, 1 worker, and the load), "
+                   f"h1, h2, h3 (a catalog app on the host's loopback, its sidecar on the host's address); "
+                   f"mDNS on the bridge, mesh id {config['mesh']['id']}")
+    report.load = (f"GET /catalog/items/1 from edge through the gateway, {rate} req/s on 4 connections for "
+                   f"{seconds:g} s; route: per-try timeout {PER_TRY * 1000:g} ms, 3 attempts; "
+                   f"ejection 2 s, health checks every 1 s")
+    report.fault = (f"edge and h2 partitioned (every packet between them lost, both ways) from "
+                    f"{cut - load.started:.1f} s to {healed - load.started:.1f} s")
+    report.slo = (f"≥ 99.9 % succeed; from {settle:g} s after the cut until the heal, every request answered "
+                  f"at its first attempt; h2 answers again within {BACK_WITHIN:g} s of the heal")
+    report.phases = [("before the partition", load.started, cut),
+                     (f"cut + {settle:g} s", cut, cut + settle),
+                     ("partitioned, settled", cut + settle, healed),
+                     ("healed", healed, float("inf"))]
+    ok, n = success(samples)
+    settled = report.during(cut + settle, healed)
+    retried = [s for s in settled if s.attempts > 1 or not s.ok]
+    back = next((s for s in report.during(healed) if s.ok and s.instance == "catalog-h2"), None)
+    report.figure("h2 in the gateway's cluster during the partition",
+                  "-" if during is None else f"healthy={during.get('healthy')}")
+    report.figure("h2 in the gateway's cluster at the end",
+                  "-" if after is None else f"healthy={after.get('healthy')}")
+    report.figure("requests that needed a retry", sum(1 for s in samples if s.attempts > 1))
+    report.figure("answers by h2 while partitioned",
+                  sum(1 for s in report.during(cut, healed) if s.instance == "catalog-h2"))
+    report.check("≥ 99.9 % of all requests succeed", n and ok / n >= 0.999, rate_text(ok, n))
+    report.check(f"from {settle:g} s after the cut until the heal, 1 attempt each", settled and not retried,
+                 f"{len(settled) - len(retried)} of {len(settled)}")
+    report.check(f"h2 answers again within {BACK_WITHIN:g} s of the heal",
+                 back is not None and back.start - healed <= BACK_WITHIN,
+                 "never" if back is None else f"after {back.start - healed:.1f} s")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main("partition"))
