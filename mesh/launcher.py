@@ -90,6 +90,9 @@ def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[s
                      "--catalog-url", "http://catalog", "--payments-url", "http://payments"]
         else:  # a bare demo app reaches its dependencies through the gateway's routes
             argv += ["--catalog-url", f"{gateway_url}/catalog", "--payments-url", f"{gateway_url}/payments"]
+    if inst.app == "users" and inst.sidecar is not None:  # POST /users/ID/charge calls payments
+        argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
+                 "--payments-url", "http://payments"]
     return argv
 
 
