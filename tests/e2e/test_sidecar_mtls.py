@@ -15,13 +15,16 @@ import http.client
 import json
 import os
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from mitmproxy import io
+from mitmproxy.test import tflow, tutils
 
-from mesh import pki, procs
+from mesh import mtls, pki, procs
 
 from .conftest import Mesh, get, sidecar_config
 
@@ -94,7 +97,6 @@ def call(s, certs: Path, client: tuple[str, str] | None, path: str = "/charge",
     try:
         conn.request("POST", path, body=b'{"amount": 5}')
         resp = conn.getresponse()
-        from mesh import mtls
         assert mtls.peer_identity(conn.sock) == sid(expect or s.inst.service)
         return resp.status, json.loads(resp.read())
     except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected) as e:
@@ -179,7 +181,7 @@ def test_orders_may_call_payments_and_users_may_not(meshed):
     seen = [f for f in payments.flows() if f["request_id"] == "mtls-users-1"]
     assert len(seen) == 1 and seen[0]["peer"] == sid("users") and seen[0]["status"] == 403
     assert any(f["request_id"] == "mtls-users-1" and f["direction"] == "outbound" for f in users.flows())
-    assert orders  # orders' own sidecar made the first call: its outbound flows say so
+    # orders' own sidecar made the first call (with orders' certificate)
     assert any(f["request_id"] == rid and f["direction"] == "outbound" and f["host"] == "payments"
                for f in orders.flows())
 
@@ -223,3 +225,25 @@ def test_rotation_under_load_through_gateway_and_sidecars_fails_no_request(meshe
     for s in meshed.instances.values():
         assert "renewed: new handshakes use it" in s.sidecar.log.read_text()
     assert "renewed: new handshakes use it" in meshed.children["gateway"].log.read_text()
+
+
+def test_replay_presents_a_workload_certificate(meshed, tmp_path):
+    """`mitmesh replay` against payments' STRICT sidecars: as the gateway (the default identity)
+    it is let in; as users it gets payments' 403; with no certificate to present it stops."""
+    recorded = tmp_path / "flows.mitm"
+    flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/charge", content=b'{"amount": 5}',
+                                       host="payments", port=80),
+                       resp=tutils.tresp(content=b'{"service": "payments", "amount": 5.0, "status": "charged"}'))
+    with open(recorded, "wb") as f:
+        io.FlowWriter(f).add(flow)
+    argv = procs.python("-m", "mesh.cli", "replay", str(recorded), "--against", "payments/v1", "--admin",
+                        meshed.admin, "--config", str(meshed.path),
+                        "--ignore", "instance,request_id,version,zone,payment_id,method,path")
+    run = lambda *extra: subprocess.run(argv + list(extra), capture_output=True, text=True, timeout=30)
+    ok = run()
+    assert ok.returncode == 0 and "1 same, 0 differ, 0 failed" in ok.stdout, ok.stdout + ok.stderr
+    assert f"replaying over mTLS as {sid('gateway')}" in ok.stdout
+    denied = run("--identity", "users")
+    assert denied.returncode == 1 and "status: 200 → 403" in denied.stdout, denied.stdout + denied.stderr
+    missing = run("--identity", "nobody")
+    assert missing.returncode == 1 and "cannot load the workload certificate of nobody" in missing.stderr
