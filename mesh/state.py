@@ -128,6 +128,7 @@ class MeshState:
         self.snapshot: Snapshot | None = None
         self.pool = Pool()
         self.certs = mtls.CertStore()  # watched TLS contexts, renewed from disk (addons/tls.py)
+        self._checked: dict[Endpoint, Cluster] = {}  # endpoints health-checked, and their cluster
         self.upstreams = mtls.Upstreams()  # which endpoints are called over mTLS, and with what (Tls)
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
@@ -263,13 +264,19 @@ class MeshState:
         snap = self.snapshot
         if snap is None:
             return
-        seen = set()
+        seen: dict[Endpoint, Cluster] = {}
         for cluster in snap.clusters.values():
             if cluster.used or cluster.name == LOCAL:
                 for ep in cluster.endpoints:
                     if ep not in seen:
-                        seen.add(ep)
+                        seen[ep] = cluster
                         yield ep, cluster.health_check
+        self._checked = seen
+
+    def health_tls(self, ep: Endpoint) -> tuple[ssl.SSLContext, str] | None:
+        """How an HTTP health check reaches `ep`: over mTLS exactly when requests to it do."""
+        cluster = self._checked.get(ep)
+        return self.upstream_tls(cluster, ep) if cluster is not None else None
 
     def status(self) -> dict:
         snap = self.snapshot

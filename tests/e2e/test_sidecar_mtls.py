@@ -26,7 +26,7 @@ from mitmproxy.test import tflow, tutils
 
 from mesh import mtls, pki, procs
 
-from .conftest import Mesh, get, sidecar_config
+from .conftest import Mesh, get, sidecar_config, wait_until
 
 TD, NS = "mitmesh.local", "demo"
 EVERY = float(os.environ.get("MITMESH_ROTATION_EVERY", "3"))
@@ -58,8 +58,11 @@ def meshed(tmp_path_factory):
         config["services"][name]["mtls"] = "STRICT"
     config["services"]["catalog"]["mtls"] = "PERMISSIVE"
     config["services"]["payments"]["policies"] = ["payments-callers"]
+    # HTTP health checks go over mTLS like requests; the policy lets every mesh identity check health
+    config["services"]["payments"]["health_check"] = {"path": "/healthz"}
     config["policies"] = {"payments-callers": {"authz": {"allow": [
-        {"principals": [f"{TD}/ns/{NS}/sa/orders", f"{TD}/ns/{NS}/sa/gateway"]}]}}}
+        {"principals": [f"{TD}/ns/{NS}/sa/orders", f"{TD}/ns/{NS}/sa/gateway"]},
+        {"paths": ["/healthz"], "methods": ["GET"]}]}}}
     m.config = config
     m.write()
     try:
@@ -180,6 +183,12 @@ def test_orders_may_call_payments_and_users_may_not(meshed):
     assert body["upstream"]["reason"] == f"no allow rule of service payments matches peer {sid('users')}"
     seen = [f for f in payments.flows() if f["request_id"] == "mtls-users-1"]
     assert len(seen) == 1 and seen[0]["peer"] == sid("users") and seen[0]["status"] == 403
+    # users' sidecar health-checks payments (GET /healthz over mTLS, allowed): still healthy
+    checks = wait_until(lambda: [f for f in payments.flows()
+                                 if f["path"] == "/healthz" and f["peer"] == sid("users")], timeout=5)
+    assert all(f["status"] == 200 for f in checks)
+    payments_at_users = next(i for i in meshed.registry(users.admin) if i["service"] == "payments")
+    assert payments_at_users["healthy"] is True
     assert any(f["request_id"] == "mtls-users-1" and f["direction"] == "outbound" for f in users.flows())
     # orders' own sidecar made the first call (with orders' certificate)
     assert any(f["request_id"] == rid and f["direction"] == "outbound" and f["host"] == "payments"
