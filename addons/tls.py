@@ -174,6 +174,10 @@ class Tls:
 def _unusable(snap: Snapshot, bound, client_ca: str | None, e: Exception) -> str:
     """The config error of a listener whose certificate files cannot be used."""
     t = bound.listener.tls
+    base = os.path.dirname(os.path.abspath(snap.file))
+    missing = [p for p in (t.cert, t.key) if not os.path.exists(os.path.join(base, p))]
+    if missing:  # OpenSSL's own words for a missing file are a list of empty tuples
+        e = f"no such file: {', '.join(missing)}"
     if bound.path.startswith("services."):  # a sidecar's inbound, from its service's mtls mode
         service = snap.workload.service
         return (f"{snap.file}:1: {bound.path}: {t.mtls} needs the workload certificate of {service}: "
