@@ -40,6 +40,9 @@ class Config:
     def configure(self, updated):
         if self.role == "sidecar" and "mesh_workload" in updated:
             if not ctx.options.mesh_workload:
+                if self.state.workload is not None:  # mitmproxy rolling back a rejected first
+                    self.state.workload = None       # config: keep its error, not this one
+                    return
                 raise exceptions.OptionsError("a sidecar needs mesh_workload, e.g. "
                                               "service=catalog,app=127.0.0.1:9101")
             try:

@@ -18,6 +18,7 @@ from mitmproxy import http
 from mesh import health, metrics, upstream
 from mesh.cluster import HashKey
 from mesh.faults import HEADER, NONE, Fault, parse_header
+from mesh.mtls import NoMtls
 from mesh.retry import retry_after
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
@@ -243,12 +244,14 @@ class Forward:
         if fault.abort is not None:
             return upstream.Response(fault.abort, b"Injected Fault", [(b"content-type", b"text/plain"),
                                      (b"content-length", b"14")], b"injected fault")
-        mtls = self.state.upstream_tls.get(cluster.service)  # mTLS to the service's sidecar
+        try:  # mTLS to a service's sidecar (its config's mode, or announced https); read per attempt
+            tls = self.state.upstream_tls(cluster, endpoint)  # so a renewed certificate is used at once
+        except NoMtls as e:
+            raise upstream.ConnectFailure(str(e)) from None
         resp = await self.state.pool.request(
             endpoint.address, endpoint.port, method, target, headers, body,
             timeout=timeout, connect_timeout=cluster.connect_timeout,
-            ssl=mtls.client.context if mtls else None,
-            peer_identity=(endpoint.identity or mtls.identity) if mtls else None)
+            ssl=tls[0] if tls else None, peer_identity=tls[1] if tls else None)
         if fault.reset_after is not None and len(resp.body) > fault.reset_after:
             raise upstream.Reset(f"connection reset after {fault.reset_after} body bytes (injected)")
         if fault.drip:

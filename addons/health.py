@@ -12,7 +12,7 @@ class Health:
         self.checker: Checker | None = None
 
     def running(self):
-        self.checker = Checker(self.state.health_targets, self.state.refresh)
+        self.checker = Checker(self.state.health_targets, self.state.refresh, tls_of=self.state.health_tls)
         self.checker.start()
 
     async def done(self):

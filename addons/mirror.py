@@ -14,6 +14,7 @@ from mitmproxy import http
 
 from mesh import metrics, mirror, upstream
 from mesh.cluster import Cluster
+from mesh.mtls import NoMtls
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
 
@@ -101,12 +102,16 @@ class Mirror:
         else:
             endpoint.active += 1
             try:
+                tls = self.state.upstream_tls(cluster, endpoint)  # mTLS as Forward would use
                 resp = await self.state.pool.request(
                     endpoint.address, endpoint.port, copy.method, copy.target, copy.headers, copy.body,
-                    timeout=policy.timeout, connect_timeout=cluster.connect_timeout)
+                    timeout=policy.timeout, connect_timeout=cluster.connect_timeout,
+                    ssl=tls[0] if tls else None, peer_identity=tls[1] if tls else None)
                 answer = (resp.status, _header(resp.headers, b"content-type"), resp.body)
             except upstream.UpstreamError as e:
                 answer = (0, None, f"{e.kind}: {e}".encode())
+            except NoMtls as e:
+                answer = (0, None, f"connect_failure: {e}".encode())
             except Exception:  # a copy must never take the proxy down
                 counters["mirror_errors"] += 1
                 log.exception(f"mirror of request {request_id} to {cluster.name} failed")

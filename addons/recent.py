@@ -30,6 +30,7 @@ class Recent:
             "time": time.time(), "request_id": st.request_id, "direction": st.direction,
             "listener": st.listener.name if st.listener else None,
             "client": "%s:%s" % flow.client_conn.peername[:2] if flow.client_conn.peername else None,
+            "peer": st.peer,  # the verified mTLS peer's SPIFFE ID
             "method": req.method, "host": req.host_header or req.host, "path": req.path,
             "route": st.route.name if st.route else None, "cluster": st.cluster,
             "endpoint": str(st.endpoint) if st.endpoint else None, "attempts": st.attempts,

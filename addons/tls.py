@@ -58,7 +58,7 @@ class Tls:
         me = self.identity(snap)
         mesh_ca = mtls.workload_files(base, config.mesh.identity.dir, me)[2]
         store = self.state.certs
-        contexts, used = {}, []
+        contexts = {}
         listeners = [bound.listener for bound in snap.listeners]
         for bound in snap.listeners:
             lst = bound.listener
@@ -71,29 +71,25 @@ class Tls:
                 contexts[(lst.address, lst.port)] = store.server(
                     cert, key, http2=t.http2, client_ca=client_ca, mode=t.mtls)
             except (OSError, SSL.Error, ValueError) as e:
-                what = f"client CA {client_ca}, " if client_ca else ""
-                raise exceptions.OptionsError(
-                    f"{snap.file}:1: {bound.path}.tls: cannot use {what}certificate "
-                    f"{t.cert} with key {t.key}: {e} (got {cert!r})") from None
-        upstream: dict[str, mtls.UpstreamTls] = {}
-        wanted = [name for name, svc in config.services.items() if svc.mtls != "DISABLE"]
-        if wanted:
-            cert, key, ca = mtls.workload_files(base, config.mesh.identity.dir, me)
-            try:
-                client = store.client(cert, key, ca)
-            except (OSError, ValueError) as e:
+                raise exceptions.OptionsError(_unusable(snap, bound, client_ca, e)) from None
+        wanted = frozenset(name for name, svc in config.services.items() if svc.mtls != "DISABLE")
+        cert, key, ca = mtls.workload_files(base, config.mesh.identity.dir, me)
+        client, missing = None, ""
+        try:  # also without mTLS services: endpoints that discovery announces as https need it
+            client = store.client(cert, key, ca)
+        except (OSError, ValueError) as e:
+            if wanted:
                 raise exceptions.OptionsError(
                     f"{snap.file}:1: {'gateway.identity' if snap.workload is None else 'sidecar'}: "
                     f"cannot load the workload certificate of "
-                    f"{me} for mTLS upstreams ({', '.join(wanted)}): {e}; `mitmesh certs issue "
+                    f"{me} for mTLS upstreams ({', '.join(sorted(wanted))}): {e}; `mitmesh certs issue "
                     f"{me}` makes one (got {me!r})") from None
-            for name in wanted:
-                upstream[name] = mtls.UpstreamTls(
-                    client, pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, name))
-        store.retain(list(contexts.values()) + [u.client for u in upstream.values()])
+            missing = f"cannot load the workload certificate of {me} ({e}); `mitmesh certs issue {me}` makes one"
+        store.retain(list(contexts.values()) + ([client] if client else []))
         self._contexts = contexts
         self._names = {(l.address, l.port): l.name for l in listeners if l.tls and l.tls.mtls}
-        self.state.upstream_tls = upstream
+        self.state.upstreams = mtls.Upstreams(wanted, client, config.mesh.trust_domain,
+                                              config.mesh.namespace, missing)
         self._built_for = snap
 
     def _ensure(self) -> None:
@@ -173,6 +169,23 @@ class Tls:
                 st.principal = peer
             flow.metadata[keys.PEER] = peer
             st.decide("tls", f"mTLS peer {peer}")
+
+
+def _unusable(snap: Snapshot, bound, client_ca: str | None, e: Exception) -> str:
+    """The config error of a listener whose certificate files cannot be used."""
+    t = bound.listener.tls
+    base = os.path.dirname(os.path.abspath(snap.file))
+    missing = [p for p in (t.cert, t.key) if not os.path.exists(os.path.join(base, p))]
+    if missing:  # OpenSSL's own words for a missing file are a list of empty tuples
+        e = f"no such file: {', '.join(missing)}"
+    if bound.path.startswith("services."):  # a sidecar's inbound, from its service's mtls mode
+        service = snap.workload.service
+        return (f"{snap.file}:1: {bound.path}: {t.mtls} needs the workload certificate of {service}: "
+                f"cannot use {t.cert} with key {t.key}: {e}; `mitmesh certs issue {service}` makes one "
+                f"(got {t.mtls!r})")
+    what = f"client CA {client_ca}, " if client_ca else ""
+    return (f"{snap.file}:1: {bound.path}.tls: cannot use {what}certificate {t.cert} with key {t.key}: "
+            f"{e} (got {os.path.join(os.path.dirname(os.path.abspath(snap.file)), t.cert)!r})")
 
 
 def _reason(error: str) -> str:

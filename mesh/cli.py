@@ -76,7 +76,7 @@ def _replay(args) -> int:
 
     ignore = frozenset(k for k in args.ignore.split(",") if k)
     return replay.replay(args.file, args.against, only=args.only, admin=args.admin,
-                         config_path=args.config, ignore=ignore)
+                         config_path=args.config, ignore=ignore, identity=args.identity)
 
 
 def _apikey(args) -> int:
@@ -153,6 +153,8 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--only", metavar="CLUSTER", help="replay only flows that went to this cluster")
     rp.add_argument("--admin", metavar="URL", help="find the cluster's endpoints through this admin listener")
     rp.add_argument("--config", default="mesh.yaml", help="else through this config's static endpoints")
+    rp.add_argument("--identity", metavar="NAME",
+                    help="workload certificate presented to mTLS endpoints (default gateway.identity)")
     rp.add_argument("--ignore", default=",".join(VOLATILE),
                     help=f"JSON keys to ignore when comparing (default {','.join(VOLATILE)})")
     rp.set_defaults(func=_replay)

@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from typing import Callable, Iterable
 
-from . import metrics
+from . import metrics, mtls
 from .cluster import Endpoint
 from .config.schema import HealthCheck
 
 log = logging.getLogger("mitmesh.health")
 
 Targets = Callable[[], Iterable[tuple[Endpoint, HealthCheck]]]
+# how to reach an endpoint over mTLS: (client context, required SPIFFE ID), None for plaintext;
+# raises mtls.NoMtls when it must be mTLS and cannot
+TlsOf = Callable[[Endpoint], "tuple[ssl.SSLContext, str] | None"]
 
 
 def eject(ep: Endpoint, reason: str, threshold: int = 1) -> bool:
@@ -59,14 +63,21 @@ def record(ep: Endpoint, ok: bool, detail: str, hc: HealthCheck) -> bool:
     return False
 
 
-async def probe(ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
-    """One check: a TCP connect, or `GET path` expecting a 2xx when the check has a path."""
+async def probe(ep: Endpoint, hc: HealthCheck,
+                tls: tuple[ssl.SSLContext, str] | None = None) -> tuple[bool, str]:
+    """One check: a TCP connect, or `GET path` expecting a 2xx when the check has a path (over
+    mTLS with `tls`, checking the peer's SPIFFE ID, as requests to the endpoint go)."""
     writer = None
     try:
         async with asyncio.timeout(hc.timeout):
-            reader, writer = await asyncio.open_connection(ep.address, ep.port)
             if hc.path is None:
+                reader, writer = await asyncio.open_connection(ep.address, ep.port)
                 return True, ""
+            reader, writer = await asyncio.open_connection(ep.address, ep.port, ssl=tls[0] if tls else None)
+            if tls is not None:
+                wrong = mtls.check_peer(writer.get_extra_info("ssl_object"), tls[1])
+                if wrong is not None:
+                    return False, f"health check refused the peer: {wrong}"
             writer.write(f"GET {hc.path} HTTP/1.1\r\nhost: {ep.address}:{ep.port}\r\n"
                          f"user-agent: mitmesh-health\r\nconnection: close\r\n\r\n".encode())
             line = await reader.readline()
@@ -76,6 +87,8 @@ async def probe(ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
         return False, f"health check GET {hc.path} answered {line.strip()[:60].decode('latin-1')!r}"
     except TimeoutError:
         return False, f"health check timed out after {hc.timeout:g}s"
+    except ssl.SSLError as e:
+        return False, f"health check TLS handshake failed: {e.reason or e}"
     except OSError as e:
         return False, f"health check failed: {os.strerror(e.errno).lower() if e.errno else e}"
     finally:
@@ -86,8 +99,10 @@ async def probe(ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
 class Checker:
     """Checks every target endpoint every `interval` (its own service's) in the background."""
 
-    def __init__(self, targets: Targets, on_change: Callable[[], None], tick: float = 0.1):
+    def __init__(self, targets: Targets, on_change: Callable[[], None], tick: float = 0.1,
+                 tls_of: TlsOf | None = None):
         self.targets = targets
+        self.tls_of = tls_of
         self.on_change = on_change
         self.tick = tick
         self._due: dict[Endpoint, float] = {}  # when each endpoint's next check is due
@@ -106,9 +121,16 @@ class Checker:
                 pass
             self._task = None
 
+    async def _probe(self, ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
+        try:
+            tls = self.tls_of(ep) if self.tls_of is not None and hc.path is not None else None
+        except mtls.NoMtls as e:
+            return False, f"health check cannot use mTLS: {e}"
+        return await probe(ep, hc, tls)
+
     async def check_now(self, ep: Endpoint, hc: HealthCheck) -> bool:
         """Check one endpoint at once (a sidecar's app before it announces); returns its health."""
-        ok, detail = await probe(ep, hc)
+        ok, detail = await self._probe(ep, hc)
         if record(ep, ok, detail, hc):
             self.on_change()
         self._due[ep] = time.monotonic() + hc.interval
@@ -136,7 +158,7 @@ class Checker:
 
     async def _check(self, ep: Endpoint, hc: HealthCheck) -> None:
         try:
-            ok, detail = await probe(ep, hc)
+            ok, detail = await self._probe(ep, hc)
             if record(ep, ok, detail, hc):
                 self.on_change()
         except Exception:  # a bug here must not stop the checks

@@ -90,6 +90,9 @@ def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[s
                      "--catalog-url", "http://catalog", "--payments-url", "http://payments"]
         else:  # a bare demo app reaches its dependencies through the gateway's routes
             argv += ["--catalog-url", f"{gateway_url}/catalog", "--payments-url", f"{gateway_url}/payments"]
+    if inst.app == "users" and inst.sidecar is not None:  # POST /users/ID/charge calls payments
+        argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
+                 "--payments-url", "http://payments"]
     return argv
 
 
@@ -226,7 +229,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         for inst, sc in sidecars:  # announced: its app answered, and the mesh can find it
             procs.wait_log(sc, "announced ", timeout=30)
             s = inst.sidecar
-            print(f"sidecar: {inst.name} inbound http://{s.address}:{s.inbound} outbound "
+            mode = config.services[inst.service].mtls
+            scheme = "https" if mode != "DISABLE" else "http"  # mTLS, with the service's certificate
+            print(f"sidecar: {inst.name} inbound {scheme}://{s.address}:{s.inbound} outbound "
                   f"http://{s.address}:{s.outbound} admin http://{s.address}:{s.admin}/status "
                   f"pid {sc.pid}", flush=True)
         token = secrets.token_hex(12)

@@ -134,12 +134,44 @@ class Watched(Generic[T]):
         return True
 
 
-@dataclass
-class UpstreamTls:
-    """How a proxy calls one mTLS service: its own workload context and the peer it expects."""
+class NoMtls(Exception):
+    """An endpoint must be called over mTLS and cannot be: the reason says why."""
 
-    client: Watched[ssl.SSLContext]
-    identity: str
+
+@dataclass(frozen=True)
+class Upstreams:
+    """How this proxy calls other proxies: which services its config puts under mTLS, and its own
+    workload certificate (a client context) to present to them.
+
+    An endpoint is called over mTLS when its service's `mtls` is STRICT or PERMISSIVE, or when
+    discovery announced it as `https` (a sidecar whose own config turned mTLS on first). The peer
+    must present the service's SPIFFE ID: the identity announced for the endpoint is checked too,
+    so an instance announcing another workload's identity is refused (Istio's secure naming).
+    """
+
+    services: frozenset[str] = frozenset()  # services whose config says STRICT or PERMISSIVE
+    client: Watched[ssl.SSLContext] | None = None
+    trust_domain: str = "mitmesh.local"
+    namespace: str = "demo"
+    missing: str = "no workload certificate is loaded"  # why `client` is None
+
+    def identity(self, service: str) -> str:
+        return pki.spiffe_id(self.trust_domain, self.namespace, service)
+
+    def plan(self, service: str, protocol: str = "http",
+             announced: str | None = None) -> tuple[ssl.SSLContext, str] | None:
+        """(client context, peer SPIFFE ID to require) for one endpoint of `service`, or None for
+        plaintext. Raises NoMtls when mTLS is needed and impossible."""
+        if service not in self.services and protocol != "https":
+            return None
+        expected = self.identity(service)
+        if announced is not None and announced != expected:
+            raise NoMtls(f"endpoint announced identity {announced}, but service {service} runs as "
+                         f"{expected}")
+        if self.client is None:
+            raise NoMtls(f"{service} is called over mTLS and this proxy cannot present a workload "
+                         f"certificate: {self.missing}")
+        return self.client.context, expected
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """`mitmesh record` and `mitmesh replay`: production traffic turned into a regression test.
 
 record: asks each proxy's admin listener to save its flows for a while, then merges the files.
-replay: sends recorded requests to another cluster and lists the responses that differ.
+replay: sends recorded requests to another cluster and lists the responses that differ. An
+endpoint under mTLS (its service's `mtls` mode, or announced as https) is called as a proxy would:
+presenting a workload certificate (`--identity`, default the gateway's) and requiring the service's
+SPIFFE ID from the peer.
 This module reads mitmproxy's flow format, so it is the second mesh/ module importing mitmproxy.
 """
 
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from mitmproxy import http, io
 
-from . import upstream
+from . import mtls, upstream
 from .config import ConfigError, load
 
 
@@ -114,38 +117,71 @@ def compare(recorded: http.Response, status: int, body: bytes, ignore: frozenset
     return out + diff(a, b)
 
 
-def endpoints_of(cluster: str, admin: str | None, config_path: str) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Target:
+    """One endpoint of the cluster replayed against, as discovery (or the config) describes it."""
+
+    host: str
+    port: int
+    protocol: str = "http"  # https: its sidecar's inbound is under mTLS
+    identity: str | None = None  # the SPIFFE ID announced for it
+
+
+def endpoints_of(cluster: str, admin: str | None, config_path: str) -> list[Target]:
     if admin:
         with urllib.request.urlopen(f"{admin}/status", timeout=5) as r:
             status = json.load(r)
         known = status.get("clusters", {})
         if cluster not in known:
             raise SystemExit(f"replay: {admin} knows no cluster {cluster}; it knows {', '.join(known)}")
-        eps = [e["address"] for e in known[cluster]["endpoints"] if e.get("healthy", True)]
-        return [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in eps]
+        eps = [e for e in known[cluster]["endpoints"] if e.get("healthy", True)]
+        return [Target(e["address"].rpartition(":")[0], int(e["address"].rpartition(":")[2]),
+                       e.get("protocol") or "http", e.get("identity")) for e in eps]
     service, _, version = cluster.partition("/")
     config = load(config_path)
     try:
-        return [(e.address, e.port) for e in config.services[service].versions[version].endpoints]
+        return [Target(e.address, e.port) for e in config.services[service].versions[version].endpoints]
     except KeyError:
         raise SystemExit(f"replay: {config_path} has no cluster {cluster}") from None
 
 
-async def _replay(flows: list[http.HTTPFlow], targets: list[tuple[str, int]], ignore: frozenset[str],
-                  concurrency: int = 8) -> list[Outcome]:
+def upstreams_of(config_path: str, identity: str | None) -> mtls.Upstreams:
+    """How replay calls mTLS endpoints: the config's mTLS services and the workload certificate of
+    `identity` (default the config's gateway.identity); without a config, only announced https."""
+    path = Path(config_path)
+    if not path.exists():
+        return mtls.Upstreams(missing=f"no config {config_path} to find workload certificates in")
+    config = load(path)
+    me = identity or config.gateway.identity
+    wanted = frozenset(n for n, svc in config.services.items() if svc.mtls != "DISABLE")
+    cert, key, ca = mtls.workload_files(str(path.resolve().parent), config.mesh.identity.dir, me)
+    client, missing = None, ""
+    try:
+        client = mtls.CertStore().client(cert, key, ca)
+    except (OSError, ValueError) as e:
+        missing = f"cannot load the workload certificate of {me} ({e}); `mitmesh certs issue {me}` makes one"
+    return mtls.Upstreams(wanted, client, config.mesh.trust_domain, config.mesh.namespace, missing)
+
+
+async def _replay(flows: list[http.HTTPFlow], targets: list[Target], ignore: frozenset[str],
+                  concurrency: int = 8, tls: list[tuple | None] | None = None) -> list[Outcome]:
+    """`tls[i]`: (client context, required peer SPIFFE ID) for targets[i], or None for plaintext."""
     pool = upstream.Pool()
     outcomes = [Outcome(f) for f in flows]
     sem = asyncio.Semaphore(concurrency)
+    tls = tls or [None] * len(targets)
 
     async def one(i: int, o: Outcome):
-        host, port = targets[i % len(targets)]
+        t, mutual = targets[i % len(targets)], tls[i % len(targets)]
         req = o.flow.request
         target = o.flow.metadata.get("mitmesh.upstream_path") or req.path
-        headers = upstream.request_headers(req.headers.fields, (req.host_header or host).encode())
+        headers = upstream.request_headers(req.headers.fields, (req.host_header or t.host).encode())
         async with sem:
             try:
-                resp = await pool.request(host, port, req.data.method, target.encode(), headers,
-                                          req.raw_content or b"", timeout=15)
+                resp = await pool.request(t.host, t.port, req.data.method, target.encode(), headers,
+                                          req.raw_content or b"", timeout=15,
+                                          ssl=mutual[0] if mutual else None,
+                                          peer_identity=mutual[1] if mutual else None)
             except upstream.UpstreamError as e:
                 o.error = f"{e.kind}: {e}"
                 return
@@ -158,7 +194,7 @@ async def _replay(flows: list[http.HTTPFlow], targets: list[tuple[str, int]], ig
 
 
 def replay(file: str, against: str, *, only: str | None, admin: str | None, config_path: str,
-           ignore: frozenset[str]) -> int:
+           ignore: frozenset[str], identity: str | None = None) -> int:
     with open(file, "rb") as f:
         flows = [fl for fl in io.FlowReader(f).stream()
                  if isinstance(fl, http.HTTPFlow) and fl.response is not None]
@@ -175,7 +211,20 @@ def replay(file: str, against: str, *, only: str | None, admin: str | None, conf
     if not targets:
         print(f"replay: cluster {against} has no endpoint", file=sys.stderr)
         return 1
-    outcomes = asyncio.run(_replay(flows, targets, ignore))
+    try:
+        upstreams = upstreams_of(config_path, identity)
+        service = against.partition("/")[0]
+        tls = [upstreams.plan(service, t.protocol, t.identity) for t in targets]
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except mtls.NoMtls as e:
+        print(f"replay: {against}: {e}", file=sys.stderr)
+        return 1
+    if any(tls):
+        me = identity or (load(config_path).gateway.identity if Path(config_path).exists() else "?")
+        print(f"replaying over mTLS as {upstreams.identity(me)}", flush=True)
+    outcomes = asyncio.run(_replay(flows, targets, ignore, tls=tls))
     differ = [o for o in outcomes if o.differences]
     failed = [o for o in outcomes if o.error]
     for o in differ + failed:

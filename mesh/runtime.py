@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(args.config, args.role, args.verbosity, args.ready_fd, args.workload,
                                not args.no_announce))
-    except ConfigError as e:
+    except (ConfigError, exceptions.OptionsError) as e:  # e.g. a workload certificate that is missing
         print(e, file=sys.stderr)
         return 1
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import ssl
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Callable, Iterator
 
 from discovery import Event, Instance, Registry, StaticSource
 
 from . import config as meshconfig
-from . import modes, mtls
+from . import modes, mtls, pki
 from .cluster import Cluster, Endpoint, HashKey
 from .resilience import Guards, guards
-from .config.schema import HealthCheck, Listener, MeshConfig, Service
+from .config.schema import HealthCheck, Listener, ListenerTls, MeshConfig, Service
 from .routing import RouteTable, compile_routes
 from .upstream import Pool
 from .workload import Workload
@@ -36,17 +38,30 @@ class Bound:
     path: str  # where it is configured, for error messages: gateway.listeners[0], sidecar.inbound
 
 
+def inbound_tls(config: MeshConfig, service: str) -> ListenerTls | None:
+    """A sidecar's inbound TLS follows its service's `mtls` mode: STRICT or PERMISSIVE present the
+    service's workload certificate and verify client certificates against the mesh CA (required or
+    optional); DISABLE, or a service the config does not name, stays plaintext."""
+    svc = config.services.get(service)
+    if svc is None or svc.mtls == "DISABLE":
+        return None
+    cert, key = pki.workload_paths(PurePosixPath(config.mesh.identity.dir), service)
+    return ListenerTls(cert=str(cert), key=str(key), mtls=svc.mtls)
+
+
 def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, ...]:
     """The gateway's listeners, or a sidecar's inbound and outbound on its instance address."""
     if workload is None:
         return tuple(Bound(modes.reverse(l.address, l.port), l, None, f"gateway.listeners[{i}]")
                      for i, l in enumerate(config.gateway.listeners))
     sc = config.sidecar
-    inbound = sc.inbound.model_copy(update={"address": workload.address,
+    tls = inbound_tls(config, workload.service)
+    inbound = sc.inbound.model_copy(update={"address": workload.address, "tls": tls,
                                             "port": workload.inbound or sc.inbound.port})
     outbound = sc.outbound.model_copy(update={"address": workload.address,
                                               "port": workload.outbound or sc.outbound.port})
-    return (Bound(modes.reverse(inbound.address, inbound.port), inbound, INBOUND, "sidecar.inbound"),
+    where = f"services.{workload.service}.mtls" if tls else "sidecar.inbound"
+    return (Bound(modes.reverse(inbound.address, inbound.port), inbound, INBOUND, where),
             Bound(modes.regular(outbound.address, outbound.port), outbound, OUTBOUND, "sidecar.outbound"))
 
 
@@ -116,7 +131,8 @@ class MeshState:
         self.snapshot: Snapshot | None = None
         self.pool = Pool()
         self.certs = mtls.CertStore()  # watched TLS contexts, renewed from disk (addons/tls.py)
-        self.upstream_tls: dict[str, mtls.UpstreamTls] = {}  # service → how to call it over mTLS
+        self._checked: dict[Endpoint, Cluster] = {}  # endpoints health-checked, and their cluster
+        self.upstreams = mtls.Upstreams()  # which endpoints are called over mTLS, and with what (Tls)
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
@@ -181,6 +197,14 @@ class MeshState:
         self._sync()
         return snap
 
+    def upstream_tls(self, cluster: Cluster, endpoint: Endpoint) -> tuple[ssl.SSLContext, str] | None:
+        """(client context, required peer SPIFFE ID) to reach one endpoint over mTLS, or None for
+        plaintext; a sidecar's own app is always plaintext. Raises mtls.NoMtls when mTLS is needed
+        but impossible (no workload certificate, an endpoint announcing a foreign identity)."""
+        if cluster.name == LOCAL:
+            return None
+        return self.upstreams.plan(cluster.service, endpoint.protocol, endpoint.identity)
+
     def guards_for(self, cluster: Cluster) -> Guards:
         """The cluster's breakers, outlier detector, retry budget and faults (a cluster discovered
         after the last install gets the defaults of a service the config does not name)."""
@@ -244,13 +268,19 @@ class MeshState:
         snap = self.snapshot
         if snap is None:
             return
-        seen = set()
+        seen: dict[Endpoint, Cluster] = {}
         for cluster in snap.clusters.values():
             if cluster.used or cluster.name == LOCAL:
                 for ep in cluster.endpoints:
                     if ep not in seen:
-                        seen.add(ep)
+                        seen[ep] = cluster
                         yield ep, cluster.health_check
+        self._checked = seen
+
+    def health_tls(self, ep: Endpoint) -> tuple[ssl.SSLContext, str] | None:
+        """How an HTTP health check reaches `ep`: over mTLS exactly when requests to it do."""
+        cluster = self._checked.get(ep)
+        return self.upstream_tls(cluster, ep) if cluster is not None else None
 
     def status(self) -> dict:
         snap = self.snapshot
@@ -271,7 +301,8 @@ class MeshState:
             "mesh": snap.config.mesh.id,
             "zone": snap.zone,
             "listeners": [{"name": b.listener.name, "address": f"{b.listener.address}:{b.listener.port}",
-                           "direction": b.direction, "tls": b.listener.tls is not None}
+                           "direction": b.direction, "tls": b.listener.tls is not None,
+                           "mtls": b.listener.tls.mtls if b.listener.tls else None}
                           for b in snap.listeners],
             "registry": {"instances": instances},
             "upstream": {"connections_opened": self.pool.opened, "idle": self.pool.idle_count()},

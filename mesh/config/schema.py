@@ -247,8 +247,10 @@ class Service(Model):
     retry_budget: RetryBudget = RetryBudget()
     fault: Fault | None = Field(None, description="faults injected on every attempt to this service")
     mtls: Literal["STRICT", "PERMISSIVE", "DISABLE"] = Field(
-        "DISABLE", description="the service's inbound mTLS mode (Istio's names); with STRICT or "
-                               "PERMISSIVE proxies call it over mTLS and check its SPIFFE ID (default DISABLE)")
+        "DISABLE", description="the service's mTLS mode (Istio's names): its sidecars' inbound listener "
+                               "presents the service's workload certificate and requires (STRICT) or accepts "
+                               "(PERMISSIVE) mesh client certificates; every proxy calls it over mTLS and "
+                               "checks its SPIFFE ID. DISABLE: plaintext (default DISABLE)")
     health_check: HealthCheck = Field(HealthCheck(), description="active health checks (default on, 1s)")
     policies: list[Name] = Field(
         default_factory=list,
@@ -811,7 +813,8 @@ class SidecarSettings(Model):
 
     inbound: Annotated[Listener, _named("inbound")] = Field(
         Listener(name="inbound", port=15006),
-        description="the inbound listener: the only way in to the local app (default port 15006)",
+        description="the inbound listener: the only way in to the local app (default port 15006); "
+                    "its TLS follows services.NAME.mtls, never a tls block here",
     )
     outbound: Annotated[Listener, _named("outbound")] = Field(
         Listener(name="outbound", port=15001),
@@ -828,6 +831,10 @@ class SidecarSettings(Model):
 
     @model_validator(mode="after")
     def _plain_outbound(self) -> SidecarSettings:
+        if self.inbound.tls is not None:
+            raise ValueError("inbound.tls: a sidecar's inbound TLS follows its service's mtls mode "
+                             "(services.NAME.mtls: STRICT | PERMISSIVE presents the service's workload "
+                             "certificate and verifies callers'); remove this block (got a tls block)")
         if self.outbound.tls is not None:
             raise ValueError("outbound.tls: the outbound listener speaks plain HTTP to its local app "
                              "(got a tls block)")

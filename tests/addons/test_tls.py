@@ -49,9 +49,29 @@ async def test_forward_uses_mtls_and_checks_the_upstream_identity(gateway, tmp_p
             body = json.loads(flow.response.content)
             assert body["error"] == "upstream_connect_failure"
             assert body["reason"].endswith(f"refused: peer identity is {sid('users')}, expected {sid('payments')}")
-            # discovery may announce another identity for one endpoint; that one is then required
+            # an endpoint announcing another workload's identity is refused before any handshake
+            # (secure naming): discovery cannot make users stand in for payments
             gw.state.snapshot.clusters["payments/v1"].endpoints[0].identity = sid("users")
-            assert (await gw.send("/charge")).response.status_code == 200
+            body = json.loads((await gw.send("/charge")).response.content)
+            assert body["error"] == "upstream_connect_failure"
+            assert body["reason"].endswith(f"endpoint announced identity {sid('users')}, but service "
+                                           f"payments runs as {sid('payments')}")
+
+
+async def test_an_endpoint_announced_as_https_is_called_over_mtls(gateway, tmp_path):
+    """The service's config says nothing of mTLS (DISABLE), but discovery announced the endpoint as
+    https, with the service's identity: the proxy calls it over mTLS all the same."""
+    certs = tmp_path / "certs"
+    pki.init_mesh(certs, TD)
+    for name in ("gateway", "payments"):
+        pki.issue_workload(certs, name, sid(name))
+    async with MeshServer(certs, "payments") as server:
+        async with gateway(config(server.port).replace("    mtls: STRICT\n", "")) as gw:
+            ep = gw.state.snapshot.clusters["payments/v1"].endpoints[0]
+            ep.protocol, ep.identity = "https", sid("payments")
+            flow = await gw.send("/charge")
+            assert (flow.response.status_code, flow.response.content) == (200, sid("gateway").encode())
+            assert server.peers[-1][0] == sid("gateway")
 
 
 async def test_missing_workload_certificate_is_a_config_error(gateway, tmp_path):

@@ -108,7 +108,8 @@ def test_up_prints_urls_and_stops_everything_on_sigterm(tmp_path):
         tls_port = config["gateway"]["listeners"][1]["port"]
         assert f"gateway: http://127.0.0.1:{port}\n" in out
         assert f"gateway-tls: https://127.0.0.1:{tls_port}\n" in out
-        assert get(f"http://127.0.0.1:{port}/users/alice")[1]["service"] == "users"
+        first = get(f"http://127.0.0.1:{port}/users/alice")
+        assert first[1].get("service") == "users", (first, out)
         pids = _pids(out)
         assert len(pids) == 9 and all(_alive(p) for p in pids.values())  # 4 apps, 4 sidecars, gateway
 

@@ -181,3 +181,14 @@ def test_cors_preflight_and_mtls_listener(demo):
             assert body["status"] == "charged"
     assert "renewed workload certificate gateway (missing)" in demo["log"].read_text()
     assert get(demo["url"] + "/internal/payments/charge", data=b'{"amount": 3}')[0] == 403
+
+
+def test_demo_sidecars_only_orders_may_call_payments(demo):
+    """mesh.yaml's services are STRICT mTLS and payments' sidecar admits orders (and the gateway):
+    an order charges through payments; users' app calling payments through its sidecar gets 403."""
+    status, body, _ = get(demo["url"] + "/orders", data=b'{"item_id": 3, "quantity": 1}')
+    assert status == 200 and body["order"]["payment"], body
+    status, body, _ = get(demo["url"] + "/users/alice/charge", data=b"{}")
+    assert (status, body["upstream"]["error"]) == (403, "access_denied"), body
+    assert body["upstream"]["reason"] == ("no allow rule of service payments matches peer "
+                                          "spiffe://mitmesh.local/ns/demo/sa/users")

@@ -174,6 +174,10 @@ def test_cluster_resilience_errors(block, expected):
          "mesh.yaml:2: discovery.mdns.interfaces[0]: expected an IP address such as 127.0.0.1 (got 'eth0')"),
         ("sidecar:\n  outbound: {port: 15001, tls: {cert: a.pem, key: a.key}}\n",
          "mesh.yaml:1: sidecar: outbound.tls: the outbound listener speaks plain HTTP to its local app (got a tls block)"),
+        ("sidecar:\n  inbound: {port: 15006, tls: {cert: a.pem, key: a.key}}\n",
+         "mesh.yaml:1: sidecar: inbound.tls: a sidecar's inbound TLS follows its service's mtls mode "
+         "(services.NAME.mtls: STRICT | PERMISSIVE presents the service's workload certificate and verifies "
+         "callers'); remove this block (got a tls block)"),
         ("sidecar:\n  inbound: {port: 0}\n", "mesh.yaml:2: sidecar.inbound.port: expected a value >= 1 (got 0)"),
         ("sidecar:\n  drain: later\n", "mesh.yaml:2: sidecar.drain: expected a duration like 250ms, 2s or 1m (got 'later')"),
         ("mesh:\n  id: My Mesh\n", "mesh.yaml:2: mesh.id: expected a name of lowercase letters, digits, '.', '-' or '_' (got 'My Mesh')"),
