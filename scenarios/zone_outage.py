@@ -75,7 +75,9 @@ def run(r: Run) -> Report:
                 counts[zone.get(s.instance, "?")] = counts.get(zone.get(s.instance, "?"), 0) + 1
         return counts
 
-    before, late = report.during(load.started, down), report.during(down + settle)
+    # before: answered before the kill (a request in flight at the kill is retried, on zone b)
+    before = [s for s in report.during(load.started, down) if s.end < down]
+    late = report.during(down + settle)
     ok, n = success(samples)
     late_ok, late_n = success(late)
     before_zones, late_zones = zones(before), zones(late)
