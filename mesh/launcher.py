@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import sys
@@ -138,26 +139,35 @@ def _healthy(host: str, port: int) -> bool:
         return False
 
 
-def _wait_discovered(admins: list[tuple[str, int]], count: int, stopping: threading.Event,
+def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: threading.Event,
                      timeout: float = 10.0) -> None:
     """Wait until the gateway's and every sidecar's registry hold every instance `up` started
-    (a newcomer's questions are answered at once, or at most a second later)."""
+    (a newcomer's questions are answered at once, or at most a second later). Each entry is
+    (address, port, processes): the gateway's admin port is answered by whichever of its workers
+    accepts, and each worker browses on its own, so every one of them must have been seen ready."""
     deadline = time.monotonic() + timeout
+    ready: dict[tuple[str, int], set[int]] = {(a, p): set() for a, p, _ in admins}
     pending = list(admins)
     while pending and time.monotonic() < deadline and not stopping.is_set():
-        pending = [a for a in pending if _discovered(*a) < count]
+        for address, port, _ in pending:
+            pid, found = _discovered(address, port)
+            if found >= count:
+                ready[(address, port)].add(pid)
+        pending = [a for a in pending if len(ready[a[:2]]) < a[2]]
         if pending:
-            time.sleep(0.1)
+            time.sleep(0.05)
     if pending:
         print(f"mitmesh up: {len(pending)} proxies have not discovered all {count} instances yet", flush=True)
 
 
-def _discovered(address: str, port: int) -> int:
+def _discovered(address: str, port: int) -> tuple[int, int]:
+    """(pid of the process that answered, instances it found over mDNS)."""
     try:
         with urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
-            return sum(1 for i in json.load(r)["registry"]["instances"] if i["source"] == "mdns")
+            status = json.load(r)
+            return status.get("pid", 0), sum(1 for i in status["registry"]["instances"] if i["source"] == "mdns")
     except (OSError, ValueError, KeyError):
-        return 0
+        return 0, 0
 
 
 def _echo(child: procs.Child, prefix: str) -> None:
@@ -247,8 +257,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         else:
             procs.wait_log(gw, "gateway ready")
         if sidecars and config.discovery.mdns is not None:
-            _wait_discovered([(admin.address, admin.port)]
-                             + [(i.sidecar.address, i.sidecar.admin) for i, _ in sidecars],
+            found = re.search(r"gateway ready: (\d+) worker", gw.log.read_text(errors="replace")) if not web else None
+            _wait_discovered([(admin.address, admin.port, int(found.group(1)) if found else 1)]
+                             + [(i.sidecar.address, i.sidecar.admin, 1) for i, _ in sidecars],
                              len(sidecars), stopping)
         for l in listeners:
             scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
