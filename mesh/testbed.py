@@ -178,6 +178,14 @@ class Mesh:
             s.announced = announced_at(s.sidecar)
         return started
 
+    def start_rotator(self, name: str = "rotator") -> procs.Child:
+        """`mitmesh certs rotate --watch` on this mesh's config, as the launcher runs it: issues every
+        workload certificate, then renews each when due."""
+        child = procs.spawn(name, procs.python("-m", "mesh.cli", "certs", "rotate", "--watch", "--config",
+                                               str(self.path)), log_dir=self.tmp / "logs", cwd=str(self.tmp))
+        self.children[name] = child
+        return child
+
     def stop_instance(self, s: Sidecared) -> None:
         """Graceful: the sidecar says goodbye, drains, exits; then the app stops."""
         s.sidecar.proc.send_signal(signal.SIGTERM)

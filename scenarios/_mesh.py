@@ -49,9 +49,30 @@ def describe(m: Mesh, instances: list[Sidecared]) -> str:
             f"mDNS on {m.net}.0/24, mesh id {m.config['mesh']['id']}")
 
 
+# three catalog instances, catalog-1 to catalog-3: what most scenarios run
+CATALOGS = tuple({"service": "catalog", "name": f"catalog-{i}"} for i in (1, 2, 3))
+
+
+def start(m: Mesh, *specs: dict) -> list[Sidecared]:
+    """Start the gateway and the instances at once; return when the gateway has found them all."""
+    m.start_gateway(wait=False)
+    instances = m.start_instances(*specs)
+    m.wait_gateway()
+    m.wait_instances(len(instances))
+    return instances
+
+
 def proxies(m: Mesh, instances: list[Sidecared]) -> Proxies:
     p = Proxies()
     p.add("gateway", m.admin)
     for s in instances:
         p.add(s.name, s.admin)
     return p
+
+
+def watch(m: Mesh, instances: list[Sidecared]) -> Proxies:
+    """The /metrics of the gateway and every instance's sidecar, counted from now, polled in the
+    background."""
+    p = proxies(m, instances)
+    p.baseline()
+    return p.start()

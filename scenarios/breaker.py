@@ -34,13 +34,8 @@ def run(r: Run) -> Report:
     services = {"catalog": {"circuit_breaker": {"fail_max": FAIL_MAX, "reset_timeout": f"{RESET:g}s"}}}
     with _mesh.sidecar_mesh(r, services=services) as m:
         r.say("starting the gateway and three catalog instances with their sidecars")
-        m.start_gateway(wait=False)
-        instances = m.start_instances(*({"service": "catalog", "name": f"catalog-{i}"} for i in (1, 2, 3)))
-        m.wait_gateway()
-        m.wait_instances(3)
-        watched = _mesh.proxies(m, instances)
-        watched.baseline()
-        watched.start()
+        instances = _mesh.start(m, *_mesh.CATALOGS)
+        watched = _mesh.watch(m, instances)
         r.say(f"load: {rate} req/s for {seconds:g} s; every instance answers 503 from {outage_at:g} s "
               f"for {outage:g} s")
         load = Load(m.url + "/catalog/items/1", threads=THREADS, rate=rate).start()

@@ -103,10 +103,9 @@ class Prober:
         self._thread.start()
         return self
 
-    def stop(self) -> list[Probe]:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        return self.probes
 
     def during(self, start: float, end: float = float("inf")) -> list[Probe]:
         return [p for p in self.probes if start <= p.at < end]
@@ -147,13 +146,6 @@ class Watcher:
         self._thread.join(5)
 
 
-def rotator(m, name: str) -> procs.Child:
-    child = procs.spawn(name, procs.python("-m", "mesh.cli", "certs", "rotate", "--watch", "--config", str(m.path)),
-                        log_dir=m.tmp / "logs", cwd=str(m.tmp))
-    m.children[name] = child
-    return child
-
-
 def renewals(child: procs.Child) -> int:
     return child.log.read_text(errors="replace").count("renewed workload certificate ")
 
@@ -168,16 +160,11 @@ def run(r: Run) -> Report:
         config = load_config(m.path)
         certs = m.tmp / config.mesh.identity.dir
         r.say(f"issuing workload certificates ({lifetime:g} s lifetime, renewed at half life) and keeping them renewed")
-        first = rotator(m, "rotator")
+        first = m.start_rotator()
         procs.wait_log(first, "renewed workload certificate gateway")
         r.say("starting the gateway and three catalog instances (STRICT mTLS) with their sidecars")
-        m.start_gateway(wait=False)
-        instances = m.start_instances(*({"service": "catalog", "name": f"catalog-{i}"} for i in (1, 2, 3)))
-        m.wait_gateway()
-        m.wait_instances(3)
-        watched = _mesh.proxies(m, instances)
-        watched.baseline()
-        watched.start()
+        instances = _mesh.start(m, *_mesh.CATALOGS)
+        watched = _mesh.watch(m, instances)
         gateway_cert, gateway_key = pki.workload_paths(certs, "gateway")
         catalog_id = pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, "catalog")
         prober = Prober(instances[0].inbound, gateway_cert, gateway_key, pki.mesh_ca_paths(certs)[0],
@@ -198,14 +185,14 @@ def run(r: Run) -> Report:
                   f"{expiry - stopped:.1f} s")
             expired = expiry + 1.0  # notAfter has whole seconds
             time.sleep(max(expired - time.time(), 0) + r.pick(3.0, 1.5))
-            second = rotator(m, "rotator-2")
+            second = m.start_rotator("rotator-2")
             procs.wait_log(second, "renewed workload certificate")
             resumed = time.time()
             r.say("renewal resumed")
             time.sleep(after)
         finally:
             samples = load.stop()
-            probes = prober.stop()
+            prober.stop()
             watcher.stop()
             watched.stop()
 

@@ -27,13 +27,9 @@ def run(r: Run) -> Report:
     seconds, kill_at, settle = r.pick(25.0, 5.0), r.pick(5.0, 1.5), r.pick(10.0, 2.0)
     rate = 50
     with _mesh.sidecar_mesh(r) as m:
-        r.say("starting three catalog instances with their sidecars, then the gateway")
-        instances = m.start_instances(*({"service": "catalog", "name": f"catalog-{i}"} for i in (1, 2, 3)))
-        m.start_gateway()
-        m.wait_instances(3)
-        watched = _mesh.proxies(m, instances)
-        watched.baseline()
-        watched.start()
+        r.say("starting the gateway and three catalog instances with their sidecars")
+        instances = _mesh.start(m, *_mesh.CATALOGS)
+        watched = _mesh.watch(m, instances)
         victim = instances[1]
         r.say(f"load: {rate} req/s for {seconds:g} s; SIGKILL of {victim.name} at {kill_at:g} s")
         load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()

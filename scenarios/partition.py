@@ -28,8 +28,6 @@ from mesh import netns, procs
 from mesh.scenario import Proxies, Report, Run, Skip, main, rate_text, success
 from mesh.testbed import Load, wait_until
 
-from . import _mesh
-
 TITLE = "a network partition cuts the gateway's host off from one of three catalog hosts, then heals"
 INBOUND, OUTBOUND, ADMIN, APP, GATEWAY, GATEWAY_ADMIN = 15006, 15001, 15000, 8000, 8080, 9901
 PER_TRY = 0.3

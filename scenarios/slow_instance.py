@@ -31,13 +31,8 @@ def run(r: Run) -> Report:
     rate = 50
     with _mesh.sidecar_mesh(r, policies={"snappy": SNAPPY}, catalog_policies=["snappy"]) as m:
         r.say("starting the gateway and three catalog instances with their sidecars")
-        m.start_gateway(wait=False)
-        instances = m.start_instances(*({"service": "catalog", "name": f"catalog-{i}"} for i in (1, 2, 3)))
-        m.wait_gateway()
-        m.wait_instances(3)
-        watched = _mesh.proxies(m, instances)
-        watched.baseline()
-        watched.start()
+        instances = _mesh.start(m, *_mesh.CATALOGS)
+        watched = _mesh.watch(m, instances)
         slow = instances[0]
         r.say(f"load: {rate} req/s for {seconds:g} s; {slow.name} answers in {SLOW:g} s from {slow_at:g} s on")
         load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()

@@ -31,15 +31,10 @@ def run(r: Run) -> Report:
     services = {"catalog": {"lb": {"policy": "round_robin", "zone_aware": True}}}
     with _mesh.sidecar_mesh(r, services=services) as m:
         r.say("starting the gateway (zone a) and four catalog instances: two in zone a, two in zone b")
-        m.start_gateway(wait=False)
-        instances = m.start_instances(*({"service": "catalog", "name": f"catalog-{z}{i}", "zone": z}
-                                        for z in "ab" for i in (1, 2)))
-        m.wait_gateway()
-        m.wait_instances(4)
+        instances = _mesh.start(m, *({"service": "catalog", "name": f"catalog-{z}{i}", "zone": z}
+                                     for z in "ab" for i in (1, 2)))
         zone = {s.name: s.inst.sidecar.zone for s in instances}
-        watched = _mesh.proxies(m, instances)
-        watched.baseline()
-        watched.start()
+        watched = _mesh.watch(m, instances)
         lost = [s for s in instances if zone[s.name] == "a"]
         r.say(f"load: {rate} req/s for {seconds:g} s; SIGKILL of zone a ({', '.join(s.name for s in lost)}) "
               f"at {outage_at:g} s")

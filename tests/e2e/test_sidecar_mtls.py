@@ -67,10 +67,7 @@ def meshed(tmp_path_factory):
     m.write()
     try:
         # the launcher's way: issue every workload certificate, then keep renewing them
-        rotator = procs.spawn("rotator", procs.python("-m", "mesh.cli", "certs", "rotate", "--watch",
-                                                      "--config", str(m.path)),
-                              log_dir=tmp / "logs", cwd=str(tmp))
-        m.children["rotator"] = rotator
+        rotator = m.start_rotator()
         procs.wait_log(rotator, "renewed workload certificate gateway")
         m.instances = {s.inst.service: s for s in m.start_instances(
             {"service": "payments"}, {"service": "orders"}, {"service": "users"}, {"service": "catalog"})}
