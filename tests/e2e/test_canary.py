@@ -13,8 +13,8 @@ import pytest
 
 from mesh.config import load as load_config
 
-from .conftest import Mesh, get
-from .traffic import config, load, service, start_gateways
+from .conftest import get
+from .traffic import config, load, running, service
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,7 @@ def mesh(tmp_path_factory):
                       "sticky": {"cookie": "uid"}}},
          {"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
           "forward": {"service": "catalog", "weights": {"v1": 90, "v2": 10}, "rewrite": {"prefix": "/"}}}])
-    m = Mesh(tmp, cfg)
-    m.write()
-    try:
-        m.start_services()
-        start_gateways(m)
-        yield m
-    finally:
-        m.stop()
+    yield from running(tmp, cfg)
 
 
 def test_weighted_split_90_10(mesh):

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from .conftest import Mesh, wait_until
-from .traffic import config, service, start_gateways
+from .conftest import wait_until
+from .traffic import config, running, service
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,7 @@ def mesh(tmp_path_factory):
          {"name": "mirrored", "match": {"path": {"prefix": "/mirrored/"}}, **route, "policies": ["shadow"]}],
         {"shadow": {"mirror": {"service": "catalog", "version": "v2", "percent": 100,
                                "ignore": ["instance", "version"]}}})
-    m = Mesh(tmp, cfg)
-    m.write()
-    try:
-        m.start_services()
-        start_gateways(m)
-        yield m
-    finally:
-        m.stop()
+    yield from running(tmp, cfg)
 
 
 def test_differences_are_counted_logged_and_listed(mesh):

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from .conftest import Mesh
-from .traffic import config, service, start_gateways
+from .traffic import config, running, service
 
 
 def route(name: str, request: dict | None = None, response: dict | None = None, match: dict | None = None) -> tuple:
@@ -47,14 +47,7 @@ def mesh(tmp_path_factory):
     policies = {}
     for _, p in ROUTES:
         policies.update(p)
-    m = Mesh(tmp, config({"echo": service("echo", "v1")}, [r for r, _ in ROUTES], policies))
-    m.write()
-    try:
-        m.start_services()
-        start_gateways(m)
-        yield m
-    finally:
-        m.stop()
+    yield from running(tmp, config({"echo": service("echo", "v1")}, [r for r, _ in ROUTES], policies))
 
 
 def send(mesh: Mesh, path: str, body: dict | None = None, headers: dict | None = None):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Mesh, get
-from .traffic import config, service, start_gateways
+from .conftest import get
+from .traffic import config, running, service
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,7 @@ def mesh(tmp_path_factory):
             "default": "v1",
             "versions": {"v1": {"deprecated": "2025-01-01", "sunset": "2027-06-30", "successor": "v2"},
                          "v2": {}}}}})
-    m = Mesh(tmp, cfg)
-    m.write()
-    try:
-        m.start_services()
-        start_gateways(m)
-        yield m
-    finally:
-        m.stop()
+    yield from running(tmp, cfg)
 
 
 @pytest.mark.parametrize("path, headers, version", [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Iterator
 
 import aiohttp
 
@@ -61,6 +62,19 @@ async def load(url: str, count: int | None = None, seconds: float | None = None,
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     return results
+
+
+def running(tmp: Path, cfg: dict) -> Iterator[Mesh]:
+    """A fixture's body (`yield from running(tmp, cfg)`): the config's services and its gateway,
+    started; everything stopped afterwards, also when a test fails."""
+    m = Mesh(tmp, cfg)
+    m.write()
+    try:
+        m.start_services()
+        start_gateways(m)
+        yield m
+    finally:
+        m.stop()
 
 
 def start_gateways(*meshes: Mesh, workers: int = 1) -> None:
