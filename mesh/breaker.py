@@ -79,9 +79,7 @@ class Breakers:
         """Start reading others' openings (once, from the event loop that uses the breakers)."""
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(f"circuit breakers of {self.cluster}: shared openings read from first use")
+        except RuntimeError:  # made outside the loop: available() starts it at first use
             return
         self._poller = loop.create_task(_poll(weakref.ref(self), self.shared, self.cluster,
                                               self.policy.shared_poll))
