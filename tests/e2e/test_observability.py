@@ -12,9 +12,9 @@ import time
 import pytest
 
 from mesh import pki
+from mesh.otlp import Receiver
 
 from .conftest import Mesh, demo_config, get, wait_until
-from .otlp import Receiver
 from .prom import Prometheus
 
 MITMESH = [sys.executable, "-m", "mesh.cli"]

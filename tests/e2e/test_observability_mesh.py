@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from mesh.otlp import Receiver
+
 from .conftest import Mesh, get, sidecar_config, wait_until
-from .otlp import Receiver
 from .prom import Prometheus
 
 SERVER, CLIENT = 2, 3

@@ -1,4 +1,5 @@
-"""A small OTLP/HTTP trace receiver for tests, built on opentelemetry-proto: spans really exported."""
+"""A small OTLP/HTTP trace receiver on loopback, built on opentelemetry-proto: what `mitmesh traces`
+runs, and what tests read exported spans from."""
 
 from __future__ import annotations
 
