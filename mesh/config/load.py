@@ -55,6 +55,16 @@ def load_text(text: str, file: str) -> MeshConfig:
     return config
 
 
+def load_block(text: str, model: type[BaseModel], name: str) -> Any:
+    """One block of mesh.yaml given on its own, e.g. as the mitmdump option `mesh_rate_limit`:
+    the same checks and messages, with `name` where a file would be named."""
+    src = parse(text, name)
+    try:
+        return model.model_validate(src.data)
+    except ValidationError as e:
+        raise ConfigError(_dedupe([_translate(src, err, model) for err in e.errors()])) from None
+
+
 def _dedupe(problems: list[Problem]) -> list[Problem]:
     seen, out = set(), []
     for p in problems:
@@ -68,7 +78,7 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 # pydantic errors → one error shape
 
 
-def _translate(src: Source, err: dict[str, Any]) -> Problem:
+def _translate(src: Source, err: dict[str, Any], root: type[BaseModel] = MeshConfig) -> Problem:
     loc: list[str | int] = list(err["loc"])
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     is_key = bool(loc) and loc[-1] == "[key]"
@@ -76,7 +86,7 @@ def _translate(src: Source, err: dict[str, Any]) -> Problem:
         loc = loc[:-1]
     path: Path = tuple(loc)
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(path[:-1])
+        allowed = _allowed_keys(path[:-1], root)
         expected = f"; expected one of {', '.join(allowed)}" if allowed else ""
         return src.problem(path, f"unknown key{expected} (got {show(path[-1])})")
     if kind == "missing":
@@ -118,8 +128,8 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _allowed_keys(path: Path) -> list[str]:
-    tp: Any = MeshConfig
+def _allowed_keys(path: Path, root: type[BaseModel] = MeshConfig) -> list[str]:
+    tp: Any = root
     for part in path:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):

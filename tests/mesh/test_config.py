@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.config import ConfigError, load, load_text
+from mesh.config import ConfigError, load, load_block, load_text, schema
 from tests.conftest import BASE, dedent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +110,29 @@ def test_missing_file_is_reported():
     with pytest.raises(ConfigError) as e:
         load("/nonexistent/mesh.yaml")
     assert "/nonexistent/mesh.yaml:1: cannot read file" in str(e.value)
+
+
+@pytest.mark.parametrize("model, text, expected", [
+    (schema.RateLimit, "{minute: 0}", "mesh_x:1: minute: expected a value >= 1 (got 0)"),
+    (schema.RateLimit, "{minuet: 3}", "mesh_x:1: minuet: unknown key; expected one of second, minute, hour, "
+                                      "day, key, header, claim, strategy, storage, fail_open, storage_timeout "
+                                      "(got 'minuet')"),
+    (schema.RateLimit, "{minute: 3, key: header}", "mesh_x:1: key: header needs header: NAME"),
+    (schema.Cors, "[a]", "mesh_x:1: expected a mapping (got ['a'])"),
+    (schema.SizeLimit, "{max_body: 1", "mesh_x:1: invalid YAML: expected ',' or '}', but got '<stream end>'"),
+    (schema.Fault, "{abort: {status: 99}}", "mesh_x:1: abort.status: expected a value >= 200 (got 99)"),
+    (schema.Transform, "{request: {path: {strip_prefix: api}}}",
+     "mesh_x:1: request.path: strip_prefix: expected a path starting with '/' (got 'api')"),
+])
+def test_one_block_alone_has_the_same_checks_and_messages(model, text, expected):
+    """A block given on its own (a mitmdump option) is named where a file would be."""
+    with pytest.raises(ConfigError) as e:
+        load_block(text, model, "mesh_x")
+    assert [str(p) for p in e.value.problems] == [expected]
+
+
+def test_one_block_alone_is_the_model():
+    assert load_block("{minute: 60, key: ip}", schema.RateLimit, "mesh_x") == schema.RateLimit(minute=60, key="ip")
 
 
 def test_models_are_frozen():
