@@ -2,6 +2,8 @@
 
 Lines are buffered and written by a background task (whole lines per write, so workers sharing a
 file or stdout never interleave inside a line); secrets are redacted.
+
+Alone: `mitmdump -s addons/accesslog.py --set mesh_access_log='{path: access.log}'` (default stdout).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import time
 
 from mitmproxy import http
 
+from addons import alone, keys
 from mesh import redact
+from mesh.config import schema
 from mesh.state import MeshState, Snapshot
-
-from . import keys
 
 log = logging.getLogger("mitmesh.accesslog")
 
@@ -103,7 +105,7 @@ class AccessLog:
             "path": redact.url(req.path),
             "route": st.route.name if st.route else None,
             "cluster": st.cluster,
-            "upstream": str(st.endpoint) if st.endpoint else None,
+            "upstream": str(st.endpoint) if st.endpoint else _peer(flow),
             "attempts": st.attempts,
             "status": resp.status_code if resp else None,
             "duration_ms": round((time.monotonic() - st.started) * 1000, 2),
@@ -115,3 +117,16 @@ class AccessLog:
         self._lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
         if len(self._lines) >= 256:
             self._flush()
+
+
+def _peer(flow: http.HTTPFlow) -> str | None:
+    """Where plain mitmproxy (loaded alone, no Forward) sent the request, if it did."""
+    peer = flow.server_conn.peername
+    return f"{peer[0]}:{peer[1]}" if peer else None
+
+
+addons = alone.script(AccessLog(alone.state()), blocks=[alone.Block(
+    "mesh_access_log", "observability", "access_log", schema.AccessLog,
+    "Where the access log goes: an observability.access_log block of mesh.yaml in YAML flow style, "
+    "e.g. '{path: logs/access.log}' (relative to the working directory). Empty: one JSON line per "
+    "request on stdout.")])

@@ -4,6 +4,9 @@ Missing or bad credentials get a JSON 401 with WWW-Authenticate; a caller withou
 required scopes or claims gets a 403. On success the caller's name and claims go to FlowState
 (for Authz, rate limits, logs), configured claims go upstream in headers, and the credential itself
 is removed from the upstream request unless the policy keeps it. Any unexpected error fails closed.
+
+Alone: `mitmdump -s addons/authn.py --set mesh_jwt='{issuer: https://id.example, jwks_uri: https://id.example/jwks}'`
+(or mesh_api_key, mesh_oauth2, mesh_require).
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ import os
 
 from mitmproxy import http
 
+from addons import alone, keys, replies
 from mesh import authn
 from mesh.compiled import PerSnapshot
+from mesh.config import schema
 from mesh.httpclient import Http
 from mesh.jwks import JwksCache
 from mesh.state import MeshState, Snapshot
-
-from . import keys, replies
 
 log = logging.getLogger("mitmesh.authn")
 
@@ -162,3 +165,21 @@ def _query(req: http.Request):
         return req.query.get(name)
     return get
 
+
+addons = alone.script(Authn(alone.state()), blocks=[
+    alone.Block("mesh_jwt", "policies", "jwt", schema.Jwt,
+                "Require a JWT on every request: a jwt policy of mesh.yaml in YAML flow style, e.g. "
+                "'{issuer: https://id.example, jwks_uri: https://id.example/jwks.json, audiences: [api]}'. "
+                "Empty: off."),
+    alone.Block("mesh_api_key", "policies", "api_key", schema.ApiKey,
+                "Require an API key on every request: an api_key policy of mesh.yaml in YAML flow style, "
+                "e.g. '{consumers: {acme: {key_sha256: <64 hex digits>}}}' (`mitmesh apikey new acme` "
+                "makes one). Empty: off."),
+    alone.Block("mesh_oauth2", "policies", "oauth2", schema.OAuth2,
+                "Require an opaque OAuth2 token, checked by introspection: an oauth2 policy of mesh.yaml, "
+                "e.g. '{introspection_url: https://id.example/introspect, client_id: gw, "
+                "client_secret_env: GW_SECRET}'. Empty: off."),
+    alone.Block("mesh_require", "policies", "require", schema.Require,
+                "Scopes or claims the caller must hold (403), with mesh_jwt or mesh_oauth2: a require "
+                "policy of mesh.yaml, e.g. '{scopes: [orders:read]}'. Empty: off."),
+])

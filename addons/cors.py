@@ -1,15 +1,18 @@
 """Cors: answers a route's CORS preflights (before authentication: browsers send them without
-credentials) and adds CORS headers to its responses, including the proxy's own 401/403/429."""
+credentials) and adds CORS headers to its responses, including the proxy's own 401/403/429.
+
+Alone: `mitmdump -s addons/cors.py --set mesh_cors='{allow_origins: [https://app.example]}'`.
+"""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
+from addons import alone, keys, replies
 from mesh.compiled import PerSnapshot
+from mesh.config import schema
 from mesh.cors import CorsPolicy, compile_cors
 from mesh.state import Snapshot
-
-from . import keys, replies
 
 
 def compile_policies(snap: Snapshot) -> dict[int, CorsPolicy]:
@@ -54,3 +57,9 @@ class Cors:
         if policy is not None:
             for name, value in policy.response(origin).items():
                 flow.response.headers[name] = value
+
+
+addons = alone.script(Cors(), blocks=[alone.Block(
+    "mesh_cors", "policies", "cors", schema.Cors,
+    "Answer CORS preflights and add CORS headers: a cors policy of mesh.yaml in YAML flow style, e.g. "
+    "'{allow_origins: [https://app.example], allow_credentials: true}'. Empty: off.")])

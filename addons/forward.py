@@ -17,13 +17,13 @@ from mitmproxy import http
 
 from mesh import health, metrics, upstream
 from mesh.cluster import HashKey
-from mesh.faults import HEADER, NONE, Fault, parse_header
+from mesh.faults import ABORT_BODY, NONE, Fault, describe
 from mesh.mtls import NoMtls
 from mesh.retry import retry_after
 from mesh.routing import ForwardAction
 from mesh.state import MeshState
 
-from . import keys, replies, tracing
+from . import faults, keys, replies, tracing
 
 _STATUS = {"connect_failure": 503, "reset": 502, "protocol_error": 502, "timeout": 504,
            "per_try_timeout": 504}
@@ -79,16 +79,9 @@ class Forward:
         key = hash_key(flow, cluster.hash_on) if cluster.hash_on else None
         res = st.route.resilience
         req = flow.request
-        header_fault = NONE
-        raw_fault = req.headers.get(HEADER)
-        if raw_fault is not None:
-            del req.headers[HEADER]  # never sent upstream
-            if res.header_faults:
-                try:
-                    header_fault = parse_header(raw_fault)
-                except ValueError as e:
-                    replies.reply(flow, 400, "bad_fault_header", f"{HEADER}: {e}")
-                    return
+        header_fault = faults.from_header(flow, res)
+        if header_fault is None:
+            return  # a malformed fault header, answered 400
         path = upstream_path(st, action)
         query = req.path.partition("?")[2]
         target = (path + "?" + query if query else path).encode()
@@ -234,7 +227,7 @@ class Forward:
 
     async def _send(self, st, method: bytes, endpoint, target, headers, body, timeout, fault: Fault, cluster):
         if fault:
-            st.decide("fault", _describe(fault))
+            st.decide("fault", describe(fault))
         if fault.delay:
             if fault.delay >= timeout:
                 await asyncio.sleep(timeout)
@@ -243,7 +236,7 @@ class Forward:
             timeout -= fault.delay
         if fault.abort is not None:
             return upstream.Response(fault.abort, b"Injected Fault", [(b"content-type", b"text/plain"),
-                                     (b"content-length", b"14")], b"injected fault")
+                                     (b"content-length", str(len(ABORT_BODY)).encode())], ABORT_BODY)
         try:  # mTLS to a service's sidecar (its config's mode, or announced https); read per attempt
             tls = self.state.upstream_tls(cluster, endpoint)  # so a renewed certificate is used at once
         except NoMtls as e:
@@ -282,19 +275,6 @@ def _header(resp: upstream.Response, name: bytes) -> str | None:
         if n.lower() == name:
             return v.decode("latin-1")
     return None
-
-
-def _describe(fault: Fault) -> str:
-    parts = []
-    if fault.delay:
-        parts.append(f"delay {fault.delay * 1000:.0f} ms")
-    if fault.abort is not None:
-        parts.append(f"abort {fault.abort}")
-    if fault.drip:
-        parts.append(f"drip {fault.drip:g} B/s")
-    if fault.reset_after is not None:
-        parts.append(f"reset after {fault.reset_after} bytes")
-    return "injected " + ", ".join(parts)
 
 
 class _nothing:

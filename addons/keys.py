@@ -47,7 +47,7 @@ class FlowState:
                  "direction", "span", "trace_id", "peer", "error",
                  # traffic policies (versioning, rate limits, canary, transform, mirror)
                  "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
-                 "mirror")
+                 "mirror", "fault")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None):
         self.snapshot = snapshot
@@ -79,6 +79,7 @@ class FlowState:
         self.set_cookie: str | None = None  # a sticky-split cookie to hand to the client
         self.transform_values: dict | None = None  # what transform templates read, as the request came
         self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
+        self.fault = None  # written by Faults (plain mitmproxy only): what it injected into this flow
 
     def decide(self, who: str, what: str) -> None:
         """Record one decision, e.g. decide("router", "route catalog matched prefix /catalog/")."""

@@ -1,4 +1,7 @@
-"""Metrics: one observation per answered request, from what the chain recorded in FlowState."""
+"""Metrics: one observation per answered request, from what the chain recorded in FlowState.
+
+Alone: `mitmdump -s addons/metrics.py --set mesh_admin='{port: 9464}'` serves /metrics there.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import time
 
 from mitmproxy import http
 
+from addons import alone, keys
+from addons.admin import Admin
 from mesh import metrics
+from mesh.config import schema
 from mesh.state import MeshState
-
-from . import keys
 
 
 # the proxy's own refusals counted as authentication/authorization failures, by their `error`
@@ -93,3 +97,9 @@ class Metrics:
         req_bytes.observe(len(flow.request.raw_content or b""))
         if flow.response is not None:
             resp_bytes.observe(len(flow.response.raw_content or b""))
+
+
+addons = alone.script(Admin(alone.state(), role="mitmdump"), Metrics(alone.state()), blocks=[alone.Block(
+    "mesh_admin", "gateway", "admin", schema.Admin,
+    "The listener serving /metrics (and /status): an admin block of mesh.yaml in YAML flow style, "
+    "e.g. '{address: 127.0.0.1, port: 9464}'. Empty: 127.0.0.1:9901.")])

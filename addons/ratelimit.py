@@ -1,5 +1,8 @@
 """Rate limits per route and key (consumer, claim, API key, client IP, header): RateLimit-* on every
-response of a limited route, a JSON 429 with Retry-After when over."""
+response of a limited route, a JSON 429 with Retry-After when over.
+
+Alone: `mitmdump -s addons/ratelimit.py --set mesh_rate_limit='{minute: 60, key: ip}'`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import asyncio
 
 from mitmproxy import http
 
+from addons import alone, keys, replies
 from mesh import ratelimit
+from mesh.config import schema
 from mesh.state import MeshState
 from mesh.transform import claim
-
-from . import keys, replies
 
 
 def counter_key(flow: http.HTTPFlow, st: keys.FlowState, policy: ratelimit.Policy) -> str:
@@ -94,3 +97,10 @@ class RateLimit:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.limiters.close()
+
+
+addons = alone.script(RateLimit(alone.state()), blocks=[alone.Block(
+    "mesh_rate_limit", "policies", "rate_limit", schema.RateLimit,
+    "Rate-limit every request: a rate_limit policy of mesh.yaml in YAML flow style, e.g. "
+    "'{minute: 60, key: ip}' or '{second: 5, key: header, header: x-user, storage: "
+    "redis://127.0.0.1:6379/0}'. Empty: no limit.")])

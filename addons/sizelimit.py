@@ -1,11 +1,15 @@
 """SizeLimit: refuses request headers above the route's limit (431) and bodies above it (413),
-by Content-Length before the body is read, or by the body's size once it is."""
+by Content-Length before the body is read, or by the body's size once it is.
+
+Alone: `mitmdump -s addons/sizelimit.py --set mesh_size_limit='{max_body: 1MiB}'`.
+"""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from . import keys, replies
+from addons import alone, keys, replies
+from mesh.config import schema
 
 
 def _limit(flow: http.HTTPFlow):
@@ -49,3 +53,9 @@ class SizeLimit:
             replies.reply(flow, 413, "body_too_large",
                           f"request body of {size} bytes exceeds the limit of {limit.max_body}",
                           headers={"connection": "close"})
+
+
+addons = alone.script(SizeLimit(), blocks=[alone.Block(
+    "mesh_size_limit", "policies", "size_limit", schema.SizeLimit,
+    "Refuse large requests: a size_limit policy of mesh.yaml in YAML flow style, e.g. "
+    "'{max_body: 1MiB, max_headers: 16KiB}' (413 and 431). Empty: no limit.")])

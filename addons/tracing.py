@@ -3,6 +3,8 @@
 W3C `traceparent` (and B3, single or multi header) is accepted from downstream; `traceparent` is
 sent upstream. Without `observability.tracing.otlp_endpoint` no span is made and trace headers
 pass through untouched, but the access log still carries an incoming trace id.
+
+Alone: `mitmdump -s addons/tracing.py --set mesh_tracing='{otlp_endpoint: http://127.0.0.1:4318/v1/traces}'`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from addons import alone, keys
+from mesh.config import schema
 from mesh.state import MeshState, Snapshot
-
-from . import keys
 
 log = logging.getLogger("mitmesh.tracing")
 
@@ -103,6 +105,11 @@ class Tracing:
         st.span = span
         ctx = span.get_span_context()
         st.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
+        # the upstream continues this span's trace when plain mitmproxy sends the request as it is;
+        # in the chain, Forward sends each attempt with its client span's traceparent instead
+        headers = flow.request.headers
+        headers.fields = tuple(f for f in headers.fields if f[0].lower() not in TRACE_HEADERS)
+        INJECT.inject(headers, context=trace.set_span_in_context(span))
 
     def response(self, flow: http.HTTPFlow):
         self._end(flow)
@@ -166,3 +173,10 @@ def client_span(tracing: Tracing | None, st: keys.FlowState, cluster: str, endpo
     if tracing is None or tracing.tracer is None or st.span is None:
         return None
     return ClientSpan(st, tracing.tracer, cluster, endpoint, attempt)
+
+
+addons = alone.script(Tracing(alone.state(), "mitmdump"), blocks=[alone.Block(
+    "mesh_tracing", "observability", "tracing", schema.Tracing,
+    "Where spans go: an observability.tracing block of mesh.yaml in YAML flow style, e.g. "
+    "'{otlp_endpoint: http://127.0.0.1:4318/v1/traces, sampling: 0.1}' (`mitmesh traces` runs a "
+    "receiver that prints them). Empty: no spans, trace headers pass through.")])

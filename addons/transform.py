@@ -1,5 +1,8 @@
 """Request and response transformation (Kong request-transformer semantics): headers, query, path and
-JSON body fields, with values templated from the request and its verified claims."""
+JSON body fields, with values templated from the request and its verified claims.
+
+Alone: `mitmdump -s addons/transform.py --set mesh_transform='{request: {set: {headers: {x-env: test}}}}'`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ from typing import Any
 
 from mitmproxy import http
 
+from addons import alone, keys
 from mesh import transform
+from mesh.config import schema
 from mesh.routing import ForwardAction
-
-from . import keys
 
 
 def template_values(flow: http.HTTPFlow, st: keys.FlowState, t: transform.Transform) -> dict[tuple[str, str], Any]:
@@ -58,6 +61,9 @@ class Transform:
         req = flow.request
         if side.path is not None and isinstance(st.route.action, ForwardAction):
             st.final_path = side.path.apply(st.route.action.rewrite(st.upstream_path or "/"), values)
+            # Forward sends final_path; plain mitmproxy (loaded alone) sends the request's own path
+            query = req.path.partition("?")[2]
+            req.path = st.final_path + ("?" + query if query else "")
         if side.headers:
             transform.apply_multi(side.headers, req.headers, values)
         if side.query:
@@ -85,3 +91,10 @@ class Transform:
             body = new_body(resp, side, st.transform_values)
             if body is not None:
                 resp.content = body
+
+
+addons = alone.script(Transform(), blocks=[alone.Block(
+    "mesh_transform", "policies", "transform", schema.Transform,
+    "Change requests and responses: a transform policy of mesh.yaml in YAML flow style, e.g. "
+    "'{request: {set: {headers: {x-env: test}}, path: {strip_prefix: /api}}, "
+    "response: {remove: {headers: [server]}}}'. Empty: off.")])

@@ -31,6 +31,21 @@ class Fault:
 
 
 NONE = Fault()
+ABORT_BODY = b"injected fault"  # the body of an aborted attempt, as Envoy's fault filter answers
+
+
+def describe(fault: Fault) -> str:
+    """The decision-log line of an injected fault: `injected delay 200 ms, abort 503`."""
+    parts = []
+    if fault.delay:
+        parts.append(f"delay {fault.delay * 1000:.0f} ms")
+    if fault.abort is not None:
+        parts.append(f"abort {fault.abort}")
+    if fault.drip:
+        parts.append(f"drip {fault.drip:g} B/s")
+    if fault.reset_after is not None:
+        parts.append(f"reset after {fault.reset_after} bytes")
+    return "injected " + ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
