@@ -102,7 +102,7 @@ class AccessLog:
             "principal": st.principal,
             "method": req.method,
             "host": req.host_header,
-            "path": redact.url(req.path),
+            "path": redact.url(st.downstream_path),
             "route": st.route.name if st.route else None,
             "cluster": st.cluster,
             "upstream": str(st.endpoint) if st.endpoint else _peer(flow),

@@ -61,8 +61,11 @@ class Config:
     def _install(self, snap: Snapshot) -> None:
         snap = self.state.install(snap)
         self._listeners = {b.mode: b for b in snap.listeners}
+        first = snap.listeners[0].listener if snap.listeners else None
         wanted = {"mode": sorted(self._listeners), "connection_strategy": "lazy",
-                  "keep_host_header": True}
+                  "keep_host_header": True,
+                  # what mitmweb's status bar shows as the proxy's address: ours, not a default 8080
+                  **({"listen_host": first.address, "listen_port": first.port} if first else {})}
         changed = {k: v for k, v in wanted.items() if k in ctx.options and getattr(ctx.options, k) != v}
         if changed:
             ctx.options.update(**changed)

@@ -1,7 +1,9 @@
 """Decisions: what every addon decided about a flow, saved with the flow and shown in mitmweb.
 
-The list goes into flow.metadata (saved flows, `mitmesh record`) and, as text, into flow.comment,
-which mitmweb shows in the flow's Comment tab.
+The list goes into flow.metadata (saved flows, `mitmesh record`) and, one line per decision, into
+flow.comment, which mitmweb shows in the flow's Comment tab. A flow that was denied, limited,
+retried, faulted or mirrored is marked (an emoji in mitmweb's list, found by `~marked`) and its
+comment starts with the outcomes as tags (`#limited`, found by `~comment #limited`).
 
 Alone, after other mitmesh addons: `mitmdump -s addons/ratelimit.py -s addons/decisions.py
 --set mesh_decisions_log=true`.
@@ -13,15 +15,42 @@ import logging
 
 from mitmproxy import ctx, http
 
-from addons import alone, keys
+from addons import alone, keys, replies
 
 log = logging.getLogger("mitmesh.decisions")
+
+# outcome → its marker, most telling first: a flow shows the first of its outcomes
+MARKERS = {"denied": ":no_entry:", "limited": ":hourglass_flowing_sand:", "faulted": ":boom:",
+           "retried": ":repeat:", "mirrored": ":busts_in_silhouette:"}
+# mitmweb shows a comment as one inline run of text; this keeps its lines apart
+COMMENT_STYLE = b"<style>section.timing > .inline-input.kv-value { white-space: pre-line; }</style>"
+
+
+def outcomes(flow: http.HTTPFlow, st: keys.FlowState) -> list[str]:
+    """What happened to the flow, from what the chain recorded (in MARKERS' order)."""
+    found = set()
+    if st.error in replies.DENIED:
+        found.add("denied")
+    elif st.error in replies.LIMITED:
+        found.add("limited")
+    if st.attempts > 1:
+        found.add("retried")
+    if any(who == "fault" for who, _ in st.decisions):
+        found.add("faulted")
+    if keys.MIRROR in flow.metadata:
+        found.add("mirrored")
+    return [o for o in MARKERS if o in found]
 
 
 class Decisions:
     def load(self, loader):
         loader.add_option("mesh_decisions_log", bool, False,
                           "Also write each flow's decision log to the event log (mitmdump's output).")
+
+    def running(self):
+        web = getattr(ctx.master, "app", None)  # mitmweb's tornado application
+        if web is not None and hasattr(web, "add_handlers"):
+            web.add_handlers(r".*", [(r"/", _index_handler())])
 
     def response(self, flow: http.HTTPFlow):
         self._keep(flow)
@@ -34,12 +63,31 @@ class Decisions:
         if st is None or not st.decisions:
             return
         flow.metadata[keys.DECISIONS] = [list(d) for d in st.decisions]
-        text = "\n".join(f"{who}: {what}" for who, what in st.decisions)
+        lines = [f"{who}: {what}" for who, what in st.decisions]
+        found = outcomes(flow, st)
+        if found:
+            flow.metadata[keys.OUTCOMES] = found
+            if not flow.marked:
+                flow.marked = MARKERS[found[0]]
+            lines.insert(0, " ".join(f"#{o}" for o in found))
+        text = "\n".join(lines)
         flow.comment = f"{flow.comment}\n{text}" if flow.comment else text
         if ctx.options.mesh_decisions_log:
             answer = flow.response.status_code if flow.response else flow.error
             log.info(f"decisions of {st.request_id} ({flow.request.method} → {answer}):\n"
-                     + "\n".join(f"  {who}: {what}" for who, what in st.decisions))
+                     + "\n".join(f"  {line}" for line in lines))
+
+
+def _index_handler():
+    """mitmweb's page with COMMENT_STYLE added (imported here: only mitmweb has tornado loaded)."""
+    from mitmproxy.tools.web.app import IndexHandler
+
+    class Index(IndexHandler):
+        def get(self):
+            page = self.render_string("../index.html")
+            self.finish(page.replace(b"</head>", COMMENT_STYLE + b"</head>", 1))
+
+    return Index
 
 
 addons = alone.script(Decisions())

@@ -86,6 +86,7 @@ class Forward:
         query = req.path.partition("?")[2]
         target = (path + "?" + query if query else path).encode()
         flow.metadata[keys.UPSTREAM_PATH] = target.decode("latin-1")
+        flow.request.data.path = target  # the flow shows what the upstream got (mitmweb, saved flows)
         base_headers = upstream.request_headers(req.headers.fields, req.host_header.encode() if req.host_header else b"")
         body = req.raw_content or b""
         policy = res.retry
@@ -196,7 +197,7 @@ class Forward:
         endpoint.active += 1
         try:
             with guards.breakers.calling(endpoint.key) if guards.breakers else _nothing():
-                resp = await self._send(st, flow.request.data.method, endpoint, target, headers, body,
+                resp = await self._send(st, flow.request.data, endpoint, target, headers, body,
                                         timeout, fault, cluster)
                 if resp.status >= 500:
                     raise _Failed(resp)
@@ -225,7 +226,8 @@ class Forward:
                     st.decide("outlier", f"{cname} endpoint {endpoint} ejected for {ejected:g}s")
         return resp, kind, error
 
-    async def _send(self, st, method: bytes, endpoint, target, headers, body, timeout, fault: Fault, cluster):
+    async def _send(self, st, request: http.RequestData, endpoint, target, headers, body, timeout,
+                    fault: Fault, cluster):
         if fault:
             st.decide("fault", describe(fault))
         if fault.delay:
@@ -241,8 +243,9 @@ class Forward:
             tls = self.state.upstream_tls(cluster, endpoint)  # so a renewed certificate is used at once
         except NoMtls as e:
             raise upstream.ConnectFailure(str(e)) from None
+        request.scheme = b"https" if tls else b"http"
         resp = await self.state.pool.request(
-            endpoint.address, endpoint.port, method, target, headers, body,
+            endpoint.address, endpoint.port, request.method, target, headers, body,
             timeout=timeout, connect_timeout=cluster.connect_timeout,
             ssl=tls[0] if tls else None, peer_identity=tls[1] if tls else None)
         if fault.reset_after is not None and len(resp.body) > fault.reset_after:

@@ -35,6 +35,7 @@ API_VERSION = "mitmesh.api_version"
 RATELIMIT = "mitmesh.ratelimit"  # the RateLimit-* values of the response
 MIRROR = "mitmesh.mirror"  # the cluster a copy of the request went to
 DIRECTION = "mitmesh.direction"  # on a sidecar: "inbound" or "outbound"
+OUTCOMES = "mitmesh.outcomes"  # what happened: denied, limited, faulted, retried, mirrored (Decisions)
 
 _ATTR = "_mitmesh"
 
@@ -42,16 +43,20 @@ _ATTR = "_mitmesh"
 class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
-    __slots__ = ("snapshot", "listener", "request_id", "route", "cluster", "endpoint",
+    __slots__ = ("snapshot", "listener", "downstream_path", "request_id", "route", "cluster", "endpoint",
                  "attempts", "started", "upstream_path", "principal", "claims", "decisions",
                  "direction", "span", "trace_id", "peer", "error",
                  # traffic policies (versioning, rate limits, canary, transform, mirror)
                  "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
                  "mirror", "fault")
 
-    def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None):
+    def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None,
+                 downstream_path: str = "/"):
         self.snapshot = snapshot
         self.listener = listener
+        # the path and query the downstream asked for; flow.request shows the upstream's once
+        # Forward sends it (mitmweb and saved flows show what the upstream got)
+        self.downstream_path = downstream_path
         self.direction = direction  # INBOUND, OUTBOUND, or None on the gateway
         self.request_id = ""
         self.route: Route | None = None
@@ -88,7 +93,7 @@ class FlowState:
 
 def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None,
           direction: str | None = None) -> FlowState:
-    st = FlowState(snapshot, listener, direction)
+    st = FlowState(snapshot, listener, direction, flow.request.path)
     setattr(flow, _ATTR, st)
     if direction is not None:
         flow.metadata[DIRECTION] = direction

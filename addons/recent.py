@@ -31,7 +31,7 @@ class Recent:
             "listener": st.listener.name if st.listener else None,
             "client": "%s:%s" % flow.client_conn.peername[:2] if flow.client_conn.peername else None,
             "peer": st.peer,  # the verified mTLS peer's SPIFFE ID
-            "method": req.method, "host": req.host_header or req.host, "path": req.path,
+            "method": req.method, "host": req.host_header or req.host, "path": st.downstream_path,
             "route": st.route.name if st.route else None, "cluster": st.cluster,
             "endpoint": str(st.endpoint) if st.endpoint else None, "attempts": st.attempts,
             "status": status, "error": flow.error.msg if flow.error else None,

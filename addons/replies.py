@@ -7,7 +7,16 @@ import time
 
 from mitmproxy import http
 
+from mesh import modes
+
 from . import keys
+
+
+# the `error` of a refusal, by the outcome mitmweb marks it with (addons/decisions.py)
+DENIED = frozenset({"missing_credentials", "invalid_credentials", "invalid_token", "invalid_api_key",
+                    "insufficient_scope", "insufficient_claims", "access_denied", "ip_denied",
+                    "mtls_required", "tls_required", "cors_denied"})
+LIMITED = frozenset({"rate_limited", "ratelimit_unavailable"})
 
 
 def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,
@@ -24,8 +33,19 @@ def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,
         h.update(headers)
     flow.response = http.Response.make(status, json.dumps(body).encode() + b"\n", h)
     flow.response.timestamp_start = time.time()
+    _show_downstream(flow)
 
 
 def raw(flow: http.HTTPFlow, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
     """A configured direct response (a route's `direct` action)."""
     flow.response = http.Response.make(status, body, dict(headers))
+    _show_downstream(flow)
+
+
+def _show_downstream(flow: http.HTTPFlow) -> None:
+    """An answer nobody upstream gave: the flow shows the address the client called (mitmweb, saved
+    flows) instead of the listener's placeholder reverse target, which is never contacted."""
+    req, sockname = flow.request.data, flow.client_conn.sockname
+    if (req.host, req.port) == modes.PLACEHOLDER_ADDRESS and sockname:
+        req.host, req.port = sockname[0], sockname[1]
+        req.scheme = b"https" if flow.client_conn.tls_established else b"http"

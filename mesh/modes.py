@@ -5,6 +5,7 @@ from __future__ import annotations
 # The reverse target of our listeners is never contacted: Forward always answers the flow itself
 # (connection_strategy=lazy). Port 9 (discard) keeps a mistake from looping back into the proxy.
 PLACEHOLDER = "http://127.0.0.1:9"
+PLACEHOLDER_ADDRESS = ("127.0.0.1", 9)
 
 
 def reverse(address: str, port: int) -> str:

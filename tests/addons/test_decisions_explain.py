@@ -82,4 +82,4 @@ async def test_retried_rate_limited_and_denied_requests_explain_themselves(gatew
     assert "authz: denied by deny rule 0 of route denied" in text, text
     assert sample("mitmesh_auth_failures_total", reason="access_denied") == denied_before + 1
     # the same explanations travel with the flows (mitmweb's Comment tab, saved flows)
-    assert denied.comment == explain(denied)
+    assert denied.comment == "#denied\n" + explain(denied)  # the outcome tag, then one line each

@@ -1,10 +1,16 @@
-"""The same addons inside stock mitmdump (`mitmdump -s addons/gateway.py`), for inspection."""
+"""The same addons inside stock mitmdump and mitmweb (`mitmdump -s addons/gateway.py`), for inspection."""
 
 from __future__ import annotations
 
+import json
+import secrets
+import urllib.request
+
 import pytest
 
-from mesh import pki
+from addons.decisions import COMMENT_STYLE
+from mesh import launcher, pki, procs
+from mesh.config import load
 
 from .conftest import Mesh, demo_config, get
 
@@ -27,3 +33,25 @@ def test_mitmdump_runs_the_gateway_chain(dumped):
     assert status == 200 and body["service"] == "catalog" and "x-request-id" in headers
     assert get(dumped.url + "/nope")[1]["error"] == "no_route"
     assert dumped.status()["config"]["version"] == 1
+
+
+def test_mitmweb_shows_this_meshs_listener_and_the_decision_logs_lines(tmp_path):
+    m = Mesh(tmp_path, demo_config())
+    m.write()
+    web, token = procs.free_port(), secrets.token_hex(8)
+    try:
+        config = load(m.path)
+        gw = procs.spawn("gateway", launcher.gateway_argv(m.path, config, web=True, web_port=web, web_token=token),
+                         log_dir=tmp_path / "logs", cwd=str(tmp_path))
+        m.children["gateway"] = gw
+        procs.wait_ports(gw, [(l.address, l.port) for l in config.gateway.listeners] + [("127.0.0.1", web)])
+        base = f"http://127.0.0.1:{web}"
+        with urllib.request.urlopen(f"{base}/?token={token}", timeout=5) as r:
+            page = r.read()
+        with urllib.request.urlopen(f"{base}/options.json?token={token}", timeout=5) as r:
+            options = json.load(r)
+    finally:
+        m.stop()
+    assert COMMENT_STYLE in page  # the Comment tab keeps one line per decision
+    listener = config.gateway.listeners[0]
+    assert (options["listen_host"]["value"], options["listen_port"]["value"]) == (listener.address, listener.port)
