@@ -20,6 +20,8 @@ from mitmproxy import flowfilter, http, io
 from mesh.admin import json_reply
 from mesh.state import MeshState
 
+from . import keys
+
 CONTROL = "record.json"
 
 
@@ -114,10 +116,25 @@ class Recorder:
         if flow.response is None:
             self._record(flow)
 
+    def _matches(self, flow: http.HTTPFlow) -> bool:
+        """The filter sees the request as the upstream got it (what the flow shows) or as the
+        client sent it: `~u /catalog/` finds what the gateway sent upstream as /items."""
+        if self._filter(flow):
+            return True
+        st = keys.get(flow)
+        if st is None:
+            return False
+        req = flow.request.data
+        shown, req.path = req.path, st.downstream_path.encode("utf-8", "surrogateescape")
+        try:
+            return bool(self._filter(flow))
+        finally:
+            req.path = shown
+
     def _record(self, flow: http.HTTPFlow) -> None:
         if not self._until or time.time() >= self._until:
             return
-        if self._filter is not None and not self._filter(flow):
+        if self._filter is not None and not self._matches(flow):
             return
         if self._writer is None:
             self._file = open(os.path.join(self._dir, f"flows-{os.getpid()}.mitm"), "ab")
