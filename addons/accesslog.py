@@ -94,6 +94,8 @@ class AccessLog:
         now = time.time()
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "proxy": st.snapshot.role,  # who wrote the line: gateway or sidecar, and which one
+            "instance": st.snapshot.instance,
             "request_id": st.request_id,
             "trace_id": st.trace_id,
             "direction": st.direction or "edge",
@@ -104,6 +106,7 @@ class AccessLog:
             "host": req.host_header,
             "path": redact.url(st.downstream_path),
             "route": st.route.name if st.route else None,
+            "service": st.destination()[0] or None,
             "cluster": st.cluster,
             "upstream": str(st.endpoint) if st.endpoint else _peer(flow),
             "attempts": st.attempts,

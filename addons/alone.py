@@ -65,7 +65,7 @@ def install() -> Snapshot:
     """Compile the blocks set so far into a config of one route and put it in service."""
     policies = {k: v for (section, k), v in _blocks.items() if section == "policies"}
     doc: dict = {
-        "gateway": {"listeners": [{"name": ROUTE, "port": ctx.options.listen_port or 8080}]},
+        "gateway": {"listeners": [{"name": ROUTE, "port": ctx.options.listen_port or 8080}], "identity": ROUTE},
         "services": {ROUTE: {"versions": {"v1": {}}}},
         "policies": {ROUTE: policies} if policies else {},
         "routes": [{"name": ROUTE, "match": {"path": {"prefix": "/"}}, "forward": {"service": ROUTE},

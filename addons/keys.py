@@ -86,6 +86,14 @@ class FlowState:
         self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
         self.fault = None  # written by Faults (plain mitmproxy only): what it injected into this flow
 
+    def destination(self) -> tuple[str, str]:
+        """(service, version) the request was for: its cluster's (a sidecar's `local` cluster is its
+        own service), else its route's service; empty when it matched no forwarding route."""
+        cluster = self.snapshot.clusters.get(self.cluster) if self.cluster else None
+        if cluster is not None:
+            return cluster.service, "" if cluster.version == "*" else cluster.version
+        return getattr(self.route.action, "service", "") if self.route else "", ""
+
     def decide(self, who: str, what: str) -> None:
         """Record one decision, e.g. decide("router", "route catalog matched prefix /catalog/")."""
         self.decisions.append((who, what))

@@ -56,6 +56,8 @@ class Metrics:
             return
         for name, cluster in snap.clusters.items():
             metrics.REGISTRY_ENDPOINTS.labels(name).set(len(cluster.endpoints))
+            metrics.ENDPOINTS_HEALTHY.labels(name).set(sum(1 for e in cluster.endpoints if e.healthy))
+            metrics.UPSTREAM_ACTIVE.labels(name).set(sum(e.active for e in cluster.endpoints))
 
     def response(self, flow: http.HTTPFlow):
         self._observe(flow, flow.response.status_code if flow.response else None)
@@ -71,13 +73,13 @@ class Metrics:
         route = st.route.name if st.route else ""
         direction = st.direction or "edge"  # edge: the gateway; inbound/outbound: a sidecar
         cluster = st.cluster or ""
-        key = (direction, route, cluster)
+        service, version = st.destination()
+        key = (direction, route, cluster, service)
         children = self._children.get(key)
         if children is None:
-            version = cluster.partition("/")[2]
             children = self._children[key] = (
                 {},
-                metrics.DURATION.labels(direction, route, cluster, version),
+                metrics.DURATION.labels(direction, route, service, cluster, version),
                 metrics.REQUEST_BYTES.labels(direction, route),
                 metrics.RESPONSE_BYTES.labels(direction, route),
                 version,
@@ -88,10 +90,10 @@ class Metrics:
                 metrics.RATELIMIT_REJECTIONS.labels(route).inc()
             elif st.error in AUTH_ERRORS:
                 metrics.AUTH_FAILURES.labels(st.error).inc()
-        code = metrics.code_class(status)
-        counter = by_code.get(code)
+        counter = by_code.get(status)
         if counter is None:
-            counter = by_code[code] = metrics.REQUESTS.labels(direction, route, cluster, version, code)
+            counter = by_code[status] = metrics.REQUESTS.labels(direction, route, service, cluster, version,
+                                                               metrics.code(status))
         counter.inc()
         duration.observe(time.monotonic() - st.started)
         req_bytes.observe(len(flow.request.raw_content or b""))

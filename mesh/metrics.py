@@ -1,7 +1,7 @@
 """Prometheus metrics of one proxy, every name prefixed mitmesh_, with bounded label sets.
 
-Labels are only names from the config (route, cluster, version, listener), a direction and a
-response code class: never raw paths or user ids. A supervisor runs its workers with
+Labels are only names from the config (route, service, cluster, version, listener), a direction
+and a response status code: never raw paths or user ids. A supervisor runs its workers with
 PROMETHEUS_MULTIPROC_DIR set, so `/metrics` on the shared admin listener shows the whole process
 group, whichever worker answers.
 """
@@ -16,12 +16,14 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 
+# service: the service the request was for (a sidecar's inbound: its own; outbound: the callee);
+# code: the status code answered, or "error" when there was no response at all
 REQUESTS = Counter(
-    "mitmesh_requests_total", "Requests answered, by direction, route, cluster, version and code class",
-    ["direction", "route", "cluster", "version", "code"])
+    "mitmesh_requests_total", "Requests answered, by direction, route, service, cluster, version and status code",
+    ["direction", "route", "service", "cluster", "version", "code"])
 DURATION = Histogram(
     "mitmesh_request_duration_seconds", "Time from request headers to the complete response",
-    ["direction", "route", "cluster", "version"], buckets=LATENCY_BUCKETS)
+    ["direction", "route", "service", "cluster", "version"], buckets=LATENCY_BUCKETS)
 REQUEST_BYTES = Histogram(
     "mitmesh_request_bytes", "Request body sizes", ["direction", "route"], buckets=SIZE_BUCKETS)
 RESPONSE_BYTES = Histogram(
@@ -54,6 +56,12 @@ TLS_HANDSHAKE_FAILURES = Counter(
 REGISTRY_ENDPOINTS = Gauge(
     "mitmesh_registry_endpoints", "Endpoints known per cluster (healthy or not)", ["cluster"],
     multiprocess_mode="livemax")
+ENDPOINTS_HEALTHY = Gauge(
+    "mitmesh_endpoints_healthy", "Endpoints of a cluster in rotation (healthy)", ["cluster"],
+    multiprocess_mode="livemax")
+UPSTREAM_ACTIVE = Gauge(
+    "mitmesh_upstream_requests_active", "Upstream requests in flight per cluster (saturation)", ["cluster"],
+    multiprocess_mode="livesum")
 CONFIG_RELOADS = Counter("mitmesh_config_reloads_total", "Config reloads, by result", ["result"])
 MIRROR_DIFFERENCES = Counter(
     "mitmesh_mirror_differences_total", "Mirrored responses that differed from the primary", ["route"])
@@ -82,5 +90,5 @@ def worker_died(pid: int) -> None:
         mp.mark_process_dead(pid)
 
 
-def code_class(status: int | None) -> str:
-    return f"{status // 100}xx" if status else "error"
+def code(status: int | None) -> str:
+    return str(status) if status else "error"

@@ -91,6 +91,12 @@ class Snapshot:
     def role(self) -> str:
         return "gateway" if self.workload is None else "sidecar"
 
+    @property
+    def instance(self) -> str:
+        """This proxy's name in access logs and service discovery: a sidecar's instance name, or
+        the gateway's identity (`gateway.identity`)."""
+        return self.workload.name if self.workload is not None else self.config.gateway.identity
+
 
 def build(path: str) -> Snapshot:
     """Read, validate and compile a config file. Pure and blocking: run it off the event loop."""

@@ -33,6 +33,18 @@ async def test_one_json_line_per_request_with_secrets_redacted(gateway, tmp_path
     assert first["decisions"] == ["router: route health matched GET /healthz on host example.com"]
     assert "s3cret" not in lines[0] and "abc.def.ghi" not in lines[0]
     assert second["route"] is None and second["status"] == 404
+    assert {(e["proxy"], e["instance"]) for e in (first, second)} == {("gateway", "gateway")}
+
+
+async def test_a_sidecars_lines_name_its_instance_and_service(sidecar, upstream_app, tmp_path):
+    app = await upstream_app("the-app")
+    config = ("version: 1\ngateway: {listeners: [{name: public, port: 18080}]}\n"
+              "observability: {access_log: {path: logs/access.log}}\n")
+    async with sidecar(config, f"service=users,app=127.0.0.1:{app},instance=users-7,inbound=16006") as sc:
+        await sc.send("/users/alice", host="users", mode="reverse:http://127.0.0.1:9@127.0.0.1:16006")
+        next(a for a in sc.addons if isinstance(a, AccessLog))._flush()
+    line = json.loads((tmp_path / "logs" / "access.log").read_text())
+    assert (line["proxy"], line["instance"], line["service"], line["cluster"]) == ("sidecar", "users-7", "users", "local")
 
 
 async def test_access_log_off(gateway, tmp_path):

@@ -186,7 +186,8 @@ def test_metrics(demo, tmp_path):
             get(url + "/items")
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
             text = r.read().decode()
-    assert 'mitmesh_requests_total{cluster="",code="2xx",direction="edge",route="mitmdump",version=""} 3.0' in text
+    assert ('mitmesh_requests_total{cluster="",code="200",direction="edge",route="mitmdump",service="mitmdump",'
+            'version=""} 3.0') in text
 
 
 def test_tracing(demo, tmp_path):
