@@ -1,4 +1,5 @@
-"""The admin listener of a proxy: /status (config, registry, routes, clusters) and /flows, on loopback."""
+"""The admin listener of a proxy: /status (config, registry, routes, clusters), /flows and
+/prometheus/targets (every proxy's admin listener, for Prometheus' http_sd_configs), on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import os
 
 from mesh import sockets
-from mesh.admin import AdminServer, json_reply
+from mesh.admin import AdminServer, json_reply, prometheus_targets
 from mesh.state import MeshState
 
 log = logging.getLogger("mitmesh.admin")
@@ -19,7 +20,8 @@ class Admin:
         self.role = role
         self.server: AdminServer | None = None
         self.handlers = state.admin_handlers
-        self.handlers.update({"/status": self._status, "/healthz": self._healthz, "/flows": self._flows})
+        self.handlers.update({"/status": self._status, "/healthz": self._healthz, "/flows": self._flows,
+                              "/prometheus/targets": self._targets})
 
     def _status(self, method: str, query: str):
         return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})
@@ -27,6 +29,12 @@ class Admin:
     def _flows(self, method: str, query: str):
         """The last flows this process answered, newest last, with every decision made about them."""
         return json_reply({"role": self.role, "pid": os.getpid(), "flows": list(self.state.recent)})
+
+    def _targets(self, method: str, query: str):
+        snap = self.state.snapshot
+        if snap is None:
+            return json_reply([])
+        return json_reply(prometheus_targets(snap, self.state.registry.instances.values()))
 
     def _healthz(self, method: str, query: str):
         ok = self.state.snapshot is not None

@@ -34,7 +34,8 @@ def local_instance(snap: Snapshot) -> Instance:
     inbound = next(b.listener for b in snap.listeners if b.direction == "inbound")
     return Instance(name=w.name, service=w.service, version=w.version, address=inbound.address,
                     port=inbound.port, weight=w.weight, zone=w.zone, identity=w.identity(snap.config),
-                    protocol="https" if inbound.tls else "http", source="mdns")
+                    protocol="https" if inbound.tls else "http", source="mdns", workload=w.name,
+                    admin=snap.admin[1])
 
 
 class Mdns:

@@ -23,7 +23,7 @@ from .source import Source
 log = logging.getLogger("mitmesh.discovery")
 
 SERVICE_TYPE = "_mitmesh._tcp.local."
-TXT_KEYS = ("mesh", "service", "version", "zone", "weight", "identity", "port", "protocol", "instance")
+TXT_KEYS = ("mesh", "service", "version", "zone", "weight", "identity", "port", "protocol", "instance", "admin")
 PROTOCOLS = ("http", "https")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"[^a-z0-9-]+")
@@ -42,6 +42,8 @@ def txt_record(inst: Instance, mesh: str, instance: str) -> dict[str, str]:
         txt["zone"] = inst.zone
     if inst.identity:
         txt["identity"] = inst.identity
+    if inst.admin:
+        txt["admin"] = str(inst.admin)
     return txt
 
 
@@ -76,11 +78,15 @@ def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dic
     protocol = _text(props, "protocol") or "http"
     if protocol not in PROTOCOLS:
         raise ValueError(f"TXT protocol: expected one of {', '.join(PROTOCOLS)} (got {protocol!r})")
+    admin = _text(props, "admin")
+    if admin is not None and (not admin.isdigit() or not 1 <= int(admin) <= 65535):
+        raise ValueError(f"TXT admin: expected a port from 1 to 65535 (got {admin!r})")
     if not addresses:
         raise ValueError("no address record")
     return Instance(name=name, service=str(fields["service"]), version=str(fields["version"]),
                     address=addresses[0], port=int(port), weight=int(weight), zone=zone,
-                    identity=_text(props, "identity"), protocol=protocol, source="mdns")
+                    identity=_text(props, "identity"), protocol=protocol, source="mdns",
+                    workload=_text(props, "instance"), admin=int(admin) if admin else None)
 
 
 class MdnsSource(Source):

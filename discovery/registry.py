@@ -25,6 +25,8 @@ class Instance:
     identity: str | None = None  # the workload identity the instance claims (SPIFFE ID)
     protocol: str = "http"  # what its inbound listener speaks: http, or https once mTLS lands
     source: str = "static"  # which source found it: static, mdns, ...
+    workload: str | None = None  # the instance's own name (catalog-v1-1), as its sidecar announces it
+    admin: int | None = None  # the port of its sidecar's admin listener (/metrics), on `address`
 
     @property
     def key(self) -> tuple[str, int]:
@@ -84,6 +86,7 @@ class Registry:
         return [
             {"name": i.name, "service": i.service, "version": i.version, "address": f"{i.address}:{i.port}",
              "zone": i.zone, "weight": i.weight, "identity": i.identity, "protocol": i.protocol,
-             "source": i.source}
+             "source": i.source, "workload": i.workload,
+             "admin": f"{i.address}:{i.admin}" if i.admin else None}
             for i in sorted(self.instances.values(), key=lambda i: (i.service, i.version, i.name))
         ]

@@ -16,6 +16,27 @@ def json_reply(obj, status: int = 200) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(obj, indent=2, default=str).encode() + b"\n"
 
 
+def prometheus_targets(snap, instances) -> list[dict]:
+    """Prometheus HTTP service discovery (http_sd_configs): this proxy's admin listener and the
+    sidecar admin listener of every instance it knows of, one target group each, labelled with
+    who the proxy is: proxy (gateway, sidecar), service (a sidecar's), instance, zone, mesh. No
+    version: a sidecar's outbound series carry the callee's, which the caller's must not replace."""
+    def group(address: str, port: int, **labels: str | None) -> dict:
+        return {"targets": [f"{address}:{port}"],
+                "labels": {"mesh": snap.config.mesh.id, **{k: v for k, v in labels.items() if v}}}
+
+    own = snap.workload
+    groups = [group(*snap.admin, proxy=snap.role, service=own.service if own else None,
+                    instance=snap.instance, zone=snap.zone)]
+    seen = {snap.admin}
+    for inst in sorted(instances, key=lambda i: (i.service, i.version, i.name)):
+        if inst.admin and (inst.address, inst.admin) not in seen:
+            seen.add((inst.address, inst.admin))
+            groups.append(group(inst.address, inst.admin, proxy="sidecar", service=inst.service,
+                                instance=inst.workload or inst.name, zone=inst.zone))
+    return groups
+
+
 class AdminServer:
     def __init__(self, address: str, port: int, handlers: dict[str, Handler], sock=None):
         self.address = address

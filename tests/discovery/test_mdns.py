@@ -23,7 +23,8 @@ def props(**kw) -> dict:
 
 def test_txt_round_trip():
     inst = Instance("x", "catalog", "v2", "127.0.0.5", 15006, weight=3, zone="b",
-                    identity="spiffe://mitmesh.local/ns/demo/sa/catalog", protocol="https", source="mdns")
+                    identity="spiffe://mitmesh.local/ns/demo/sa/catalog", protocol="https", source="mdns",
+                    workload="catalog-1", admin=15000)
     txt = {k.encode(): v.encode() for k, v in txt_record(inst, "m1", "catalog-1").items()}
     assert instance_from_txt("x", ["127.0.0.5"], 15006, txt, "m1") == inst
     assert instance_from_txt("x", ["127.0.0.5"], 15006, txt, "another-mesh") is None
@@ -37,6 +38,7 @@ def test_txt_round_trip():
     ({"port": "70000"}, "TXT port: expected a port from 1 to 65535 (got '70000')"),
     ({"protocol": "gopher"}, "TXT protocol: expected one of http, https (got 'gopher')"),
     ({"zone": "A B"}, "TXT zone: expected a lowercase name (got 'A B')"),
+    ({"admin": "0"}, "TXT admin: expected a port from 1 to 65535 (got '0')"),
 ])
 def test_malformed_txt_names_the_key(change, error):
     with pytest.raises(ValueError) as e:

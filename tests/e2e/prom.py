@@ -14,19 +14,22 @@ import yaml
 from mesh import procs
 
 
-def binary() -> str:
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
-    assert found, "prometheus is needed (.ci/run installs Debian's prometheus)"
+def binary(name: str = "prometheus") -> str:
+    """Debian's prometheus package ships both prometheus and promtool."""
+    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    assert found, f"{name} is needed (.ci/run installs Debian's prometheus)"
     return found
 
 
 class Prometheus:
-    def __init__(self, tmp: Path, targets: list[str]):
+    """`targets` scraped every second, or the given `config` (a prometheus.yml as data)."""
+
+    def __init__(self, tmp: Path, targets: list[str] = (), config: dict | None = None):
         self.tmp = tmp
         self.port = procs.free_port()
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "scrape_configs": [{"job_name": "mitmesh", "metrics_path": "/metrics",
-                                      "static_configs": [{"targets": targets}]}]}
+        config = config or {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                            "scrape_configs": [{"job_name": "mitmesh", "metrics_path": "/metrics",
+                                                "static_configs": [{"targets": list(targets)}]}]}
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.child: procs.Child | None = None
 
@@ -56,6 +59,12 @@ class Prometheus:
         except OSError:  # not listening yet, or its HTTP API still starting (HTTP 503)
             return False
         return bool(result) and all(r["value"][1] == "1" for r in result)
+
+    def api(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/{path}", timeout=5) as r:
+            data = json.load(r)
+        assert data["status"] == "success", data
+        return data["data"]
 
     def scalar(self, expr: str) -> float | None:
         result = self.query(expr)
