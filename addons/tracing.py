@@ -132,6 +132,8 @@ class Tracing:
         if st.principal:
             span.set_attribute("mitmesh.peer", st.principal)
         span.set_attribute("mitmesh.attempts", st.attempts)
+        if st.decisions:  # the decision log, so a trace says why each hop did what it did
+            span.set_attribute("mitmesh.decisions", [f"{who}: {what}" for who, what in st.decisions])
         if flow.response is not None:
             span.set_attribute("http.response.status_code", flow.response.status_code)
             if flow.response.status_code >= 500:

@@ -1,4 +1,5 @@
-"""The `mitmesh` command line: validate, up, gateway, sidecar, bench, canary, certs, record, replay, scenario."""
+"""The `mitmesh` command line: validate, up, gateway, sidecar, bench, canary, certs, record, replay, scenario,
+traces."""
 
 from __future__ import annotations
 
@@ -105,6 +106,12 @@ def _canary(args) -> int:
     return 0
 
 
+def _traces(args) -> int:
+    from . import traces
+
+    return traces.run(args.port, args.settle, args.count, args.seconds)
+
+
 def _scenario(args) -> int:
     from . import scenario
 
@@ -190,6 +197,15 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--short", action="store_true", help="a few seconds of load (as in CI)")
     sc.add_argument("--keep", action="store_true", help="keep the work directory and logs (kept on FAIL)")
     sc.set_defaults(func=_scenario)
+
+    t = sub.add_parser("traces", help="receive traces on 127.0.0.1 (OTLP/HTTP) and print each as a tree "
+                                      "of hops with durations and decisions; no collector needed")
+    t.add_argument("--port", type=int, default=4318, help="port on 127.0.0.1 (default 4318, OTLP/HTTP's)")
+    t.add_argument("--settle", type=float, default=2.0,
+                   help="print a trace once no span of it came for this many seconds (default 2)")
+    t.add_argument("--count", type=int, default=0, help="stop after printing this many traces (default: no limit)")
+    t.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (default: no limit)")
+    t.set_defaults(func=_traces)
 
     k = sub.add_parser("apikey", help="API keys for the api_key policy")
     ksub = k.add_subparsers(dest="apikey_command", required=True)
