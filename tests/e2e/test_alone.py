@@ -16,9 +16,15 @@ from mesh import launcher, procs
 from mesh.httpclient import basic_auth
 from mesh.otlp import Receiver
 
-from .conftest import get, wait_until
+from .conftest import get as _get
+from .conftest import wait_until
 
 ADDONS = launcher.ROOT / "addons"
+
+
+def get(url: str, **kw):
+    """A request with room for a loaded machine: a fresh mitmdump's first answer can take seconds."""
+    return _get(url, timeout=15, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +168,7 @@ def test_fault_injection(demo, tmp_path):
 def get_status(url: str, headers: dict | None = None) -> int:
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=15) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
