@@ -5,6 +5,8 @@ Contexts are built once per config from watched files (mesh/mtls.py); a listener
 refuses a TLS handshake instead of letting mitmproxy mint a certificate from its interception CA.
 Client certificates are verified by OpenSSL itself (VERIFY_PEER, and FAIL_IF_NO_PEER_CERT in
 STRICT mode): mitmproxy's own `request_client_cert` accepts any certificate, so it is not used.
+A peer's SPIFFE ID outside `mesh.trust_domain` fails the handshake, and a failed handshake sends
+its alert (`mtls.AlertingConnection`). No CA key is ever loaded here.
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ class Tls:
             t = lst.tls
             cert, key = (os.path.join(base, p) for p in (t.cert, t.key))
             client_ca = (os.path.join(base, t.client_ca) if t.client_ca else mesh_ca) if t.mtls else None
-            try:
+            ca_keys = os.path.realpath(os.path.join(base, config.mesh.identity.dir, pki.CA_DIR))
+            if os.path.commonpath([os.path.realpath(key), ca_keys]) == ca_keys:
+                raise exceptions.OptionsError(
+                    f"{snap.file}:1: {bound.path}.tls.key: a CA's private key is never given to a "
+                    f"proxy (it could mint any identity); use the listener's own key (got {t.key!r})")
+            try:  # peers' SPIFFE IDs must lie in the trust domain; with the mesh CA they need one
                 contexts[(lst.address, lst.port)] = store.server(
-                    cert, key, http2=t.http2, client_ca=client_ca, mode=t.mtls)
+                    cert, key, http2=t.http2, client_ca=client_ca, mode=t.mtls,
+                    trust_domain=config.mesh.trust_domain, need_spiffe=not t.client_ca)
             except (OSError, SSL.Error, ValueError) as e:
                 raise exceptions.OptionsError(_unusable(snap, bound, client_ca, e)) from None
         wanted = frozenset(name for name, svc in config.services.items() if svc.mtls != "DISABLE")
@@ -125,7 +133,7 @@ class Tls:
         self._ensure()
         mode = data.context.client.proxy_mode
         watched = self._contexts.get((mode.listen_host(), mode.listen_port()))
-        data.ssl_conn = SSL.Connection(watched.context if watched else self._refuse)
+        data.ssl_conn = mtls.AlertingConnection(watched.context if watched else self._refuse)
         data.ssl_conn.set_accept_state()
 
     def tls_established_client(self, data: tls.TlsData) -> None:
@@ -138,7 +146,9 @@ class Tls:
         listener = self._names.get((mode.listen_host(), mode.listen_port()))
         metrics.TLS_HANDSHAKE_FAILURES.labels(listener or f"{mode.listen_host()}:{mode.listen_port()}").inc()
         if listener is not None:  # mitmproxy's own line assumes an interception proxy
-            log.info(f"mTLS handshake refused on listener {listener}: {_reason(data.conn.error or '')} "
+            conn = data.ssl_conn if isinstance(data.ssl_conn, mtls.AlertingConnection) else None
+            why = (conn.refused or (conn.failed and _reason(repr(conn.failed)))) if conn else None
+            log.info(f"mTLS handshake refused on listener {listener}: {why or _reason(data.conn.error or '')} "
                      f"(client {data.conn.peername[0]})")
 
     def client_disconnected(self, client: connection.Client) -> None:

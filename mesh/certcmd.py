@@ -71,7 +71,7 @@ def main(args) -> int:
             print(f"wrote {cert} for {spiffe}")
         return 0
     if args.certs_command == "show":
-        files = [directory / "edge.pem", *pki.mesh_ca_paths(directory)[:1]]
+        files = [directory / "edge.pem", pki.mesh_ca_cert(directory)]
         files += sorted((directory / pki.WORKLOADS).glob("*.pem"))
         if args.names:
             files = [pki.workload_paths(directory, n)[0] for n in args.names]

@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
+from cryptography import x509
 from OpenSSL import SSL
 
 from . import pki
 
 T = TypeVar("T")
 MODES = ("STRICT", "PERMISSIVE")
+# TLS 1.2 suites: AEAD only, forward secret (Mozilla's "intermediate" list); TLS 1.3's are all AEAD
+AEAD_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
 
 
 def _select_alpn(http2: bool):
@@ -30,13 +35,62 @@ def _select_alpn(http2: bool):
     return select
 
 
+def trust_domain_of(spiffe: str | None) -> str | None:
+    """The trust domain of `spiffe://td/...`, else None."""
+    if not spiffe or not spiffe.startswith("spiffe://"):
+        return None
+    return spiffe[len("spiffe://"):].split("/", 1)[0] or None
+
+
+def refusal(sans: list[str], trust_domain: str, need_spiffe: bool) -> str | None:
+    """Why a verified peer certificate with these URI SANs is refused, or None.
+
+    A SPIFFE ID must be the only one and inside the mesh's trust domain (a CA shared with another
+    mesh, or a federated bundle, must not let that mesh's identities in); `need_spiffe`: a
+    certificate without one is refused too (listeners trusting the mesh CA)."""
+    ids = [u for u in sans if u.startswith("spiffe://")]
+    if len(ids) > 1:
+        return f"certificate carries {len(ids)} SPIFFE IDs"
+    if not ids:
+        return "certificate carries no SPIFFE ID" if need_spiffe else None
+    domain = trust_domain_of(ids[0])
+    if domain != trust_domain:
+        return f"SPIFFE ID {ids[0]} is outside the trust domain {trust_domain}"
+    return None
+
+
+def _uri_sans(cert) -> list[str]:
+    try:
+        ext = cert.to_cryptography().extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return ext.value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _verify_peer(trust_domain: str, need_spiffe: bool):
+    def verify(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool:
+        if not ok:  # OpenSSL's chain and validity checks said no: keep its words for the log
+            why = SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(errno)).decode()
+        elif depth != 0:
+            return True
+        else:
+            why = refusal(_uri_sans(cert), trust_domain, need_spiffe)
+        if why is not None and isinstance(conn, AlertingConnection):
+            conn.refused = why
+        return why is None
+    return verify
+
+
 def server_context(cert: str, key: str, *, http2: bool = True, client_ca: str | None = None,
-                   mode: str | None = None) -> SSL.Context:
+                   mode: str | None = None, trust_domain: str | None = None,
+                   need_spiffe: bool = False) -> SSL.Context:
     """A pyOpenSSL server context presenting `cert`; with `mode`, client certificates are verified
-    by OpenSSL against `client_ca` (STRICT: required; PERMISSIVE: optional, but checked if sent)."""
+    by OpenSSL against `client_ca` (STRICT: required; PERMISSIVE: optional, but checked if sent),
+    and, with `trust_domain`, a peer's SPIFFE ID must lie in it (see `refusal`)."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.set_cipher_list(AEAD_CIPHERS.encode())
     context.use_certificate_chain_file(cert)
     context.use_privatekey_file(key)
     context.check_privatekey()
@@ -48,7 +102,7 @@ def server_context(cert: str, key: str, *, http2: bool = True, client_ca: str | 
         flags = SSL.VERIFY_PEER
         if mode == "STRICT":
             flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        context.set_verify(flags)  # no callback: OpenSSL's chain and validity checks decide
+        context.set_verify(flags, _verify_peer(trust_domain, need_spiffe) if trust_domain else None)
         # a verifying server must name its session context, or resumed sessions are refused
         context.set_session_id(b"mitmesh-mtls")
     return context
@@ -60,12 +114,48 @@ def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     Host names are not checked: the peer is identified by its SPIFFE ID (`check_peer`)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(AEAD_CIPHERS)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(ca)
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+class AlertingConnection(SSL.Connection):
+    """A server-side connection that sends its fatal alert when the handshake fails.
+
+    mitmproxy gives up on a failed handshake without sending what OpenSSL queued, so a client saw
+    a bare close instead of the alert saying why (TLS 1.3's certificate_required for a missing
+    client certificate, unknown_ca, ...). Here the first failure hands the alert out as if more data
+    were awaited (mitmproxy sends pending bytes then); the error is raised on the next call, or the
+    client, having read the alert, closes."""
+
+    _alert = b""
+    failed: SSL.Error | None = None
+    refused: str | None = None  # why the peer's identity was refused (see `refusal`), for logs
+
+    def do_handshake(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return super().do_handshake()
+        except SSL.WantReadError:
+            raise
+        except SSL.Error as e:
+            try:
+                self._alert = super().bio_read(65536)
+            except SSL.Error:
+                raise e from None
+            self.failed = e
+            raise SSL.WantReadError() from None
+
+    def bio_read(self, bufsiz: int) -> bytes:
+        if self._alert:
+            data, self._alert = self._alert, b""
+            return data
+        return super().bio_read(bufsiz)
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
@@ -82,6 +172,8 @@ def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected: str) 
     got = peer_identity(ssl_object)
     if got == expected:
         return None
+    if got is not None and trust_domain_of(got) != trust_domain_of(expected):
+        return f"peer identity {got} is outside the trust domain {trust_domain_of(expected)}"
     return f"peer identity is {got or 'missing'}, expected {expected}"
 
 
@@ -181,12 +273,14 @@ class CertStore:
     items: dict[tuple, Watched] = field(default_factory=dict)
 
     def server(self, cert: str, key: str, *, http2: bool = True, client_ca: str | None = None,
-               mode: str | None = None) -> Watched[SSL.Context]:
-        k = ("server", cert, key, http2, client_ca, mode)
+               mode: str | None = None, trust_domain: str | None = None,
+               need_spiffe: bool = False) -> Watched[SSL.Context]:
+        k = ("server", cert, key, http2, client_ca, mode, trust_domain, need_spiffe)
         if k not in self.items:
             paths = (cert, key) + ((client_ca,) if client_ca else ())
             self.items[k] = Watched(
-                lambda: server_context(cert, key, http2=http2, client_ca=client_ca, mode=mode), paths)
+                lambda: server_context(cert, key, http2=http2, client_ca=client_ca, mode=mode,
+                                       trust_domain=trust_domain, need_spiffe=need_spiffe), paths)
         return self.items[k]
 
     def client(self, cert: str, key: str, ca: str) -> Watched[ssl.SSLContext]:
@@ -209,5 +303,5 @@ def workload_files(base: str, identity_dir: str, name: str) -> tuple[str, str, s
     """(cert, key, mesh CA) paths of a workload, resolved against the config file's folder."""
     directory = Path(base, identity_dir)
     cert, key = pki.workload_paths(directory, name)
-    ca, _ = pki.mesh_ca_paths(directory)
+    ca = pki.mesh_ca_cert(directory)
     return str(cert), str(key), str(ca)

@@ -4,6 +4,10 @@ short-lived workload certificates carrying a SPIFFE ID, renewed before they expi
 Private keys are written 0600; certs/ is ignored by git except its README. Files are replaced
 atomically (key first, then certificate), so a proxy watching them never reads half a file; a
 proxy that sees a new key before its certificate keeps its old pair until both match.
+
+The CAs' private keys live apart, in `<dir>/ca/` (mode 0700): only `mitmesh certs` and the renewer
+of `mitmesh up` read them. Proxies read the CA certificates, their own listener key and their own
+workload key, never anything under ca/ (a key there can mint any identity of the mesh).
 """
 
 from __future__ import annotations
@@ -114,10 +118,27 @@ def read(cert_path: Path, key_path: Path) -> Issued:
     return Issued(cert, key)
 
 
+CA_DIR = "ca"  # the CAs' private keys, mode 0700; never read by a proxy
+
+
+def ca_key_path(directory: Path, name: str) -> Path:
+    """Where the private key of CA `name` lives: `<dir>/ca/<name>.key`, in a directory of mode
+    0700. A key left beside the certificates by an older mitmesh is moved there first."""
+    keys = directory / CA_DIR
+    path = keys / f"{name}.key"
+    old = directory / f"{name}.key"
+    if old.exists() or not keys.exists():
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(keys, 0o700)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+    return path
+
+
 def init_edge(directory: Path, hosts: list[str] = ("localhost",), ips: list[str] = ("127.0.0.1",),
               force: bool = False) -> list[Path]:
     """The demo edge CA and the gateway's edge certificate; kept if present unless `force`."""
-    ca_cert, ca_key = directory / "edge-ca.pem", directory / "edge-ca.key"
+    ca_cert, ca_key = directory / "edge-ca.pem", ca_key_path(directory, "edge-ca")
     cert, key = directory / "edge.pem", directory / "edge.key"
     made = []
     if force or not (ca_cert.exists() and ca_key.exists()):
@@ -156,7 +177,13 @@ def spiffe_of(cert: x509.Certificate) -> str | None:
 
 
 def mesh_ca_paths(directory: Path) -> tuple[Path, Path]:
-    return directory / f"{MESH_CA}.pem", directory / f"{MESH_CA}.key"
+    """(certificate, private key) of the mesh CA; proxies read the first only."""
+    return directory / f"{MESH_CA}.pem", ca_key_path(directory, MESH_CA)
+
+
+def mesh_ca_cert(directory: Path) -> Path:
+    """The mesh CA's certificate: the trust bundle of every proxy (touches nothing under ca/)."""
+    return directory / f"{MESH_CA}.pem"
 
 
 def workload_paths(directory: Path, name: str) -> tuple[Path, Path]:

@@ -167,7 +167,7 @@ def run(r: Run) -> Report:
         watched = _mesh.watch(m, instances)
         gateway_cert, gateway_key = pki.workload_paths(certs, "gateway")
         catalog_id = pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, "catalog")
-        prober = Prober(instances[0].inbound, gateway_cert, gateway_key, pki.mesh_ca_paths(certs)[0],
+        prober = Prober(instances[0].inbound, gateway_cert, gateway_key, pki.mesh_ca_cert(certs),
                         catalog_id)
         watcher = Watcher(certs, ["gateway", "catalog"]).start()
         before = renewals(first)

@@ -127,8 +127,10 @@ def test_strict_inbound_refuses_handshakes_without_a_valid_mesh_certificate(mesh
                    (str(tmp / "expired/orders.pem"), str(tmp / "expired/orders.key"))):
         status, why = call(payments, meshed.certs, client)
         assert status == "refused", (client, why)
-    log = payments.sidecar.tail(400)
     refused = "mTLS handshake refused on listener inbound: "
+    # logged once the client, having read the alert, lets go
+    wait_until(lambda: payments.sidecar.tail(400).count(refused) >= 3, timeout=5)
+    log = payments.sidecar.tail(400)
     assert refused + "peer did not return a certificate" in log
     assert refused + "self-signed certificate in certificate chain" in log  # another CA
     assert refused + "certificate has expired" in log

@@ -31,8 +31,22 @@ def test_mesh_ca_and_workload_certificate(tmp_path):
     assert {u._name for u in usage} == {"serverAuth", "clientAuth"}
     life = cert.not_valid_after_utc - (cert.not_valid_before_utc + pki.SKEW)
     assert abs(life - dt.timedelta(hours=24)) < dt.timedelta(seconds=5)
-    for key in (tmp_path / "mesh-ca.key", tmp_path / "workload" / "orders.key"):
+    for key in (tmp_path / "ca" / "mesh-ca.key", tmp_path / "workload" / "orders.key"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not (tmp_path / "mesh-ca.key").exists()  # CA keys live apart from what proxies read
+    assert stat.S_IMODE((tmp_path / "ca").stat().st_mode) == 0o700
+
+
+def test_ca_keys_of_an_older_layout_move_into_the_ca_directory(tmp_path):
+    pki.init_mesh(tmp_path, "mitmesh.local")
+    pki.init_edge(tmp_path)
+    for name in ("mesh-ca", "edge-ca"):  # as an older mitmesh left them, beside the certificates
+        (tmp_path / "ca" / f"{name}.key").rename(tmp_path / f"{name}.key")
+    (tmp_path / "ca").rmdir()
+    assert pki.init_mesh(tmp_path, "mitmesh.local") == [] and pki.init_edge(tmp_path) == []
+    assert sorted(p.name for p in (tmp_path / "ca").iterdir()) == ["edge-ca.key", "mesh-ca.key"]
+    assert not list(tmp_path.glob("*-ca.key"))
+    pki.issue_workload(tmp_path, "orders", ORDERS)  # the moved key still signs
 
 
 def test_spiffe_ids():
@@ -67,9 +81,9 @@ def test_renewal_follows_a_new_ca_and_identity(tmp_path):
 
 
 def test_certs_are_ignored_by_git():
-    out = subprocess.run(["git", "check-ignore", "certs/mesh-ca.key", "certs/workload/orders.key",
+    out = subprocess.run(["git", "check-ignore", "certs/ca/mesh-ca.key", "certs/workload/orders.key",
                           "certs/workload/orders.pem"], cwd=ROOT, capture_output=True, text=True)
-    assert out.stdout.split() == ["certs/mesh-ca.key", "certs/workload/orders.key",
+    assert out.stdout.split() == ["certs/ca/mesh-ca.key", "certs/workload/orders.key",
                                   "certs/workload/orders.pem"]
 
 
