@@ -104,7 +104,7 @@ class AccessLog:
             "principal": st.principal,
             "method": req.method,
             "host": req.host_header,
-            "path": redact.url(st.downstream_path),
+            "path": st.downstream_path,
             "route": st.route.name if st.route else None,
             "service": st.destination()[0] or None,
             "cluster": st.cluster,
@@ -117,7 +117,10 @@ class AccessLog:
             "error": flow.error.msg if flow.error else None,
             "decisions": [f"{who}: {what}" for who, what in st.decisions],
         }
-        self._lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+        line = json.dumps(entry, separators=(",", ":"))
+        if redact.suspect(line):  # rarely: a credential in the path or a decision
+            line = json.dumps(redact.value(entry), separators=(",", ":"))
+        self._lines.append(line + "\n")
         if len(self._lines) >= 256:
             self._flush()
 

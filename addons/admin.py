@@ -1,5 +1,8 @@
 """The admin listener of a proxy: /status (config, registry, routes, clusters), /flows and
-/prometheus/targets (every proxy's admin listener, for Prometheus' http_sd_configs), on loopback."""
+/prometheus/targets (every proxy's admin listener, for Prometheus' http_sd_configs), on loopback.
+
+Reading is open; mutating requests need the admin token (mesh/admin.py). /flows shows what
+`mesh/redact.py` leaves of each flow: no credentials."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import asyncio
 import logging
 import os
 
-from mesh import sockets
+from mesh import admin, redact, sockets
 from mesh.admin import AdminServer, json_reply, prometheus_targets
 from mesh.state import MeshState
 
@@ -28,7 +31,7 @@ class Admin:
 
     def _flows(self, method: str, query: str):
         """The last flows this process answered, newest last, with every decision made about them."""
-        return json_reply({"role": self.role, "pid": os.getpid(), "flows": list(self.state.recent)})
+        return json_reply({"role": self.role, "pid": os.getpid(), "flows": redact.value(list(self.state.recent))})
 
     def _targets(self, method: str, query: str):
         snap = self.state.snapshot
@@ -39,6 +42,13 @@ class Admin:
     def _healthz(self, method: str, query: str):
         ok = self.state.snapshot is not None
         return json_reply({"ok": ok}, 200 if ok else 503)
+
+    def _token(self) -> str | None:
+        """The admin token, read from its file when a mutating request comes (a new file counts at once)."""
+        snap = self.state.snapshot
+        if snap is None:
+            return None
+        return admin.read_token(admin.token_path(snap.file, snap.config, sidecar=snap.workload is not None))
 
     def _wanted(self) -> tuple[str, int] | None:
         snap = self.state.snapshot
@@ -60,7 +70,7 @@ class Admin:
         if self.server:
             await self.server.stop()
         self.server = AdminServer(wanted[0], wanted[1], self.handlers,
-                                  sock=sockets.inherited(*wanted))
+                                  sock=sockets.inherited(*wanted), token=self._token)
         try:
             await self.server.start()
         except OSError as e:

@@ -1,7 +1,8 @@
 """Decisions: what every addon decided about a flow, saved with the flow and shown in mitmweb.
 
 The list goes into flow.metadata (saved flows, `mitmesh record`) and, one line per decision, into
-flow.comment, which mitmweb shows in the flow's Comment tab. A flow that was denied, limited,
+flow.comment, which mitmweb shows in the flow's Comment tab (credentials in a decision masked by
+mesh/redact.py). A flow that was denied, limited,
 retried, faulted or mirrored is marked (an emoji in mitmweb's list, found by `~marked`) and its
 comment starts with the outcomes as tags (`#limited`, found by `~comment #limited`).
 
@@ -16,6 +17,7 @@ import logging
 from mitmproxy import ctx, http
 
 from addons import alone, keys, replies
+from mesh import redact
 
 log = logging.getLogger("mitmesh.decisions")
 
@@ -62,8 +64,11 @@ class Decisions:
         st = keys.get(flow)
         if st is None or not st.decisions:
             return
-        flow.metadata[keys.DECISIONS] = [list(d) for d in st.decisions]
+        decisions = [list(d) for d in st.decisions]
         lines = [f"{who}: {what}" for who, what in st.decisions]
+        if redact.suspect("\n".join(lines)):  # rarely: a decision quoting a credential
+            decisions, lines = redact.value(decisions), redact.value(lines)
+        flow.metadata[keys.DECISIONS] = decisions
         found = outcomes(flow, st)
         if found:
             flow.metadata[keys.OUTCOMES] = found

@@ -1,8 +1,10 @@
 """Recorder: saves the proxy's flows (mitmproxy's flow format) while a recording is on.
 
-`POST /record?seconds=30&filter=~u%20/items` on the admin listener starts one; it reaches every
-worker of the proxy through a control file in the shared run directory, and each worker writes
-its own `flows-<pid>.mitm` there. `mitmesh record` drives this and merges the files.
+`POST /record?seconds=30&filter=~u%20/items` on the admin listener (with the admin token) starts
+one; it reaches every worker of the proxy through a control file in the shared run directory, and
+each worker writes its own `flows-<pid>.mitm` there (mode 0600, in a 0700 directory). `mitmesh
+record` drives this and merges the files. Credentials are redacted (mesh/redact.py) unless the
+recording was started with `include_secrets=true` (`mitmesh record --include-secrets`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import uuid
 
 from mitmproxy import flowfilter, http, io
 
+from mesh import redact
 from mesh.admin import json_reply
 from mesh.state import MeshState
 
@@ -40,6 +43,7 @@ class Recorder:
         self._until = 0.0
         self._filter = None
         self._dir = ""
+        self._secrets = False  # keep credentials in the recording (include_secrets=true)
         self._writer: io.FlowWriter | None = None
         self._file = None
         self._task: asyncio.Task | None = None
@@ -63,9 +67,10 @@ class Recorder:
                 flowfilter.parse(expr)
             except ValueError as e:
                 return json_reply({"error": "bad_request", "reason": f"filter: {e} (got {expr!r})"}, 400)
-        control = {"id": uuid.uuid4().hex[:12], "until": time.time() + seconds, "filter": expr}
+        control = {"id": uuid.uuid4().hex[:12], "until": time.time() + seconds, "filter": expr,
+                   "secrets": params.get("include_secrets", "").lower() in ("1", "true", "yes")}
         control["dir"] = os.path.join(run_dir(), "recordings", control["id"])
-        os.makedirs(control["dir"], exist_ok=True)
+        os.makedirs(control["dir"], mode=0o700, exist_ok=True)
         tmp = os.path.join(run_dir(), f".{CONTROL}.{os.getpid()}")
         with open(tmp, "w") as f:
             json.dump(control, f)
@@ -101,7 +106,7 @@ class Recorder:
         with open(path) as f:
             control = json.load(f)
         self._close()
-        self._until, self._dir = control["until"], control["dir"]
+        self._until, self._dir, self._secrets = control["until"], control["dir"], control.get("secrets", False)
         self._filter = flowfilter.parse(control["filter"]) if control["filter"] else None
 
     def _close(self) -> None:
@@ -137,7 +142,30 @@ class Recorder:
         if self._filter is not None and not self._matches(flow):
             return
         if self._writer is None:
-            self._file = open(os.path.join(self._dir, f"flows-{os.getpid()}.mitm"), "ab")
+            path = os.path.join(self._dir, f"flows-{os.getpid()}.mitm")
+            self._file = open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
             self._writer = io.FlowWriter(self._file)
-        self._writer.add(flow)
+        self._writer.add(flow if self._secrets else redacted(flow))
         self._file.flush()
+
+
+def redacted(flow: http.HTTPFlow) -> http.HTTPFlow:
+    """A copy of the flow with credentials masked in headers, the request target, textual bodies,
+    metadata and comment (the live flow is still on its way to the client)."""
+    copy = flow.copy()
+    for message in (copy.request, copy.response):
+        if message is None:
+            continue
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.headers.fields]
+        message.headers.fields = tuple((k.encode("latin-1"), v.encode("latin-1"))
+                                       for k, v in redact.value(pairs))
+        try:
+            body = message.get_text(strict=True)
+        except ValueError:  # not text: nothing a credential could be found in
+            body = None
+        if body and redact.suspect(body):
+            message.text = redact.value(body)
+    copy.request.path = redact.value(copy.request.path)
+    copy.metadata = redact.value(copy.metadata)
+    copy.comment = redact.value(copy.comment)
+    return copy

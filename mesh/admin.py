@@ -1,15 +1,74 @@
-"""A tiny HTTP/1.1 server for a proxy's admin listener (/status, /metrics), on loopback by default."""
+"""A tiny HTTP/1.1 server for a proxy's admin listener (/status, /metrics), on loopback by default.
+
+Reading (GET, HEAD) is open to whoever reaches the listener; every other method changes state
+(`POST /record`) and needs `Authorization: Bearer <token>`, the token in the admin token file
+(`mitmesh certs init` and `mitmesh up` make it, mode 0600; the CLI reads it). A listener on
+loopback answers only Host headers naming a loopback address, so a web page cannot reach it by
+rebinding its own DNS name to 127.0.0.1.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
+import os
+import secrets
+from pathlib import Path
 from typing import Awaitable, Callable
 
 log = logging.getLogger("mitmesh.admin")
 
 Handler = Callable[[str, str], "tuple[int, str, bytes] | Awaitable[tuple[int, str, bytes]]"]
+READ_ONLY = frozenset({"GET", "HEAD"})
+TOKEN_FILE = "admin.token"
+
+
+def token_path(config_file: str | Path, config, sidecar: bool = False) -> Path:
+    """The admin token file of a config: `<gateway|sidecar>.admin.token_file`, by default
+    `<mesh.identity.dir>/admin.token`, relative to the config file's folder."""
+    base = Path(config_file).resolve().parent
+    chosen = (config.sidecar.admin if sidecar else config.gateway.admin).token_file
+    return base / (chosen or Path(config.mesh.identity.dir, TOKEN_FILE))
+
+
+def token_paths(config_file: str | Path, config) -> list[Path]:
+    """Every admin token file a config names (the gateway's and the sidecars')."""
+    return list(dict.fromkeys(token_path(config_file, config, s) for s in (False, True)))
+
+
+def ensure_token(path: Path) -> bool:
+    """Make a random token file (mode 0600) unless one exists; True when made."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return True
+
+
+def read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _loopback_host(host: str) -> bool:
+    """A Host header naming localhost or a loopback address, with or without a port."""
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def json_reply(obj, status: int = 200) -> tuple[int, str, bytes]:
@@ -38,12 +97,35 @@ def prometheus_targets(snap, instances) -> list[dict]:
 
 
 class AdminServer:
-    def __init__(self, address: str, port: int, handlers: dict[str, Handler], sock=None):
+    def __init__(self, address: str, port: int, handlers: dict[str, Handler], sock=None,
+                 token: Callable[[], str | None] = lambda: None):
         self.address = address
         self.port = port
         self.handlers = handlers
+        self.token = token  # the current token (read when needed, so a new file takes effect at once)
         self._sock = sock
         self._server: asyncio.Server | None = None
+        try:
+            self._loopback = ipaddress.ip_address(address).is_loopback
+        except ValueError:
+            self._loopback = address == "localhost"
+
+    def refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str, bytes] | None:
+        """The answer to a request that may not go on (wrong Host, no or wrong token), else None."""
+        host = headers.get("host", "")
+        if self._loopback and host and not _loopback_host(host):
+            return json_reply({"error": "host_not_allowed", "reason": "this admin listener answers "
+                               "only requests addressed to a loopback address or localhost"}, 403)
+        if method in READ_ONLY:
+            return None
+        expected = self.token()
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                           expected.encode()):
+            return None
+        why = ("no admin token is set up; `mitmesh certs init` makes one" if not expected else
+               "wrong admin token" if given else "send the admin token: Authorization: Bearer <token>")
+        return json_reply({"error": "unauthorized", "reason": f"{method} changes state: {why}"}, 401)
 
     async def start(self) -> None:
         if self._sock is not None:
@@ -68,15 +150,24 @@ class AdminServer:
                 if len(line) != 3:
                     return
                 method, target = line[0], line[1]
-                length = 0
+                headers = {}
                 for h in head.split(b"\r\n")[1:]:
-                    if h.lower().startswith(b"content-length:"):
-                        length = int(h.split(b":", 1)[1].strip() or 0)
+                    name, _, value = h.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                try:
+                    length = int(headers.get("content-length") or 0)
+                except ValueError:
+                    return
+                if not 0 <= length <= 1 << 16:  # admin requests carry their arguments in the query
+                    return
                 if length:
                     await reader.readexactly(length)
                 path, _, query = target.partition("?")
                 handler = self.handlers.get(path)
-                if handler is None:
+                refused = self.refusal(method, headers)
+                if refused is not None:
+                    status, ctype, body = refused
+                elif handler is None:
                     status, ctype, body = json_reply(
                         {"error": "not_found", "reason": f"no admin endpoint {path}",
                          "endpoints": sorted(self.handlers)}, 404)
@@ -89,8 +180,9 @@ class AdminServer:
                     except Exception as e:
                         log.exception("admin handler %s failed", path)
                         status, ctype, body = json_reply({"error": "internal", "reason": repr(e)}, 500)
+                challenge = 'www-authenticate: Bearer realm="mitmesh-admin"\r\n' if status == 401 else ""
                 writer.write(
-                    f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n"
+                    f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n{challenge}"
                     f"content-type: {ctype}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
                 )
                 await writer.drain()

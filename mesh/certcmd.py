@@ -1,4 +1,5 @@
-"""`mitmesh certs …`: make the edge and mesh CAs, issue, show and rotate workload certificates."""
+"""`mitmesh certs …`: make the edge and mesh CAs (keys in <dir>/ca/) and the admin token, issue, show
+and rotate workload certificates."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import pki
+from . import admin, pki
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
@@ -58,6 +59,8 @@ def main(args) -> int:
     if args.certs_command == "init":
         made = pki.init_edge(directory, force=args.force)
         made += pki.init_mesh(directory, trust_domain, force=args.force)
+        tokens = admin.token_paths(path, config) if config and not args.dir else [directory / admin.TOKEN_FILE]
+        made += [t for t in tokens if admin.ensure_token(t)]
         for p in made:
             print(f"wrote {p}")
         if not made:
@@ -118,7 +121,7 @@ def rotate(directory: Path, config: MeshConfig, watch: bool = False,
 def add_parser(sub) -> None:
     c = sub.add_parser("certs", help="edge and mesh certificates")
     csub = c.add_subparsers(dest="certs_command", required=True)
-    for name, text in (("init", "make the edge CA, edge certificate and mesh CA if missing"),
+    for name, text in (("init", "make the edge CA, edge certificate, mesh CA and admin token if missing"),
                        ("issue", "issue workload certificates (SPIFFE ID from the config)"),
                        ("show", "list certificates with their identity and expiry"),
                        ("rotate", "renew workload certificates that are due (--watch: keep renewing)")):

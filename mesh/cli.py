@@ -69,7 +69,8 @@ def _record(args) -> int:
     from . import replay
 
     admins = args.admin or replay.admins_of(args.config)
-    return replay.record(admins, args.seconds, args.filter, args.output)
+    token = replay.admin_token(args.config, args.token_file)
+    return replay.record(admins, args.seconds, args.filter, args.output, token, args.include_secrets)
 
 
 def _replay(args) -> int:
@@ -151,7 +152,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default="mesh.yaml")
     r.add_argument("--seconds", type=float, default=30.0)
     r.add_argument("--filter", default="", help="mitmproxy filter expression, e.g. '~u /items & ~m GET'")
-    r.add_argument("-o", "--output", default="flows.mitm")
+    r.add_argument("-o", "--output", default="flows.mitm", help="written with mode 0600")
+    r.add_argument("--token-file", default=None,
+                   help="admin token file (default: the config's, <mesh.identity.dir>/admin.token)")
+    r.add_argument("--include-secrets", action="store_true",
+                   help="keep credentials (Authorization, cookies, API keys, tokens) in the "
+                        "recording; by default they are redacted")
     r.set_defaults(func=_record)
 
     rp = sub.add_parser("replay", help="replay recorded requests against a cluster; list differing responses")

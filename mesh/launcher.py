@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import certcmd, modes, pki, procs
+from . import admin, certcmd, modes, pki, procs
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
@@ -202,6 +202,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     # they expire for as long as `up` runs; proxies pick the new files up by themselves
     identity_dir = certcmd.identity_dir(path, config)
     pki.init_mesh(identity_dir, config.mesh.trust_domain)
+    tokens = admin.token_paths(path, config)
+    for token in tokens:  # mutating admin requests (mitmesh record) present it
+        admin.ensure_token(token)
     certcmd.rotate(identity_dir, config)
     threading.Thread(target=certcmd.rotate, args=(identity_dir, config),
                      kwargs={"watch": True, "stop": stopping}, daemon=True, name="cert-rotation").start()
@@ -250,28 +253,30 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent))
         children.append(gw)
         _echo(gw, "[gateway]")
-        admin = config.gateway.admin
+        admin_cfg = config.gateway.admin
         if web:
             procs.wait_ports(gw, [(l.address, l.port) for l in listeners]
-                             + [(admin.address, admin.port), ("127.0.0.1", web_port)])
+                             + [(admin_cfg.address, admin_cfg.port), ("127.0.0.1", web_port)])
         else:
             procs.wait_log(gw, "gateway ready")
         if sidecars and config.discovery.mdns is not None:
             found = re.search(r"gateway ready: (\d+) worker", gw.log.read_text(errors="replace")) if not web else None
-            _wait_discovered([(admin.address, admin.port, int(found.group(1)) if found else 1)]
+            _wait_discovered([(admin_cfg.address, admin_cfg.port, int(found.group(1)) if found else 1)]
                              + [(i.sidecar.address, i.sidecar.admin, 1) for i, _ in sidecars],
                              len(sidecars), stopping)
         for l in listeners:
             scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
                              else ("http", "gateway"))
             print(f"{label}: {scheme}://{l.address}:{l.port}", flush=True)
-        print(f"admin: http://{admin.address}:{admin.port}/status", flush=True)
+        print(f"admin: http://{admin_cfg.address}:{admin_cfg.port}/status", flush=True)
+        print(f"admin token: {', '.join(map(str, tokens))} (mode 0600; POST /record needs "
+              "Authorization: Bearer <token>, which `mitmesh record` sends)", flush=True)
         if web:
             print(f"web: http://127.0.0.1:{web_port}/?token={token}", flush=True)
         print(f"logs: {run_dir}", flush=True)
         # where `mitmesh record` finds every proxy of this demo
         up_state.parent.mkdir(parents=True, exist_ok=True)
-        up_state.write_text(json.dumps({"admins": [f"http://{admin.address}:{admin.port}"] + [
+        up_state.write_text(json.dumps({"admins": [f"http://{admin_cfg.address}:{admin_cfg.port}"] + [
             f"http://{i.sidecar.address}:{i.sidecar.admin}" for i, _ in sidecars]}))
         print(f"gateway-pid: {gw.pid}", flush=True)
         if plain:

@@ -1,54 +1,93 @@
-"""Secrets out of log lines: credentials in headers, cookies, query parameters and bare tokens
-are replaced by `[redacted]` before anything is written (access logs use the same helpers)."""
+"""Secrets out of everything a proxy shows or keeps: credentials in headers, cookies, query and
+form parameters, JSON fields and bare tokens are replaced by `[redacted]`.
+
+`value()` is the one function the access log, /flows, the decision log and recordings pass their
+records through (and the log filter its lines, through `text()`); only `mitmesh record
+--include-secrets` keeps credentials, and says so.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 MASK = "[redacted]"
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
-                            "x-api-key", "apikey", "api-key", "x-auth-token"})
+                            "x-api-key", "apikey", "api-key", "x-auth-token", "x-access-token",
+                            "private-token", "x-csrf-token"})
 SECRET_PARAMS = frozenset({"apikey", "api_key", "api-key", "key", "token", "access_token",
-                           "id_token", "refresh_token", "client_secret", "password", "secret",
-                           "code", "signature", "sig"})
+                           "id_token", "refresh_token", "auth_token", "session_token", "jwt",
+                           "client_secret", "client_assertion", "assertion", "password", "passwd",
+                           "secret", "code", "signature", "sig", "session", "sessionid"})
+SECRET_NAMES = SECRET_HEADERS | SECRET_PARAMS
 
 # `name: value`, `name=value` or `'name': 'value'` (a logged dict); query parameters are _QUERY's
 _HEADER_LINE = re.compile(
     r"(?i)(?<![?&;\w-])(" + "|".join(re.escape(h) for h in sorted(SECRET_HEADERS))
     + r")(['\"]?\s*[:=]\s*)('[^']*'|\"[^\"]*\"|[^\r\n]+)")
+# query string or form body: `?token=…`, `&api_key=…`, or a body starting with `password=…`
 _QUERY = re.compile(
-    r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in sorted(SECRET_PARAMS)) + r")=)([^&\s#\"']+)")
+    r"(?i)((?:^|(?<=[?&;\s]))(?:" + "|".join(re.escape(p) for p in sorted(SECRET_PARAMS))
+    + r")=)([^&\s#\"']+)")
+# a JSON field: `"access_token": "…"`
+_JSON_FIELD = re.compile(
+    r"(?i)(\"(?:" + "|".join(re.escape(p) for p in sorted(SECRET_NAMES)) + r")\"\s*:\s*)\"[^\"]*\"")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _API_KEY = re.compile(r"\bmk_[A-Za-z0-9_-]{16,}")
 
+# a cheap first look (on the lowercased text: a case-insensitive alternation is ten times slower)
+_ANY = re.compile("|".join(re.escape(n) for n in sorted(SECRET_NAMES | {"bearer", "basic ", "eyj", "mk_"})))
 
-_ANY = re.compile(r"(?i)authorization|cookie|api[-_]?key|bearer|basic |token|secret|password|"
-                  r"auth-token|key=|eyJ|mk_")
+
+def suspect(line: str) -> bool:
+    """Whether `line` may hold a credential (no false negatives; cheap)."""
+    return bool(line) and _ANY.search(line.lower()) is not None
 
 
 def text(line: str) -> str:
-    """A log line with credentials masked."""
-    if not line or not _ANY.search(line):
+    """A string (log line, path, body, decision) with credentials masked."""
+    if not suspect(line):
         return line
-    line = _HEADER_LINE.sub(lambda m: m.group(1) + m.group(2) + MASK, line)
+    line = _HEADER_LINE.sub(_masked_value, line)
     line = _QUERY.sub(lambda m: m.group(1) + MASK, line)
+    line = _JSON_FIELD.sub(lambda m: f'{m.group(1)}"{MASK}"', line)
     line = _BEARER.sub(lambda m: m.group(1) + " " + MASK, line)
     line = _JWT.sub(MASK, line)
     return _API_KEY.sub(MASK, line)
 
 
+def _masked_value(m: re.Match) -> str:
+    quote = m.group(3)[0] if m.group(3)[:1] in ("'", '"') else ""
+    return m.group(1) + m.group(2) + quote + MASK + quote
+
+
+def value(obj: Any) -> Any:
+    """A record with credentials masked, whatever its shape: strings by `text`, a mapping's value
+    under a credential's name, a (name, value) header pair whose name is a credential header."""
+    if isinstance(obj, str):
+        return text(obj)
+    if isinstance(obj, dict):
+        return {k: MASK if isinstance(k, str) and k.lower() in SECRET_NAMES
+                and isinstance(v, (str, bytes, int, float)) else value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if (len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], str)
+                and obj[0].lower() in SECRET_HEADERS):
+            return type(obj)((obj[0], MASK))
+        return type(obj)(value(v) for v in obj)
+    return obj
+
+
 def headers(fields: Iterable[tuple[str, str]], extra: Iterable[str] = ()) -> list[tuple[str, str]]:
     """Header pairs for a log, values of credential headers (and `extra` names) masked."""
     secret = SECRET_HEADERS | {e.lower() for e in extra}
-    return [(k, MASK if k.lower() in secret else v) for k, v in fields]
+    return [(k, MASK if k.lower() in secret else text(v)) for k, v in fields]
 
 
-def url(value: str) -> str:
+def url(target: str) -> str:
     """A URL or request target with credential query parameters masked."""
-    return _QUERY.sub(lambda m: m.group(1) + MASK, value)
+    return _QUERY.sub(lambda m: m.group(1) + MASK, target)
 
 
 class RedactingFilter(logging.Filter):

@@ -24,6 +24,7 @@ from pathlib import Path
 from mitmproxy import http, io
 
 from . import mtls, upstream
+from .admin import read_token, token_paths
 from .config import ConfigError, load
 
 
@@ -40,13 +41,30 @@ def admins_of(config_path: str) -> list[str]:
     return [f"http://{admin.address}:{admin.port}"]
 
 
-def record(admins: list[str], seconds: float, expr: str, out: str) -> int:
+def admin_token(config_path: str, token_file: str | None = None) -> str | None:
+    """The admin token `record` presents: from `--token-file`, else the config's token file."""
+    if token_file:
+        return read_token(Path(token_file))
+    try:
+        config = load(config_path)
+    except ConfigError:
+        return None
+    return next(filter(None, (read_token(p) for p in token_paths(config_path, config))), None)
+
+
+def record(admins: list[str], seconds: float, expr: str, out: str, token: str | None = None,
+           include_secrets: bool = False) -> int:
+    if include_secrets:
+        print("record: --include-secrets: credentials are saved in clear; keep the file safe",
+              file=sys.stderr)
     started = []
     for admin in admins:
-        q = urllib.parse.urlencode({"seconds": seconds, "filter": expr})
+        q = urllib.parse.urlencode({"seconds": seconds, "filter": expr,
+                                    **({"include_secrets": "true"} if include_secrets else {})})
+        request = urllib.request.Request(f"{admin}/record?{q}", method="POST",
+                                         headers={"authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{admin}/record?{q}", method="POST"),
-                                        timeout=5) as r:
+            with urllib.request.urlopen(request, timeout=5) as r:
                 started.append(json.load(r))
         except urllib.error.HTTPError as e:
             print(f"record: {admin}: {json.load(e).get('reason')}", file=sys.stderr)
@@ -57,7 +75,8 @@ def record(admins: list[str], seconds: float, expr: str, out: str) -> int:
         print(f"recording at {admin} for {seconds:g}s" + (f" ({expr})" if expr else ""), flush=True)
     time.sleep(seconds + 0.5)  # workers close their files when the recording ends
     count = 0
-    with open(out, "wb") as dst:
+    with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as dst:
+        os.fchmod(dst.fileno(), 0o600)  # recordings may hold personal data: owner only
         for control in started:
             for part in sorted(glob.glob(os.path.join(control["dir"], "flows-*.mitm"))):
                 with open(part, "rb") as src:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from . import launcher, procs
-from .config import load
+from . import admin, launcher, procs
+from .config import ConfigError, load
 
 
 @dataclass
@@ -101,6 +101,16 @@ class Mesh:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(self.config, sort_keys=False))
         tmp.replace(self.path)
+        try:
+            parsed = load(self.path)
+        except ConfigError:
+            return  # a test writing a broken config on purpose
+        for token in admin.token_paths(self.path, parsed):  # as `mitmesh up` does
+            admin.ensure_token(token)
+
+    def admin_token(self) -> str:
+        """The token mutating admin requests of this mesh's proxies present."""
+        return admin.read_token(admin.token_path(self.path, load(self.path))) or ""
 
     def start_services(self) -> None:
         parsed = load(self.path)

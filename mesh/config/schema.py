@@ -56,10 +56,16 @@ class Listener(Model):
 
 
 class Admin(Model):
-    """The admin listener: /status (and later /metrics). Binds loopback by default."""
+    """The admin listener: /status, /metrics, /flows, /record. Binds loopback by default; reading
+    is open to whoever reaches it, every other method needs the admin token."""
 
     address: Address = "127.0.0.1"
     port: Port = 9901
+    token_file: str | None = Field(
+        None, description="file holding the bearer token that POST /record and every other "
+                          "non-GET request must present, relative to the config file (default "
+                          "<mesh.identity.dir>/admin.token, made by `mitmesh certs init` and "
+                          "`mitmesh up` with mode 0600)")
 
 
 class Gateway(Model):

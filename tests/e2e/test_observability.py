@@ -69,7 +69,8 @@ def test_prometheus_rate_and_quantile_across_workers(observed):
 def test_record_and_replay_against_another_version(observed):
     out = observed.tmp / "flows.mitm"
     rec = subprocess.Popen(MITMESH + ["record", "--admin", observed.admin, "--seconds", "2.5",
-                                      "--filter", "~u /catalog/", "-o", str(out)],
+                                      "--config", str(observed.path), "--filter", "~u /catalog/",
+                                      "-o", str(out)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until(lambda: get(observed.admin + "/record")[1]["recording"], timeout=5)

@@ -18,7 +18,12 @@ def test_init_issue_show_rotate(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ./mesh.yaml: defaults
     code, out = run(capsys, "certs", "init")
     assert code == 0 and out.splitlines() == [
-        "wrote certs/edge-ca.pem", "wrote certs/edge.pem", "wrote certs/mesh-ca.pem"]
+        "wrote certs/edge-ca.pem", "wrote certs/edge.pem", "wrote certs/mesh-ca.pem", "wrote certs/admin.token"]
+    for secret, mode in (("admin.token", 0o600), ("ca", 0o700), ("ca/mesh-ca.key", 0o600), ("ca/edge-ca.key", 0o600)):
+        assert stat.S_IMODE((tmp_path / "certs" / secret).stat().st_mode) == mode, secret
+    token = (tmp_path / "certs/admin.token").read_text()
+    assert run(capsys, "certs", "init")[1].startswith("certificates in certs are present")
+    assert (tmp_path / "certs/admin.token").read_text() == token  # kept
     code, out = run(capsys, "certs", "issue", "orders", "--lifetime", "1h")
     assert out == "wrote certs/workload/orders.pem for spiffe://mitmesh.local/ns/demo/sa/orders\n"
     assert stat.S_IMODE((tmp_path / "certs/workload/orders.key").stat().st_mode) == 0o600

@@ -14,7 +14,7 @@ JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkZW1vLWFwcCJ9.c2lnbmF0dXJlLXZhbHVl"
 @pytest.mark.parametrize("line, expected", [
     ("Authorization: Bearer abc.def.ghi", "Authorization: [redacted]"),
     ("headers {'authorization': 'Basic ZGVtbzpzZWNyZXQ=', 'host': 'a'}",
-     "headers {'authorization': [redacted], 'host': 'a'}"),
+     "headers {'authorization': '[redacted]', 'host': 'a'}"),
     ("Cookie: session=abc; theme=dark", "Cookie: [redacted]"),
     ("set-cookie=sid=123", "set-cookie=[redacted]"),
     ("x-api-key: mk_abcdefghijklmnopqrstuvwxyz", "x-api-key: [redacted]"),
@@ -24,6 +24,12 @@ JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkZW1vLWFwcCJ9.c2lnbmF0dXJlLXZhbHVl"
     ("sent bearer 0123456789abcdef to idp", "sent bearer [redacted] to idp"),
     ("consumer acme used mk_0123456789abcdefghijkl", "consumer acme used [redacted]"),
     ("route catalog matched GET /catalog/items", "route catalog matched GET /catalog/items"),
+    ("grant_type=client_credentials&client_secret=s3cret", "grant_type=client_credentials&client_secret=[redacted]"),
+    ("password=hunter2&user=ann", "password=[redacted]&user=ann"),
+    ('{"access_token": "opaque-123", "token_type": "Bearer"}',
+     '{"access_token": "[redacted]", "token_type": "Bearer"}'),
+    ("GET /x?access_token=a&apikey=b&api_key=c&token=d&key=e&page=2",
+     "GET /x?access_token=[redacted]&apikey=[redacted]&api_key=[redacted]&token=[redacted]&key=[redacted]&page=2"),
 ])
 def test_lines(line, expected):
     assert redact.text(line) == expected
@@ -42,3 +48,14 @@ def test_every_logger_is_masked_once_installed(caplog):
     with caplog.at_level(logging.INFO):
         logging.getLogger("some.library").info("calling %s with Authorization: %s", "idp", "Bearer xyz123456789")
     assert caplog.messages == ["calling idp with Authorization: [redacted]"]
+
+
+def test_value_masks_records_of_any_shape():
+    record = {"path": "/x?access_token=abc", "decisions": [["authn", f"jwt {JWT}"]],
+              "headers": [("Authorization", "Basic ZGVtbzpzZWNyZXQ="), ("Host", "a")],
+              "client_secret": "s", "status": 200}
+    assert redact.value(record) == {
+        "path": "/x?access_token=[redacted]", "decisions": [["authn", "jwt [redacted]"]],
+        "headers": [("Authorization", "[redacted]"), ("Host", "a")], "client_secret": "[redacted]",
+        "status": 200}
+    assert redact.suspect("Cookie: a") and not redact.suspect("route catalog matched GET /items")
