@@ -8,6 +8,7 @@ from mesh.state import MeshState
 from .accesslog import AccessLog
 from .admin import Admin
 from .authn import Authn
+from .auththrottle import AuthThrottle
 from .authz import Authz
 from .canary import Canary
 from .config import Config
@@ -41,6 +42,7 @@ def gateway(state: MeshState | None = None) -> list:
     state = state or MeshState()
     redact.install()       # credentials never reach a log line, whoever logs
     tracing = Tracing(state, "mitmesh-gateway")
+    ratelimit = RateLimit(state)
     return [
         Config(state),     # first: loads mesh.yaml and pins the live snapshot to the flow
         Admin(state),      # admin listener (/status, /metrics, /record, /flows); not on the request path
@@ -55,9 +57,10 @@ def gateway(state: MeshState | None = None) -> list:
         Cors(),            # preflights answered before authentication (browsers send no credentials)
         SizeLimit(),       # 413/431 before authentication reads or introspects anything
         Versioning(),      # the API version picks the cluster; an unknown version is a 400 before any work
+        AuthThrottle(ratelimit.limiters),  # an address with too many failed authentications: 429 before they are checked
         Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
         Authz(),           # may they: deny and allow rules on peer identity, request and claims
-        RateLimit(state),  # after authentication: keyed by the verified consumer; a 429 costs no upstream
+        ratelimit,         # after authentication: keyed by the verified consumer; a 429 costs no upstream
         Canary(),          # sticky split after authentication too (the key may be a verified claim)
         Transform(),       # request side once the request is admitted; response side before it leaves
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream

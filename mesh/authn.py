@@ -27,6 +27,11 @@ Getter = Callable[[str], str | None]
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
 
 
+# the errors of credentials that were presented and are wrong: counted per client IP (AuthThrottle)
+FAILED = frozenset({"invalid_token", "invalid_api_key", "invalid_credentials"})
+KINDS = ("jwt", "oauth2", "api_key")  # policy kinds that authenticate a route's callers
+
+
 class AuthnError(Exception):
     def __init__(self, status: int, error: str, reason: str):
         super().__init__(reason)

@@ -52,12 +52,28 @@ class Policy:
 def compile(model: schema.RateLimit, route: schema.Route) -> Policy:
     items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name))
     header = model.header or ("x-api-key" if model.key == "api_key" else None)
-    storage = model.storage
-    if storage.startswith(("redis://", "rediss://")):
-        storage = "async+" + storage
-    policy = ", ".join(f"{i.amount};w={i.get_expiry()}" for i in items)
     return Policy(route.name, items, model.key, header.lower() if header else None, model.claim,
-                  STRATEGIES[model.strategy], storage, model.fail_open, model.storage_timeout, policy)
+                  STRATEGIES[model.strategy], _storage(model.storage), model.fail_open,
+                  model.storage_timeout, _policy_header(items))
+
+
+def _storage(uri: str) -> str:
+    """limits' storage URI: Redis through its asyncio client."""
+    return "async+" + uri if uri.startswith(("redis://", "rediss://")) else uri
+
+
+def _policy_header(items: tuple[limits.RateLimitItem, ...]) -> str:
+    return ", ".join(f"{i.amount};w={i.get_expiry()}" for i in items)
+
+
+AUTH_FAILURES = "auth-failures"  # the `route` of the failed-authentication counters
+
+
+def compile_auth_failures(model: schema.AuthFailures) -> Policy:
+    """The per-client-IP counter of failed authentications, as a rate limit of its own."""
+    items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name, None))
+    return Policy(AUTH_FAILURES, items, "ip", None, None, STRATEGIES["fixed_window"],
+                  _storage(model.storage), True, model.storage_timeout, _policy_header(items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +172,25 @@ class Limiters:
                 if not ok:
                     break
             return _outcome(policy, stats, time.time())
-        limiter = self._sync.get(policy.strategy)
-        if limiter is None:
-            limiter = self._sync[policy.strategy] = sync_strategies.STRATEGIES[policy.strategy](self._memory)
+        limiter = self._sync_limiter(policy.strategy)
         for item in policy.items:
             ok = limiter.hit(item, *ids)
             stats.append((item, ok, limiter.get_window_stats(item, *ids)))
             if not ok:
                 break
+        return _outcome(policy, stats, time.time())
+
+    def _sync_limiter(self, strategy: str) -> Any:
+        limiter = self._sync.get(strategy)
+        if limiter is None:
+            limiter = self._sync[strategy] = sync_strategies.STRATEGIES[strategy](self._memory)
+        return limiter
+
+    def peek_sync(self, policy: Policy, key: str) -> Outcome:
+        """Whether one more hit would be allowed, without counting one (memory storage)."""
+        limiter = self._sync_limiter(policy.strategy)
+        ids = (policy.strategy, policy.route, key)
+        stats = [(item, limiter.test(item, *ids), limiter.get_window_stats(item, *ids)) for item in policy.items]
         return _outcome(policy, stats, time.time())
 
     def expire(self) -> None:
@@ -172,7 +199,8 @@ class Limiters:
 
     # Redis: asynchronous, bounded by the policy's timeout, fail open or closed
 
-    async def hit_async(self, policy: Policy, key: str) -> Outcome:
+    async def hit_async(self, policy: Policy, key: str, peek: bool = False) -> Outcome:
+        """Count one hit (or, with `peek`, only look whether one more would be allowed)."""
         uri = policy.storage
         if time.monotonic() < self._down_until.get(uri, 0.0):
             return self._unavailable(policy, None)
@@ -182,6 +210,10 @@ class Limiters:
         try:
             async with asyncio.timeout(policy.timeout):
                 for item in policy.items:
+                    if peek:
+                        stats.append((item, await limiter.test(item, *ids),
+                                      await limiter.get_window_stats(item, *ids)))
+                        continue
                     if policy.strategy == "fixed-window":  # two round trips instead of three
                         k = item.key_for(*ids)
                         count = await limiter.storage.incr(k, item.get_expiry())

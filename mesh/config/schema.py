@@ -76,6 +76,10 @@ class Gateway(Model):
     policies: list[Name] = Field(default_factory=list, description="policy blocks for every route "
                                  "that does not set the same kind itself (e.g. size limits)")
     zone: Name | None = Field(None, description="the gateway's zone, for zone-aware balancing (default none)")
+    auth_failures: AuthFailures | None = Field(
+        default_factory=lambda: AuthFailures(),
+        description="failed authentications allowed per client IP before a 429 (default 20 per "
+                    "minute, in memory); null: not counted")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +549,25 @@ class RateLimit(Model):
             raise ValueError(f"header is only used with key: header or api_key (got key: {self.key})")
         if self.claim is not None and self.key != "claim":
             raise ValueError(f"claim is only used with key: claim (got key: {self.key})")
+        return self
+
+
+class AuthFailures(Model):
+    """Failed authentications (a wrong token, API key or client secret) counted per client IP; over
+    the limit, that address gets a 429 with Retry-After on every route that authenticates, before
+    its credentials are checked. Missing credentials are not failures (browsers retry with them)."""
+
+    minute: Count | None = Field(20, description="failed authentications per minute (default 20)")
+    hour: Count | None = Field(None, description="failed authentications per hour (default none)")
+    storage: Annotated[str, AfterValidator(_check_storage)] = Field(
+        "memory", description="memory (default: per worker) or redis://host:port/db (shared)")
+    storage_timeout: Annotated[Duration, Field(gt=0, le=10)] = Field(
+        0.1, description="longest wait for the storage per request (default 100ms; then not counted)")
+
+    @model_validator(mode="after")
+    def _valid(self) -> AuthFailures:
+        if self.minute is None and self.hour is None:
+            raise ValueError("expected minute or hour (got neither); `auth_failures: null` turns it off")
         return self
 
 

@@ -262,8 +262,9 @@ async def test_a_flood_of_unknown_kids_fetches_the_jwks_at_most_once(gateway, up
         good = await idp.token()
         assert (await gw.send("/jwt/x", headers={"authorization": f"Bearer {good}"})).response.status_code == 200
         fetches = idp.state["stats"]["jwks_fetches"]
-        flows = await asyncio.gather(*(
-            gw.send("/jwt/x", headers={"authorization": f"Bearer {idp.sign(headers={'kid': f'kid-{i}'})}"})
+        flows = await asyncio.gather(*(  # from 40 addresses: one alone would be throttled after 20
+            gw.send("/jwt/x", headers={"authorization": f"Bearer {idp.sign(headers={'kid': f'kid-{i}'})}"},
+                    client=f"10.0.0.{i + 1}")
             for i in range(40)))
         assert {f.response.status_code for f in flows} == {401}
         assert idp.state["stats"]["jwks_fetches"] - fetches <= 1

@@ -1,0 +1,80 @@
+"""AuthThrottle: failed authentications counted per client IP (`gateway.auth_failures`, default 20
+per minute); an address over the limit gets a JSON 429 with Retry-After on every route that
+authenticates, before its credentials are even looked at, so guessing tokens or API keys is slow.
+
+The counters are rate limits of their own, kept by the RateLimit addon's `limits` storages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mitmproxy import http
+
+from mesh import authn, ratelimit
+from mesh.compiled import PerSnapshot
+from mesh.state import Snapshot
+
+from . import keys, replies
+
+
+def compile_policy(snap: Snapshot) -> ratelimit.Policy | None:
+    model = snap.config.gateway.auth_failures
+    return ratelimit.compile_auth_failures(model) if model is not None else None
+
+
+class AuthThrottle:
+    def __init__(self, limiters: ratelimit.Limiters):
+        self.limiters = limiters
+        self._policies = PerSnapshot(compile_policy)
+        self._counting: set[asyncio.Task] = set()
+
+    def _policy(self, st: keys.FlowState | None) -> ratelimit.Policy | None:
+        if st is None or st.route is None or not any(k in st.route.policies for k in authn.KINDS):
+            return None
+        return self._policies.get(st.snapshot)
+
+    def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response or flow.error or not flow.live:
+            return None
+        st = keys.get(flow)
+        policy = self._policy(st)
+        if policy is None:
+            return None
+        key = ratelimit.key_text("ip", flow.client_conn.peername[0])
+        if policy.storage == "memory":
+            self._apply(flow, st, self.limiters.peek_sync(policy, key))
+            return None
+        return self._peek_async(flow, st, policy, key)
+
+    async def _peek_async(self, flow, st, policy, key) -> None:
+        self._apply(flow, st, await self.limiters.hit_async(policy, key, peek=True))
+
+    def _apply(self, flow: http.HTTPFlow, st: keys.FlowState, outcome: ratelimit.Outcome) -> None:
+        if outcome.allowed:
+            return
+        st.decide("auththrottle", f"{flow.client_conn.peername[0]} is over {outcome.window} failed "
+                                  f"authentications; refused before authentication")
+        replies.reply(flow, 429, "too_many_failed_authentications",
+                      f"too many failed authentications from this address (limit {outcome.window}); "
+                      f"retry after {outcome.retry_after}s",
+                      headers={"Retry-After": str(outcome.retry_after)})
+
+    def response(self, flow: http.HTTPFlow):
+        st = keys.get(flow)
+        if st is None or st.error not in authn.FAILED:
+            return
+        policy = self._policy(st)
+        if policy is None:
+            return
+        key = ratelimit.key_text("ip", flow.client_conn.peername[0])
+        if policy.storage == "memory":
+            self.limiters.hit_sync(policy, key)
+            return
+        task = asyncio.get_running_loop().create_task(self.limiters.hit_async(policy, key))
+        self._counting.add(task)  # counted in the background: the 401 does not wait for Redis
+        task.add_done_callback(self._counting.discard)
+
+    async def done(self):
+        if self._counting:  # before RateLimit closes the storages
+            await asyncio.gather(*self._counting, return_exceptions=True)
