@@ -153,7 +153,7 @@ class Authn:
             del flow.request.query[c.query]
 
     def _refuse(self, flow, st, route, e: authn.AuthnError) -> None:
-        st.decide("authn", f"{e.status} {e.error}: {e.reason}")
+        st.decide("authn", f"{e.status} {e.error}: {e.reason}" + (f" ({e.detail})" if e.detail else ""))
         challenge = route.challenge(e.error) if e.status in (401, 403) else ""
         replies.reply(flow, e.status, e.error, e.reason,
                       headers={"www-authenticate": challenge} if challenge else None)

@@ -30,8 +30,14 @@ _STATUS = {"connect_failure": 503, "reset": 502, "protocol_error": 502, "timeout
 _ERROR = {"connect_failure": "upstream_connect_failure", "reset": "upstream_reset",
           "protocol_error": "upstream_protocol_error", "timeout": "upstream_timeout",
           "per_try_timeout": "upstream_timeout"}
+# what a client is told; endpoint addresses and library messages stay in the decision log and logs
+_TOLD = {"connect_failure": "no endpoint could be connected to", "reset": "the upstream reset the connection",
+         "protocol_error": "the upstream answered with invalid HTTP", "timeout": "the upstream did not answer in time",
+         "per_try_timeout": "the upstream did not answer in time"}
 ATTEMPTS_HEADER = "x-mitmesh-attempts"
 _ATTEMPTS = ATTEMPTS_HEADER.encode()
+# what software answered behind the gateway is nobody's business outside (Envoy overwrites Server too)
+_EDGE_DROPS = frozenset({_ATTEMPTS, b"server", b"x-powered-by"})
 MAX_REFUSED = 3  # endpoints tried when each refuses the connection, before answering 503
 
 
@@ -159,7 +165,8 @@ class Forward:
         flow.metadata[keys.ATTEMPTS] = st.attempts
         if last_resp is not None:
             # ours replaces the count of a proxy further upstream (a sidecar's): one header, this hop's
-            headers = [(n, v) for n, v in last_resp.headers if n.lower() != _ATTEMPTS]
+            drop = _EDGE_DROPS if st.direction is None else (_ATTEMPTS,)
+            headers = [(n, v) for n, v in last_resp.headers if n.lower() not in drop]
             headers.append((_ATTEMPTS, str(st.attempts).encode()))
             flow.response = http.Response(last_resp.http_version, last_resp.status, last_resp.reason,
                                           tuple(headers), last_resp.body, None, time.time(), time.time())
@@ -169,7 +176,8 @@ class Forward:
             kind = "timeout"
             reason = f"{cname}: no response within the route's deadline of {res.deadline:g}s"
         else:
-            reason = f"{cname} endpoint {st.endpoint}: {last_error}"
+            reason = f"{cname}: {_TOLD[kind]} ({st.attempts} attempt{'s' if st.attempts > 1 else ''})"
+            st.decide("forward", f"answered {_STATUS[kind]}: {cname} endpoint {st.endpoint}: {last_error}")
         replies.reply(flow, _STATUS[kind], _ERROR[kind], reason,
                       headers={ATTEMPTS_HEADER: str(st.attempts)})
 

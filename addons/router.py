@@ -20,11 +20,17 @@ class Router:
         path, _, _ = req.path.partition("?")
         path = normalize_path(path)
         host = req.host_header or ""
-        method = req.method
-        if method == "OPTIONS" and "origin" in req.headers and "access-control-request-method" in req.headers:
-            # a CORS preflight goes to the route its real request will take, where Cors answers it
-            method = req.headers["access-control-request-method"].upper()
-        route = st.snapshot.routes.match(host, path, method, req.headers.get, lambda: req.query)
+        match = st.snapshot.routes.match
+        route = None
+        if req.method == "OPTIONS" and "origin" in req.headers and "access-control-request-method" in req.headers:
+            # a CORS preflight goes to the route its real request will take, where Cors answers it;
+            # a route without a CORS policy answers none: then it is routed as the OPTIONS it is
+            route = match(host, path, req.headers["access-control-request-method"].upper(),
+                          req.headers.get, lambda: req.query)
+            if route is not None and "cors" not in route.policies:
+                route = None
+        if route is None:
+            route = match(host, path, req.method, req.headers.get, lambda: req.query)
         if route is None:
             st.decide("router", f"no route for {req.method} {path} on host {host}")
             replies.reply(flow, 404, "no_route", f"no route for {req.method} {path} on host {host}")

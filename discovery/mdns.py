@@ -1,8 +1,11 @@
 """mDNS discovery with zeroconf: announce this instance, browse `_mitmesh._tcp.local.` into a registry.
 
 zeroconf is always bound to explicit interface addresses (never its default, which multicasts on
-every interface of the machine). Instances of other meshes on the same network are ignored by the
-`mesh` TXT key, so concurrent meshes (test runs, engineers) never see each other.
+every interface of the machine). Its shared receiving socket would still bind 0.0.0.0:5353 whatever
+the interfaces (zeroconf offers no option for it); here it binds the mDNS group 224.0.0.251:5353
+with IP_MULTICAST_ALL off, so it hears only the groups it joined on the configured interfaces, and
+the only unicast sockets are those on the configured addresses. Instances of other meshes on the
+same network are ignored by the `mesh` TXT key, so concurrent meshes never see each other.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import ipaddress
 import logging
 import re
 import socket
+import sys
 
+import zeroconf._engine
+import zeroconf._utils.net as zcnet
 from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -87,6 +93,29 @@ def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dic
                     address=addresses[0], port=int(port), weight=int(weight), zone=zone,
                     identity=_text(props, "identity"), protocol=protocol, source="mdns",
                     workload=_text(props, "instance"), admin=int(admin) if admin else None)
+
+
+MDNS_GROUP = "224.0.0.251"
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux; Python does not name it
+_zeroconf_listen_socket = zcnet.new_listen_socket
+
+
+def group_listen_socket(ip_version: IPVersion = IPVersion.V4Only, apple_p2p: bool = False) -> socket.socket | None:
+    """zeroconf's receiving socket, bound to the mDNS group rather than every address (IPv4 on
+    Linux; elsewhere zeroconf's own)."""
+    if ip_version is not IPVersion.V4Only or not sys.platform.startswith("linux"):
+        return _zeroconf_listen_socket(ip_version, apple_p2p)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    zcnet.set_so_reuseport_if_available(s)
+    s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)  # only the memberships of this socket
+    s.bind((MDNS_GROUP, zcnet._MDNS_PORT))
+    return s
+
+
+# zeroconf builds its sockets in create_sockets (and on an interface rescan) through these names
+zcnet.new_listen_socket = group_listen_socket
+zeroconf._engine.new_listen_socket = group_listen_socket
 
 
 class MdnsSource(Source):

@@ -33,13 +33,16 @@ KINDS = ("jwt", "oauth2", "api_key")  # policy kinds that authenticate a route's
 
 
 class AuthnError(Exception):
-    def __init__(self, status: int, error: str, reason: str):
+    """A refusal: `reason` is what the client is told, in our words; `detail` (a library's message,
+    an issuer's address) goes only to the decision log."""
+
+    def __init__(self, status: int, error: str, reason: str, detail: str = ""):
         super().__init__(reason)
-        self.status, self.error, self.reason = status, error, reason
+        self.status, self.error, self.reason, self.detail = status, error, reason, detail
 
 
-def _invalid(reason: str) -> AuthnError:
-    return AuthnError(401, "invalid_token", reason)
+def _invalid(reason: str, detail: str = "") -> AuthnError:
+    return AuthnError(401, "invalid_token", reason, detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ _JWT_ERRORS: list[tuple[type, str]] = [
     (jwt.InvalidIssuerError, "wrong issuer"),
     (jwt.InvalidAudienceError, "wrong audience"),
     (jwt.InvalidSignatureError, "signature verification failed"),
-    (jwt.MissingRequiredClaimError, "token lacks a required claim"),
+    (jwt.MissingRequiredClaimError, "token lacks the required claim"),
 ]
 
 
@@ -79,7 +82,7 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
-            raise _invalid(f"malformed token: {e}") from None
+            raise _invalid("malformed token", str(e)) from None
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg.lower() == "none":
             raise _invalid("unsigned token: the 'none' algorithm is never accepted")
@@ -99,8 +102,8 @@ class JwtVerifier:
     def _decode(self, token: str, alg: str, kid: str | None) -> dict:
         keyset = self.keys.keys
         if keyset is None:
-            raise AuthnError(503, "authn_unavailable",
-                             f"signing keys of {self.config.issuer} are unavailable ({self.keys.error})")
+            raise AuthnError(503, "authn_unavailable", "the issuer's signing keys are unavailable",
+                             f"signing keys of {self.config.issuer}: {self.keys.error}")
         candidates = keyset.candidates(kid, alg)
         if not candidates:
             if not keyset.has_kid(kid):
@@ -110,9 +113,9 @@ class JwtVerifier:
         error: Exception | None = None
         for key in candidates:
             try:
-                return jwt.decode(token, key.key, algorithms=[alg], audience=self.audiences,
-                                  issuer=self.config.issuer, leeway=self.config.leeway,
-                                  options=self.options)
+                return _numeric_dates(jwt.decode(token, key.key, algorithms=[alg], audience=self.audiences,
+                                                 issuer=self.config.issuer, leeway=self.config.leeway,
+                                                 options=self.options))
             except jwt.InvalidSignatureError as e:
                 error = e  # without a kid, try the next key of the same type
             except jwt.PyJWTError as e:
@@ -120,9 +123,19 @@ class JwtVerifier:
                 break
         for kind, words in _JWT_ERRORS:
             if isinstance(error, kind):
-                detail = f": {error}" if kind is jwt.MissingRequiredClaimError else ""
-                raise _invalid(words + detail)
-        raise _invalid(f"invalid token: {error}")
+                claim = f" {error.claim}" if isinstance(error, jwt.MissingRequiredClaimError) else ""
+                raise _invalid(words + claim, str(error))
+        raise _invalid("invalid token", str(error))
+
+
+def _numeric_dates(claims: dict) -> dict:
+    """exp, nbf and iat must be JSON numbers (RFC 7519 NumericDate): PyJWT reads `"exp": "999999"`
+    with int(), so a string would pass for a date."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _invalid(f"claim {name} is not a number of seconds (RFC 7519 NumericDate)", f"got {value!r}")
+    return claims
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +193,8 @@ class Introspector:
             if not isinstance(answer, dict):
                 raise ValueError("not a JSON object")
         except (HttpError, ValueError) as e:
-            raise AuthnError(503, "authn_unavailable", f"token introspection failed: {e}") from None
+            raise AuthnError(503, "authn_unavailable", "token introspection is unavailable",
+                             f"token introspection failed: {e}") from None
         now, mono = time.time(), time.monotonic()
         result = self._judge(answer, now)
         exp = answer.get("exp")

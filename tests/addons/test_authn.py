@@ -176,14 +176,20 @@ BAD_TOKENS = [
     ("not yet valid", lambda i: i.sign(nbf=int(time.time()) + 3600), "token not yet valid (nbf or iat in the future)"),
     ("wrong issuer", lambda i: i.sign(iss="http://evil.example"), "wrong issuer"),
     ("wrong audience", lambda i: i.sign(aud="someone-else"), "wrong audience"),
-    ("no exp", lambda i: i.sign(exp=None), 'token lacks a required claim: Token is missing the "exp" claim'),
+    ("no exp", lambda i: i.sign(exp=None), "token lacks the required claim exp"),
+    ("exp as a string", lambda i: i.sign(exp="999999"), "token expired"),
+    ("future exp as a string", lambda i: i.sign(exp=str(int(time.time()) + 3600)),
+     "claim exp is not a number of seconds (RFC 7519 NumericDate)"),
+    ("nbf as a string", lambda i: i.sign(nbf=str(int(time.time()) - 10)),
+     "claim nbf is not a number of seconds (RFC 7519 NumericDate)"),
+    ("exp as true", lambda i: i.sign(exp=True), "token expired"),  # PyJWT reads it as 1
     ("alg none", unsigned, "unsigned token: the 'none' algorithm is never accepted"),
     ("tampered claims", lambda i: tamper(i.sign(), 1), "signature verification failed"),
     ("tampered signature", lambda i: tamper(i.sign(), 2), "signature verification failed"),
     ("unknown kid", foreign_key, "unknown key id 'not-a-known-kid'"),
     ("HS256 with the RS256 public key", hs256_with_public_key, "algorithm HS256 is not allowed (allowed: ES256, RS256)"),
-    ("malformed base64", lambda i: "eyJhbGciOi!!.e30.x", "malformed token: Invalid header padding"),
-    ("not a JWT at all", lambda i: "hello", "malformed token: Not enough segments"),
+    ("malformed base64", lambda i: "eyJhbGciOi!!.e30.x", "malformed token"),
+    ("not a JWT at all", lambda i: "hello", "malformed token"),
     ("100 KB token", lambda i: "eyJhbGciOiJSUzI1NiJ9." + "A" * 100_000 + ".sig",
      "token of 100025 bytes is larger than 8192"),
 ]
@@ -319,7 +325,8 @@ async def test_introspection_down_is_503(gateway, upstream_app, idp):
         await idp.stop()
         flow = await gw.send("/token/x", headers={"authorization": f"Bearer {opaque}"})
         assert flow.response.status_code == 503 and body(flow)["error"] == "authn_unavailable"
-        assert body(flow)["reason"].startswith("token introspection failed:")
+        assert body(flow)["reason"] == "token introspection is unavailable"  # its URL and error: logs only
+        assert "token introspection failed: " in str(flow.metadata[keys.DECISIONS])
 
 
 async def test_api_keys(gateway, upstream_app, idp):

@@ -65,7 +65,10 @@ async def test_refused_upstream_is_json_503(gateway):
         assert flow.response.status_code == 503
         body = json.loads(flow.response.content)
         assert body["error"] == "upstream_connect_failure"
-        assert f"users/v1 endpoint 127.0.0.1:{dead}" in body["reason"]
+        assert body["reason"] == "users/v1: no endpoint could be connected to (1 attempt)"
+        # the address and the system's words are for the operator: decision log and logs only
+        assert f"users/v1 endpoint 127.0.0.1:{dead}" in str(flow.metadata[keys.DECISIONS])
+        assert str(dead) not in flow.response.text
 
 
 async def test_slow_upstream_is_json_504_at_the_route_timeout(gateway, upstream_app):
