@@ -12,17 +12,25 @@ VOLATILE = ("request_id", "instance", "version", "zone")
 
 
 def _validate(args) -> int:
-    from .config import ConfigError, load
+    from .config import ConfigError, load_text
+    from .config.lint import warnings
+    from .config.source import parse
 
     status = 0
     for file in args.files:
         try:
-            load(file)
+            text = Path(file).read_text()
+            config = load_text(text, file)
+        except OSError as e:
+            print(f"{file}:1: cannot read file: {e.strerror}")
+            status = 1
         except ConfigError as e:
             print(e)
             print(f"{len(e.problems)} error(s) in {file}", file=sys.stderr)
             status = 1
         else:
+            for warning in warnings(parse(text, file), config):  # printed, not fatal
+                print(warning)
             print("ok" if len(args.files) == 1 else f"{file}: ok")
     return status
 

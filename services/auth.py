@@ -5,7 +5,7 @@ Demo clients (a demo's fixed data, like the users service's alice and bob):
 
 | client id  | secret         | scopes                                  | tokens |
 |------------|----------------|-----------------------------------------|--------|
-| demo-app   | demo-secret    | users:read orders:read catalog:read     | JWT (RS256, RFC 9068) |
+| demo-app   | demo-secret    | users:read orders:read orders:write catalog:read payments:charge | JWT (RS256, RFC 9068) |
 | legacy-app | legacy-secret  | users:read catalog:read                 | opaque, checked by introspection |
 | gateway    | gateway-secret | (none)                                  | may call /oauth/introspect |
 """
@@ -37,7 +37,8 @@ class Client:
 
 
 CLIENTS = {
-    "demo-app": Client("demo-secret", ("users:read", "orders:read", "catalog:read")),
+    "demo-app": Client("demo-secret", ("users:read", "orders:read", "orders:write", "catalog:read",
+                                       "payments:charge")),
     "legacy-app": Client("legacy-secret", ("users:read", "catalog:read"), "opaque"),
     "gateway": Client("gateway-secret", (), introspect=True),
 }

@@ -101,13 +101,13 @@ def token(demo, client: str, secret: str) -> str:
 
 
 def test_api_keys_and_opaque_tokens(demo):
-    status, body, headers = get(demo["url"] + "/partner/catalog/items/1", headers={"x-api-key": DEMO_KEY})
-    assert (status, body["service"], body["caller"]) == (200, "catalog", "acme")
+    status, body, headers = get(demo["url"] + "/orders", headers={"x-api-key": DEMO_KEY})
+    assert (status, body["service"], body["caller"]) == (200, "orders", "acme")
     assert headers["x-content-type-options"] == "nosniff"  # the demo's hardening defaults
-    status, body, headers = get(demo["url"] + "/partner/catalog/items/1")
+    status, body, headers = get(demo["url"] + "/orders")
     assert (status, body["error"]) == (401, "missing_credentials")
-    assert headers["www-authenticate"] == 'ApiKey realm="partner-catalog", header="x-api-key"'
-    assert get(demo["url"] + "/partner/catalog/items/1", headers={"x-api-key": "mk_guess"})[0] == 401
+    assert headers["www-authenticate"] == 'Bearer realm="orders", ApiKey realm="orders", header="x-api-key"'
+    assert get(demo["url"] + "/orders", headers={"x-api-key": "mk_guess"})[0] == 401
 
     opaque = token(demo, "legacy-app", "legacy-secret")
     assert "." not in opaque
@@ -184,11 +184,13 @@ def test_cors_preflight_and_mtls_listener(demo):
 
 
 def test_demo_sidecars_only_orders_may_call_payments(demo):
-    """mesh.yaml's services are STRICT mTLS and payments' sidecar admits orders (and the gateway):
-    an order charges through payments; users' app calling payments through its sidecar gets 403."""
-    status, body, _ = get(demo["url"] + "/orders", data=b'{"item_id": 3, "quantity": 1}')
+    """mesh.yaml's services are STRICT mTLS and payments' sidecar admits orders (and the gateway
+    for POST /charge): an order charges through payments; users' app calling payments through its
+    sidecar gets 403."""
+    bearer = {"authorization": f"Bearer {token(demo, 'demo-app', 'demo-secret')}"}
+    status, body, _ = get(demo["url"] + "/orders", data=b'{"item_id": 3, "quantity": 1}', headers=bearer)
     assert status == 200 and body["order"]["payment"], body
-    status, body, _ = get(demo["url"] + "/users/alice/charge", data=b"{}")
+    status, body, _ = get(demo["url"] + "/users/alice/charge", data=b"{}", headers=bearer)
     assert (status, body["upstream"]["error"]) == (403, "access_denied"), body
     assert body["upstream"]["reason"] == ("no allow rule of service payments matches peer "
                                           "spiffe://mitmesh.local/ns/demo/sa/users")

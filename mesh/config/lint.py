@@ -1,0 +1,84 @@
+"""Warnings about a config that loads but is likely a mistake; `mitmesh validate` prints them.
+
+One today: a service exposed by two routes that authenticate differently, where one route lets a
+caller skip a check the other makes (OWASP API Security Top 10, API5: broken function level
+authorization). A route is weaker than another to the same service when it authenticates no one
+while the other does (JWT, opaque token, API key, or an allow list of mTLS identities), or when
+both accept the same kind of credential and it requires fewer scopes or claims. Routes whose
+credentials are of different kinds (a JWT here, an mTLS identity there) each make their check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema import MeshConfig, Route
+from .source import Problem, Source
+
+TOKEN_KINDS = ("jwt", "oauth2", "api_key")
+
+
+@dataclass(frozen=True)
+class Auth:
+    """What a route demands of a caller."""
+
+    kinds: frozenset[str]  # credential kinds accepted: jwt, oauth2, api_key, mtls
+    requires: frozenset[str]  # scopes and claim=value pairs that must be held
+
+    @property
+    def authenticates(self) -> bool:
+        return bool(self.kinds or self.requires)
+
+    def describe(self) -> str:
+        if not self.authenticates:
+            return "without authentication"
+        names = {"jwt": "a JWT", "oauth2": "an OAuth2 token", "api_key": "an API key",
+                 "mtls": "an allowed mTLS identity"}
+        what = " or ".join(names[k] for k in sorted(self.kinds)) or "credentials"
+        return what + (f" with {', '.join(sorted(self.requires))}" if self.requires else "")
+
+    def skips(self, other: Auth) -> bool:
+        """Whether a caller can pass this route without what `other` demands."""
+        if not self.authenticates:
+            return other.authenticates
+        return bool(self.kinds & other.kinds) and bool(other.requires - self.requires)
+
+
+def route_auth(config: MeshConfig, route: Route) -> Auth:
+    """The route's authentication: its own policy blocks, then the gateway's defaults per kind."""
+    found: dict[str, object] = {}
+    for name in [*route.policies, *config.gateway.policies]:
+        block = config.policies.get(name)
+        for kind in (*TOKEN_KINDS, "require", "authz"):
+            value = getattr(block, kind, None) if block is not None else None
+            if value is not None:
+                found.setdefault(kind, value)  # a kind the route sets wins over the default
+    kinds = {k for k in TOKEN_KINDS if k in found}
+    authz = found.get("authz")
+    if authz is not None and authz.allow and all(r.principals or r.namespaces for r in authz.allow):
+        kinds.add("mtls")
+    require = found.get("require")
+    requires = set()
+    if require is not None:
+        requires |= {f"scope {s}" for s in require.scopes}
+        requires |= {f"claim {k}={v}" for k, values in require.claims.items() for v in values}
+    return Auth(frozenset(kinds), frozenset(requires))
+
+
+def warnings(src: Source, config: MeshConfig) -> list[Problem]:
+    out: list[Problem] = []
+    by_service: dict[str, list[tuple[int, Route, Auth]]] = {}
+    for i, route in enumerate(config.routes):
+        if route.forward is not None:
+            by_service.setdefault(route.forward.service, []).append((i, route, route_auth(config, route)))
+    for service, routes in by_service.items():
+        for i, route, auth in routes:
+            other = next(((j, r, a) for j, r, a in routes if j != i and auth.skips(a)), None)
+            if other is None:
+                continue
+            j, stronger, demands = other
+            out.append(src.problem(("routes", i), (
+                f"warning: route {route.name} exposes service {service} {auth.describe()}, but route "
+                f"{stronger.name} (line {src.line_of(('routes', j))}) requires {demands.describe()}: a "
+                f"caller can skip that check through route {route.name}")))
+    return out

@@ -1,0 +1,84 @@
+"""Config warnings: a route that lets callers skip another route's authentication of the same
+service is named with file and line; everything else stays quiet. `mitmesh validate` still exits 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh import cli
+from mesh.config import load_text
+from mesh.config.lint import warnings
+from mesh.config.source import parse
+from tests.conftest import dedent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HEAD = """
+version: 1
+gateway: {listeners: [{name: public, port: 18080}]}
+services:
+  users: {versions: {v1: {endpoints: ["127.0.0.1:19001"]}}}
+  catalog: {versions: {v1: {endpoints: ["127.0.0.1:19002"]}}}
+policies:
+  jwt: {jwt: {issuer: "https://idp", jwks_uri: "https://idp/jwks"}}
+  read: {require: {scopes: ["users:read"]}}
+  admin: {require: {scopes: ["users:read", "users:admin"]}}
+  keys: {api_key: {consumers: {acme: {key_sha256: "%s"}}}}
+  orders-only: {authz: {allow: [{principals: ["td/ns/demo/sa/orders"]}]}}
+  local-only: {authz: {allow: [{ip_blocks: ["127.0.0.0/8"]}]}}
+routes:
+""" % ("0" * 64)
+
+
+def lint(routes: str) -> list[str]:
+    text = dedent(HEAD) + dedent(routes)
+    return [str(w) for w in warnings(parse(text, "mesh.yaml"), load_text(text, "mesh.yaml"))]
+
+
+def route(name: str, prefix: str, service: str, *policies: str) -> str:
+    return (f"  - {{name: {name}, match: {{path: {{prefix: {prefix}}}}}, forward: {{service: {service}}}, "
+            f"policies: [{', '.join(policies)}]}}\n")
+
+
+CASES = [
+    ("open beside jwt", route("open", "/users", "users") + route("secure", "/secure", "users", "jwt", "read"),
+     ["mesh.yaml:14: routes[0]: warning: route open exposes service users without authentication, but "
+      "route secure (line 15) requires a JWT with scope users:read: a caller can skip that check through "
+      "route open"]),
+    ("fewer scopes", route("a", "/a", "users", "jwt", "read") + route("b", "/b", "users", "jwt", "admin"),
+     ["mesh.yaml:14: routes[0]: warning: route a exposes service users a JWT with scope users:read, but "
+      "route b (line 15) requires a JWT with scope users:admin, scope users:read: a caller can skip that "
+      "check through route a"]),
+    ("open beside api key", route("open", "/c", "catalog") + route("partner", "/p", "catalog", "keys"),
+     ["mesh.yaml:14: routes[0]: warning: route open exposes service catalog without authentication, but "
+      "route partner (line 15) requires an API key: a caller can skip that check through route open"]),
+    ("open beside mTLS identities", route("open", "/c", "catalog") + route("internal", "/i", "catalog", "orders-only"),
+     ["mesh.yaml:14: routes[0]: warning: route open exposes service catalog without authentication, but "
+      "route internal (line 15) requires an allowed mTLS identity: a caller can skip that check through "
+      "route open"]),
+    ("the same checks twice", route("a", "/a", "users", "jwt", "read") + route("b", "/b", "users", "jwt", "read"), []),
+    ("different kinds each check", route("a", "/a", "users", "jwt", "read") + route("b", "/b", "users", "orders-only"), []),
+    ("an ip allow list is no authentication", route("a", "/a", "catalog", "local-only") + route("b", "/b", "catalog"), []),
+    ("different services", route("a", "/a", "users", "jwt") + route("b", "/b", "catalog"), []),
+]
+
+
+@pytest.mark.parametrize("routes, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_warnings(routes, expected):
+    assert lint(routes) == expected
+
+
+def test_the_demo_has_no_warnings():
+    text = (ROOT / "mesh.yaml").read_text()
+    assert warnings(parse(text, "mesh.yaml"), load_text(text, "mesh.yaml")) == []
+
+
+def test_validate_prints_warnings_and_exits_0(tmp_path, capsys):
+    path = tmp_path / "mesh.yaml"
+    path.write_text(dedent(HEAD) + dedent(route("open", "/users", "users") + route("s", "/s", "users", "jwt")))
+    assert cli.main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{path}:14: routes[0]: warning: route open exposes service users without")
+    assert out[1:] == ["ok"]
