@@ -8,6 +8,7 @@ own mesh id, so meshes running side by side never see each other over mDNS.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
@@ -16,6 +17,8 @@ import random
 import re
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,6 +26,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -390,3 +394,56 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# the repository's demo (mesh.yaml) through `mitmesh up`, on free ports
+
+
+def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
+    """mesh.yaml with every port replaced by a free one (URLs included), its sidecars and mDNS on
+    a 127.x.y.0/24 and a mesh id of its own."""
+    text = (launcher.ROOT / "mesh.yaml").read_text()
+    data = yaml.safe_load(text)
+    ports = [l["port"] for l in data["gateway"]["listeners"]] + [data["gateway"]["admin"]["port"]]
+    for svc in data["services"].values():
+        for version in svc["versions"].values():
+            ports += [int(e.rsplit(":", 1)[1]) for e in version.get("endpoints", [])]
+    moved = {old: procs.free_port() for old in ports}
+    for old, new in moved.items():
+        text = text.replace(f"port: {old}\n", f"port: {new}\n").replace(f":{old}", f":{new}")
+    net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    text = text.replace("  id: demo ", f"  id: t{random.randint(0, 1 << 30):x} ")
+    text = text.replace("    interfaces: [127.0.0.1]", f"    interfaces: [{net}.1]")
+    text = text.replace("  admin: {port: 15000}", f"  admin: {{port: 15000}}\n  first_address: {net}.2")
+    # a token with a new key id (the IdP rotated) refetches the keys after 500 ms, not the default 5 s
+    text = text.replace("      forward_claims: {sub: x-user, scope: x-scopes}\n  idp-opaque:",
+                        "      forward_claims: {sub: x-user, scope: x-scopes}\n      unknown_kid_refresh: 500ms\n"
+                        "  idp-opaque:")
+    path = tmp / "mesh.yaml"
+    path.write_text(text)
+    return path, moved
+
+
+@contextlib.contextmanager
+def running_demo(tmp: Path) -> Iterator[dict]:
+    """`mitmesh up` of the demo on free ports, until `ready`; stopped (its whole group) on the way out.
+    Yields its URLs, the mTLS listener's port, the IdP's URL, the folder and the log."""
+    path, ports = demo_on_free_ports(tmp)
+    log = tmp / "up.log"
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=40)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mitmesh up exited with {proc.returncode}:\n{log.read_text()}")
+        yield {"url": f"http://127.0.0.1:{ports[8080]}", "tls": f"https://127.0.0.1:{ports[8443]}",
+               "mtls": ports[8444], "idp": f"http://127.0.0.1:{ports[9401]}", "tmp": tmp, "log": log,
+               "config": path, "admin": f"http://127.0.0.1:{ports[9901]}"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

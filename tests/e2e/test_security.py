@@ -4,59 +4,26 @@ with its demo IdP, API keys, opaque and JWT tokens, the mTLS listener and edge h
 from __future__ import annotations
 
 import base64
-import random
 import hashlib
 import hmac
 import json
-import os
-import signal
 import ssl
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import jwt
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from mesh import procs
 from mesh.httpclient import basic_auth
+from mesh.testbed import running_demo
 
-from .conftest import get, wait_until
+from .conftest import get
 
-ROOT = Path(__file__).resolve().parents[2]
 DEMO_KEY = "mk_demo_acme_7Qx2Lr9VfT3pWz8K"  # the key whose SHA-256 mesh.yaml holds
-
-
-def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
-    """mesh.yaml with every port replaced by a free one (URLs included)."""
-    text = (ROOT / "mesh.yaml").read_text()
-    data = yaml.safe_load(text)
-    ports = [l["port"] for l in data["gateway"]["listeners"]] + [data["gateway"]["admin"]["port"]]
-    for svc in data["services"].values():
-        for version in svc["versions"].values():
-            ports += [int(e.rsplit(":", 1)[1]) for e in version.get("endpoints", [])]
-    moved = {old: procs.free_port() for old in ports}
-    for old, new in moved.items():
-        text = text.replace(f"port: {old}\n", f"port: {new}\n").replace(f":{old}", f":{new}")
-    # the demo's sidecars and mDNS on a 127.x.y.0/24 and a mesh id of this test's own
-    net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
-    text = text.replace("  id: demo ", f"  id: t{random.randint(0, 1 << 30):x} ")
-    text = text.replace("    interfaces: [127.0.0.1]", f"    interfaces: [{net}.1]")
-    text = text.replace("  admin: {port: 15000}", f"  admin: {{port: 15000}}\n  first_address: {net}.2")
-    # rotation test below: let a token with a new key id refetch the keys sooner than the default 5s
-    text = text.replace("      forward_claims: {sub: x-user, scope: x-scopes}\n  idp-opaque:",
-                        "      forward_claims: {sub: x-user, scope: x-scopes}\n      unknown_kid_refresh: 500ms\n"
-                        "  idp-opaque:")
-    path = tmp / "mesh.yaml"
-    path.write_text(text)
-    return path, moved
 
 
 def b64(data: bytes) -> str:
@@ -75,23 +42,8 @@ def post_form(url: str, form: dict, client: str, secret: str) -> tuple[int, dict
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    path, ports = demo_on_free_ports(tmp)
-    log = tmp / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=40)
-        assert proc.poll() is None, log.read_text()
-        yield {"url": f"http://127.0.0.1:{ports[8080]}", "tls": f"https://127.0.0.1:{ports[8443]}",
-               "mtls": ports[8444], "idp": f"http://127.0.0.1:{ports[9401]}", "tmp": tmp, "log": log}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    with running_demo(tmp_path_factory.mktemp("demo")) as running:
+        yield running
 
 
 def token(demo, client: str, secret: str) -> str:
