@@ -164,7 +164,10 @@ def redacted(flow: http.HTTPFlow) -> http.HTTPFlow:
         except ValueError:  # not text: nothing a credential could be found in
             body = None
         if body and redact.suspect(body):
-            message.text = redact.value(body)
+            try:  # a JSON body is masked by its structure (fields, header pairs), other text by pattern
+                message.text = json.dumps(redact.value(json.loads(body)))
+            except ValueError:
+                message.text = redact.value(body)
     copy.request.path = redact.value(copy.request.path)
     copy.metadata = redact.value(copy.metadata)
     copy.comment = redact.value(copy.comment)

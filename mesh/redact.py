@@ -65,7 +65,7 @@ def _masked_value(m: re.Match) -> str:
 
 def value(obj: Any) -> Any:
     """A record with credentials masked, whatever its shape: strings by `text`, a mapping's value
-    under a credential's name, a (name, value) header pair whose name is a credential header."""
+    under a credential's name, a (name, value) pair (a header, a query parameter) named like one."""
     if isinstance(obj, str):
         return text(obj)
     if isinstance(obj, dict):
@@ -73,7 +73,7 @@ def value(obj: Any) -> Any:
                 and isinstance(v, (str, bytes, int, float)) else value(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         if (len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], str)
-                and obj[0].lower() in SECRET_HEADERS):
+                and obj[0].lower() in SECRET_NAMES):
             return type(obj)((obj[0], MASK))
         return type(obj)(value(v) for v in obj)
     return obj
