@@ -240,7 +240,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
                 children.append(sc)
                 sidecars.append((inst, sc))
         for inst, sc in sidecars:  # announced: its app answered, and the mesh can find it
-            procs.wait_log(sc, "announced ", timeout=30)
+            procs.wait_log(sc, "announced ", timeout=60)  # starting many at once on few cores is slow
             s = inst.sidecar
             mode = config.services[inst.service].mtls
             scheme = "https" if mode != "DISABLE" else "http"  # mTLS, with the service's certificate

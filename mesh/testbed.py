@@ -434,7 +434,7 @@ def running_demo(tmp: Path) -> Iterator[dict]:
     proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1"],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=40)
+        wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=120)
         if proc.poll() is not None:
             raise RuntimeError(f"mitmesh up exited with {proc.returncode}:\n{log.read_text()}")
         yield {"url": f"http://127.0.0.1:{ports[8080]}", "tls": f"https://127.0.0.1:{ports[8443]}",
