@@ -160,14 +160,14 @@ def test_upstream_error_with_server_header(leaky):
     assert status == 500 and "server" not in headers
 
 
-@pytest.mark.parametrize("claims, reason", [
-    ({"exp": "999999"}, "token expired"),
-    ({"exp": str(int(time.time()) + 86400)}, "claim exp is not a number of seconds (RFC 7519 NumericDate)"),
-    ({"exp": int(time.time()) + 60, "nbf": "0"}, "claim nbf is not a number of seconds (RFC 7519 NumericDate)"),
+@pytest.mark.parametrize("claims, reason", [  # claims from the time of the request
+    (lambda now: {"exp": "999999"}, "token expired"),
+    (lambda now: {"exp": str(now + 86400)}, "claim exp is not a number of seconds (RFC 7519 NumericDate)"),
+    (lambda now: {"exp": now + 60, "nbf": "0"}, "claim nbf is not a number of seconds (RFC 7519 NumericDate)"),
 ], ids=["jwt-exp-999999-as-a-string", "jwt-future-exp-as-a-string", "jwt-nbf-as-a-string"])
 def test_jwt_date_as_a_string(leaky, claims, reason):
-    token = jwt.encode({"iss": ISSUER, "sub": "mallory", **claims}, leaky.signing, algorithm="RS256",
-                       headers={"kid": "k1"})
+    token = jwt.encode({"iss": ISSUER, "sub": "mallory", **claims(int(time.time()))}, leaky.signing,
+                       algorithm="RS256", headers={"kid": "k1"})
     status, body, headers = request(leaky.port, "GET", "/jwt/x", headers={"authorization": f"Bearer {token}"})
     assert (status, body["error"], body["reason"]) == (401, "invalid_token", reason)
     assert headers["content-type"] == "application/json"
