@@ -155,3 +155,23 @@ def test_server_context_modes(certs):
 ])
 def test_parse_spiffe(spiffe, parsed):
     assert mtls.parse_spiffe(spiffe) == parsed
+
+
+def test_clients_offer_aead_suites_only_below_tls13(certs):
+    client = mtls.client_context(*files(certs, "orders"))
+    tls12 = [c["name"] for c in client.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 and all("GCM" in c or "CHACHA20" in c for c in tls12), tls12
+
+
+@pytest.mark.parametrize("sans, need, why", [
+    ([sid("orders")], True, None),
+    (["spiffe://evil.example/ns/demo/sa/orders"], True,
+     f"SPIFFE ID spiffe://evil.example/ns/demo/sa/orders is outside the trust domain {TD}"),
+    ([f"spiffe://{TD}.evil.example/ns/demo/sa/orders"], False,
+     f"SPIFFE ID spiffe://{TD}.evil.example/ns/demo/sa/orders is outside the trust domain {TD}"),
+    ([sid("orders"), sid("users")], True, "certificate carries 2 SPIFFE IDs"),
+    ([], True, "certificate carries no SPIFFE ID"),
+    (["https://partner.example/id"], False, None),  # a listener with its own client CA: no SPIFFE needed
+])
+def test_refusal(sans, need, why):
+    assert mtls.refusal(sans, TD, need) == why
