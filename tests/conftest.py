@@ -45,3 +45,13 @@ def write_config(tmp_path: Path):
 
 
 from tests.redis_server import redis_server  # noqa: E402,F401  (a real redis-server, for rate limits)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The repository's mesh.yaml through `mitmesh up` on free ports, started once for the modules
+    that only send it requests (tests/e2e/test_security.py, tests/security/test_demo_routes.py)."""
+    from mesh.testbed import running_demo
+
+    with running_demo(tmp_path_factory.mktemp("demo")) as running:
+        yield running

@@ -13,13 +13,11 @@ import urllib.parse
 import urllib.request
 
 import jwt
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from mesh.httpclient import basic_auth
-from mesh.testbed import running_demo
 
 from .conftest import get
 
@@ -38,12 +36,6 @@ def post_form(url: str, form: dict, client: str, secret: str) -> tuple[int, dict
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    with running_demo(tmp_path_factory.mktemp("demo")) as running:
-        yield running
 
 
 def token(demo, client: str, secret: str) -> str:

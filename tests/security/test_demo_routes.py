@@ -13,7 +13,7 @@ import pytest
 
 from mesh import pki
 from mesh.httpclient import basic_auth
-from mesh.testbed import get, running_demo
+from mesh.testbed import get
 
 from .peers import https, tls_context
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.e2e
 
 MITMESH = [sys.executable, "-m", "mesh.cli"]
 DEMO_KEY = "mk_demo_acme_7Qx2Lr9VfT3pWz8K"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    with running_demo(tmp_path_factory.mktemp("demo")) as running:
-        yield running
 
 
 def token(demo, client: str = "demo-app", secret: str = "demo-secret", scope: str | None = None) -> str:
