@@ -16,7 +16,7 @@ from . import keys
 DENIED = frozenset({"missing_credentials", "invalid_credentials", "invalid_token", "invalid_api_key",
                     "insufficient_scope", "insufficient_claims", "access_denied", "ip_denied",
                     "mtls_required", "tls_required", "cors_denied"})
-LIMITED = frozenset({"rate_limited", "ratelimit_unavailable"})
+LIMITED = frozenset({"rate_limited", "ratelimit_unavailable", "too_many_failed_authentications"})
 
 
 def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,
