@@ -3,6 +3,8 @@ validated before writing, and leave the file alone when they cannot be made."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mesh import canary
@@ -121,3 +123,45 @@ def test_set_weights_keeps_other_indentation_styles(tmp_path):
     load(path)
     canary.set_weights(path, "catalog", {"v2": 50})
     assert path.read_text() == flat.replace("{v1: 90, v2: 10}", "{v1: 50, v2: 50}")
+
+
+def _changed_bytes(before: bytes, after: bytes) -> tuple[bytes, bytes]:
+    """The one differing stretch of two byte strings: (what it was, what it became)."""
+    head = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+    tail = 0
+    while tail < min(len(before), len(after)) - head and before[-1 - tail] == after[-1 - tail]:
+        tail += 1
+    return before[head:len(before) - tail], after[head:len(after) - tail]
+
+
+def test_set_weights_changes_only_the_weights_bytes_of_the_demo(tmp_path):
+    """The demo's mesh.yaml has flow lists of mappings (`allow: [{principals: …}]`), comments and
+    quoted strings that a YAML round trip rewrites; only the two numbers may change."""
+    demo = (Path(__file__).resolve().parents[2] / "mesh.yaml").read_bytes()
+    (tmp_path / "certs").symlink_to(Path(__file__).resolve().parents[2] / "certs")
+    path = tmp_path / "mesh.yaml"
+    path.write_bytes(demo)
+    canary.set_weights(path, "catalog", {"v2": 25})
+    after = path.read_bytes()
+    assert len(after) == len(demo)
+    assert after == demo.replace(b"weights: {v1: 90, v2: 10}", b"weights: {v1: 75, v2: 25}")
+    assert _changed_bytes(demo, after) == (b"90, v2: 10", b"75, v2: 25")
+
+
+@pytest.mark.parametrize("weights, wanted, expected", [
+    # block style, CRLF line ends and a comment after the last entry are kept
+    ("weights:\r\n        v1: 90  # stable\r\n        v2: 10  # canary\r\n", {"v2": 30},
+     "weights:\r\n        v1: 70  # stable\r\n        v2: 30  # canary\r\n"),
+    # a version not listed yet is appended in the mapping's own style
+    ("weights: {v1: 100}\n", {"v3": 5}, "weights: {v1: 95, v3: 5}\n"),
+    ("weights:\n        v1: 100   # all\n      sticky: {cookie: u}\n", {"v2": 10},
+     "weights:\n        v1: 90   # all\n        v2: 10\n      sticky: {cookie: u}\n"),
+    # an unchanged value keeps its spelling
+    ("weights: {v1: +50, v2: 0x32}\n", {"v2": 50}, "weights: {v1: +50, v2: 0x32}\n"),
+])
+def test_set_weights_edits_each_style_in_place(tmp_path, weights, wanted, expected):
+    head = MESH.split("      weights:")[0]
+    path = tmp_path / "mesh.yaml"
+    path.write_bytes((head + "      " + weights).encode())
+    canary.set_weights(path, "catalog", wanted)
+    assert path.read_bytes() == (head + "      " + expected).encode()
