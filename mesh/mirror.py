@@ -67,7 +67,8 @@ def compile(model: schema.Mirror, route: schema.Route, config: schema.MeshConfig
 
 def difference(primary: tuple[int, str | None, bytes], mirror: tuple[int, str | None, bytes],
                ignore: tuple[tuple[str, ...], ...] = ()) -> str | None:
-    """How the mirror's (status, content type, body) differs from the primary's; None if it does not."""
+    """How the mirror's (status, content type, body) differs from the primary's, every differing JSON
+    field listed (at most LISTED, then a count); None if it does not differ."""
     pstatus, ptype, pbody = primary
     mstatus, mtype, mbody = mirror
     if pstatus != mstatus:
@@ -83,8 +84,15 @@ def difference(primary: tuple[int, str | None, bytes], mirror: tuple[int, str | 
             for path in ignore:
                 _drop(a, path)
                 _drop(b, path)
-            return None if a == b and _same_types(a, b) else _first_difference(a, b, "")
+            found = json_differences(a, b)
+            if not found:
+                return None
+            more = f"; and {len(found) - LISTED} more" if len(found) > LISTED else ""
+            return "body differs at " + "; ".join(found[:LISTED]) + more
     return f"body differs ({len(pbody)} vs {len(mbody)} bytes)"
+
+
+LISTED = 20  # differences named in one line; the rest are counted
 
 
 def _drop(doc: Any, path: tuple[str, ...]) -> None:
@@ -97,17 +105,6 @@ def _drop(doc: Any, path: tuple[str, ...]) -> None:
         node.pop(path[-1], None)
 
 
-def _same_types(a: Any, b: Any) -> bool:
-    """`==` says 1 == 1.0 == True; a canary check should not."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return all(_same_types(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return all(_same_types(x, y) for x, y in zip(a, b))
-    return True
-
-
 _ABSENT = object()
 
 
@@ -118,20 +115,17 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _first_difference(a: Any, b: Any, where: str) -> str | None:
+def json_differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """Every place two JSON documents differ, in document order, as `path: a vs b`. Types count:
+    `==` says 1 == 1.0 == True, a canary check should not."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            found = _first_difference(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{where}.{key}" if where else key)
-            if found:
-                return found
-        return None
+        return [d for key in list(a) + [k for k in b if k not in a]
+                for d in json_differences(a.get(key, _ABSENT), b.get(key, _ABSENT),
+                                          f"{where}.{key}" if where else str(key))]
     if isinstance(a, list) and isinstance(b, list):
-        for i in range(max(len(a), len(b))):
-            found = _first_difference(a[i] if i < len(a) else _ABSENT, b[i] if i < len(b) else _ABSENT,
-                                      f"{where}[{i}]")
-            if found:
-                return found
-        return None
+        return [d for i in range(max(len(a), len(b)))
+                for d in json_differences(a[i] if i < len(a) else _ABSENT, b[i] if i < len(b) else _ABSENT,
+                                          f"{where}[{i}]")]
     if a == b and type(a) is type(b):
-        return None
-    return f"body differs at {where or '(root)'}: {_show(a)} vs {_show(b)}"
+        return []
+    return [f"{where or '(root)'}: {_show(a)} vs {_show(b)}"]

@@ -740,6 +740,11 @@ class Transform(Model):
 # Mirroring (Envoy's request_mirror_policies, plus a comparison of the answers) ----------------------
 
 
+# JSON fields that name who answered: they differ between any two clusters (or instances) by
+# design, so a mirror's comparison and `mitmesh replay` leave them out unless told otherwise
+BY_DESIGN = ("request_id", "instance", "version", "zone")
+
+
 class Mirror(Model):
     """Copy a share of the requests to another cluster; its answers are compared, never returned."""
 
@@ -748,8 +753,9 @@ class Mirror(Model):
     percent: Annotated[float, Field(ge=0, le=100)] = Field(100.0, description="share of requests "
                                                                                 "mirrored (default 100)")
     compare: bool = Field(True, description="compare status and body with the primary's (default true)")
-    ignore: list[BodyPath] = Field(default_factory=list, description="JSON fields left out of the "
-                                                                      "comparison (a.b for nested)")
+    ignore: list[BodyPath] = Field(default_factory=lambda: list(BY_DESIGN), description=(
+        "JSON fields left out of the comparison (a.b for nested); replaces the default "
+        f"{', '.join(BY_DESIGN)} (fields that differ between clusters by design); [] compares all"))
     timeout: Annotated[Duration, Field(gt=0)] = Field(5.0, description="mirror request deadline (default 5s)")
 
 

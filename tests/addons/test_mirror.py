@@ -56,7 +56,7 @@ async def test_copies_are_compared_and_differences_kept(gateway, upstream_app):
         diff = gw.state.mirror_diffs[-1]
         assert diff["request_id"] == flow.response.headers["x-request-id"]
         assert (diff["route"], diff["primary"], diff["mirror"]) == ("catalog", "catalog/v1", "catalog/v2")
-        assert diff["difference"] == "body differs at price: 49.9 vs (absent)"
+        assert diff["difference"] == "body differs at price: 49.9 vs (absent); price_cents: (absent) vs 4990"
 
 
 async def test_equal_answers_are_not_differences(gateway, upstream_app):

@@ -91,5 +91,5 @@ def test_record_and_replay_against_another_version(observed):
                                        str(observed.path)], capture_output=True, text=True)
     assert differ.returncode == 1 and "0 same, 6 differ" in differ.stdout, differ.stdout
     assert "DIFF GET /items/1" in differ.stdout
-    assert "$.item.price: 49.9 → (missing)" in differ.stdout
-    assert "$.item.price_cents: (missing) → 4990" in differ.stdout
+    assert "item.price: 49.9 vs (absent)" in differ.stdout
+    assert "item.price_cents: (absent) vs 4990" in differ.stdout

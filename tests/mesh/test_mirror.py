@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from mesh import mirror
+from mesh.config import schema
 
 J = "application/json"
 
@@ -22,13 +23,20 @@ def test_status_differs_first():
     assert mirror.difference(answer(200, {}), answer(503, {})) == "status 200 vs 503"
 
 
-def test_json_first_difference_is_named():
-    a = {"items": [{"id": 1, "price": 49.9}], "v": "v1"}
-    b = {"items": [{"id": 1, "price_cents": 4990}], "v": "v1"}
-    assert mirror.difference(answer(200, a), answer(200, b)) == \
-        "body differs at items[0].price: 49.9 vs (absent)"
+def test_json_every_difference_is_named_in_document_order():
+    a = {"items": [{"id": 1, "price": 49.9}], "v": "v1", "zone": "a"}
+    b = {"items": [{"id": 1, "price_cents": 4990}], "v": "v1", "zone": None}
+    assert mirror.difference(answer(200, a), answer(200, b)) == (
+        'body differs at items[0].price: 49.9 vs (absent); items[0].price_cents: (absent) vs 4990; '
+        'zone: "a" vs null')
     assert mirror.difference(answer(200, [1, 2]), answer(200, [1])) == "body differs at [1]: 2 vs (absent)"
     assert mirror.difference(answer(200, {"n": 1}), answer(200, {"n": 1.0})) == "body differs at n: 1 vs 1.0"
+
+
+def test_a_long_list_of_differences_is_counted_past_the_first_twenty():
+    a, b = {f"k{i:02}": i for i in range(25)}, {f"k{i:02}": -i for i in range(25)}
+    text = mirror.difference(answer(200, a), answer(200, b))
+    assert text.startswith("body differs at k01: 1 vs -1; k02: 2 vs -2;") and text.endswith("k20: 20 vs -20; and 4 more")
 
 
 def test_ignored_fields_do_not_count():
@@ -58,3 +66,14 @@ def test_log_lines_are_budgeted_per_route_and_second():
     assert budget.lines("other", "x", now=10.9) == ["x"]
     assert budget.lines("r", "d", now=11.0) == [
         "mirror differs: 1 more differences on route r were counted, not logged (see /status: mirror_diffs)", "d"]
+
+
+def test_fields_that_differ_by_design_are_ignored_unless_the_list_is_replaced():
+    """The demo's catalog v1 runs in zone a, v2 in none: that is no regression worth a line."""
+    primary = {"item": {"id": 1}, "instance": "catalog-v1-1", "version": "v1", "zone": "a", "request_id": "r1"}
+    copy = {"item": {"id": 1}, "instance": "catalog-v2-1", "version": "v2", "zone": None, "request_id": "r1"}
+    default = tuple(tuple(p.split(".")) for p in schema.Mirror(service="catalog").ignore)
+    assert schema.Mirror(service="catalog").ignore == ["request_id", "instance", "version", "zone"]
+    assert mirror.difference(answer(200, primary), answer(200, copy), default) is None
+    assert mirror.difference(answer(200, primary), answer(200, copy), ()) == (
+        'body differs at instance: "catalog-v1-1" vs "catalog-v2-1"; version: "v1" vs "v2"; zone: "a" vs null')
