@@ -5,10 +5,59 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.parse
 from pathlib import Path
 
-# JSON keys that differ between any two instances or versions of a demo service, whatever the data
-VOLATILE = ("request_id", "instance", "version", "zone")
+from .config import ConfigError
+from .errors import BAD_INPUT, FAILED, CommandError
+from .config.schema import BY_DESIGN
+
+
+def config_file(text: str) -> Path:
+    """A --config that exists (checked before anything starts, so the error is one line)."""
+    path = Path(text)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        hint = " here (run from the folder holding it, or name it with --config FILE)" if text == "mesh.yaml" else ""
+        raise CommandError(f"config {text} {what}{hint}", BAD_INPUT)
+    return path
+
+
+def admin_url(text: str) -> str:
+    """argparse type: an http(s) URL with a host, such as http://127.0.0.1:9901."""
+    parts = urllib.parse.urlsplit(text)
+    try:
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected a URL such as http://127.0.0.1:9901 (got {text!r})")
+    return text.rstrip("/")
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535 (got {text!r})")
+    return int(text)
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0 (workers: 0 means one per core)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (got {text!r})")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    """argparse type: a duration in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 (got {text!r})")
+    return value
 
 
 def _validate(args) -> int:
@@ -18,16 +67,20 @@ def _validate(args) -> int:
 
     status = 0
     for file in args.files:
+        if not Path(file).is_file():
+            print(f"{file}: no such file", file=sys.stderr)
+            status = BAD_INPUT
+            continue
         try:
             text = Path(file).read_text()
             config = load_text(text, file)
         except OSError as e:
             print(f"{file}:1: cannot read file: {e.strerror}")
-            status = 1
+            status = max(status, FAILED)
         except ConfigError as e:
             print(e)
             print(f"{len(e.problems)} error(s) in {file}", file=sys.stderr)
-            status = 1
+            status = max(status, FAILED)
         else:
             for warning in warnings(parse(text, file), config):  # printed, not fatal
                 print(warning)
@@ -38,14 +91,14 @@ def _validate(args) -> int:
 def _up(args) -> int:
     from .launcher import up
 
-    return up(args.config, web=args.web, web_port=args.web_port, workers=args.workers)
+    return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers)
 
 
 def _gateway(args) -> int:
     from . import supervisor
 
     workers = args.workers or supervisor.default_workers()
-    return supervisor.serve(args.config, workers, args.verbosity)
+    return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
 
 
 def _sidecar(args) -> int:
@@ -54,19 +107,24 @@ def _sidecar(args) -> int:
     from . import supervisor
     from .workload import parse_workload
 
+    config_file(args.config)
     spec = ",".join(f"{k}={v}" for k, v in (
         ("service", args.service), ("version", args.version), ("app", args.app),
         ("address", args.address), ("zone", args.zone), ("weight", args.weight),
         ("instance", args.instance), ("inbound", args.inbound_port),
         ("outbound", args.outbound_port), ("admin", args.admin_port)) if v not in (None, ""))
     try:
-        parse_workload(spec)
+        workload = parse_workload(spec)
     except ValueError as e:
-        print(f"mitmesh sidecar: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e), BAD_INPUT) from None
     if args.workers > 1:
         return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
     # one worker: the sidecar is this one process (no supervisor), under -O like every worker
+    from .config import load
+
+    problems = supervisor.unavailable(load(args.config), workload)
+    if problems:
+        raise CommandError(f"cannot listen: {'; '.join(problems)}")
     argv = supervisor.worker_argv(Path(args.config).resolve(), [], "sidecar", args.verbosity, -1, spec)
     sys.stdout.flush()
     os.execv(argv[0], argv)
@@ -76,7 +134,7 @@ def _sidecar(args) -> int:
 def _record(args) -> int:
     from . import replay
 
-    admins = args.admin or replay.admins_of(args.config)
+    admins = args.admin or replay.admins_of(str(config_file(args.config)))
     token = replay.admin_token(args.config, args.token_file)
     return replay.record(admins, args.seconds, args.filter, args.output, token, args.include_secrets)
 
@@ -101,12 +159,8 @@ def _apikey(args) -> int:
 def _canary(args) -> int:
     from . import canary
 
-    try:
-        wanted = canary.parse_assignments(args.weights)
-        changes = canary.set_weights(args.config, args.service, wanted, args.route)
-    except canary.CanaryError as e:
-        print(f"mitmesh canary: {e}", file=sys.stderr)
-        return 1
+    wanted = canary.parse_assignments(args.weights)
+    changes = canary.set_weights(args.config, args.service, wanted, args.route)
     for c in changes:
         before = " ".join(f"{v}={w}" for v, w in c.before.items())
         after = " ".join(f"{v}={w}" for v, w in c.after.items())
@@ -133,72 +187,84 @@ def _bench(args) -> int:
     return bench.main(args.rest)
 
 
+CONFIG_HELP = "the mesh config file (default mesh.yaml, in the current folder)"
+VERBOSITY = ["error", "warn", "info", "debug"]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mitmesh", description="API gateway and service mesh on mitmproxy")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check config files; prints ok or every error")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("files", nargs="+", metavar="FILE", help="config files to check")
     v.set_defaults(func=_validate)
 
     u = sub.add_parser("up", help="start the demo services and the gateway")
-    u.add_argument("--config", default="mesh.yaml")
-    u.add_argument("--web", action="store_true", help="run the gateway as mitmweb on 127.0.0.1")
-    u.add_argument("--web-port", type=int, default=8081)
-    u.add_argument("--workers", type=int, default=0, help="gateway workers (default: number of cores)")
+    u.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)
+    u.add_argument("--web", action="store_true", help="run the gateway as mitmweb on 127.0.0.1 (default off)")
+    u.add_argument("--web-port", type=port, default=8081, help="mitmweb's port with --web (default 8081)")
+    u.add_argument("--workers", type=count, default=0, help="gateway workers (default 0: one per core)")
     u.set_defaults(func=_up)
 
     g = sub.add_parser("gateway", help="run the gateway on the lean runtime, one worker per core")
-    g.add_argument("--config", default="mesh.yaml")
-    g.add_argument("--workers", type=int, default=0, help="worker processes (default: number of cores)")
-    g.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
+    g.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)
+    g.add_argument("--workers", type=count, default=0, help="worker processes (default 0: one per core)")
+    g.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
     g.set_defaults(func=_gateway)
 
     r = sub.add_parser("record", help="save the mesh's flows for a while (mitmproxy flow format)")
-    r.add_argument("--admin", action="append", metavar="URL",
-                   help="admin listener of a proxy to record (repeatable; default: every proxy of `mitmesh up`)")
-    r.add_argument("--config", default="mesh.yaml")
-    r.add_argument("--seconds", type=float, default=30.0)
-    r.add_argument("--filter", default="", help="mitmproxy filter expression, e.g. '~u /items & ~m GET'")
-    r.add_argument("-o", "--output", default="flows.mitm", help="written with mode 0600")
+    r.add_argument("--admin", action="append", metavar="URL", type=admin_url,
+                   help="admin listener of a proxy to record (repeatable; default: every proxy of the "
+                        "`mitmesh up` running --config, else its gateway admin)")
+    r.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP + "; read without --admin")
+    r.add_argument("--seconds", type=seconds, default=30.0, help="how long to record (default 30)")
+    r.add_argument("--filter", default="", help="mitmproxy filter expression, e.g. '~u /items & ~m GET' "
+                                                "(default: every flow)")
+    r.add_argument("-o", "--output", default="flows.mitm",
+                   help="file to write, with mode 0600 (default flows.mitm)")
     r.add_argument("--token-file", default=None,
                    help="admin token file (default: the config's, <mesh.identity.dir>/admin.token)")
     r.add_argument("--include-secrets", action="store_true",
                    help="keep credentials (Authorization, cookies, API keys, tokens) in the "
-                        "recording; by default they are redacted")
+                        "recording (default: redacted)")
     r.set_defaults(func=_record)
 
     rp = sub.add_parser("replay", help="replay recorded requests against a cluster; list differing responses")
-    rp.add_argument("file")
-    rp.add_argument("--against", required=True, metavar="CLUSTER", help="e.g. catalog/v2")
-    rp.add_argument("--only", metavar="CLUSTER", help="replay only flows that went to this cluster")
-    rp.add_argument("--admin", metavar="URL", help="find the cluster's endpoints through this admin listener")
-    rp.add_argument("--config", default="mesh.yaml", help="else through this config's static endpoints")
+    rp.add_argument("file", help="a flow file from `mitmesh record` (or mitmproxy's own)")
+    rp.add_argument("--against", required=True, metavar="CLUSTER", help="SERVICE/VERSION, e.g. catalog/v2 (required)")
+    rp.add_argument("--only", metavar="CLUSTER", help="replay only flows that went to this cluster (default: all)")
+    rp.add_argument("--admin", metavar="URL", type=admin_url,
+                    help="find the cluster's endpoints through this admin listener (default: the "
+                         "static endpoints of --config)")
+    rp.add_argument("--config", default="mesh.yaml",
+                    help="config for static endpoints and mTLS certificates (default mesh.yaml; "
+                         "optional with --admin)")
     rp.add_argument("--identity", metavar="NAME",
                     help="workload certificate presented to mTLS endpoints (default gateway.identity)")
-    rp.add_argument("--ignore", default=",".join(VOLATILE),
-                    help=f"JSON keys to ignore when comparing (default {','.join(VOLATILE)})")
+    rp.add_argument("--ignore", default=",".join(BY_DESIGN),
+                    help=f"JSON keys to ignore when comparing, comma-separated (default {','.join(BY_DESIGN)})")
     rp.set_defaults(func=_replay)
 
     s = sub.add_parser("sidecar", help="run the sidecar of one service instance (inbound and outbound)")
-    s.add_argument("--config", default="mesh.yaml")
-    s.add_argument("--service", required=True, help="the service this instance belongs to")
+    s.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)
+    s.add_argument("--service", required=True, help="the service this instance belongs to (required)")
     s.add_argument("--version", default="v1", help="its version (default v1)")
-    s.add_argument("--app", required=True, metavar="HOST:PORT", help="where the local app listens")
+    s.add_argument("--app", required=True, metavar="HOST:PORT", help="where the local app listens (required)")
     s.add_argument("--address", default="127.0.0.1",
                    help="this instance's address: listeners and mDNS bind here (default 127.0.0.1)")
-    s.add_argument("--zone", default=None, help="its zone, announced for zone-aware balancing")
+    s.add_argument("--zone", default=None, help="its zone, announced for zone-aware balancing (default none)")
     s.add_argument("--weight", type=int, default=None, help="its load balancing weight (default 1)")
     s.add_argument("--instance", default=None, help="instance name (default service-version-address)")
-    s.add_argument("--inbound-port", type=int, default=None, help="default: sidecar.inbound.port")
-    s.add_argument("--outbound-port", type=int, default=None, help="default: sidecar.outbound.port")
-    s.add_argument("--admin-port", type=int, default=None, help="default: sidecar.admin.port")
-    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    s.add_argument("--verbosity", default="info", choices=["error", "warn", "info", "debug"])
+    s.add_argument("--inbound-port", type=port, default=None, help="default: sidecar.inbound.port")
+    s.add_argument("--outbound-port", type=port, default=None, help="default: sidecar.outbound.port")
+    s.add_argument("--admin-port", type=port, default=None, help="default: sidecar.admin.port")
+    s.add_argument("--workers", type=count, default=1, help="worker processes (default 1)")
+    s.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
     s.set_defaults(func=_sidecar)
 
-    b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway "
+                                     "(`mitmesh bench --help` lists its options)", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="bench's own options")
     b.set_defaults(func=_bench)
 
     from . import certcmd
@@ -207,9 +273,10 @@ def parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scenario", help="run a failure scenario against a mesh of real processes; "
                                          "prints a report and PASS/FAIL against its SLO")
     sc.add_argument("names", nargs="*", metavar="NAME", help="scenario names, or all")
-    sc.add_argument("--list", action="store_true", help="list the scenarios")
-    sc.add_argument("--short", action="store_true", help="a few seconds of load (as in CI)")
-    sc.add_argument("--keep", action="store_true", help="keep the work directory and logs (kept on FAIL)")
+    sc.add_argument("--list", action="store_true", help="list the scenarios (default off)")
+    sc.add_argument("--short", action="store_true", help="a few seconds of load, as in CI (default off)")
+    sc.add_argument("--keep", action="store_true", help="keep the work directory and logs (default: "
+                                                        "kept on FAIL only)")
     sc.set_defaults(func=_scenario)
 
     t = sub.add_parser("traces", help="receive traces on 127.0.0.1 (OTLP/HTTP) and print each as a tree "
@@ -224,16 +291,16 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("apikey", help="API keys for the api_key policy")
     ksub = k.add_subparsers(dest="apikey_command", required=True)
     kn = ksub.add_parser("new", help="make a random key and print its config entry (SHA-256)")
-    kn.add_argument("name", metavar="CONSUMER")
+    kn.add_argument("name", metavar="CONSUMER", help="the consumer the key is for")
     kn.set_defaults(func=_apikey)
 
     cn = sub.add_parser("canary", help="canary releases: change a service's weights live")
     cnsub = cn.add_subparsers(dest="canary_command", required=True)
     ks = cnsub.add_parser("set", help="set version weights in percent, e.g. `canary set catalog v2=25`; "
                                      "the other versions share the rest")
-    ks.add_argument("service")
-    ks.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
-    ks.add_argument("--config", default="mesh.yaml")
+    ks.add_argument("service", help="the service whose split changes")
+    ks.add_argument("weights", nargs="+", metavar="VERSION=PERCENT", help="e.g. v2=25")
+    ks.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP + "; edited in place")
     ks.add_argument("--route", default=None, help="only this route (default: every route splitting the service)")
     ks.set_defaults(func=_canary)
 
@@ -247,7 +314,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench.main(argv[1:])
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as e:
+        print(f"mitmesh {args.command}: {e}", file=sys.stderr)
+        return e.code
+    except ConfigError as e:  # file:line: key: problem, one line each
+        print(e, file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        print(f"mitmesh {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # a file or folder named on the command line: missing, unreadable, unwritable
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mitmesh {args.command}: {where}{e.strerror or e}", file=sys.stderr)
+        return BAD_INPUT if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else FAILED
 
 
 if __name__ == "__main__":

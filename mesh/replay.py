@@ -16,16 +16,20 @@ import json
 import os
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mitmproxy import http, io
+from mitmproxy.exceptions import FlowReadException
 
 from . import mtls, upstream
 from .admin import read_token, token_paths
+from .mirror import json_differences
 from .config import ConfigError, load
+from .errors import BAD_INPUT, CommandError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -34,7 +38,9 @@ from .config import ConfigError, load
 
 def admins_of(config_path: str) -> list[str]:
     """Admin URLs of the running demo (written by `mitmesh up`), else the config's gateway admin."""
-    state = Path(config_path).resolve().parent / ".mitmesh" / "up.json"
+    from .launcher import state_dir
+
+    state = state_dir(Path(config_path).resolve()) / "up.json"
     if state.exists():
         return json.loads(state.read_text())["admins"]
     admin = load(config_path).gateway.admin
@@ -57,6 +63,9 @@ def record(admins: list[str], seconds: float, expr: str, out: str, token: str | 
     if include_secrets:
         print("record: --include-secrets: credentials are saved in clear; keep the file safe",
               file=sys.stderr)
+    folder = Path(out).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise CommandError(f"cannot write {out}: {folder} is not a writable folder", BAD_INPUT)
     started = []
     for admin in admins:
         q = urllib.parse.urlencode({"seconds": seconds, "filter": expr,
@@ -67,11 +76,13 @@ def record(admins: list[str], seconds: float, expr: str, out: str, token: str | 
             with urllib.request.urlopen(request, timeout=5) as r:
                 started.append(json.load(r))
         except urllib.error.HTTPError as e:
-            print(f"record: {admin}: {json.load(e).get('reason')}", file=sys.stderr)
-            return 1
-        except OSError as e:
-            print(f"record: {admin}: {e}", file=sys.stderr)
-            return 1
+            try:
+                reason = json.load(e).get("reason")
+            except ValueError:
+                reason = f"answered {e.code}; is it a mitmesh admin listener?"
+            raise CommandError(f"{admin}: {reason}") from None
+        except (OSError, ValueError) as e:
+            raise CommandError(f"cannot reach the admin listener {admin}: {getattr(e, 'reason', e)}") from None
         print(f"recording at {admin} for {seconds:g}s" + (f" ({expr})" if expr else ""), flush=True)
     time.sleep(seconds + 0.5)  # workers close their files when the recording ends
     count = 0
@@ -107,23 +118,6 @@ def _normalize(value, ignore: frozenset[str]):
     return value
 
 
-def diff(a, b, path: str = "$") -> list[str]:
-    """JSON paths where two documents differ, as `path: a → b`."""
-    missing = "(missing)"
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            if k not in a or k not in b:
-                out.append(f"{path}.{k}: {json.dumps(a.get(k)) if k in a else missing} → "
-                           f"{json.dumps(b.get(k)) if k in b else missing}")
-            else:
-                out += diff(a[k], b[k], f"{path}.{k}")
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff(x, y, f"{path}[{i}]")]
-    return [] if a == b else [f"{path}: {json.dumps(a)[:80]} → {json.dumps(b)[:80]}"]
-
-
 def compare(recorded: http.Response, status: int, body: bytes, ignore: frozenset[str]) -> list[str]:
     out = [] if recorded.status_code == status else [f"status: {recorded.status_code} → {status}"]
     try:
@@ -133,7 +127,7 @@ def compare(recorded: http.Response, status: int, body: bytes, ignore: frozenset
         if (recorded.content or b"") != body:
             out.append(f"body: {len(recorded.content or b'')} bytes → {len(body)} bytes, different")
         return out
-    return out + diff(a, b)
+    return out + json_differences(a, b)
 
 
 @dataclass(frozen=True)
@@ -146,22 +140,51 @@ class Target:
     identity: str | None = None  # the SPIFFE ID announced for it
 
 
-def endpoints_of(cluster: str, admin: str | None, config_path: str) -> list[Target]:
-    if admin:
+def read_flows(file: str) -> list:
+    try:
+        with open(file, "rb") as f:
+            return list(io.FlowReader(f).stream())
+    except FileNotFoundError:
+        raise CommandError(f"{file}: no such file (`mitmesh record -o {file}` makes one)", BAD_INPUT) from None
+    except OSError as e:
+        raise CommandError(f"{file}: {e.strerror}", BAD_INPUT) from None
+    except FlowReadException as e:
+        raise CommandError(f"{file}: not a mitmproxy flow file ({e})", BAD_INPUT) from None
+
+
+def admin_status(admin: str) -> dict:
+    """An admin listener's /status, or a one-line CommandError naming the URL."""
+    try:
         with urllib.request.urlopen(f"{admin}/status", timeout=5) as r:
-            status = json.load(r)
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        raise CommandError(f"{admin}/status answered {e.code}; is {admin} a mitmesh admin listener?") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise CommandError(f"cannot reach the admin listener {admin}: {reason}") from None
+
+
+def endpoints_of(cluster: str, admin: str | None, config_path: str) -> list[Target]:
+    if "/" not in cluster.strip("/"):
+        raise CommandError(f"expected a cluster as SERVICE/VERSION such as catalog/v2 (got {cluster!r})",
+                           BAD_INPUT)
+    if admin:
+        status = admin_status(admin)
         known = status.get("clusters", {})
         if cluster not in known:
-            raise SystemExit(f"replay: {admin} knows no cluster {cluster}; it knows {', '.join(known)}")
+            raise CommandError(f"{admin} knows no cluster {cluster}; it knows {', '.join(known)}", BAD_INPUT)
         eps = [e for e in known[cluster]["endpoints"] if e.get("healthy", True)]
         return [Target(e["address"].rpartition(":")[0], int(e["address"].rpartition(":")[2]),
                        e.get("protocol") or "http", e.get("identity")) for e in eps]
     service, _, version = cluster.partition("/")
+    if not Path(config_path).is_file():
+        raise CommandError(f"config {config_path} does not exist; name one with --config FILE, or ask a "
+                           f"running gateway with --admin URL", BAD_INPUT)
     config = load(config_path)
     try:
         return [Target(e.address, e.port) for e in config.services[service].versions[version].endpoints]
     except KeyError:
-        raise SystemExit(f"replay: {config_path} has no cluster {cluster}") from None
+        raise CommandError(f"{config_path} has no cluster {cluster}", BAD_INPUT) from None
 
 
 def upstreams_of(config_path: str, identity: str | None) -> mtls.Upstreams:
@@ -214,9 +237,7 @@ async def _replay(flows: list[http.HTTPFlow], targets: list[Target], ignore: fro
 
 def replay(file: str, against: str, *, only: str | None, admin: str | None, config_path: str,
            ignore: frozenset[str], identity: str | None = None) -> int:
-    with open(file, "rb") as f:
-        flows = [fl for fl in io.FlowReader(f).stream()
-                 if isinstance(fl, http.HTTPFlow) and fl.response is not None]
+    flows = [fl for fl in read_flows(file) if isinstance(fl, http.HTTPFlow) and fl.response is not None]
     if only:
         flows = [fl for fl in flows if fl.metadata.get("mitmesh.cluster") == only]
     if not flows:
@@ -252,6 +273,8 @@ def replay(file: str, against: str, *, only: str | None, admin: str | None, conf
         print(f"{'DIFF' if o.differences else 'FAIL'} {req.method} {req.path} (request {rid})")
         for line in (o.differences[:8] if o.differences else [o.error]):
             print(f"    {line}")
+        if len(o.differences) > 8:
+            print(f"    and {len(o.differences) - 8} more")
     same = len(outcomes) - len(differ) - len(failed)
     print(f"replayed {len(outcomes)} requests against {against}: {same} same, {len(differ)} differ, "
           f"{len(failed)} failed (ignoring {', '.join(sorted(ignore)) or 'nothing'})")

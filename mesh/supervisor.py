@@ -8,6 +8,7 @@ Each worker watches the config file itself, so one edit reaches all of them.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -49,6 +50,14 @@ def worker_argv(config: Path, inherit: list[str], role: str = "gateway",
     return argv
 
 
+def unavailable(config, workload) -> list[str]:
+    """Every listener address of this gateway or sidecar that is taken, naming its holder. All are
+    checked before any is bound, so one run names them all."""
+    wanted = [admin_of(config, workload)] + [(b.listener.address, b.listener.port)
+                                            for b in listeners_of(config, workload)]
+    return [t for t in (sockets.taken(a, p) for a, p in wanted) if t]
+
+
 def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "gateway",
           workload: str = "") -> int:
     path = Path(config_path).resolve()
@@ -62,10 +71,13 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
     admin_address, admin_port = admin_of(config, wl)
     drain = config.sidecar.drain if role == "sidecar" else 0.0
     try:
+        problems = unavailable(config, wl)
+        if problems:
+            raise OSError(errno.EADDRINUSE, "; ".join(problems))
         shared = [sockets.listen(admin_address, admin_port)]
         own = [[sockets.listen(a, p, reuse_port=True) for a, p in listeners] for _ in range(workers)]
     except OSError as e:
-        print(f"mitmesh {role}: cannot listen: {e}", file=sys.stderr)
+        print(f"mitmesh {role}: cannot listen: {e.strerror}", file=sys.stderr)
         return 1
     socks = shared + [s for group in own for s in group]
     # shared by the workers: Prometheus multiprocess files (so /metrics covers them all) and
