@@ -143,7 +143,9 @@ def set_weights(path: str | Path, service: str, wanted: dict[str, int], route: s
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise CanaryError(f"{path}: invalid YAML, nothing written: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        raise CanaryError(f"{path}:{mark.line + 1 if mark else 1}: invalid YAML: "
+                          f"{getattr(e, 'problem', None) or e}; nothing written") from None
     services = _get(root, "services")
     names = [k.value for k, _ in services.value] if isinstance(services, yaml.MappingNode) else []
     if service not in names:

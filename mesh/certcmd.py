@@ -12,6 +12,7 @@ from pathlib import Path
 from . import admin, pki
 from .config import ConfigError, load
 from .config.schema import MeshConfig
+from .errors import BAD_INPUT, CommandError
 
 
 def identities(config: MeshConfig) -> dict[str, str]:
@@ -30,13 +31,18 @@ def _config(path: str | None) -> tuple[Path, MeshConfig] | None:
     p = Path(path or "mesh.yaml")
     if path is None and not p.exists():
         return None
+    if not p.is_file():
+        raise CommandError(f"config {path} does not exist", BAD_INPUT)
     return p.resolve(), load(p)
 
 
 def _lifetime(args, config: MeshConfig | None) -> dt.timedelta:
     if args.lifetime is not None:
         from .config.types import parse_duration
-        return dt.timedelta(seconds=parse_duration(args.lifetime))
+        try:
+            return dt.timedelta(seconds=parse_duration(args.lifetime))
+        except ValueError as e:
+            raise CommandError(f"--lifetime: {e}", BAD_INPUT) from None
     seconds = config.mesh.identity.lifetime if config else pki.DEFAULT_LIFETIME.total_seconds()
     return dt.timedelta(seconds=seconds)
 
@@ -126,14 +132,19 @@ def add_parser(sub) -> None:
                        ("show", "list certificates with their identity and expiry"),
                        ("rotate", "renew workload certificates that are due (--watch: keep renewing)")):
         p = csub.add_parser(name, help=text)
-        p.add_argument("--config", default=None, help="config file (default ./mesh.yaml if present)")
-        p.add_argument("--dir", default=None, help="certificate folder (default mesh.identity.dir)")
+        p.add_argument("--config", default=None, help="config file (default ./mesh.yaml if present, "
+                                                          "else built-in defaults)")
+        p.add_argument("--dir", default=None, help="certificate folder (default mesh.identity.dir, "
+                                                   "or certs without a config)")
         if name == "init":
-            p.add_argument("--force", action="store_true", help="replace existing CAs and certificates")
+            p.add_argument("--force", action="store_true", help="replace existing CAs and certificates "
+                                                                "(default: keep them)")
         if name in ("issue", "show", "rotate"):
-            p.add_argument("names", nargs="+" if name == "issue" else "*", metavar="NAME")
+            p.add_argument("names", nargs="+" if name == "issue" else "*", metavar="NAME",
+                           help="workload names, e.g. orders" + ("" if name == "issue" else " (default: all)"))
         if name == "issue":
             p.add_argument("--lifetime", default=None, help="e.g. 1h (default mesh.identity.lifetime)")
         if name == "rotate":
-            p.add_argument("--watch", action="store_true")
+            p.add_argument("--watch", action="store_true", help="keep renewing each second until stopped "
+                                                                "(default: renew once and exit)")
         p.set_defaults(func=main)

@@ -236,9 +236,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--admin", metavar="URL", type=admin_url,
                     help="find the cluster's endpoints through this admin listener (default: the "
                          "static endpoints of --config)")
-    rp.add_argument("--config", default="mesh.yaml",
-                    help="config for static endpoints and mTLS certificates (default mesh.yaml; "
-                         "optional with --admin)")
+    rp.add_argument("--config", default=None,
+                    help="config for static endpoints and mTLS certificates (default ./mesh.yaml, "
+                         "else with --admin the file the running gateway serves)")
     rp.add_argument("--identity", metavar="NAME",
                     help="workload certificate presented to mTLS endpoints (default gateway.identity)")
     rp.add_argument("--ignore", default=",".join(BY_DESIGN),

@@ -28,7 +28,7 @@ from mitmproxy.exceptions import FlowReadException
 from . import mtls, upstream
 from .admin import read_token, token_paths
 from .mirror import json_differences
-from .config import ConfigError, load
+from .config import load
 from .errors import BAD_INPUT, CommandError
 
 
@@ -164,22 +164,21 @@ def admin_status(admin: str) -> dict:
         raise CommandError(f"cannot reach the admin listener {admin}: {reason}") from None
 
 
-def endpoints_of(cluster: str, admin: str | None, config_path: str) -> list[Target]:
-    if "/" not in cluster.strip("/"):
-        raise CommandError(f"expected a cluster as SERVICE/VERSION such as catalog/v2 (got {cluster!r})",
-                           BAD_INPUT)
-    if admin:
-        status = admin_status(admin)
+def endpoints_of(cluster: str, status: dict | None, config_path: str | None) -> list[Target]:
+    """The cluster's healthy endpoints as a running proxy's /status lists them, else the config's
+    static ones."""
+    if status is not None:
         known = status.get("clusters", {})
         if cluster not in known:
-            raise CommandError(f"{admin} knows no cluster {cluster}; it knows {', '.join(known)}", BAD_INPUT)
+            raise CommandError(f"the admin listener knows no cluster {cluster}; it knows "
+                               f"{', '.join(known)}", BAD_INPUT)
         eps = [e for e in known[cluster]["endpoints"] if e.get("healthy", True)]
         return [Target(e["address"].rpartition(":")[0], int(e["address"].rpartition(":")[2]),
                        e.get("protocol") or "http", e.get("identity")) for e in eps]
     service, _, version = cluster.partition("/")
-    if not Path(config_path).is_file():
-        raise CommandError(f"config {config_path} does not exist; name one with --config FILE, or ask a "
-                           f"running gateway with --admin URL", BAD_INPUT)
+    if config_path is None:
+        raise CommandError("no ./mesh.yaml here: name the config with --config FILE, or a running "
+                           "gateway with --admin URL", BAD_INPUT)
     config = load(config_path)
     try:
         return [Target(e.address, e.port) for e in config.services[service].versions[version].endpoints]
@@ -187,12 +186,25 @@ def endpoints_of(cluster: str, admin: str | None, config_path: str) -> list[Targ
         raise CommandError(f"{config_path} has no cluster {cluster}", BAD_INPUT) from None
 
 
-def upstreams_of(config_path: str, identity: str | None) -> mtls.Upstreams:
+def config_of(given: str | None, status: dict | None) -> str | None:
+    """The config replay reads (static endpoints, mTLS certificates): --config, else ./mesh.yaml,
+    else the file the running gateway behind --admin serves (so replay works from any folder)."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise CommandError(f"config {given} does not exist", BAD_INPUT)
+        return given
+    if Path("mesh.yaml").is_file():
+        return "mesh.yaml"
+    served = ((status or {}).get("config") or {}).get("file")
+    return served if served and Path(served).is_file() else None
+
+
+def upstreams_of(config_path: str | None, identity: str | None) -> mtls.Upstreams:
     """How replay calls mTLS endpoints: the config's mTLS services and the workload certificate of
     `identity` (default the config's gateway.identity); without a config, only announced https."""
+    if config_path is None:
+        return mtls.Upstreams(missing="no config to find workload certificates in (--config FILE)")
     path = Path(config_path)
-    if not path.exists():
-        return mtls.Upstreams(missing=f"no config {config_path} to find workload certificates in")
     config = load(path)
     me = identity or config.gateway.identity
     wanted = frozenset(n for n, svc in config.services.items() if svc.mtls != "DISABLE")
@@ -235,19 +247,20 @@ async def _replay(flows: list[http.HTTPFlow], targets: list[Target], ignore: fro
     return outcomes
 
 
-def replay(file: str, against: str, *, only: str | None, admin: str | None, config_path: str,
+def replay(file: str, against: str, *, only: str | None, admin: str | None, config_path: str | None,
            ignore: frozenset[str], identity: str | None = None) -> int:
+    if "/" not in against.strip("/"):
+        raise CommandError(f"expected a cluster as SERVICE/VERSION such as catalog/v2 (got {against!r})",
+                           BAD_INPUT)
     flows = [fl for fl in read_flows(file) if isinstance(fl, http.HTTPFlow) and fl.response is not None]
     if only:
         flows = [fl for fl in flows if fl.metadata.get("mitmesh.cluster") == only]
     if not flows:
         print(f"replay: no recorded responses in {file}" + (f" from {only}" if only else ""))
         return 1
-    try:
-        targets = endpoints_of(against, admin, config_path)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    status = admin_status(admin) if admin else None
+    config_path = config_of(config_path, status)
+    targets = endpoints_of(against, status, config_path)
     if not targets:
         print(f"replay: cluster {against} has no endpoint", file=sys.stderr)
         return 1
@@ -255,15 +268,13 @@ def replay(file: str, against: str, *, only: str | None, admin: str | None, conf
         upstreams = upstreams_of(config_path, identity)
         service = against.partition("/")[0]
         tls = [upstreams.plan(service, t.protocol, t.identity) for t in targets]
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
     except mtls.NoMtls as e:
         print(f"replay: {against}: {e}", file=sys.stderr)
         return 1
     if any(tls):
-        me = identity or (load(config_path).gateway.identity if Path(config_path).exists() else "?")
-        print(f"replaying over mTLS as {upstreams.identity(me)}", flush=True)
+        me = identity or (load(config_path).gateway.identity if config_path else "?")
+        print(f"replaying over mTLS as {upstreams.identity(me)}"
+              + (f" (certificates of {config_path})" if config_path != "mesh.yaml" else ""), flush=True)
     outcomes = asyncio.run(_replay(flows, targets, ignore, tls=tls))
     differ = [o for o in outcomes if o.differences]
     failed = [o for o in outcomes if o.error]

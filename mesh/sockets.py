@@ -85,9 +85,9 @@ def holder(address: str, port: int) -> tuple[int, str] | None:
             fds = os.listdir(f"/proc/{pid}/fd")
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
                 argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-                words = " ".join(a.decode(errors="replace") for a in argv[1:] if a).split()
-                command = " ".join([os.path.basename(argv[0].decode(errors="replace")), *words])
-                return int(pid), command if len(command) <= 60 else command[:57] + "..."
+                words = " ".join(a.decode(errors="replace") for a in argv if a).split()
+                command = " ".join(os.path.basename(w) if "/" in w else w for w in words)
+                return int(pid), command if len(command) <= 80 else command[:77] + "..."
         except OSError:
             continue
     return None
