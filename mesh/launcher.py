@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -15,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, certcmd, modes, pki, procs
+from . import admin, certcmd, modes, pki, procs, sockets
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
@@ -118,7 +119,7 @@ def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, we
              for arg in ("--mode", modes.reverse(lst.address, lst.port))]
     argv = [procs.tool("mitmweb" if web else "mitmdump"), "-s", script, *mode_args,
             "--set", f"mesh_config={config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
-            "--set", f"confdir={ROOT / '.mitmesh' / 'mitmproxy'}"]
+            "--set", f"confdir={state_dir(config_path) / 'mitmproxy'}"]
     if web:
         argv += ["--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}",
                  "--set", "web_open_browser=false", "--set", f"web_password={web_token}"]
@@ -131,12 +132,65 @@ def lean_argv(config_path: Path, workers: int = 0, verbosity: str = "info") -> l
     return argv + (["--workers", str(workers)] if workers else [])
 
 
-def _healthy(host: str, port: int) -> bool:
+def _healthy(host: str, port: int, pid: int) -> bool:
+    """The app answers /healthz, and it is ours: another mesh's app on the same address would
+    answer too, while ours died of EADDRINUSE."""
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.5) as r:
-            return r.status == 200
-    except OSError:
+            return r.status == 200 and json.load(r).get("pid") == pid
+    except (OSError, ValueError):
         return False
+
+
+def state_dir(config_path: Path) -> Path:
+    """Where `up` keeps one mesh's logs, lock and state: beside its config file, a folder per file
+    (.mitmesh/mesh/ for mesh.yaml), so two meshes from one checkout never share or truncate a file."""
+    return config_path.parent / ".mitmesh" / config_path.stem
+
+
+def _lock(state: Path, config_path: Path) -> int:
+    """Hold the mesh's lock for as long as `up` runs; a second `up` of the same config is refused
+    before it touches the first one's logs."""
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{config_path} is already up (pid {pid}); stop that one first, or give "
+                           f"this mesh a config of its own (other ports, another file)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def addresses(config: MeshConfig, planned: list[Instance], web_port: int | None) -> list[tuple[str, int, str]]:
+    """Every (address, port, what) that `up` will listen on: apps, sidecars, gateway, admin, web."""
+    out = []
+    for inst in planned:
+        out.append((inst.host, inst.port, f"{inst.name} app"))
+        if inst.sidecar is not None:
+            s = inst.sidecar
+            out += [(s.address, s.inbound, f"{inst.name} sidecar inbound"),
+                    (s.address, s.outbound, f"{inst.name} sidecar outbound"),
+                    (s.address, s.admin, f"{inst.name} sidecar admin")]
+    out += [(l.address, l.port, f"gateway listener {l.name}") for l in config.gateway.listeners]
+    out.append((config.gateway.admin.address, config.gateway.admin.port, "gateway admin"))
+    if web_port is not None:
+        out.append(("127.0.0.1", web_port, "mitmweb"))
+    return out
+
+
+def unavailable(wanted: list[tuple[str, int, str]]) -> list[str]:
+    """`ADDRESS:PORT (what) is taken (by pid N, command)` for each one that cannot be listened on."""
+    out = []
+    for address, port, what in wanted:
+        problem = sockets.taken(address, port)
+        if problem:
+            where, _, why = problem.partition(" ")
+            out.append(f"{where} ({what}) {why}")
+    return out
 
 
 def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: threading.Event,
@@ -193,9 +247,24 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    state = state_dir(path)
+    run_dir = state / "logs"
+    up_state = state / "up.json"
+    planned = plan_instances(config)
+    # before anything starts or any file is opened: this config is not up already, and every
+    # address it needs is free (all of them named at once, with who holds them)
+    try:
+        lock = _lock(state, path)
+    except RuntimeError as e:
+        print(f"mitmesh up: {e}", file=sys.stderr, flush=True)
+        return 1
+    taken = unavailable(addresses(config, planned, web_port if web else None))
+    if taken:
+        os.close(lock)
+        print("mitmesh up: nothing started; " + ("these addresses are" if len(taken) > 1 else "this address is")
+              + " not free:\n" + "\n".join(f"  {t}" for t in taken), file=sys.stderr, flush=True)
+        return 1
     pki.init_edge(path.parent / "certs")
-    run_dir = ROOT / ".mitmesh" / "logs"
-    up_state = path.parent / ".mitmesh" / "up.json"
     children: list[procs.Child] = []
     stopping = threading.Event()
     # the mesh CA and a workload certificate per service and for the gateway, renewed before
@@ -218,7 +287,6 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     plain = next((l for l in listeners if l.tls is None), None)
     gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
     try:
-        planned = plan_instances(config)
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
             child = procs.spawn(inst.name, service_argv(inst, config, gateway_url), log_dir=run_dir)
@@ -227,7 +295,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             apps.append((inst, child))
         deadline = time.monotonic() + 20
         for inst, child in apps:
-            while not _healthy(inst.host, inst.port):
+            while not _healthy(inst.host, inst.port, child.pid):
                 if not child.alive() or time.monotonic() > deadline or stopping.is_set():
                     raise RuntimeError(f"{child.name} did not become healthy:\n{child.tail()}")
                 time.sleep(0.05)
@@ -300,4 +368,5 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             children.pop().stop()
         procs.stop_all(children)
         up_state.unlink(missing_ok=True)
+        os.close(lock)
         print("stopped", flush=True)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 # headers a service passes on to the services it calls, so traces and ids follow the request
 PROPAGATE = ("x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
-             "x-b3-parentspanid", "x-b3-sampled", "authorization", "x-user")
+             "x-b3-parentspanid", "x-b3-sampled", "authorization", "x-authenticated-userid")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Identity:
                "zone": self.zone, "method": request.method, "path": request.path_qs,
                "request_id": request.headers.get("x-request-id")}
         # who the gateway verified (its authentication policies forward these), shown for the demo
-        caller = request.headers.get("x-user") or request.headers.get("x-consumer")
+        caller = request.headers.get("x-authenticated-userid") or request.headers.get("x-consumer")
         if caller:
             out["caller"] = caller
         return out
@@ -85,7 +85,8 @@ async def _faults(request: web.Request, handler):
 
 async def _healthz(request: web.Request) -> web.Response:
     ident: Identity = request.app[IDENTITY]
-    return web.json_response({"ok": True, "service": ident.service, "instance": ident.instance})
+    return web.json_response({"ok": True, "service": ident.service, "instance": ident.instance,
+                              "pid": os.getpid()})  # so a launcher knows the answer is from its child
 
 
 async def _knobs(request: web.Request) -> web.Response:

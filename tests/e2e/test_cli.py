@@ -154,3 +154,93 @@ def test_killed_launcher_leaves_no_orphans(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _bare_mesh(path: Path) -> dict:
+    """A small mesh of bare apps (static endpoints, no sidecars) on free ports, written to `path`."""
+    config = demo_config()
+    config["services"] = {"users": config["services"]["users"]}
+    config["routes"] = [r for r in config["routes"] if r["forward"]["service"] == "users"]
+    path.write_text(yaml.safe_dump(config))
+    return config
+
+
+def _ready(proc: subprocess.Popen, log: Path) -> str:
+    wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=60)
+    assert proc.poll() is None, log.read_text()
+    return log.read_text()
+
+
+def _logs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.log"))}
+
+
+def test_two_meshes_from_one_folder_keep_their_own_logs_and_ports(tmp_path):
+    """A second `up` of a running config is refused; one that needs a taken address names it and
+    its holder and starts nothing; one with ports of its own runs beside the first, each mesh with
+    its logs in .mitmesh/<config name>/ (nothing truncated)."""
+    first = _bare_mesh(tmp_path / "mesh.yaml")
+    a = subprocess.Popen(MITMESH + ["up", "--config", str(tmp_path / "mesh.yaml"), "--workers", "1"],
+                         stdout=open(tmp_path / "a.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    procs_started = [a]
+    try:
+        pids = _pids(_ready(a, tmp_path / "a.log"))
+        a_logs = tmp_path / ".mitmesh" / "mesh" / "logs"
+        before = _logs(a_logs)
+        assert {"gateway.log", "users-v1-1.log"} <= set(before)
+
+        again = subprocess.run(MITMESH + ["up", "--config", str(tmp_path / "mesh.yaml")],
+                               capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1
+        assert f"{tmp_path / 'mesh.yaml'} is already up (pid {a.pid})" in again.stderr
+
+        clash = _bare_mesh(tmp_path / "other.yaml")  # same folder, two of the first mesh's addresses
+        gateway_port = first["gateway"]["listeners"][0]["port"]
+        app = first["services"]["users"]["versions"]["v1"]["endpoints"][0]
+        clash["gateway"]["listeners"][0]["port"] = gateway_port
+        clash["services"]["users"]["versions"]["v1"]["endpoints"] = [app]
+        (tmp_path / "other.yaml").write_text(yaml.safe_dump(clash))
+        refused = subprocess.run(MITMESH + ["up", "--config", str(tmp_path / "other.yaml")],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 1, refused.stdout
+        assert "mitmesh up: nothing started; these addresses are not free:" in refused.stderr
+        assert f"  {app} (users-v1-1 app) is taken (by pid {pids['users-v1-1']}, python -m services.users" \
+            in refused.stderr
+        assert f"  127.0.0.1:{gateway_port} (gateway listener public) is taken (by pid " in refused.stderr
+        assert "service:" not in refused.stdout and not (tmp_path / ".mitmesh" / "other" / "logs").exists()
+
+        second = _bare_mesh(tmp_path / "other.yaml")  # ports of its own: it runs beside the first
+        b = subprocess.Popen(MITMESH + ["up", "--config", str(tmp_path / "other.yaml"), "--workers", "1"],
+                             stdout=open(tmp_path / "b.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        procs_started.append(b)
+        out = _ready(b, tmp_path / "b.log")
+        assert f"logs: {tmp_path / '.mitmesh' / 'other' / 'logs'}" in out
+        for config in (first, second):
+            assert get(f"http://127.0.0.1:{config['gateway']['listeners'][0]['port']}/users/alice")[0] == 200
+        after = _logs(a_logs)
+        assert all(after[name].startswith(text) for name, text in before.items())  # appended to, never cut
+        assert _logs(tmp_path / ".mitmesh" / "other" / "logs").keys() == before.keys()
+    finally:
+        for proc in procs_started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs_started:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_an_app_is_up_only_if_it_is_ours_that_answers(tmp_path):
+    """Another mesh's app on the same address answers /healthz too; `up` checks the pid it reports."""
+    from mesh import launcher
+
+    port = procs.free_port()
+    app = procs.spawn("users", procs.python("-m", "services.users", "--host", "127.0.0.1", "--port", str(port)),
+                      log_dir=tmp_path)
+    try:
+        wait_until(lambda: procs.port_open("127.0.0.1", port), timeout=20)
+        assert launcher._healthy("127.0.0.1", port, app.pid)
+        assert not launcher._healthy("127.0.0.1", port, app.pid + 100_000)
+    finally:
+        app.stop()
