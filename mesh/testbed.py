@@ -417,8 +417,10 @@ def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
     text = text.replace("    interfaces: [127.0.0.1]", f"    interfaces: [{net}.1]")
     text = text.replace("  admin: {port: 15000}", f"  admin: {{port: 15000}}\n  first_address: {net}.2")
     # a token with a new key id (the IdP rotated) refetches the keys after 500 ms, not the default 5 s
-    text = text.replace("      forward_claims: {sub: x-user, scope: x-scopes}\n  idp-opaque:",
-                        "      forward_claims: {sub: x-user, scope: x-scopes}\n      unknown_kid_refresh: 500ms\n"
+    claims = "      forward_claims: {sub: x-authenticated-userid, scope: x-authenticated-scope}\n"
+    if claims + "  idp-opaque:" not in text:
+        raise RuntimeError("mesh.yaml's idp-jwt policy changed: update demo_on_free_ports")
+    text = text.replace(claims + "  idp-opaque:", claims + "      unknown_kid_refresh: 500ms\n"
                         "  idp-opaque:")
     path = tmp / "mesh.yaml"
     path.write_text(text)

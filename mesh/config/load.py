@@ -49,6 +49,8 @@ def load_text(text: str, file: str) -> MeshConfig:
     except ValidationError as e:
         problems.extend(_translate(src, err) for err in e.errors())
     problems.extend(_references(src))
+    if config is not None and not problems:
+        problems.extend(_stripped_headers(src, config))
     if problems:
         raise ConfigError(_dedupe(problems))
     assert config is not None
@@ -316,4 +318,61 @@ def _policy_references(src: Source, services: dict, policies: dict, routes: list
                 if found:
                     key = found[0] if found[0] in v else None
                     out.append(src.problem(path + ((key,) if key else ()), found[1]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# checks on the validated model: what each route reads, against what the gateway strips
+
+AUTHN_KINDS = ("jwt", "oauth2", "api_key")  # the policy kinds that set headers from verified claims
+
+
+def _stripped_headers(src: Source, config: MeshConfig) -> list[Problem]:
+    """The gateway's Sanitize removes every forward_claims header from each request before routing
+    (only a verified token or key may set one). A header that a route matches on, or that balancing,
+    a sticky split or a rate limit reads, is then never seen, unless that route's own authentication
+    sets it again from claims (after matching: so never for a match). Each such read is an error."""
+    setters: dict[str, list[str]] = {}
+    for pname, policy in config.policies.items():
+        for kind in AUTHN_KINDS:
+            block = getattr(policy, kind)
+            for header in (block.forward_claims.values() if block is not None else ()):
+                setters.setdefault(header.lower(), []).append(f"policies.{pname}.{kind}.forward_claims")
+    if not setters:
+        return []
+    found: dict[tuple, list[str]] = {}  # (key path, header, what reads it) → routes that never see it
+    for i, route in enumerate(config.routes):
+        refs = (*route.policies, *config.gateway.policies)
+        kinds: dict[str, Any] = {}  # the first block naming a kind wins, as the route compiler does
+        for ref in refs:
+            for kind in (*AUTHN_KINDS, "rate_limit"):
+                if getattr(config.policies[ref], kind) is not None:
+                    kinds.setdefault(kind, getattr(config.policies[ref], kind))
+        set_here = {h.lower() for k in AUTHN_KINDS if k in kinds for h in kinds[k].forward_claims.values()}
+        reads = [(("routes", i, "match", "headers", name), name, "matches on", False)
+                 for name in route.match.headers]
+        fwd = route.forward
+        if fwd is not None:
+            lb = config.services[fwd.service].lb
+            if lb.hash_on is not None and lb.hash_on.header:
+                reads.append((("services", fwd.service, "lb", "hash_on", "header"), lb.hash_on.header,
+                              "hashes on", True))
+            if fwd.sticky is not None and fwd.sticky.header:
+                reads.append((("routes", i, "forward", "sticky", "header"), fwd.sticky.header,
+                              "splits by", True))
+        limit = kinds.get("rate_limit")
+        if limit is not None and limit.key == "header" and limit.header:
+            reads.append((("policies", next(r for r in refs if config.policies[r].rate_limit is limit),
+                           "rate_limit", "header"), limit.header, "counts by", True))
+        for path, header, what, after_authn in reads:
+            if header.lower() in setters and not (after_authn and header.lower() in set_here):
+                found.setdefault((path, header, what), []).append(route.name)
+    out = []
+    for (path, header, what), routes in found.items():
+        which = f"route {routes[0]}" if len(routes) == 1 else f"routes {', '.join(routes)}"
+        out.append(src.problem(path, (
+            f"the gateway removes {header} from every request ({' and '.join(setters[header.lower()])} "
+            f"set{'s' if len(setters[header.lower()]) == 1 else ''} it from verified claims), so "
+            f"{which} never {what} it; use another header, or a "
+            f"policy on the route that sets it (got {show(header)})")))
     return out

@@ -226,3 +226,54 @@ def test_data_plane_defaults_and_shorthands():
     assert config.sidecar.inbound.name == "inbound" and config.sidecar.inbound.port == 16006
     assert (config.sidecar.outbound.port, config.sidecar.admin.port, config.sidecar.drain) == (15001, 15000, 2.0)
     assert config.services["x"].health_check.interval == 1.0 and config.mesh.id == "default"
+
+
+STRIPPED = """\
+version: 1
+gateway:
+  listeners: [{name: public, port: 18080}]
+services:
+  users:
+    lb: {policy: consistent_hash, hash_on: {header: %(hash)s}}
+    versions: {v1: {endpoints: ["127.0.0.1:19001"]}, v2: {endpoints: ["127.0.0.1:19002"]}}
+routes:
+  - name: open
+    match: {path: {prefix: /users}%(match)s}
+    forward: {service: users, weights: {v1: 50, v2: 50}%(sticky)s}
+    policies: [%(open)s]
+  - name: secure
+    match: {path: {prefix: /secure}}
+    forward: {service: users}
+    policies: [idp]
+policies:
+  idp:
+    jwt: {issuer: x, jwks_uri: 'http://idp/jwks', forward_claims: {sub: x-user}}
+  limited:
+    rate_limit: {second: 5, key: header, header: %(limit)s}
+"""
+
+
+@pytest.mark.parametrize("change, expected", [
+    # the demo's mistake: route open has no policy that sets x-user, so its hash never sees one
+    ({}, "mesh.yaml:6: services.users.lb.hash_on.header: the gateway removes x-user from every request "
+         "(policies.idp.jwt.forward_claims sets it from verified claims), so route open never hashes on "
+         "it; use another header, or a policy on the route that sets it (got 'x-user')"),
+    # behind the policy that sets it, hashing on the verified user is what is wanted
+    ({"open": "idp"}, None),
+    ({"hash": "x-session"}, None),
+    # matching happens before authentication: a stripped header never matches, whatever the policies
+    ({"hash": "x-session", "open": "idp", "match": ", headers: {X-User: ann}"},
+     "mesh.yaml:10: routes[0].match.headers.X-User: the gateway removes X-User"),
+    ({"hash": "x-session", "sticky": ", sticky: {header: x-user}"},
+     "mesh.yaml:11: routes[0].forward.sticky.header: the gateway removes x-user"),
+    ({"hash": "x-session", "open": "limited", "limit": "x-user"},
+     "mesh.yaml:21: policies.limited.rate_limit.header: the gateway removes x-user"),
+])
+def test_a_header_the_gateway_strips_is_reported_where_it_is_read(change, expected):
+    text = STRIPPED % {"hash": "x-user", "match": "", "sticky": "", "open": "", "limit": "x-api", **change}
+    try:
+        load_text(text, "mesh.yaml")
+    except ConfigError as e:
+        assert expected is not None and len(e.problems) == 1 and str(e.problems[0]).startswith(expected), str(e)
+    else:
+        assert expected is None
