@@ -21,39 +21,24 @@ test *ARGS: setup
 bench *ARGS: setup
     {{venv}}/bin/mitmesh bench {{ARGS}}
 
+# Load the running demo for SECONDS (1 to 300) over CONNECTIONS connections with hey, on /load/:
+# catalog v1 without the public rate limit, so it measures the proxy, not the limiter.
+load SECONDS="10" CONNECTIONS="10": setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    url=http://127.0.0.1:8080/load/items
+    case "{{SECONDS}}{{CONNECTIONS}}" in *[!0-9]*) echo "just load: SECONDS and CONNECTIONS are whole numbers (got {{SECONDS}} {{CONNECTIONS}})" >&2; exit 2;; esac
+    if [ "{{SECONDS}}" -lt 1 ] || [ "{{SECONDS}}" -gt 300 ] || [ "{{CONNECTIONS}}" -lt 1 ] || [ "{{CONNECTIONS}}" -gt 256 ]; then
+        echo "just load: SECONDS from 1 to 300, CONNECTIONS from 1 to 256 (got {{SECONDS}} {{CONNECTIONS}})" >&2; exit 2
+    fi
+    curl -fsS -o /dev/null "$url" || { echo "just load: $url does not answer; is the demo up (./dev up)?" >&2; exit 1; }
+    echo "load: hey -z {{SECONDS}}s -c {{CONNECTIONS}} $url"
+    hey -z "{{SECONDS}}s" -c "{{CONNECTIONS}}" "$url"
+
 # Check a config file: prints ok, or every error with file, line and key path.
 validate FILE="mesh.yaml": setup
     {{venv}}/bin/mitmesh validate {{FILE}}
 
-# Make .venv with a Python >= 3.12 found on this machine and install the project with dev extras.
+# Install what is missing (system packages, Python >= 3.12, .venv, certificates): see ./dev.
 setup:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    cd "{{justfile_directory()}}"
-    stamp=.venv/.mitmesh-installed
-    if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
-    ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; }
-    py=""
-    for c in "${MITMESH_PYTHON:-}" python3.13 python3.12 python3 python; do
-        [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && ok "$c" && { py=$(command -v "$c"); break; }
-    done
-    if [ -z "$py" ]; then
-        roots="$(pyenv root 2>/dev/null || true) $HOME/.pyenv /opt/python /usr/local /usr"
-        for r in $roots; do
-            for c in "$r"/versions/3.1[2-9]*/bin/python3 "$r"/bin/python3.1[2-9]; do
-                [ -x "$c" ] && ok "$c" && { py="$c"; break 2; }
-            done
-        done
-    fi
-    if [ -z "$py" ]; then
-        echo "mitmesh needs Python 3.12 or newer and found none." >&2
-        echo "Install one (Debian/Ubuntu: apt-get install python3.12 python3.12-venv; macOS: brew install python@3.12;" >&2
-        echo "or pyenv install 3.12), or point MITMESH_PYTHON at it, then run 'just setup' again." >&2
-        exit 1
-    fi
-    echo "setup: using $py ($("$py" -V))"
-    [ -x .venv/bin/python ] && ok .venv/bin/python || { rm -rf .venv; "$py" -m venv .venv; }
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
-    .venv/bin/mitmesh certs init
-    touch "$stamp"
+    @bash "{{justfile_directory()}}/dev"

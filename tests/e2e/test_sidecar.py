@@ -126,7 +126,10 @@ def test_mitmdump_runs_the_sidecar_chain(tmp_path):
         procs.wait_ports(app, [(host, app_port)])
         dump = procs.spawn("mitmdump", [procs.tool("mitmdump"), "-s", str(launcher.ROOT / "addons" / "sidecar.py"),
                                         "--set", f"mesh_config={m.path}", "--set", f"mesh_workload={workload}",
-                                        "--set", "listen_host=127.0.0.1", "--set", f"confdir={tmp_path / 'conf'}"],
+                                        "--set", "listen_host=127.0.0.1", "--set", f"confdir={tmp_path / 'conf'}",
+                                        # mitmdump binds its default listener before the script
+                                        # replaces it: a free port, never 8080 (a demo may hold it)
+                                        "--set", f"listen_port={procs.free_port()}"],
                            log_dir=tmp_path / "logs")
         m.children["mitmdump"] = dump
         procs.wait_log(dump, "announced ")
