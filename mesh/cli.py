@@ -114,17 +114,13 @@ def _sidecar(args) -> int:
         ("instance", args.instance), ("inbound", args.inbound_port),
         ("outbound", args.outbound_port), ("admin", args.admin_port)) if v not in (None, ""))
     try:
-        workload = parse_workload(spec)
+        parse_workload(spec)
     except ValueError as e:
         raise CommandError(str(e), BAD_INPUT) from None
     if args.workers > 1:
         return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
-    # one worker: the sidecar is this one process (no supervisor), under -O like every worker
-    from .config import load
-
-    problems = supervisor.unavailable(load(args.config), workload)
-    if problems:
-        raise CommandError(f"cannot listen: {'; '.join(problems)}")
+    # one worker: the sidecar is this one process (no supervisor), under -O like every worker; it
+    # checks that its addresses are free itself (mesh/runtime.py), so the config is read once
     argv = supervisor.worker_argv(Path(args.config).resolve(), [], "sidecar", args.verbosity, -1, spec)
     sys.stdout.flush()
     os.execv(argv[0], argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -79,6 +80,10 @@ async def _listen(self, host: str, port: int):
     sock = sockets.inherited(host, port)
     if sock is not None:
         return [await asyncio.start_server(handle, sock=sock, backlog=1024)]
+    if not sockets.any_inherited():  # a process on its own (a one-worker sidecar) has no sibling to
+        problem = sockets.taken(host, port)  # share a port with: one held already is another's
+        if problem:
+            raise OSError(errno.EADDRINUSE, problem)
     return [await asyncio.start_server(handle, host, port, reuse_port=True, backlog=1024)]
 
 

@@ -45,6 +45,11 @@ def inherited(address: str, port: int) -> socket.socket | None:
     return _inherited.get((address, port))
 
 
+def any_inherited() -> bool:
+    """Whether this process is a supervisor's worker (it was handed sockets)."""
+    return bool(_inherited)
+
+
 def taken(address: str, port: int) -> str | None:
     """Why address:port cannot be listened on, naming it and its holder when known; None if free.
     The probe binds without SO_REUSEPORT, so a listener that lets others share its port (as our own
