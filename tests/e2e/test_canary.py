@@ -53,13 +53,19 @@ def test_sticky_users_keep_one_version_and_cookies_pick_routes(mesh):
 
 
 def test_canary_set_changes_the_weights_live(mesh):
+    edits: list[float] = []
+
+    def enough(results) -> bool:  # load until 400 requests started 2 s after the edit (bounded: 60 s)
+        return bool(edits) and sum(1 for start, *_ in results if start > edits[0] + 2.0) >= 400
+
     async def scenario():
-        task = asyncio.create_task(load(mesh.url + "/catalog/items/1", seconds=4.5))
+        task = asyncio.create_task(load(mesh.url + "/catalog/items/1", seconds=60, until=enough))
         await asyncio.sleep(1.0)
         out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mesh.cli", "canary", "set", "catalog",
                                                        "v2=25", "--config", str(mesh.path)],
                                       capture_output=True, text=True)
-        return time.monotonic(), out, await task
+        edits.append(time.monotonic())  # the load goes on until enough requests follow the edit
+        return edits[0], out, await task
 
     edited, out, results = asyncio.run(scenario())
     assert out.returncode == 0, out.stderr

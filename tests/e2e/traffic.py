@@ -42,14 +42,16 @@ def gateway_copy(mesh: Mesh, tmp: Path) -> Mesh:
 
 
 async def load(url: str, count: int | None = None, seconds: float | None = None, concurrency: int = 8,
-               headers: dict | None = None) -> list[tuple[float, float, int, dict]]:
-    """(start, end, status, json body) of each request: `count` of them, or for `seconds`."""
+               headers: dict | None = None, until=None) -> list[tuple[float, float, int, dict]]:
+    """(start, end, status, json body) of each request: `count` of them, or for `seconds` (with
+    `until(results)`, as soon as it is true, `seconds` being the bound)."""
     results: list[tuple[float, float, int, dict]] = []
     stop = time.monotonic() + seconds if seconds else None
     left = [count or 0]
 
     async def worker(session: aiohttp.ClientSession):
-        while (stop is None and left[0] > 0) or (stop is not None and time.monotonic() < stop):
+        while ((stop is None and left[0] > 0) or (stop is not None and time.monotonic() < stop)) \
+                and not (until and until(results)):
             left[0] -= 1
             start = time.monotonic()
             try:
