@@ -28,7 +28,7 @@ from mitmproxy.exceptions import FlowReadException
 from . import mtls, upstream
 from .admin import read_token, token_paths
 from .mirror import json_differences
-from .config import load
+from .config import ConfigError, load
 from .errors import BAD_INPUT, CommandError
 
 
