@@ -103,7 +103,7 @@ policies:
     assert out.returncode == 0 and out.stdout.endswith("ok\n")
     line = text.splitlines().index("  - name: partner-catalog") + 1
     warnings = [w for w in out.stdout.splitlines() if "warning" in w]
-    assert len(warnings) == 4  # catalog-api, catalog-canary, catalog-beta, catalog
+    assert len(warnings) == 5  # catalog-api, catalog-canary, catalog-beta, catalog, load
     assert re.match(rf"{old}:\d+: routes\[2\]: warning: route catalog-api exposes service catalog without "
                     rf"authentication, but route partner-catalog \(line {line}\) requires an API key: a "
                     rf"caller can skip that check through route catalog-api$", warnings[0]), warnings[0]
