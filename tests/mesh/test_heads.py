@@ -1,0 +1,70 @@
+"""Request head checks: a table of heads and the exact refusal each gets (or none)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.heads import check
+from mesh.paths import Rejected
+
+HOST = (b"Host", b"example.com")
+
+
+@pytest.mark.parametrize("version, fields, h2", [
+    ("HTTP/1.1", [HOST], False),
+    ("HTTP/1.0", [], False),
+    ("HTTP/1.1", [HOST, (b"X-A", b"a\tb"), (b"X-B", b"caf\xc3\xa9")], False),
+    ("HTTP/1.1", [(b"Host", b"[::1]:8080")], False),
+    ("HTTP/1.1", [(b"Host", b"127.0.0.1:80")], False),
+    ("HTTP/1.1", [HOST, (b"Transfer-Encoding", b"gzip, chunked")], False),
+    ("HTTP/1.1", [HOST, (b"Content-Length", b"12")], False),
+    ("HTTP/2.0", [(b"content-length", b"3")], True),
+])
+def test_good_heads_pass(version, fields, h2):
+    check(version, fields, h2)
+
+
+@pytest.mark.parametrize("version, fields, h2, status, error, reason", [
+    ("HTTP/1.2", [HOST], False, 400, "bad_http_version",
+     "unknown HTTP version 'HTTP/1.2': HTTP/1.0 and HTTP/1.1 are accepted"),
+    ("HTTP/2.0", [HOST], False, 505, "http_version_not_supported",
+     "HTTP version 'HTTP/2.0' is not spoken here (RFC 9110 §15.6.6)"),
+    ("HTTP/1.1", [HOST], True, 400, "bad_http_version", "HTTP/1.1 request on an HTTP/2 connection"),
+    ("HTTP/1.1", [HOST, (b"X A", b"b")], False, 400, "invalid_header",
+     "invalid header name 'X A' (RFC 9110 §5.1)"),
+    ("HTTP/1.1", [HOST, (b"X-A", b"a\x00b")], False, 400, "invalid_header",
+     "header 'X-A' holds the control character b'\\x00' (RFC 9110 §5.5)"),
+    ("HTTP/1.1", [HOST, (b"X-A", b"a\rx-user: admin")], False, 400, "invalid_header",
+     "header 'X-A' holds the control character b'\\r' (RFC 9110 §5.5)"),
+    ("HTTP/1.1", [HOST, (b"X-A", b"a\r\n x-user: admin")], False, 400, "invalid_header",
+     "header 'X-A' holds a folded line (obs-fold, RFC 9112 §5.2)"),
+    ("HTTP/1.1", [HOST, (b"X-A", b"a\x7f")], False, 400, "invalid_header",
+     "header 'X-A' holds the control character b'\\x7f' (RFC 9110 §5.5)"),
+    ("HTTP/1.1", [HOST, HOST], False, 400, "invalid_host", "2 Host header fields (RFC 9112 §3.2)"),
+    ("HTTP/1.1", [], False, 400, "invalid_host", "an HTTP/1.1 request without a Host header field (RFC 9112 §3.2)"),
+    ("HTTP/1.1", [(b"Host", b"a/b")], False, 400, "invalid_host", "invalid Host 'a/b' (RFC 9110 §7.2)"),
+    ("HTTP/1.1", [HOST, (b"Content-Length", b"-1")], False, 400, "invalid_framing",
+     "invalid Content-Length '-1' (RFC 9110 §8.6)"),
+    ("HTTP/1.1", [HOST, (b"Content-Length", b"1"), (b"Content-Length", b"1")], False, 400, "invalid_framing",
+     "more than one Content-Length (RFC 9112 §6.3)"),
+    ("HTTP/1.1", [HOST, (b"Content-Length", b"1"), (b"Transfer-Encoding", b"chunked")], False, 400,
+     "invalid_framing", "both Content-Length and Transfer-Encoding (RFC 9112 §6.1)"),
+    ("HTTP/1.0", [(b"Transfer-Encoding", b"chunked")], False, 400, "invalid_framing",
+     "Transfer-Encoding repeated or on HTTP/1.0 (RFC 9112 §6.1)"),
+    ("HTTP/1.1", [HOST, (b"Transfer-Encoding", b"chunked, gzip")], False, 400, "invalid_framing",
+     "Transfer-Encoding 'chunked, gzip' does not end in a single chunked (RFC 9112 §6.1)"),
+    ("HTTP/1.1", [HOST, (b"Transfer-Encoding", b"chunked, chunked")], False, 400, "invalid_framing",
+     "Transfer-Encoding 'chunked, chunked' does not end in a single chunked (RFC 9112 §6.1)"),
+    ("HTTP/2.0", [(b"transfer-encoding", b"chunked")], True, 400, "invalid_framing",
+     "Transfer-Encoding on HTTP/2 (RFC 9113 §8.2.2)"),
+])
+def test_bad_heads_are_refused(version, fields, h2, status, error, reason):
+    with pytest.raises(Rejected) as e:
+        check(version, fields, h2)
+    assert (e.value.status, e.value.error, e.value.reason) == (status, error, reason)
+
+
+def test_long_values_are_clipped_in_the_reason():
+    with pytest.raises(Rejected) as e:
+        check("HTTP/1.1", [(b"Host", b"x" * 100 + b"/")])
+    assert e.value.reason == f"invalid Host '{'x' * 40}…' (RFC 9110 §7.2)"
