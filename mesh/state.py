@@ -18,6 +18,7 @@ from . import config as meshconfig
 from . import modes, mtls, pki
 from .cluster import Cluster, Endpoint, HashKey
 from .resilience import Guards, guards
+from .config.http import Http
 from .config.schema import HealthCheck, Listener, ListenerTls, MeshConfig, Service
 from .routing import RouteTable, compile_routes
 from .upstream import Pool
@@ -96,6 +97,11 @@ class Snapshot:
         """This proxy's name in access logs and service discovery: a sidecar's instance name, or
         the gateway's identity (`gateway.identity`)."""
         return self.workload.name if self.workload is not None else self.config.gateway.identity
+
+    @property
+    def http(self) -> Http:
+        """How this proxy reads requests: `gateway.http`, or `sidecar.http` on a sidecar."""
+        return self.config.gateway.http if self.workload is None else self.config.sidecar.http
 
 
 def build(path: str) -> Snapshot:

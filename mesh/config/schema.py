@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from .. import template
+from .http import Http
 from .source import show
 from .security import (ApiKey, Authz, Cors, IdentitySettings, IpFilter, Jwt, MtlsMode, OAuth2,
                        Require, SecurityHeaders, SizeLimit)
@@ -80,6 +81,8 @@ class Gateway(Model):
         default_factory=lambda: AuthFailures(),
         description="failed authentications allowed per client IP before a 429 (default 20 per "
                     "minute, in memory); null: not counted")
+    http: Http = Field(Http(), description="how the gateway reads requests: path normalization, "
+                                           "timeouts, HTTP/2 limits (every listener)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -859,6 +862,8 @@ class SidecarSettings(Model):
     drain: Duration = Field(
         2.0, description="graceful stop: time between the mDNS goodbye and closing the listeners (default 2s)"
     )
+    http: Http = Field(Http(), description="how every sidecar reads requests on its inbound and outbound "
+                                           "listeners: path normalization, timeouts, HTTP/2 limits")
     first_address: Address = Field(
         "127.0.0.2", description="`mitmesh up` gives its first instance this loopback address and each "
                                  "next instance the next one (default 127.0.0.2)"
