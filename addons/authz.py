@@ -42,7 +42,7 @@ class Authz:
         if policy is None:
             return
         req = flow.request
-        path = st.upstream_path or req.path.partition("?")[0]
+        path = st.upstream_path or st.path
         allowed, why = policy.decide(
             authz.Request(st.peer, flow.client_conn.peername[0], req.method, path, st.claims))
         st.decide("authz", why)

@@ -26,6 +26,6 @@ class Inbound:
             self._route, self._built_for = inbound_route(st.snapshot), st.snapshot
         w = st.snapshot.workload
         st.route = self._route
-        st.upstream_path = flow.request.path.partition("?")[0] or "/"
+        st.upstream_path = st.path or "/"
         flow.metadata[keys.ROUTE] = self._route.name
         st.decide("inbound", f"to the local app of {w.name} at {w.app[0]}:{w.app[1]}")

@@ -43,7 +43,8 @@ _ATTR = "_mitmesh"
 class FlowState:
     """What the addons of one proxy decided about one flow, in request order."""
 
-    __slots__ = ("snapshot", "listener", "downstream_path", "request_id", "route", "cluster", "endpoint",
+    __slots__ = ("snapshot", "listener", "downstream_path", "request_id", "path", "max_body", "route",
+                 "cluster", "endpoint",
                  "attempts", "started", "upstream_path", "principal", "claims", "decisions",
                  "direction", "span", "trace_id", "peer", "error",
                  # traffic policies (versioning, rate limits, canary, transform, mirror)
@@ -59,6 +60,12 @@ class FlowState:
         self.downstream_path = downstream_path
         self.direction = direction  # INBOUND, OUTBOUND, or None on the gateway
         self.request_id = ""
+        # the request path (no query) after RFC 3986 normalization, written once by Normalize (the
+        # first addon on the request path): what routing, authz, rate limits and rewrites read
+        self.path: str | None = None
+        # the route's body limit, set by SizeLimit at requestheaders: the HTTP layer stops reading
+        # a body that grows past it (addons/httplayer.py)
+        self.max_body: int | None = None
         self.route: Route | None = None
         self.cluster: str | None = None
         self.endpoint: Endpoint | None = None

@@ -46,6 +46,6 @@ class Outbound:
                 return
             self._routes[host] = route
         st.route = route
-        st.upstream_path = flow.request.path.partition("?")[0] or "/"
+        st.upstream_path = st.path or "/"
         flow.metadata[keys.ROUTE] = route.name
         st.decide("outbound", f"service {route.action.service}, every version")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.routing import DirectAction, RedirectAction, normalize_path
+from mesh.routing import DirectAction, RedirectAction
 
 from . import keys, replies
 
@@ -17,8 +17,7 @@ class Router:
         if st is None:
             return
         req = flow.request
-        path, _, _ = req.path.partition("?")
-        path = normalize_path(path)
+        path = st.path  # normalized by Normalize
         host = req.host_header or ""
         match = st.snapshot.routes.match
         route = None

@@ -98,7 +98,7 @@ class Tracing:
         req = flow.request
         span = self.tracer.start_span(
             f"{req.method} {st.direction or 'edge'}", context=parent, kind=SpanKind.SERVER,
-            attributes={"http.request.method": req.method, "url.path": req.path.partition("?")[0],
+            attributes={"http.request.method": req.method, "url.path": st.path or req.path.partition("?")[0],
                         "server.address": req.host_header or "", "mitmesh.direction": st.direction or "edge",
                         "mitmesh.request_id": st.request_id},
         )

@@ -230,22 +230,6 @@ def strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def normalize_path(path: str) -> str:
-    """Remove dot segments (RFC 3986 5.2.4) so '/a/../admin' cannot dodge a '/admin' route."""
-    if "/." not in path:
-        return path
-    out: list[str] = []
-    segments = path.split("/")
-    for seg in segments[1:]:
-        if seg == "..":
-            if out:
-                out.pop()
-        elif seg != ".":
-            out.append(seg)
-    trailing = segments[-1] in (".", "..")
-    return "/" + "/".join(out) + ("/" if trailing and out else "")
-
-
 def _compilers() -> dict[str, Callable]:
     """Policy kinds whose hooks need more than the model: compiled here, once per snapshot."""
     from . import mirror, ratelimit, transform, versioning

@@ -7,7 +7,7 @@ import collections
 import pytest
 
 from mesh.config import load_text
-from mesh.routing import ForwardAction, compile_routes, normalize_path, strip_port
+from mesh.routing import ForwardAction, compile_routes, strip_port
 from tests.conftest import dedent
 
 HEAD = """
@@ -130,14 +130,6 @@ def test_ten_thousand_routes_are_indexed():
     finally:
         type(t.routes[0]).matches = original
     assert calls <= 2  # one candidate tested, not ten thousand
-
-
-@pytest.mark.parametrize("path, expected", [
-    ("/a/b", "/a/b"), ("/a/../admin", "/admin"), ("/a/./b", "/a/b"), ("/../../etc", "/etc"),
-    ("/a/b/..", "/a/"), ("/", "/"),
-])
-def test_normalize_path(path, expected):
-    assert normalize_path(path) == expected
 
 
 def test_strip_port():

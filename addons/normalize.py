@@ -1,0 +1,40 @@
+"""Normalize: checks the request head (RFC 9110/9112) and normalizes its path (RFC 3986 §6) once,
+before any addon decides anything; every addon after it reads `FlowState.path`, and the upstream gets
+the same path. A request that fails is answered 400 (or 505, or 307 for UNESCAPE_AND_REDIRECT)."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from mesh import heads, paths
+
+from . import keys, replies
+
+
+class Normalize:
+    def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response or flow.error or not flow.live:
+            return
+        st = keys.get(flow)
+        if st is None:
+            return
+        req = flow.request
+        raw, mark, query = req.path.partition("?")
+        opts = st.snapshot.http
+        try:
+            heads.check(req.http_version, req.headers.fields, flow.client_conn.alpn == b"h2")
+            path = paths.normalize(raw, normalize_path=opts.normalize_path, merge_slashes=opts.merge_slashes,
+                                   escaped_slashes=opts.path_with_escaped_slashes_action)
+        except paths.Redirect as r:
+            st.decide("normalize", f"path {raw!r} has escaped slashes: redirected to {r.path!r}")
+            replies.reply(flow, 307, "path_redirect", "the path holds escaped slashes; use the unescaped one",
+                          headers={"location": r.path + mark + query})
+            return
+        except paths.Rejected as e:
+            st.decide("normalize", e.reason)
+            replies.reply(flow, e.status, e.error, e.reason, headers={"connection": "close"})
+            return
+        if path != raw:
+            st.decide("normalize", f"path {raw!r} normalized to {path!r}")
+            req.path = path + mark + query  # what mitmweb, recordings and the upstream see
+        st.path = path
