@@ -47,7 +47,9 @@ class RateLimit:
             await asyncio.sleep(1.0)
             self.limiters.expire()
 
-    def requestheaders(self, flow: http.HTTPFlow):
+    def request(self, flow: http.HTTPFlow):
+        # counted once the request is complete, not at its head: a request the client abandons
+        # (an HTTP/2 stream reset, CVE-2023-44487) is never counted and never forwarded
         if flow.response or flow.error or not flow.live:
             return None
         st = keys.get(flow)

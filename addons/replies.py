@@ -10,6 +10,7 @@ from mitmproxy import http
 from mesh import modes
 
 from . import keys
+from .requestid import new_id
 
 
 # the `error` of a refusal, by the outcome mitmweb marks it with (addons/decisions.py)
@@ -25,15 +26,26 @@ def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,
     rid = st.request_id if st else flow.request.headers.get("x-request-id", "")
     if st is not None:
         st.error = error  # what the proxy answered itself, for metrics and logs
+    flow.response = make(status, error, reason, rid, headers, **extra)
+    flow.response.timestamp_start = time.time()
+    _show_downstream(flow)
+
+
+def make(status: int, error: str, reason: str, rid: str, headers: dict[str, str] | None = None,
+         **extra) -> http.Response:
     body = {"error": error, "reason": reason, "request_id": rid, **extra}
     h = {"content-type": "application/json", "cache-control": "no-store"}
     if rid:
         h["x-request-id"] = rid
     if headers:
         h.update(headers)
-    flow.response = http.Response.make(status, json.dumps(body).encode() + b"\n", h)
-    flow.response.timestamp_start = time.time()
-    _show_downstream(flow)
+    return http.Response.make(status, json.dumps(body).encode() + b"\n", h)
+
+
+def without_flow(status: int, error: str, reason: str) -> http.Response:
+    """An answer to a request mitmproxy refused before any flow or addon saw it (a malformed head,
+    a broken body framing): the same JSON shape, a fresh request id, and the connection closed."""
+    return make(status, error, reason, new_id(), {"connection": "close"})
 
 
 def raw(flow: http.HTTPFlow, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:

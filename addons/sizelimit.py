@@ -1,7 +1,9 @@
-"""SizeLimit: refuses request headers above the route's limit (431) and bodies above it (413),
-by Content-Length before the body is read, or by the body's size once it is.
+"""SizeLimit: refuses request headers above the route's limit (431) and bodies above it (413): by
+Content-Length before any body byte is read, and a body without one (chunked, HTTP/2) as soon as what
+arrived passes the limit; the HTTP layer (addons/httplayer.py) stops reading it there.
 
-Alone: `mitmdump -s addons/sizelimit.py --set mesh_size_limit='{max_body: 1MiB}'`.
+Alone: `mitmdump -s addons/sizelimit.py --set mesh_size_limit='{max_body: 1MiB}'` (without the
+HTTP layer of the chain, a body without a length is refused once read).
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ def _limit(flow: http.HTTPFlow):
     return st, st.route.policies.get("size_limit")
 
 
+def too_large(flow: http.HTTPFlow, st: keys.FlowState, size: int, limit: int, so_far: bool = False) -> None:
+    """The 413: `size` is the body's length, or (so_far) what arrived before reading stopped."""
+    size_text = f"at least {size}" if so_far else str(size)
+    st.decide("sizelimit", f"body of {size_text} bytes over {limit}")
+    replies.reply(flow, 413, "body_too_large", f"request body of {size_text} bytes exceeds the limit of {limit}",
+                  headers={"connection": "close"})
+
+
 class SizeLimit:
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -26,6 +36,7 @@ class SizeLimit:
         st, limit = _limit(flow)
         if limit is None:
             return
+        st.max_body = limit.max_body
         req = flow.request
         size = sum(len(k) + len(v) + 4 for k, v in req.headers.fields)
         if size > limit.max_headers:
@@ -36,10 +47,7 @@ class SizeLimit:
             return
         length = req.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit.max_body:
-            st.decide("sizelimit", f"body of {length} bytes over {limit.max_body}")
-            replies.reply(flow, 413, "body_too_large",
-                          f"request body of {length} bytes exceeds the limit of {limit.max_body}",
-                          headers={"connection": "close"})
+            too_large(flow, st, int(length), limit.max_body)
 
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
@@ -48,11 +56,8 @@ class SizeLimit:
         if limit is None:
             return
         size = len(flow.request.raw_content or b"")
-        if size > limit.max_body:  # chunked bodies announce no length
-            st.decide("sizelimit", f"body of {size} bytes over {limit.max_body}")
-            replies.reply(flow, 413, "body_too_large",
-                          f"request body of {size} bytes exceeds the limit of {limit.max_body}",
-                          headers={"connection": "close"})
+        if size > limit.max_body:  # the HTTP layer stops sooner; this holds where no layer of ours runs
+            too_large(flow, st, size, limit.max_body)
 
 
 addons = alone.script(SizeLimit(), blocks=[alone.Block(

@@ -1,0 +1,235 @@
+"""mitmproxy's HTTP layer with the guards an edge proxy needs where mitmproxy offers no hook: bodies
+stop at the route's limit instead of being read whole, an answer made before the body leaves at once,
+mitmproxy's own error pages become our JSON, a request head has a size cap, and an HTTP/2 client that
+resets streams too fast gets GOAWAY (CVE-2023-44487).
+
+`HttpGuard` (addons/httpguard.py) puts `GuardedHttpLayer` in place of every `HttpLayer` that
+mitmproxy's next_layer decision makes; everything else is mitmproxy's own code, unchanged.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import time
+
+import h2.errors
+import h2.events
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpResponseHeadersHook, HttpStream,
+                                         RequestEndOfMessage, ResponseHeaders, ResponseProtocolError, SendHttp)
+from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.proxy.layers.http._http2 import Http2Server
+
+from mesh.downstream import LINGER, ResetWindow
+
+from . import keys, replies
+from .sizelimit import too_large
+
+log = logging.getLogger("mitmesh.http")
+_PARAGRAPH = re.compile(rb"<p>(.*?)</p>", re.S)  # the message in mitmproxy's error page
+
+# what mitmproxy's own refusals become: (error, reason) of our JSON answer; its texts name its options
+_REFUSALS = {
+    ErrorCode.REQUEST_VALIDATION_FAILED: ("invalid_request", "the request head is ambiguous or invalid "
+                                                             "(RFC 9110/9112): {detail}"),
+    ErrorCode.GENERIC_CLIENT_ERROR: ("bad_request", "the request is not valid HTTP: {detail}"),
+    ErrorCode.DESTINATION_UNKNOWN: ("invalid_host", "the request names no host"),
+    ErrorCode.REQUEST_TOO_LARGE: ("body_too_large", "the request body is too large"),
+}
+
+
+class Limits:
+    """What the layers of one connection enforce, from the proxy's `http` settings at its start."""
+
+    __slots__ = ("max_head", "max_resets", "reset_window")
+
+    def __init__(self, max_head: int, max_resets: int, reset_window: float):
+        self.max_head, self.max_resets, self.reset_window = max_head, max_resets, reset_window
+
+
+class StopReading(ResponseProtocolError):
+    """Sent to the client connection after an answer made before the request body was read: HTTP/1
+    half-closes and drops what still comes (LINGER), HTTP/2 resets the stream with NO_ERROR, which
+    asks the client to stop sending without error (RFC 9113 §8.1)."""
+
+    def __init__(self, stream_id: int):
+        super().__init__(stream_id, "answered before the request body was read", ErrorCode.CANCEL)
+
+
+def refusal(event: ResponseProtocolError, status: int):
+    error, reason = _REFUSALS.get(event.code, ("bad_request", "the request was refused: {detail}"))
+    detail = event.message.removeprefix("Received ").split(" from client, refusing", 1)[0]
+    log.info(f"refused a request mitmproxy could not take ({status}): {event.message}")
+    return replies.without_flow(status, error, reason.format(detail=detail[:200]))
+
+
+class GuardedStream(HttpStream):
+    def state_wait_for_request_headers(self, event):
+        yield from _without(super().state_wait_for_request_headers(event), self._continue_of_answered)
+        # an addon answered at requestheaders (401, 404, a 413 by Content-Length, …) while a body is
+        # on its way: the answer leaves now, where mitmproxy would first read the whole body (a body
+        # that arrived whole already is consumed as before, and the connection kept)
+        if (self.client_state == self.state_consume_request_body and self.flow.response is not None
+                and not event.end_stream
+                and not any(isinstance(e, RequestEndOfMessage) for e in self._paused_event_queue)):
+            yield from self.answer_now()
+
+    def _continue_of_answered(self, command) -> bool:
+        """mitmproxy's `100 Continue` for a request an addon already answered: never sent."""
+        return (isinstance(command, SendHttp) and isinstance(command.event, ResponseHeaders)
+                and command.event.response.status_code == 100 and self.flow.response is not None)
+
+    def check_body_size(self, request: bool):
+        st = keys.get(self.flow) if request else None
+        if st is not None and st.max_body is not None and len(self.request_body_buf) > st.max_body \
+                and self.client_state == self.state_consume_request_body and self.flow.live \
+                and self.flow.response is None:
+            too_large(self.flow, st, len(self.request_body_buf), st.max_body, so_far=True)
+            yield from self.answer_now()
+            return True
+        return (yield from super().check_body_size(request))
+
+    def answer_now(self):
+        """Send the flow's answer before its request is complete, and stop reading the request."""
+        self.client_state = self.state_errored  # what still arrives is dropped, never buffered
+        self.request_body_buf.clear()
+        self.flow.response.headers["connection"] = "close"
+        self.flow.response.timestamp_start = time.time()
+        yield HttpResponseHeadersHook(self.flow)
+        yield from self.send_response()
+        self.flow.live = False
+        yield SendHttp(StopReading(self.stream_id), self.context.client)
+        yield DropStream(self.stream_id)
+
+
+def _without(generator, drop):
+    """Delegate to a layer's command generator (replies of blocking commands included), leaving out
+    the commands `drop` picks."""
+    reply = None
+    while True:
+        try:
+            command = generator.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        reply = None if drop(command) else (yield command)
+
+
+class GuardedHttp1Server(Http1Server):
+    limits: Limits
+
+    def send(self, event):
+        if isinstance(event, StopReading):
+            if self.conn.state & ConnectionState.CAN_WRITE:
+                yield commands.CloseTcpConnection(self.conn, half_close=True)
+            self.state = self.linger
+            yield commands.RequestWakeup(LINGER)
+            return
+        status = event.code.http_status_code() if isinstance(event, ResponseProtocolError) else None
+        if status is not None and not self.response and self.conn.state & ConnectionState.CAN_WRITE:
+            yield commands.SendData(self.conn, http1.assemble_response(refusal(event, status)))
+            yield commands.CloseConnection(self.conn)
+            return
+        yield from super().send(event)
+
+    def read_headers(self, event):
+        for command in super().read_headers(event):
+            if isinstance(command, commands.SendData) and self.state == self.read_headers:
+                # mitmproxy's HTML page for a head it cannot parse: the same refusal, as our JSON
+                found = _PARAGRAPH.search(command.data)
+                detail = html.unescape(found[1].decode("utf-8", "replace"))[:200] if found else ""
+                command = commands.SendData(self.conn, http1.assemble_response(replies.without_flow(
+                    400, "bad_request", f"the request head is not valid HTTP/1.1 (RFC 9112): {detail}")))
+            yield command
+        if self.state == self.read_headers and len(self.buf) > self.limits.max_head:
+            # mitmproxy would buffer an endless head ("FIXME: protect against header size DoS")
+            yield commands.SendData(self.conn, http1.assemble_response(replies.without_flow(
+                431, "headers_too_large", f"the request head exceeds {self.limits.max_head} bytes")))
+            yield commands.CloseConnection(self.conn)
+            self.state = self.done
+
+    def read_body(self, event):
+        for command in super().read_body(event):
+            if isinstance(command, commands.CloseConnection) and self.response is None \
+                    and self.conn.state & ConnectionState.CAN_WRITE:
+                # a broken chunk size or a body cut short: mitmproxy closes without a word
+                yield commands.SendData(self.conn, http1.assemble_response(replies.without_flow(
+                    400, "invalid_body", "the request body's framing is not valid (RFC 9112 §6-7)")))
+            yield command
+
+    def linger(self, event):
+        """After an early answer: drop what the client still sends until it closes or LINGER passes."""
+        if isinstance(event, events.DataReceived):
+            self.buf = type(self.buf)()
+        else:  # the client closed, or the wakeup
+            yield commands.CloseConnection(self.conn)
+
+
+class GuardedHttp2Server(Http2Server):
+    limits: Limits
+    layer: HttpLayer
+    resets: ResetWindow
+
+    def _handle_event(self, event):
+        if isinstance(event, StopReading):
+            if not self.is_closed(event.stream_id):
+                self.h2_conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+            self.streams.pop(event.stream_id, None)
+            return
+        if isinstance(event, ResponseProtocolError) and (status := event.code.http_status_code()) is not None \
+                and self.is_open_for_us(event.stream_id) \
+                and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent:
+            answer = refusal(event, status)
+            del answer.headers["connection"]  # connection-specific: not in HTTP/2
+            self.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % status), *answer.headers.fields])
+            self.h2_conn.send_data(event.stream_id, answer.content, end_stream=True)
+            yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+            return
+        yield from super()._handle_event(event)
+
+    def handle_h2_event(self, event):
+        if isinstance(event, h2.events.StreamReset) and event.stream_id in self.streams:
+            self._abandoned(event.stream_id)
+            if self.resets.hit(time.monotonic()):
+                yield from self.protocol_error(
+                    f"more than {self.limits.max_resets} stream resets within {self.limits.reset_window:g}s "
+                    f"(rapid reset, CVE-2023-44487)", error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                return True
+        return (yield from super().handle_h2_event(event))
+
+    def _abandoned(self, stream_id: int) -> None:
+        """A stream the client reset before its request was complete: no addon acts on it any more
+        (its hooks return early on a killed flow), so it is neither counted nor forwarded."""
+        stream = self.layer.streams.get(stream_id)
+        flow = getattr(stream, "flow", None)
+        if flow is not None and flow.killable and stream.client_state != stream.state_done:
+            flow.kill()
+
+
+class GuardedHttpLayer(HttpLayer):
+    limits: Limits
+
+    def _handle_event(self, event):
+        if isinstance(event, events.Start) and self.context.client not in self.connections:
+            alpn = self.context.client.alpn
+            if alpn == b"h2":
+                conn = GuardedHttp2Server(self.context.fork())
+                conn.layer = self
+                conn.resets = ResetWindow(self.limits.max_resets, self.limits.reset_window)
+            elif alpn is None or not alpn.startswith(b"h3"):
+                conn = GuardedHttp1Server(self.context.fork())
+            else:
+                conn = None
+            if conn is not None:
+                conn.limits = self.limits
+                self.connections[self.context.client] = conn  # mitmproxy's Start uses it (setdefault)
+        yield from super()._handle_event(event)
+
+    def make_stream(self, stream_id: int):
+        self.streams[stream_id] = stream = GuardedStream(self.context.fork(), stream_id)
+        yield from self.event_to_child(stream, events.Start())
+
