@@ -17,11 +17,13 @@ from .decisions import Decisions
 from .forward import Forward
 from .forwarded import Forwarded
 from .health import Health
+from .httpguard import HttpGuard
 from .inbound import Inbound
 from .ipfilter import IpFilter
 from .mdns import Mdns
 from .metrics import Metrics
 from .mirror import Mirror
+from .normalize import Normalize
 from .outbound import Outbound
 from .ratelimit import RateLimit
 from .recent import Recent
@@ -31,6 +33,7 @@ from .router import Router
 from .sanitize import Sanitize
 from .securityheaders import SecurityHeaders
 from .sizelimit import SizeLimit
+from .timeouts import Timeouts
 from .tls import Tls
 from .tracing import Tracing
 from .transform import Transform
@@ -48,7 +51,10 @@ def gateway(state: MeshState | None = None) -> list:
         Admin(state),      # admin listener (/status, /metrics, /record, /flows); not on the request path
         Mdns(state),       # keeps the registry live over mDNS; not on the request path
         Health(state),     # active health checks of endpoints; not on the request path
+        HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
+        Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow
         RequestId(),       # before anything may answer, so every reply carries the id
+        Normalize(),       # first on the request path: one checked head and normalized path for all after
         tracing,           # server span from the incoming trace context, before any decision
         Sanitize(),        # drops client-sent claim headers before routing or upstreams see them
         Tls(state),        # downstream TLS and mTLS; refuses plaintext where TLS is required
@@ -60,7 +66,7 @@ def gateway(state: MeshState | None = None) -> list:
         AuthThrottle(ratelimit.limiters),  # an address with too many failed authentications: 429 before they are checked
         Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
         Authz(),           # may they: deny and allow rules on peer identity, request and claims
-        ratelimit,         # after authentication: keyed by the verified consumer; a 429 costs no upstream
+        ratelimit,         # after authentication: keyed by the verified consumer; counts complete requests
         Canary(),          # sticky split after authentication too (the key may be a verified claim)
         Transform(),       # request side once the request is admitted; response side before it leaves
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream
@@ -86,7 +92,10 @@ def sidecar(state: MeshState | None = None) -> list:
         Admin(state, role="sidecar"),   # admin listener (/status shows the registry); off the path
         Mdns(state),       # mDNS browse, and announces this instance while its app is healthy
         Health(state),     # active health checks (the app, and endpoints sent to); off the path
+        HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
+        Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow
         RequestId(),       # before anything may answer, so every reply carries the id
+        Normalize(),       # first on the request path: one checked head and normalized path for all after
         tracing,           # server span (inbound: continues the caller's trace; outbound: the app's)
         Tls(state),        # downstream TLS on the inbound listener (mTLS attaches here)
         Inbound(),         # inbound policy: the local app is the only destination
