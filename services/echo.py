@@ -1,4 +1,4 @@
-"""Demo echo service: answers what it received (method, path, query, headers, body), to see what the
+"""Demo echo service: answers what it received (method, path as sent, query, headers, body), to see what the
 gateway changed on the way (transformations, X-Forwarded-*, request ids). A JSON request body comes
 back as `json`; `?respond=` sets extra response headers (`?respond=x-a:1`) to try response transforms."""
 
@@ -20,7 +20,8 @@ def build(ident) -> web.Application:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = None
-        body = {**ident.describe(request), "query": [[k, v] for k, v in request.query.items()],
+        body = {**ident.describe(request), "raw_path": request.raw_path,
+                "query": [[k, v] for k, v in request.query.items()],
                 "headers": [[k.lower(), v] for k, v in request.headers.items()],
                 "body": raw.decode("utf-8", "replace"), "json": parsed}
         response = web.json_response(body)
