@@ -20,7 +20,8 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpResponseHeadersHook, HttpStream,
-                                         RequestEndOfMessage, ResponseHeaders, ResponseProtocolError, SendHttp)
+                                         RequestEndOfMessage, ResponseEndOfMessage, ResponseHeaders,
+                                         ResponseProtocolError, SendHttp)
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server
 
@@ -102,6 +103,8 @@ class GuardedStream(HttpStream):
         yield HttpResponseHeadersHook(self.flow)
         yield from self.send_response()
         self.flow.live = False
+        # mitmproxy ends the response only once the request is done (flow_done): end it now
+        yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
         yield SendHttp(StopReading(self.stream_id), self.context.client)
         yield DropStream(self.stream_id)
 
@@ -192,7 +195,9 @@ class GuardedHttp2Server(Http2Server):
         yield from super()._handle_event(event)
 
     def handle_h2_event(self, event):
-        if isinstance(event, h2.events.StreamReset) and event.stream_id in self.streams:
+        # every reset counts: mitmproxy itself forgets a stream whose HEADERS(END_STREAM) and
+        # RST_STREAM came in one read, and would go on to forward its request
+        if isinstance(event, h2.events.StreamReset) and event.remote_reset:
             self._abandoned(event.stream_id)
             if self.resets.hit(time.monotonic()):
                 yield from self.protocol_error(

@@ -19,6 +19,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from mesh import pki, procs
@@ -163,9 +166,69 @@ def targets(tmp: Path, *, http: dict | None = None, sidecar: bool = True, tls: b
         found["gateway"] = Target("gateway", "127.0.0.1", gw[0]["port"], ("127.0.0.1", edge_app))
         if tls:
             ctx = ssl.create_default_context(cafile=str(tmp / "certs" / "edge-ca.pem"))
+            ctx.set_alpn_protocols(["h2"])
             found["gateway-tls"] = Target("gateway-tls", "127.0.0.1", gw[1]["port"], ("127.0.0.1", edge_app), ctx)
         m.targets = found
         yield m
     finally:
         m.stop()
 
+
+
+class H2:
+    """A real HTTP/2 client (the h2 package mitmproxy ships with) on a TLS connection with ALPN h2."""
+
+    def __init__(self, target: Target, timeout: float = 5.0):
+        self.sock = target.tls.wrap_socket(target.connect(timeout), server_hostname="localhost")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.events: list = []
+        self.closed = False
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def headers(self, path: str, method: str = "GET", extra: tuple = (), end_stream: bool = True) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(":method", method), (":path", path), (":scheme", "https"),
+                                     (":authority", "localhost"), *extra], end_stream=end_stream)
+        self.flush()
+        return sid
+
+    def read(self, until, timeout: float = 5.0) -> list:
+        """Receive until `until(events)` holds or the server closes; returns all events so far."""
+        self.sock.settimeout(timeout)
+        while not until(self.events) and not self.closed:
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, ssl.SSLError):
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            for event in self.conn.receive_data(data):
+                self.events.append(event)
+                if isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.flush()
+        return self.events
+
+    def response(self, sid: int, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of one stream, once it ended."""
+        self.read(lambda evs: any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))
+                                  and e.stream_id == sid for e in evs), timeout)
+        heads = [e for e in self.events if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+        assert heads, f"no response on stream {sid}: {self.events[-5:]}"
+        headers = dict(heads[0].headers)
+        body = b"".join(e.data for e in self.events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+        return int(headers[":status"]), headers, body
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
