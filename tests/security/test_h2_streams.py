@@ -135,3 +135,21 @@ def test_control_characters_in_http2_header_values_are_never_forwarded(target, n
     finally:
         client.close()
     assert target.hits() == before
+
+
+def test_http2_request_mitmproxy_refuses_gets_our_json_not_its_page(target):
+    """A request mitmproxy's own validation refuses (here an unknown :scheme) used to get its HTML
+    page with `server: mitmproxy` on HTTP/2; now it is the proxy's JSON like every other refusal."""
+    before = target.hits()
+    client = H2(target)
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "GET"), (":path", "/app/x"), (":scheme", "ftp"),
+                                       (":authority", "localhost")], end_stream=True)
+        client.flush()
+        status, headers, body = client.response(sid)
+        assert status == 400 and headers["content-type"] == "application/json", (headers, body)
+        assert "server" not in headers and b"mitmproxy" not in body.lower() and b"<html" not in body.lower()
+    finally:
+        client.close()
+    assert target.hits() == before
