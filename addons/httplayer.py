@@ -200,11 +200,28 @@ class GuardedHttp2Server(Http2Server):
         if isinstance(event, h2.events.StreamReset) and event.remote_reset:
             self._abandoned(event.stream_id)
             if self.resets.hit(time.monotonic()):
-                yield from self.protocol_error(
-                    f"more than {self.limits.max_resets} stream resets within {self.limits.reset_window:g}s "
-                    f"(rapid reset, CVE-2023-44487)", error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                yield from self._goaway(f"more than {self.limits.max_resets} stream resets within "
+                                        f"{self.limits.reset_window:g}s (rapid reset, CVE-2023-44487)")
                 return True
         return (yield from super().handle_h2_event(event))
+
+    def _goaway(self, message: str):
+        """GOAWAY ENHANCE_YOUR_CALM and a half-close now; nothing more is read. The full close (and
+        failing the open streams) waits for the client's close or LINGER: mitmproxy's protocol_error
+        closes from inside the read that caused it, which with the hooks of a hundred streams in
+        flight left connections hanging, never closed."""
+        yield commands.Log(f"{self.conn.peername[0]}:{self.conn.peername[1]}: {message}", logging.INFO)
+        self.h2_conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, message.encode())
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+        yield commands.CloseTcpConnection(self.conn, half_close=True)
+        self._closing = message
+        self._handle_event = self._after_goaway
+        yield commands.RequestWakeup(LINGER)
+
+    def _after_goaway(self, event):
+        if isinstance(event, (events.Wakeup, events.ConnectionClosed)):
+            yield from self.close_connection(self._closing)  # mitmproxy's: close, fail the open streams
+        # anything else (frames, answers of streams) is dropped
 
     def _abandoned(self, stream_id: int) -> None:
         """A stream the client reset before its request was complete: no addon acts on it any more

@@ -79,7 +79,11 @@ class Timeouts:
             handler = handlers.get(cid)
             if handler is None:
                 continue
-            if conn.served and not conn.streams and handler.client.alpn != b"h2":
+            io = handler.transports.get(handler.client)
+            transport = getattr(io.writer, "transport", None) if io is not None else None
+            if transport is not None and transport.get_write_buffer_size():
+                conn.sending(now)  # an answer still on its way to a slow reader is no idleness
+            elif conn.served and not conn.streams and handler.client.alpn != b"h2":
                 self._idle_activity(cid, conn, handler, now)
             why = conn.overdue(now, limits)
             if why is not None:

@@ -59,6 +59,11 @@ class Connection:
             if not self.streams:
                 self.idle_since = now
 
+    def sending(self, now: float) -> None:
+        """The last answer is still being written to a slow reader: not idle yet."""
+        if not self.streams:
+            self.idle_since = now
+
     def activity(self, now: float) -> None:
         """Bytes arrived while the connection was idle after a request: a next head has begun."""
         if not self.streams and self.served and self.next_head is None:

@@ -50,8 +50,8 @@ class Http(Model):
                           "start or, on a kept-alive connection, from the first byte of the next "
                           "request; then the connection is closed (default 10s)")
     request_timeout: Timeout = Field(
-        60.0, description="time a client has to send a request body, from the end of its head; then "
-                          "the connection is closed (default 60s)")
+        300.0, description="time a client has to send a request body, from the end of its head; then "
+                           "the connection is closed (default 300s, as Envoy's edge example)")
     idle_timeout: Timeout = Field(
         60.0, description="a connection with no request in progress for this long is closed (default 60s)")
     http2: Http2 = Field(Http2(), description="HTTP/2 stream limits")

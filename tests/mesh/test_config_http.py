@@ -17,7 +17,7 @@ def test_defaults_are_envoy_like_and_secure():
     for http in (config.gateway.http, config.sidecar.http):
         assert (http.normalize_path, http.merge_slashes, http.path_with_escaped_slashes_action) == \
             (True, True, "REJECT_REQUEST")
-        assert (http.request_headers_timeout, http.request_timeout, http.idle_timeout) == (10.0, 60.0, 60.0)
+        assert (http.request_headers_timeout, http.request_timeout, http.idle_timeout) == (10.0, 300.0, 60.0)
         assert (http.max_request_headers, http.http2.max_stream_resets, http.http2.stream_reset_window) == \
             (128 << 10, 100, 10.0)
 

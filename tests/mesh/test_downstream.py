@@ -36,6 +36,15 @@ def test_keep_alive_idle_and_a_next_head_that_trickles():
     assert c.next_head is None and c.overdue(30.1, LIMITS) is None
 
 
+def test_an_answer_still_being_written_is_not_idleness():
+    c = Connection(opened=0.0)
+    c.head("f1", 1.0)
+    c.done("f1", 2.0)
+    c.sending(61.0)  # a slow reader still takes the answer
+    assert c.overdue(62.5, LIMITS) is None
+    assert c.overdue(121.5, LIMITS) == "idle for 60s between requests (idle_timeout)"
+
+
 def test_multiplexed_streams_count_the_oldest_unfinished_body():
     c = Connection(opened=0.0)
     c.head("a", 1.0)
