@@ -18,16 +18,18 @@ from mitmproxy import ctx, exceptions, http
 from pydantic import BaseModel
 
 from addons import keys
+from addons.normalize import Normalize
 from addons.requestid import RequestId
 from mesh.config import ConfigError, load_block
 from mesh.config.schema import MeshConfig
-from mesh.routing import compile_routes, normalize_path
+from mesh.routing import compile_routes
 from mesh.state import MeshState, Snapshot
 
 ROUTE = "mitmdump"  # the one route (and its service), as decisions, logs and metrics name it
 FILE = os.path.join(os.getcwd(), "mitmdump options")  # relative paths in options start here
 
 _state: MeshState | None = None
+_normalize = Normalize()
 _blocks: dict[tuple[str, str], BaseModel] = {}  # (section, key) → the validated block
 
 
@@ -79,8 +81,9 @@ def install() -> Snapshot:
 
 
 class Flows(RequestId):
-    """What Config, RequestId and Router do for the chain, here for every flow of plain mitmproxy:
-    a FlowState on the one route, with a request id. It also declares the script's options."""
+    """What Config, RequestId, Normalize and Router do for the chain, here for every flow of plain
+    mitmproxy: a FlowState on the one route, with a request id and the normalized path (a request
+    Normalize refuses is answered here). It also declares the script's options."""
 
     def __init__(self, script: str, blocks: tuple[Block, ...]):
         self.name = f"mitmesh-alone-{script}"  # one per script: mitmproxy wants unique names
@@ -102,10 +105,13 @@ class Flows(RequestId):
             return
         snap = state().snapshot
         st = keys.begin(flow, snap, None)
-        st.route = snap.routes.routes[0]
-        st.upstream_path = normalize_path(flow.request.path.partition("?")[0])
-        flow.metadata[keys.ROUTE] = ROUTE
         super().requestheaders(flow)
+        _normalize.requestheaders(flow)
+        if flow.response:
+            return
+        st.route = snap.routes.routes[0]
+        st.upstream_path = st.path
+        flow.metadata[keys.ROUTE] = ROUTE
 
 
 def script(*addons, blocks: tuple[Block, ...] = ()) -> list:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from mitmproxy import exceptions
-from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook
 from mitmproxy.test import taddons, tflow
 
 from addons import alone, keys
@@ -16,7 +16,9 @@ BLOCK = alone.Block("mesh_rate_limit", "policies", "rate_limit", schema.RateLimi
 
 async def send(tctx) -> tflow.tflow:
     flow = tflow.tflow()
+    flow.request.headers["host"] = "example.com"  # as every HTTP/1.1 request has (Normalize checks it)
     await tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+    await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))  # rate limits count complete requests
     return flow
 
 
