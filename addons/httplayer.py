@@ -33,14 +33,29 @@ from .sizelimit import too_large
 log = logging.getLogger("mitmesh.http")
 _PARAGRAPH = re.compile(rb"<p>(.*?)</p>", re.S)  # the message in mitmproxy's error page
 
-# what mitmproxy's own refusals become: (error, reason) of our JSON answer; its texts name its options
+# what mitmproxy's own refusals become: (error, reason) of our JSON answer
 _REFUSALS = {
     ErrorCode.REQUEST_VALIDATION_FAILED: ("invalid_request", "the request head is ambiguous or invalid "
-                                                             "(RFC 9110/9112): {detail}"),
-    ErrorCode.GENERIC_CLIENT_ERROR: ("bad_request", "the request is not valid HTTP: {detail}"),
+                                                             "(RFC 9110/9112): {what}"),
+    ErrorCode.GENERIC_CLIENT_ERROR: ("bad_request", "the request is not valid HTTP: {what}"),
     ErrorCode.DESTINATION_UNKNOWN: ("invalid_host", "the request names no host"),
     ErrorCode.REQUEST_TOO_LARGE: ("body_too_large", "the request body is too large"),
 }
+# mitmproxy's texts (which quote the client's bytes and name its own options) in mitmesh's words:
+# a client hears what is wrong with its request, the log keeps the library's message
+_WHAT = (("transfer-encoding and content-length", "both Content-Length and Transfer-Encoding"),
+         ("content-length", "an invalid or repeated Content-Length"),
+         ("transfer-encoding", "a Transfer-Encoding that does not frame the body (RFC 9112 §6.1)"),
+         ("header name", "a header name that is not a token"),
+         ("header line", "a header line without a colon"),
+         ("request line", "a malformed request line"),
+         ("scheme", "an unknown scheme"),
+         ("http version", "an unknown HTTP version"))
+
+
+def in_our_words(message: str) -> str:
+    lower = message.lower()
+    return next((ours for key, ours in _WHAT if key in lower), "a malformed request")
 
 
 class Limits:
@@ -62,10 +77,9 @@ class StopReading(ResponseProtocolError):
 
 
 def refusal(event: ResponseProtocolError, status: int):
-    error, reason = _REFUSALS.get(event.code, ("bad_request", "the request was refused: {detail}"))
-    detail = event.message.removeprefix("Received ").split(" from client, refusing", 1)[0]
+    error, reason = _REFUSALS.get(event.code, ("bad_request", "the request was refused: {what}"))
     log.info(f"refused a request mitmproxy could not take ({status}): {event.message}")
-    return replies.without_flow(status, error, reason.format(detail=detail[:200]))
+    return replies.without_flow(status, error, reason.format(what=in_our_words(event.message)))
 
 
 class GuardedStream(HttpStream):
@@ -143,9 +157,11 @@ class GuardedHttp1Server(Http1Server):
             if isinstance(command, commands.SendData) and self.state == self.read_headers:
                 # mitmproxy's HTML page for a head it cannot parse: the same refusal, as our JSON
                 found = _PARAGRAPH.search(command.data)
-                detail = html.unescape(found[1].decode("utf-8", "replace"))[:200] if found else ""
+                message = html.unescape(found[1].decode("utf-8", "replace")) if found else ""
+                log.info(f"refused a request head mitmproxy could not parse: {message[:300]}")
                 command = commands.SendData(self.conn, http1.assemble_response(replies.without_flow(
-                    400, "bad_request", f"the request head is not valid HTTP/1.1 (RFC 9112): {detail}")))
+                    400, "bad_request", f"the request head is not valid HTTP/1.1 (RFC 9112): "
+                                        f"{in_our_words(message)}")))
             yield command
         if self.state == self.read_headers and len(self.buf) > self.limits.max_head:
             # mitmproxy would buffer an endless head ("FIXME: protect against header size DoS")
