@@ -30,8 +30,10 @@ class Admin:
         return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})
 
     def _flows(self, method: str, query: str):
-        """The last flows this process answered, newest last, with every decision made about them."""
-        return json_reply({"role": self.role, "pid": os.getpid(), "flows": redact.value(list(self.state.recent))})
+        """The last flows this proxy answered (every worker's), newest last, with every decision made
+        about them."""
+        return json_reply({"role": self.role, "pid": os.getpid(),
+                           "flows": redact.value(self.state.recent.latest())})
 
     def _targets(self, method: str, query: str):
         snap = self.state.snapshot

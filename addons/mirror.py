@@ -93,9 +93,8 @@ class Mirror:
         # sleep first). Waiting a moment more keeps the copy, and the mirror's work it triggers, from
         # competing for CPU with the client's own exchange; a copy is never urgent.
         await asyncio.sleep(SEND_AFTER)
-        counters = self.state.counters
         policy, cluster = copy.policy, copy.cluster
-        counters["mirror_requests"] += 1
+        metrics.MIRROR_REQUESTS.labels(route).inc()
         endpoint = cluster.pick()
         if endpoint is None:
             answer = (0, None, f"cluster {cluster.name} has no healthy endpoint".encode())
@@ -113,24 +112,23 @@ class Mirror:
             except NoMtls as e:
                 answer = (0, None, f"connect_failure: {e}".encode())
             except Exception:  # a copy must never take the proxy down
-                counters["mirror_errors"] += 1
+                metrics.MIRROR_ERRORS.labels(route).inc()
                 log.exception(f"mirror of request {request_id} to {cluster.name} failed")
                 return
             finally:
                 endpoint.active -= 1
         if answer[0] == 0:
-            counters["mirror_errors"] += 1
+            metrics.MIRROR_ERRORS.labels(route).inc()
         if not policy.compare or copy.primary is None:
             return
         status, ctype, body, primary = copy.primary
-        counters["mirror_compared"] += 1
+        metrics.MIRROR_COMPARED.labels(route).inc()
         if answer[0] == 0:
             diff = f"mirror failed: {answer[2].decode()}"
         else:
             diff = mirror.difference((status, ctype, body), answer, policy.ignore)
             if diff is None:
                 return
-        counters["mirror_diffs"] += 1
         metrics.MIRROR_DIFFERENCES.labels(route).inc()
         self.state.mirror_diffs.append({"request_id": request_id, "route": route, "primary": primary,
                                         "mirror": cluster.name, "difference": diff, "at": time.time()})

@@ -36,7 +36,7 @@ def counter_key(flow: http.HTTPFlow, st: keys.FlowState, policy: ratelimit.Polic
 class RateLimit:
     def __init__(self, state: MeshState):
         self.state = state
-        self.limiters = ratelimit.Limiters(state.counters)
+        self.limiters = ratelimit.Limiters()
         self._sweeper: asyncio.Task | None = None
 
     def running(self):

@@ -1,7 +1,11 @@
-"""Recent: the last flows this proxy answered and every decision made about them, for /flows."""
+"""Recent: the last flows this proxy answered and every decision made about them, for /flows.
+
+Under a supervisor every worker's are kept where any worker can read them (mesh/records.py).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
 from mitmproxy import http
@@ -14,6 +18,7 @@ from . import keys
 class Recent:
     def __init__(self, state: MeshState):
         self.state = state
+        self.pid = os.getpid()
 
     def response(self, flow: http.HTTPFlow):
         self._keep(flow, flow.response.status_code if flow.response else None)
@@ -36,4 +41,5 @@ class Recent:
             "endpoint": str(st.endpoint) if st.endpoint else None, "attempts": st.attempts,
             "status": status, "error": flow.error.msg if flow.error else None,
             "ms": round((time.monotonic() - st.started) * 1000, 2), "decisions": st.decisions,
+            "pid": self.pid,  # the worker that answered
         })

@@ -65,21 +65,61 @@ UPSTREAM_ACTIVE = Gauge(
 CONFIG_RELOADS = Counter("mitmesh_config_reloads_total", "Config reloads, by result", ["result"])
 MIRROR_DIFFERENCES = Counter(
     "mitmesh_mirror_differences_total", "Mirrored responses that differed from the primary", ["route"])
+MIRROR_REQUESTS = Counter("mitmesh_mirror_requests_total", "Requests copied to a mirror cluster", ["route"])
+MIRROR_COMPARED = Counter(
+    "mitmesh_mirror_compared_total", "Mirrored responses compared with the primary's", ["route"])
+MIRROR_ERRORS = Counter(
+    "mitmesh_mirror_errors_total", "Mirrored requests that got no response (timeout, refused, ...)", ["route"])
+RATELIMIT_STORAGE_OUTAGES = Counter(
+    "mitmesh_ratelimit_storage_outages_total", "Times a rate-limit storage (Redis) became unreachable")
+
+# The "counters" of /status, by their name there, and the metric each one sums (over its labels and,
+# under a supervisor, over every worker): /status and /metrics can never disagree.
+STATUS_COUNTERS = {
+    "mirror_requests": "mitmesh_mirror_requests",
+    "mirror_compared": "mitmesh_mirror_compared",
+    "mirror_diffs": "mitmesh_mirror_differences",
+    "mirror_errors": "mitmesh_mirror_errors",
+    "ratelimit_storage_errors": "mitmesh_ratelimit_storage_errors",
+    "ratelimit_storage_outages": "mitmesh_ratelimit_storage_outages",
+}
+
+
+def shared_dir() -> str | None:
+    """The directory a supervisor's workers share (Prometheus multiprocess files, and the rings of
+    mesh/records.py); None for a proxy that runs alone."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return shared_dir() is not None
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of this proxy: every worker's metrics when running under a supervisor."""
+def _registry():
+    """Every worker's metrics when running under a supervisor (read from their files), else ours."""
     if multiprocess():
         from prometheus_client import multiprocess as mp
 
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of this proxy: every worker's metrics when running under a supervisor."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def totals() -> dict[str, int]:
+    """The /status counters: each metric of STATUS_COUNTERS summed, read as `render()` reads them."""
+    key = {metric: name for name, metric in STATUS_COUNTERS.items()}
+    out = dict.fromkeys(STATUS_COUNTERS, 0)
+    for family in _registry().collect():
+        name = key.get(family.name)
+        if name is not None:
+            out[name] += int(sum(s.value for s in family.samples if s.name == family.name + "_total"))
+    return out
 
 
 def worker_died(pid: int) -> None:

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +140,7 @@ class LoopMemoryStorage(limits.storage.MemoryStorage):
 class Limiters:
     """The storages and limiters of one proxy process. They outlive reloads: counters survive edits."""
 
-    def __init__(self, counters: Counter | None = None):
-        self.counters = counters if counters is not None else Counter()
+    def __init__(self):
         self._memory = LoopMemoryStorage()
         self._keys: dict[tuple[Policy, str], tuple[str, ...]] = {}  # limits' key strings, built once
         self._sync: dict[str, Any] = {}
@@ -244,12 +242,11 @@ class Limiters:
 
     def _unavailable(self, policy: Policy, error: Exception | None) -> Outcome:
         uri = policy.storage
-        self.counters["ratelimit_storage_errors"] += 1
         metrics.RATELIMIT_STORAGE_ERRORS.labels(policy.route, "allowed" if policy.fail_open else "refused").inc()
         if error is not None:
             self._down_until[uri] = time.monotonic() + RETRY_STORAGE_AFTER
             if uri not in self._failures:
-                self.counters["ratelimit_storage_outages"] += 1
+                metrics.RATELIMIT_STORAGE_OUTAGES.inc()
                 what = "allowing requests (fail open)" if policy.fail_open else "refusing requests (fail closed)"
                 log.error(f"rate limit storage {redacted(uri)} is unreachable "
                           f"({type(error).__name__}: {error or 'timed out'}); {what}")

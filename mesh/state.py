@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
+import os
 import ssl
 import time
-from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Callable, Iterator
 from discovery import Event, Instance, Registry, StaticSource
 
 from . import config as meshconfig
-from . import modes, mtls, pki
+from . import metrics, modes, mtls, pki, records
 from .cluster import Cluster, Endpoint, HashKey
 from .resilience import Guards, guards
 from .config.http import Http
@@ -131,6 +130,11 @@ _DEFAULT_SERVICE = Service(versions={"v1": {}})  # the settings of a service the
 _LOCAL_SERVICE = Service(versions={"v1": {}}, outlier_detection=None)
 
 
+def _worker() -> str | None:
+    """This worker's index under a supervisor (stable across restarts), for its files."""
+    return os.environ.get("MITMESH_WORKER")
+
+
 class MeshState:
     """Shared by the addons of one proxy: they read `snapshot`; only `install` changes it.
 
@@ -153,9 +157,8 @@ class MeshState:
         # admin listener endpoints (path → handler(method, query) → (status, content type, body));
         # addons add theirs, the Admin addon serves them
         self.admin_handlers: dict = {}
-        # event counters for /status (and metrics): ratelimit_storage_errors, mirror_diffs, ...
-        self.counters: Counter[str] = Counter()
-        self.mirror_diffs: deque[dict] = deque(maxlen=20)  # the latest mirror differences
+        # the latest mirror differences and flows, of every worker (/status "counters" are metrics)
+        self.mirror_diffs = records.Records("mirror-diffs", 20, 16384, metrics.shared_dir(), _worker(), "at")
         self.workload: Workload | None = None  # set before the first install on a sidecar
         self.registry = Registry()
         self.static = StaticSource()
@@ -164,7 +167,7 @@ class MeshState:
         self.local: Endpoint | None = None  # a sidecar's app
         self.announced: str | None = None  # the mDNS name this sidecar is announced as
         self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
-        self.recent: collections.deque = collections.deque(maxlen=100)  # recent flows, for /flows
+        self.recent = records.Records("flows", 100, 8192, metrics.shared_dir(), _worker())  # /flows
         self._installing = False
         self.registry.subscribe(self._registry_changed)
 
@@ -327,8 +330,9 @@ class MeshState:
                          else c.status() for name, c in snap.clusters.items()},
             "certificates": [{"files": list(w.paths), "renewals": w.renewals, "error": w.error}
                              for w in self.certs.items.values()],
-            "counters": dict(self.counters),
-            "mirror_diffs": list(self.mirror_diffs),
+            # these two of every worker of a supervised proxy, whichever answers; the rest is its own
+            "counters": metrics.totals(),
+            "mirror_diffs": self.mirror_diffs.latest(),
         }
         if snap.workload is not None:
             w, local = snap.workload, self.local

@@ -80,8 +80,9 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
         print(f"mitmesh {role}: cannot listen: {e.strerror}", file=sys.stderr)
         return 1
     socks = shared + [s for group in own for s in group]
-    # shared by the workers: Prometheus multiprocess files (so /metrics covers them all) and
-    # control files such as a running recording
+    # shared by the workers: Prometheus multiprocess files and each worker's latest flows and mirror
+    # differences (mesh/records.py), so /metrics, /status and /flows cover them all; control files
+    # such as a running recording
     run = tempfile.mkdtemp(prefix="mitmesh-gateway-")
     os.makedirs(os.path.join(run, "metrics"))
     env = {"MITMESH_RUN_DIR": run, "PROMETHEUS_MULTIPROC_DIR": os.path.join(run, "metrics")}
@@ -103,7 +104,8 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
                               worker_argv(path, [sockets.spec(s) for s in mine], role, verbosity,
                                           write_end, workload, announce=w.index == 0),
                               stdout=sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None,
-                              pass_fds=tuple(s.fileno() for s in mine) + (write_end,), env=env)
+                              pass_fds=tuple(s.fileno() for s in mine) + (write_end,),
+                              env={**env, "MITMESH_WORKER": str(w.index)})
         os.close(write_end)
         w.ready_pipe, w.ready = read_end, False
         w.started = time.monotonic()

@@ -15,7 +15,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain, keys
 from addons.router import Router
-from mesh import modes
+from mesh import metrics, modes
 from mesh.state import MeshState
 
 
@@ -71,6 +71,21 @@ class Authenticated:
         st = keys.get(flow)
         if st is not None and st.route is not None:
             st.principal, st.claims = self.principal, self.claims
+
+
+class Counted:
+    """The /status counters from when it was made on (they are metrics, counted for the process)."""
+
+    def __init__(self):
+        self.base = metrics.totals()
+
+    def __getitem__(self, name: str) -> int:
+        return metrics.totals()[name] - self.base[name]
+
+
+@pytest.fixture
+def counters() -> Counted:
+    return Counted()
 
 
 @pytest.fixture

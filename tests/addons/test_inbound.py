@@ -32,7 +32,8 @@ async def test_inbound_goes_to_the_local_app_only(sidecar, upstream_app):
         st = keys.get(flow)
         assert st.direction == keys.INBOUND and flow.metadata[keys.DIRECTION] == "inbound"
         assert st.cluster == "local" and [who for who, _ in st.decisions] == ["inbound", "forward"]
-        assert sc.state.recent[-1]["direction"] == "inbound" and sc.state.recent[-1]["status"] == 200
+        last = sc.state.recent.latest()[-1]
+        assert last["direction"] == "inbound" and last["status"] == 200
 
 
 async def test_the_services_caller_side_policies_are_not_applied_again_at_its_inbound(sidecar, upstream_app):

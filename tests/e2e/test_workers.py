@@ -1,18 +1,21 @@
 """Workers: N lean-runtime processes share the listeners; a dead worker is restarted without the
-listener ever closing; one config edit reaches every worker."""
+listener ever closing; one config edit reaches every worker; the admin views count every worker."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
 from mesh import pki
 
+from . import traffic
 from .conftest import Mesh, demo_config, get, wait_until
 
 
@@ -73,3 +76,41 @@ def test_one_edit_reaches_every_worker(mesh2):
         status = mesh2.status()
         versions.add((status["pid"], status["config"]["version"]))
     assert {v for _, v in versions} == {2}
+
+
+@pytest.fixture
+def mirrored2(tmp_path):
+    """Two workers; every request to /mirrored/ is copied to catalog v2 (counted in /status)."""
+    route = {"forward": {"service": "catalog", "version": "v1", "rewrite": {"prefix": "/"}}}
+    cfg = traffic.config(
+        {"catalog": traffic.service("catalog", "v1", "v2")},
+        [{"name": "mirrored", "match": {"path": {"prefix": "/mirrored/"}}, **route, "policies": ["shadow"]}],
+        {"shadow": {"mirror": {"service": "catalog", "version": "v2", "percent": 100}}})
+    m = Mesh(tmp_path, cfg)
+    m.write()
+    try:
+        m.start_services()
+        traffic.start_gateways(m, workers=2)
+        yield m
+    finally:
+        m.stop()
+
+
+def test_status_and_flows_count_every_worker_whichever_answers(mirrored2):
+    pids = set(wait_until(lambda: len(w := workers(mirrored2)) == 2 and w))
+    n = 40
+    # a new connection per request: the kernel spreads them over both workers' sockets
+    ids = {get(mirrored2.url + f"/mirrored/items/{i % 4 + 1}")[2]["x-request-id"] for i in range(n)}
+    wait_until(lambda: mirrored2.status()["counters"]["mirror_requests"] == n)  # copies leave after the answer
+    status_from, flows_from = set(), set()
+    deadline = time.monotonic() + 15
+    while (status_from != pids or flows_from != pids) and time.monotonic() < deadline:
+        status = mirrored2.status()  # whichever worker accepts the admin connection answers
+        assert status["counters"]["mirror_requests"] == n, status["counters"]
+        status_from.add(status["pid"])
+        with urllib.request.urlopen(mirrored2.admin + "/flows", timeout=5) as r:
+            flows = json.load(r)
+        assert {f["request_id"] for f in flows["flows"]} == ids
+        assert {f["pid"] for f in flows["flows"]} == pids  # both workers answered some of the requests
+        flows_from.add(flows["pid"])
+    assert status_from == pids and flows_from == pids
