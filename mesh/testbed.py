@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import yaml
 
@@ -80,6 +80,11 @@ class Mesh:
     children: dict[str, procs.Child] = field(default_factory=dict)
     net: str = field(default_factory=lambda: f"127.{random.randint(1, 254)}.{random.randint(1, 254)}")
     hosts: int = 1  # .1 is the gateway's mDNS address
+    progress: Callable[[str], None] | None = None  # told each step of a start (a scenario prints it)
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
 
     @property
     def path(self) -> Path:
@@ -145,7 +150,9 @@ class Mesh:
         return gw
 
     def wait_gateway(self) -> None:
+        self.say("waiting for the gateway to serve (its workers load the config and bind)")
         procs.wait_log(self.children["gateway"], "gateway ready")
+        self.say("gateway ready")
 
     def status(self) -> dict:
         with urllib.request.urlopen(self.admin + "/status", timeout=5) as r:
@@ -185,11 +192,15 @@ class Mesh:
             s.sidecar = procs.spawn(f"{s.inst.name}.sidecar", launcher.sidecar_argv(self.path, s.inst),
                                     log_dir=self.tmp / "logs", cwd=str(self.tmp))
             self.children[s.sidecar.name] = s.sidecar
+        names = ", ".join(s.name for s in started)
+        self.say(f"started {len(started)} apps and their sidecars ({names}); waiting for the apps to listen")
         for s in started:
             procs.wait_ports(s.app, [(s.inst.host, s.inst.port)])
+        self.say("apps listening; waiting for each sidecar to announce its instance over mDNS")
         for s in started:
             procs.wait_log(s.sidecar, "announced ")
             s.announced = announced_at(s.sidecar)
+            self.say(f"{s.name} announced by its sidecar (pid {s.sidecar.pid})")
         return started
 
     def start_rotator(self, name: str = "rotator") -> procs.Child:
@@ -229,7 +240,11 @@ class Mesh:
                      and (service is None or i["service"] == service)
                      and (healthy is None or i["healthy"] == healthy)]
             return found if len(found) == count else None
-        return wait_until(matching, timeout=timeout, interval=0.05)
+        who = "the gateway" if admin is None else admin
+        self.say(f"waiting for {who} to find {count} {service or ''} instances over mDNS".replace("  ", " "))
+        found = wait_until(matching, timeout=timeout, interval=0.05)
+        self.say(f"{who} knows the {count} instances")
+        return found
 
 
 def get(url: str, headers: dict | None = None, data: bytes | None = None, timeout: float = 5.0,

@@ -25,7 +25,7 @@ def sidecar_mesh(run: Run, *, services: dict | None = None, policies: dict | Non
     """A gateway (zone a) finding sidecars over mDNS on 127.x.y.1, its own mesh id; the scenario
     starts the instances. `services` entries are merged over the defaults (catalog, orders,
     payments, users with version v1). Everything it started is stopped on the way out."""
-    m = Mesh(run.workdir, {})
+    m = Mesh(run.workdir, {}, progress=run.say)
     config = sidecar_config(f"{m.net}.1")
     config["mesh"]["id"] = f"s-{secrets.token_hex(4)}"
     config["sidecar"]["drain"] = "100ms"  # no scenario stops an instance gracefully; teardown is quick

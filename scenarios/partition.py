@@ -72,25 +72,27 @@ def run(r: Run) -> Report:
         r.say(f"hosts (namespaces on one bridge): edge {edge} (gateway), "
               + ", ".join(f"{h} {net.address(h)}" for h in ("h1", "h2", "h3")) + " (catalog)")
 
-        def start(host: str, name: str, argv: list[str], ready: str) -> procs.Child:
+        def start(host: str, name: str, argv: list[str], ready: str, said: str) -> procs.Child:
             child = procs.spawn(name, net.argv(host, argv), log_dir=r.workdir / "logs", cwd=str(r.workdir))
             children.append(child)
-            child.ready = ready
+            child.ready, child.said = ready, said
             return child
 
         starting = [start("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
-                                                          "--workers", "1"), "gateway ready")]
+                                                          "--workers", "1"), "gateway ready", "serves")]
         for host in ("h1", "h2", "h3"):
             name = f"catalog-{host}"
             starting.append(start(host, name, procs.python(
                 "-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", name),
-                "listening on"))
+                "listening on", "listens"))
             starting.append(start(host, f"{name}.sidecar", procs.python(
                 "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", "catalog",
                 "--app", f"127.0.0.1:{APP}", "--address", net.address(host), "--instance", name),
-                "announced "))
+                "announced ", "announced its instance over mDNS"))
+        r.say(f"started the gateway and {len(starting) - 1} processes (apps, sidecars); waiting for each")
         for child in starting:
             procs.wait_log(child, child.ready)
+            r.say(f"{child.name} {child.said}")
 
         def status() -> dict:
             with urllib.request.urlopen(f"http://{edge}:{GATEWAY_ADMIN}/status", timeout=2) as resp:
@@ -99,7 +101,9 @@ def run(r: Run) -> Report:
         def endpoints() -> list[dict]:
             return status()["clusters"]["catalog/v1"]["endpoints"]
 
+        r.say("waiting for the gateway to find the 3 instances over mDNS")
         net.call("edge", wait_until, lambda: len(status()["registry"]["instances"]) == 3, 15)
+        r.say("the gateway knows the 3 instances")
         watched = Proxies()
         watched.add("gateway", f"http://{edge}:{GATEWAY_ADMIN}", via=lambda fn: net.call("edge", fn))
         for host in ("h1", "h2", "h3"):

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.e2e
 
 RUNNABLE = ["partition", "cert-expiry", "zone-outage", "payments-error-burst", "instance-killed", "breaker",
             "slow-instance"]
-# every report: a row per phase with success and latency, and the proxies' figures
-COMMON = [r"phase\s+requests\s+success\s+p50\s+p99", r"\nall\s+\d+\s+[\d.]+ %\s+[\d.]+ ms\s+[\d.]+ ms",
+# every run: progress through the start-up (no silent wait for the mesh), a row per phase with
+# success and latency, and the proxies' figures
+COMMON = [r"\d\.\ds  waiting for .*\n(.*\n)*?\s+\d+\.\ds  .*knows the \d+ instances\n",
+          r"phase\s+requests\s+success\s+p50\s+p99", r"\nall\s+\d+\s+[\d.]+ %\s+[\d.]+ ms\s+[\d.]+ ms",
           r"\n  retries\s+\d+", r"breaker transitions\s+\d+", r"outlier ejections\s+\d+",
           r"endpoints out of rotation\s+\d+"]
 EXPECTED = {
