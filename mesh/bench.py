@@ -3,8 +3,10 @@
 Targets, all in front of the same demo service: the service directly, bare `mitmdump --mode
 reverse`, nginx as a reverse proxy (the reference a user would pick instead), a request through two
 sidecars (a caller's outbound listener, then the service's inbound), and the mitmesh gateway on the
-lean runtime with 1 worker, with N workers, and with 10,000 routes. Load comes from
-wrk; wrk and nginx are installed with apt-get when missing. A benchmark, never a test.
+lean runtime with 1 worker, with N workers, and with 10,000 routes; and HTTP/2 against HTTP/1.1 on
+the 1-worker gateway's TLS listener. Load comes from wrk, and from h2load for the HTTP/2 comparison
+(both protocols, so the client is the same); wrk, h2load and nginx are installed with apt-get when
+missing. A benchmark, never a test.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from . import procs, supervisor
+from . import pki, procs, supervisor
 
 PATH = "/catalog/items/1"
 BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
@@ -70,7 +72,7 @@ class Result:
     cores: float = 0.0  # CPU the proxy processes used during the throughput run, in cores
 
 
-def ensure(binary: str, package: str) -> str:
+def ensure(binary: str, package: str, skip: str = "") -> str:
     found = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
     if found:
         return found
@@ -81,7 +83,8 @@ def ensure(binary: str, package: str) -> str:
                        env=env, stdout=subprocess.DEVNULL, check=False)
         found = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
     if not found:
-        sys.exit(f"bench: {binary} is needed (Debian/Ubuntu: apt-get install {package})")
+        sys.exit(f"bench: {binary} is needed (Debian/Ubuntu: apt-get install {package})"
+                 + (f"; or run without what needs it: {skip}" if skip else ""))
     return found
 
 
@@ -116,6 +119,44 @@ class Wrk:
         return float(m.group(1)), pct.get("50", 0.0), pct.get("99", 0.0), errors
 
 
+class H2load:
+    """nghttp2's load generator: HTTP/2 (one request at a time per connection, like wrk) or, with
+    `--h1`, HTTP/1.1 over the same TLS listener, so both protocols see the same client."""
+
+    def __init__(self, binary: str):
+        self.binary = binary
+
+    def run(self, url: str, connections: int, seconds: float, h1: bool = False) -> tuple[float, int]:
+        """(requests/s, failed requests) of one timed run."""
+        # the TLS handshakes happen during the warm-up: the figure is requests on open connections, as wrk's
+        argv = [self.binary, *(["--h1"] if h1 else ["-m1"]), f"-c{connections}", f"-D{max(1, round(seconds))}",
+                "--warm-up-time=1", "-H", f"x-api-key: {BENCH_KEY}", url]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 61).stdout
+        m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+        done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                         r"(\d+) errored, (\d+) timeout", out)
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        if not (m and done and codes):
+            raise RuntimeError(f"h2load printed no result:\n{out}")
+        return float(m.group(1)), sum(map(int, done.groups()[1:])) + sum(map(int, codes.groups()[1:]))
+
+
+def h2_vs_h1(h2load: H2load, url: str, args, rounds: int = 3) -> tuple[list[float], list[float], int]:
+    """HTTP/1.1 then HTTP/2 against the same TLS listener, interleaved `rounds` times (so a busier
+    moment of the machine hits both): req/s of each run, and failed requests."""
+    seconds = max(args.seconds / 2, 1)
+    if not args.no_warmup:
+        h2load.run(url, args.connections, 1, h1=True)
+        h2load.run(url, args.connections, 1)
+    h1, h2, errors = [], [], 0
+    for _ in range(rounds):
+        for runs, is_h1 in ((h1, True), (h2, False)):
+            rps, failed = h2load.run(url, args.connections, seconds, h1=is_h1)
+            runs.append(rps)
+            errors += failed
+    return h1, h2, errors
+
+
 def cpu_seconds(pids: list[int]) -> float:
     ticks = 0
     for pid in pids:
@@ -143,8 +184,10 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0) -> dict:
-    """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate limit)."""
+def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
+                 tls: tuple[int, Path] | None = None) -> dict:
+    """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
+    limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1."""
     routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
@@ -153,9 +196,13 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
                    "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
                    "policies": ["partner", "public"]})
+    listeners = [{"name": "bench", "port": listen_port}]
+    if tls is not None:
+        listeners.append({"name": "bench-tls", "port": tls[0],
+                          "tls": {"cert": str(tls[1] / "edge.pem"), "key": str(tls[1] / "edge.key")}})
     return {
         "version": 1,
-        "gateway": {"listeners": [{"name": "bench", "port": listen_port}], "admin": {"port": admin_port}},
+        "gateway": {"listeners": listeners, "admin": {"port": admin_port}},
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
         "routes": routes,
         "policies": {
@@ -247,6 +294,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="mitmesh-bench-"))
         self.children: list[procs.Child] = []
         self.wrk = Wrk(ensure("wrk", "wrk"))
+        self.h2load = None if args.no_h2 else H2load(ensure("h2load", "nghttp2-client", "--no-h2"))
 
     def spawn(self, name: str, argv: list[str], port: int) -> procs.Child:
         child = procs.spawn(name, argv, log_dir=self.tmp)
@@ -254,10 +302,15 @@ class Bench:
         procs.wait_ports(child, [("127.0.0.1", port)], timeout=60)
         return child
 
-    def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0) -> tuple[str, procs.Child]:
+    def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
+                tls_port: int = 0) -> tuple[str, procs.Child]:
         port, admin = procs.free_port(), procs.free_port()
         cfg = self.tmp / f"{name}.yaml"
-        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes)))
+        tls = None
+        if tls_port:
+            pki.init_edge(self.tmp / "certs")
+            tls = (tls_port, self.tmp / "certs")
+        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls)))
         child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
                                    "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
         self.children.append(child)
@@ -310,7 +363,7 @@ class Bench:
         self.stop(bare)
 
         if not args.no_nginx:
-            nginx = ensure("nginx", "nginx-light")
+            nginx = ensure("nginx", "nginx-light", "--no-nginx")
             port = procs.free_port()
             conf = self.tmp / "nginx.conf"
             conf.write_text(NGINX.format(workers=workers, tmp=self.tmp, service=svc, port=port))
@@ -324,9 +377,19 @@ class Bench:
         for c in pair:
             self.stop(c)
 
-        url, gw = self.gateway("gateway-1", svc, 1)
+        tls_port = procs.free_port()
+        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port)
         worker_pids = children_of(gw.pid)
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
+        h1 = h2 = None
+        h2_errors = 0
+        if self.h2load is not None:
+            h1, h2, h2_errors = h2_vs_h1(self.h2load, f"https://127.0.0.1:{tls_port}{PATH}", args)
+            print(f"  {'HTTP/1.1 over TLS, 1 worker':<32} {sum(h1) / len(h1):>8.0f} req/s   "
+                  f"(h2load --h1 -c{args.connections}: {', '.join(f'{x:.0f}' for x in h1)})", flush=True)
+            print(f"  {'HTTP/2 over TLS, 1 worker':<32} {sum(h2) / len(h2):>8.0f} req/s   "
+                  f"(h2load -m1 -c{args.connections}: {', '.join(f'{x:.0f}' for x in h2)})"
+                  + (f"   ERRORS {h2_errors}" if h2_errors else ""), flush=True)
         if args.profile:
             load = subprocess.Popen([self.wrk.binary, "-t1", f"-c{args.connections}", "-H", f"x-api-key: {BENCH_KEY}",
                                      f"-d{round(args.seconds) + 3}s", url], stdout=subprocess.DEVNULL)
@@ -374,12 +437,16 @@ class Bench:
         print(f"2 sidecars against the direct call: {two.rps / results['direct'].rps:.2f}x the throughput, "
               f"p50 +{two.p50_1 - results['direct'].p50_1:.2f} ms at 1 connection, "
               f"+{two.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}")
-        errors = sum(r.errors for r in results.values())
+        if h1 and h2:
+            print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
+                  f"({len(h1)} interleaved rounds): {sum(h2) / sum(h1):.2f}x the throughput")
+        errors = sum(r.errors for r in results.values()) + h2_errors
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
-              f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}", flush=True)
+              f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}"
+              + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else ""), flush=True)
         return 0
 
     def close(self) -> None:
@@ -395,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="workers for the N-worker run (default: cores)")
     p.add_argument("--requests", type=int, default=100_000, help="requests for the RSS check (default 100,000)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    p.add_argument("--no-h2", action="store_true",
+                   help="skip HTTP/2 against HTTP/1.1 (h2_vs_h1; needs h2load, Debian: nghttp2-client)")
     p.add_argument("--no-warmup", action="store_true", help="skip the 1 s warm-up runs (figures get worse)")
     p.add_argument("--profile", action="store_true", help="also py-spy the 1-worker gateway under load")
     bench = Bench(p.parse_args(argv))
