@@ -126,11 +126,12 @@ class H2load:
     def __init__(self, binary: str):
         self.binary = binary
 
-    def run(self, url: str, connections: int, seconds: float, h1: bool = False) -> tuple[float, int]:
+    def run(self, url: str, connections: int, seconds: float, h1: bool = False,
+            warmup: bool = True) -> tuple[float, int]:
         """(requests/s, failed requests) of one timed run."""
         # the TLS handshakes happen during the warm-up: the figure is requests on open connections, as wrk's
         argv = [self.binary, *(["--h1"] if h1 else ["-m1"]), f"-c{connections}", f"-D{max(1, round(seconds))}",
-                "--warm-up-time=1", "-H", f"x-api-key: {BENCH_KEY}", url]
+                *(["--warm-up-time=1"] if warmup else []), "-H", f"x-api-key: {BENCH_KEY}", url]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 61).stdout
         m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
         done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
@@ -141,17 +142,18 @@ class H2load:
         return float(m.group(1)), sum(map(int, done.groups()[1:])) + sum(map(int, codes.groups()[1:]))
 
 
-def h2_vs_h1(h2load: H2load, url: str, args, rounds: int = 3) -> tuple[list[float], list[float], int]:
-    """HTTP/1.1 then HTTP/2 against the same TLS listener, interleaved `rounds` times (so a busier
-    moment of the machine hits both): req/s of each run, and failed requests."""
+def h2_vs_h1(h2load: H2load, url: str, args) -> tuple[list[float], list[float], int]:
+    """HTTP/1.1 then HTTP/2 against the same TLS listener, interleaved 3 times (so a busier moment
+    of the machine hits both; once with --no-warmup): req/s of each run, and failed requests."""
     seconds = max(args.seconds / 2, 1)
-    if not args.no_warmup:
+    warm = not args.no_warmup
+    if warm:
         h2load.run(url, args.connections, 1, h1=True)
         h2load.run(url, args.connections, 1)
     h1, h2, errors = [], [], 0
-    for _ in range(rounds):
+    for _ in range(3 if warm else 1):
         for runs, is_h1 in ((h1, True), (h2, False)):
-            rps, failed = h2load.run(url, args.connections, seconds, h1=is_h1)
+            rps, failed = h2load.run(url, args.connections, seconds, h1=is_h1, warmup=warm)
             runs.append(rps)
             errors += failed
     return h1, h2, errors
@@ -439,7 +441,7 @@ class Bench:
               f"+{two.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}")
         if h1 and h2:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
-                  f"({len(h1)} interleaved rounds): {sum(h2) / sum(h1):.2f}x the throughput")
+                  f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
         errors = sum(r.errors for r in results.values()) + h2_errors
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
