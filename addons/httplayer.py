@@ -1,7 +1,8 @@
 """mitmproxy's HTTP layer with the guards an edge proxy needs where mitmproxy offers no hook: bodies
 stop at the route's limit instead of being read whole, an answer made before the body leaves at once,
 mitmproxy's own error pages become our JSON, a request head has a size cap, and an HTTP/2 client that
-resets streams too fast gets GOAWAY (CVE-2023-44487).
+resets streams too fast gets GOAWAY (CVE-2023-44487); and an HTTP/2 response that is complete when
+sent leaves in one write (HEADERS and the DATA frame that ends the stream).
 
 `HttpGuard` (addons/httpguard.py) puts `GuardedHttpLayer` in place of every `HttpLayer` that
 mitmproxy's next_layer decision makes; everything else is mitmproxy's own code, unchanged.
@@ -20,10 +21,10 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpResponseHeadersHook, HttpStream,
-                                         RequestEndOfMessage, ResponseEndOfMessage, ResponseHeaders,
-                                         ResponseProtocolError, SendHttp)
+                                         RequestEndOfMessage, ResponseData, ResponseEndOfMessage,
+                                         ResponseHeaders, ResponseProtocolError, SendHttp)
 from mitmproxy.proxy.layers.http._http1 import Http1Server
-from mitmproxy.proxy.layers.http._http2 import Http2Server
+from mitmproxy.proxy.layers.http._http2 import Http2Server, format_h2_response_headers
 
 from mesh.downstream import LINGER, ResetWindow
 
@@ -187,7 +188,55 @@ class GuardedHttp1Server(Http1Server):
             yield commands.CloseConnection(self.conn)
 
 
-class GuardedHttp2Server(Http2Server):
+class WholeResponseHttp2Server(Http2Server):
+    """mitmproxy's HTTP/2 server side, sending a complete response in one piece.
+
+    mitmproxy sends a response's HEADERS, its DATA and an empty DATA frame that ends the stream as
+    three SendData commands: each goes down every layer and becomes a TLS record of its own, about
+    6 % of an HTTP/2 request's instructions. A response that is complete when sent (what Forward and
+    replies make; not a streamed one) comes as ResponseHeaders and ResponseData in one go, so its
+    headers wait in the h2 connection for the body, and the body's frame ends the stream unless
+    trailers follow: one SendData, two frames. Everything else (streamed bodies, trailers, empty
+    bodies, errors) goes the stock way.
+    """
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.whole: dict[int, bool] = {}  # stream → end it with the body (no trailers follow)
+        self.ended: set[int] = set()  # streams whose body frame ended them: their EOM sends nothing
+
+    def _handle_event(self, event):
+        if isinstance(event, ResponseHeaders):
+            r = event.response
+            if not event.end_stream and not r.stream and r.raw_content and self.is_open_for_us(event.stream_id):
+                headers = yield from format_h2_response_headers(self.context, event)
+                self.h2_conn.send_headers(event.stream_id, headers)
+                self.whole[event.stream_id] = not r.trailers
+                return  # HttpStream.send_response sends the body right after, in the same step
+        elif isinstance(event, ResponseData) and event.stream_id in self.whole:
+            end = self.whole.pop(event.stream_id)
+            if self.is_open_for_us(event.stream_id):
+                small = len(event.data) <= self.h2_conn.max_outbound_frame_size  # else split, unended
+                self.h2_conn.send_data(event.stream_id, event.data, end_stream=end and small)
+                if end and not small:
+                    self.h2_conn.end_stream(event.stream_id)
+                if end:
+                    self.ended.add(event.stream_id)
+            if data := self.h2_conn.data_to_send():
+                yield commands.SendData(self.conn, data)
+            return
+        elif isinstance(event, ResponseEndOfMessage) and event.stream_id in self.ended:
+            self.ended.discard(event.stream_id)
+            if data := self.h2_conn.data_to_send():
+                yield commands.SendData(self.conn, data)
+            return
+        elif isinstance(event, ResponseProtocolError):
+            self.whole.pop(event.stream_id, None)
+            self.ended.discard(event.stream_id)
+        yield from super()._handle_event(event)
+
+
+class GuardedHttp2Server(WholeResponseHttp2Server):
     limits: Limits
     layer: HttpLayer
     resets: ResetWindow

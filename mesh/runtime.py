@@ -21,9 +21,7 @@ import inspect
 
 from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
-from mitmproxy.proxy import commands, mode_servers
-from mitmproxy.proxy.layers import http as http_layers
-from mitmproxy.proxy.layers.http import _http2
+from mitmproxy.proxy import mode_servers
 
 from . import sockets
 from .config import ConfigError, load
@@ -151,64 +149,11 @@ class HookTable(addonmanager.AddonManager):
                 log.error(f"Addon error: {e}", exc_info=True)
 
 
-def _whole_http2_responses() -> None:
-    # HttpLayer makes its HTTP/2 server side through this module attribute
-    http_layers.Http2Server = Http2Server
-
-
 def _share_listeners() -> None:
     # mitmproxy binds its own listening sockets and offers no hook to pass one in; its reverse and
     # regular instances (the only modes we use) accept from ours instead.
     mode_servers.ReverseInstance.listen = _listen
     mode_servers.RegularInstance.listen = _listen
-
-
-class Http2Server(_http2.Http2Server):
-    """mitmproxy's HTTP/2 server side, sending a complete response in one piece.
-
-    mitmproxy sends a response's HEADERS, its DATA and an empty DATA frame that ends the stream as
-    three SendData commands: each goes down every layer and becomes a TLS record of its own, about
-    6 % of an HTTP/2 request's instructions. A response that is complete when sent (what Forward and
-    replies make; not a streamed one) comes as ResponseHeaders and ResponseData in one go, so its
-    headers wait in the h2 connection for the body, and the body's frame ends the stream unless
-    trailers follow: one SendData, two frames. Everything else (streamed bodies, trailers, empty
-    bodies, errors) goes the stock way.
-    """
-
-    def __init__(self, context):
-        super().__init__(context)
-        self.whole: dict[int, bool] = {}  # stream → end it with the body (no trailers follow)
-        self.ended: set[int] = set()  # streams whose body frame ended them: their EOM sends nothing
-
-    def _handle_event(self, event):
-        if isinstance(event, http_layers.ResponseHeaders):
-            r = event.response
-            if not event.end_stream and not r.stream and r.raw_content and self.is_open_for_us(event.stream_id):
-                headers = yield from _http2.format_h2_response_headers(self.context, event)
-                self.h2_conn.send_headers(event.stream_id, headers)
-                self.whole[event.stream_id] = not r.trailers
-                return  # HttpStream.send_response sends the body right after, in the same step
-        elif isinstance(event, http_layers.ResponseData) and event.stream_id in self.whole:
-            end = self.whole.pop(event.stream_id)
-            if self.is_open_for_us(event.stream_id):
-                small = len(event.data) <= self.h2_conn.max_outbound_frame_size  # else split, unended
-                self.h2_conn.send_data(event.stream_id, event.data, end_stream=end and small)
-                if end and not small:
-                    self.h2_conn.end_stream(event.stream_id)
-                if end:
-                    self.ended.add(event.stream_id)
-            if data := self.h2_conn.data_to_send():
-                yield commands.SendData(self.conn, data)
-            return
-        elif isinstance(event, http_layers.ResponseEndOfMessage) and event.stream_id in self.ended:
-            self.ended.discard(event.stream_id)
-            if data := self.h2_conn.data_to_send():
-                yield commands.SendData(self.conn, data)
-            return
-        elif isinstance(event, http_layers.ResponseProtocolError):
-            self.whole.pop(event.stream_id, None)
-            self.ended.discard(event.stream_id)
-        yield from super()._handle_event(event)
 
 
 class Ready:
@@ -282,7 +227,6 @@ async def _drain(m: master.Master) -> None:
 async def run(config_path: str, role: str, verbosity: str, ready_fd: int = -1,
               workload: str = "", announce: bool = True) -> int:
     _share_listeners()
-    _whole_http2_responses()
     m = build_master(config_path, role, verbosity, ready_fd, workload, announce)
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task] = []
