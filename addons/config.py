@@ -7,11 +7,11 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from mesh import metrics
+from mesh.telemetry import metrics
 from mesh.config import ConfigError
-from mesh.reload import Watcher
-from mesh.state import Bound, MeshState, Snapshot, build
-from mesh.workload import parse_workload
+from mesh.runtime.reload import Watcher
+from mesh.core.state import Bound, MeshState, Snapshot, build
+from mesh.core.workload import parse_workload
 
 from . import keys, replies
 

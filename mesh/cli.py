@@ -8,9 +8,9 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from .config import ConfigError
-from .errors import BAD_INPUT, FAILED, CommandError
-from .config.schema import BY_DESIGN
+from mesh.config import ConfigError
+from mesh.config.errors import BAD_INPUT, FAILED, CommandError
+from mesh.config.schema import BY_DESIGN
 
 
 def config_file(text: str) -> Path:
@@ -61,9 +61,9 @@ def seconds(text: str) -> float:
 
 
 def _validate(args) -> int:
-    from .config import ConfigError, load_text
-    from .config.lint import warnings
-    from .config.source import parse
+    from mesh.config import ConfigError, load_text
+    from mesh.config.lint import warnings
+    from mesh.config.source import parse
 
     status = 0
     for file in args.files:
@@ -89,13 +89,13 @@ def _validate(args) -> int:
 
 
 def _up(args) -> int:
-    from .launcher import up
+    from tools.launcher import up
 
     return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers)
 
 
 def _gateway(args) -> int:
-    from . import supervisor
+    from mesh.runtime import supervisor
 
     workers = args.workers or supervisor.default_workers()
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
@@ -104,8 +104,8 @@ def _gateway(args) -> int:
 def _sidecar(args) -> int:
     import os
 
-    from . import supervisor
-    from .workload import parse_workload
+    from mesh.runtime import supervisor
+    from mesh.core.workload import parse_workload
 
     config_file(args.config)
     spec = ",".join(f"{k}={v}" for k, v in (
@@ -120,7 +120,7 @@ def _sidecar(args) -> int:
     if args.workers > 1:
         return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
     # one worker: the sidecar is this one process (no supervisor), under -O like every worker; it
-    # checks that its addresses are free itself (mesh/runtime.py), so the config is read once
+    # checks that its addresses are free itself (mesh/proxy/master.py), so the config is read once
     argv = supervisor.worker_argv(Path(args.config).resolve(), [], "sidecar", args.verbosity, -1, spec)
     sys.stdout.flush()
     os.execv(argv[0], argv)
@@ -128,7 +128,7 @@ def _sidecar(args) -> int:
 
 
 def _record(args) -> int:
-    from . import replay
+    from tools import replay
 
     admins = args.admin or replay.admins_of(str(config_file(args.config)))
     token = replay.admin_token(args.config, args.token_file)
@@ -136,7 +136,7 @@ def _record(args) -> int:
 
 
 def _replay(args) -> int:
-    from . import replay
+    from tools import replay
 
     ignore = frozenset(k for k in args.ignore.split(",") if k)
     return replay.replay(args.file, args.against, only=args.only, admin=args.admin,
@@ -144,7 +144,7 @@ def _replay(args) -> int:
 
 
 def _apikey(args) -> int:
-    from . import apikeys
+    from mesh.policies import apikeys
 
     key = apikeys.new_key()
     print(f"key for {args.name} (give it to the consumer; it is not stored anywhere):\n  {key}")
@@ -153,7 +153,7 @@ def _apikey(args) -> int:
 
 
 def _canary(args) -> int:
-    from . import canary
+    from mesh.core import canary
 
     wanted = canary.parse_assignments(args.weights)
     changes = canary.set_weights(args.config, args.service, wanted, args.route)
@@ -166,19 +166,19 @@ def _canary(args) -> int:
 
 
 def _traces(args) -> int:
-    from . import traces
+    from tools import traces
 
     return traces.run(args.port, args.settle, args.count, args.seconds)
 
 
 def _scenario(args) -> int:
-    from . import scenario
+    from tools import scenario
 
     return scenario.cli(args)
 
 
 def _bench(args) -> int:
-    from . import bench
+    from tools import bench
 
     return bench.main(args.rest)
 
@@ -263,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER, help="bench's own options")
     b.set_defaults(func=_bench)
 
-    from . import certcmd
+    from tools import certcmd
     certcmd.add_parser(sub)
 
     sc = sub.add_parser("scenario", help="run a failure scenario against a mesh of real processes; "
@@ -306,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # bench parses its own options
-        from . import bench
+        from tools import bench
 
         return bench.main(argv[1:])
     args = parser().parse_args(argv)

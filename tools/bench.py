@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from . import pki, procs, supervisor
+from mesh.security import pki
+from mesh.runtime import procs, supervisor
 
 PATH = "/catalog/items/1"
 BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway

@@ -9,10 +9,11 @@ import sys
 import threading
 from pathlib import Path
 
-from . import admin, pki
-from .config import ConfigError, load
-from .config.schema import MeshConfig
-from .errors import BAD_INPUT, CommandError
+from mesh.runtime import admin
+from mesh.security import pki
+from mesh.config import ConfigError, load
+from mesh.config.schema import MeshConfig
+from mesh.config.errors import BAD_INPUT, CommandError
 
 
 def identities(config: MeshConfig) -> dict[str, str]:
@@ -38,7 +39,7 @@ def _config(path: str | None) -> tuple[Path, MeshConfig] | None:
 
 def _lifetime(args, config: MeshConfig | None) -> dt.timedelta:
     if args.lifetime is not None:
-        from .config.types import parse_duration
+        from mesh.config.types import parse_duration
         try:
             return dt.timedelta(seconds=parse_duration(args.lifetime))
         except ValueError as e:

@@ -16,9 +16,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, certcmd, modes, pki, procs, sockets
-from .config import ConfigError, load
-from .config.schema import MeshConfig
+from mesh.runtime import admin, procs, sockets
+from tools import certcmd
+from mesh.core import modes
+from mesh.security import pki
+from mesh.config import ConfigError, load
+from mesh.config.schema import MeshConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,11 +25,12 @@ from pathlib import Path
 from mitmproxy import http, io
 from mitmproxy.exceptions import FlowReadException
 
-from . import mtls, upstream
-from .admin import read_token, token_paths
-from .mirror import json_differences
-from .config import ConfigError, load
-from .errors import BAD_INPUT, CommandError
+from mesh.security import mtls
+from mesh.core import upstream
+from mesh.runtime.admin import read_token, token_paths
+from mesh.core.mirror import json_differences
+from mesh.config import ConfigError, load
+from mesh.config.errors import BAD_INPUT, CommandError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -38,7 +39,7 @@ from .errors import BAD_INPUT, CommandError
 
 def admins_of(config_path: str) -> list[str]:
     """Admin URLs of the running demo (written by `mitmesh up`), else the config's gateway admin."""
-    from .launcher import state_dir
+    from tools.launcher import state_dir
 
     state = state_dir(Path(config_path).resolve()) / "up.json"
     if state.exists():

@@ -1,7 +1,7 @@
 """A throwaway mesh of real processes (demo apps, sidecars, a gateway) on a loopback /24 of its own,
 and a steady, bounded load against it: what failure scenarios and end-to-end tests are built from.
 
-Every process is started through mesh.procs (own process group, dies with us); `Mesh.stop()` stops
+Every process is started through mesh.runtime.procs (own process group, dies with us); `Mesh.stop()` stops
 them all. Each mesh has its own 127.x.y.0/24 for instance addresses and, with `sidecar_config`, its
 own mesh id, so meshes running side by side never see each other over mDNS.
 """
@@ -30,8 +30,9 @@ from typing import Callable, Iterator
 
 import yaml
 
-from . import admin, launcher, procs
-from .config import ConfigError, load
+from mesh.runtime import admin, procs
+from tools import launcher
+from mesh.config import ConfigError, load
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`mitmesh traces`: a trace without a collector. A local OTLP/HTTP receiver (mesh/otlp.py) takes the
+"""`mitmesh traces`: a trace without a collector. A local OTLP/HTTP receiver (tools/otlp.py) takes the
 spans the proxies export and prints each trace, once its spans stop arriving, as a tree of hops
 with durations and the decisions each proxy made."""
 
@@ -9,7 +9,7 @@ import threading
 import time
 from collections import defaultdict
 
-from .otlp import SERVER, Receiver, Span
+from tools.otlp import SERVER, Receiver, Span
 
 
 def tree(spans: list[Span]) -> list[str]:

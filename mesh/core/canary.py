@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from yaml.constructor import SafeConstructor
 
-from .config import ConfigError, load_text
-from .errors import BAD_INPUT, CommandError
+from mesh.config import ConfigError, load_text
+from mesh.config.errors import BAD_INPUT, CommandError
 
 
 def point(key: str, salt: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .paths import Rejected
+from mesh.core.paths import Rejected
 
 # RFC 9110 §5.1: a field name is a token
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -15,9 +15,10 @@ import ssl
 import time
 from typing import Callable, Iterable
 
-from . import metrics, mtls
-from .cluster import Endpoint
-from .config.schema import HealthCheck
+from mesh.telemetry import metrics
+from mesh.security import mtls
+from mesh.core.cluster import Endpoint
+from mesh.config.schema import HealthCheck
 
 log = logging.getLogger("mitmesh.health")
 

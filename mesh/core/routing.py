@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from .config import schema
-from .resilience import RouteResilience, for_route
+from mesh.config import schema
+from mesh.resilience.settings import RouteResilience, for_route
 
 HeaderGetter = Callable[[str], str | None]
 QueryGetter = Callable[[], Mapping[str, str]]
@@ -232,7 +232,8 @@ def strip_port(host: str) -> str:
 
 def _compilers() -> dict[str, Callable]:
     """Policy kinds whose hooks need more than the model: compiled here, once per snapshot."""
-    from . import mirror, ratelimit, transform, versioning
+    from mesh.core import mirror, versioning
+    from mesh.policies import ratelimit, transform
 
     return {
         "rate_limit": lambda model, rc, config: ratelimit.compile(model, rc),

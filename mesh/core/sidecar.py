@@ -3,10 +3,10 @@ their host. Routes are built once per snapshot (and per discovered service), nev
 
 from __future__ import annotations
 
-from .config import schema
-from .resilience import for_route
-from .routing import ForwardAction, Route, merge_policies
-from .state import LOCAL, Snapshot
+from mesh.config import schema
+from mesh.resilience.settings import for_route
+from mesh.core.routing import ForwardAction, Route, merge_policies
+from mesh.core.state import LOCAL, Snapshot
 
 
 # kinds a caller's sidecar applies on its calls to the service (as Istio's VirtualService): applied

@@ -13,15 +13,17 @@ from typing import Callable, Iterator
 
 from discovery import Event, Instance, Registry, StaticSource
 
-from . import config as meshconfig
-from . import metrics, modes, mtls, pki, records
-from .cluster import Cluster, Endpoint, HashKey
-from .resilience import Guards, guards
-from .config.http import Http
-from .config.schema import HealthCheck, Listener, ListenerTls, MeshConfig, Service
-from .routing import RouteTable, compile_routes
-from .upstream import Pool
-from .workload import Workload
+from mesh import config as meshconfig
+from mesh.telemetry import metrics, records
+from mesh.core import modes
+from mesh.security import mtls, pki
+from mesh.core.cluster import Cluster, Endpoint, HashKey
+from mesh.resilience.settings import Guards, guards
+from mesh.config.http import Http
+from mesh.config.schema import HealthCheck, Listener, ListenerTls, MeshConfig, Service
+from mesh.core.routing import RouteTable, compile_routes
+from mesh.core.upstream import Pool
+from mesh.core.workload import Workload
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"

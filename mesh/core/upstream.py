@@ -13,7 +13,7 @@ import ssl as _ssl
 import time
 from dataclasses import dataclass, field
 
-from . import mtls
+from mesh.security import mtls
 
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import parse_qsl, urlencode
 
-from .config import schema
+from mesh.config import schema
 
 HeaderGetter = Callable[[str], str | None]
 QueryGetter = Callable[[], Mapping[str, str]]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config.schema import MeshConfig
-from .config.types import check_address, check_name
+from mesh.config.schema import MeshConfig
+from mesh.config.types import check_address, check_name
 
 KEYS = ("service", "version", "app", "address", "zone", "weight", "instance", "inbound", "outbound", "admin")
 

@@ -18,10 +18,10 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import jwt
 
-from . import claims as claimlib
-from .config.security import ApiKey, Jwt, OAuth2, Require, TokenSource
-from .httpclient import Http, HttpError
-from .jwks import JwksCache
+from mesh.policies import claims as claimlib
+from mesh.config.security import ApiKey, Jwt, OAuth2, Require, TokenSource
+from mesh.policies.httpclient import Http, HttpError
+from mesh.policies.jwks import JwksCache
 
 Getter = Callable[[str], str | None]
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable, Mapping
 
-from . import claims as claimlib
-from .config.security import Authz, AuthzRule
-from .mtls import parse_spiffe
+from mesh.policies import claims as claimlib
+from mesh.config.security import Authz, AuthzRule
+from mesh.security.mtls import parse_spiffe
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .template import as_text
+from mesh.config.template import as_text
 
 _SCOPE_CLAIMS = ("scope", "scp")
 

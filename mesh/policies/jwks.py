@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jwt
 
-from .httpclient import Http, HttpError
+from mesh.policies.httpclient import Http, HttpError
 
 log = logging.getLogger("mitmesh.authn")
 

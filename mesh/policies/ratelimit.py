@@ -20,8 +20,8 @@ import limits
 from limits import aio
 from limits import strategies as sync_strategies
 
-from . import metrics
-from .config import schema
+from mesh.telemetry import metrics
+from mesh.config import schema
 
 log = logging.getLogger("mitmesh.ratelimit")
 

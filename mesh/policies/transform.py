@@ -2,7 +2,7 @@
 
 Operations run in Kong's order, remove → rename → replace → set → add → append (`set` is ours: add
 or replace), on headers, query parameters and top-level or dotted JSON body fields. Values are
-templates (mesh/template.py) rendered from the request as it arrived, so an operation never sees
+templates (mesh/config/template.py) rendered from the request as it arrived, so an operation never sees
 the effect of another. Multi-valued maps (headers, query) are anything with get_all, set_all, add,
 `in` and `del` (mitmproxy's Headers and MultiDict).
 """
@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import template
-from .config import schema
-from .template import MISSING, Template
+from mesh.config import template
+from mesh.config import schema
+from mesh.config.template import MISSING, Template
 
 Values = Mapping[tuple[str, str], Any]
 _JSON = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.I)

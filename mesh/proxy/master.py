@@ -23,10 +23,10 @@ from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
 from mitmproxy.proxy import mode_servers
 
-from . import sockets
-from .config import ConfigError, load
-from .state import listeners_of
-from .workload import parse_workload
+from mesh.runtime import sockets
+from mesh.config import ConfigError, load
+from mesh.core.state import listeners_of
+from mesh.core.workload import parse_workload
 
 
 class CoalescingWriter:
@@ -258,10 +258,10 @@ def quiet_logs(verbosity: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mesh.runtime", description="one mitmesh proxy worker")
+    p = argparse.ArgumentParser(prog="python -m mesh.proxy.master", description="one mitmesh proxy worker")
     p.add_argument("--config", default="mesh.yaml")
     p.add_argument("--role", default="gateway", choices=["gateway", "sidecar"])
-    p.add_argument("--workload", default="", help="a sidecar's workload spec (see mesh/workload.py)")
+    p.add_argument("--workload", default="", help="a sidecar's workload spec (see mesh/core/workload.py)")
     p.add_argument("--no-announce", action="store_true", help="a sidecar worker that does not announce")
     p.add_argument("--inherit", action="append", default=[], metavar="ADDR:PORT=FD",
                    help="a listening socket inherited from the supervisor")

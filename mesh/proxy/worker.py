@@ -1,4 +1,4 @@
-"""Entry point of a proxy worker process (`python -O -m mesh.worker`): the lean runtime, started lean.
+"""Entry point of a proxy worker process (`python -O -m mesh.proxy.worker`): the lean runtime, started lean.
 
 `mitmproxy/addons/__init__.py` imports all ~50 default addons (flask, the web UI, ...) whenever any
 one addon module is imported; the lean runtime uses five. Registering the package without running
@@ -29,6 +29,6 @@ def _lean_addons_package() -> None:
 
 if __name__ == "__main__":
     _lean_addons_package()
-    from mesh import runtime
+    from mesh.proxy import master as runtime
 
     sys.exit(runtime.main())

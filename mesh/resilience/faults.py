@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .config.types import parse_duration
+from mesh.config.types import parse_duration
 
 HEADER = "x-mitmesh-fault"
 

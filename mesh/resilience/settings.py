@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .breaker import BreakerPolicy, Breakers
-from .config import schema
-from .faults import FaultPolicy, FaultState
-from .outlier import OutlierDetector, OutlierPolicy
-from .retry import RetryBudget, RetryPolicy
+from mesh.resilience.breaker import BreakerPolicy, Breakers
+from mesh.config import schema
+from mesh.resilience.faults import FaultPolicy, FaultState
+from mesh.resilience.outlier import OutlierDetector, OutlierPolicy
+from mesh.resilience.retry import RetryBudget, RetryPolicy
 
 DEFAULT_DEADLINE = 15.0  # Envoy's default route timeout
 

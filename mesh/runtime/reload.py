@@ -7,8 +7,8 @@ import logging
 import os
 from typing import Callable
 
-from .config import ConfigError
-from .state import Snapshot, build
+from mesh.config import ConfigError
+from mesh.core.state import Snapshot, build
 
 log = logging.getLogger("mitmesh.config")
 

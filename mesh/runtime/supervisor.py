@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import procs, sockets
-from .config import ConfigError, load
-from .state import admin_of, listeners_of
-from .workload import parse_workload
+from mesh.runtime import procs, sockets
+from mesh.config import ConfigError, load
+from mesh.core.state import admin_of, listeners_of
+from mesh.core.workload import parse_workload
 
 
 @dataclass
@@ -39,7 +39,7 @@ def worker_argv(config: Path, inherit: list[str], role: str = "gateway",
                 verbosity: str = "info", ready_fd: int = -1, workload: str = "",
                 announce: bool = True) -> list[str]:
     # -O: mitmproxy type-checks every request and response object under __debug__ (+40 % req/s)
-    argv = procs.python("-O", "-m", "mesh.worker", "--config", str(config), "--role", role,
+    argv = procs.python("-O", "-m", "mesh.proxy.worker", "--config", str(config), "--role", role,
                         "--verbosity", verbosity, "--ready-fd", str(ready_fd))
     if workload:
         argv += ["--workload", workload]
@@ -81,7 +81,7 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
         return 1
     socks = shared + [s for group in own for s in group]
     # shared by the workers: Prometheus multiprocess files and each worker's latest flows and mirror
-    # differences (mesh/records.py), so /metrics, /status and /flows cover them all; control files
+    # differences (mesh/telemetry/records.py), so /metrics, /status and /flows cover them all; control files
     # such as a running recording
     run = tempfile.mkdtemp(prefix="mitmesh-gateway-")
     os.makedirs(os.path.join(run, "metrics"))

@@ -15,7 +15,7 @@ from typing import Callable, Generic, TypeVar
 from cryptography import x509
 from OpenSSL import SSL
 
-from . import pki
+from mesh.security import pki
 
 T = TypeVar("T")
 MODES = ("STRICT", "PERMISSIVE")

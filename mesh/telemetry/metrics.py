@@ -87,7 +87,7 @@ STATUS_COUNTERS = {
 
 def shared_dir() -> str | None:
     """The directory a supervisor's workers share (Prometheus multiprocess files, and the rings of
-    mesh/records.py); None for a proxy that runs alone."""
+    mesh/telemetry/records.py); None for a proxy that runs alone."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from mesh import pki
-from mesh.otlp import Receiver
+from mesh.security import pki
+from tools.otlp import Receiver
 
 from .conftest import Mesh, demo_config, get, wait_until
 from .prom import Prometheus
