@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 
-# Envoy's HttpConnectionManager.path_with_escaped_slashes_action, without its "implementation
-# specific default": what to do with %2F and %5C (either case) in a path
-KEEP_UNCHANGED = "KEEP_UNCHANGED"
-REJECT_REQUEST = "REJECT_REQUEST"
-UNESCAPE_AND_REDIRECT = "UNESCAPE_AND_REDIRECT"
-UNESCAPE_AND_FORWARD = "UNESCAPE_AND_FORWARD"
-ESCAPED_SLASH_ACTIONS = (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_REDIRECT, UNESCAPE_AND_FORWARD)
+from mesh.config.http import (  # the option's values: the config owns its vocabulary
+    ESCAPED_SLASH_ACTIONS,
+    KEEP_UNCHANGED,
+    REJECT_REQUEST,
+    UNESCAPE_AND_FORWARD,
+    UNESCAPE_AND_REDIRECT,
+)
 
 # RFC 3986 §2.3: the characters whose percent-encoding is equivalent to the character itself
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
