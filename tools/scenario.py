@@ -1,14 +1,16 @@
 """Failure scenarios: the context a scenario runs in, the proxies' figures (read from their /metrics),
 and the report with its verdict against the scenario's SLO (exit code 0 PASS, 1 FAIL, 77 skipped).
 
-A scenario is a module of the `scenarios` package with a docstring (first line: `NAME: what
-happens`), a `TITLE` and a `run(run: Run) -> Report`; `mitmesh scenario NAME` runs it here.
+A scenario is a module of the `scenarios/` folder with a docstring (first line: `NAME: what
+happens`), a `TITLE` and a `run(run: Run) -> Report`; `mitmesh scenario NAME` runs it here. The
+runner loads that folder by its path (FOLDER): the product (mesh/) never imports a scenario.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shutil
 import signal
 import sys
@@ -24,7 +26,7 @@ from typing import Callable, Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .testbed import Sample
+from tools.testbed import Sample
 
 PASS, FAIL, SKIPPED = 0, 1, 77
 
@@ -259,23 +261,43 @@ class Report:
 # running scenarios: `mitmesh scenario`
 
 
-def names() -> tuple[str, ...]:
-    import scenarios
+# the scenarios' folder, beside this one (in a checkout and in an installed distribution alike)
+FOLDER = Path(__file__).resolve().parents[1] / "scenarios"
 
-    return scenarios.ALL
+
+def _package():
+    """The `scenarios` package, loaded from FOLDER by path (or the one already imported, when a
+    scenario runs as `python -m scenarios.NAME`), so its modules import each other as usual."""
+    found = sys.modules.get("scenarios")
+    if found is not None:
+        return found
+    spec = importlib.util.spec_from_file_location(
+        "scenarios", FOLDER / "__init__.py", submodule_search_locations=[str(FOLDER)])
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"no scenarios folder at {FOLDER}")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["scenarios"] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules["scenarios"]
+        raise
+    return package
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_package().ALL)
 
 
 def pending() -> dict[str, str]:
     """Scenarios listed but not runnable yet: name → why."""
-    import scenarios
-
-    return dict(getattr(scenarios, "PENDING", {}))
+    return dict(getattr(_package(), "PENDING", {}))
 
 
 def module(name: str):
     if name not in names():
         raise KeyError(name)
-    return importlib.import_module(f"scenarios.{name.replace('-', '_')}")
+    return importlib.import_module(f"{_package().__name__}.{name.replace('-', '_')}")
 
 
 def summary(name: str) -> str:
