@@ -100,7 +100,7 @@ def sidecar(state: MeshState | None = None) -> list:
         Tls(state),        # downstream TLS on the inbound listener (mTLS attaches here)
         Inbound(),         # inbound policy: the local app is the only destination
         Authz(),           # inbound only: the service's authz policy on the verified mTLS peer (403)
-        Outbound(),        # outbound policy: the host names a service; CONNECT is refused
+        Outbound(state),   # outbound policy: the host (in a pod: the virtual address) names a service
         Forwarded(),       # X-Forwarded-For on inbound; nothing on outbound
         Forward(state, tracing),  # the attempts (a client span each), through the shared keep-alive pool
         # response side: observe the finished flow

@@ -68,6 +68,8 @@ class Forward:
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
             return None
+        if keys.EGRESS in flow.metadata:  # a pod's call outside the mesh, allowed: mitmproxy connects
+            return None
         st = keys.get(flow)
         if st is None or st.route is None or not isinstance(st.route.action, ForwardAction):
             # never let mitmproxy open a connection of its own to the placeholder target

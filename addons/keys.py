@@ -34,6 +34,7 @@ PEER = "mitmesh.peer"  # the SPIFFE ID of a verified mTLS peer
 API_VERSION = "mitmesh.api_version"
 RATELIMIT = "mitmesh.ratelimit"  # the RateLimit-* values of the response
 MIRROR = "mitmesh.mirror"  # the cluster a copy of the request went to
+EGRESS = "mitmesh.egress"  # on a pod's sidecar: a call outside the mesh that its egress policy lets through
 DIRECTION = "mitmesh.direction"  # on a sidecar: "inbound" or "outbound"
 OUTCOMES = "mitmesh.outcomes"  # what happened: denied, limited, faulted, retried, mirrored (Decisions)
 

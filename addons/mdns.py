@@ -6,6 +6,7 @@ source on explicit addresses only: a sidecar's own instance address, the gateway
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import logging
 
@@ -13,7 +14,7 @@ from mitmproxy import ctx
 
 from discovery import Instance
 from discovery.mdns import MdnsSource
-from mesh.core import health
+from mesh.core import health, podnet
 from mesh.core.state import MeshState, Snapshot
 
 log = logging.getLogger("mitmesh.discovery")
@@ -24,7 +25,7 @@ def mdns_settings(snap: Snapshot) -> tuple[str, tuple[str, ...]] | None:
     mdns = snap.config.discovery.mdns
     if mdns is None:
         return None
-    interfaces = (snap.workload.address,) if snap.workload else tuple(mdns.interfaces)
+    interfaces = (snap.workload.address,) if snap.workload else podnet.mdns_interfaces(tuple(mdns.interfaces))
     return snap.config.mesh.id, interfaces
 
 
@@ -77,6 +78,8 @@ class Mdns:
             if wanted is not None:
                 mesh, interfaces = wanted
                 self.source = MdnsSource(mesh, list(interfaces))
+                with podnet.entered() if podnet.inside(interfaces[0]) else contextlib.nullcontext():
+                    self.source.open()
                 await self.source.start(self.state.registry)
                 log.info(f"mDNS discovery of mesh {mesh!r} on {', '.join(interfaces)}")
         await self._reconcile()

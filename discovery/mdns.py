@@ -136,11 +136,17 @@ class MdnsSource(Source):
         self._tasks: set[asyncio.Task] = set()
         self._warned: set[str] = set()
 
+    def open(self) -> None:
+        """Make the sockets (in the calling thread's network namespace: a gateway calls this inside
+        the namespace of the pods' bridge); start() does it when nobody did."""
+        if self.zc is None:
+            v6 = any(ipaddress.ip_address(a).version == 6 for a in self.interfaces)
+            self.zc = AsyncZeroconf(interfaces=self.interfaces,
+                                    ip_version=IPVersion.All if v6 else IPVersion.V4Only)
+
     async def start(self, registry: Registry) -> None:
         self.registry = registry
-        v6 = any(ipaddress.ip_address(a).version == 6 for a in self.interfaces)
-        self.zc = AsyncZeroconf(interfaces=self.interfaces,
-                                ip_version=IPVersion.All if v6 else IPVersion.V4Only)
+        self.open()
         # QM questions: answers come back by multicast, so every process browsing on one address
         # (gateway workers) hears them; a QU answer is unicast and reaches only one socket.
         self.browser = AsyncServiceBrowser(self.zc.zeroconf, SERVICE_TYPE, handlers=[self._changed],

@@ -91,7 +91,8 @@ def _validate(args) -> int:
 def _up(args) -> int:
     from tools.launcher import up
 
-    return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers)
+    return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers,
+              isolation_mode=args.isolation)
 
 
 def _gateway(args) -> int:
@@ -112,7 +113,8 @@ def _sidecar(args) -> int:
         ("service", args.service), ("version", args.version), ("app", args.app),
         ("address", args.address), ("zone", args.zone), ("weight", args.weight),
         ("instance", args.instance), ("inbound", args.inbound_port),
-        ("outbound", args.outbound_port), ("admin", args.admin_port)) if v not in (None, ""))
+        ("outbound", args.outbound_port), ("admin", args.admin_port),
+        ("capture", args.capture)) if v not in (None, ""))
     try:
         parse_workload(spec)
     except ValueError as e:
@@ -132,7 +134,8 @@ def _record(args) -> int:
 
     admins = args.admin or replay.admins_of(str(config_file(args.config)))
     token = replay.admin_token(args.config, args.token_file)
-    return replay.record(admins, args.seconds, args.filter, args.output, token, args.include_secrets)
+    return replay.record(admins, args.seconds, args.filter, args.output, token, args.include_secrets,
+                         replay.netns_of(str(config_file(args.config))))
 
 
 def _replay(args) -> int:
@@ -200,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--web", action="store_true", help="run the gateway as mitmweb on 127.0.0.1 (default off)")
     u.add_argument("--web-port", type=port, default=8081, help="mitmweb's port with --web (default 8081)")
     u.add_argument("--workers", type=count, default=0, help="gateway workers (default 0: one per core)")
+    u.add_argument("--isolation", choices=["pod", "loopback"], default=None,
+                   help="pod: each instance in a network namespace of its own (Linux, root); loopback: on "
+                        "loopback addresses (default: sidecar.isolation, auto: pod where possible)")
     u.set_defaults(func=_up)
 
     g = sub.add_parser("gateway", help="run the gateway on the lean runtime, one worker per core")
@@ -254,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--inbound-port", type=port, default=None, help="default: sidecar.inbound.port")
     s.add_argument("--outbound-port", type=port, default=None, help="default: sidecar.outbound.port")
     s.add_argument("--admin-port", type=port, default=None, help="default: sidecar.admin.port")
+    s.add_argument("--capture", choices=["proxy", "transparent"], default=None,
+                   help="proxy: the app uses the outbound listener as its HTTP proxy (default); transparent: "
+                        "in a pod, nftables redirects the app's connections to it (docs/howto/pods.md)")
     s.add_argument("--workers", type=count, default=1, help="worker processes (default 1)")
     s.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
     s.set_defaults(func=_sidecar)

@@ -2,7 +2,8 @@
 
 Targets, all in front of the same demo service: the service directly, bare `mitmdump --mode
 reverse`, nginx as a reverse proxy (the reference a user would pick instead), a request through two
-sidecars (a caller's outbound listener, then the service's inbound), and the mitmesh gateway on the
+sidecars (a caller's outbound listener, then the service's inbound), the same two in pods (the
+caller's call captured by nftables, Linux as root), and the mitmesh gateway on the
 lean runtime with 1 worker, with N workers, and with 10,000 routes; and HTTP/2 against HTTP/1.1 on
 the 1-worker gateway's TLS listener. Load comes from wrk, and from h2load for the HTTP/2 comparison
 (both protocols, so the client is the same); wrk, h2load and nginx are installed with apt-get when
@@ -29,6 +30,10 @@ import yaml
 
 from mesh.security import pki
 from mesh.runtime import procs, supervisor
+from mesh.core.sidecar import virtual_addresses
+from tools import pods
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PATH = "/catalog/items/1"
 BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
@@ -94,14 +99,15 @@ def _ms(value: str, unit: str) -> float:
 
 
 class Wrk:
-    def __init__(self, binary: str):
+    def __init__(self, binary: str, prefix: list[str] = ()):
         self.binary = binary
+        self.prefix = list(prefix)  # e.g. run as a pod's app (tools/pods.py)
         self.last_count = 0
 
     def run(self, url: str, connections: int, seconds: float, host: str | None = None) -> tuple[float, float, float, int]:
         """(requests/s, p50 ms, p99 ms, errors) of one timed run; `host` sets the Host header."""
         headers = ["-H", f"Host: {host}"] if host else []
-        out = subprocess.run([self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+        out = subprocess.run([*self.prefix, self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                               "--latency", "-H", f"x-api-key: {BENCH_KEY}", *headers, url],
                              capture_output=True, text=True, timeout=seconds + 60).stdout
         return self._parse(out)
@@ -343,6 +349,34 @@ class Bench:
             procs.wait_log(child, "sidecar ready", timeout=120)
         return f"http://{address}:{ports['out']}/items/1", children
 
+    def pod_sidecars(self) -> tuple[str, list[procs.Child], Wrk] | None:
+        """The same two sidecars in pods (isolation: pod): wrk runs as the caller pod's app and calls
+        `http://catalog/items/1` with no proxy setting; nftables hands it to the caller's sidecar."""
+        if pods.why_not() is not None:
+            print(f"  2 sidecars in pods: skipped ({pods.why_not()})", flush=True)
+            return None
+        self.net = net = pods.Pods(f"mmb{os.getpid():x}", self.tmp / "pods")
+        net.create()
+        vips = virtual_addresses(["catalog"])
+        catalog = net.add("catalog", 8000, 15006, 15001, 15000, vips)
+        caller = net.add("caller", 8000, 15006, 15001, 15000, vips)
+        cfg = self.tmp / "pod-sidecars.yaml"
+        cfg.write_text(yaml.safe_dump(sidecar_config(15006, procs.free_port(), catalog.address)))
+        app = procs.spawn("pod-catalog", net.app_argv(catalog, procs.python(
+            "-m", "services.catalog", "--host", "127.0.0.1", "--port", "8000")), log_dir=self.tmp, cwd=str(ROOT))
+        self.children.append(app)
+        children = []
+        for name, service, pod in (("pod-sidecar-catalog", "catalog", catalog), ("pod-sidecar-caller", "caller", caller)):
+            child = procs.spawn(name, net.sidecar_argv(pod, [
+                procs.tool("mitmesh"), "sidecar", "--config", str(cfg), "--service", service,
+                "--app", "127.0.0.1:8000", "--address", pod.address, "--capture", "transparent",
+                "--verbosity", "warn"]), log_dir=self.tmp)
+            self.children.append(child)
+            children.append(child)
+        for child in children:
+            procs.wait_log(child, "sidecar ready", timeout=120)
+        return "http://catalog/items/1", children, Wrk(self.wrk.binary, net.app_argv(caller, []))
+
     def stop(self, child: procs.Child) -> None:
         child.stop()
         self.children.remove(child)
@@ -379,6 +413,12 @@ class Bench:
                                       [c.pid for c in pair], host="catalog")
         for c in pair:
             self.stop(c)
+        in_pods = self.pod_sidecars()
+        if in_pods:
+            url, pair, wrk = in_pods
+            results["pod_sidecars"] = measure("2 sidecars in pods (captured)", url, wrk, args, [c.pid for c in pair])
+            for c in pair:
+                self.stop(c)
 
         tls_port = procs.free_port()
         url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port)
@@ -440,6 +480,13 @@ class Bench:
         print(f"2 sidecars against the direct call: {two.rps / results['direct'].rps:.2f}x the throughput, "
               f"p50 +{two.p50_1 - results['direct'].p50_1:.2f} ms at 1 connection, "
               f"+{two.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}")
+        pod = results.get("pod_sidecars")
+        if pod:
+            print(f"2 sidecars in pods (the caller's call captured by nftables, the hop over a bridge) against "
+                  f"the direct call: {pod.rps / results['direct'].rps:.2f}x the throughput, p50 "
+                  f"+{pod.p50_1 - results['direct'].p50_1:.2f} ms at 1 connection, "
+                  f"+{pod.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}; on loopback: "
+                  f"{two.rps / results['direct'].rps:.2f}x")
         if h1 and h2:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
@@ -449,12 +496,15 @@ class Bench:
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}"
-              + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else ""), flush=True)
+              + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
+              + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else ""), flush=True)
         return 0
 
     def close(self) -> None:
         for c in reversed(self.children):
             c.stop()
+        if getattr(self, "net", None) is not None:
+            self.net.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.runtime import admin, procs, sockets
-from tools import certcmd
-from mesh.core import modes
+from tools import certcmd, pods
+from mesh.core import modes, podnet
 from mesh.security import pki
 from mesh.config import ConfigError, load
 from mesh.config.schema import MeshConfig
@@ -49,15 +50,31 @@ class Instance:
     latency: float = 0.0
     error_rate: float = 0.0
     sidecar: Sidecar | None = None
+    pod: pods.Pod | None = None  # isolation: pod, its namespace (host is then its own loopback)
 
 
-def plan_instances(config: MeshConfig) -> list[Instance]:
+APP_PORT = 8000  # where an app listens inside its pod (each pod has its own loopback)
+
+
+def isolation(config: MeshConfig, asked: str | None = None) -> tuple[str, str | None]:
+    """(pod | loopback, why not pod when pod was wanted but cannot be had here)."""
+    wanted = asked or config.sidecar.isolation
+    if wanted == "loopback":
+        return "loopback", None
+    problem = pods.why_not()
+    if problem is None:
+        return "pod", None
+    return "loopback", problem
+
+
+def plan_instances(config: MeshConfig, in_pods: bool = False) -> list[Instance]:
     """The demo instances `up` starts. A launched version with static endpoints gets one bare app
     listening on each loopback endpoint; one without gets `launch.instances` instances, each with
-    its sidecar on its own loopback address (from sidecar.first_address on), found by discovery."""
+    its sidecar on its own loopback address (from sidecar.first_address on), found by discovery;
+    in pods, on its pod's address, the app on the pod's own loopback."""
     out = []
     sc = config.sidecar
-    address = ipaddress.ip_address(sc.first_address)
+    address = ipaddress.ip_address(f"{podnet.SUBNET}.2" if in_pods else sc.first_address)
     for sname, svc in config.services.items():
         for vname, version in svc.versions.items():
             launch = version.launch
@@ -73,8 +90,9 @@ def plan_instances(config: MeshConfig) -> list[Instance]:
                 host = str(address)
                 address += 1
                 zone = launch.zones[i % len(launch.zones)] if launch.zones else None
-                out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, host,
-                                    procs.free_port(host), launch.latency, launch.error_rate,
+                app_host, app_port = ("127.0.0.1", APP_PORT) if in_pods else (host, procs.free_port(host))
+                out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, app_host,
+                                    app_port, launch.latency, launch.error_rate,
                                     Sidecar(host, sc.inbound.port, sc.outbound.port, sc.admin.port,
                                             zone, launch.weight)))
     return out
@@ -89,15 +107,15 @@ def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[s
         argv += ["--error-rate", f"{inst.error_rate}"]
     if inst.sidecar is not None and inst.sidecar.zone:
         argv += ["--zone", inst.sidecar.zone]
+    # in a pod, the app calls services by name with no proxy setting: its sidecar captures the calls
+    proxy = [] if inst.pod else ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}"] if inst.sidecar else []
     if inst.app == "orders":
         if inst.sidecar is not None:  # calls go out through its sidecar, which finds the services
-            argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
-                     "--catalog-url", "http://catalog", "--payments-url", "http://payments"]
+            argv += [*proxy, "--catalog-url", "http://catalog", "--payments-url", "http://payments"]
         else:  # a bare demo app reaches its dependencies through the gateway's routes
             argv += ["--catalog-url", f"{gateway_url}/catalog", "--payments-url", f"{gateway_url}/payments"]
     if inst.app == "users" and inst.sidecar is not None:  # POST /users/ID/charge calls payments
-        argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
-                 "--payments-url", "http://payments"]
+        argv += [*proxy, "--payments-url", "http://payments"]
     return argv
 
 
@@ -112,6 +130,8 @@ def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> 
                         "--instance", inst.name, "--weight", str(sc.weight),
                         "--inbound-port", str(sc.inbound), "--outbound-port", str(sc.outbound),
                         "--admin-port", str(sc.admin), "--verbosity", verbosity)
+    if inst.pod is not None:
+        argv += ["--capture", "transparent"]
     return argv + (["--zone", sc.zone] if sc.zone else [])
 
 
@@ -135,11 +155,12 @@ def lean_argv(config_path: Path, workers: int = 0, verbosity: str = "info") -> l
     return argv + (["--workers", str(workers)] if workers else [])
 
 
-def _healthy(host: str, port: int, pid: int) -> bool:
+def _healthy(host: str, port: int, pid: int, pod: pods.Pod | None = None) -> bool:
     """The app answers /healthz, and it is ours: another mesh's app on the same address would
-    answer too, while ours died of EADDRINUSE."""
+    answer too, while ours died of EADDRINUSE. An app in a pod is asked from inside its pod."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.5) as r:
+        with (podnet.entered(pod.netns) if pod else contextlib.nullcontext()), \
+                urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.5) as r:
             return r.status == 200 and json.load(r).get("pid") == pid
     except (OSError, ValueError):
         return False
@@ -168,10 +189,14 @@ def _lock(state: Path, config_path: Path) -> int:
     return fd
 
 
-def addresses(config: MeshConfig, planned: list[Instance], web_port: int | None) -> list[tuple[str, int, str]]:
-    """Every (address, port, what) that `up` will listen on: apps, sidecars, gateway, admin, web."""
+def addresses(config: MeshConfig, planned: list[Instance], web_port: int | None,
+              in_pods: bool = False) -> list[tuple[str, int, str]]:
+    """Every (address, port, what) that `up` will listen on here: apps, sidecars, gateway, admin,
+    web (in pods, instances with a sidecar listen in namespaces of their own, free by construction)."""
     out = []
     for inst in planned:
+        if in_pods and inst.sidecar is not None:
+            continue
         out.append((inst.host, inst.port, f"{inst.name} app"))
         if inst.sidecar is not None:
             s = inst.sidecar
@@ -197,7 +222,7 @@ def unavailable(wanted: list[tuple[str, int, str]]) -> list[str]:
 
 
 def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: threading.Event,
-                     timeout: float = 10.0) -> None:
+                     timeout: float = 10.0, netns: str | None = None) -> None:
     """Wait until the gateway's and every sidecar's registry hold every instance `up` started
     (a newcomer's questions are answered at once, or at most a second later). Each entry is
     (address, port, processes): the gateway's admin port is answered by whichever of its workers
@@ -207,7 +232,7 @@ def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: t
     pending = list(admins)
     while pending and time.monotonic() < deadline and not stopping.is_set():
         for address, port, _ in pending:
-            pid, found = _discovered(address, port)
+            pid, found = _discovered(address, port, netns if address.startswith(podnet.SUBNET + ".") else None)
             if found >= count:
                 ready[(address, port)].add(pid)
         pending = [a for a in pending if len(ready[a[:2]]) < a[2]]
@@ -217,10 +242,32 @@ def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: t
         print(f"mitmesh up: {len(pending)} proxies have not discovered all {count} instances yet", flush=True)
 
 
-def _discovered(address: str, port: int) -> tuple[int, int]:
-    """(pid of the process that answered, instances it found over mDNS)."""
+def _make_pods(net: pods.Pods, config: MeshConfig, planned: list[Instance]) -> None:
+    """Remove the pods a SIGKILLed `up` of this config left, then make one per instance (what is
+    made is in `net` at once, so the caller removes it even if this fails half way)."""
+    prefix = net.prefix
+    left = pods.stale(prefix)
+    if left:
+        pods.remove(left)
+        print(f"mitmesh up: removed {len(left)} stale namespaces of an earlier up of this config "
+              f"that did not stop cleanly: {', '.join(left)}", flush=True)
+    net.create()
+    from mesh.core.sidecar import virtual_addresses
+    vips = virtual_addresses(config.services)
+    for inst in planned:
+        if inst.sidecar is not None:
+            s = inst.sidecar
+            inst.pod = net.add(inst.name, inst.port, s.inbound, s.outbound, s.admin, vips)
+            inst.sidecar.address = inst.pod.address
+    print(f"isolation: pod: {len(net.pods)} pods in network namespaces {prefix}-p*, joined by a bridge "
+          f"in {net.mesh}; an app is reachable only through its sidecar (docs/howto/pods.md)", flush=True)
+
+
+def _discovered(address: str, port: int, netns: str | None = None) -> tuple[int, int]:
+    """(pid of the process that answered, instances it found over mDNS), asked from `netns`."""
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
+        with (podnet.entered(netns) if netns else contextlib.nullcontext()), \
+                urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
             status = json.load(r)
             return status.get("pid", 0), sum(1 for i in status["registry"]["instances"] if i["source"] == "mdns")
     except (OSError, ValueError, KeyError):
@@ -243,7 +290,8 @@ def _echo(child: procs.Child, prefix: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0) -> int:
+def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0,
+       isolation_mode: str | None = None) -> int:
     path = Path(config_path).resolve()
     try:
         config = load(path)
@@ -253,7 +301,13 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     state = state_dir(path)
     run_dir = state / "logs"
     up_state = state / "up.json"
-    planned = plan_instances(config)
+    mode, why_not_pods = isolation(config, isolation_mode)
+    if why_not_pods and (isolation_mode or config.sidecar.isolation) == "pod":
+        print(f"mitmesh up: isolation: pod is not possible here: {why_not_pods}", file=sys.stderr, flush=True)
+        return 1
+    # pods for the instances with a sidecar; bare apps (static endpoints) stay on loopback
+    in_pods = mode == "pod" and any(i.sidecar for i in plan_instances(config))
+    planned = plan_instances(config, in_pods)
     # before anything starts or any file is opened: this config is not up already, and every
     # address it needs is free (all of them named at once, with who holds them)
     try:
@@ -261,7 +315,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     except RuntimeError as e:
         print(f"mitmesh up: {e}", file=sys.stderr, flush=True)
         return 1
-    taken = unavailable(addresses(config, planned, web_port if web else None))
+    taken = unavailable(addresses(config, planned, web_port if web else None, in_pods))
     if taken:
         os.close(lock)
         print("mitmesh up: nothing started; " + ("these addresses are" if len(taken) > 1 else "this address is")
@@ -286,28 +340,42 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    net: pods.Pods | None = None
     listeners = config.gateway.listeners
     plain = next((l for l in listeners if l.tls is None), None)
     gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
     try:
+        if in_pods:
+            net = pods.Pods(pods.prefix_of(path), state / "pods")
+            _make_pods(net, config, planned)
+        elif any(i.sidecar for i in planned):
+            print("isolation: loopback: every app listens on a loopback address that any local process "
+                  "can reach directly, without its sidecar (docs/howto/pods.md)"
+                  + (f"; no pods here: {why_not_pods}" if why_not_pods else ""), flush=True)
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
-            child = procs.spawn(inst.name, service_argv(inst, config, gateway_url), log_dir=run_dir)
+            argv = service_argv(inst, config, gateway_url)
+            if inst.pod is not None:
+                argv = net.app_argv(inst.pod, argv)
+            child = procs.spawn(inst.name, argv, log_dir=run_dir, cwd=str(ROOT) if inst.pod else None)
             children.append(child)
             child.ports = [(inst.host, inst.port)]
             apps.append((inst, child))
         deadline = time.monotonic() + 20
         for inst, child in apps:
-            while not _healthy(inst.host, inst.port, child.pid):
+            while not _healthy(inst.host, inst.port, child.pid, inst.pod):
                 if not child.alive() or time.monotonic() > deadline or stopping.is_set():
                     raise RuntimeError(f"{child.name} did not become healthy:\n{child.tail()}")
                 time.sleep(0.05)
-            print(f"service: {child.name} http://{inst.host}:{inst.port} pid {child.pid}", flush=True)
+            where = f" in pod {inst.pod.netns} as uid {inst.pod.uid}" if inst.pod else ""
+            print(f"service: {child.name} http://{inst.host}:{inst.port}{where} pid {child.pid}", flush=True)
         sidecars = []
         for inst, _ in apps:
             if inst.sidecar is not None:
-                sc = procs.spawn(f"{inst.name}.sidecar", sidecar_argv(path, inst), log_dir=run_dir,
-                                 cwd=str(path.parent))
+                argv = sidecar_argv(path, inst)
+                if inst.pod is not None:
+                    argv = net.sidecar_argv(inst.pod, argv)
+                sc = procs.spawn(f"{inst.name}.sidecar", argv, log_dir=run_dir, cwd=str(path.parent))
                 children.append(sc)
                 sidecars.append((inst, sc))
         for inst, sc in sidecars:  # announced: its app answered, and the mesh can find it
@@ -315,13 +383,15 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             s = inst.sidecar
             mode = config.services[inst.service].mtls
             scheme = "https" if mode != "DISABLE" else "http"  # mTLS, with the service's certificate
-            print(f"sidecar: {inst.name} inbound {scheme}://{s.address}:{s.inbound} outbound "
-                  f"http://{s.address}:{s.outbound} admin http://{s.address}:{s.admin}/status "
-                  f"pid {sc.pid}", flush=True)
+            outbound = (f"captured to 127.0.0.1:{s.outbound} in pod {inst.pod.netns}" if inst.pod
+                        else f"http://{s.address}:{s.outbound}")
+            print(f"sidecar: {inst.name} inbound {scheme}://{s.address}:{s.inbound} outbound {outbound} "
+                  f"admin http://{s.address}:{s.admin}/status pid {sc.pid}", flush=True)
         token = secrets.token_hex(12)
         argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token) if web
                 else lean_argv(path, workers))
-        gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent))
+        gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent),
+                         env={podnet.ENV: net.mesh} if net else None)
         children.append(gw)
         _echo(gw, "[gateway]")
         admin_cfg = config.gateway.admin
@@ -334,7 +404,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             found = re.search(r"gateway ready: (\d+) worker", gw.log.read_text(errors="replace")) if not web else None
             _wait_discovered([(admin_cfg.address, admin_cfg.port, int(found.group(1)) if found else 1)]
                              + [(i.sidecar.address, i.sidecar.admin, 1) for i, _ in sidecars],
-                             len(sidecars), stopping)
+                             len(sidecars), stopping, netns=net.mesh if net else None)
         for l in listeners:
             scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
                              else ("http", "gateway"))
@@ -348,7 +418,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         # where `mitmesh record` finds every proxy of this demo
         up_state.parent.mkdir(parents=True, exist_ok=True)
         up_state.write_text(json.dumps({"admins": [f"http://{admin_cfg.address}:{admin_cfg.port}"] + [
-            f"http://{i.sidecar.address}:{i.sidecar.admin}" for i, _ in sidecars]}))
+            f"http://{i.sidecar.address}:{i.sidecar.admin}" for i, _ in sidecars],
+            **({"netns": net.mesh} if net else {})}))  # where the pods' admin listeners are reached
         print(f"gateway-pid: {gw.pid}", flush=True)
         if plain:
             print(f"try: curl {gateway_url}/catalog/items   (Ctrl-C stops everything)", flush=True)
@@ -371,5 +442,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             children.pop().stop()
         procs.stop_all(children)
         up_state.unlink(missing_ok=True)
+        if net is not None:
+            net.close()
+            print(f"removed {len(net.pods)} pods and the mesh namespace {net.mesh}", flush=True)
         os.close(lock)
         print("stopped", flush=True)

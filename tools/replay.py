@@ -11,6 +11,7 @@ This module reads mitmproxy's flow format, so it is the second mesh/ module impo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -26,7 +27,7 @@ from mitmproxy import http, io
 from mitmproxy.exceptions import FlowReadException
 
 from mesh.security import mtls
-from mesh.core import upstream
+from mesh.core import podnet, upstream
 from mesh.runtime.admin import read_token, token_paths
 from mesh.core.mirror import json_differences
 from mesh.config import ConfigError, load
@@ -48,6 +49,14 @@ def admins_of(config_path: str) -> list[str]:
     return [f"http://{admin.address}:{admin.port}"]
 
 
+def netns_of(config_path: str) -> str | None:
+    """The namespace the running demo's pods are reached through (isolation: pod), if any."""
+    from .launcher import state_dir
+
+    state = state_dir(Path(config_path).resolve()) / "up.json"
+    return json.loads(state.read_text()).get("netns") if state.exists() else None
+
+
 def admin_token(config_path: str, token_file: str | None = None) -> str | None:
     """The admin token `record` presents: from `--token-file`, else the config's token file."""
     if token_file:
@@ -60,7 +69,7 @@ def admin_token(config_path: str, token_file: str | None = None) -> str | None:
 
 
 def record(admins: list[str], seconds: float, expr: str, out: str, token: str | None = None,
-           include_secrets: bool = False) -> int:
+           include_secrets: bool = False, netns: str | None = None) -> int:
     if include_secrets:
         print("record: --include-secrets: credentials are saved in clear; keep the file safe",
               file=sys.stderr)
@@ -73,8 +82,13 @@ def record(admins: list[str], seconds: float, expr: str, out: str, token: str | 
                                     **({"include_secrets": "true"} if include_secrets else {})})
         request = urllib.request.Request(f"{admin}/record?{q}", method="POST",
                                          headers={"authorization": f"Bearer {token}"} if token else {})
+        in_pod = podnet.in_subnet(urllib.parse.urlsplit(admin).hostname)
+        if in_pod and netns is None:  # never from here: the default route would take it off the machine
+            raise CommandError(f"{admin} is a pod's admin listener; it is reached only through the "
+                               "mesh's namespace, which the running `mitmesh up` names in its up.json", BAD_INPUT)
         try:
-            with urllib.request.urlopen(request, timeout=5) as r:
+            with (podnet.entered(netns) if in_pod else contextlib.nullcontext()), \
+                    urllib.request.urlopen(request, timeout=5) as r:
                 started.append(json.load(r))
         except urllib.error.HTTPError as e:
             try:

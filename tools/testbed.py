@@ -444,12 +444,14 @@ def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
 
 
 @contextlib.contextmanager
-def running_demo(tmp: Path) -> Iterator[dict]:
+def running_demo(tmp: Path, isolation: str = "loopback") -> Iterator[dict]:
     """`mitmesh up` of the demo on free ports, until `ready`; stopped (its whole group) on the way out.
-    Yields its URLs, the mTLS listener's port, the IdP's URL, the folder and the log."""
+    Yields its URLs, the mTLS listener's port, the IdP's URL, the folder and the log. Loopback
+    isolation unless told (tests reach the sidecars directly); tests/e2e/test_pods.py runs pods."""
     path, ports = demo_on_free_ports(tmp)
     log = tmp / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1",
+                             "--isolation", isolation],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=120)
@@ -457,7 +459,7 @@ def running_demo(tmp: Path) -> Iterator[dict]:
             raise RuntimeError(f"mitmesh up exited with {proc.returncode}:\n{log.read_text()}")
         yield {"url": f"http://127.0.0.1:{ports[8080]}", "tls": f"https://127.0.0.1:{ports[8443]}",
                "mtls": ports[8444], "idp": f"http://127.0.0.1:{ports[9401]}", "tmp": tmp, "log": log,
-               "config": path, "admin": f"http://127.0.0.1:{ports[9901]}"}
+               "config": path, "admin": f"http://127.0.0.1:{ports[9901]}", "proc": proc}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

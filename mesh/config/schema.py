@@ -290,6 +290,10 @@ class Service(Model):
         default_factory=list,
         description="policy blocks the sidecars apply to this service: callers' sidecars on calls to it "
                     "(timeout, retries, fault), its own sidecars at their inbound (authz, ...)")
+    egress: Literal["allow", "deny"] = Field(
+        "deny", description="in pods (sidecar.isolation: pod), what the service's sidecars do with its app's "
+                            "calls to destinations that are not mesh services: deny (a 403, as Istio's "
+                            "REGISTRY_ONLY) or allow (pass through to the original destination) (default deny)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,6 +893,12 @@ class SidecarSettings(Model):
         "127.0.0.2", description="`mitmesh up` gives its first instance this loopback address and each "
                                  "next instance the next one (default 127.0.0.2)"
     )
+
+    isolation: Literal["auto", "pod", "loopback"] = Field(
+        "auto", description="how `mitmesh up` places instances: pod (each app and its sidecar in a network "
+                            "namespace of its own, the app's traffic captured by nftables; Linux, as root), "
+                            "loopback (each on a loopback address; any local process can reach the apps), "
+                            "auto (pod where possible) (default auto); see docs/howto/pods.md")
 
     @model_validator(mode="after")
     def _plain_outbound(self) -> SidecarSettings:

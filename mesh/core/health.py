@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 from mesh.telemetry import metrics
 from mesh.security import mtls
+from mesh.core import podnet
 from mesh.core.cluster import Endpoint
 from mesh.config.schema import HealthCheck
 
@@ -72,9 +73,9 @@ async def probe(ep: Endpoint, hc: HealthCheck,
     try:
         async with asyncio.timeout(hc.timeout):
             if hc.path is None:
-                reader, writer = await asyncio.open_connection(ep.address, ep.port)
+                reader, writer = await podnet.open_connection(ep.address, ep.port)
                 return True, ""
-            reader, writer = await asyncio.open_connection(ep.address, ep.port, ssl=tls[0] if tls else None)
+            reader, writer = await podnet.open_connection(ep.address, ep.port, ssl=tls[0] if tls else None)
             if tls is not None:
                 wrong = mtls.check_peer(writer.get_extra_info("ssl_object"), tls[1])
                 if wrong is not None:

@@ -15,3 +15,9 @@ def reverse(address: str, port: int) -> str:
 def regular(address: str, port: int) -> str:
     """An HTTP proxy listener (a sidecar's outbound): the app sends `GET http://catalog/items`."""
     return f"regular@{address}:{port}"
+
+
+def transparent(address: str, port: int) -> str:
+    """A transparent listener (a pod's sidecar outbound): nftables redirects the app's connections
+    here, and mitmproxy reads where they were going (SO_ORIGINAL_DST)."""
+    return f"transparent@{address}:{port}"

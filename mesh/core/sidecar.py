@@ -3,6 +3,10 @@ their host. Routes are built once per snapshot (and per discovered service), nev
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import ipaddress
+
 from mesh.config import schema
 from mesh.resilience.settings import for_route
 from mesh.core.routing import ForwardAction, Route, merge_policies
@@ -48,3 +52,38 @@ def outbound_route(snap: Snapshot, host: str) -> Route | None:
     if not service or service == LOCAL or "/" in service or service not in snap.clusters:
         return None
     return forward_route(f"outbound.{service}", service, service, snap.config)
+
+
+# In pods, an app calls `http://payments/...` with no proxy setting: the pod's hosts file maps each
+# mesh service to a virtual address in this reserved range (as Istio's DNS proxying does), nftables
+# sends the connection to the sidecar, and the sidecar maps the original destination back.
+VIRTUAL_NET = "240.240.0.0/16"
+
+
+def virtual_addresses(services) -> dict[str, str]:
+    """{service: virtual address}: stable per name (a hash of it, the next free one on a collision,
+    names taken in sorted order), so adding a service moves no other one's address."""
+    return dict(_virtual(tuple(sorted(services))))
+
+
+@functools.cache
+def _virtual(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    net = ipaddress.ip_network(VIRTUAL_NET)
+    size = net.num_addresses - 2
+    taken: dict[int, str] = {}
+    out = []
+    for name in names:
+        slot = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % size
+        while slot in taken:
+            slot = (slot + 1) % size
+        taken[slot] = name
+        out.append((name, str(net.network_address + 1 + slot)))
+    return tuple(out)
+
+
+def service_of_address(snap: Snapshot, address: str) -> str | None:
+    """The mesh service whose virtual address `address` is, or None."""
+    for name, vip in _virtual(tuple(sorted(snap.config.services))):
+        if vip == address:
+            return name
+    return None

@@ -60,11 +60,14 @@ def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, 
     tls = inbound_tls(config, workload.service)
     inbound = sc.inbound.model_copy(update={"address": workload.address, "tls": tls,
                                             "port": workload.inbound or sc.inbound.port})
-    outbound = sc.outbound.model_copy(update={"address": workload.address,
+    # captured: only the pod's own redirected connections reach the outbound, on its loopback
+    transparent = workload.capture == "transparent"
+    outbound = sc.outbound.model_copy(update={"address": "127.0.0.1" if transparent else workload.address,
                                               "port": workload.outbound or sc.outbound.port})
     where = f"services.{workload.service}.mtls" if tls else "sidecar.inbound"
+    mode = modes.transparent if transparent else modes.regular
     return (Bound(modes.reverse(inbound.address, inbound.port), inbound, INBOUND, where),
-            Bound(modes.regular(outbound.address, outbound.port), outbound, OUTBOUND, "sidecar.outbound"))
+            Bound(mode(outbound.address, outbound.port), outbound, OUTBOUND, "sidecar.outbound"))
 
 
 def admin_of(config: MeshConfig, workload: Workload | None) -> tuple[str, int]:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from mesh.security import mtls
+from mesh.core import podnet
 
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
@@ -182,7 +183,7 @@ class Pool:
     async def _connect(self, host, port, ssl, server_hostname, peer_identity, timeout: float) -> _Conn:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
+                reader, writer = await podnet.open_connection(
                     host, port, ssl=ssl, server_hostname=server_hostname if ssl else None,
                     limit=MAX_HEAD,
                     local_addr=(self.local_address, 0) if self.local_address else None,

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from mesh.config.schema import MeshConfig
 from mesh.config.types import check_address, check_name
 
-KEYS = ("service", "version", "app", "address", "zone", "weight", "instance", "inbound", "outbound", "admin")
+KEYS = ("service", "version", "app", "address", "zone", "weight", "instance", "inbound", "outbound", "admin",
+        "capture")
+CAPTURES = ("proxy", "transparent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,9 @@ class Workload:
     inbound: int | None = None  # ports; None: the config's sidecar defaults
     outbound: int | None = None
     admin: int | None = None
+    # proxy: the app sends its calls to the outbound listener as to an HTTP proxy; transparent: in a
+    # pod, nftables redirects the app's connections to it (mitmproxy's transparent mode)
+    capture: str = "proxy"
 
     @property
     def name(self) -> str:
@@ -38,6 +43,8 @@ class Workload:
     def spec(self) -> str:
         parts = [f"service={self.service}", f"version={self.version}",
                  f"app={self.app[0]}:{self.app[1]}", f"address={self.address}", f"weight={self.weight}"]
+        if self.capture != "proxy":
+            parts.append(f"capture={self.capture}")
         for key in ("zone", "instance", "inbound", "outbound", "admin"):
             value = getattr(self, key)
             if value:
@@ -76,6 +83,10 @@ def parse_workload(text: str) -> Workload:
                     fields[key] = (check_address(host.strip("[]")), _port(port))
                 except ValueError as e:
                     raise ValueError(f"expected host:port such as 127.0.0.1:9101; {e}") from None
+            elif key == "capture":
+                if value not in CAPTURES:
+                    raise ValueError(f"expected one of {', '.join(CAPTURES)} (got {value!r})")
+                fields[key] = value
             elif key == "weight":
                 if not value.isdigit() or not 1 <= int(value) <= 10_000:
                     raise ValueError(f"expected an integer from 1 to 10000 (got {value!r})")

@@ -154,6 +154,7 @@ def _share_listeners() -> None:
     # regular instances (the only modes we use) accept from ours instead.
     mode_servers.ReverseInstance.listen = _listen
     mode_servers.RegularInstance.listen = _listen
+    mode_servers.TransparentInstance.listen = _listen
 
 
 class Ready:

@@ -29,7 +29,7 @@ class Gateway:
 
     async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
                    client: str | None = None, listener: int | None = None, principal=None, claims=None,
-                   mode: str | None = None, target: str = "127.0.0.1"):
+                   mode: str | None = None, target: str = "127.0.0.1", sockname: tuple | None = None):
         """One request through the chain; `client` sets the downstream address, `listener` the
         port of the config's listener it arrives on (default: no listener), `mode` a sidecar's
         listener spec (inbound or outbound), `target` the host of a proxied request
@@ -45,6 +45,8 @@ class Gateway:
         flow.client_conn.peername = (client or "127.0.0.1", 40000)
         if mode is not None:
             flow.client_conn.proxy_mode = ProxyMode.parse(mode)
+        if sockname is not None:  # a transparent listener's: where the connection was going
+            flow.client_conn.sockname = sockname
         if not tls:
             flow.client_conn.tls = False
             flow.client_conn.timestamp_tls_setup = None

@@ -78,7 +78,7 @@ def _start_up(tmp_path: Path, config: dict) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / "mesh.yaml"
     path.write_text(yaml.safe_dump(config))
     log = tmp_path / "up.log"
-    proc = subprocess.Popen(MITMESH + ["up", "--config", str(path)], stdout=open(log, "w"),
+    proc = subprocess.Popen(MITMESH + ["up", "--config", str(path), "--isolation", "loopback"], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 

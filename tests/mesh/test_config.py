@@ -160,7 +160,7 @@ def test_resilience_policy_errors(block, expected):
     ("circuit_breaker: {shared: 'localhost:6379'}", "services.users.circuit_breaker.shared: expected a Redis URI such as redis://127.0.0.1:6379/0 (got 'localhost:6379')"),
     ("outlier_detection: {max_ejection_percent: 101}", "services.users.outlier_detection.max_ejection_percent: expected a value <= 100 (got 101)"),
     ("retry_budget: {ratio: -1}", "services.users.retry_budget.ratio: expected a value >= 0 (got -1)"),
-    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls, health_check, policies (got 'circuit_breakers')"),
+    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls, health_check, policies, egress (got 'circuit_breakers')"),
 ])
 def test_cluster_resilience_errors(block, expected):
     text = BASE.replace("  users:\n    versions:", f"  users:\n    {block}\n    versions:")
@@ -277,3 +277,14 @@ def test_a_header_the_gateway_strips_is_reported_where_it_is_read(change, expect
         assert expected is not None and len(e.problems) == 1 and str(e.problems[0]).startswith(expected), str(e)
     else:
         assert expected is None
+
+
+def test_pod_settings_name_their_choices():
+    """sidecar.isolation and services.NAME.egress (docs/howto/pods.md): defaults, and a typo named."""
+    config = load_text(dedent(BASE), "mesh.yaml")
+    assert config.sidecar.isolation == "auto" and config.services["users"].egress == "deny"
+    bad = BASE.replace('      v1: {endpoints: ["127.0.0.1:19001"]}\n',
+                       '      v1: {endpoints: ["127.0.0.1:19001"]}\n    egress: open\n')
+    assert errors(bad) == ["mesh.yaml:14: services.users.egress: expected one of 'allow', 'deny' (got 'open')"]
+    assert errors(BASE + "sidecar: {isolation: netns}\n") == [
+        "mesh.yaml:21: sidecar.isolation: expected one of 'auto', 'pod', 'loopback' (got 'netns')"]

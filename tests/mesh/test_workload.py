@@ -21,7 +21,9 @@ def test_full_spec_round_trips():
     ("service=catalog", "workload: app is required (got 'service=catalog')"),
     ("service=catalog,app=127.0.0.1:9101,colour=red",
      "workload: unknown key; expected one of service, version, app, address, zone, weight, instance, "
-     "inbound, outbound, admin (got 'colour=red')"),
+     "inbound, outbound, admin, capture (got 'colour=red')"),
+    ("service=a,app=127.0.0.1:1,capture=tproxy",
+     "workload: capture: expected one of proxy, transparent (got 'tproxy')"),
     ("service=Catalog,app=127.0.0.1:1",
      "workload: service: expected a name of lowercase letters, digits, '.', '-' or '_' (got 'Catalog')"),
     ("service=a,app=localhost", "workload: app: expected host:port such as 127.0.0.1:9101 (got 'localhost')"),
