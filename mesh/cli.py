@@ -134,8 +134,9 @@ def _record(args) -> int:
 
     admins = args.admin or replay.admins_of(str(config_file(args.config)))
     token = replay.admin_token(args.config, args.token_file)
-    return replay.record(admins, args.seconds, args.filter, args.output, token, args.include_secrets,
-                         replay.netns_of(str(config_file(args.config))))
+    # pods' admin listeners (in up.json of a running `mitmesh up`) are reached through its namespace
+    netns = None if args.admin else replay.netns_of(str(config_file(args.config)))
+    return replay.record(admins, args.seconds, args.filter, args.output, token, args.include_secrets, netns)
 
 
 def _replay(args) -> int:
