@@ -399,7 +399,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             procs.wait_ports(gw, [(l.address, l.port) for l in listeners]
                              + [(admin_cfg.address, admin_cfg.port), ("127.0.0.1", web_port)])
         else:
-            procs.wait_log(gw, "gateway ready")
+            procs.wait_log(gw, "gateway ready", timeout=60)  # as the sidecars: a loaded machine is slow
         if sidecars and config.discovery.mdns is not None:
             found = re.search(r"gateway ready: (\d+) worker", gw.log.read_text(errors="replace")) if not web else None
             _wait_discovered([(admin_cfg.address, admin_cfg.port, int(found.group(1)) if found else 1)]
