@@ -159,6 +159,7 @@ def _references(src: Source) -> list[Problem]:
     services = data.get("services") if isinstance(data.get("services"), dict) else {}
     policies = data.get("policies") if isinstance(data.get("policies"), dict) else {}
     routes = data.get("routes") if isinstance(data.get("routes"), list) else []
+    functions = data.get("functions") if isinstance(data.get("functions"), dict) else {}
 
     names: dict[str, int] = {}
     for i, route in enumerate(routes):
@@ -187,6 +188,10 @@ def _references(src: Source) -> list[Problem]:
                         if v not in versions:
                             out.append(src.problem(("routes", i, "forward", "weights", v),
                                                    f"unknown version of {svc_name}; expected one of {known} (got {show(v)})"))
+        fn = route.get("function")
+        if isinstance(fn, str) and fn not in functions:
+            known = f"expected one of {', '.join(functions)}" if functions else "no functions are defined"
+            out.append(src.problem(("routes", i, "function"), f"unknown function; {known} (got {show(fn)})"))
         refs = route.get("policies")
         if isinstance(refs, list):
             for j, ref in enumerate(refs):

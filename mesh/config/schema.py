@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from mesh.config import template
+from mesh.config.functions import Function
 from mesh.config.http import Http
 from mesh.config.source import show
 from mesh.config.security import (
@@ -437,18 +438,19 @@ class Redirect(Model):
 
 
 class Route(Model):
-    """A match and exactly one action: forward, direct or redirect. First match wins."""
+    """A match and exactly one action: forward, direct, redirect or function. First match wins."""
 
     name: Name
     match: Match = Match()
     forward: Forward | None = None
     direct: Direct | None = None
     redirect: Redirect | None = None
+    function: Name | None = Field(None, description="name of a function (`functions`) that answers the request")
     policies: list[Name] = Field(default_factory=list, description="names of policy blocks")
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
-        _one_of(self, ("forward", "direct", "redirect"))
+        _one_of(self, ("forward", "direct", "redirect", "function"))
         if self.forward and self.forward.rewrite and self.forward.rewrite.prefix is not None:
             path = self.match.path
             if path is None or path.prefix is None:
@@ -911,4 +913,6 @@ class MeshConfig(Model):
     services: dict[Name, Service] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     policies: dict[Name, Policy] = Field(default_factory=dict)
+    functions: dict[Name, Function] = Field(default_factory=dict, description="serverless functions "
+                                            "routes target with `function: NAME` (default none)")
     observability: Observability = Observability()

@@ -1,0 +1,109 @@
+"""Function: a route that targets a function is answered by calling it (AWS API Gateway payload 2.0),
+as the last stage before Forward, so every policy before it applies as to a cluster's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import http
+
+from mesh import metrics
+from mesh.compiled import PerSnapshot
+from mesh.functions import event, spec
+from mesh.functions.pool import Outcome, Pool
+from mesh.routing import FunctionAction
+
+from . import keys, replies
+
+log = logging.getLogger("mitmesh.functions")
+# outcome kind → (status, error, what the client is told); details stay in the decision log
+_FAILED = {
+    "error": (502, "function_error", "the function raised an error"),
+    "crash": (502, "function_crashed", "the function's instance exited during the call"),
+    "start_failed": (502, "function_start_failed", "no instance of the function could be started"),
+    "timeout": (504, "function_timeout", "the function did not answer in time"),
+    "full": (429, "function_busy", "every instance of the function is busy and its queue is full"),
+    "queue_timeout": (429, "function_busy", "no instance of the function was free in time"),
+}
+# framing is the proxy's; whatever a handler says about it is dropped
+_DROPPED = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+class Function:
+    def __init__(self, state):
+        self.state = state
+        self.pools: dict[str, Pool] = {}
+        self._specs = PerSnapshot(lambda snap: spec.compile_all(snap.config.functions, snap.file))
+        self._running = False
+
+    def running(self):
+        self._running = True
+        if self.state.snapshot is not None:
+            for name in self._specs.get(self.state.snapshot):  # min_instances warm from the start
+                self._pool(self.state.snapshot, name)
+
+    async def done(self):
+        pools, self.pools = list(self.pools.values()), {}
+        await asyncio.gather(*(p.close() for p in pools))
+
+    def _pool(self, snapshot, name: str) -> Pool:
+        want = self._specs.get(snapshot)[name]
+        pool = self.pools.get(name)
+        if pool is None or pool.spec != want:
+            if pool is not None:  # the config changed: new calls get new instances
+                asyncio.get_running_loop().create_task(pool.close())
+            pool = self.pools[name] = Pool(want, lambda kind, detail, ms: self._observe(name, kind, detail, ms))
+            pool.start()
+        return pool
+
+    def _observe(self, name: str, kind: str, detail: str, ms: float | None) -> None:
+        """Instance starts, stops and crashes: not any one request's, so they go to the log."""
+        log.info("function %s: %s", name, detail)
+        if kind == "cold_start" and ms is not None:
+            metrics.FUNCTION_COLD_START.labels(name).observe(ms / 1000)
+        pool = self.pools.get(name)
+        metrics.FUNCTION_INSTANCES.labels(name).set(len(pool.live()) if pool else 0)
+
+    def request(self, flow: http.HTTPFlow):
+        if flow.response or flow.error or not flow.live:
+            return None
+        st = keys.get(flow)
+        if st is None or st.route is None or not isinstance(st.route.action, FunctionAction):
+            return None
+        return self._call(flow, st, st.route.action)
+
+    async def _call(self, flow: http.HTTPFlow, st: keys.FlowState, action: FunctionAction):
+        name = action.function
+        pool = self._pool(st.snapshot, name)
+        req = flow.request
+        ev = event.build(
+            route=action.route, method=req.method, path=st.final_path or st.path or "/",
+            query=req.path.partition("?")[2],
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers.fields],
+            body=req.raw_content or b"", source_ip=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+            request_id=st.request_id, claims=st.claims, protocol=req.http_version)
+        out = await pool.call(ev, st.request_id)
+        metrics.FUNCTION_CALLS.labels(name, out.kind).inc()
+        st.decide("function", _describe(name, out))
+        if out.kind == "ok":
+            try:
+                resp = event.response(out.result)
+            except ValueError as e:
+                st.decide("function", f"{name}: not a valid response: {e}")
+                metrics.FUNCTION_CALLS.labels(name, "bad_response").inc()
+                return replies.reply(flow, 502, "function_bad_response", "the function's result is not a valid response")
+            headers = tuple((k, v) for k, v in resp.headers if k.lower() not in _DROPPED)
+            return replies.raw(flow, resp.status, resp.body, headers)
+        status, error, told = _FAILED[out.kind]
+        extra = {"retry-after": str(max(1, round(pool.spec.timeout)))} if status == 429 else None
+        replies.reply(flow, status, error, told, extra)
+
+
+def _describe(name: str, out: Outcome) -> str:
+    if out.instance == 0:
+        return f"{name}: {out.kind}: {out.detail}"
+    how = f"cold start {out.cold_ms:.0f} ms" if out.cold_ms is not None else "warm"
+    queued = f", queued {out.queued_ms:.0f} ms" if out.cold_ms is None and out.queued_ms >= 1 else ""
+    result = "answered" if out.kind == "ok" else f"{out.kind}: {out.detail}"
+    return f"{name}: instance {out.instance} ({how}{queued}): {result}"

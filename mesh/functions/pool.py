@@ -1,0 +1,316 @@
+"""The instances of one function: started on demand, reused while warm, scaled up to max_instances,
+stopped after idle (down to min_instances); calls beyond capacity wait in a bounded queue.
+
+A call's outcome is a value, never an exception: the addon maps each kind to one reply
+(full/queue_timeout 429, timeout 504, crash/error/start_failed 502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import protocol
+from .spec import Spec, start_instance
+
+log = logging.getLogger("mitmesh.functions")
+START_TIMEOUT = 30.0  # an instance that does not import its handler in this long failed to start
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: str  # ok | error | timeout | crash | full | queue_timeout | start_failed
+    result: object = None
+    detail: str = ""
+    cold_ms: float | None = None  # this call waited for its instance to start
+    instance: int = 0  # the instance's pid
+    queued_ms: float = 0.0
+
+
+class Crashed(Exception):
+    pass
+
+
+class Instance:
+    """One worker process and the calls in flight on it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, started: float):
+        self.proc = proc
+        self.pid = proc.pid
+        self.started = started
+        self.cold_ms = 0.0
+        self.load = 0  # calls given this instance (in flight, or handed over to a waiter)
+        self.served = 0
+        self.last_used = time.monotonic()
+        self.retired = False  # takes no new call; stopped once its calls are done
+        self.calls: dict[int, asyncio.Future] = {}
+        self.reader: asyncio.Task | None = None
+        self.exited = False
+
+    async def ready(self) -> None:
+        assert self.proc.stdout is not None
+        msg = await asyncio.wait_for(protocol.read(self.proc.stdout), START_TIMEOUT)
+        if msg is None:
+            raise Crashed(f"exited with {await self.proc.wait()} before it was ready")
+        if not msg.get("ready"):
+            raise Crashed(msg.get("error") or "not ready")
+        self.cold_ms = (time.monotonic() - self.started) * 1000
+
+    async def read_results(self, on_exit: Callable[[Instance, str], None]) -> None:
+        assert self.proc.stdout is not None
+        why = "closed its output"
+        try:
+            while (msg := await protocol.read(self.proc.stdout)) is not None:
+                fut = self.calls.pop(msg.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (protocol.ProtocolError, ValueError, OSError, EOFError) as e:
+            why = f"broke the protocol: {e}"
+        self.exited = True
+        try:
+            code: int | None = await asyncio.wait_for(self.proc.wait(), 1.0)
+        except TimeoutError:
+            self.kill()
+            code = None
+        detail = f"exited with {code}" if code is not None else why
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # with both pipes closed and the process reaped, the transport closes
+        for fut in self.calls.values():
+            if not fut.done():
+                fut.set_exception(Crashed(detail))
+        self.calls.clear()
+        on_exit(self, detail)
+
+    def send(self, call_id: int, message: dict) -> asyncio.Future:
+        assert self.proc.stdin is not None
+        if self.exited or self.proc.returncode is not None:
+            raise Crashed("had exited")
+        fut = asyncio.get_running_loop().create_future()
+        self.calls[call_id] = fut
+        self.proc.stdin.write(protocol.encode({"id": call_id, **message}))
+        return fut
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # the handler's own children too
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class Pool:
+    """One function's instances in this process. `observe(event, detail)` hears starts and stops."""
+
+    def __init__(self, spec: Spec, observe: Callable[[str, str, float | None], None] | None = None):
+        self.spec = spec
+        self.instances: list[Instance] = []
+        self.starting = 0
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.observe = observe or (lambda event, detail, ms: None)
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task] = set()
+        self._reaper: asyncio.Task | None = None
+        self.closed = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin keeping min_instances warm and stopping idle ones (needs a running loop)."""
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+            self._scale()
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_exception(Crashed("the function is shutting down"))
+        self.waiters.clear()
+        starts = [t for t in self._tasks if t not in {i.reader for i in self.instances}]
+        await asyncio.gather(*starts, return_exceptions=True)  # an instance that starts now stops at once
+        for inst in list(self.instances):
+            inst.retired = True
+            inst.kill()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)  # readers end as processes exit
+        self.instances.clear()
+
+    def _spawn_task(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def live(self) -> list[Instance]:
+        return [i for i in self.instances if not i.retired]
+
+    def _scale(self) -> None:
+        """Start instances for the waiters (within max_instances) and up to min_instances."""
+        if self.closed:
+            return
+        live = len(self.live())
+        want = max(self.spec.min_instances - live - self.starting,
+                   -(-len(self.waiters) // self.spec.concurrency) - self.starting)
+        room = self.spec.max_instances - len(self.instances) - self.starting
+        for _ in range(max(0, min(want, room))):
+            self.starting += 1
+            self._spawn_task(self._start())
+
+    async def _start(self) -> None:
+        started = time.monotonic()
+        try:
+            proc = await start_instance(self.spec)
+            inst = Instance(proc, started)
+            try:
+                await inst.ready()
+            except Exception:
+                inst.kill()
+                assert proc.stdin is not None
+                proc.stdin.close()
+                await proc.wait()
+                raise
+        except (Crashed, OSError, EOFError, TimeoutError, protocol.ProtocolError, ValueError) as e:
+            self.starting -= 1
+            detail = str(e) or type(e).__name__
+            self.observe("start_failed", detail, None)
+            if not self.instances and not self.starting:
+                while self.waiters:  # nothing will serve them: they fail now, not at their timeout
+                    fut = self.waiters.popleft()
+                    if not fut.done():
+                        fut.set_exception(Crashed(f"instance failed to start: {detail}"))
+            return
+        except asyncio.CancelledError:
+            self.starting -= 1
+            raise
+        self.starting -= 1
+        if self.closed:
+            inst.retired = True
+            inst.kill()
+        self.instances.append(inst)
+        inst.reader = asyncio.get_running_loop().create_task(inst.read_results(self._exited))
+        self._tasks.add(inst.reader)
+        inst.reader.add_done_callback(self._tasks.discard)
+        self.observe("cold_start", f"instance {inst.pid} started in {inst.cold_ms:.0f} ms", inst.cold_ms)
+        self._dispatch()
+
+    def _exited(self, inst: Instance, detail: str) -> None:
+        if inst in self.instances:
+            self.instances.remove(inst)
+        if not inst.retired:
+            self.observe("crash", f"instance {inst.pid} {detail}", None)
+        self._scale()
+
+    def _retire(self, inst: Instance, why: str) -> None:
+        inst.retired = True
+        self.observe("stop", f"instance {inst.pid} stopped: {why}", None)
+        if inst.load == 0:
+            inst.kill()
+        self._scale()
+
+    async def _reap(self) -> None:
+        period = min(1.0, self.spec.idle / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            live = self.live()
+            spare = len(live) - self.spec.min_instances
+            for inst in sorted(live, key=lambda i: i.last_used):
+                if spare <= 0:
+                    break
+                if inst.load == 0 and now - inst.last_used >= self.spec.idle:
+                    self._retire(inst, f"idle for {now - inst.last_used:.1f}s")
+                    spare -= 1
+            self._scale()
+
+    # ---- calls -----------------------------------------------------------------------------
+    def _free(self) -> Instance | None:
+        best = None
+        for inst in self.instances:  # the busiest instance with room: the others can go idle
+            if not inst.retired and inst.load < self.spec.concurrency and (best is None or inst.load > best.load):
+                best = inst
+        return best
+
+    def _dispatch(self) -> None:
+        while self.waiters:
+            inst = self._free()
+            if inst is None:
+                break
+            fut = self.waiters.popleft()
+            if fut.done():
+                continue
+            inst.load += 1
+            fut.set_result(inst)
+        self._scale()
+
+    def _release(self, inst: Instance) -> None:
+        inst.load -= 1
+        inst.last_used = time.monotonic()
+        if inst.retired:
+            if inst.load == 0:
+                inst.kill()
+        else:
+            self._dispatch()
+
+    async def _acquire(self) -> tuple[Instance | None, str, str]:
+        inst = self._free()
+        if inst is not None:
+            inst.load += 1
+            return inst, "", ""
+        starting_room = self.starting * self.spec.concurrency
+        growth = (self.spec.max_instances - len(self.instances) - self.starting) * self.spec.concurrency
+        if len(self.waiters) >= self.spec.queue + starting_room + max(0, growth):
+            return None, "full", f"{len(self.waiters)} calls already wait for an instance"
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self._scale()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.spec.queue_timeout), "", ""
+        except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return fut.result(), "", ""  # handed over just as the wait ended
+            fut.cancel()
+            return None, "queue_timeout", f"no instance was free within {self.spec.queue_timeout:g}s"
+        except Crashed as e:
+            return None, "start_failed", str(e)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())
+            fut.cancel()
+            raise
+
+    async def call(self, event: dict, request_id: str) -> Outcome:
+        t0 = time.monotonic()
+        inst, kind, detail = await self._acquire()
+        queued_ms = (time.monotonic() - t0) * 1000
+        if inst is None:
+            return Outcome(kind, detail=detail, queued_ms=queued_ms)
+        cold = inst.cold_ms if inst.served == 0 else None
+        inst.served += 1
+        call_id = next(self._ids)
+        deadline_ms = int((time.time() + self.spec.timeout) * 1000)
+        out = Outcome("ok", cold_ms=cold, instance=inst.pid, queued_ms=queued_ms)
+        try:
+            fut = inst.send(call_id, {"event": event, "context": {
+                "aws_request_id": request_id, "deadline_ms": deadline_ms}})
+            msg = await asyncio.wait_for(fut, self.spec.timeout)
+        except TimeoutError:
+            inst.calls.pop(call_id, None)
+            out.kind, out.detail = "timeout", f"no result within {self.spec.timeout:g}s"
+            self._retire(inst, "a call timed out; replaced")
+        except (Crashed, ConnectionError, RuntimeError) as e:
+            out.kind, out.detail = "crash", f"instance {inst.pid} {e}"
+        else:
+            if "error" in msg:
+                err = msg["error"]
+                out.kind, out.detail = "error", f"{err.get('type')}: {err.get('message')}"
+            else:
+                out.result = msg.get("result")
+        finally:
+            self._release(inst)
+        return out
