@@ -61,9 +61,16 @@ def seconds(text: str) -> float:
 
 
 def _validate(args) -> int:
+<<<<<<< HEAD
     from mesh.config import ConfigError, load_text
     from mesh.config.lint import warnings
     from mesh.config.source import parse
+=======
+    from .config import ConfigError, load_text
+    from .config.lint import warnings
+    from .config.source import parse
+    from .functions.spec import import_problems
+>>>>>>> d778bc8 (Functions: mitmesh validate imports every handler; config, event and validate tests with exact messages)
 
     status = 0
     for file in args.files:
@@ -82,7 +89,14 @@ def _validate(args) -> int:
             print(f"{len(e.problems)} error(s) in {file}", file=sys.stderr)
             status = max(status, FAILED)
         else:
-            for warning in warnings(parse(text, file), config):  # printed, not fatal
+            src = parse(text, file)
+            problems = import_problems(src, config.functions)
+            if problems:
+                print(ConfigError(problems))
+                print(f"{len(problems)} error(s) in {file}", file=sys.stderr)
+                status = max(status, FAILED)
+                continue
+            for warning in warnings(src, config):  # printed, not fatal
                 print(warning)
             print("ok" if len(args.files) == 1 else f"{file}: ok")
     return status

@@ -128,12 +128,14 @@ def response(result: object) -> Response:
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
         raise ValueError(f"statusCode: expected an HTTP status from 100 to 599 (got {status!r})")
     headers: list[tuple[str, str]] = []
-    raw_headers = result.get("headers") or {}
+    raw_headers = result.get("headers")
+    raw_headers = {} if raw_headers is None else raw_headers
     if not isinstance(raw_headers, dict):
         raise ValueError(f"headers: expected an object (got {type(raw_headers).__name__})")
     for name, value in raw_headers.items():
         headers.append((str(name), value if isinstance(value, str) else json.dumps(value)))
-    cookies = result.get("cookies") or []
+    cookies = result.get("cookies")
+    cookies = [] if cookies is None else cookies
     if not isinstance(cookies, list):
         raise ValueError(f"cookies: expected a list of strings (got {type(cookies).__name__})")
     headers.extend(("set-cookie", str(c)) for c in cookies)

@@ -85,3 +85,15 @@ def check(spec: Spec, timeout: float = 30.0) -> str | None:
         return None
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     return lines[-1] if lines else f"the import check exited with {done.returncode}"
+
+
+def import_problems(src, functions: dict[str, Function]) -> list:
+    """`mitmesh validate`: every function's handler imported as an instance would, in parallel;
+    one `<file>:<line>: functions.NAME.handler: ...` problem per handler that cannot be called."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = compile_all(functions, src.file)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(check, specs.values()))
+    return [src.problem(("functions", name, "handler"), f"cannot load the handler: {why} (got {s.handler!r})")
+            for (name, s), why in zip(specs.items(), results) if why is not None]
