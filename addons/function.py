@@ -11,23 +11,12 @@ from mitmproxy import http
 from mesh import metrics
 from mesh.compiled import PerSnapshot
 from mesh.functions import event, spec
-from mesh.functions.pool import Outcome, Pool
+from mesh.functions.pool import FAILURES, Pool, describe, retry_after
 from mesh.routing import FunctionAction
 
 from . import keys, replies
 
 log = logging.getLogger("mitmesh.functions")
-# outcome kind → (status, error, what the client is told); details stay in the decision log
-_FAILED = {
-    "error": (502, "function_error", "the function raised an error"),
-    "crash": (502, "function_crashed", "the function's instance exited during the call"),
-    "start_failed": (502, "function_start_failed", "no instance of the function could be started"),
-    "timeout": (504, "function_timeout", "the function did not answer in time"),
-    "full": (429, "function_busy", "every instance of the function is busy and its queue is full"),
-    "queue_timeout": (429, "function_busy", "no instance of the function was free in time"),
-}
-# framing is the proxy's; whatever a handler says about it is dropped
-_DROPPED = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 class Function:
@@ -84,26 +73,17 @@ class Function:
             body=req.raw_content or b"", source_ip=flow.client_conn.peername[0] if flow.client_conn.peername else "",
             request_id=st.request_id, claims=st.claims, protocol=req.http_version)
         out = await pool.call(ev, st.request_id)
-        metrics.FUNCTION_CALLS.labels(name, out.kind).inc()
-        st.decide("function", _describe(name, out))
+        st.decide("function", describe(name, out))
+        resp = None
         if out.kind == "ok":
             try:
                 resp = event.response(out.result)
             except ValueError as e:
                 st.decide("function", f"{name}: not a valid response: {e}")
-                metrics.FUNCTION_CALLS.labels(name, "bad_response").inc()
-                return replies.reply(flow, 502, "function_bad_response", "the function's result is not a valid response")
-            headers = tuple((k, v) for k, v in resp.headers if k.lower() not in _DROPPED)
-            return replies.raw(flow, resp.status, resp.body, headers)
-        status, error, told = _FAILED[out.kind]
-        extra = {"retry-after": str(max(1, round(pool.spec.timeout)))} if status == 429 else None
-        replies.reply(flow, status, error, told, extra)
+                out.kind = "bad_response"
+        metrics.FUNCTION_CALLS.labels(name, out.kind).inc()
+        if resp is not None:
+            return replies.raw(flow, resp.status, resp.body, resp.headers)
+        status, error, told = FAILURES[out.kind]
+        replies.reply(flow, status, error, told, {"retry-after": retry_after(pool.spec)} if status == 429 else None)
 
-
-def _describe(name: str, out: Outcome) -> str:
-    if out.instance == 0:
-        return f"{name}: {out.kind}: {out.detail}"
-    how = f"cold start {out.cold_ms:.0f} ms" if out.cold_ms is not None else "warm"
-    queued = f", queued {out.queued_ms:.0f} ms" if out.cold_ms is None and out.queued_ms >= 1 else ""
-    result = "answered" if out.kind == "ok" else f"{out.kind}: {out.detail}"
-    return f"{name}: instance {out.instance} ({how}{queued}): {result}"

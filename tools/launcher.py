@@ -49,6 +49,7 @@ class Instance:
     latency: float = 0.0
     error_rate: float = 0.0
     sidecar: Sidecar | None = None
+    function: str | None = None  # app "function": the function it serves
 
 
 def plan_instances(config: MeshConfig) -> list[Instance]:
@@ -67,7 +68,8 @@ def plan_instances(config: MeshConfig) -> list[Instance]:
                 for i, ep in enumerate(version.endpoints, 1):
                     if ep.address.startswith("127."):
                         out.append(Instance(f"{sname}-{vname}-{i}", launch.app, sname, vname,
-                                            ep.address, ep.port, launch.latency, launch.error_rate))
+                                            ep.address, ep.port, launch.latency, launch.error_rate,
+                                            function=launch.function))
                 continue
             for i in range(launch.instances):
                 host = str(address)
@@ -76,11 +78,15 @@ def plan_instances(config: MeshConfig) -> list[Instance]:
                 out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, host,
                                     procs.free_port(host), launch.latency, launch.error_rate,
                                     Sidecar(host, sc.inbound.port, sc.outbound.port, sc.admin.port,
-                                            zone, launch.weight)))
+                                            zone, launch.weight), launch.function))
     return out
 
 
-def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[str]:
+def service_argv(inst: Instance, config: MeshConfig, gateway_url: str, config_path: Path | None = None) -> list[str]:
+    if inst.function is not None:  # a function as a mesh service; its calls go out through its sidecar
+        argv = procs.python("-m", "mesh.cli", "function", inst.function, "--config", str(config_path),
+                            "--host", inst.host, "--port", str(inst.port))
+        return argv + (["--proxy", f"{inst.sidecar.address}:{inst.sidecar.outbound}"] if inst.sidecar else [])
     argv = procs.python("-m", f"services.{inst.app}", "--host", inst.host, "--port", str(inst.port),
                         "--version", inst.version, "--instance", inst.name)
     if inst.latency:
@@ -292,7 +298,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     try:
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
-            child = procs.spawn(inst.name, service_argv(inst, config, gateway_url), log_dir=run_dir)
+            child = procs.spawn(inst.name, service_argv(inst, config, gateway_url, path), log_dir=run_dir)
             children.append(child)
             child.ports = [(inst.host, inst.port)]
             apps.append((inst, child))

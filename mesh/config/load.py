@@ -208,6 +208,15 @@ def _references(src: Source) -> list[Problem]:
                     kinds.setdefault(kind, ref)
 
     out.extend(_policy_references(src, services, policies, routes))
+    for sname, svc in services.items():  # services.X.versions.Y.launch.function: a known function
+        versions = svc.get("versions") if isinstance(svc, dict) else None
+        for vname, version in versions.items() if isinstance(versions, dict) else ():
+            launch = version.get("launch") if isinstance(version, dict) else None
+            fn = launch.get("function") if isinstance(launch, dict) else None
+            if isinstance(fn, str) and fn not in functions:
+                known = f"expected one of {', '.join(functions)}" if functions else "no functions are defined"
+                out.append(src.problem(("services", sname, "versions", vname, "launch", "function"),
+                                       f"unknown function; {known} (got {show(fn)})"))
     for sname, svc in services.items():  # services.X.policies: known names
         refs = svc.get("policies") if isinstance(svc, dict) else None
         for j, ref in enumerate(refs if isinstance(refs, list) else ()):

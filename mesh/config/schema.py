@@ -121,9 +121,11 @@ class Endpoint(Model):
 
 
 class Launch(Model):
-    """What `mitmesh up` starts for this cluster: a demo app from services/."""
+    """What `mitmesh up` starts for this cluster: a demo app from services/, or a function."""
 
-    app: Literal["users", "catalog", "orders", "payments", "auth", "echo"]
+    app: Literal["users", "catalog", "orders", "payments", "auth", "echo", "function"]
+    function: Name | None = Field(None, description="with app: function, the function (`functions`) "
+                                                    "served as this service (`mitmesh function`)")
     instances: Annotated[int, Field(ge=1, le=32)] = Field(
         1, description="without static endpoints: instances to start, each with its sidecar and found "
                        "by discovery (default 1); with static endpoints, one app listens on each, bare"
@@ -138,6 +140,13 @@ class Launch(Model):
     error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.0, description="share of requests answered 500 (default 0)"
     )
+
+    @model_validator(mode="after")
+    def _function_app(self) -> Launch:
+        if (self.app == "function") != (self.function is not None):
+            raise ValueError(f"function: expected together with app: function (got app {self.app}, "
+                             f"function {self.function})")
+        return self
 
 
 class Version(Model):

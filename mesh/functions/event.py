@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+# framing is the proxy's own; whatever a handler says about it is dropped
+FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _TEXT = ("text/", "application/json", "application/xml", "application/javascript",
          "application/x-www-form-urlencoded", "+json", "+xml")
 
@@ -133,6 +135,8 @@ def response(result: object) -> Response:
     if not isinstance(raw_headers, dict):
         raise ValueError(f"headers: expected an object (got {type(raw_headers).__name__})")
     for name, value in raw_headers.items():
+        if str(name).lower() in FRAMING:
+            continue
         headers.append((str(name), value if isinstance(value, str) else json.dumps(value)))
     cookies = result.get("cookies")
     cookies = [] if cookies is None else cookies

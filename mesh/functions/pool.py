@@ -34,6 +34,33 @@ class Outcome:
     queued_ms: float = 0.0
 
 
+# an outcome that is not ok → (status, error, what the client is told); details go to the decision log
+FAILURES = {
+    "error": (502, "function_error", "the function raised an error"),
+    "crash": (502, "function_crashed", "the function's instance exited during the call"),
+    "start_failed": (502, "function_start_failed", "no instance of the function could be started"),
+    "timeout": (504, "function_timeout", "the function did not answer in time"),
+    "full": (429, "function_busy", "every instance of the function is busy and its queue is full"),
+    "queue_timeout": (429, "function_busy", "no instance of the function was free in time"),
+    "bad_response": (502, "function_bad_response", "the function's result is not a valid response"),
+}
+
+
+def describe(name: str, out: Outcome) -> str:
+    """One decision-log line: which instance, cold or warm, how long queued, what came of it."""
+    if out.instance == 0:
+        return f"{name}: {out.kind}: {out.detail}"
+    how = f"cold start {out.cold_ms:.0f} ms" if out.cold_ms is not None else "warm"
+    queued = f", queued {out.queued_ms:.0f} ms" if out.cold_ms is None and out.queued_ms >= 1 else ""
+    result = "answered" if out.kind == "ok" else f"{out.kind}: {out.detail}"
+    return f"{name}: instance {out.instance} ({how}{queued}): {result}"
+
+
+def retry_after(spec: Spec) -> str:
+    """Retry-After of a 429: about when a busy instance is done with its call."""
+    return str(max(1, round(spec.timeout)))
+
+
 class Crashed(Exception):
     pass
 

@@ -89,6 +89,8 @@ async def test_an_unmodified_aws_handler_answers(gateway, code):
         assert flow.response.status_code == 200
         assert json.loads(flow.response.content) == "Hello from Lambda!"
         assert flow.metadata["mitmesh.route"] == "hello"
+        actions = {r["name"]: r["action"] for r in gw.state.status()["routes"]}
+        assert actions["hello"] == {"function": "hello"}  # the admin's /status shows it
 
 
 async def test_the_event_is_payload_2_0_with_claims_and_context(gateway, code):
