@@ -24,24 +24,24 @@ class Function:
         self.state = state
         self.pools: dict[str, Pool] = {}
         self._specs = PerSnapshot(lambda snap: spec.compile_all(snap.config.functions, snap.file))
-        self._running = False
+        self._draining: set[asyncio.Task] = set()
 
     def running(self):
-        self._running = True
         if self.state.snapshot is not None:
             for name in self._specs.get(self.state.snapshot):  # min_instances warm from the start
                 self._pool(self.state.snapshot, name)
 
     async def done(self):
         pools, self.pools = list(self.pools.values()), {}
-        await asyncio.gather(*(p.close() for p in pools))
+        await asyncio.gather(*(p.close() for p in pools), *self._draining, return_exceptions=True)
 
     def _pool(self, snapshot, name: str) -> Pool:
         want = self._specs.get(snapshot)[name]
         pool = self.pools.get(name)
         if pool is None or pool.spec != want:
-            if pool is not None:  # the config changed: new calls get new instances
-                asyncio.get_running_loop().create_task(pool.close())
+            if pool is not None:  # the config changed: new calls get new instances, old ones finish
+                self._draining.add(task := asyncio.get_running_loop().create_task(pool.drain()))
+                task.add_done_callback(self._draining.discard)
             pool = self.pools[name] = Pool(want, lambda kind, detail, ms: self._observe(name, kind, detail, ms))
             pool.start()
         return pool

@@ -153,6 +153,14 @@ class Pool:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
             self._scale()
 
+    async def drain(self) -> None:
+        """Start nothing more; close once the calls in flight and queued are done (a reload)."""
+        self.closed = True
+        deadline = time.monotonic() + self.spec.timeout + self.spec.queue_timeout
+        while (self.waiters or any(i.load for i in self.instances)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.close()
+
     async def close(self) -> None:
         self.closed = True
         if self._reaper is not None:

@@ -221,3 +221,17 @@ async def test_gateway_policies_apply_to_function_routes(gateway, code):
         limited = await gw.send("/hello")
         assert limited.response.status_code == 429
         assert json.loads(limited.response.content)["error"] == "rate_limited"
+
+
+async def test_a_reload_that_changes_the_function_lets_calls_in_flight_finish(gateway, code, write_config):
+    async with gateway(config(FUNCS.replace('"h:echo"', '"h:pid", timeout: 5'))) as gw:
+        first = await gw.send("/fn/")
+        slow = asyncio.ensure_future(gw.send("/fn/?sleep=0.5"))
+        await asyncio.sleep(0.2)
+        write_config(config(FUNCS.replace('"h:echo"', '"h:pid", timeout: 4')))
+        gw.tctx.options.update(mesh_config=str(code / "mesh.yaml"))
+        fresh = await gw.send("/fn/")
+        assert function_addon(gw).pools["fn"].spec.timeout == 4  # a new pool, with new instances
+        assert fresh.response.status_code == 200 and fresh.response.content != first.response.content
+        done = await slow
+        assert done.response.status_code == 200 and done.response.content == first.response.content
