@@ -92,7 +92,7 @@ class Instance:
 
     async def read_results(self, on_exit: Callable[[Instance, str], None]) -> None:
         assert self.proc.stdout is not None
-        why = "closed its output"
+        why = ""
         try:
             while (msg := await protocol.read(self.proc.stdout)) is not None:
                 fut = self.calls.pop(msg.get("id"), None)
@@ -102,11 +102,11 @@ class Instance:
             why = f"broke the protocol: {e}"
         self.exited = True
         try:
-            code: int | None = await asyncio.wait_for(self.proc.wait(), 1.0)
-        except TimeoutError:
+            code = await asyncio.wait_for(self.proc.wait(), 1.0)
+        except TimeoutError:  # closed its output, or broke the protocol, but lives on
             self.kill()
-            code = None
-        detail = f"exited with {code}" if code is not None else why
+            code = await self.proc.wait()
+        detail = why or f"exited with {code}"
         assert self.proc.stdin is not None
         self.proc.stdin.close()  # with both pipes closed and the process reaped, the transport closes
         for fut in self.calls.values():

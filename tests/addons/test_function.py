@@ -39,6 +39,7 @@ def binary(event, context):
             "headers": {"content-type": "application/octet-stream"}}
 
 def pid(event, context):
+    print("a handler's print goes to stderr, never into the protocol")
     time.sleep(float((event.get("queryStringParameters") or {}).get("sleep", "0")))
     if event["rawPath"].endswith("/crash"):
         os._exit(7)
