@@ -280,8 +280,6 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--proxy", default=None, metavar="HOST:PORT",
                    help="the sidecar's outbound listener, the instances' HTTP_PROXY for calls to mesh "
                         "services (default: the function's `outbound`, else none)")
-    f.add_argument("--version", default=None, help="ignored; accepted as every demo app does")
-    f.add_argument("--instance", default=None, help="ignored; accepted as every demo app does")
     f.set_defaults(func=_function)
 
     s = sub.add_parser("sidecar", help="run the sidecar of one service instance (inbound and outbound)")
