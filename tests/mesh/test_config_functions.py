@@ -52,6 +52,11 @@ def test_defaults_and_the_compiled_action():
      "mesh.yaml:7: routes[0].function: unknown function; expected one of greet (got 'grete')"),
     ("function: greet}\n  - {name: one", "function: greet, direct: {status: 200}}\n  - {name: one",
      "mesh.yaml:7: routes[0]: expected exactly one of forward, direct, redirect, function (got direct, function)"),
+    ("routes:", "services:\n  view: {versions: {v1: {launch: {app: function}}}}\nroutes:",
+     "mesh.yaml:7: services.view.versions.v1.launch: function: expected together with app: function "
+     "(got app function, function None)"),
+    ("routes:", "services:\n  view: {versions: {v1: {launch: {app: function, function: nope}}}}\nroutes:",
+     "mesh.yaml:7: services.view.versions.v1.launch.function: unknown function; expected one of greet (got 'nope')"),
 ])
 def test_errors_name_line_key_and_value(old, new, expected):
     assert old in TEXT
