@@ -188,7 +188,7 @@ async def test_concurrency_cap_then_queue_then_429(gateway, code):
 
 
 async def test_a_timeout_is_504_and_the_instance_is_replaced(gateway, code):
-    async with gateway(config('hello: {handler: "aws:lambda_handler"}\nfn: {handler: "h:pid", timeout: 0.5}')) as gw:
+    async with gateway(config('hello: {handler: "aws:lambda_handler"}\nfn: {handler: "h:pid", timeout: 1}')) as gw:
         warm = await gw.send("/fn/")
         slow = await gw.send("/fn/?sleep=3")
         assert slow.response.status_code == 504
