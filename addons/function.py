@@ -8,11 +8,11 @@ import logging
 
 from mitmproxy import http
 
-from mesh import metrics
-from mesh.compiled import PerSnapshot
+from mesh.core.compiled import PerSnapshot
+from mesh.core.routing import FunctionAction
 from mesh.functions import event, spec
 from mesh.functions.pool import FAILURES, Pool, describe, retry_after
-from mesh.routing import FunctionAction
+from mesh.telemetry import metrics
 
 from . import keys, replies
 

@@ -61,16 +61,10 @@ def seconds(text: str) -> float:
 
 
 def _validate(args) -> int:
-<<<<<<< HEAD
     from mesh.config import ConfigError, load_text
     from mesh.config.lint import warnings
     from mesh.config.source import parse
-=======
-    from .config import ConfigError, load_text
-    from .config.lint import warnings
-    from .config.source import parse
-    from .functions.spec import import_problems
->>>>>>> d778bc8 (Functions: mitmesh validate imports every handler; config, event and validate tests with exact messages)
+    from mesh.functions.spec import import_problems
 
     status = 0
     for file in args.files:
@@ -116,8 +110,8 @@ def _gateway(args) -> int:
 
 
 def _function(args) -> int:
-    from .config import load
-    from .functions import host, spec
+    from mesh.config import load
+    from mesh.functions import host, spec
 
     path = config_file(args.config)
     try:

@@ -10,8 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.functions import Function
-from ..procs import _die_with_parent
+from mesh.config.functions import Function
 
 WORKER = str(Path(__file__).with_name("worker.py"))
 _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")  # the rest of the proxy's environment stays out
@@ -46,7 +45,7 @@ def compile_all(functions: dict[str, Function], config_file: str) -> dict[str, S
 
 def argv(spec: Spec, check: bool = False) -> list[str]:
     out = [sys.executable, "-I", WORKER, "--handler", spec.handler, "--code", spec.code,
-           "--name", spec.name, "--concurrency", str(spec.concurrency)]
+           "--name", spec.name, "--concurrency", str(spec.concurrency), "--parent", str(os.getpid())]
     return out + ["--check"] if check else out
 
 
@@ -69,7 +68,7 @@ async def start_instance(spec: Spec) -> asyncio.subprocess.Process:
     place instances start, so another way to start them (a fork server) replaces this function."""
     return await asyncio.create_subprocess_exec(
         *argv(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=environment(spec),
-        cwd=spec.code, start_new_session=True, preexec_fn=_die_with_parent)
+        cwd=spec.code, start_new_session=True)
 
 
 def check(spec: Spec, timeout: float = 30.0) -> str | None:

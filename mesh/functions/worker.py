@@ -9,9 +9,11 @@ installed packages, the handler's code and this file's protocol, nothing else of
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 import threading
 import time
@@ -48,6 +50,16 @@ class Context:
         return max(0, self._deadline_ms - int(time.time() * 1000))
 
 
+def die_with_parent(parent: int) -> None:
+    """SIGTERM when the proxy that started us dies (Linux), so no instance outlives its proxy."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if parent and os.getppid() != parent:  # it died before the line above
+        sys.exit(0)
+
+
 def load(handler: str, code: str):
     """module:function → the callable; raises ImportError/AttributeError/TypeError with the reason."""
     module_name, _, attr = handler.partition(":")
@@ -67,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--code", required=True)
     p.add_argument("--name", default="function")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--parent", type=int, default=0, help="the proxy's pid: exit when it dies")
     p.add_argument("--check", action="store_true", help="only import the handler; exit 0 if it exists")
     args = p.parse_args(argv)
+    die_with_parent(args.parent)
     protocol = _protocol()
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # what the handler prints goes to stderr, never into the protocol

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mesh import launcher
-from mesh.testbed import get, running_demo, wait_until
+from tools import launcher
+from tools.testbed import get, running_demo, wait_until
 
 SA = "spiffe://mitmesh.local/ns/demo/sa/"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.config import ConfigError, load_text
-from mesh.routing import FunctionAction, compile_routes
+from mesh.core.routing import FunctionAction, compile_routes
 from tests.conftest import dedent
 
 TEXT = """
