@@ -16,6 +16,7 @@ from .cors import Cors
 from .decisions import Decisions
 from .forward import Forward
 from .forwarded import Forwarded
+from .function import Function
 from .health import Health
 from .httpguard import HttpGuard
 from .inbound import Inbound
@@ -71,6 +72,7 @@ def gateway(state: MeshState | None = None) -> list:
         Transform(),       # request side once the request is admitted; response side before it leaves
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream
         Mirror(state),     # copies the request exactly as the upstream will get it, just before Forward
+        Function(state),   # a function route is answered here, after every policy, instead of by Forward
         Forward(state, tracing),  # the upstream attempts (a client span each), answers every routed flow
         SecurityHeaders(), # response hook: security headers on every answer, ours or upstream's
         # response side: these only observe the finished flow, so they come last

@@ -17,7 +17,8 @@ from .requestid import new_id
 DENIED = frozenset({"missing_credentials", "invalid_credentials", "invalid_token", "invalid_api_key",
                     "insufficient_scope", "insufficient_claims", "access_denied", "ip_denied",
                     "mtls_required", "tls_required", "cors_denied"})
-LIMITED = frozenset({"rate_limited", "ratelimit_unavailable", "too_many_failed_authentications"})
+LIMITED = frozenset({"rate_limited", "ratelimit_unavailable", "too_many_failed_authentications",
+                     "function_busy"})
 
 
 def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,
@@ -49,8 +50,10 @@ def without_flow(status: int, error: str, reason: str) -> http.Response:
 
 
 def raw(flow: http.HTTPFlow, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
-    """A configured direct response (a route's `direct` action)."""
-    flow.response = http.Response.make(status, body, dict(headers))
+    """A configured direct response (a route's `direct` action), or a function's result; a header
+    may repeat (set-cookie)."""
+    fields = tuple((k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for k, v in headers)
+    flow.response = http.Response.make(status, body, http.Headers(fields))
     _show_downstream(flow)
 
 

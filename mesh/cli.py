@@ -1,4 +1,4 @@
-"""The `mitmesh` command line: validate, up, gateway, sidecar, bench, canary, certs, record, replay, scenario,
+"""The `mitmesh` command line: validate, up, gateway, sidecar, function, bench, canary, certs, record, replay, scenario,
 traces."""
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def _validate(args) -> int:
     from mesh.config import ConfigError, load_text
     from mesh.config.lint import warnings
     from mesh.config.source import parse
+    from mesh.functions.spec import import_problems
 
     status = 0
     for file in args.files:
@@ -82,7 +83,14 @@ def _validate(args) -> int:
             print(f"{len(e.problems)} error(s) in {file}", file=sys.stderr)
             status = max(status, FAILED)
         else:
-            for warning in warnings(parse(text, file), config):  # printed, not fatal
+            src = parse(text, file)
+            problems = import_problems(src, config.functions)
+            if problems:
+                print(ConfigError(problems))
+                print(f"{len(problems)} error(s) in {file}", file=sys.stderr)
+                status = max(status, FAILED)
+                continue
+            for warning in warnings(src, config):  # printed, not fatal
                 print(warning)
             print("ok" if len(args.files) == 1 else f"{file}: ok")
     return status
@@ -100,6 +108,22 @@ def _gateway(args) -> int:
 
     workers = args.workers or supervisor.default_workers()
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
+
+
+def _function(args) -> int:
+    from mesh.config import load
+    from mesh.functions import host, spec
+
+    path = config_file(args.config)
+    try:
+        config = load(path)
+    except ConfigError as e:
+        raise CommandError(str(e), FAILED) from None
+    if args.name not in config.functions:
+        known = ", ".join(config.functions) or "none are defined"
+        raise CommandError(f"unknown function {args.name!r} in {path} (expected one of: {known})", BAD_INPUT)
+    host.serve(spec.compile(args.name, config.functions[args.name], str(path)), args.host, args.port, args.proxy)
+    return 0
 
 
 def _sidecar(args) -> int:
@@ -247,6 +271,17 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--ignore", default=",".join(BY_DESIGN),
                     help=f"JSON keys to ignore when comparing, comma-separated (default {','.join(BY_DESIGN)})")
     rp.set_defaults(func=_replay)
+
+    f = sub.add_parser("function", help="serve one function over HTTP on a loopback address, as a mesh "
+                                        "service behind a sidecar (`mitmesh sidecar --app HOST:PORT`)")
+    f.add_argument("name", help="the function (a key of `functions` in the config)")
+    f.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)
+    f.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    f.add_argument("--port", type=port, required=True, help="port to bind (required)")
+    f.add_argument("--proxy", default=None, metavar="HOST:PORT",
+                   help="the sidecar's outbound listener, the instances' HTTP_PROXY for calls to mesh "
+                        "services (default: the function's `outbound`, else none)")
+    f.set_defaults(func=_function)
 
     s = sub.add_parser("sidecar", help="run the sidecar of one service instance (inbound and outbound)")
     s.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)

@@ -5,7 +5,8 @@ reverse`, nginx as a reverse proxy (the reference a user would pick instead), a 
 sidecars (a caller's outbound listener, then the service's inbound), the same two in pods (the
 caller's call captured by nftables, Linux as root), and the mitmesh gateway on the
 lean runtime with 1 worker, with N workers, and with 10,000 routes; and HTTP/2 against HTTP/1.1 on
-the 1-worker gateway's TLS listener. Load comes from wrk, and from h2load for the HTTP/2 comparison
+the 1-worker gateway's TLS listener; and a function on the 1-worker gateway: its first call from zero
+instances (cold start) and its warm latency. Load comes from wrk, and from h2load for the HTTP/2 comparison
 (both protocols, so the client is the same); wrk, h2load and nginx are installed with apt-get when
 missing. A benchmark, never a test.
 """
@@ -19,10 +20,12 @@ import platform
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,10 +196,14 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+FUNCTIONS = 3  # functions called once each from zero instances: the cold starts measured
+
+
 def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
-                 tls: tuple[int, Path] | None = None) -> dict:
+                 tls: tuple[int, Path] | None = None, functions: bool = False) -> dict:
     """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
-    limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1."""
+    limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1;
+    `functions` the demo's pure function on /fn/ and FUNCTIONS copies of it on /cold0/, /cold1/ ..."""
     routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
@@ -205,6 +212,11 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
                    "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
                    "policies": ["partner", "public"]})
+    fns = {}
+    if functions:
+        fn = {"handler": "services.functions.greet:handler", "code": str(Path(__file__).resolve().parents[1])}
+        fns = {name: fn for name in ("fn", *(f"cold{i}" for i in range(FUNCTIONS)))}
+        routes += [{"name": name, "match": {"path": {"prefix": f"/{name}/"}}, "function": name} for name in fns]
     listeners = [{"name": "bench", "port": listen_port}]
     if tls is not None:
         listeners.append({"name": "bench-tls", "port": tls[0],
@@ -214,6 +226,7 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
         "gateway": {"listeners": listeners, "admin": {"port": admin_port}},
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
         "routes": routes,
+        "functions": fns,
         "policies": {
             # as the demo: an API key identifies the consumer, whose rate limit is counted
             # (memory storage, never reached here); metrics and the access log are on by default
@@ -312,14 +325,14 @@ class Bench:
         return child
 
     def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
-                tls_port: int = 0) -> tuple[str, procs.Child]:
+                tls_port: int = 0, functions: bool = False) -> tuple[str, procs.Child]:
         port, admin = procs.free_port(), procs.free_port()
         cfg = self.tmp / f"{name}.yaml"
         tls = None
         if tls_port:
             pki.init_edge(self.tmp / "certs")
             tls = (tls_port, self.tmp / "certs")
-        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls)))
+        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls, functions)))
         child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
                                    "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
         self.children.append(child)
@@ -377,6 +390,24 @@ class Bench:
             procs.wait_log(child, "sidecar ready", timeout=120)
         return "http://catalog/items/1", children, Wrk(self.wrk.binary, net.app_argv(caller, []))
 
+    def functions(self, base: str) -> tuple[float, Result]:
+        """A function's first call from zero instances (median of FUNCTIONS functions, as the client
+        sees it: process start and import included), then its warm calls at 1 connection."""
+        cold = []
+        for i in range(FUNCTIONS):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(f"{base}/cold{i}/?name=bench", timeout=30) as r:
+                r.read()
+            cold.append((time.perf_counter() - t0) * 1000)
+        url = f"{base}/fn/?name=bench"
+        urllib.request.urlopen(url, timeout=30).read()  # its instance is started: every call after is warm
+        _, p50, p99, errors = self.wrk.run(url, 1, max(self.args.seconds / 2, 1))
+        warm = Result("function (warm), 1 worker", 0.0, p50, p99, 0.0, 0.0, errors)
+        print(f"  {'function, 1 worker':<32} cold start {statistics.median(cold):.1f} ms "
+              f"({', '.join(f'{c:.0f}' for c in cold)})   warm p50/p99 @1: {p50:.2f}/{p99:.2f} ms"
+              + (f"   ERRORS {errors}" if errors else ""), flush=True)
+        return statistics.median(cold), warm
+
     def stop(self, child: procs.Child) -> None:
         child.stop()
         self.children.remove(child)
@@ -421,8 +452,9 @@ class Bench:
                 self.stop(c)
 
         tls_port = procs.free_port()
-        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port)
+        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port, functions=True)
         worker_pids = children_of(gw.pid)
+        cold, warm = self.functions(url.removesuffix(PATH))
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
         h1 = h2 = None
         h2_errors = 0
@@ -490,14 +522,15 @@ class Bench:
         if h1 and h2:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
-        errors = sum(r.errors for r in results.values()) + h2_errors
+        errors = sum(r.errors for r in results.values()) + h2_errors + warm.errors
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}"
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
-              + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else ""), flush=True)
+              + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
+              + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f}", flush=True)
         return 0
 
     def close(self) -> None:

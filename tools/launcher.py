@@ -51,6 +51,7 @@ class Instance:
     error_rate: float = 0.0
     sidecar: Sidecar | None = None
     pod: pods.Pod | None = None  # isolation: pod, its namespace (host is then its own loopback)
+    function: str | None = None  # app "function": the function it serves
 
 
 APP_PORT = 8000  # where an app listens inside its pod (each pod has its own loopback)
@@ -84,7 +85,8 @@ def plan_instances(config: MeshConfig, in_pods: bool = False) -> list[Instance]:
                 for i, ep in enumerate(version.endpoints, 1):
                     if ep.address.startswith("127."):
                         out.append(Instance(f"{sname}-{vname}-{i}", launch.app, sname, vname,
-                                            ep.address, ep.port, launch.latency, launch.error_rate))
+                                            ep.address, ep.port, launch.latency, launch.error_rate,
+                                            function=launch.function))
                 continue
             for i in range(launch.instances):
                 host = str(address)
@@ -94,11 +96,17 @@ def plan_instances(config: MeshConfig, in_pods: bool = False) -> list[Instance]:
                 out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, app_host,
                                     app_port, launch.latency, launch.error_rate,
                                     Sidecar(host, sc.inbound.port, sc.outbound.port, sc.admin.port,
-                                            zone, launch.weight)))
+                                            zone, launch.weight), launch.function))
     return out
 
 
-def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[str]:
+def service_argv(inst: Instance, config: MeshConfig, gateway_url: str, config_path: Path | None = None) -> list[str]:
+    if inst.function is not None:  # a function as a mesh service; its calls go out through its sidecar
+        argv = procs.python("-m", "mesh.cli", "function", inst.function, "--config", str(config_path),
+                            "--host", inst.host, "--port", str(inst.port))
+        # in a pod its calls are captured by nftables, as any app's; on loopback they name the proxy
+        outbound = inst.sidecar is not None and inst.pod is None
+        return argv + (["--proxy", f"{inst.sidecar.address}:{inst.sidecar.outbound}"] if outbound else [])
     argv = procs.python("-m", f"services.{inst.app}", "--host", inst.host, "--port", str(inst.port),
                         "--version", inst.version, "--instance", inst.name)
     if inst.latency:
@@ -358,6 +366,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             if inst.pod is not None:
                 argv = net.app_argv(inst.pod, argv)
             child = procs.spawn(inst.name, argv, log_dir=run_dir, cwd=str(ROOT) if inst.pod else None)
+            child = procs.spawn(inst.name, service_argv(inst, config, gateway_url, path), log_dir=run_dir)
             children.append(child)
             child.ports = [(inst.host, inst.port)]
             apps.append((inst, child))

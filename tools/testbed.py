@@ -438,6 +438,7 @@ def demo_on_free_ports(tmp: Path) -> tuple[Path, dict[int, int]]:
         raise RuntimeError("mesh.yaml's idp-jwt policy changed: update demo_on_free_ports")
     text = text.replace(claims + "  idp-opaque:", claims + "      unknown_kid_refresh: 500ms\n"
                         "  idp-opaque:")
+    text = text.replace(", code: .,", f", code: {launcher.ROOT},")  # the demo functions' folder
     path = tmp / "mesh.yaml"
     path.write_text(text)
     return path, moved

@@ -159,6 +159,7 @@ def _references(src: Source) -> list[Problem]:
     services = data.get("services") if isinstance(data.get("services"), dict) else {}
     policies = data.get("policies") if isinstance(data.get("policies"), dict) else {}
     routes = data.get("routes") if isinstance(data.get("routes"), list) else []
+    functions = data.get("functions") if isinstance(data.get("functions"), dict) else {}
 
     names: dict[str, int] = {}
     for i, route in enumerate(routes):
@@ -187,6 +188,10 @@ def _references(src: Source) -> list[Problem]:
                         if v not in versions:
                             out.append(src.problem(("routes", i, "forward", "weights", v),
                                                    f"unknown version of {svc_name}; expected one of {known} (got {show(v)})"))
+        fn = route.get("function")
+        if isinstance(fn, str) and fn not in functions:
+            known = f"expected one of {', '.join(functions)}" if functions else "no functions are defined"
+            out.append(src.problem(("routes", i, "function"), f"unknown function; {known} (got {show(fn)})"))
         refs = route.get("policies")
         if isinstance(refs, list):
             for j, ref in enumerate(refs):
@@ -203,6 +208,15 @@ def _references(src: Source) -> list[Problem]:
                     kinds.setdefault(kind, ref)
 
     out.extend(_policy_references(src, services, policies, routes))
+    for sname, svc in services.items():  # services.X.versions.Y.launch.function: a known function
+        versions = svc.get("versions") if isinstance(svc, dict) else None
+        for vname, version in versions.items() if isinstance(versions, dict) else ():
+            launch = version.get("launch") if isinstance(version, dict) else None
+            fn = launch.get("function") if isinstance(launch, dict) else None
+            if isinstance(fn, str) and fn not in functions:
+                known = f"expected one of {', '.join(functions)}" if functions else "no functions are defined"
+                out.append(src.problem(("services", sname, "versions", vname, "launch", "function"),
+                                       f"unknown function; {known} (got {show(fn)})"))
     for sname, svc in services.items():  # services.X.policies: known names
         refs = svc.get("policies") if isinstance(svc, dict) else None
         for j, ref in enumerate(refs if isinstance(refs, list) else ()):

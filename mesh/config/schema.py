@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from mesh.config import template
+from mesh.config.functions import Function
 from mesh.config.http import Http
 from mesh.config.source import show
 from mesh.config.security import (
@@ -120,9 +121,11 @@ class Endpoint(Model):
 
 
 class Launch(Model):
-    """What `mitmesh up` starts for this cluster: a demo app from services/."""
+    """What `mitmesh up` starts for this cluster: a demo app from services/, or a function."""
 
-    app: Literal["users", "catalog", "orders", "payments", "auth", "echo"]
+    app: Literal["users", "catalog", "orders", "payments", "auth", "echo", "function"]
+    function: Name | None = Field(None, description="with app: function, the function (`functions`) "
+                                                    "served as this service (`mitmesh function`)")
     instances: Annotated[int, Field(ge=1, le=32)] = Field(
         1, description="without static endpoints: instances to start, each with its sidecar and found "
                        "by discovery (default 1); with static endpoints, one app listens on each, bare"
@@ -137,6 +140,13 @@ class Launch(Model):
     error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.0, description="share of requests answered 500 (default 0)"
     )
+
+    @model_validator(mode="after")
+    def _function_app(self) -> Launch:
+        if (self.app == "function") != (self.function is not None):
+            raise ValueError(f"function: expected together with app: function (got app {self.app}, "
+                             f"function {self.function})")
+        return self
 
 
 class Version(Model):
@@ -441,18 +451,19 @@ class Redirect(Model):
 
 
 class Route(Model):
-    """A match and exactly one action: forward, direct or redirect. First match wins."""
+    """A match and exactly one action: forward, direct, redirect or function. First match wins."""
 
     name: Name
     match: Match = Match()
     forward: Forward | None = None
     direct: Direct | None = None
     redirect: Redirect | None = None
+    function: Name | None = Field(None, description="name of a function (`functions`) that answers the request")
     policies: list[Name] = Field(default_factory=list, description="names of policy blocks")
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
-        _one_of(self, ("forward", "direct", "redirect"))
+        _one_of(self, ("forward", "direct", "redirect", "function"))
         if self.forward and self.forward.rewrite and self.forward.rewrite.prefix is not None:
             path = self.match.path
             if path is None or path.prefix is None:
@@ -921,4 +932,6 @@ class MeshConfig(Model):
     services: dict[Name, Service] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     policies: dict[Name, Policy] = Field(default_factory=dict)
+    functions: dict[Name, Function] = Field(default_factory=dict, description="serverless functions "
+                                            "routes target with `function: NAME` (default none)")
     observability: Observability = Observability()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from mesh.config import schema
+from mesh.functions.event import RouteKey, route_key
 from mesh.resilience.settings import RouteResilience, for_route
 
 HeaderGetter = Callable[[str], str | None]
@@ -71,7 +72,15 @@ class RedirectAction:
     location: str
 
 
-Action = ForwardAction | DirectAction | RedirectAction
+@dataclass(frozen=True, slots=True)
+class FunctionAction:
+    """The route is answered by a function (addons/function.py), not by a cluster."""
+
+    function: str
+    route: RouteKey  # the event's routeKey, and the prefix whose rest is pathParameters.proxy
+
+
+Action = ForwardAction | DirectAction | RedirectAction | FunctionAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +306,10 @@ def _compile_action(config: schema.MeshConfig, rc: schema.Route) -> Action:
         return DirectAction(d.status, body, tuple(headers.items()))
     if rc.redirect is not None:
         return RedirectAction(rc.redirect.status, rc.redirect.location)
+    if rc.function is not None:
+        path = rc.match.path
+        return FunctionAction(rc.function, route_key(list(rc.match.methods), path and path.exact,
+                                                     path and path.prefix))
     f = rc.forward
     assert f is not None
     service = config.services[f.service]

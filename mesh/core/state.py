@@ -378,5 +378,7 @@ def _describe(route) -> dict:
         return {"forward": rc.forward.model_dump(exclude_none=True)}
     if rc.direct is not None:
         return {"direct": {"status": rc.direct.status}}
+    if rc.function is not None:
+        return {"function": rc.function}
     assert rc.redirect is not None
     return {"redirect": rc.redirect.model_dump()}

@@ -72,6 +72,15 @@ MIRROR_ERRORS = Counter(
     "mitmesh_mirror_errors_total", "Mirrored requests that got no response (timeout, refused, ...)", ["route"])
 RATELIMIT_STORAGE_OUTAGES = Counter(
     "mitmesh_ratelimit_storage_outages_total", "Times a rate-limit storage (Redis) became unreachable")
+FUNCTION_CALLS = Counter(
+    "mitmesh_function_calls_total", "Function calls, by outcome (ok, error, timeout, crash, full, "
+    "queue_timeout, start_failed)", ["function", "outcome"])
+FUNCTION_COLD_START = Histogram(
+    "mitmesh_function_cold_start_seconds", "Time from starting a function instance to its handler "
+    "being imported and ready", ["function"], buckets=LATENCY_BUCKETS)
+FUNCTION_INSTANCES = Gauge(
+    "mitmesh_function_instances", "Function instance processes running", ["function"],
+    multiprocess_mode="livesum")
 
 # The "counters" of /status, by their name there, and the metric each one sums (over its labels and,
 # under a supervisor, over every worker): /status and /metrics can never disagree.

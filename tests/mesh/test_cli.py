@@ -16,6 +16,7 @@ from mitmproxy.test import tflow
 from tools import bench
 from mesh import cli
 from mesh.runtime import procs
+from tests.conftest import dedent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,6 +111,9 @@ CASES = [
     ("sidecar --service users --app 127.0.0.1:1", 2, "mitmesh sidecar: config mesh.yaml does not exist here"),
     ("sidecar --service users --app nonsense --config demo.yaml", 2,
      "mitmesh sidecar: workload: app: expected host:port such as 127.0.0.1:9101 (got 'nonsense')"),
+    ("function greet --port 1", 2, "mitmesh function: config mesh.yaml does not exist here"),
+    ("function nope --port 1 --config demo.yaml", 2,
+     "mitmesh function: unknown function 'nope' in demo.yaml (expected one of: greet, catalog-view)"),
     ("validate missing.yaml", 2, "missing.yaml: no such file"),
     ("validate bad.yaml", 1, "bad.yaml:2: invalid YAML:"),
     ("certs show --config missing.yaml", 2, "mitmesh certs: config missing.yaml does not exist"),
@@ -139,3 +143,29 @@ def test_canary_set_changes_only_the_weights_and_says_so(folder):
     assert out.returncode == 0, out.stderr
     assert "rollout.yaml: route catalog: catalog v1=90 v2=10 -> v1=75 v2=25" in out.stdout
     assert (folder / "rollout.yaml").read_bytes() == before.replace(b"{v1: 90, v2: 10}", b"{v1: 75, v2: 25}")
+
+
+def test_validate_imports_every_function_handler(tmp_path, capsys):
+    (tmp_path / "fns").mkdir()
+    (tmp_path / "fns" / "good.py").write_text("def handler(event, context):\n    return 1\nvalue = 3\n")
+    (tmp_path / "mesh.yaml").write_text(dedent("""
+        version: 1
+        gateway:
+          listeners: [{name: public, port: 18080}]
+        functions:
+          good: {handler: "good:handler", code: fns}
+          nomodule: {handler: "nothere:handler", code: fns}
+          noattr: {handler: "good:other", code: fns}
+          notcallable: {handler: "good:value", code: fns}
+        """))
+    assert cli.main(["validate", str(tmp_path / "mesh.yaml")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    f = tmp_path / "mesh.yaml"
+    assert lines == [
+        f"{f}:6: functions.nomodule.handler: cannot load the handler: ModuleNotFoundError: No module named "
+        "'nothere' (got 'nothere:handler')",
+        f"{f}:7: functions.noattr.handler: cannot load the handler: AttributeError: module good has no attribute "
+        "other (got 'good:other')",
+        f"{f}:8: functions.notcallable.handler: cannot load the handler: TypeError: good:value is not callable "
+        "(got 'good:value')",
+    ]

@@ -66,7 +66,7 @@ def test_three_mistakes_are_all_reported_with_lines():
 @pytest.mark.parametrize(
     "snippet, expected",
     [
-        ("direct: {status: 200}\n    forward: {service: users}", "expected exactly one of forward, direct, redirect (got forward, direct)"),
+        ("direct: {status: 200}\n    forward: {service: users}", "expected exactly one of forward, direct, redirect, function (got forward, direct)"),
         ("direct: {status: 200}\n    policies: [nope]", "routes[2].policies[0]: unknown policy; no policies are defined (got 'nope')"),
         ("direct: {status: 200}\n    match: {methods: [FETCH]}", "routes[2].match.methods[0]: expected one of 'GET'"),
         ("direct: {status: 200}\n    match: {path: {regex: '('}}", "routes[2].match.path.regex: invalid regular expression"),

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mesh.config",),
     ("discovery",),
     ("mesh.security", "mesh.telemetry"),
-    ("mesh.policies", "mesh.resilience"),
+    ("mesh.policies", "mesh.resilience", "mesh.functions"),
     ("mesh.core",),
     ("mesh.runtime",),  # the process shell the addons use: admin server, reload, sockets, supervisor
     ("addons",),
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 
 # the packages that are pure Python: no proxy, no addons
-MITMPROXY_FREE = ("mesh.config", "mesh.core", "mesh.policies", "mesh.resilience", "mesh.security",
+MITMPROXY_FREE = ("mesh.config", "mesh.functions", "mesh.core", "mesh.policies", "mesh.resilience", "mesh.security",
                   "mesh.telemetry", "discovery")
 
 

@@ -174,11 +174,11 @@ def test_jwt_in_the_path_in_the_decision_log(admin_mesh):
 def record(m, out, *extra: str) -> str:
     """`mitmesh record` of the gateway and the echo sidecar while credentials go through."""
     rec = subprocess.Popen(MITMESH + ["record", "--config", str(m.path), "--admin", m.admin, "--admin",
-                                      m.echo.admin, "--seconds", "2", "-o", str(out), *extra],
+                                      m.echo.admin, "--seconds", "8", "-o", str(out), *extra],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    try:  # the recorder is a new process: under load its start alone can take seconds
         wait_until(lambda: call(m.admin + "/record")[1]["recording"] and call(m.echo.admin + "/record")[1]["recording"],
-                   timeout=5)
+                   timeout=30)
         time.sleep(0.3)
         send_secrets(m)
         output, _ = rec.communicate(timeout=20)

@@ -1,0 +1,1 @@
+"""Serverless functions: AWS Lambda-style Python handlers run in their own processes, on demand."""
