@@ -96,7 +96,7 @@ def plan_instances(config: MeshConfig, in_pods: bool = False) -> list[Instance]:
                 out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, app_host,
                                     app_port, launch.latency, launch.error_rate,
                                     Sidecar(host, sc.inbound.port, sc.outbound.port, sc.admin.port,
-                                            zone, launch.weight), launch.function))
+                                            zone, launch.weight), function=launch.function))
     return out
 
 
@@ -362,11 +362,10 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
                   + (f"; no pods here: {why_not_pods}" if why_not_pods else ""), flush=True)
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
-            argv = service_argv(inst, config, gateway_url)
+            argv = service_argv(inst, config, gateway_url, path)
             if inst.pod is not None:
                 argv = net.app_argv(inst.pod, argv)
             child = procs.spawn(inst.name, argv, log_dir=run_dir, cwd=str(ROOT) if inst.pod else None)
-            child = procs.spawn(inst.name, service_argv(inst, config, gateway_url, path), log_dir=run_dir)
             children.append(child)
             child.ports = [(inst.host, inst.port)]
             apps.append((inst, child))
