@@ -42,3 +42,7 @@ validate FILE="mesh.yaml": setup
 # Install what is missing (system packages, Python >= 3.12, .venv, certificates): see ./dev.
 setup:
     @bash "{{justfile_directory()}}/dev"
+
+# Regenerate the generated docs: docs/reference/config.md from the config schema.
+docs: setup
+    {{venv}}/bin/mitmesh docs config

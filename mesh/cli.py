@@ -1,5 +1,5 @@
 """The `mitmesh` command line: validate, up, gateway, sidecar, function, bench, canary, certs, record, replay, scenario,
-traces."""
+traces, docs."""
 
 from __future__ import annotations
 
@@ -205,6 +205,20 @@ def _scenario(args) -> int:
     return scenario.cli(args)
 
 
+def _docs(args) -> int:
+    from .config import reference
+
+    out = Path(args.output)
+    if args.check:
+        if not out.is_file() or out.read_text() != reference.render():
+            raise CommandError(f"{out} is stale: run `{reference.COMMAND}`", FAILED)
+        print(f"{out} is up to date")
+        return 0
+    changed = reference.write(out)
+    print(f"{'wrote' if changed else 'unchanged:'} {out}")
+    return 0
+
+
 def _bench(args) -> int:
     from tools import bench
 
@@ -344,6 +358,15 @@ def parser() -> argparse.ArgumentParser:
     ks.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP + "; edited in place")
     ks.add_argument("--route", default=None, help="only this route (default: every route splitting the service)")
     ks.set_defaults(func=_canary)
+
+    d = sub.add_parser("docs", help="generated documentation")
+    dsub = d.add_subparsers(dest="docs_command", required=True)
+    dc = dsub.add_parser("config", help="write the config reference (every key of mesh.yaml) from the schema")
+    dc.add_argument("-o", "--output", default="docs/reference/config.md",
+                    help="where to write it (default docs/reference/config.md, in the current folder)")
+    dc.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if the file differs from what the schema gives")
+    dc.set_defaults(func=_docs)
 
     return p
 
