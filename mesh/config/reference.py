@@ -41,8 +41,11 @@ _KINDS = {
     "check_header_name": ("header name", "an HTTP token, case kept"),
     "check_cidr": ("CIDR", "an address or block, e.g. 10.0.0.0/8"),
     "split_hostport": ("endpoint", "host:port, or a mapping"),
-    "check": ("template", "$(headers.NAME), $(query.NAME), $(path.NAME), $(claims.NAME), |default"),
-    "check_value": ("JSON value", "strings are templates"),
+    "template.check": ("template", "$(headers.NAME), $(query.NAME), $(path.NAME), $(claims.NAME), |default"),
+    "template.check_value": ("JSON value", "strings are templates"),
+    "_pattern": ("pattern", "exact, prefix*, *suffix or *"),
+    "_path_pattern": ("path pattern", "exact, /prefix*, *suffix or *"),
+    "_origin": ("origin", "scheme://host[:port], with *. for subdomains, or *"),
     "_http_url": ("URL", "http:// or https://"),
     "_body_path": ("JSON field", "a.b for nested fields"),
     "_check_storage": ("storage", "memory, or redis://host:port/db (rediss://, async+redis://)"),
@@ -215,8 +218,12 @@ def _num(value: Any) -> str:
 def _named_kind(meta: list[Any]) -> tuple[str, str] | None:
     for m in meta:
         func = getattr(m, "func", None)
-        if func is not None and func.__name__ in _KINDS:
-            return _KINDS[func.__name__]
+        if func is None:
+            continue
+        module = func.__module__.rsplit(".", 1)[-1]
+        for key in (f"{module}.{func.__name__}", func.__name__):
+            if key in _KINDS:
+                return _KINDS[key]
     return None
 
 
@@ -260,8 +267,9 @@ def _describe(tp: Any, meta: list[Any]) -> tuple[str, str, type[BaseModel] | Non
 
 
 def _plural(kind: str) -> str:
-    return {"mapping": "mappings", "string": "strings", "integer": "integers", "number": "numbers",
-            "name": "names", "header name": "header names", "duration": "durations"}.get(kind, kind)
+    if " or " in kind or kind.endswith(")"):
+        return kind
+    return kind + ("es" if kind.endswith(("s", "x")) else "s")
 
 
 def _join(parts: list[str]) -> str:
