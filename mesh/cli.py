@@ -210,8 +210,10 @@ def _docs(args) -> int:
 
     out = Path(args.output)
     if args.check:
-        if not out.is_file() or out.read_text() != reference.render():
-            raise CommandError(f"{out} is stale: run `{reference.COMMAND}`", FAILED)
+        if not out.is_file():
+            raise CommandError(f"{out} does not exist: run {reference.COMMAND}", FAILED)
+        if out.read_text() != reference.render():
+            raise CommandError(f"{out} is stale (the schema changed): run {reference.COMMAND}", FAILED)
         print(f"{out} is up to date")
         return 0
     changed = reference.write(out)

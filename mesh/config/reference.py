@@ -28,7 +28,7 @@ from .schema import MeshConfig
 from .source import ConfigError, Problem, format_path, parse
 
 OUTPUT = FsPath("docs") / "reference" / "config.md"
-COMMAND = "mitmesh docs config (or: just docs)"
+COMMAND = "`mitmesh docs config` (or `just docs`)"
 
 # the value types of types.py and friends, named by the function that checks them
 _KINDS = {

@@ -16,9 +16,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 def test_config_reference_is_current():
     path = ROOT / reference.OUTPUT
-    assert path.is_file(), f"{reference.OUTPUT} is missing: run `{reference.COMMAND}`"
+    assert path.is_file(), f"{reference.OUTPUT} does not exist: run {reference.COMMAND}"
     assert path.read_text() == reference.render(), (
-        f"{reference.OUTPUT} is stale (the schema changed): run `{reference.COMMAND}` and commit it")
+        f"{reference.OUTPUT} is stale (the schema changed): run {reference.COMMAND} and commit it")
 
 
 @pytest.mark.parametrize("key, kind, default, allowed", [
@@ -84,7 +84,9 @@ def test_docs_config_command_writes_and_checks(tmp_path, capsys):
     assert main(["docs", "config", "--output", str(out), "--check"]) == 0
     out.write_text(out.read_text().replace("SPIFFE trust domain", "the trust domain"))
     assert main(["docs", "config", "--output", str(out), "--check"]) == 1
-    assert f"{out} is stale: run `mitmesh docs config (or: just docs)`" in capsys.readouterr().err
+    assert f"{out} is stale (the schema changed): run `mitmesh docs config` (or `just docs`)" in capsys.readouterr().err
+    assert main(["docs", "config", "--output", str(tmp_path / "none.md"), "--check"]) == 1
+    assert "none.md does not exist: run `mitmesh docs config`" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
