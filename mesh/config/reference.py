@@ -350,7 +350,8 @@ def check_example(text: str, file: str, first_line: int) -> list[Problem]:
     - A block starting with `version: 1` is a whole mesh.yaml: checked as `mitmesh validate` does.
     - A block whose first line is `# schema: none` is not mesh.yaml (e.g. a Prometheus file): skipped.
     - A block whose first line is `# schema: KEY.PATH` (e.g. `policies.<name>.rate_limit`) is
-      checked against the model at that path of the tree.
+      the whole value of that key, as a mitmdump `--set mesh_rate_limit=…` option is: checked
+      against the model at that path of the tree, required keys included.
     - Any other block is a fragment of mesh.yaml: its keys and values are checked against the
       schema; only the required keys it leaves out are not reported (references between sections,
       such as a route's policy names, are checked in whole configs only).
@@ -387,7 +388,8 @@ def _check(text: str, file: str, first_line: int, head: str, mark: re.Match | No
     try:
         model.model_validate(src.data)
     except ValidationError as e:
-        problems = [_translate(src, err, model) for err in e.errors() if err["type"] != "missing"]
+        whole = mark is not None  # a marked block is the whole value of its key
+        problems = [_translate(src, err, model) for err in e.errors() if whole or err["type"] != "missing"]
     return problems
 
 

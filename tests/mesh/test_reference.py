@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,32 @@ def test_docs_yaml_example_validates(path, line, text):
     assert not problems, "a YAML example of the docs does not match the schema:\n" + "\n".join(map(str, problems))
 
 
+OPTION = re.compile(r"--set (mesh_\w+)='([^']*)'")
+BLOCK_AT = ("policies.<name>.{}", "observability.{}", "gateway.{}")
+
+
+def _options():
+    """`--set mesh_rate_limit='{minute: 60}'` in the docs: a block of mesh.yaml in YAML flow style."""
+    for path in DOCS:
+        for n, line in enumerate(path.read_text().split("\n"), 1):
+            for option, value in OPTION.findall(line):
+                key = option.removeprefix("mesh_")
+                where = next((p.format(key) for p in BLOCK_AT if reference.model_at(p.format(key))), None)
+                if where is not None:  # mesh_config, mesh_workload, ... are not blocks
+                    yield pytest.param(path, n, where, value, id=f"{path.relative_to(ROOT)}:{n}:{option}")
+
+
+def test_docs_have_mitmdump_options():
+    assert sum(1 for _ in _options()) >= 10
+
+
+@pytest.mark.parametrize("path, line, where, value", list(_options()))
+def test_docs_mitmdump_option_validates(path, line, where, value):
+    text = f"# schema: {where}\n{value}\n"
+    problems = reference.check_example(text, str(path.relative_to(ROOT)), line - 1)
+    assert not problems, "a mitmdump option in the docs does not match the schema:\n" + "\n".join(map(str, problems))
+
+
 RESILIENT = """\
 policies:
   resilient:
@@ -135,6 +162,8 @@ policies:
      ["README.md:44: services.catalog.fault....: unknown key (got '...')"]),
     # a block marked with the sub-model it documents
     ("# schema: policies.<name>.rate_limit\nminute: 60\nkey: ip\n", []),
+    ("# schema: policies.<name>.mirror\npercent: 10\n",  # a marked block is whole: required keys count
+     ["README.md:42: service: required key is missing"]),
     ("# schema: policies.<name>.rate_limit\nminute: 60\nkey: nobody\n",
      ["README.md:44: key: expected one of 'consumer', 'ip', 'header', 'claim', 'api_key' (got 'nobody')"]),
     ("# schema: policies.<name>.nothing\nminute: 60\n",
