@@ -84,6 +84,8 @@ def sections(root: type[BaseModel] = MeshConfig) -> list[Section]:
 
 
 def _walk(model: type[BaseModel], path: str, doc: str, out: list[Section]) -> None:
+    if not model.__pydantic_complete__:
+        model.model_rebuild()  # resolve forward references (a field typed by a model defined later)
     section = Section(path, doc)
     out.append(section)
     children: list[tuple[type[BaseModel], str, str]] = []
@@ -360,6 +362,7 @@ def check_example(text: str, file: str, first_line: int) -> list[Problem]:
     mark = SCHEMA_MARK.match(head)
     if mark and mark.group(1) == "none":
         return []
+    sections()  # resolves every forward reference, so unknown keys list what is expected
     # a problem without a line of its own (a missing key) is placed at the block's first line
     return [p if p.line >= first_line else dataclasses.replace(p, line=first_line)
             for p in _check(text, file, first_line, head, mark)]
