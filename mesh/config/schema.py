@@ -275,6 +275,11 @@ class Service(Model):
     versions: Annotated[dict[Name, Version], Field(min_length=1)]
     lb: LoadBalancer = LoadBalancer()
     connect_timeout: Duration = Field(1.0, description="upstream TCP connect timeout (default 1s)")
+    idle_timeout: Duration = Field(
+        4.0, description="a pooled keep-alive connection idle longer than this is closed, not reused; keep "
+                         "it below the service's own keep-alive timeout (5s in Node, uvicorn, Apache) so it "
+                         "never closes a connection as a request arrives; a `Keep-Alive: timeout=N` "
+                         "answer shortens it to N-1s (default 4s)")
     circuit_breaker: CircuitBreaker | None = Field(None, description="per-endpoint breakers (default off)")
     outlier_detection: OutlierDetection | None = Field(
         OutlierDetection(), description="outlier ejection (default on, as Linkerd's failure accrual; null: off)")
@@ -469,7 +474,7 @@ class Timeout(Model):
     per_try: Duration | None = Field(None, description="deadline of one attempt (default: the request deadline)")
 
 
-RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes")
+RETRY_ON = ("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-status-codes")
 
 
 class Backoff(Model):
@@ -483,12 +488,18 @@ class Retries(Model):
     attempts: Annotated[int, Field(ge=1, le=10)] = Field(
         2, description="tries in all, the first included (default 2)")
     retry_on: Annotated[list[Literal[RETRY_ON]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["connect-failure", "reset"],
-        description="which outcomes are retried (default connect-failure, reset)")
+        default_factory=lambda: ["connect-failure", "reset", "reset-before-request"],
+        description="which outcomes are retried (default connect-failure, reset, reset-before-request). "
+                    "reset-before-request: a connection reset before a byte of the request was written, "
+                    "retried whatever the method, as nothing can have run twice")
     retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=list, description="statuses retried with retriable-status-codes")
     backoff: Backoff = Backoff()
     non_idempotent: bool = Field(False, description="also retry POST and PATCH (default false)")
+    retry_stale_connection: Literal["idempotent", "never"] = Field(
+        "idempotent", description="a reused keep-alive connection that ends before any response byte: "
+                                  "send an idempotent request once more on a new connection (idempotent, Go's "
+                                  "rule), or never; counted as an attempt either way (default idempotent)")
 
     @model_validator(mode="after")
     def _codes_need_the_kind(self) -> Retries:
