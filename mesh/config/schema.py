@@ -31,6 +31,7 @@ from mesh.config.types import (
     METHODS,
     Address,
     Duration,
+    HeaderName,
     HeaderToken,
     Model,
     Name,
@@ -552,6 +553,28 @@ def _check_storage(value: str) -> str:
     return value
 
 
+class Idempotency(Model):
+    """Idempotency-Key at the proxy (IETF draft-ietf-httpapi-idempotency-key-header, Stripe's keys):
+    the first request with a key is forwarded and its answer kept; a duplicate in flight gets 409,
+    a later one the kept answer (marked `Idempotent-Replayed: true`), the same key with another
+    request 422."""
+
+    header: HeaderName = Field(
+        "Idempotency-Key", description="the request header carrying the key (default Idempotency-Key)")
+    ttl: Annotated[Duration, Field(gt=0)] = Field(
+        86400.0, description="how long an answer is kept and replayed for its key (default 24h)")
+    lock: Annotated[Duration, Field(gt=0)] = Field(
+        60.0, description="how long a key stays in flight if its proxy dies before the answer; a duplicate "
+                          "meanwhile gets 409 (default 60s)")
+    storage: Annotated[str, AfterValidator(_check_storage)] = Field(
+        "memory", description="memory (default: per worker) or redis://host:port/db (one record per key for "
+                              "every worker and gateway using it)")
+    methods: Annotated[list[Literal[METHODS]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["POST", "PATCH"],
+        description="methods the policy applies to; others pass untouched (default POST, PATCH)")
+    required: bool = Field(False, description="a request of those methods without a key gets 400 (default false)")
+
+
 class RateLimit(Model):
     """Requests allowed per key in one or more windows; over any of them the answer is a 429."""
 
@@ -814,6 +837,8 @@ class Policy(Model):
     versioning: Versioning | None = Field(None, description="API version → cluster, deprecation headers")
     transform: Transform | None = Field(None, description="change headers, query, path and JSON bodies")
     mirror: Mirror | None = Field(None, description="copy requests to another cluster and compare")
+    idempotency: Idempotency | None = Field(
+        None, description="Idempotency-Key: one run per key, duplicates answered by the proxy")
 
 
 # ---------------------------------------------------------------------------------------------
