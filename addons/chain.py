@@ -68,7 +68,7 @@ def gateway(state: MeshState | None = None) -> list:
         Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
         Authz(),           # may they: deny and allow rules on peer identity, request and claims
         ratelimit,         # after authentication: keyed by the verified consumer; counts complete requests
-        Idempotency(),     # once admitted (a refused request takes no key), before anything changes it: duplicates end here
+        Idempotency(),     # admitted requests only (a refused one takes no key), before they change; duplicates end here
         Canary(),          # sticky split after authentication too (the key may be a verified claim)
         Transform(),       # request side once the request is admitted; response side before it leaves
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream

@@ -95,7 +95,8 @@ class Forward:
         st.attempts, st.endpoint = out.attempts, out.endpoint
         st.sent = out.sent
         if out.failure in ("no_healthy_upstream", "circuit_open"):
-            return self._unavailable(flow, st, cname, out.error, open_circuit=out.failure == "circuit_open", logged=True)
+            return self._unavailable(flow, st, cname, out.error, open_circuit=out.failure == "circuit_open",
+                                     logged=True)
         flow.metadata[keys.ATTEMPTS] = st.attempts
         if out.response is not None:
             resp = out.response

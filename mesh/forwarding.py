@@ -156,7 +156,8 @@ async def forward(plan: RouteResilience, cluster: Cluster, guards: Guards, send:
             break
         if not _spend(out, guards, decide, cname):
             break
-        outcome = f"status {resp.status}" if resp is not None else kind if sent else f"{kind} before the request was sent"
+        outcome = (f"status {resp.status}" if resp is not None else kind if sent
+                   else f"{kind} before the request was sent")
         decide("retry", f"attempt {out.attempts} got {outcome}; retrying after {wait * 1000:.0f} ms "
                         f"on another endpoint ({len(out.tried) + 1} of {attempts})")
         await asyncio.sleep(wait)
@@ -257,7 +258,8 @@ async def _faulted(endpoint: Endpoint, attempt: Attempt, fault: Fault, send: Sen
         wait = len(resp.body) / fault.drip
         if wait >= timeout:
             await asyncio.sleep(timeout)
-            raise upstream.Timeout(f"body not complete within {timeout:g}s (injected drip {fault.drip:g} B/s)").on(True, False)
+            raise upstream.Timeout(f"body not complete within {timeout:g}s "
+                                   f"(injected drip {fault.drip:g} B/s)").on(True, False)
         await asyncio.sleep(wait)
     return resp
 

@@ -70,7 +70,8 @@ class Orders:
                          headers={"content-type": "application/json", "idempotency-key": key})
             r = conn.getresponse()
             body = json.loads(r.read() or b"null")
-            self.samples.append(Sample(start, time.time(), r.status, None, "", body if isinstance(body, dict) else None))
+            body = body if isinstance(body, dict) else None
+            self.samples.append(Sample(start, time.time(), r.status, None, "", body))
             return r.status, conn
         except (OSError, http.client.HTTPException, ValueError) as e:
             self.samples.append(Sample(start, time.time(), 0, None, repr(e)))
@@ -157,9 +158,9 @@ def run(r: Run) -> Report:
     report.figure("charges each payments app made", ", ".join(f"{k} {by_instance[k]}" for k in ledgers))
     report.figure("orders by charges made", ", ".join(f"{n}× {c}" for n, c in sorted(counts.items())))
     report.check("payments crashed right after a charge", len(dead) == 2, ", ".join(dead) or "none")
+    twice = sum(v for k, v in counts.items() if k > 1)
     report.check("every order charged exactly once", orders and counts == {1: len(orders)},
-                 f"{counts.get(1, 0)} of {len(orders)} once; twice or more {sum(v for k, v in counts.items() if k > 1)}; "
-                 f"never {counts.get(0, 0)}")
+                 f"{counts.get(1, 0)} of {len(orders)} once; twice or more {twice}; never {counts.get(0, 0)}")
     report.check("every client gets an answer", unanswered == 0 and load.samples,
                  f"{len(load.samples) - unanswered} of {len(load.samples)} answered")
     return report
