@@ -13,7 +13,7 @@ import time
 from mitmproxy import http
 
 from mesh import forwarding
-from mesh.core import upstream
+from mesh.core import health, upstream
 from mesh.core.cluster import Endpoint, HashKey
 from mesh.core.routing import ForwardAction
 from mesh.core.state import MeshState
@@ -90,7 +90,7 @@ class Forward:
             return await self._send(flow, st, cluster, endpoint, attempt, target, headers, body)
 
         call = forwarding.Call(req.method, hash_key(flow, cluster.hash_on) if cluster.hash_on else None,
-                               header_fault, st.decide, self.state.refresh)
+                               header_fault, st.decide, self._eject)
         out = await forwarding.forward(res, cluster, self.state.guards_for(cluster), send, call)
         st.attempts, st.endpoint = out.attempts, out.endpoint
         st.sent = out.sent
@@ -115,6 +115,11 @@ class Forward:
             st.decide("forward", f"answered {_STATUS[kind]}: {cname} endpoint {st.endpoint}: {out.error}")
         replies.reply(flow, _STATUS[kind], _ERROR[kind], reason,
                       headers={ATTEMPTS_HEADER: str(st.attempts)})
+
+    def _eject(self, endpoint: Endpoint, why: str) -> None:
+        """Passive ejection (liveness): a refused endpoint leaves the rotation at once."""
+        if health.eject(endpoint, why):
+            self.state.refresh()
 
     async def _send(self, flow, st, cluster, endpoint, attempt: forwarding.Attempt, target, headers,
                     body) -> upstream.Response:

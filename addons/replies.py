@@ -6,6 +6,7 @@ import json
 import time
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from mesh.core import modes
 
@@ -71,6 +72,7 @@ def kept(flow: http.HTTPFlow, status: int, headers: tuple[tuple[bytes, bytes], .
     fields = [*headers, marker, (b"content-length", str(len(body)).encode())]
     if st is not None and st.request_id:
         fields.append((b"x-request-id", st.request_id.encode()))
-    flow.response = http.Response(b"HTTP/1.1", status, b"", http.Headers(fields), body, None,
+    reason = status_codes.RESPONSES.get(status, "").encode()
+    flow.response = http.Response(b"HTTP/1.1", status, reason, http.Headers(fields), body, None,
                                   time.time(), time.time())
     _show_downstream(flow)

@@ -9,17 +9,34 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import pybreaker
 
-from . import health, metrics, upstream
-from .cluster import Cluster, Endpoint
+from . import metrics
+from .attempt import Reset, Response, Stale, Timeout, UpstreamError
 from .faults import ABORT_BODY, NONE, Fault, describe
 from .resilience import Guards, RouteResilience
 from .retry import IDEMPOTENT, retry_after
 
 MAX_REFUSED = 3  # endpoints tried when each refuses the connection, before answering 503
+
+
+class Endpoint(Protocol):
+    """What the engine uses of an endpoint (mesh/cluster.Endpoint)."""
+
+    key: tuple[str, int]
+    active: int  # requests in flight, for least_request
+
+
+class Cluster(Protocol):
+    """What the engine uses of a cluster (mesh/cluster.Cluster)."""
+
+    name: str
+    policy: str
+    endpoints: list
+
+    def pick(self, exclude: tuple = (), key: str | None = None, usable=None) -> Endpoint | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,27 +49,28 @@ class Attempt:
     fresh: bool = False
 
 
-Send = Callable[[Endpoint, Attempt], Awaitable[upstream.Response]]
+Send = Callable[[Endpoint, Attempt], Awaitable[Response]]
 
 
 def _ignore(_who: str, _what: str) -> None:
     pass
 
 
-def _nothing() -> None:
+def _keep(_endpoint: Endpoint, _why: str) -> None:
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     """What is particular to one request: its method, its consistent-hash key, a fault it asked for
-    (the fault header), where decisions are written, and who hears of a passive ejection."""
+    (the fault header), where decisions are written, and how an endpoint that refused the
+    connection leaves the rotation (passive ejection: the proxy's health records)."""
 
     method: str = "GET"
     key: str | None = None
     fault: Fault = NONE
     decide: Callable[[str, str], None] = _ignore
-    ejected: Callable[[], None] = _nothing  # an endpoint's health changed: clusters recompute candidates
+    eject: Callable[[Endpoint, str], None] = _keep
 
 
 @dataclass(slots=True)
@@ -60,7 +78,7 @@ class Outcome:
     """How it ended: the last response, or the failure (`connect_failure`, `reset`, `protocol_error`,
     `timeout`, `per_try_timeout`, `no_healthy_upstream`, `circuit_open`) and why."""
 
-    response: upstream.Response | None = None
+    response: Response | None = None
     failure: str | None = None
     error: str = ""
     attempts: int = 0
@@ -74,7 +92,7 @@ class Outcome:
 class _Failed(Exception):
     """A 5xx answer: counted as a failure by the endpoint's breaker."""
 
-    def __init__(self, resp: upstream.Response):
+    def __init__(self, resp: Response):
         self.resp = resp
 
 
@@ -121,8 +139,7 @@ async def forward(plan: RouteResilience, cluster: Cluster, guards: Guards, send:
         if kind == "connect_failure":
             # passive ejection (liveness): a refused endpoint leaves the rotation at once; the
             # request was never sent, so another endpoint may take it whatever the retry policy
-            if health.eject(endpoint, f"{kind}: {error}"):
-                call.ejected()
+            call.eject(endpoint, f"{kind}: {error}")
             refused.append(endpoint)
             if len(refused) < MAX_REFUSED and time.monotonic() < deadline and (
                     policy is None or not policy.allows_method(call.method) or len(out.tried) >= attempts
@@ -196,11 +213,11 @@ def _fault(plan: RouteResilience, guards: Guards, asked: Fault) -> Fault:
 
 
 async def _attempt(cluster: Cluster, guards: Guards, endpoint: Endpoint, attempt: Attempt, fault: Fault,
-                   send: Send, decide) -> tuple[upstream.Response | None, str | None, str, bool, bool]:
+                   send: Send, decide) -> tuple[Response | None, str | None, str, bool, bool]:
     """One try: (response, None, "", sent, False) or (None, failure kind, why, sent, stale). Feeds the
     breaker, the outlier detector and the failure metrics."""
     cname = cluster.name
-    resp: upstream.Response | None = None
+    resp: Response | None = None
     kind: str | None = None
     error = ""
     sent = stale = False
@@ -215,9 +232,9 @@ async def _attempt(cluster: Cluster, guards: Guards, endpoint: Endpoint, attempt
         pass
     except pybreaker.CircuitBreakerError as e:  # opened by a concurrent request meanwhile
         kind, resp, error = "connect_failure", None, f"circuit breaker open ({e})"
-    except upstream.UpstreamError as e:
+    except UpstreamError as e:
         kind, resp, error, sent = e.kind, None, str(e), e.sent
-        stale = isinstance(e, upstream.Stale)
+        stale = isinstance(e, Stale)
         metrics.UPSTREAM_FAILURES.labels(cname, e.kind).inc()
     finally:
         endpoint.active -= 1
@@ -236,7 +253,7 @@ async def _attempt(cluster: Cluster, guards: Guards, endpoint: Endpoint, attempt
     return resp, kind, error, sent, stale
 
 
-async def _faulted(endpoint: Endpoint, attempt: Attempt, fault: Fault, send: Send, decide) -> upstream.Response:
+async def _faulted(endpoint: Endpoint, attempt: Attempt, fault: Fault, send: Send, decide) -> Response:
     """`send`, with the attempt's injected fault acting on it as a broken upstream would."""
     if not fault:
         return await send(endpoint, attempt)
@@ -245,26 +262,26 @@ async def _faulted(endpoint: Endpoint, attempt: Attempt, fault: Fault, send: Sen
     if fault.delay:
         if fault.delay >= timeout:
             await asyncio.sleep(timeout)
-            raise upstream.Timeout(f"no response within {timeout:g}s (injected delay {fault.delay:g}s)")
+            raise Timeout(f"no response within {timeout:g}s (injected delay {fault.delay:g}s)")
         await asyncio.sleep(fault.delay)
         timeout -= fault.delay
     if fault.abort is not None:
-        return upstream.Response(fault.abort, b"Injected Fault", [(b"content-type", b"text/plain"),
+        return Response(fault.abort, b"Injected Fault", [(b"content-type", b"text/plain"),
                                  (b"content-length", str(len(ABORT_BODY)).encode())], ABORT_BODY)
     resp = await send(endpoint, Attempt(attempt.number, timeout, attempt.fresh))
     if fault.reset_after is not None and len(resp.body) > fault.reset_after:
-        raise upstream.Reset(f"connection reset after {fault.reset_after} body bytes (injected)").on(True, False)
+        raise Reset(f"connection reset after {fault.reset_after} body bytes (injected)").on(True, False)
     if fault.drip:
         wait = len(resp.body) / fault.drip
         if wait >= timeout:
             await asyncio.sleep(timeout)
-            raise upstream.Timeout(f"body not complete within {timeout:g}s "
+            raise Timeout(f"body not complete within {timeout:g}s "
                                    f"(injected drip {fault.drip:g} B/s)").on(True, False)
         await asyncio.sleep(wait)
     return resp
 
 
-def _header(resp: upstream.Response, name: bytes) -> str | None:
+def _header(resp: Response, name: bytes) -> str | None:
     for n, v in resp.headers:
         if n.lower() == name:
             return v.decode("latin-1")

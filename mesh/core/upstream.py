@@ -14,6 +14,9 @@ import ssl as _ssl
 import time
 from dataclasses import dataclass, field
 
+# what an attempt ends in is the forwarding engine's vocabulary; the pool speaks it
+from mesh.resilience.attempt import (ConnectFailure, ProtocolError, Reset, Response, Stale,  # noqa: F401
+                                     Timeout, UpstreamError)
 from mesh.security import mtls
 from mesh.core import podnet
 
@@ -22,52 +25,6 @@ HOP_BY_HOP = frozenset(
      b"trailer", b"upgrade"}
 )
 MAX_HEAD = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """An attempt that produced no usable response. `kind` names it in Envoy's terms; `sent` says
-    whether any byte of the request was written to a connection (a retry of a request never sent
-    cannot run it twice), `reused` whether that connection came from the pool."""
-
-    kind = "error"
-    sent = False
-    reused = False
-
-    def on(self, sent: bool, reused: bool) -> UpstreamError:
-        self.sent, self.reused = sent, reused
-        return self
-
-
-class ConnectFailure(UpstreamError):
-    kind = "connect_failure"
-
-
-class Reset(UpstreamError):
-    kind = "reset"
-
-
-class Timeout(UpstreamError):
-    kind = "timeout"
-
-
-class ProtocolError(UpstreamError):
-    kind = "protocol_error"
-
-
-class Stale(Reset):
-    """A reused keep-alive connection ended before any response byte: the upstream may have closed
-    it as the request arrived (never read it) or read it, acted and reset (Go's errServerClosedIdle
-    case). Only the forwarding engine decides whether to send again, as a counted attempt."""
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    http_version: bytes = b"HTTP/1.1"
-    keep_alive: bytes | None = None  # the upstream's Keep-Alive header (timeout=N: how long it keeps idle connections)
 
 
 @dataclass(slots=True)

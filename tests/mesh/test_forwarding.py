@@ -102,8 +102,8 @@ async def test_each_retry_on_condition(on, codes, first, retried):
 async def test_connect_failure_tries_another_endpoint_whatever_the_policy_and_ejects():
     ups = Upstreams([fail(upstream.ConnectFailure, sent=False)], [ok()])
     ejected = []
-    out, log = await run(ups, plan(), method="POST", ejected=lambda: ejected.append(1))
-    assert out.response.status == 200 and out.attempts == 2 and not ups.endpoints[0].healthy and ejected
+    out, log = await run(ups, plan(), method="POST", eject=lambda ep, why: ejected.append((ep, why)))
+    assert out.response.status == 200 and out.attempts == 2 and ejected == [(ups.endpoints[0], "connect_failure: test")]
     assert any("refused the connection; ejected it" in what for _, what in log)
 
 
