@@ -30,8 +30,8 @@ def build(ident) -> web.Application:
                 ledger.write(f"{payment} {key or '-'} {amount}\n")
         if ident.knobs.crash_after_charge:
             os._exit(70)  # a crash right after the charge: no answer, the connection resets
-        return web.json_response({**ident.describe(request), "payment_id": payment, "idempotency_key": key,
-                                  "amount": amount, "status": "charged"})
+        return web.json_response({**ident.describe(request), "payment_id": payment, "amount": amount,
+                                  "status": "charged"})
 
     async def anything(request: web.Request):
         await request.read()
