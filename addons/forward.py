@@ -1,6 +1,7 @@
-"""Forward: the adapter between a routed flow and the forwarding engine (mesh/forwarding.py, which
-decides attempts, retries, breakers, ejection and faults): it sends each attempt through the shared
-upstream pool in a client span and turns the outcome into the flow's response.
+"""Forward: the adapter between a routed flow and the forwarding engine
+(mesh/resilience/forwarding.py, which decides attempts, retries, breakers, ejection and faults): it
+sends each attempt through the shared upstream pool in a client span and turns the outcome into
+the flow's response.
 
 It always answers the flow itself (never lets mitmproxy connect), so every failure is a JSON
 502/503/504 and every attempt is recorded in the decision log.
@@ -12,11 +13,11 @@ import time
 
 from mitmproxy import http
 
-from mesh import forwarding
 from mesh.core import health, upstream
 from mesh.core.cluster import Endpoint, HashKey
 from mesh.core.routing import ForwardAction
 from mesh.core.state import MeshState
+from mesh.resilience import forwarding
 from mesh.security.mtls import NoMtls
 from mesh.telemetry import metrics
 

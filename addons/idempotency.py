@@ -1,6 +1,6 @@
 """Idempotency: a request with an Idempotency-Key runs once; a duplicate in flight gets 409, a later
 one the first answer again (`Idempotent-Replayed: true`), the same key on another request 422, and a
-request without a key 400 where the route's policy requires one (mesh/idempotency.py decides).
+request without a key 400 where the route's policy requires one (mesh/policies/idempotency.py decides).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 
 from mitmproxy import http
 
-from mesh import idempotency
-from mesh.upstream import HOP_BY_HOP
+from mesh.core.upstream import HOP_BY_HOP
+from mesh.policies import idempotency
 
 from . import keys, replies
 from .forward import ATTEMPTS_HEADER

@@ -22,8 +22,8 @@ import sys
 import threading
 import time
 
-from mesh.scenario import Report, Run, main
-from mesh.testbed import Sample
+from tools.scenario import Report, Run, main
+from tools.testbed import Sample
 
 from . import _mesh
 

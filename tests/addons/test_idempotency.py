@@ -127,7 +127,7 @@ async def test_without_required_a_request_without_a_key_just_passes(gateway, ups
 
 
 async def test_a_key_is_freed_when_nothing_was_sent(gateway, upstream_app):
-    from mesh import procs
+    from mesh.runtime import procs
 
     closed = procs.free_port()  # nobody listens: every attempt is a connect failure, nothing sent
     async with gateway(config([closed])) as gw:
@@ -185,7 +185,7 @@ async def test_redis_shares_the_records_between_gateways(gateway, upstream_app, 
 
 
 async def test_an_unreachable_redis_refuses_with_503(gateway, upstream_app):
-    from mesh import procs
+    from mesh.runtime import procs
 
     up = Charges()
     port = await upstream_app("pay", handler=up.handle)

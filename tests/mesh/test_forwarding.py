@@ -7,14 +7,14 @@ import asyncio
 
 import pytest
 
-from mesh import upstream
-from mesh.breaker import BreakerPolicy, Breakers
-from mesh.cluster import Cluster, Endpoint
-from mesh.faults import Fault
-from mesh.forwarding import Attempt, Call, forward
-from mesh.outlier import OutlierDetector, OutlierPolicy
-from mesh.resilience import Guards, RouteResilience
-from mesh.retry import RetryBudget, RetryPolicy
+from mesh.core import upstream
+from mesh.core.cluster import Cluster, Endpoint
+from mesh.resilience.breaker import BreakerPolicy, Breakers
+from mesh.resilience.faults import Fault
+from mesh.resilience.forwarding import Attempt, Call, forward
+from mesh.resilience.outlier import OutlierDetector, OutlierPolicy
+from mesh.resilience.retry import RetryBudget, RetryPolicy
+from mesh.resilience.settings import Guards, RouteResilience
 
 ON = ("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-status-codes")
 

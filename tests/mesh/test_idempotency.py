@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mesh import idempotency as idem
-from mesh.idempotency import Answer, MemoryStore, Record, RedisStore, judge
+from mesh.policies import idempotency as idem
+from mesh.policies.idempotency import Answer, MemoryStore, Record, RedisStore, judge
 
 ANSWER = Answer(201, ((b"x-charge", b"1"),), b'{"ok": true}')
 

@@ -1,6 +1,6 @@
 """What one upstream attempt ends in, in the forwarding engine's terms: a response, or a failure of
-an Envoy kind that says whether any byte of the request was sent. The pool (mesh/upstream.py)
-raises these; the engine (mesh/forwarding.py) decides on them."""
+an Envoy kind that says whether any byte of the request was sent. The pool (mesh/core/upstream.py)
+raises these; the engine (mesh/resilience/forwarding.py) decides on them."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import schema
+from mesh.config import schema
 
 REPLAYED = "idempotent-replayed"  # Stripe's header on a kept answer sent again
 MAX_KEY = 255  # longer keys are refused: they are identifiers, not payloads

@@ -13,24 +13,24 @@ from typing import Awaitable, Callable, Protocol
 
 import pybreaker
 
-from . import metrics
-from .attempt import Reset, Response, Stale, Timeout, UpstreamError
-from .faults import ABORT_BODY, NONE, Fault, describe
-from .resilience import Guards, RouteResilience
-from .retry import IDEMPOTENT, retry_after
+from mesh.resilience.attempt import Reset, Response, Stale, Timeout, UpstreamError
+from mesh.resilience.faults import ABORT_BODY, NONE, Fault, describe
+from mesh.resilience.retry import IDEMPOTENT, retry_after
+from mesh.resilience.settings import Guards, RouteResilience
+from mesh.telemetry import metrics
 
 MAX_REFUSED = 3  # endpoints tried when each refuses the connection, before answering 503
 
 
 class Endpoint(Protocol):
-    """What the engine uses of an endpoint (mesh/cluster.Endpoint)."""
+    """What the engine uses of an endpoint (mesh/core/cluster.Endpoint)."""
 
     key: tuple[str, int]
     active: int  # requests in flight, for least_request
 
 
 class Cluster(Protocol):
-    """What the engine uses of a cluster (mesh/cluster.Cluster)."""
+    """What the engine uses of a cluster (mesh/core/cluster.Cluster)."""
 
     name: str
     policy: str
