@@ -76,11 +76,11 @@ async def test_a_duplicate_gets_the_kept_answer_replayed(gateway, upstream_app):
 
 
 async def test_a_duplicate_in_flight_gets_409(gateway, upstream_app):
-    up = Charges(delay=0.5)
+    up = Charges(delay=1.5)  # long enough for the duplicate to arrive meanwhile on a loaded machine
     port = await upstream_app("pay", handler=up.handle)
     async with gateway(config([port])) as gw:
         first = asyncio.create_task(post(gw))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
         during = await post(gw)
         first = await first
         after = await post(gw)
@@ -166,12 +166,12 @@ async def test_retries_keep_the_key(gateway, upstream_app):
 
 
 async def test_redis_shares_the_records_between_gateways(gateway, upstream_app, redis_server):
-    up = Charges(delay=0.4)
+    up = Charges(delay=1.5)
     port = await upstream_app("pay", handler=up.handle)
     policy = f"{{storage: '{redis_server.url}'}}"
     async with gateway(config([port], policy)) as one, gateway(config([port], policy)) as other:
         first = asyncio.create_task(post(one))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
         during = await post(other)  # another gateway, the same Redis: the key is in flight there too
         first = await first
         after = await post(other)
