@@ -17,6 +17,7 @@ from .decisions import Decisions
 from .forward import Forward
 from .forwarded import Forwarded
 from .function import Function
+from .idempotency import Idempotency
 from .health import Health
 from .httpguard import HttpGuard
 from .inbound import Inbound
@@ -68,6 +69,7 @@ def gateway(state: MeshState | None = None) -> list:
         Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
         Authz(),           # may they: deny and allow rules on peer identity, request and claims
         ratelimit,         # after authentication: keyed by the verified consumer; counts complete requests
+        Idempotency(),     # admitted requests only (a refused one takes no key), before they change; duplicates end here
         Canary(),          # sticky split after authentication too (the key may be a verified claim)
         Transform(),       # request side once the request is admitted; response side before it leaves
         Forwarded(),       # X-Forwarded-* once we know the request goes upstream
@@ -103,6 +105,7 @@ def sidecar(state: MeshState | None = None) -> list:
         Inbound(),         # inbound policy: the local app is the only destination
         Authz(),           # inbound only: the service's authz policy on the verified mTLS peer (403)
         Outbound(state),   # outbound policy: the host (in a pod: the virtual address) names a service
+        Idempotency(),     # outbound only (a caller-side policy): duplicates end here, before any attempt
         Forwarded(),       # X-Forwarded-For on inbound; nothing on outbound
         Forward(state, tracing),  # the attempts (a client span each), through the shared keep-alive pool
         # response side: observe the finished flow

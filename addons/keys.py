@@ -50,7 +50,7 @@ class FlowState:
                  "direction", "span", "trace_id", "peer", "error",
                  # traffic policies (versioning, rate limits, canary, transform, mirror)
                  "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
-                 "mirror", "fault")
+                 "mirror", "fault", "sent", "idempotency")
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None,
                  downstream_path: str = "/"):
@@ -93,6 +93,10 @@ class FlowState:
         self.transform_values: dict | None = None  # what transform templates read, as the request came
         self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
         self.fault = None  # written by Faults (plain mitmproxy only): what it injected into this flow
+        # written by Forward: a byte of the request reached an upstream (it may have acted on it);
+        # Idempotency keeps a key whose request may have run, and frees one that surely did not
+        self.sent = False
+        self.idempotency = None  # written by Idempotency: the key this flow holds in flight (addons/idempotency.Held)
 
     def destination(self) -> tuple[str, str]:
         """(service, version) the request was for: its cluster's (a sidecar's `local` cluster is its

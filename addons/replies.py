@@ -6,6 +6,7 @@ import json
 import time
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from mesh.core import modes
 
@@ -64,3 +65,17 @@ def _show_downstream(flow: http.HTTPFlow) -> None:
     if (req.host, req.port) == modes.PLACEHOLDER_ADDRESS and sockname:
         req.host, req.port = sockname[0], sockname[1]
         req.scheme = b"https" if flow.client_conn.tls_established else b"http"
+
+
+def kept(flow: http.HTTPFlow, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes,
+         marker: tuple[bytes, bytes]) -> None:
+    """An upstream's answer kept earlier and sent again (Idempotency-Key), marked by `marker`, with
+    this request's id."""
+    st = keys.get(flow)
+    fields = [*headers, marker, (b"content-length", str(len(body)).encode())]
+    if st is not None and st.request_id:
+        fields.append((b"x-request-id", st.request_id.encode()))
+    reason = status_codes.RESPONSES.get(status, "").encode()
+    flow.response = http.Response(b"HTTP/1.1", status, reason, http.Headers(fields), body, None,
+                                  time.time(), time.time())
+    _show_downstream(flow)

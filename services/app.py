@@ -27,6 +27,8 @@ class Knobs:
     error_rate: float = 0.0    # share of requests answered with error_status
     error_status: int = 500
     hits: int = 0
+    crash_after_charge: bool = False  # payments: exit right after the next charge is made, before answering
+    ledger: str = ""  # payments: a file each charge is appended to (it survives a crash)
 
 
 @dataclass
@@ -94,7 +96,7 @@ async def _knobs(request: web.Request) -> web.Response:
     if request.method == "POST":
         try:
             body = await request.json()
-            for name in ("latency", "error_rate", "error_status"):
+            for name in ("latency", "error_rate", "error_status", "crash_after_charge", "ledger"):
                 if name in body:
                     value = body[name]
                     setattr(knobs, name, parse_duration(value) if name == "latency" and isinstance(value, str)
@@ -102,7 +104,8 @@ async def _knobs(request: web.Request) -> web.Response:
         except (ValueError, TypeError, json.JSONDecodeError) as e:
             return web.json_response({"error": "bad_knobs", "reason": str(e)}, status=400)
     return web.json_response({"latency": knobs.latency, "error_rate": knobs.error_rate,
-                              "error_status": knobs.error_status, "hits": knobs.hits})
+                              "error_status": knobs.error_status, "hits": knobs.hits,
+                              "crash_after_charge": knobs.crash_after_charge, "ledger": knobs.ledger})
 
 
 IDENTITY = web.AppKey("identity", Identity)

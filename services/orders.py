@@ -7,6 +7,7 @@ listener) with keep-alive connections, or to explicit `--catalog-url`/`--payment
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import aiohttp
 from aiohttp import web
@@ -34,9 +35,10 @@ def build(ident, catalog: str, payments: str, proxy: str | None) -> web.Applicat
     def passed_on(request: web.Request) -> dict:
         return {h: request.headers[h] for h in PROPAGATE if h in request.headers}
 
-    async def call(request, method: str, url: str, **kw):
+    async def call(request, method: str, url: str, headers: dict | None = None, **kw):
         session: aiohttp.ClientSession = request.app[SESSION]
-        async with session.request(method, url, headers=passed_on(request), proxy=proxy, **kw) as r:
+        async with session.request(method, url, headers={**passed_on(request), **(headers or {})},
+                                   proxy=proxy, **kw) as r:
             try:
                 body = await r.json(content_type=None)
             except ValueError:
@@ -57,7 +59,11 @@ def build(ident, catalog: str, payments: str, proxy: str | None) -> web.Applicat
                                           "upstream_status": status, "upstream": item}, status=502)
             details = item.get("item", {})
             price = details.get("price", details.get("price_cents", 0) / 100)
-            status, payment = await call(request, "POST", f"{payments}/charge",
+            # one key per order: the client's own Idempotency-Key when it sent one (its retries of
+            # the order then charge once), else this request's id
+            key = "order-" + (request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+                              or uuid.uuid4().hex)
+            status, payment = await call(request, "POST", f"{payments}/charge", headers={"idempotency-key": key},
                                          json={"amount": round(price * quantity, 2)})
             if status != 200:
                 return web.json_response({**ident.describe(request), "error": "payment_failed",

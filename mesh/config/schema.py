@@ -32,6 +32,7 @@ from mesh.config.types import (
     METHODS,
     Address,
     Duration,
+    HeaderName,
     HeaderToken,
     Model,
     Name,
@@ -285,6 +286,11 @@ class Service(Model):
     versions: Annotated[dict[Name, Version], Field(min_length=1)]
     lb: LoadBalancer = LoadBalancer()
     connect_timeout: Duration = Field(1.0, description="upstream TCP connect timeout (default 1s)")
+    idle_timeout: Duration = Field(
+        4.0, description="a pooled keep-alive connection idle longer than this is closed, not reused; keep "
+                         "it below the service's own keep-alive timeout (5s in Node, uvicorn, Apache) so it "
+                         "never closes a connection as a request arrives; a `Keep-Alive: timeout=N` "
+                         "answer shortens it to N-1s (default 4s)")
     circuit_breaker: CircuitBreaker | None = Field(None, description="per-endpoint breakers (default off)")
     outlier_detection: OutlierDetection | None = Field(
         OutlierDetection(), description="outlier ejection (default on, as Linkerd's failure accrual; null: off)")
@@ -480,7 +486,7 @@ class Timeout(Model):
     per_try: Duration | None = Field(None, description="deadline of one attempt (default: the request deadline)")
 
 
-RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes")
+RETRY_ON = ("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-status-codes")
 
 
 class Backoff(Model):
@@ -494,12 +500,18 @@ class Retries(Model):
     attempts: Annotated[int, Field(ge=1, le=10)] = Field(
         2, description="tries in all, the first included (default 2)")
     retry_on: Annotated[list[Literal[RETRY_ON]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["connect-failure", "reset"],
-        description="which outcomes are retried (default connect-failure, reset)")
+        default_factory=lambda: ["connect-failure", "reset", "reset-before-request"],
+        description="which outcomes are retried (default connect-failure, reset, reset-before-request). "
+                    "reset-before-request: a connection reset before a byte of the request was written, "
+                    "retried whatever the method, as nothing can have run twice")
     retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=list, description="statuses retried with retriable-status-codes")
     backoff: Backoff = Backoff()
     non_idempotent: bool = Field(False, description="also retry POST and PATCH (default false)")
+    retry_stale_connection: Literal["idempotent", "never"] = Field(
+        "idempotent", description="a reused keep-alive connection that ends before any response byte: "
+                                  "send an idempotent request once more on a new connection (idempotent, Go's "
+                                  "rule), or never; counted as an attempt either way (default idempotent)")
 
     @model_validator(mode="after")
     def _codes_need_the_kind(self) -> Retries:
@@ -550,6 +562,28 @@ def _check_storage(value: str) -> str:
     if not value.startswith(STORAGE_SCHEMES[1:]):
         raise ValueError(f"expected memory or a Redis URI such as redis://127.0.0.1:6379/0 (got {show(value)})")
     return value
+
+
+class Idempotency(Model):
+    """Idempotency-Key at the proxy (IETF draft-ietf-httpapi-idempotency-key-header, Stripe's keys):
+    the first request with a key is forwarded and its answer kept; a duplicate in flight gets 409,
+    a later one the kept answer (marked `Idempotent-Replayed: true`), the same key with another
+    request 422."""
+
+    header: HeaderName = Field(
+        "Idempotency-Key", description="the request header carrying the key (default Idempotency-Key)")
+    ttl: Annotated[Duration, Field(gt=0)] = Field(
+        86400.0, description="how long an answer is kept and replayed for its key (default 24h)")
+    lock: Annotated[Duration, Field(gt=0)] = Field(
+        60.0, description="how long a key stays in flight if its proxy dies before the answer; a duplicate "
+                          "meanwhile gets 409 (default 60s)")
+    storage: Annotated[str, AfterValidator(_check_storage)] = Field(
+        "memory", description="memory (default: per worker) or redis://host:port/db (one record per key for "
+                              "every worker and gateway using it)")
+    methods: Annotated[list[Literal[METHODS]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["POST", "PATCH"],
+        description="methods the policy applies to; others pass untouched (default POST, PATCH)")
+    required: bool = Field(False, description="a request of those methods without a key gets 400 (default false)")
 
 
 class RateLimit(Model):
@@ -814,6 +848,8 @@ class Policy(Model):
     versioning: Versioning | None = Field(None, description="API version → cluster, deprecation headers")
     transform: Transform | None = Field(None, description="change headers, query, path and JSON bodies")
     mirror: Mirror | None = Field(None, description="copy requests to another cluster and compare")
+    idempotency: Idempotency | None = Field(
+        None, description="Idempotency-Key: one run per key, duplicates answered by the proxy")
 
 
 # ---------------------------------------------------------------------------------------------

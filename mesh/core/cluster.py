@@ -137,6 +137,7 @@ class Cluster:
     version: str
     policy: str = "round_robin"
     connect_timeout: float = 1.0
+    idle_timeout: float = 4.0  # pooled connections idle longer are not reused (below the upstream's keep-alive)
     endpoints: list[Endpoint] = field(default_factory=list)
     hash_on: HashKey | None = None
     points_per_weight: int = 256

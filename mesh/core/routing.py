@@ -242,9 +242,10 @@ def strip_port(host: str) -> str:
 def _compilers() -> dict[str, Callable]:
     """Policy kinds whose hooks need more than the model: compiled here, once per snapshot."""
     from mesh.core import mirror, versioning
-    from mesh.policies import ratelimit, transform
+    from mesh.policies import idempotency, ratelimit, transform
 
     return {
+        "idempotency": lambda model, rc, config: idempotency.compile(model, rc),
         "rate_limit": lambda model, rc, config: ratelimit.compile(model, rc),
         "versioning": lambda model, rc, config: versioning.compile(model, rc),
         "transform": lambda model, rc, config: transform.compile(model, rc),

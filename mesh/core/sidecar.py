@@ -15,7 +15,7 @@ from mesh.core.state import LOCAL, Snapshot
 
 # kinds a caller's sidecar applies on its calls to the service (as Istio's VirtualService): applied
 # again at the service's own inbound, they would retry its one app and inject every fault twice
-CALLER_SIDE = frozenset({"timeout", "retries", "fault"})
+CALLER_SIDE = frozenset({"timeout", "retries", "fault", "idempotency"})
 
 
 def forward_route(name: str, service: str, cluster: str, config: schema.MeshConfig | None = None,

@@ -365,6 +365,7 @@ def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Se
                           list(old.endpoints) if old else [], hash_on=hash_on,
                           points_per_weight=lb.points_per_weight, used=old.used if old else False)
     cluster.connect_timeout = svc.connect_timeout
+    cluster.idle_timeout = svc.idle_timeout
     cluster.zone_aware = lb.zone_aware.min_healthy if lb.zone_aware is not None else None
     cluster.local_zone = zone
     cluster.health_check = svc.health_check

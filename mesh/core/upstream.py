@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import ssl as _ssl
 import time
 from dataclasses import dataclass, field
 
+# what an attempt ends in is the forwarding engine's vocabulary; the pool speaks it
+from mesh.resilience.attempt import (ConnectFailure, ProtocolError, Reset, Response, Stale,  # noqa: F401
+                                     Timeout, UpstreamError)
 from mesh.security import mtls
 from mesh.core import podnet
 
@@ -20,39 +24,7 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
      b"trailer", b"upgrade"}
 )
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_HEAD = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """An attempt that produced no usable response. `kind` names it in Envoy's terms."""
-
-    kind = "error"
-
-
-class ConnectFailure(UpstreamError):
-    kind = "connect_failure"
-
-
-class Reset(UpstreamError):
-    kind = "reset"
-
-
-class Timeout(UpstreamError):
-    kind = "timeout"
-
-
-class ProtocolError(UpstreamError):
-    kind = "protocol_error"
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    http_version: bytes = b"HTTP/1.1"
 
 
 @dataclass(slots=True)
@@ -62,13 +34,17 @@ class _Conn:
     idle_since: float = 0.0
     used: int = 0
     ssl: _ssl.SSLContext | None = None  # the context it was opened with
+    idle_limit: float = 0.0  # reused only if idle for less: the cluster's idle_timeout, or less if the upstream said so
 
-    def usable(self, now: float, idle_timeout: float) -> bool:
+    def usable(self, now: float) -> bool:
+        """Still open, nothing unexpected arrived, and idle for less than its limit: checked right
+        before a request is written, so a connection the upstream closed is never written to."""
         return (
             not self.writer.is_closing()
             and not self.reader.at_eof()
             and not self.reader._buffer  # unexpected bytes on an idle connection
-            and now - self.idle_since < idle_timeout
+            and now - self.idle_since < self.idle_limit
+            and not _readable(self.writer)  # a FIN or RST the event loop has not read yet
         )
 
     def close(self) -> None:
@@ -111,45 +87,50 @@ class Pool:
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         peer_identity: str | None = None,
+        fresh: bool = False,
+        idle_timeout: float | None = None,
     ) -> Response:
-        """Send one request; raises an UpstreamError subclass when no response could be had.
+        """Send one request, once; raises an UpstreamError subclass when no response could be had
+        (with `sent` and `reused` set). `fresh`: on a new connection, never a pooled one.
+        `idle_timeout`: how long the connection may then idle in the pool and still be reused.
 
         With `peer_identity`, the TLS peer must present that SPIFFE ID, else ConnectFailure."""
         key = (host, port, ssl is not None, server_hostname, peer_identity)
         head = _serialize(method, target, headers, body)
         deadline = time.monotonic() + timeout
-        for fresh in (False, True):
-            conn = None if fresh else self._checkout(key, ssl)
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(host, port, ssl, server_hostname, peer_identity,
-                                           min(connect_timeout, max(deadline - time.monotonic(), 0.001)))
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                    resp, keep = await self._exchange(conn, method, head, body)
-            except TimeoutError:
-                conn.close()
-                raise Timeout(f"no response within {timeout:g}s") from None
-            except _NothingReceived as e:
-                conn.close()
-                if reused and method in IDEMPOTENT:
-                    continue  # a stale keep-alive connection: try once more on a new one
-                raise Reset(f"connection closed before a response ({e})") from None
-            except UpstreamError:
-                conn.close()
-                raise
-            except (ConnectionError, OSError, asyncio.IncompleteReadError) as e:
-                conn.close()
-                raise Reset(f"connection reset during the response ({e.__class__.__name__})") from None
-            except BaseException:
-                conn.close()
-                raise
-            if keep:
-                self._checkin(key, conn)
-            else:
-                conn.close()
-            return resp
-        raise AssertionError("unreachable")
+        conn = None if fresh else self._checkout(key, ssl)
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(host, port, ssl, server_hostname, peer_identity,
+                                       min(connect_timeout, max(deadline - time.monotonic(), 0.001)))
+        sent = False
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                sent = _write(conn.writer, head, body)
+                resp, keep = await self._exchange(conn, method)
+        except TimeoutError:
+            conn.close()
+            raise Timeout(f"no response within {timeout:g}s").on(sent, reused) from None
+        except _NothingReceived as e:
+            conn.close()
+            if reused and sent:
+                raise Stale(f"reused connection closed before a response ({e})").on(sent, reused) from None
+            raise Reset(f"connection closed before a response ({e})").on(sent, reused) from None
+        except UpstreamError as e:
+            conn.close()
+            raise e.on(sent, reused)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as e:
+            conn.close()
+            raise Reset(f"connection reset during the response ({e.__class__.__name__})").on(sent, reused) from None
+        except BaseException:
+            conn.close()
+            raise
+        if keep:
+            conn.idle_limit = min(idle_timeout or self.idle_timeout, _keep_alive_hint(resp.keep_alive))
+            self._checkin(key, conn)
+        else:
+            conn.close()
+        return resp
 
     def _checkout(self, key: tuple, ssl: _ssl.SSLContext | None) -> _Conn | None:
         bucket = self._buckets.get(key)
@@ -164,7 +145,7 @@ class Pool:
         now = time.monotonic()
         while bucket.idle:
             conn = bucket.idle.pop()
-            if conn.usable(now, self.idle_timeout):
+            if conn.usable(now):
                 return conn
             conn.close()
         return None
@@ -204,11 +185,8 @@ class Pool:
         self.opened += 1
         return _Conn(reader, writer, ssl=ssl)
 
-    async def _exchange(self, conn: _Conn, method: bytes, head: bytes, body: bytes):
-        writer, reader = conn.writer, conn.reader
-        writer.write(head + body if body and len(body) < 65536 else head)  # one send for small bodies
-        if body and len(body) >= 65536:
-            writer.write(body)
+    async def _exchange(self, conn: _Conn, method: bytes):
+        reader = conn.reader
         try:
             raw = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as e:
@@ -224,6 +202,7 @@ class Pool:
             raw = await reader.readuntil(b"\r\n\r\n")
             status, reason, version, headers = _parse_head(raw)
         keep = version == b"HTTP/1.1"
+        hint = None
         length = None
         chunked = False
         out: list[tuple[bytes, bytes]] = []
@@ -237,6 +216,8 @@ class Pool:
                 elif b"keep-alive" in tokens and version == b"HTTP/1.0":
                     keep = True
                 drop = drop | tokens
+            elif lname == b"keep-alive":
+                hint = value
             elif lname == b"transfer-encoding":
                 chunked = value.strip().lower().endswith(b"chunked")
             elif lname == b"content-length":
@@ -251,7 +232,7 @@ class Pool:
         if method == b"HEAD" or status in (204, 304) or status == 101:
             if length is not None:
                 out.append((b"content-length", str(length).encode()))
-            return Response(status, reason, out, b"", version), keep and status != 101
+            return Response(status, reason, out, b"", version, hint), keep and status != 101
         if chunked:
             data = await self._read_chunked(reader)
         elif length is not None:
@@ -267,7 +248,7 @@ class Pool:
             data = b"".join(chunks)
             keep = False
         out.append((b"content-length", str(len(data)).encode()))
-        return Response(status, reason, out, data, version), keep
+        return Response(status, reason, out, data, version, hint), keep
 
     async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
         parts: list[bytes] = []
@@ -306,6 +287,38 @@ class Pool:
 
 class _NothingReceived(Exception):
     pass
+
+
+def _write(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bool:
+    """Write the request; False if not a byte of it left (the send failed at once and the
+    transport closed itself), which makes a failure `reset-before-request`."""
+    writer.write(head + body if body and len(body) < 65536 else head)  # one send for small bodies
+    if body and len(body) >= 65536:
+        writer.write(body)
+    return not writer.transport.is_closing()
+
+
+def _readable(writer: asyncio.StreamWriter) -> bool:
+    """Has the idle connection's socket something to read (a FIN, a RST, stray bytes)? Asked with a
+    zero poll right before reuse, for what arrived after the event loop last looked."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _keep_alive_hint(value: bytes | None) -> float:
+    """How long to keep reusing a connection whose upstream sent `Keep-Alive: timeout=N`: a second
+    less (at least half), so the upstream never closes it as a request arrives; inf if no hint."""
+    if value:
+        for param in value.split(b","):
+            name, _, n = param.strip().partition(b"=")
+            if name.strip().lower() == b"timeout" and n.strip().isdigit():
+                n = float(n.strip())
+                return max(n - 1.0, n / 2)
+    return float("inf")
 
 
 def _serialize(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:

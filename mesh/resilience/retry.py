@@ -25,6 +25,14 @@ class RetryPolicy:
     def allows_method(self, method: str) -> bool:
         return self.non_idempotent or method in IDEMPOTENT
 
+    def retriable(self, kind: str, sent: bool, method: str) -> bool:
+        """An attempt without a response: a reset before a byte of the request was written may be
+        retried whatever the method (Envoy's reset-before-request); anything else only for methods
+        the policy retries."""
+        if not sent and kind == "reset" and "reset-before-request" in self.retry_on:
+            return True
+        return self.allows_method(method) and self.retriable_failure(kind)
+
     def retriable_failure(self, kind: str) -> bool:
         """An attempt without a response (upstream.UpstreamError.kind, or 'per_try_timeout')."""
         on = self.retry_on

@@ -23,6 +23,7 @@ class RouteResilience:
     retry: RetryPolicy | None
     fault: FaultState | None
     header_faults: bool
+    stale: str = "idempotent"  # retry_stale_connection: re-send after a stale keep-alive connection
 
 
 def fault_policy(cfg: schema.Fault) -> FaultPolicy:
@@ -49,6 +50,7 @@ def for_route(policies: Mapping[str, object]) -> RouteResilience:
         retry=retry,
         fault=FaultState(fault_policy(fault)) if isinstance(fault, schema.Fault) else None,
         header_faults=isinstance(fault, schema.Fault) and fault.header_triggered,
+        stale=retries.retry_stale_connection if isinstance(retries, schema.Retries) else "idempotent",
     )
 
 

@@ -17,7 +17,7 @@ from tools.scenario import PASS, SKIPPED
 pytestmark = pytest.mark.e2e
 
 RUNNABLE = ["partition", "cert-expiry", "zone-outage", "payments-error-burst", "instance-killed", "breaker",
-            "slow-instance"]
+            "slow-instance", "charge-exactly-once"]
 # every run: progress through the start-up (no silent wait for the mesh), a row per phase with
 # success and latency, and the proxies' figures
 COMMON = [r"\d\.\ds  waiting for .*\n(.*\n)*?\s+\d+\.\ds  .*knows the \d+ instances\n",
@@ -41,6 +41,9 @@ EXPECTED = {
                     r"PASS  no fresh handshake succeeds once every certificate expired\s+0 of [1-9]",
                     r"fresh handshakes after all expired\s+0 of \d+ succeeded; refused: .*expired",
                     r"PASS  100 % succeed from 2 s after renewal resumes"],
+    "charge-exactly-once": [r"PASS  payments crashed right after a charge\s+payments-1, payments-2",
+                            r"PASS  every order charged exactly once\s+(\d+) of \1 once; twice or more 0; never 0",
+                            r"PASS  every client gets an answer", r"charges each payments app made\s+payments-1 \d+"],
     "partition": [r"PASS  ≥ 99\.9 % of all requests succeed", r"PASS  from 2 s after the cut until the heal",
                   r"h2 in the gateway's cluster during the partition\s+healthy=False",
                   r"answers by h2 while partitioned\s+0\n", r"PASS  h2 answers again within 10 s"],
@@ -91,7 +94,7 @@ def test_list_names_every_scenario_and_what_is_not_available():
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names == ["instance-killed", "slow-instance", "payments-error-burst", "breaker", "zone-outage",
-                     "partition", "cert-expiry"]
+                     "partition", "cert-expiry", "charge-exactly-once"]
     assert "not yet available" not in out.stdout
     unknown = subprocess.run(procs.python("-m", "mesh.cli", "scenario", "nope"), capture_output=True,
                              text=True, timeout=30)
