@@ -364,7 +364,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         for inst in planned:
             argv = service_argv(inst, config, gateway_url, path)
             if inst.pod is not None:
-                argv = net.app_argv(inst.pod, argv)
+                # a function reads its handler's settings from the config, wherever it lies
+                argv = net.app_argv(inst.pod, argv, expose=(str(path),) if inst.function else ())
             child = procs.spawn(inst.name, argv, log_dir=run_dir, cwd=str(ROOT) if inst.pod else None)
             children.append(child)
             child.ports = [(inst.host, inst.port)]

@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,10 +142,12 @@ class Pods:
         remove(self.made)
         self.made.clear()
 
-    def app_argv(self, pod: Pod, argv: list[str]) -> list[str]:
-        """Run `argv` as the pod's app: in its namespace, with its hosts file, as its own uid."""
+    def app_argv(self, pod: Pod, argv: list[str], expose: tuple[str, ...] = ()) -> list[str]:
+        """Run `argv` as the pod's app: in its namespace, with its hosts file, as its own uid; the
+        paths in `expose` (beside the interpreter and the project) readable by it."""
         return [sys.executable, "-m", "tools.pods", "--netns", pod.netns, "--hosts", str(pod.hosts),
-                "--uid", str(pod.uid), "--mounts", str(self.state / "mnt"), "--", *argv]
+                "--uid", str(pod.uid), "--mounts", str(self.state / "mnt"),
+                *(a for path in expose for a in ("--expose", path)), "--", *argv]
 
     @staticmethod
     def sidecar_argv(pod: Pod, argv: list[str]) -> list[str]:
@@ -225,14 +228,18 @@ def expose(libc, paths: list[str], uid: int, hold: Path) -> None:
     namespace only: each blocking directory D is covered by an empty tmpfs that holds nothing but
     the entries on the way to those paths, bound read-only from the original. The rest of D stays
     hidden from the app, and the machine's own view of D is untouched."""
-    for _ in range(8):  # a blocking directory inside an exposed one is handled on the next round
+    for round_ in range(8):  # a blocking directory inside an exposed one is handled on the next round
         pairs = blocked(paths, uid)
         if not pairs:
             return
         holds = []
         for i, (_, entry) in enumerate(pairs):
-            h = hold / str(i)
-            h.mkdir(parents=True, exist_ok=True)
+            h = hold / f"{round_}-{i}"  # each round's holds apart: a name may be a dir, then a file
+            if os.path.isdir(entry):
+                h.mkdir(parents=True, exist_ok=True)
+            else:  # a file (a config) is bound onto a file
+                h.parent.mkdir(parents=True, exist_ok=True)
+                h.touch()
             _mount(libc, entry, str(h), None, _MS_BIND | _MS_REC)
             holds.append(h)
         for d in dict.fromkeys(d for d, _ in pairs):
@@ -243,7 +250,8 @@ def expose(libc, paths: list[str], uid: int, hold: Path) -> None:
             _mount(libc, None, entry, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_REC)
 
 
-def exec_app(netns_name: str, hosts: str, uid: int, mounts: Path, argv: list[str]) -> None:
+def exec_app(netns_name: str, hosts: str, uid: int, mounts: Path, argv: list[str],
+             extra: tuple[str, ...] = ()) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     with open(NETNS_DIR / netns_name) as f:
         os.setns(f.fileno(), os.CLONE_NEWNET)
@@ -251,8 +259,13 @@ def exec_app(netns_name: str, hosts: str, uid: int, mounts: Path, argv: list[str
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
     _mount(libc, hosts, "/etc/hosts", None, _MS_BIND)
     interpreter = os.path.realpath(argv[0]) if os.sep in argv[0] else os.path.realpath(sys.executable)
-    expose(libc, [os.path.dirname(os.path.dirname(interpreter)), sys.prefix, str(ROOT), os.getcwd()],
-           uid, mounts)
+    # the holding directories sit where no exposed path's blocking directory can cover them
+    hold = Path(tempfile.mkdtemp(prefix=f"mitmesh-{netns_name}-", dir="/tmp"))
+    try:
+        expose(libc, [os.path.dirname(os.path.dirname(interpreter)), sys.prefix, str(ROOT), os.getcwd(), *extra],
+               uid, hold)
+    finally:
+        shutil.rmtree(hold, ignore_errors=True)  # empty by now: every mount was moved out
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)  # no capabilities are left: it cannot change the pod's rules, mounts or uid
@@ -270,13 +283,14 @@ def main(args: list[str]) -> int:
     p.add_argument("--hosts", required=True)
     p.add_argument("--uid", type=int, required=True)
     p.add_argument("--mounts", required=True, type=Path)
+    p.add_argument("--expose", action="append", default=[], help="a path the app must read (its config)")
     p.add_argument("argv", nargs="+")
     a = p.parse_args(args)
     if a.uid == 0:
         print("tools.pods: the app never runs as root in its pod", file=sys.stderr)
         return 2
     try:
-        exec_app(a.netns, a.hosts, a.uid, a.mounts, a.argv)
+        exec_app(a.netns, a.hosts, a.uid, a.mounts, a.argv, tuple(a.expose))
     except OSError as e:
         print(f"tools.pods: cannot start the app in pod {a.netns}: {e}", file=sys.stderr)
         return 1

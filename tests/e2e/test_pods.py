@@ -47,15 +47,15 @@ def mesh(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pods")
     with running_demo(tmp, isolation="pod") as first:
         prefix = pods.prefix_of(first["config"])
-        assert len(pods.stale(prefix)) == 8, first["log"].read_text()  # 7 pods and the mesh's
+        assert len(pods.stale(prefix)) == 9, first["log"].read_text()  # 8 pods and the mesh's
         out = first["log"].read_text()
         children = [int(p) for p in re.findall(r"^(?:service|sidecar|gateway-pid):.* (\d+)$", out, re.M)]
-        assert len(children) == 7 + 2 + 7 + 1, out  # apps, bare apps, sidecars, gateway
+        assert len(children) == 8 + 2 + 8 + 1, out  # apps (a function among them), bare apps, sidecars, gateway
         first["proc"].send_signal(signal.SIGKILL)
         first["proc"].wait(10)
         # its children stop on their parent's death (the apps too, though they changed uid)
         wait_until(lambda: not any(_alive(p) for p in children), 30)
-    assert len(pods.stale(prefix)) == 8  # nobody cleaned up after the SIGKILL
+    assert len(pods.stale(prefix)) == 9  # nobody cleaned up after the SIGKILL
     (tmp / "up.log").rename(tmp / "first.log")
     with running_demo(tmp, isolation="pod") as demo:
         out = demo["log"].read_text()
@@ -67,7 +67,7 @@ def mesh(tmp_path_factory):
         yield demo
     # a clean stop removes every namespace it made
     assert pods.stale(prefix) == [], pods.stale(prefix)
-    assert "removed 7 pods and the mesh namespace" in demo["log"].read_text()
+    assert "removed 8 pods and the mesh namespace" in demo["log"].read_text()
 
 
 def _alive(pid: int) -> bool:
@@ -120,7 +120,7 @@ def plain_get(sock: socket.socket, address: str, port: int, path: str) -> bytes:
 
 def test_apps_run_as_uids_of_their_own_and_cannot_read_keys_or_change_rules(mesh):
     uids = {uid for _, uid, _ in mesh["pods"].values()}
-    assert len(mesh["pods"]) == 7 and len(uids) == 7 and 0 not in uids
+    assert len(mesh["pods"]) == 8 and len(uids) == 8 and 0 not in uids
     for _, uid, pid in mesh["pods"].values():
         line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
         assert line.split()[1:] == [str(uid)] * 4
@@ -187,9 +187,9 @@ def test_the_gateway_reaches_pods_and_the_orders_app_its_dependencies(mesh):
     status, body, _ = procs_get(f"{mesh['url']}/orders", {"x-api-key": "mk_demo_acme_7Qx2Lr9VfT3pWz8K"},
                                 b'{"item_id": 1}')
     assert status == 200 and body["order"]["payments"] == "payments-v1-1", body
-    assert "isolation: pod: 7 pods in network namespaces" in mesh["out"]
+    assert "isolation: pod: 8 pods in network namespaces" in mesh["out"]
     # the SIGKILLed first `up` left its namespaces; this one removed them before making its own
-    assert "mitmesh up: removed 8 stale namespaces of an earlier up of this config" in mesh["out"]
+    assert "mitmesh up: removed 9 stale namespaces of an earlier up of this config" in mesh["out"]
 
 
 def procs_get(url, headers, data):
@@ -214,5 +214,5 @@ def test_record_reaches_the_sidecars_in_their_pods(mesh, tmp_path):
             rec.kill()
     assert rec.returncode == 0, text
     started = re.findall(r"^recording at (\S+) ", text, re.M)
-    assert len(started) == 8 and sum(podnet.in_subnet(u.split("//")[1].split(":")[0]) for u in started) == 7, text
+    assert len(started) == 9 and sum(podnet.in_subnet(u.split("//")[1].split(":")[0]) for u in started) == 8, text
     assert out.exists() and out.stat().st_size > 0, text

@@ -23,8 +23,9 @@ def test_config_reference_is_current():
 
 
 @pytest.mark.parametrize("key, kind, default, allowed", [
-    ("policies.<name>.retries.retry_on", "list of strings", "`[connect-failure, reset]`",
-     "at least 1 item; one of `5xx`, `gateway-error`, `reset`, `connect-failure`, `retriable-status-codes`"),
+    ("policies.<name>.retries.retry_on", "list of strings", "`[connect-failure, reset, reset-before-request]`",
+     "at least 1 item; one of `5xx`, `gateway-error`, `reset`, `reset-before-request`, `connect-failure`, "
+     "`retriable-status-codes`"),
     ("mesh.identity.lifetime", "duration", "`24h`", "10s to 8760h"),
     ("gateway.listeners[].port", "integer", "required", "1 to 65535"),
     ("gateway.admin.port", "integer", "`9901`", "1 to 65535"),
