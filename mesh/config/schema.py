@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from mesh.config import template
 from mesh.config.http import Http
+from mesh.config.plugins import Plugin
 from mesh.config.source import show
 from mesh.config.security import (
     ApiKey,
@@ -290,6 +291,10 @@ class Service(Model):
         default_factory=list,
         description="policy blocks the sidecars apply to this service: callers' sidecars on calls to it "
                     "(timeout, retries, fault), its own sidecars at their inbound (authz, ...)")
+    plugins: list[Name] = Field(
+        default_factory=list,
+        description="user plugins (sidecar_inbound or sidecar_outbound) the sidecars run for this "
+                    "service: its own sidecars on inbound flows, callers' sidecars on calls to it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +450,8 @@ class Route(Model):
     direct: Direct | None = None
     redirect: Redirect | None = None
     policies: list[Name] = Field(default_factory=list, description="names of policy blocks")
+    plugins: list[Name] = Field(default_factory=list, description="names of the gateway plugins "
+                                "this route runs (docs/howto/plugins.md)")
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
@@ -911,4 +918,6 @@ class MeshConfig(Model):
     services: dict[Name, Service] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     policies: dict[Name, Policy] = Field(default_factory=dict)
+    plugins: dict[Name, Plugin] = Field(default_factory=dict, description="user plugins: your own "
+                                        "mitmproxy addons in a chain (docs/howto/plugins.md)")
     observability: Observability = Observability()
