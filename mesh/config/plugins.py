@@ -68,6 +68,7 @@ class PluginSpec:
     """One plugin as compiled from the config: where its code is and which flows it sees."""
 
     name: str
+    plugin: str  # as the config gives it
     source: str  # an absolute file path, or a module name
     attr: str  # the class in it
     is_file: bool
@@ -125,7 +126,7 @@ def compile_plugins(config: MeshConfig, src: Source, base_dir: str) -> PluginPla
             routes = frozenset(s for s, svc in config.services.items() if name in svc.plugins)
         prefix = ("plugins", name)
         lines = {k: v for k, v in src.lines.items() if k[:2] == prefix}
-        specs.append(PluginSpec(name, source, attr or "Plugin", is_file, p.chain,
+        specs.append(PluginSpec(name, p.plugin, source, attr or "Plugin", is_file, p.chain,
                                 slot_of(p.chain, p.after, p.before), p.all_routes, routes, p.budget,
                                 p.timeout, dict(p.options), src.file, lines))
     return PluginPlan(tuple(specs))

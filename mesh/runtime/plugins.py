@@ -56,8 +56,8 @@ def load(spec: PluginSpec) -> Loaded:
     own code also names its file and line."""
     file = source_file(spec)
     if file is None or not os.path.isfile(file):
-        raise _problem(spec, ("plugin",), f"no such {'file' if spec.is_file else 'module'} "
-                                          f"(got {show(spec.source)})")
+        raise _problem(spec, ("plugin",), f"no such {'file' if spec.is_file else 'module'}: "
+                                          f"{spec.source} (got {show(spec.plugin)})")
     seen = stamp(file)
     module = _import(spec, file)
     cls = getattr(module, spec.attr, None)
@@ -115,18 +115,29 @@ def _options(spec: PluginSpec, cls: type) -> BaseModel | None:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise _problem(spec, ("plugin",), f"{spec.attr}.Options must be a pydantic model "
                                           f"(got {show(model)})")
+    prefix = ("plugins", spec.name, "options")
+    problems = []
+    # a key the model does not know is a typo, as everywhere in mesh.yaml (unless it allows extras)
+    if model.model_config.get("extra") != "allow":
+        known = [f.alias or n for n, f in model.model_fields.items()]
+        for key in spec.options:
+            if key not in known and key not in model.model_fields:
+                file, line, full = spec.where(("options", key))
+                problems.append(Problem(file, line, full, f"unknown key; expected one of "
+                                                          f"{', '.join(known)} (got {show(key)})"))
     try:
-        return model.model_validate(dict(spec.options))
+        options = model.model_validate(dict(spec.options))
     except ValidationError as e:
-        prefix = ("plugins", spec.name, "options")
         lines = {k[len(prefix):]: v for k, v in spec.lines.items() if k[:len(prefix)] == prefix}
         src = Source(spec.file, dict(spec.options), lines)
         src.lines.setdefault((), spec.where(("options",))[1])
-        problems = []
         for err in e.errors():
             p = translate(src, err, model)
-            problems.append(Problem(p.file, p.line, prefix + p.path, p.message))
-        raise ConfigError(problems) from None
+            if not any(q.path == prefix + p.path for q in problems):
+                problems.append(Problem(p.file, p.line, prefix + p.path, p.message))
+    if problems:
+        raise ConfigError(problems)
+    return options
 
 
 def _problem(spec: PluginSpec, path: tuple, message: str) -> ConfigError:

@@ -118,6 +118,8 @@ async def test_an_exception_answers_500_naming_the_plugin_and_counts(mitmesh_cha
                for line in decisions(flow))
     assert errors._value.get() == before + 1
     assert after.response.status_code == 200
+    decisions_addon.Decisions()._keep(flow)  # what mitmweb shows: the marker and the comment
+    assert flow.marked == ":jigsaw:" and flow.comment.startswith("#plugin_failed\n")
 
 
 async def test_a_hook_over_budget_is_reported(mitmesh_chain, tmp_path):

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import pytest
+
 from mitmesh.testing import body, decisions
 
 HERE = Path(__file__).parent.parent
+pytestmark = pytest.mark.asyncio  # the kit's fixtures are async (pytest-asyncio)
 
 CONFIG = """
 services:
