@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import inspect
 import logging
 import re
@@ -164,8 +165,8 @@ class Plugins:
         for spec in wanted:
             old = self.active.get(spec.name)
             if old is not None and _same_code(old[0], spec):
-                old[0].spec = spec  # same instance; where it runs and for which routes may change
-                made[spec.name] = (old[0], False)
+                # the same instance; where it runs and for which routes may change
+                made[spec.name] = (dataclasses.replace(old[0], spec=spec), False)
                 continue
             try:
                 made[spec.name] = (loader.load(spec), True)

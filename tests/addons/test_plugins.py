@@ -219,3 +219,23 @@ def test_no_plugins_no_hooks(tmp_path, write_config):
         plugins = next(a for a in addons if isinstance(a, Plugins))
         assert plugins.active == {}
         assert not any(getattr(a, "name", "").startswith("plugin:") for a in tctx.master.addons.chain)
+
+
+RESPONSE_FAILS = '''
+class Late:
+    def response(self, flow):
+        raise KeyError("no such field")
+
+    def error(self, flow):
+        raise KeyError("also broken")
+'''
+
+
+async def test_an_exception_in_the_response_hook_replaces_the_answer(mitmesh_chain, tmp_path):
+    async with mitmesh_chain(config(tmp_path, RESPONSE_FAILS, "Late", before="securityheaders")
+                             .replace('"after": "authn", ', "")) as c:
+        flow = await c.send("/with/x")
+    assert flow.response.status_code == 500 and body(flow)["plugin"] == "rec"
+    assert body(flow)["reason"] == "plugin rec failed in its response hook"
+    assert any(line.startswith("plugin rec: response raised KeyError") for line in decisions(flow))
+    assert flow.metadata["mitmesh.outcomes"] == ["plugin_failed"]  # Decisions, after it, still ran
