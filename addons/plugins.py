@@ -37,7 +37,6 @@ from . import keys, replies
 log = logging.getLogger("mitmesh.plugins")
 
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error")
-LIFECYCLE = ("load", "configure", "running", "done")
 CHAINS = {"gateway": (GATEWAY,), "sidecar": (SIDECAR_INBOUND, SIDECAR_OUTBOUND)}
 DIRECTION = {GATEWAY: None, SIDECAR_INBOUND: INBOUND, SIDECAR_OUTBOUND: OUTBOUND}
 POLL = 0.5  # seconds between checks of the plugins' files
@@ -127,7 +126,8 @@ def failed(flow: http.HTTPFlow, st: keys.FlowState, spec: PluginSpec, hook: str,
         metrics.PLUGIN_ERRORS.labels(spec.name, hook, "timeout").inc()
         st.decide(who(spec.name), f"{hook} still running after its {spec.timeout:g}s timeout: cancelled")
         log.error(f"plugin {spec.name}: {hook} still running after {spec.timeout:g}s: cancelled")
-        status, error, reason = 504, "plugin_timeout", f"plugin {spec.name} did not finish its {hook} hook in time"
+        status, error = 504, "plugin_timeout"
+        reason = f"plugin {spec.name} did not finish its {hook} hook in time"
     else:
         metrics.PLUGIN_ERRORS.labels(spec.name, hook, "exception").inc()
         line = loader.code_line(st_file(spec), e) or "?"
@@ -290,7 +290,8 @@ class Plugins:
                           f"running:\n{e}")
                 continue
             new.stamp = seen
-            container, index = self._unplace(name, retire=True)  # the same place, between the same neighbours
+            # the same place, between the same neighbours (plugins at one position keep their order)
+            container, index = self._unplace(name, retire=True)
             self._place(new, True, container, index)
             self.errors.pop(name, None)
             metrics.PLUGIN_RELOADS.labels(name, "ok").inc()
@@ -300,7 +301,7 @@ class Plugins:
         out = []
         for name, (loaded, _) in self.active.items():
             spec = loaded.spec
-            out.append({"name": name, "plugin": spec.source + (f":{spec.attr}" if spec.attr != "Plugin" else ""),
+            out.append({"name": name, "plugin": spec.plugin,
                         "chain": spec.chain, "position": spec.stage,
                         "routes": "all" if spec.all_routes else sorted(spec.routes),
                         "budget_ms": spec.budget * 1000, "version": self.versions.get(name, 1),

