@@ -31,9 +31,9 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain as chains
 from addons import keys, replies
-from mesh import procs
-from mesh.routing import ForwardAction
-from mesh.state import MeshState
+from mesh.core.routing import ForwardAction
+from mesh.core.state import MeshState
+from mesh.runtime import procs
 
 Upstream = Callable[[http.HTTPFlow], http.Response]
 
@@ -222,13 +222,13 @@ class Gateway:
         tmp.replace(self.path)
 
     def status(self) -> dict:
-        from mesh.testbed import get
+        from tools.testbed import get
 
         return get(self.admin + "/status")[1]
 
     def get(self, path: str, **kw) -> tuple[int, Any, dict]:
         """(status, JSON body, headers) of one request to the gateway."""
-        from mesh.testbed import get
+        from tools.testbed import get
 
         return get(self.url + path, **kw)
 

@@ -4,7 +4,7 @@ A plugin is a user's mitmproxy addon placed in one chain (the gateway's, a sidec
 outbound flows) at a position named after a built-in stage (`after: authn`, `before: forward`).
 Routes (`routes[].plugins`) and services (`services.NAME.plugins`, for sidecars) list the plugins
 they use, as they list policies; `all_routes: true` applies a plugin to every route of its chain.
-The code itself is loaded by mesh/plugins.py; nothing here imports it.
+The code itself is loaded by mesh/runtime/plugins.py; nothing here imports it.
 """
 
 from __future__ import annotations
