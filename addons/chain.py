@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .mirror import Mirror
 from .normalize import Normalize
 from .outbound import Outbound
+from .plugins import Plugins
 from .ratelimit import RateLimit
 from .recent import Recent
 from .recorder import Recorder
@@ -50,6 +51,7 @@ def gateway(state: MeshState | None = None) -> list:
     ratelimit = RateLimit(state)
     return [
         Config(state),     # first: loads mesh.yaml and pins the live snapshot to the flow
+        Plugins(state),    # user plugins: loaded with each config, placed beside the stages they name
         Admin(state),      # admin listener (/status, /metrics, /record, /flows); not on the request path
         Mdns(state),       # keeps the registry live over mDNS; not on the request path
         Health(state),     # active health checks of endpoints; not on the request path
@@ -93,6 +95,7 @@ def sidecar(state: MeshState | None = None) -> list:
     tracing = Tracing(state, "mitmesh-sidecar")
     return [
         Config(state, role="sidecar"),  # first: config and workload; pins snapshot and direction
+        Plugins(state, role="sidecar"),  # user plugins of inbound and outbound flows, placed by stage
         Admin(state, role="sidecar"),   # admin listener (/status shows the registry); off the path
         Mdns(state),       # mDNS browse, and announces this instance while its app is healthy
         Health(state),     # active health checks (the app, and endpoints sent to); off the path

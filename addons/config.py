@@ -54,12 +54,16 @@ class Config:
                 return  # nothing to serve until mesh_workload says which instance this is
             try:
                 snap = build(ctx.options.mesh_config)
+                self._install(snap)
             except ConfigError as e:
                 raise exceptions.OptionsError(str(e)) from None
-            self._install(snap)
 
     def _install(self, snap: Snapshot) -> None:
+        # what else the snapshot needs (user plugins' code) first: it may refuse the snapshot
+        commits = [prepare(snap) for prepare in self.state.preparers]
         snap = self.state.install(snap)
+        for commit in commits:
+            commit()
         self._listeners = {b.mode: b for b in snap.listeners}
         first = snap.listeners[0].listener if snap.listeners else None
         wanted = {"mode": sorted(self._listeners), "connection_strategy": "lazy",
@@ -89,6 +93,9 @@ class Config:
     def _reloaded(self, snap: Snapshot) -> None:
         try:
             self._install(snap)
+        except ConfigError as e:  # e.g. a plugin that fails to import
+            self._rejected(str(e))
+            return
         except exceptions.OptionsError as e:  # e.g. a listener port that cannot be bound
             self._rejected(f"{snap.file}:1: gateway.listeners: {e}")
             return

@@ -3,7 +3,7 @@
 The list goes into flow.metadata (saved flows, `mitmesh record`) and, one line per decision, into
 flow.comment, which mitmweb shows in the flow's Comment tab (credentials in a decision masked by
 mesh/security/redact.py). A flow that was denied, limited,
-retried, faulted or mirrored is marked (an emoji in mitmweb's list, found by `~marked`) and its
+retried, faulted, mirrored, failed by a user plugin or slowed by one is marked (an emoji in mitmweb's list, found by `~marked`) and its
 comment starts with the outcomes as tags (`#limited`, found by `~comment #limited`).
 
 Alone, after other mitmesh addons: `mitmdump -s addons/ratelimit.py -s addons/decisions.py
@@ -22,8 +22,9 @@ from mesh.security import redact
 log = logging.getLogger("mitmesh.decisions")
 
 # outcome → its marker, most telling first: a flow shows the first of its outcomes
-MARKERS = {"denied": ":no_entry:", "limited": ":hourglass_flowing_sand:", "faulted": ":boom:",
-           "retried": ":repeat:", "mirrored": ":busts_in_silhouette:"}
+MARKERS = {"denied": ":no_entry:", "limited": ":hourglass_flowing_sand:", "plugin_failed": ":jigsaw:",
+           "faulted": ":boom:", "retried": ":repeat:", "slow_plugin": ":snail:",
+           "mirrored": ":busts_in_silhouette:"}
 # mitmweb shows a comment as one inline run of text; this keeps its lines apart
 COMMENT_STYLE = b"<style>section.timing > .inline-input.kv-value { white-space: pre-line; }</style>"
 
@@ -37,8 +38,12 @@ def outcomes(flow: http.HTTPFlow, st: keys.FlowState) -> list[str]:
         found.add("limited")
     if st.attempts > 1:
         found.add("retried")
+    if st.error in replies.PLUGIN_FAILED:
+        found.add("plugin_failed")
     if any(who == "fault" for who, _ in st.decisions):
         found.add("faulted")
+    if any(what.endswith(replies.OVER_BUDGET) for _, what in st.decisions):
+        found.add("slow_plugin")
     if keys.MIRROR in flow.metadata:
         found.add("mirrored")
     return [o for o in MARKERS if o in found]

@@ -20,6 +20,8 @@ DENIED = frozenset({"missing_credentials", "invalid_credentials", "invalid_token
                     "mtls_required", "tls_required", "cors_denied"})
 LIMITED = frozenset({"rate_limited", "ratelimit_unavailable", "too_many_failed_authentications",
                      "function_busy"})
+PLUGIN_FAILED = frozenset({"plugin_failed", "plugin_timeout"})  # a user plugin's hook raised or hung
+OVER_BUDGET = "budget"  # how a slow plugin hook's decision ends (addons/plugins.py)
 
 
 def reply(flow: http.HTTPFlow, status: int, error: str, reason: str,

@@ -60,6 +60,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def _load_plugins(file: str) -> None:
+    from mesh.core.state import build
+    from mesh.runtime import plugins
+
+    problems = []
+    for spec in build(file).plugins.plugins:
+        try:
+            plugins.load(spec)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+
+
 def _validate(args) -> int:
     from mesh.config import ConfigError, load_text
     from mesh.config.lint import warnings
@@ -75,6 +89,7 @@ def _validate(args) -> int:
         try:
             text = Path(file).read_text()
             config = load_text(text, file)
+            _load_plugins(file)  # their code imports and their options validate, as the proxy loads them
         except OSError as e:
             print(f"{file}:1: cannot read file: {e.strerror}")
             status = max(status, FAILED)
@@ -324,8 +339,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER, help="bench's own options")
     b.set_defaults(func=_bench)
 
-    from tools import certcmd
+    from tools import certcmd, plugincmd
     certcmd.add_parser(sub)
+    plugincmd.add_parser(sub)
 
     sc = sub.add_parser("scenario", help="run a failure scenario against a mesh of real processes; "
                                          "prints a report and PASS/FAIL against its SLO")

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from mesh.config import plugins
 from mesh.config.schema import MeshConfig
 from mesh.config.source import ConfigError, Path, Problem, Source, parse, show
 
@@ -39,6 +40,12 @@ def load(path: str | FsPath) -> MeshConfig:
 
 
 def load_text(text: str, file: str) -> MeshConfig:
+    return load_source(text, file)[0]
+
+
+def load_source(text: str, file: str) -> tuple[MeshConfig, Source]:
+    """The config and its parsed source (the line of every key, for later checks such as a
+    plugin's options)."""
     src = parse(text, file)
     if not isinstance(src.data, dict):
         raise ConfigError([src.problem((), f"expected a mapping at the top level (got {show(src.data)})")])
@@ -49,12 +56,13 @@ def load_text(text: str, file: str) -> MeshConfig:
     except ValidationError as e:
         problems.extend(_translate(src, err) for err in e.errors())
     problems.extend(_references(src))
+    problems.extend(plugins.references(src))
     if config is not None and not problems:
         problems.extend(_stripped_headers(src, config))
     if problems:
         raise ConfigError(_dedupe(problems))
     assert config is not None
-    return config
+    return config, src
 
 
 def load_block(text: str, model: type[BaseModel], name: str) -> Any:
@@ -78,6 +86,11 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 
 # ---------------------------------------------------------------------------------------------
 # pydantic errors → one error shape
+
+
+def translate(src: Source, err: dict[str, Any], root: type[BaseModel] = MeshConfig) -> Problem:
+    """One pydantic error of a model validated from `src` (rooted at `root`) as a Problem."""
+    return _translate(src, err, root)
 
 
 def _translate(src: Source, err: dict[str, Any], root: type[BaseModel] = MeshConfig) -> Problem:

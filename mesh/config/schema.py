@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from mesh.config import template
 from mesh.config.functions import Function
 from mesh.config.http import Http
+from mesh.config.plugins import Plugin
 from mesh.config.source import show
 from mesh.config.security import (
     ApiKey,
@@ -310,6 +311,10 @@ class Service(Model):
         "deny", description="in pods (sidecar.isolation: pod), what the service's sidecars do with its app's "
                             "calls to destinations that are not mesh services: deny (a 403, as Istio's "
                             "REGISTRY_ONLY) or allow (pass through to the original destination) (default deny)")
+    plugins: list[Name] = Field(
+        default_factory=list,
+        description="user plugins (sidecar_inbound or sidecar_outbound) the sidecars run for this "
+                    "service: its own sidecars on inbound flows, callers' sidecars on calls to it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +471,8 @@ class Route(Model):
     redirect: Redirect | None = None
     function: Name | None = Field(None, description="name of a function (`functions`) that answers the request")
     policies: list[Name] = Field(default_factory=list, description="names of policy blocks")
+    plugins: list[Name] = Field(default_factory=list, description="names of the gateway plugins "
+                                "this route runs (docs/howto/plugins.md)")
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
@@ -970,4 +977,6 @@ class MeshConfig(Model):
     policies: dict[Name, Policy] = Field(default_factory=dict)
     functions: dict[Name, Function] = Field(default_factory=dict, description="serverless functions "
                                             "routes target with `function: NAME` (default none)")
+    plugins: dict[Name, Plugin] = Field(default_factory=dict, description="user plugins: your own "
+                                        "mitmproxy addons in a chain (docs/howto/plugins.md)")
     observability: Observability = Observability()

@@ -62,7 +62,7 @@ class Source:
             if path in self.lines:
                 return self.lines[path]
             path = path[:-1]
-        return 1
+        return self.lines.get((), 1)
 
     def problem(self, path: Path, message: str) -> Problem:
         return Problem(self.file, self.line_of(path), tuple(path), message)

@@ -20,6 +20,7 @@ from mesh.security import mtls, pki
 from mesh.core.cluster import Cluster, Endpoint, HashKey
 from mesh.resilience.settings import Guards, guards
 from mesh.config.http import Http
+from mesh.config.plugins import PluginPlan, compile_plugins
 from mesh.config.schema import HealthCheck, Listener, ListenerTls, MeshConfig, Service
 from mesh.core.routing import RouteTable, compile_routes
 from mesh.core.upstream import Pool
@@ -91,6 +92,7 @@ class Snapshot:
     listeners: tuple[Bound, ...] = ()
     admin: tuple[str, int] = ("127.0.0.1", 9901)
     zone: str | None = None  # this proxy's zone
+    plugins: PluginPlan = PluginPlan()  # user plugins (their code is loaded by addons/plugins.py)
 
     @property
     def role(self) -> str:
@@ -112,12 +114,13 @@ def build(path: str) -> Snapshot:
     """Read, validate and compile a config file. Pure and blocking: run it off the event loop."""
     with open(path, "rb") as f:
         raw = f.read()
-    config = meshconfig.load_text(raw.decode("utf-8", "replace"), path)
+    config, src = meshconfig.load_source(raw.decode("utf-8", "replace"), path)
     return Snapshot(
         config=config,
         file=path,
         digest=hashlib.sha256(raw).hexdigest()[:12],
         routes=compile_routes(config),
+        plugins=compile_plugins(config, src, os.path.dirname(os.path.abspath(path))),
     )
 
 
@@ -173,6 +176,10 @@ class MeshState:
         self.announced: str | None = None  # the mDNS name this sidecar is announced as
         self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
         self.recent = records.Records("flows", 100, 8192, metrics.shared_dir(), _worker())  # /flows
+        # told of every snapshot before it is installed (user plugins load their code here): each
+        # returns what to run once it is installed, or raises ConfigError to refuse the snapshot
+        self.preparers: list[Callable[[Snapshot], Callable[[], None]]] = []
+        self.status_sections: dict[str, Callable[[], object]] = {}  # more of /status, by its key
         self._installing = False
         self.registry.subscribe(self._registry_changed)
 
@@ -338,6 +345,7 @@ class MeshState:
             # these two of every worker of a supervised proxy, whichever answers; the rest is its own
             "counters": metrics.totals(),
             "mirror_diffs": self.mirror_diffs.latest(),
+            **{key: section() for key, section in self.status_sections.items()},
         }
         if snap.workload is not None:
             w, local = snap.workload, self.local

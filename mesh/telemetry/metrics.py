@@ -81,6 +81,18 @@ FUNCTION_COLD_START = Histogram(
 FUNCTION_INSTANCES = Gauge(
     "mitmesh_function_instances", "Function instance processes running", ["function"],
     multiprocess_mode="livesum")
+PLUGIN_ERRORS = Counter(
+    "mitmesh_plugin_errors_total", "User plugin hooks that failed, by plugin, hook and kind "
+    "(exception: answered 500; timeout: an async hook past its timeout, answered 504)",
+    ["plugin", "hook", "kind"])
+PLUGIN_SLOW = Counter(
+    "mitmesh_plugin_slow_total", "User plugin hooks that ran longer than their budget", ["plugin", "hook"])
+PLUGIN_DURATION = Histogram(
+    "mitmesh_plugin_hook_duration_seconds", "Time spent in a user plugin's hook (flows it applies to)",
+    ["plugin", "hook"], buckets=LATENCY_BUCKETS)
+PLUGIN_RELOADS = Counter(
+    "mitmesh_plugin_reloads_total", "User plugin (re)loads after an edit of its file, by result",
+    ["plugin", "result"])
 
 # The "counters" of /status, by their name there, and the metric each one sums (over its labels and,
 # under a supervisor, over every worker): /status and /metrics can never disagree.

@@ -160,7 +160,7 @@ def test_resilience_policy_errors(block, expected):
     ("circuit_breaker: {shared: 'localhost:6379'}", "services.users.circuit_breaker.shared: expected a Redis URI such as redis://127.0.0.1:6379/0 (got 'localhost:6379')"),
     ("outlier_detection: {max_ejection_percent: 101}", "services.users.outlier_detection.max_ejection_percent: expected a value <= 100 (got 101)"),
     ("retry_budget: {ratio: -1}", "services.users.retry_budget.ratio: expected a value >= 0 (got -1)"),
-    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, idle_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls, health_check, policies, egress (got 'circuit_breakers')"),
+    ("circuit_breakers: {}", "services.users.circuit_breakers: unknown key; expected one of versions, lb, connect_timeout, idle_timeout, circuit_breaker, outlier_detection, retry_budget, fault, mtls, health_check, policies, egress, plugins (got 'circuit_breakers')"),
 ])
 def test_cluster_resilience_errors(block, expected):
     text = BASE.replace("  users:\n    versions:", f"  users:\n    {block}\n    versions:")

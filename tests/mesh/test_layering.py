@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("addons",),
     ("mesh.proxy",),  # mitmproxy's Master with the addon chain, and the worker process
     ("tools",),
+    ("mitmesh",),  # the stable API for users' plugins (mitmesh.plugin) and their tests (mitmesh.testing)
     ("mesh.cli",),
 ]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
@@ -47,7 +48,7 @@ def layer_of(module: str) -> str | None:
 
 
 def modules() -> list[Path]:
-    found = [p for top in ("mesh", "tools", "addons", "discovery") for p in (ROOT / top).rglob("*.py")]
+    found = [p for top in ("mesh", "tools", "addons", "discovery", "mitmesh") for p in (ROOT / top).rglob("*.py")]
     return sorted(found)
 
 

@@ -185,7 +185,7 @@ policies:
      ["README.md:44: routes[0].forward.service: unknown service; no services are defined (got 'nope')"]),
     ("version: 1\nrouting: {}\n",
      ["README.md:43: routing: unknown key; expected one of version, mesh, gateway, discovery, sidecar, services, "
-      "routes, policies, functions, observability (got 'routing')", "README.md:42: gateway: required key is missing"]),
+      "routes, policies, functions, plugins, observability (got 'routing')", "README.md:42: gateway: required key is missing"]),
     ("policies:\n  p: {timeout: {request: [", None),  # a YAML syntax error is one problem with its line
 ])
 def test_check_example(text, problems):
