@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .config.schema import MeshConfig
 from .config.types import check_address, check_name
 
-KEYS = ("service", "version", "app", "address", "zone", "weight", "instance", "inbound", "outbound", "admin")
+KEYS = ("service", "version", "app", "address", "zone", "region", "weight", "instance", "inbound", "outbound", "admin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,7 @@ class Workload:
     version: str = "v1"
     address: str = "127.0.0.1"  # this instance's address: its listeners and mDNS bind here
     zone: str | None = None
+    region: str | None = None  # the locality above zone (Envoy's region), announced over etcd
     weight: int = 1
     instance: str = ""
     inbound: int | None = None  # ports; None: the config's sidecar defaults
@@ -38,7 +39,7 @@ class Workload:
     def spec(self) -> str:
         parts = [f"service={self.service}", f"version={self.version}",
                  f"app={self.app[0]}:{self.app[1]}", f"address={self.address}", f"weight={self.weight}"]
-        for key in ("zone", "instance", "inbound", "outbound", "admin"):
+        for key in ("zone", "region", "instance", "inbound", "outbound", "admin"):
             value = getattr(self, key)
             if value:
                 parts.append(f"{key}={value}")
@@ -64,7 +65,7 @@ def parse_workload(text: str) -> Workload:
         if key in fields:
             raise ValueError(f"workload: {key} given twice (got {part!r})")
         try:
-            if key in ("service", "version", "zone", "instance"):
+            if key in ("service", "version", "zone", "region", "instance"):
                 fields[key] = check_name(value)
             elif key == "address":
                 fields[key] = check_address(value)

@@ -1,0 +1,230 @@
+"""etcd discovery: instances registered under a lease (TTL, keepalive), proxies watch the prefix.
+
+An instance is one key, `/mitmesh/<mesh>/instances/<service>/<version>/<address>:<port>`, whose
+value is the instance as JSON, put under a lease the announcer keeps alive. A graceful stop
+revokes the lease: every watcher hears the delete at once. A killed announcer stops refreshing:
+etcd deletes the key when the TTL runs out. When etcd cannot be reached the registry keeps the
+last known instances (stale, flagged by `status()`); when it answers again the source lists the
+prefix, drops what vanished meanwhile, and watches on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+
+from .etcdapi import Etcd, EtcdError, KeyValue, LeaseLost
+from .registry import Event, Instance, Registry
+from .source import Source
+
+log = logging.getLogger("mitmesh.discovery")
+
+FIELDS = ("service", "version", "address", "port", "weight", "zone", "region", "identity", "protocol",
+          "workload", "admin")
+
+
+def instances_prefix(mesh: str) -> str:
+    return f"/mitmesh/{mesh}/instances/"
+
+
+def instance_key(mesh: str, inst: Instance) -> str:
+    return f"{instances_prefix(mesh)}{inst.service}/{inst.version}/{inst.address}:{inst.port}"
+
+
+def encode(inst: Instance) -> str:
+    return json.dumps({k: getattr(inst, k) for k in FIELDS if getattr(inst, k) is not None},
+                      sort_keys=True)
+
+
+def decode(kv: KeyValue) -> Instance:
+    """The instance a key holds; raises ValueError naming what is wrong."""
+    try:
+        data = json.loads(kv.value)
+    except ValueError as e:
+        raise ValueError(f"{kv.key}: expected a JSON object ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{kv.key}: expected a JSON object (got {kv.value[:40]!r})")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{kv.key}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}")
+    for key, kind in (("service", str), ("version", str), ("address", str), ("port", int)):
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"{kv.key}: {key}: expected a {kind.__name__} (got {data.get(key)!r})")
+    if not 1 <= data["port"] <= 65535:
+        raise ValueError(f"{kv.key}: port: expected 1 to 65535 (got {data['port']!r})")
+    weight = data.get("weight", 1)
+    if not isinstance(weight, int) or not 1 <= weight <= 10_000:
+        raise ValueError(f"{kv.key}: weight: expected an integer from 1 to 10000 (got {weight!r})")
+    return Instance(name=f"etcd:{data['address']}:{data['port']}", source="etcd",
+                    **{k: v for k, v in data.items()})
+
+
+class EtcdSource(Source):
+    """Watches `/mitmesh/<mesh>/instances/` into a registry, and announces one instance."""
+
+    name = "etcd"
+
+    def __init__(self, etcd: Etcd, mesh: str, ttl: int = 5, probe_interval: float = 1.0):
+        if not 1 <= ttl <= 10:
+            raise ValueError(f"etcd lease ttl: expected 1 to 10 seconds (got {ttl!r})")
+        self.etcd = etcd
+        self.mesh = mesh
+        self.ttl = ttl
+        self.probe_interval = probe_interval
+        self.registry: Registry | None = None
+        self.stale_since: float | None = None  # when etcd stopped answering (None: in sync)
+        self.last_error: str | None = None
+        self.revision = 0
+        self._tasks: list[asyncio.Task] = []
+        self._watch: asyncio.Task | None = None
+        self._lease = 0
+        self._announced: Instance | None = None
+        self._keepalive: asyncio.Task | None = None
+        self._warned: set[str] = set()
+        self._synced = asyncio.Event()
+
+    async def start(self, registry: Registry) -> None:
+        self.registry = registry
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow(), name="mitmesh-etcd-watch"),
+                       loop.create_task(self._probe(), name="mitmesh-etcd-probe")]
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Wait for the first complete listing (a gateway starts with every known instance)."""
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def status(self) -> dict:
+        return {"endpoints": self.etcd.endpoints, "revision": self.revision,
+                "stale": self.stale_since is not None,
+                "stale_for": round(time.time() - self.stale_since, 1) if self.stale_since else None,
+                "error": self.last_error, "lease": f"{self._lease:x}" if self._lease else None}
+
+    # following the prefix
+
+    def _lost(self, why: str) -> None:
+        if self.stale_since is None:
+            self.stale_since = time.time()
+            log.warning(f"etcd: lost ({why}); keeping {len(self._mine())} known instances")
+        self.last_error = why
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                kvs, revision = await self.etcd.get_prefix(instances_prefix(self.mesh))
+                self._reconcile(kvs)
+                self.revision = revision
+                if self.stale_since is not None:
+                    log.info(f"etcd: back after {time.time() - self.stale_since:.1f}s at revision {revision}")
+                self.stale_since, self.last_error = None, None
+                self._synced.set()
+                async for ev in self.etcd.watch(instances_prefix(self.mesh), revision + 1):
+                    self.revision = ev.revision
+                    self._event(ev.kind, ev.kv)
+            except EtcdError as e:
+                self._lost(str(e))
+            await asyncio.sleep(0.5)
+
+    async def _probe(self) -> None:
+        """A quiet watch cannot tell a healthy etcd from one without quorum: read through raft
+        (a linearizable read) every interval; when that fails, restart the watch elsewhere."""
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                await self.etcd.call("kv/range", {"key": "Lw==", "count_only": True})
+            except EtcdError as e:
+                self._lost(str(e))
+                if self._tasks and not self._tasks[0].done():
+                    self._tasks[0].cancel()
+                    self._tasks[0] = asyncio.get_running_loop().create_task(self._follow())
+
+    def _mine(self) -> dict[str, Instance]:
+        return self.registry.by_source(self.name) if self.registry else {}
+
+    def _reconcile(self, kvs: list[KeyValue]) -> None:
+        seen = set()
+        for kv in kvs:
+            inst = self._decode(kv)
+            if inst is not None:
+                seen.add(inst.name)
+                self.registry.apply(Event("add", inst))
+        for name, old in self._mine().items():
+            if name not in seen:
+                self.registry.apply(Event("remove", old))
+
+    def _event(self, kind: str, kv: KeyValue) -> None:
+        if kind == "put":
+            inst = self._decode(kv)
+            if inst is not None:
+                self.registry.apply(Event("add", inst))
+            return
+        address = kv.key.rsplit("/", 1)[-1]
+        old = self._mine().get(f"etcd:{address}")
+        if old is not None:
+            self.registry.apply(Event("remove", old))
+
+    def _decode(self, kv: KeyValue) -> Instance | None:
+        try:
+            return decode(kv)
+        except (ValueError, TypeError) as e:
+            if kv.key not in self._warned:
+                self._warned.add(kv.key)
+                log.warning(f"etcd: ignoring {e}")
+            return None
+
+    # announcing
+
+    async def announce(self, inst: Instance, instance: str) -> str:
+        """Register `inst` under a lease kept alive in the background; returns its key."""
+        self._announced = dataclasses.replace(inst, source="etcd", workload=instance)
+        await self._register()
+        if self._keepalive is None:
+            self._keepalive = asyncio.get_running_loop().create_task(self._keep(), name="mitmesh-etcd-lease")
+        return instance_key(self.mesh, inst)
+
+    async def _register(self) -> None:
+        self._lease = await self.etcd.grant(self.ttl)
+        await self.etcd.put(instance_key(self.mesh, self._announced), encode(self._announced), self._lease)
+
+    async def _keep(self) -> None:
+        while self._announced is not None:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                if self._lease:
+                    await self.etcd.keepalive(self._lease)
+                else:
+                    await self._register()
+            except LeaseLost:
+                log.warning("etcd: lease expired (etcd unreachable longer than its TTL); registering again")
+                self._lease = 0
+            except EtcdError as e:
+                log.warning(f"etcd: cannot refresh the lease: {e}")
+
+    async def withdraw(self) -> None:
+        """Revoke the lease: every watcher drops this instance at once, not after the TTL."""
+        self._announced = None
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._lease:
+            lease, self._lease = self._lease, 0
+            try:
+                await self.etcd.revoke(lease)
+            except EtcdError as e:
+                log.warning(f"etcd: cannot revoke lease {lease:x} ({e}); it expires within {self.ttl}s")
+
+    async def stop(self) -> None:
+        await self.withdraw()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for old in self._mine().values():
+            self.registry.apply(Event("remove", old))
+        self.registry = None

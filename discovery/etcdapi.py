@@ -1,0 +1,210 @@
+"""A small asyncio client of etcd's v3 JSON gateway (kv, leases, watch) over aiohttp.
+
+Why the gateway and not a gRPC client: see docs/howto/etcd.md (no grpcio/protobuf next to
+mitmproxy and OpenTelemetry, and the few calls mitmesh makes are plain JSON). Keys and values are
+str here; the gateway wants them base64. Several endpoints may be given: a call goes to the first
+that answers, so one lost member of a cluster changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import aiohttp
+
+log = logging.getLogger("mitmesh.etcd")
+
+
+class EtcdError(Exception):
+    """etcd could not be reached, or refused the call (the text says which endpoint and why)."""
+
+
+class LeaseLost(EtcdError):
+    """The lease expired or was revoked: keys put under it are gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: str
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    kind: str  # "put" or "delete"
+    kv: KeyValue
+    revision: int
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str | None) -> str:
+    return base64.b64decode(text or "").decode("utf-8", "replace")
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that selects every key starting with `prefix` (etcd's convention)."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return raw.decode("latin-1")
+
+
+def _kv(d: dict) -> KeyValue:
+    return KeyValue(_unb64(d.get("key")), _unb64(d.get("value")), int(d.get("mod_revision", 0)),
+                    int(d.get("lease", 0)))
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """`127.0.0.1:2379,127.0.0.2:2379` or full URLs → base URLs; raises ValueError."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        url = part if "://" in part else f"http://{part}"
+        if not url.startswith("http://"):
+            raise ValueError(f"expected host:port or http://host:port (got {part!r})")
+        host, _, port = url[len("http://"):].rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port or http://host:port (got {part!r})")
+        out.append(url.rstrip("/"))
+    if not out:
+        raise ValueError(f"expected at least one etcd endpoint (got {text!r})")
+    return out
+
+
+class Etcd:
+    """One aiohttp session to a list of etcd endpoints; made inside the running loop."""
+
+    def __init__(self, endpoints: list[str], timeout: float = 2.0):
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._preferred = 0  # the endpoint that answered last
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, path: str, body: dict) -> dict:
+        """POST /v3/<path> to the first endpoint that answers; raises EtcdError when none does."""
+        errors = []
+        n = len(self.endpoints)
+        for i in range(n):
+            idx = (self._preferred + i) % n
+            url = f"{self.endpoints[idx]}/v3/{path}"
+            try:
+                async with self._get().post(url, json=body,
+                                            timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
+                    data = await r.json(content_type=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                errors.append(f"{self.endpoints[idx]}: {e.__class__.__name__} {e}".strip())
+                continue
+            if "error" in data and "header" not in data:
+                message = data.get("message") or data["error"]
+                if "lease not found" in message:
+                    raise LeaseLost(message)
+                # no leader / timeouts are a member's trouble: another member may do better
+                errors.append(f"{self.endpoints[idx]}: {message}")
+                continue
+            self._preferred = idx
+            return data
+        raise EtcdError("; ".join(errors) or "no etcd endpoint")
+
+    # kv
+
+    async def put(self, key: str, value: str, lease: int = 0) -> int:
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int((await self.call("kv/put", body))["header"]["revision"])
+
+    async def get(self, key: str) -> KeyValue | None:
+        kvs = (await self.call("kv/range", {"key": _b64(key)})).get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix`, and the store's revision they were read at."""
+        data = await self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return [_kv(d) for d in data.get("kvs") or []], int(data["header"]["revision"])
+
+    async def delete(self, key: str) -> None:
+        await self.call("kv/deleterange", {"key": _b64(key)})
+
+    async def create(self, key: str, value: str) -> bool:
+        """Put `key` only if it does not exist yet; returns whether it was created."""
+        data = await self.call("kv/txn", {
+            "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
+        })
+        return bool(data.get("succeeded"))
+
+    # leases
+
+    async def grant(self, ttl: int) -> int:
+        return int((await self.call("lease/grant", {"TTL": str(ttl)}))["ID"])
+
+    async def keepalive(self, lease: int) -> int:
+        """Refresh a lease once; returns its TTL, raises LeaseLost when it is gone."""
+        data = (await self.call("lease/keepalive", {"ID": str(lease)})).get("result") or {}
+        ttl = int(data.get("TTL", 0))
+        if ttl <= 0:
+            raise LeaseLost(f"lease {lease:x} expired")
+        return ttl
+
+    async def revoke(self, lease: int) -> None:
+        try:
+            await self.call("lease/revoke", {"ID": str(lease)})
+        except LeaseLost:
+            pass
+
+    # watch
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Every change under `prefix` from `start_revision` on, until the stream breaks (then
+        EtcdError: the caller lists again and resumes)."""
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                   "start_revision": str(start_revision)}}
+        errors = []
+        for idx in [self._preferred] + [i for i in range(len(self.endpoints)) if i != self._preferred]:
+            url = f"{self.endpoints[idx]}/v3/watch"
+            try:
+                resp = await self._get().post(url, json=body, timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.timeout, sock_read=None))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                errors.append(f"{self.endpoints[idx]}: {e.__class__.__name__} {e}")
+                continue
+            try:
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    msg = json.loads(line)
+                    result = msg.get("result")
+                    if result is None:
+                        raise EtcdError(f"{self.endpoints[idx]}: watch: {msg.get('error') or msg}")
+                    if result.get("compact_revision") not in (None, "0"):
+                        raise EtcdError(f"watch: revision {start_revision} compacted")
+                    revision = int(result["header"]["revision"])
+                    for ev in result.get("events") or []:
+                        yield WatchEvent("delete" if ev.get("type") == "DELETE" else "put",
+                                         _kv(ev["kv"]), revision)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                raise EtcdError(f"{self.endpoints[idx]}: watch broke: {e.__class__.__name__} {e}") from None
+            finally:
+                resp.release()
+            raise EtcdError(f"{self.endpoints[idx]}: watch stream ended")
+        raise EtcdError("; ".join(errors) or "no etcd endpoint")
