@@ -20,6 +20,7 @@ from .health import Health
 from .httpguard import HttpGuard
 from .inbound import Inbound
 from .ipfilter import IpFilter
+from .etcd import Etcd
 from .mdns import Mdns
 from .metrics import Metrics
 from .mirror import Mirror
@@ -50,6 +51,7 @@ def gateway(state: MeshState | None = None) -> list:
         Config(state),     # first: loads mesh.yaml and pins the live snapshot to the flow
         Admin(state),      # admin listener (/status, /metrics, /record, /flows); not on the request path
         Mdns(state),       # keeps the registry live over mDNS; not on the request path
+        Etcd(state),       # the same over etcd (leases and a watch); both may run, merged by address
         Health(state),     # active health checks of endpoints; not on the request path
         HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
         Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow
@@ -91,6 +93,7 @@ def sidecar(state: MeshState | None = None) -> list:
         Config(state, role="sidecar"),  # first: config and workload; pins snapshot and direction
         Admin(state, role="sidecar"),   # admin listener (/status shows the registry); off the path
         Mdns(state),       # mDNS browse, and announces this instance while its app is healthy
+        Etcd(state),       # the same over etcd: a lease kept alive while the app is healthy
         Health(state),     # active health checks (the app, and endpoints sent to); off the path
         HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
         Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow

@@ -225,6 +225,8 @@ class EtcdSource(Source):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        for old in self._mine().values():
-            self.registry.apply(Event("remove", old))
+        if self.registry is not None:
+            for old in self._mine().values():
+                self.registry.apply(Event("remove", old))
         self.registry = None
+        await self.etcd.close()

@@ -212,11 +212,11 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
 
 async def _drain(m: master.Master) -> None:
     """A sidecar's graceful stop: goodbye first, keep serving while callers let go, then stop."""
-    announcer, config = m.addons.get("mdns"), m.addons.get("config")
+    config = m.addons.get("config")
     snap = config.state.snapshot if config is not None else None
     try:
-        if announcer is not None:
-            await announcer.withdraw()
+        announcers = [a for a in (m.addons.get("mdns"), m.addons.get("etcd")) if a is not None]
+        await asyncio.gather(*(a.withdraw() for a in announcers))
         if snap is not None and snap.workload is not None:
             log.info(f"draining for {snap.config.sidecar.drain:g}s")
             await asyncio.sleep(snap.config.sidecar.drain)

@@ -167,6 +167,8 @@ class MeshState:
         self.local: Endpoint | None = None  # a sidecar's app
         self.announced: str | None = None  # the mDNS name this sidecar is announced as
         self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
+        # the control plane's view (etcd discovery, etcd config): name → status(), each with "stale"
+        self.control: dict[str, Callable[[], dict]] = {}
         self.recent = records.Records("flows", 100, 8192, metrics.shared_dir(), _worker())  # /flows
         self._installing = False
         self.registry.subscribe(self._registry_changed)
@@ -297,6 +299,11 @@ class MeshState:
         cluster = self._checked.get(ep)
         return self.upstream_tls(cluster, ep) if cluster is not None else None
 
+    def control_status(self) -> dict:
+        """Each control-plane part's status, and `stale`: some part serves what it last knew."""
+        parts = {name: fn() for name, fn in self.control.items()}
+        return {"stale": any(p.get("stale") for p in parts.values()), **parts}
+
     def status(self) -> dict:
         snap = self.snapshot
         if snap is None:
@@ -320,6 +327,7 @@ class MeshState:
                            "mtls": b.listener.tls.mtls if b.listener.tls else None}
                           for b in snap.listeners],
             "registry": {"instances": instances},
+            "control_plane": self.control_status(),
             "upstream": {"connections_opened": self.pool.opened, "idle": self.pool.idle_count()},
             "routes": [
                 {"name": r.name, "match": r.config.match.model_dump(exclude_defaults=True),
@@ -337,7 +345,7 @@ class MeshState:
         if snap.workload is not None:
             w, local = snap.workload, self.local
             out["workload"] = {"service": w.service, "version": w.version, "instance": w.name,
-                               "zone": w.zone, "weight": w.weight, "identity": w.identity(snap.config),
+                               "zone": w.zone, "region": w.region, "weight": w.weight, "identity": w.identity(snap.config),
                                "app": f"{w.app[0]}:{w.app[1]}", "announced": self.announced,
                                "app_healthy": local.healthy if local else None,
                                "app_detail": local.detail if local else ""}

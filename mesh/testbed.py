@@ -233,15 +233,15 @@ class Mesh:
             self.wait_instances(count, timeout=timeout, admin=admin)
 
     def wait_instances(self, count: int, service: str | None = None, healthy: bool | None = None,
-                       timeout: float = 10.0, admin: str | None = None) -> list[dict]:
+                       timeout: float = 10.0, admin: str | None = None, source: str = "mdns") -> list[dict]:
         """Wait until the gateway's (or `admin`'s) registry holds `count` matching instances."""
         def matching():
-            found = [i for i in self.registry(admin) if i["source"] == "mdns"
+            found = [i for i in self.registry(admin) if i["source"] == source
                      and (service is None or i["service"] == service)
                      and (healthy is None or i["healthy"] == healthy)]
             return found if len(found) == count else None
         who = "the gateway" if admin is None else admin
-        self.say(f"waiting for {who} to find {count} {service or ''} instances over mDNS".replace("  ", " "))
+        self.say(f"waiting for {who} to find {count} {service or ''} instances over {source}".replace("  ", " "))
         found = wait_until(matching, timeout=timeout, interval=0.05)
         self.say(f"{who} knows the {count} instances")
         return found
@@ -283,7 +283,7 @@ def sidecar_config(mdns_address: str) -> dict:
     }
 
 
-_STAMP = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] announced ", re.M)
+_STAMP = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] (?:etcd: )?announced ", re.M)
 
 
 def announced_at(sidecar: procs.Child) -> float:

@@ -831,10 +831,29 @@ class Mdns(Model):
     )
 
 
+class EtcdMember(Model):
+    """One etcd member's client address."""
+
+    address: Address
+    port: Port
+
+
+class Etcd(Model):
+    """Discovery through an etcd cluster: sidecars register under a lease, proxies watch."""
+
+    endpoints: Annotated[list[Annotated[EtcdMember, BeforeValidator(split_hostport)]], Field(min_length=1)] = Field(
+        description="client URLs of the etcd members as host:port, e.g. [127.0.0.1:2379]; any one "
+                    "that answers will do")
+    ttl: int = Field(5, ge=1, le=10, description="lease TTL in seconds (default 5): a killed sidecar "
+                                                  "is gone from every proxy within it")
+
+
 class Discovery(Model):
     """Where proxies find endpoints besides the static ones in `services`."""
 
     mdns: Mdns | None = Field(None, description="zeroconf discovery (default off: static endpoints only)")
+    etcd: Etcd | None = Field(None, description="etcd discovery (default off); may run beside mdns: an "
+                                                "endpoint both announce is one endpoint")
 
 
 def _named(name: str) -> Any:
