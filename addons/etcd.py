@@ -3,6 +3,7 @@ is healthy (the same readiness rules as mDNS, in addons/mdns.py; only the source
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from discovery.etcd import EtcdSource
@@ -26,6 +27,12 @@ class Etcd(Mdns):
     label = "etcd: "
     def load(self, loader):
         pass  # mesh_announce is Mdns's option, and governs both
+
+    async def running(self):
+        # Mdns, before it in the chain, has already checked the app once at start
+        self._busy = asyncio.Lock()
+        self.state.watchers.append(self._changed)
+        await self._restart()
 
     def settings_of(self, snap: Snapshot) -> tuple | None:
         return etcd_settings(snap)

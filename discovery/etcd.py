@@ -14,9 +14,8 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
 
-from .etcdapi import Etcd, EtcdError, KeyValue, LeaseLost
+from .etcdapi import Etcd, EtcdError, Follower, KeyValue, LeaseLost
 from .registry import Event, Instance, Registry
 from .source import Source
 
@@ -73,76 +72,40 @@ class EtcdSource(Source):
         self.etcd = etcd
         self.mesh = mesh
         self.ttl = ttl
-        self.probe_interval = probe_interval
         self.registry: Registry | None = None
-        self.stale_since: float | None = None  # when etcd stopped answering (None: in sync)
-        self.last_error: str | None = None
         self.revision = 0
-        self._tasks: list[asyncio.Task] = []
-        self._watch: asyncio.Task | None = None
+        self.follower = Follower(etcd, self._follow, "discovery", probe_interval)
         self._lease = 0
         self._announced: Instance | None = None
         self._keepalive: asyncio.Task | None = None
         self._warned: set[str] = set()
-        self._synced = asyncio.Event()
 
     async def start(self, registry: Registry) -> None:
         self.registry = registry
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow(), name="mitmesh-etcd-watch"),
-                       loop.create_task(self._probe(), name="mitmesh-etcd-probe")]
+        self.follower.start()
 
     async def wait_synced(self, timeout: float) -> bool:
         """Wait for the first complete listing (a gateway starts with every known instance)."""
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
+            await asyncio.wait_for(self.follower.synced.wait(), timeout)
             return True
         except asyncio.TimeoutError:
             return False
 
     def status(self) -> dict:
-        return {"endpoints": self.etcd.endpoints, "revision": self.revision,
-                "stale": self.stale_since is not None,
-                "stale_for": round(time.time() - self.stale_since, 1) if self.stale_since else None,
-                "error": self.last_error, "lease": f"{self._lease:x}" if self._lease else None}
+        return {**self.follower.status(), "revision": self.revision,
+                "lease": f"{self._lease:x}" if self._lease else None}
 
-    # following the prefix
-
-    def _lost(self, why: str) -> None:
-        if self.stale_since is None:
-            self.stale_since = time.time()
-            log.warning(f"etcd: lost ({why}); keeping {len(self._mine())} known instances")
-        self.last_error = why
+    # following the prefix: the last known instances stay while etcd is out of reach
 
     async def _follow(self) -> None:
-        while True:
-            try:
-                kvs, revision = await self.etcd.get_prefix(instances_prefix(self.mesh))
-                self._reconcile(kvs)
-                self.revision = revision
-                if self.stale_since is not None:
-                    log.info(f"etcd: back after {time.time() - self.stale_since:.1f}s at revision {revision}")
-                self.stale_since, self.last_error = None, None
-                self._synced.set()
-                async for ev in self.etcd.watch(instances_prefix(self.mesh), revision + 1):
-                    self.revision = ev.revision
-                    self._event(ev.kind, ev.kv)
-            except EtcdError as e:
-                self._lost(str(e))
-            await asyncio.sleep(0.5)
-
-    async def _probe(self) -> None:
-        """A quiet watch cannot tell a healthy etcd from one without quorum: read through raft
-        (a linearizable read) every interval; when that fails, restart the watch elsewhere."""
-        while True:
-            await asyncio.sleep(self.probe_interval)
-            try:
-                await self.etcd.call("kv/range", {"key": "Lw==", "count_only": True})
-            except EtcdError as e:
-                self._lost(str(e))
-                if self._tasks and not self._tasks[0].done():
-                    self._tasks[0].cancel()
-                    self._tasks[0] = asyncio.get_running_loop().create_task(self._follow())
+        kvs, revision = await self.etcd.get_prefix(instances_prefix(self.mesh))
+        self._reconcile(kvs)
+        self.revision = revision
+        self.follower.in_sync()
+        async for ev in self.etcd.watch(instances_prefix(self.mesh), revision + 1):
+            self.revision = ev.revision
+            self._event(ev.kind, ev.kv)
 
     def _mine(self) -> dict[str, Instance]:
         return self.registry.by_source(self.name) if self.registry else {}
@@ -221,10 +184,7 @@ class EtcdSource(Source):
 
     async def stop(self) -> None:
         await self.withdraw()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self.follower.stop()
         if self.registry is not None:
             for old in self._mine().values():
                 self.registry.apply(Event("remove", old))

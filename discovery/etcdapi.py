@@ -12,8 +12,9 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
@@ -43,11 +44,11 @@ class WatchEvent:
     revision: int
 
 
-def _b64(text: str) -> str:
+def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _unb64(text: str | None) -> str:
+def unb64(text: str | None) -> str:
     return base64.b64decode(text or "").decode("utf-8", "replace")
 
 
@@ -59,7 +60,7 @@ def prefix_end(prefix: str) -> str:
 
 
 def _kv(d: dict) -> KeyValue:
-    return KeyValue(_unb64(d.get("key")), _unb64(d.get("value")), int(d.get("mod_revision", 0)),
+    return KeyValue(unb64(d.get("key")), unb64(d.get("value")), int(d.get("mod_revision", 0)),
                     int(d.get("lease", 0)))
 
 
@@ -128,28 +129,28 @@ class Etcd:
     # kv
 
     async def put(self, key: str, value: str, lease: int = 0) -> int:
-        body = {"key": _b64(key), "value": _b64(value)}
+        body = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
         return int((await self.call("kv/put", body))["header"]["revision"])
 
     async def get(self, key: str) -> KeyValue | None:
-        kvs = (await self.call("kv/range", {"key": _b64(key)})).get("kvs") or []
+        kvs = (await self.call("kv/range", {"key": b64(key)})).get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under `prefix`, and the store's revision they were read at."""
-        data = await self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        data = await self.call("kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
         return [_kv(d) for d in data.get("kvs") or []], int(data["header"]["revision"])
 
     async def delete(self, key: str) -> None:
-        await self.call("kv/deleterange", {"key": _b64(key)})
+        await self.call("kv/deleterange", {"key": b64(key)})
 
     async def create(self, key: str, value: str) -> bool:
         """Put `key` only if it does not exist yet; returns whether it was created."""
         data = await self.call("kv/txn", {
-            "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-            "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
+            "compare": [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": b64(key), "value": b64(value)}}],
         })
         return bool(data.get("succeeded"))
 
@@ -177,7 +178,7 @@ class Etcd:
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Every change under `prefix` from `start_revision` on, until the stream breaks (then
         EtcdError: the caller lists again and resumes)."""
-        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+        body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision)}}
         errors = []
         for idx in [self._preferred] + [i for i in range(len(self.endpoints)) if i != self._preferred]:
@@ -208,3 +209,70 @@ class Etcd:
                 resp.release()
             raise EtcdError(f"{self.endpoints[idx]}: watch stream ended")
         raise EtcdError("; ".join(errors) or "no etcd endpoint")
+
+
+class Follower:
+    """Runs `follow` (list, then watch; raises EtcdError when it breaks) again and again, and
+    probes etcd with a linearizable read: a quiet watch cannot tell a healthy cluster from one
+    without quorum. Knows since when etcd is out of reach (`stale_since`)."""
+
+    def __init__(self, etcd: Etcd, follow: Callable[[], Awaitable[None]], what: str,
+                 probe_interval: float = 1.0):
+        self.etcd = etcd
+        self.follow = follow
+        self.what = what
+        self.probe_interval = probe_interval
+        self.stale_since: float | None = None
+        self.last_error: str | None = None
+        self.synced = asyncio.Event()
+        self._follow: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._follow = loop.create_task(self._run(), name=f"mitmesh-etcd-{self.what}")
+        self._probe = loop.create_task(self._probing(), name=f"mitmesh-etcd-{self.what}-probe")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._follow, self._probe) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._follow = self._probe = None
+
+    def status(self) -> dict:
+        return {"endpoints": self.etcd.endpoints, "stale": self.stale_since is not None,
+                "stale_for": round(time.time() - self.stale_since, 1) if self.stale_since else None,
+                "error": self.last_error}
+
+    def in_sync(self) -> None:
+        """`follow` calls this once it has listed what it follows."""
+        if self.stale_since is not None:
+            log.info(f"etcd {self.what}: back after {time.time() - self.stale_since:.1f}s")
+        self.stale_since, self.last_error = None, None
+        self.synced.set()
+
+    def lost(self, why: str) -> None:
+        if self.stale_since is None:
+            self.stale_since = time.time()
+            log.warning(f"etcd {self.what}: out of reach, serving what it last knew ({why})")
+        self.last_error = why
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.follow()
+            except EtcdError as e:
+                self.lost(str(e))
+            await asyncio.sleep(0.5)
+
+    async def _probing(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                await self.etcd.call("kv/range", {"key": "Lw==", "count_only": True})
+            except EtcdError as e:
+                self.lost(str(e))
+                if self._follow is not None:  # start over, with another member if one answers
+                    self._follow.cancel()
+                    self._follow = asyncio.get_running_loop().create_task(self._run())

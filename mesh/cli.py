@@ -4,6 +4,7 @@ traces."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -13,8 +14,17 @@ from .errors import BAD_INPUT, FAILED, CommandError
 from .config.schema import BY_DESIGN
 
 
-def config_file(text: str) -> Path:
-    """A --config that exists (checked before anything starts, so the error is one line)."""
+def config_file(text: str) -> Path | str:
+    """A --config that exists (checked before anything starts, so the error is one line), or an
+    etcd://HOST:PORT/MESH config store, returned as given."""
+    from .config.store import is_location, parse_location
+
+    if is_location(text):
+        try:
+            parse_location(text)
+        except ValueError as e:
+            raise CommandError(f"--config: {e}", BAD_INPUT) from None
+        return text
     path = Path(text)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
@@ -98,6 +108,8 @@ def _gateway(args) -> int:
     from . import supervisor
 
     workers = args.workers or supervisor.default_workers()
+    if args.name:  # read by every worker's config addon (mesh_proxy): a rollout's canary names it
+        os.environ["MITMESH_PROXY"] = args.name
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
 
 
@@ -107,7 +119,7 @@ def _sidecar(args) -> int:
     from . import supervisor
     from .workload import parse_workload
 
-    config_file(args.config)
+    checked = config_file(args.config)
     spec = ",".join(f"{k}={v}" for k, v in (
         ("service", args.service), ("version", args.version), ("app", args.app),
         ("address", args.address), ("zone", args.zone), ("weight", args.weight),
@@ -121,7 +133,8 @@ def _sidecar(args) -> int:
         return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
     # one worker: the sidecar is this one process (no supervisor), under -O like every worker; it
     # checks that its addresses are free itself (mesh/runtime.py), so the config is read once
-    argv = supervisor.worker_argv(Path(args.config).resolve(), [], "sidecar", args.verbosity, -1, spec)
+    config = checked if isinstance(checked, str) else Path(args.config).resolve()
+    argv = supervisor.worker_argv(config, [], "sidecar", args.verbosity, -1, spec)
     sys.stdout.flush()
     os.execv(argv[0], argv)
     return 1  # not reached
@@ -206,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)
     g.add_argument("--workers", type=count, default=0, help="worker processes (default 0: one per core)")
     g.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
+    g.add_argument("--name", default="", help="this gateway's name for a config rollout's canary "
+                                              "(default: gateway)")
     g.set_defaults(func=_gateway)
 
     r = sub.add_parser("record", help="save the mesh's flows for a while (mitmproxy flow format)")
@@ -263,8 +278,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER, help="bench's own options")
     b.set_defaults(func=_bench)
 
-    from . import certcmd
+    from . import certcmd, configcmd
     certcmd.add_parser(sub)
+    configcmd.add_parser(sub)
 
     sc = sub.add_parser("scenario", help="run a failure scenario against a mesh of real processes; "
                                          "prints a report and PASS/FAIL against its SLO")

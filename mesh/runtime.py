@@ -24,7 +24,10 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
 from mitmproxy.proxy import mode_servers
 
 from . import sockets
+from discovery.etcdapi import EtcdError
+
 from .config import ConfigError, load
+from .config.store import is_location, load_any
 from .state import listeners_of
 from .workload import parse_workload
 
@@ -181,7 +184,7 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
                  ready_fd: int = -1, workload: str = "", announce: bool = True) -> master.Master:
     from addons import chain  # the chain imports mitmproxy's addon API; keep it out of module import
 
-    config = load(config_path)
+    config = load_any(config_path, parse_workload(workload).name if role == "sidecar" else "gateway")
     opts = options.Options()
     m = master.Master(opts)
     m.addons = HookTable(m)
@@ -204,7 +207,7 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
         connection_strategy="lazy",
         keep_host_header=True,
         termlog_verbosity=verbosity,
-        mesh_config=os.path.abspath(config_path),
+        mesh_config=config_path if is_location(config_path) else os.path.abspath(config_path),
         **extra,
     )
     return m
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(args.config, args.role, args.verbosity, args.ready_fd, args.workload,
                                not args.no_announce))
-    except (ConfigError, exceptions.OptionsError) as e:  # e.g. a workload certificate that is missing
+    except (ConfigError, EtcdError, exceptions.OptionsError) as e:  # e.g. a missing workload certificate
         print(e, file=sys.stderr)
         return 1
 

@@ -107,11 +107,17 @@ def build(path: str) -> Snapshot:
     """Read, validate and compile a config file. Pure and blocking: run it off the event loop."""
     with open(path, "rb") as f:
         raw = f.read()
-    config = meshconfig.load_text(raw.decode("utf-8", "replace"), path)
+    return build_text(raw.decode("utf-8", "replace"), path, hashlib.sha256(raw).hexdigest()[:12])
+
+
+def build_text(text: str, file: str, digest: str | None = None) -> Snapshot:
+    """Validate and compile a config's text; `file` names it in errors, and relative paths in it
+    resolve against its folder (a config from etcd: the proxy's working folder)."""
+    config = meshconfig.load_text(text, file)
     return Snapshot(
         config=config,
-        file=path,
-        digest=hashlib.sha256(raw).hexdigest()[:12],
+        file=file,
+        digest=digest or hashlib.sha256(text.encode()).hexdigest()[:12],
         routes=compile_routes(config),
     )
 

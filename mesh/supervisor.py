@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs, sockets
+from discovery.etcdapi import EtcdError
+
 from .config import ConfigError, load
+from .config.store import is_location, load_any
 from .state import admin_of, listeners_of
 from .workload import parse_workload
 
@@ -60,11 +63,11 @@ def unavailable(config, workload) -> list[str]:
 
 def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "gateway",
           workload: str = "") -> int:
-    path = Path(config_path).resolve()
+    path = config_path if is_location(config_path) else Path(config_path).resolve()
     try:
-        config = load(path)
         wl = parse_workload(workload) if role == "sidecar" else None
-    except (ConfigError, ValueError) as e:
+        config = load_any(str(path), wl.name if wl else "gateway")
+    except (ConfigError, EtcdError, ValueError) as e:
         print(e, file=sys.stderr)
         return 1
     listeners = [(b.listener.address, b.listener.port) for b in listeners_of(config, wl)]

@@ -21,12 +21,12 @@ class Workload:
     version: str = "v1"
     address: str = "127.0.0.1"  # this instance's address: its listeners and mDNS bind here
     zone: str | None = None
-    region: str | None = None  # the locality above zone (Envoy's region), announced over etcd
     weight: int = 1
     instance: str = ""
     inbound: int | None = None  # ports; None: the config's sidecar defaults
     outbound: int | None = None
     admin: int | None = None
+    region: str | None = None  # the locality above zone (Envoy's region), announced over etcd
 
     @property
     def name(self) -> str:
