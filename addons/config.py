@@ -76,6 +76,7 @@ class Config:
         rev = fetch_current(location, proxy)
         snap = build_text(rev.text, rev.label, rev.digest)
         self._etcd = (location, proxy, rev)
+        self.state.config_store = location.endpoints
         return snap
 
     def proxy_name(self) -> str:

@@ -8,19 +8,25 @@ import logging
 
 from discovery.etcd import EtcdSource
 from discovery.etcdapi import Etcd as EtcdClient
+from mesh.config.schema import Etcd as EtcdModel
 from mesh.state import Snapshot
 
 from .mdns import Mdns
 
 log = logging.getLogger("mitmesh.discovery")
+DEFAULT_TTL = EtcdModel.model_fields["ttl"].default
 
 
-def etcd_settings(snap: Snapshot) -> tuple[str, tuple[str, ...], int] | None:
-    """(mesh id, etcd client URLs, lease TTL), or None when etcd discovery is off."""
+def etcd_settings(snap: Snapshot, store: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...], int] | None:
+    """(mesh id, etcd client URLs, lease TTL), or None when etcd discovery is off. A proxy whose
+    config comes from etcd (`store`) discovers through the same members unless
+    discovery.etcd names others."""
     etcd = snap.config.discovery.etcd
-    if etcd is None:
-        return None
-    return snap.config.mesh.id, tuple(f"http://{m.address}:{m.port}" for m in etcd.endpoints), etcd.ttl
+    if etcd is not None:
+        return snap.config.mesh.id, tuple(f"http://{m.address}:{m.port}" for m in etcd.endpoints), etcd.ttl
+    if store:
+        return snap.config.mesh.id, tuple(store), DEFAULT_TTL
+    return None
 
 
 class Etcd(Mdns):
@@ -35,7 +41,7 @@ class Etcd(Mdns):
         await self._restart()
 
     def settings_of(self, snap: Snapshot) -> tuple | None:
-        return etcd_settings(snap)
+        return etcd_settings(snap, self.state.config_store)
 
     async def start_source(self, settings: tuple) -> EtcdSource:
         mesh, endpoints, ttl = settings

@@ -101,7 +101,8 @@ def _validate(args) -> int:
 def _up(args) -> int:
     from .launcher import up
 
-    return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers)
+    return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers,
+              control_plane=args.control_plane, etcd_port=args.etcd_port)
 
 
 def _gateway(args) -> int:
@@ -122,7 +123,7 @@ def _sidecar(args) -> int:
     checked = config_file(args.config)
     spec = ",".join(f"{k}={v}" for k, v in (
         ("service", args.service), ("version", args.version), ("app", args.app),
-        ("address", args.address), ("zone", args.zone), ("weight", args.weight),
+        ("address", args.address), ("zone", args.zone), ("region", args.region), ("weight", args.weight),
         ("instance", args.instance), ("inbound", args.inbound_port),
         ("outbound", args.outbound_port), ("admin", args.admin_port)) if v not in (None, ""))
     try:
@@ -213,6 +214,12 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--web", action="store_true", help="run the gateway as mitmweb on 127.0.0.1 (default off)")
     u.add_argument("--web-port", type=port, default=8081, help="mitmweb's port with --web (default 8081)")
     u.add_argument("--workers", type=count, default=0, help="gateway workers (default 0: one per core)")
+    u.add_argument("--control-plane", default="file", choices=["file", "etcd"],
+                   help="file: every proxy reads --config (default); etcd: a local etcd on 127.0.0.1 "
+                        "holds the config (pushed from --config) and the instances")
+    u.add_argument("--etcd-port", type=port, default=None,
+                   help="the local etcd's client port with --control-plane etcd (default 2379, or a "
+                        "free one when taken)")
     u.set_defaults(func=_up)
 
     g = sub.add_parser("gateway", help="run the gateway on the lean runtime, one worker per core")
@@ -264,6 +271,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="127.0.0.1",
                    help="this instance's address: listeners and mDNS bind here (default 127.0.0.1)")
     s.add_argument("--zone", default=None, help="its zone, announced for zone-aware balancing (default none)")
+    s.add_argument("--region", default=None, help="its region, the locality above zone (default none)")
     s.add_argument("--weight", type=int, default=None, help="its load balancing weight (default 1)")
     s.add_argument("--instance", default=None, help="instance name (default service-version-address)")
     s.add_argument("--inbound-port", type=port, default=None, help="default: sidecar.inbound.port")

@@ -52,3 +52,37 @@ def start(data_dir: Path, log_dir: Path, host: str = "127.0.0.1", name: str = "e
     member.child = procs.spawn(name, [*(prefix or []), *argv(member, [member], data_dir)], log_dir=log_dir)
     procs.wait_ports(member.child, [(host, member.client_port)], timeout=20)
     return member
+
+
+def control_plane(state_dir: Path, log_dir: Path, text: str, file: str, mesh: str,
+                  port: int | None = None) -> tuple[Member, str]:
+    """A single-member etcd for the demo (127.0.0.1:2379 when free), holding `text` (validated by
+    the caller) as the current revision; proxies reading their config there also discover
+    through it. Returns the member and the store location."""
+    import asyncio
+
+    from discovery.etcdapi import Etcd
+    from .config.store import Store
+
+    host = "127.0.0.1"
+    client = port or (2379 if not procs.port_open(host, 2379) else procs.free_port(host))
+    member = Member("etcd0", host, client, procs.free_port(host))
+    member.child = procs.spawn("etcd", argv(member, [member], state_dir), log_dir=log_dir)
+    procs.wait_ports(member.child, [(host, client)], timeout=20)
+
+    async def push() -> None:
+        etcd = Etcd([member.client_url])
+        try:
+            store = Store(etcd, mesh)
+            current = await store.current()
+            latest = await store.get(current["revision"]) if current.get("revision") else None
+            if latest is None or latest.text != text:  # keep history across runs; push an edit
+                await store.push(text, file, "mitmesh up")
+        finally:
+            await etcd.close()
+    try:
+        asyncio.run(push())
+    except Exception:
+        member.child.stop()
+        raise
+    return member, f"etcd://{host}:{client}/{mesh}"

@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, certcmd, modes, pki, procs, sockets
+from . import admin, certcmd, etcdserver, modes, pki, procs, sockets
 from .config import ConfigError, load
 from .config.schema import MeshConfig
 
@@ -113,12 +113,14 @@ def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> 
 
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
-                 web_token: str | None = None, extra: list[str] = ()) -> list[str]:
+                 web_token: str | None = None, extra: list[str] = (), source: str | None = None) -> list[str]:
+    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd:// config store instead
+    of the file."""
     script = str(ROOT / "addons" / "gateway.py")
     mode_args = [arg for lst in config.gateway.listeners
              for arg in ("--mode", modes.reverse(lst.address, lst.port))]
     argv = [procs.tool("mitmweb" if web else "mitmdump"), "-s", script, *mode_args,
-            "--set", f"mesh_config={config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
+            "--set", f"mesh_config={source or config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
             "--set", f"confdir={state_dir(config_path) / 'mitmproxy'}"]
     if web:
         argv += ["--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}",
@@ -240,7 +242,8 @@ def _echo(child: procs.Child, prefix: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0) -> int:
+def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0,
+       control_plane: str = "file", etcd_port: int | None = None) -> int:
     path = Path(config_path).resolve()
     try:
         config = load(path)
@@ -286,7 +289,15 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     listeners = config.gateway.listeners
     plain = next((l for l in listeners if l.tls is None), None)
     gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
+    source: Path | str = path  # where every proxy reads its config: the file, or etcd
+    etcd_child: procs.Child | None = None
     try:
+        if control_plane == "etcd":
+            member, source = etcdserver.control_plane(state / "etcd", run_dir, path.read_text(), path.name,
+                                                      config.mesh.id, etcd_port)
+            etcd_child = member.child  # stopped last: sidecars revoke their leases while stopping
+            print(f"control-plane: {source} (etcd pid {member.child.pid}; "
+                  f"`mitmesh config push|history|rollback --store {source}`)", flush=True)
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
             child = procs.spawn(inst.name, service_argv(inst, config, gateway_url), log_dir=run_dir)
@@ -303,7 +314,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         sidecars = []
         for inst, _ in apps:
             if inst.sidecar is not None:
-                sc = procs.spawn(f"{inst.name}.sidecar", sidecar_argv(path, inst), log_dir=run_dir,
+                sc = procs.spawn(f"{inst.name}.sidecar", sidecar_argv(source, inst), log_dir=run_dir,
                                  cwd=str(path.parent))
                 children.append(sc)
                 sidecars.append((inst, sc))
@@ -316,8 +327,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
                   f"http://{s.address}:{s.outbound} admin http://{s.address}:{s.admin}/status "
                   f"pid {sc.pid}", flush=True)
         token = secrets.token_hex(12)
-        argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token) if web
-                else lean_argv(path, workers))
+        argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token,
+                             source=None if source == path else str(source)) if web
+                else lean_argv(source, workers))
         gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent))
         children.append(gw)
         _echo(gw, "[gateway]")
@@ -367,6 +379,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         if children and children[-1].name == "gateway":  # stop sending first, then the rest at once
             children.pop().stop()
         procs.stop_all(children)
+        if etcd_child is not None:
+            etcd_child.stop()
         up_state.unlink(missing_ok=True)
         os.close(lock)
         print("stopped", flush=True)

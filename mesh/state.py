@@ -175,6 +175,9 @@ class MeshState:
         self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
         # the control plane's view (etcd discovery, etcd config): name → status(), each with "stale"
         self.control: dict[str, Callable[[], dict]] = {}
+        # the etcd members the config comes from (mesh_config=etcd://...): discovery uses them too
+        # unless discovery.etcd names others
+        self.config_store: tuple[str, ...] | None = None
         self.recent = records.Records("flows", 100, 8192, metrics.shared_dir(), _worker())  # /flows
         self._installing = False
         self.registry.subscribe(self._registry_changed)
