@@ -79,6 +79,10 @@ class Config:
         self.state.config_store = location.endpoints
         return snap
 
+    def _describe(self) -> dict:
+        snap = self.state.snapshot
+        return {"role": self.role, "admin": f"http://{snap.admin[0]}:{snap.admin[1]}" if snap else None}
+
     def proxy_name(self) -> str:
         if ctx.options.mesh_proxy:
             return ctx.options.mesh_proxy
@@ -106,7 +110,7 @@ class Config:
         if proxyserver is not None:
             await proxyserver.servers.update([ProxyMode.parse(m) for m in ctx.options.mode])
         if ctx.options.mesh_reload and self._etcd is not None:
-            self.watcher = EtcdWatcher(*self._etcd, self._reloaded, self._rejected)
+            self.watcher = EtcdWatcher(*self._etcd, self._reloaded, self._rejected, self._describe)
             self.state.control["config"] = self.watcher.status
             self.watcher.start()
         elif ctx.options.mesh_reload and self.state.snapshot:

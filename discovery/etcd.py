@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 
-from .etcdapi import Etcd, EtcdError, Follower, KeyValue, LeaseLost
+from .etcdapi import Etcd, Follower, KeyValue, LeasedKey
 from .registry import Event, Instance, Registry
 from .source import Source
 
@@ -75,9 +75,7 @@ class EtcdSource(Source):
         self.registry: Registry | None = None
         self.revision = 0
         self.follower = Follower(etcd, self._follow, "discovery", probe_interval)
-        self._lease = 0
-        self._announced: Instance | None = None
-        self._keepalive: asyncio.Task | None = None
+        self.lease = LeasedKey(etcd, ttl)
         self._warned: set[str] = set()
 
     async def start(self, registry: Registry) -> None:
@@ -94,7 +92,7 @@ class EtcdSource(Source):
 
     def status(self) -> dict:
         return {**self.follower.status(), "revision": self.revision,
-                "lease": f"{self._lease:x}" if self._lease else None}
+                "lease": f"{self.lease.lease:x}" if self.lease.lease else None}
 
     # following the prefix: the last known instances stay while etcd is out of reach
 
@@ -145,42 +143,13 @@ class EtcdSource(Source):
 
     async def announce(self, inst: Instance, instance: str) -> str:
         """Register `inst` under a lease kept alive in the background; returns its key."""
-        self._announced = dataclasses.replace(inst, source="etcd", workload=instance)
-        await self._register()
-        if self._keepalive is None:
-            self._keepalive = asyncio.get_running_loop().create_task(self._keep(), name="mitmesh-etcd-lease")
-        return instance_key(self.mesh, inst)
-
-    async def _register(self) -> None:
-        self._lease = await self.etcd.grant(self.ttl)
-        await self.etcd.put(instance_key(self.mesh, self._announced), encode(self._announced), self._lease)
-
-    async def _keep(self) -> None:
-        while self._announced is not None:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                if self._lease:
-                    await self.etcd.keepalive(self._lease)
-                else:
-                    await self._register()
-            except LeaseLost:
-                log.warning("etcd: lease expired (etcd unreachable longer than its TTL); registering again")
-                self._lease = 0
-            except EtcdError as e:
-                log.warning(f"etcd: cannot refresh the lease: {e}")
+        key = instance_key(self.mesh, inst)
+        await self.lease.put(key, encode(dataclasses.replace(inst, source="etcd", workload=instance)))
+        return key
 
     async def withdraw(self) -> None:
         """Revoke the lease: every watcher drops this instance at once, not after the TTL."""
-        self._announced = None
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
-        if self._lease:
-            lease, self._lease = self._lease, 0
-            try:
-                await self.etcd.revoke(lease)
-            except EtcdError as e:
-                log.warning(f"etcd: cannot revoke lease {lease:x} ({e}); it expires within {self.ttl}s")
+        await self.lease.revoke()
 
     async def stop(self) -> None:
         await self.withdraw()

@@ -276,3 +276,64 @@ class Follower:
                 if self._follow is not None:  # start over, with another member if one answers
                     self._follow.cancel()
                     self._follow = asyncio.get_running_loop().create_task(self._run())
+
+
+class LeasedKey:
+    """One key that lives as long as its owner: put under a lease refreshed every ttl/3, put
+    again under a new lease when etcd let the old one expire, deleted at once by `revoke()`."""
+
+    def __init__(self, etcd: Etcd, ttl: int):
+        self.etcd = etcd
+        self.ttl = ttl
+        self.lease = 0
+        self._key: str | None = None
+        self._value = ""
+        self._task: asyncio.Task | None = None
+
+    async def put(self, key: str, value: str) -> None:
+        """Set (or change) the key; raises EtcdError when etcd cannot take it now (the keeper
+        retries in the background)."""
+        if self._key is not None and self._key != key and self.lease:
+            await self.revoke()
+        self._key, self._value = key, value
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._keep(), name="mitmesh-etcd-lease")
+        await self._put()
+
+    async def _put(self) -> None:
+        if not self.lease:
+            self.lease = await self.etcd.grant(self.ttl)
+        try:
+            await self.etcd.put(self._key, self._value, self.lease)
+        except LeaseLost:
+            self.lease = await self.etcd.grant(self.ttl)
+            await self.etcd.put(self._key, self._value, self.lease)
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                if self.lease:
+                    await self.etcd.keepalive(self.lease)
+                else:
+                    await self._put()
+            except LeaseLost:
+                log.warning(f"etcd: lease of {self._key} expired (etcd out of reach longer than its "
+                            f"TTL); putting it again")
+                self.lease = 0
+            except EtcdError as e:
+                log.warning(f"etcd: cannot refresh the lease of {self._key}: {e}")
+
+    async def revoke(self) -> None:
+        """Delete the key now (watchers hear it at once), and stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.lease:
+            lease, self.lease = self.lease, 0
+            try:
+                await self.etcd.revoke(lease)
+            except EtcdError as e:
+                log.warning(f"etcd: cannot revoke the lease of {self._key} ({e}); it goes within "
+                            f"{self.ttl}s")
+        self._key = None

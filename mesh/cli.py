@@ -52,6 +52,16 @@ def port(text: str) -> int:
     return int(text)
 
 
+def address(text: str) -> str:
+    """argparse type: an IP address to bind, such as 127.0.0.2."""
+    from .config.types import check_address
+
+    try:
+        return check_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def count(text: str) -> int:
     """argparse type: a whole number >= 0 (workers: 0 means one per core)."""
     if not text.isdigit():
@@ -111,6 +121,8 @@ def _gateway(args) -> int:
     workers = args.workers or supervisor.default_workers()
     if args.name:  # read by every worker's config addon (mesh_proxy): a rollout's canary names it
         os.environ["MITMESH_PROXY"] = args.name
+    if args.address:  # every worker binds there (mesh/state.py gateway_address)
+        os.environ["MITMESH_ADDRESS"] = args.address
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
 
 
@@ -228,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
     g.add_argument("--name", default="", help="this gateway's name for a config rollout's canary "
                                               "(default: gateway)")
+    g.add_argument("--address", default=None, type=address,
+                   help="bind every listener and the admin listener on this address instead of the "
+                        "config's: one config for gateways on many hosts (default: the config's)")
     g.set_defaults(func=_gateway)
 
     r = sub.add_parser("record", help="save the mesh's flows for a while (mitmproxy flow format)")

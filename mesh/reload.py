@@ -9,14 +9,15 @@ import logging
 import os
 from typing import Callable
 
-from discovery.etcdapi import Etcd, Follower
+from discovery.etcdapi import Etcd, EtcdError, Follower, LeasedKey
 
 from . import metrics
 from .config import ConfigError
-from .config.store import Location, Revision, Store, current_key, wanted_revision
+from .config.store import Location, Revision, Store, current_key, proxy_key, wanted_revision
 from .state import Snapshot, build, build_text
 
 log = logging.getLogger("mitmesh.config")
+PRESENCE_TTL = 5
 
 
 def _stamp(path: str) -> tuple | None:
@@ -90,7 +91,7 @@ class EtcdWatcher:
 
     def __init__(self, location: Location, proxy: str, applied: Revision,
                  on_valid: Callable[[Snapshot], object], on_invalid: Callable[[str], None],
-                 probe_interval: float = 1.0):
+                 describe: Callable[[], dict] = dict, probe_interval: float = 1.0):
         self.location = location
         self.proxy = proxy
         self.applied = applied
@@ -101,6 +102,9 @@ class EtcdWatcher:
         self.follower = Follower(self.etcd, self._follow, "config", probe_interval)
         self.wanted: int | None = applied.revision
         self.refused: dict[int, str] = {}  # revision → why it was not applied
+        # this proxy (one key per worker) and the revision it runs, for `mitmesh config rollout`
+        self.describe = describe
+        self.presence = LeasedKey(self.etcd, PRESENCE_TTL)
         metrics.CONFIG_REVISION.set(applied.revision)
 
     def start(self) -> None:
@@ -108,7 +112,17 @@ class EtcdWatcher:
 
     async def stop(self) -> None:
         await self.follower.stop()
+        await self.presence.revoke()
         await self.etcd.close()
+
+    async def _report(self) -> None:
+        record = {**self.describe(), "proxy": self.proxy, "pid": os.getpid(),
+                  "revision": self.applied.revision, "wanted": self.wanted,
+                  "refused": self.refused.get(self.wanted) if self.wanted is not None else None}
+        try:
+            await self.presence.put(proxy_key(self.location.mesh, self.proxy, os.getpid()), json.dumps(record))
+        except EtcdError as e:
+            log.warning(f"etcd config: cannot report revision {self.applied.revision}: {e}")
 
     def status(self) -> dict:
         wanted = self.wanted
@@ -122,9 +136,11 @@ class EtcdWatcher:
         self.follower.in_sync()
         if kv is not None:
             await self._select(json.loads(kv.value))
+        await self._report()
         async for ev in self.etcd.watch(current_key(self.location.mesh), revision + 1):
             if ev.kind == "put" and ev.kv.key == current_key(self.location.mesh):
                 await self._select(json.loads(ev.kv.value))
+                await self._report()
 
     async def _select(self, current: dict) -> None:
         n = wanted_revision(current, self.proxy)

@@ -49,11 +49,19 @@ def inbound_tls(config: MeshConfig, service: str) -> ListenerTls | None:
     return ListenerTls(cert=str(cert), key=str(key), mtls=svc.mtls)
 
 
+def gateway_address() -> str | None:
+    """This gateway's host address (`mitmesh gateway --address`): its listeners and admin bind
+    there instead of the config's addresses, so one config serves gateways on many hosts."""
+    return os.environ.get("MITMESH_ADDRESS") or None
+
+
 def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, ...]:
     """The gateway's listeners, or a sidecar's inbound and outbound on its instance address."""
     if workload is None:
+        host = gateway_address()
+        listeners = [l.model_copy(update={"address": host}) if host else l for l in config.gateway.listeners]
         return tuple(Bound(modes.reverse(l.address, l.port), l, None, f"gateway.listeners[{i}]")
-                     for i, l in enumerate(config.gateway.listeners))
+                     for i, l in enumerate(listeners))
     sc = config.sidecar
     tls = inbound_tls(config, workload.service)
     inbound = sc.inbound.model_copy(update={"address": workload.address, "tls": tls,
@@ -67,7 +75,7 @@ def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, 
 
 def admin_of(config: MeshConfig, workload: Workload | None) -> tuple[str, int]:
     if workload is None:
-        return (config.gateway.admin.address, config.gateway.admin.port)
+        return (gateway_address() or config.gateway.admin.address, config.gateway.admin.port)
     return (workload.address, workload.admin or config.sidecar.admin.port)
 
 

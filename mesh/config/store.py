@@ -1,6 +1,7 @@
 """The config store in etcd: numbered revisions, and which one each proxy should run.
 
 Keys under `/mitmesh/<mesh>/config/`:
+  proxies/<name>/<pid>  each proxy worker, under a lease: role, admin URL, revision run, refusal
   revisions/<n>  one pushed config: its YAML text, digest, file name, time, message (n from 1 up)
   current        {"revision": n, "canary": {"revision": m, "proxies": [names]} | absent}: what
                  proxies run; a proxy named in the canary runs m, every other runs n
@@ -30,6 +31,15 @@ def revision_key(mesh: str, n: int) -> str:
 
 def current_key(mesh: str) -> str:
     return f"{config_prefix(mesh)}current"
+
+
+def proxies_prefix(mesh: str) -> str:
+    return f"{config_prefix(mesh)}proxies/"
+
+
+def proxy_key(mesh: str, proxy: str, pid: int) -> str:
+    """Each worker of each proxy says, under a lease, which revision it runs."""
+    return f"{proxies_prefix(mesh)}{proxy}/{pid}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,11 @@ class Store:
     async def get(self, n: int) -> Revision | None:
         kv = await self.etcd.get(revision_key(self.mesh, n))
         return Revision.from_json(kv.value) if kv else None
+
+    async def proxies(self) -> list[dict]:
+        """Every proxy worker reading this store, as it reports itself."""
+        kvs, _ = await self.etcd.get_prefix(proxies_prefix(self.mesh))
+        return [json.loads(kv.value) for kv in kvs]
 
     async def history(self) -> list[Revision]:
         kvs, _ = await self.etcd.get_prefix(f"{config_prefix(self.mesh)}revisions/")

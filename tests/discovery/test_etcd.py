@@ -102,8 +102,8 @@ async def test_lease_expires_when_the_announcer_dies(etcd_server):
         await watcher.start(reg)
         await announcer.announce(INST, "catalog-1")
         await _until(lambda: reg.instances, 2)
-        announcer._keepalive.cancel()  # as if killed: no refresh, no revoke
-        announcer._lease = 0
+        announcer.lease._task.cancel()  # as if killed: no refresh, no revoke
+        announcer.lease.lease = 0
         took = await _until(lambda: not reg.instances, 4)
         assert took <= 2 + 1.0, took  # TTL plus etcd's expiry check granularity
     finally:
