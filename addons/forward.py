@@ -202,7 +202,7 @@ class Forward:
         resp: upstream.Response | None = None
         kind: str | None = None
         error = ""
-        endpoint.active += 1
+        started = endpoint.begin()  # in flight; its latency feeds peak EWMA
         try:
             with guards.breakers.calling(endpoint.key) if guards.breakers else _nothing():
                 resp = await self._send(st, flow.request.data, endpoint, target, headers, body,
@@ -217,7 +217,7 @@ class Forward:
             kind, resp, error = e.kind, None, str(e)
             metrics.UPSTREAM_FAILURES.labels(cname, e.kind).inc()
         finally:
-            endpoint.active -= 1
+            endpoint.end(started)
         if span is not None:
             span.end(resp.status if resp else None, kind)
         outcome = f"status {resp.status}" if resp is not None else f"{kind}: {error}"

@@ -33,6 +33,7 @@ class Sidecar:
     admin: int
     zone: str | None = None
     weight: int = 1
+    region: str | None = None
 
 
 @dataclass
@@ -109,7 +110,7 @@ def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> 
                         "--instance", inst.name, "--weight", str(sc.weight),
                         "--inbound-port", str(sc.inbound), "--outbound-port", str(sc.outbound),
                         "--admin-port", str(sc.admin), "--verbosity", verbosity)
-    return argv + (["--zone", sc.zone] if sc.zone else [])
+    return argv + (["--zone", sc.zone] if sc.zone else []) + (["--region", sc.region] if sc.region else [])
 
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,

@@ -132,7 +132,7 @@ def build_text(text: str, file: str, digest: str | None = None) -> Snapshot:
 
 def static_instances(config: MeshConfig) -> list[Instance]:
     return [Instance(f"static:{name}/{version}/{e.address}:{e.port}", name, version, e.address, e.port,
-                     e.weight, e.zone)
+                     e.weight, e.zone, e.region)
             for name, svc in config.services.items()
             for version, vcfg in svc.versions.items()
             for e in vcfg.endpoints]
@@ -174,6 +174,7 @@ class MeshState:
         # the latest mirror differences and flows, of every worker (/status "counters" are metrics)
         self.mirror_diffs = records.Records("mirror-diffs", 20, 16384, metrics.shared_dir(), _worker(), "at")
         self.workload: Workload | None = None  # set before the first install on a sidecar
+        self.region: str | None = None  # this proxy's region (its workload's, or gateway.region)
         self.registry = Registry()
         self.static = StaticSource()
         self.static.attach(self.registry)
@@ -194,13 +195,14 @@ class MeshState:
         """Swap in a new snapshot; clusters that stay keep their live endpoint state."""
         config, workload = snap.config, self.workload
         zone = workload.zone if workload else config.gateway.zone
+        self.region = region = workload.region if workload else config.gateway.region
         old = self.snapshot.clusters if self.snapshot else {}
         clusters: dict[str, Cluster] = {}
         for name, svc in config.services.items():
             for version in svc.versions:
                 clusters[f"{name}/{version}"] = _cluster(old.get(f"{name}/{version}"), f"{name}/{version}",
-                                                         name, version, svc, zone)
-            clusters[name] = _cluster(old.get(name), name, name, "*", svc, zone)
+                                                         name, version, svc, zone, region)
+            clusters[name] = _cluster(old.get(name), name, name, "*", svc, zone, region)
         for cname, cluster in old.items():  # discovered services the config does not name
             if cname not in clusters and cname != LOCAL and cluster.endpoints:
                 clusters[cname] = cluster
@@ -267,7 +269,7 @@ class MeshState:
             ep = self.endpoints.get(inst.key)
             if ep is None:
                 ep = self.endpoints[inst.key] = Endpoint(inst.address, inst.port)
-            ep.weight, ep.zone, ep.identity = inst.weight, inst.zone, inst.identity
+            ep.weight, ep.zone, ep.identity, ep.region = inst.weight, inst.zone, inst.identity, inst.region
             ep.source, ep.protocol, ep.instance = inst.source, inst.protocol, inst.name
             members.setdefault(inst.cluster, {})[inst.key] = ep
             members.setdefault(inst.service, {})[inst.key] = ep
@@ -275,7 +277,7 @@ class MeshState:
             if cname not in snap.clusters:  # a discovered service or version the config does not name
                 service, _, version = cname.partition("/")
                 snap.clusters[cname] = _cluster(None, cname, service, version or "*",
-                                                Service(versions={"v1": {}}), snap.zone)
+                                                Service(versions={"v1": {}}), snap.zone, self.region)
         for cname, cluster in snap.clusters.items():
             if cname != LOCAL:
                 cluster.set_endpoints(list(members.get(cname, {}).values()))
@@ -339,6 +341,7 @@ class MeshState:
                        "last_error": self.last_error},
             "mesh": snap.config.mesh.id,
             "zone": snap.zone,
+            "region": self.region,
             "listeners": [{"name": b.listener.name, "address": f"{b.listener.address}:{b.listener.port}",
                            "direction": b.direction, "tls": b.listener.tls is not None,
                            "mtls": b.listener.tls.mtls if b.listener.tls else None}
@@ -370,7 +373,7 @@ class MeshState:
 
 
 def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Service,
-             zone: str | None) -> Cluster:
+             zone: str | None, region: str | None = None) -> Cluster:
     """The cluster with this service's balancing settings, reusing `old` (and its live state)."""
     lb = svc.lb
     hash_on = None
@@ -387,6 +390,8 @@ def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Se
     cluster.connect_timeout = svc.connect_timeout
     cluster.zone_aware = lb.zone_aware.min_healthy if lb.zone_aware is not None else None
     cluster.local_zone = zone
+    cluster.local_region = region
+    cluster.locality = lb.locality.overprovisioning if lb.locality is not None else None
     cluster.health_check = svc.health_check
     cluster.refresh()
     return cluster

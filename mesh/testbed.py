@@ -182,7 +182,7 @@ class Mesh:
             name = spec.get("name") or f"{service}-{version}-{self.hosts + 1}"
             host = self.host()
             sc = launcher.Sidecar(host, procs.free_port(host), procs.free_port(host), procs.free_port(host),
-                                  spec.get("zone"), spec.get("weight", 1))
+                                  spec.get("zone"), spec.get("weight", 1), spec.get("region"))
             inst = launcher.Instance(name, spec.get("app", service), service, version, host,
                                      procs.free_port(host), sidecar=sc)
             app = procs.spawn(name, launcher.service_argv(inst, config, self.url), log_dir=self.tmp / "logs")

@@ -16,7 +16,7 @@ from mesh.scenario import PASS, SKIPPED
 pytestmark = pytest.mark.e2e
 
 RUNNABLE = ["partition", "cert-expiry", "zone-outage", "payments-error-burst", "instance-killed", "breaker",
-            "slow-instance"]
+            "slow-instance", "region-outage"]
 # every run: progress through the start-up (no silent wait for the mesh), a row per phase with
 # success and latency, and the proxies' figures
 COMMON = [r"\d\.\ds  waiting for .*\n(.*\n)*?\s+\d+\.\ds  .*knows the \d+ instances\n",
@@ -40,6 +40,9 @@ EXPECTED = {
                     r"PASS  no fresh handshake succeeds once every certificate expired\s+0 of [1-9]",
                     r"fresh handshakes after all expired\s+0 of \d+ succeeded; refused: .*expired",
                     r"PASS  100 % succeed from 2 s after renewal resumes"],
+    "region-outage": [r"PASS  before the outage ≥ 99 % answered in eu-1", r"answers by region while eu is gone\s+us \d+\n",
+                      r"PASS  … every answer from region us", r"answers by zone after eu returns\s+eu-1 \d+\n",
+                      r"PASS  from 2 s after eu returns ≥ 99 % answered in eu-1"],
     "partition": [r"PASS  ≥ 99\.9 % of all requests succeed", r"PASS  from 2 s after the cut until the heal",
                   r"h2 in the gateway's cluster during the partition\s+healthy=False",
                   r"answers by h2 while partitioned\s+0\n", r"PASS  h2 answers again within 10 s"],
