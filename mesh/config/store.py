@@ -158,7 +158,7 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
             current = call(current_key(location.mesh))
             if current is None:
                 raise EtcdError(f"{location}: no config pushed yet (run `mitmesh config push FILE "
-                                f"--etcd {','.join(location.endpoints)} --mesh {location.mesh}`)")
+                                f"--store {location}`)")
             n = wanted_revision(json.loads(current), proxy)
             value = call(revision_key(location.mesh, n)) if n else None
             if value is None:
