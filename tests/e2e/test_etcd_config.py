@@ -56,7 +56,7 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
         m.children["gateway"] = gw = procs.spawn(
             "gateway", procs.python("-m", "mesh.cli", "gateway", "--workers", "1", "--config",
                                     f"{store}/cfgtest"), log_dir=tmp_path / "logs", cwd=str(tmp_path))
-        procs.wait_log(gw, "gateway ready")
+        procs.wait_log(gw, "gateway ready", timeout=60)
         assert get(m.url + "/users")[0] == 200
         assert get(m.url + "/hello")[0] == 404
         got = control(m)
@@ -69,7 +69,7 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
         m.write(config)
         r = mitmesh("config", "push", str(m.path), "--store", store, cwd=tmp_path)
         assert "revision 2 " in r.stdout, r
-        wait_until(lambda: control(m)["revision"] == 2, timeout=5)
+        wait_until(lambda: control(m)["revision"] == 2, timeout=20)
         assert get(m.url + "/hello")[0] == 200
         assert "mitmesh_config_revision 2.0" in metrics_text(m)
 
@@ -81,7 +81,7 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
             finally:
                 await etcd.close()
         asyncio.run(sneak())
-        refused = wait_until(lambda: control(m)["refused"], timeout=5)
+        refused = wait_until(lambda: control(m)["refused"], timeout=20)
         got = control(m)
         assert (got["revision"], got["wanted"]) == (2, 3)
         assert "mesh.yaml@r3:" in refused and "revision 3 not applied, still running 2" in refused, refused
@@ -90,7 +90,7 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
         # rollback to 1: stored again as revision 4, applied; the route added in 2 is gone
         r = mitmesh("config", "rollback", "1", "--store", f"{store}/cfgtest", cwd=tmp_path)
         assert r.returncode == 0 and "revision 4 " in r.stdout, r
-        wait_until(lambda: control(m)["revision"] == 4, timeout=5)
+        wait_until(lambda: control(m)["revision"] == 4, timeout=20)
         assert get(m.url + "/hello")[0] == 404
         assert control(m)["refused"] is None
         r = mitmesh("config", "history", "--store", f"{store}/cfgtest", cwd=tmp_path)

@@ -19,8 +19,8 @@ def test_etcd_beside_mdns_graceful_stop_and_sigkill(sidecar_mesh, etcd_server):
     m.write()
     a, b, c = m.start_instances(*({"service": "catalog", "name": f"catalog-{x}", "zone": "a"} for x in "abc"))
     m.start_gateway()
-    m.wait_instances(3, source="etcd")
-    m.wait_instances(3, source="mdns")
+    m.wait_instances(3, source="etcd", timeout=30)
+    m.wait_instances(3, source="mdns", timeout=30)
     status = m.status()
     endpoints = status["clusters"]["catalog/v1"]["endpoints"]
     assert len(endpoints) == 3, endpoints  # 6 announcements, 3 endpoints: each counted once
@@ -53,7 +53,7 @@ def test_etcd_alone(sidecar_mesh, etcd_server):
     m.write()
     (a,) = m.start_instances({"service": "catalog", "name": "catalog-a"})
     m.start_gateway()
-    m.wait_instances(1, source="etcd")
+    m.wait_instances(1, source="etcd", timeout=30)
     from mesh.testbed import get
     status, body, _ = get(m.url + "/catalog/items")
     assert status == 200, body

@@ -40,7 +40,7 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
                              log_dir=tmp_path / "logs", cwd=str(tmp_path))
             m.children[name] = gw
         for name in hosts:
-            procs.wait_log(m.children[name], "gateway ready")
+            procs.wait_log(m.children[name], "gateway ready", timeout=60)
         loads = [Load(f"http://{h}:{port}/users/alice", threads=2, pace=0.02).start() for h in hosts.values()]
 
         # revision 2 sends /users to a port where nothing listens: the canary (gw-a) fails it
@@ -61,7 +61,7 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
         assert "the canary runs revision 2" in out and "rolled back: error rate" in out, out
         assert "every proxy runs revision 1" in out, out
         wait_until(lambda: get(f"http://{hosts['gw-a']}:{admin}/status")[1]["control_plane"]["config"]["revision"] == 1,
-                   timeout=5)
+                   timeout=20)
         history = mitmesh("config", "history", "--store", store).stdout
         assert "(current)" in history.splitlines()[1] and "rollout" in history.splitlines()[2], history
 
@@ -73,7 +73,7 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
         assert r.returncode == 0, (r.stdout, r.stderr)
         assert "promoted: revision 3 runs on every proxy" in r.stdout, r.stdout
         for host in hosts.values():
-            wait_until(lambda h=host: get(f"http://{h}:{port}/hello")[0] == 200, timeout=5)
+            wait_until(lambda h=host: get(f"http://{h}:{port}/hello")[0] == 200, timeout=20)
     finally:
         for load in loads:
             load.stop()

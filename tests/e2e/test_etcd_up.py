@@ -52,7 +52,7 @@ def test_up_with_etcd_control_plane(tmp_path):
         r = subprocess.run([sys.executable, "-m", "mesh.cli", "config", "push", str(path), "--store", store],
                            capture_output=True, text=True, timeout=60)
         assert "revision 2 " in r.stdout, r
-        wait_until(lambda: get(f"http://127.0.0.1:{port}/hello")[0] == 200, timeout=10)
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/hello")[0] == 200, timeout=20)
         # the pushed file names no discovery.etcd: proxies keep discovering through the store's etcd
         status = json.load(urllib.request.urlopen(admin))
         assert status["control_plane"]["config"]["revision"] == 2
