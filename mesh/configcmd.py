@@ -214,20 +214,20 @@ def add_parser(sub) -> None:
     csub = c.add_subparsers(dest="config_command", required=True)
     p = csub.add_parser("push", help="validate a config file and store it as the next revision; "
                                      "every proxy reading etcd applies it")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("-m", "--message", default="", help="a note kept with the revision")
+    p.add_argument("file", metavar="FILE", help="the config file to validate and store")
+    p.add_argument("-m", "--message", default="", help="a note kept with the revision (default none)")
     p.add_argument("--store", default=None, help=STORE_HELP)
     p.set_defaults(func=push)
     h = csub.add_parser("history", help="list the stored revisions; * marks the one proxies run")
     h.add_argument("--store", default=None, help=STORE_HELP)
     h.set_defaults(func=history)
     r = csub.add_parser("rollback", help="store revision REV again as the next revision, for every proxy")
-    r.add_argument("revision", type=int, metavar="REV")
+    r.add_argument("revision", type=int, metavar="REV", help="the revision to run again (see history)")
     r.add_argument("--store", default=None, help=STORE_HELP)
     r.set_defaults(func=rollback)
     o = csub.add_parser("rollout", help="run a new revision on canary gateways, compare their error rate "
                                         "and p99 with the rest, then promote it or roll it back")
-    o.add_argument("file", metavar="FILE")
+    o.add_argument("file", metavar="FILE", help="the config file to validate and roll out")
     o.add_argument("--canary", type=int, default=1, help="how many gateways run it first (default 1; "
                                                          "by name order, `mitmesh gateway --name`)")
     o.add_argument("--watch", type=duration, default=60.0, help="the analysis window (default 60s)")
@@ -241,6 +241,6 @@ def add_parser(sub) -> None:
                                                                    "is larger (default 100ms)")
     o.add_argument("--min-requests", type=int, default=20, help="canary requests needed for a verdict "
                                                                 "(default 20; fewer: rolled back)")
-    o.add_argument("-m", "--message", default="", help="a note kept with the revision")
+    o.add_argument("-m", "--message", default="", help="a note kept with the revision (default: rollout)")
     o.add_argument("--store", default=None, help=STORE_HELP)
     o.set_defaults(func=rollout)
