@@ -17,9 +17,9 @@ import time
 from mitmproxy import http
 
 from addons import alone, keys
-from mesh import redact
+from mesh.security import redact
 from mesh.config import schema
-from mesh.state import MeshState, Snapshot
+from mesh.core.state import MeshState, Snapshot
 
 log = logging.getLogger("mitmesh.accesslog")
 

@@ -1,8 +1,8 @@
 """The admin listener of a proxy: /status (config, registry, routes, clusters), /flows and
 /prometheus/targets (every proxy's admin listener, for Prometheus' http_sd_configs), on loopback.
 
-Reading is open; mutating requests need the admin token (mesh/admin.py). /flows shows what
-`mesh/redact.py` leaves of each flow: no credentials."""
+Reading is open; mutating requests need the admin token (mesh/runtime/admin.py). /flows shows what
+`mesh/security/redact.py` leaves of each flow: no credentials."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import asyncio
 import logging
 import os
 
-from mesh import admin, redact, sockets
-from mesh.admin import AdminServer, json_reply, prometheus_targets
-from mesh.state import MeshState
+from mesh.runtime import admin, sockets
+from mesh.security import redact
+from mesh.runtime.admin import AdminServer, json_reply, prometheus_targets
+from mesh.core.state import MeshState
 
 log = logging.getLogger("mitmesh.admin")
 

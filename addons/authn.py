@@ -1,4 +1,4 @@
-"""Authn: who is calling, per route: a JWT, an opaque OAuth2 token or an API key (mesh/authn.py).
+"""Authn: who is calling, per route: a JWT, an opaque OAuth2 token or an API key (mesh/policies/authn.py).
 
 Missing or bad credentials get a JSON 401 with WWW-Authenticate; a caller without the route's
 required scopes or claims gets a 403. On success the caller's name and claims go to FlowState
@@ -19,12 +19,12 @@ import os
 from mitmproxy import http
 
 from addons import alone, keys, replies
-from mesh import authn
-from mesh.compiled import PerSnapshot
+from mesh.policies import authn
+from mesh.core.compiled import PerSnapshot
 from mesh.config import schema
-from mesh.httpclient import Http
-from mesh.jwks import JwksCache
-from mesh.state import MeshState, Snapshot
+from mesh.policies.httpclient import Http
+from mesh.policies.jwks import JwksCache
+from mesh.core.state import MeshState, Snapshot
 
 log = logging.getLogger("mitmesh.authn")
 

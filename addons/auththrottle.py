@@ -11,9 +11,9 @@ import asyncio
 
 from mitmproxy import http
 
-from mesh import authn, ratelimit
-from mesh.compiled import PerSnapshot
-from mesh.state import Snapshot
+from mesh.policies import authn, ratelimit
+from mesh.core.compiled import PerSnapshot
+from mesh.core.state import Snapshot
 
 from . import keys, replies
 

@@ -1,5 +1,5 @@
 """Authz: allows or denies a request by its peer identity, address, method, path and verified
-claims (Istio's AuthorizationPolicy semantics, mesh/authz.py); denied requests get a JSON 403.
+claims (Istio's AuthorizationPolicy semantics, mesh/policies/authz.py); denied requests get a JSON 403.
 
 On the gateway a route's `authz` policy applies; on a sidecar, the `authz` of its own service
 (`services.NAME.policies`) applies at the inbound listener only: a policy protects the workload
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh import authz
-from mesh.compiled import PerSnapshot
-from mesh.sidecar import inbound_route
-from mesh.state import Snapshot
+from mesh.policies import authz
+from mesh.core.compiled import PerSnapshot
+from mesh.core.sidecar import inbound_route
+from mesh.core.state import Snapshot
 
 from . import keys, replies
 

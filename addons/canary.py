@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh import canary
-from mesh.routing import ForwardAction, parse_cookies
-from mesh.transform import claim
+from mesh.core import canary
+from mesh.core.routing import ForwardAction, parse_cookies
+from mesh.policies.transform import claim
 
 from . import keys
 

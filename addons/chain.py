@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mesh import redact
-from mesh.state import MeshState
+from mesh.security import redact
+from mesh.core.state import MeshState
 
 from .accesslog import AccessLog
 from .admin import Admin

@@ -8,13 +8,13 @@ import os
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from mesh import metrics
 from discovery.etcdapi import EtcdError
 from mesh.config import ConfigError
-from mesh.config.store import Location, Revision, fetch_current, is_location, parse_location
-from mesh.reload import EtcdWatcher, Watcher
-from mesh.state import Bound, MeshState, Snapshot, build, build_text
-from mesh.workload import parse_workload
+from mesh.core.state import Bound, MeshState, Snapshot, build, build_text
+from mesh.core.workload import parse_workload
+from mesh.runtime.reload import EtcdWatcher, Watcher
+from mesh.runtime.store import Location, Revision, fetch_current, is_location, parse_location
+from mesh.telemetry import metrics
 
 from . import keys, replies
 

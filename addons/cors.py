@@ -9,10 +9,10 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons import alone, keys, replies
-from mesh.compiled import PerSnapshot
+from mesh.core.compiled import PerSnapshot
 from mesh.config import schema
-from mesh.cors import CorsPolicy, compile_cors
-from mesh.state import Snapshot
+from mesh.policies.cors import CorsPolicy, compile_cors
+from mesh.core.state import Snapshot
 
 
 def compile_policies(snap: Snapshot) -> dict[int, CorsPolicy]:

@@ -2,7 +2,7 @@
 
 The list goes into flow.metadata (saved flows, `mitmesh record`) and, one line per decision, into
 flow.comment, which mitmweb shows in the flow's Comment tab (credentials in a decision masked by
-mesh/redact.py). A flow that was denied, limited,
+mesh/security/redact.py). A flow that was denied, limited,
 retried, faulted or mirrored is marked (an emoji in mitmweb's list, found by `~marked`) and its
 comment starts with the outcomes as tags (`#limited`, found by `~comment #limited`).
 
@@ -17,7 +17,7 @@ import logging
 from mitmproxy import ctx, http
 
 from addons import alone, keys, replies
-from mesh import redact
+from mesh.security import redact
 
 log = logging.getLogger("mitmesh.decisions")
 

@@ -9,7 +9,7 @@ import logging
 from discovery.etcd import EtcdSource
 from discovery.etcdapi import Etcd as EtcdClient
 from mesh.config.schema import Etcd as EtcdModel
-from mesh.state import Snapshot
+from mesh.core.state import Snapshot
 
 from .mdns import Mdns
 

@@ -1,4 +1,4 @@
-"""Faults: injected delays, aborts, slow bodies and resets (mesh/faults.py decides which) for plain
+"""Faults: injected delays, aborts, slow bodies and resets (mesh/resilience/faults.py decides which) for plain
 mitmproxy, which calls the upstream itself. In the chain, Forward injects them into each upstream
 attempt instead, so retries, breakers and ejection react to them; it shares `from_header`.
 
@@ -13,8 +13,8 @@ from mitmproxy import http
 
 from addons import alone, keys, replies
 from mesh.config import schema
-from mesh.faults import ABORT_BODY, HEADER, NONE, Fault, describe, parse_header
-from mesh.resilience import RouteResilience
+from mesh.resilience.faults import ABORT_BODY, HEADER, NONE, Fault, describe, parse_header
+from mesh.resilience.settings import RouteResilience
 
 
 def from_header(flow: http.HTTPFlow, res: RouteResilience) -> Fault | None:

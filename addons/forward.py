@@ -15,13 +15,14 @@ import pybreaker
 
 from mitmproxy import http
 
-from mesh import health, metrics, upstream
-from mesh.cluster import HashKey
-from mesh.faults import ABORT_BODY, NONE, Fault, describe
-from mesh.mtls import NoMtls
-from mesh.retry import retry_after
-from mesh.routing import ForwardAction
-from mesh.state import MeshState
+from mesh.core import health, upstream
+from mesh.telemetry import metrics
+from mesh.core.cluster import HashKey
+from mesh.resilience.faults import ABORT_BODY, NONE, Fault, describe
+from mesh.security.mtls import NoMtls
+from mesh.resilience.retry import retry_after
+from mesh.core.routing import ForwardAction
+from mesh.core.state import MeshState
 
 from . import faults, keys, replies, tracing
 

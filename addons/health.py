@@ -1,9 +1,9 @@
-"""Health: runs the active health checks of endpoints in the background (mesh/health.py)."""
+"""Health: runs the active health checks of endpoints in the background (mesh/core/health.py)."""
 
 from __future__ import annotations
 
-from mesh.health import Checker
-from mesh.state import MeshState
+from mesh.core.health import Checker
+from mesh.core.state import MeshState
 
 
 class Health:

@@ -8,7 +8,7 @@ from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers.http import HttpLayer
 
 from mesh.config.http import Http
-from mesh.state import MeshState, Snapshot
+from mesh.core.state import MeshState, Snapshot
 
 from .httplayer import GuardedHttpLayer, Limits
 

@@ -26,7 +26,7 @@ from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpR
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.layers.http._http2 import Http2Server, format_h2_response_headers
 
-from mesh.downstream import LINGER, ResetWindow
+from mesh.core.downstream import LINGER, ResetWindow
 
 from . import keys, replies
 from .sizelimit import too_large

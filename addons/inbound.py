@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.routing import Route
-from mesh.sidecar import inbound_route
-from mesh.state import Snapshot
+from mesh.core.routing import Route
+from mesh.core.sidecar import inbound_route
+from mesh.core.state import Snapshot
 
 from . import keys
 

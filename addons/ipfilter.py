@@ -6,9 +6,9 @@ import ipaddress
 
 from mitmproxy import http
 
-from mesh.compiled import PerSnapshot
+from mesh.core.compiled import PerSnapshot
 from mesh.config.security import IpFilter as IpFilterConfig
-from mesh.state import Snapshot
+from mesh.core.state import Snapshot
 
 from . import keys, replies
 

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 # which listener of a sidecar a flow came in on (FlowState.direction; None on the gateway):
 # INBOUND from another proxy to the local app, OUTBOUND from the local app to another service
-from mesh.state import INBOUND, OUTBOUND  # noqa: F401
+from mesh.core.state import INBOUND, OUTBOUND
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
-    from mesh.cluster import Endpoint
+    from mesh.core.cluster import Endpoint
     from mesh.config.schema import Listener
-    from mesh.routing import Route
-    from mesh.state import Snapshot
+    from mesh.core.routing import Route
+    from mesh.core.state import Snapshot
 
 # flow.metadata keys (plain, serializable values only)
 REQUEST_ID = "mitmesh.request_id"

@@ -13,8 +13,8 @@ from mitmproxy import ctx
 
 from discovery import Instance
 from discovery.mdns import MdnsSource
-from mesh import health
-from mesh.state import MeshState, Snapshot
+from mesh.core import health
+from mesh.core.state import MeshState, Snapshot
 
 log = logging.getLogger("mitmesh.discovery")
 

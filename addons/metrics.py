@@ -12,9 +12,9 @@ from mitmproxy import http
 
 from addons import alone, keys
 from addons.admin import Admin
-from mesh import metrics
+from mesh.telemetry import metrics
 from mesh.config import schema
-from mesh.state import MeshState
+from mesh.core.state import MeshState
 
 
 # the proxy's own refusals counted as authentication/authorization failures, by their `error`

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from mesh import metrics, mirror, upstream
-from mesh.cluster import Cluster
-from mesh.mtls import NoMtls
-from mesh.routing import ForwardAction
-from mesh.state import MeshState
+from mesh.telemetry import metrics
+from mesh.core import mirror, upstream
+from mesh.core.cluster import Cluster
+from mesh.security.mtls import NoMtls
+from mesh.core.routing import ForwardAction
+from mesh.core.state import MeshState
 
 from . import keys
 from .forward import upstream_path

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh import heads, paths
+from mesh.core import heads, paths
 
 from . import keys, replies
 

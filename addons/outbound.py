@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.routing import Route
-from mesh.sidecar import outbound_route, service_of_host
-from mesh.state import Snapshot
+from mesh.core.routing import Route
+from mesh.core.sidecar import outbound_route, service_of_host
+from mesh.core.state import Snapshot
 
 from . import keys, replies
 

@@ -11,10 +11,10 @@ import asyncio
 from mitmproxy import http
 
 from addons import alone, keys, replies
-from mesh import ratelimit
+from mesh.policies import ratelimit
 from mesh.config import schema
-from mesh.state import MeshState
-from mesh.transform import claim
+from mesh.core.state import MeshState
+from mesh.policies.transform import claim
 
 
 def counter_key(flow: http.HTTPFlow, st: keys.FlowState, policy: ratelimit.Policy) -> str:

@@ -1,6 +1,6 @@
 """Recent: the last flows this proxy answered and every decision made about them, for /flows.
 
-Under a supervisor every worker's are kept where any worker can read them (mesh/records.py).
+Under a supervisor every worker's are kept where any worker can read them (mesh/telemetry/records.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 from mitmproxy import http
 
-from mesh.state import MeshState
+from mesh.core.state import MeshState
 
 from . import keys
 

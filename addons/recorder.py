@@ -3,7 +3,7 @@
 `POST /record?seconds=30&filter=~u%20/items` on the admin listener (with the admin token) starts
 one; it reaches every worker of the proxy through a control file in the shared run directory, and
 each worker writes its own `flows-<pid>.mitm` there (mode 0600, in a 0700 directory). `mitmesh
-record` drives this and merges the files. Credentials are redacted (mesh/redact.py) unless the
+record` drives this and merges the files. Credentials are redacted (mesh/security/redact.py) unless the
 recording was started with `include_secrets=true` (`mitmesh record --include-secrets`).
 """
 
@@ -19,9 +19,9 @@ import uuid
 
 from mitmproxy import flowfilter, http, io
 
-from mesh import redact
-from mesh.admin import json_reply
-from mesh.state import MeshState
+from mesh.security import redact
+from mesh.runtime.admin import json_reply
+from mesh.core.state import MeshState
 
 from . import keys
 

@@ -7,7 +7,7 @@ import time
 
 from mitmproxy import http
 
-from mesh import modes
+from mesh.core import modes
 
 from . import keys
 from .requestid import new_id

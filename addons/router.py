@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.routing import DirectAction, RedirectAction
+from mesh.core.routing import DirectAction, RedirectAction
 
 from . import keys, replies
 

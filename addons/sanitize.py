@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.compiled import PerSnapshot
-from mesh.state import Snapshot
+from mesh.core.compiled import PerSnapshot
+from mesh.core.state import Snapshot
 
 from . import keys
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.compiled import PerSnapshot
+from mesh.core.compiled import PerSnapshot
 from mesh.config.security import SecurityHeaders as Config
-from mesh.state import Snapshot
+from mesh.core.state import Snapshot
 
 from . import keys
 

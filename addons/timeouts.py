@@ -2,7 +2,7 @@
 too long between requests (`request_headers_timeout`, `request_timeout`, `idle_timeout`), so slowloris
 clients cannot hold connections open. mitmproxy's own `tcp_timeout` only sees silence, not trickling.
 
-The decisions are mesh/downstream.py's; this addon follows each connection through mitmproxy's hooks
+The decisions are mesh/core/downstream.py's; this addon follows each connection through mitmproxy's hooks
 and closes it the way mitmproxy's inactivity timeout does (cancelling its connection handler).
 """
 
@@ -14,8 +14,8 @@ import time
 
 from mitmproxy import connection, ctx, http
 
-from mesh import downstream
-from mesh.state import MeshState
+from mesh.core import downstream
+from mesh.core.state import MeshState
 
 log = logging.getLogger("mitmesh.timeouts")
 

@@ -1,7 +1,7 @@
 """TLS of the proxy: listener certificates and mTLS toward downstream clients, the workload
 certificate presented to mTLS upstreams, and renewed certificate files picked up without a restart.
 
-Contexts are built once per config from watched files (mesh/mtls.py); a listener without TLS
+Contexts are built once per config from watched files (mesh/security/mtls.py); a listener without TLS
 refuses a TLS handshake instead of letting mitmproxy mint a certificate from its interception CA.
 Client certificates are verified by OpenSSL itself (VERIFY_PEER, and FAIL_IF_NO_PEER_CERT in
 STRICT mode): mitmproxy's own `request_client_cert` accepts any certificate, so it is not used.
@@ -19,9 +19,10 @@ from typing import Callable
 from mitmproxy import connection, ctx, exceptions, http, tls
 from OpenSSL import SSL
 
-from mesh import metrics, mtls, pki
+from mesh.telemetry import metrics
+from mesh.security import mtls, pki
 from mesh.config.schema import Listener
-from mesh.state import MeshState, Snapshot
+from mesh.core.state import MeshState, Snapshot
 
 from . import keys, replies
 

@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from addons import alone, keys
 from mesh.config import schema
-from mesh.state import MeshState, Snapshot
+from mesh.core.state import MeshState, Snapshot
 
 log = logging.getLogger("mitmesh.tracing")
 

@@ -11,9 +11,9 @@ from typing import Any
 from mitmproxy import http
 
 from addons import alone, keys
-from mesh import transform
+from mesh.policies import transform
 from mesh.config import schema
-from mesh.routing import ForwardAction
+from mesh.core.routing import ForwardAction
 
 
 def template_values(flow: http.HTTPFlow, st: keys.FlowState, t: transform.Transform) -> dict[tuple[str, str], Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from mesh.versioning import Versioning as Policy
+from mesh.core.versioning import Versioning as Policy
 
 from . import keys, replies
 

@@ -9,15 +9,15 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from .config import ConfigError
-from .errors import BAD_INPUT, FAILED, CommandError
-from .config.schema import BY_DESIGN
+from mesh.config import ConfigError
+from mesh.config.errors import BAD_INPUT, FAILED, CommandError
+from mesh.config.schema import BY_DESIGN
 
 
 def config_file(text: str) -> Path | str:
     """A --config that exists (checked before anything starts, so the error is one line), or an
     etcd://HOST:PORT/MESH config store, returned as given."""
-    from .config.store import is_location, parse_location
+    from mesh.runtime.store import is_location, parse_location
 
     if is_location(text):
         try:
@@ -81,9 +81,9 @@ def seconds(text: str) -> float:
 
 
 def _validate(args) -> int:
-    from .config import ConfigError, load_text
-    from .config.lint import warnings
-    from .config.source import parse
+    from mesh.config import ConfigError, load_text
+    from mesh.config.lint import warnings
+    from mesh.config.source import parse
 
     status = 0
     for file in args.files:
@@ -109,19 +109,19 @@ def _validate(args) -> int:
 
 
 def _up(args) -> int:
-    from .launcher import up
+    from tools.launcher import up
 
     return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers,
               control_plane=args.control_plane, etcd_port=args.etcd_port)
 
 
 def _gateway(args) -> int:
-    from . import supervisor
+    from mesh.runtime import supervisor
 
     workers = args.workers or supervisor.default_workers()
     if args.name:  # read by every worker's config addon (mesh_proxy): a rollout's canary names it
         os.environ["MITMESH_PROXY"] = args.name
-    if args.address:  # every worker binds there (mesh/state.py gateway_address)
+    if args.address:  # every worker binds there (mesh/core/state.py gateway_address)
         os.environ["MITMESH_ADDRESS"] = args.address
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
 
@@ -129,8 +129,8 @@ def _gateway(args) -> int:
 def _sidecar(args) -> int:
     import os
 
-    from . import supervisor
-    from .workload import parse_workload
+    from mesh.runtime import supervisor
+    from mesh.core.workload import parse_workload
 
     checked = config_file(args.config)
     spec = ",".join(f"{k}={v}" for k, v in (
@@ -145,7 +145,7 @@ def _sidecar(args) -> int:
     if args.workers > 1:
         return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
     # one worker: the sidecar is this one process (no supervisor), under -O like every worker; it
-    # checks that its addresses are free itself (mesh/runtime.py), so the config is read once
+    # checks that its addresses are free itself (mesh/proxy/master.py), so the config is read once
     config = checked if isinstance(checked, str) else Path(args.config).resolve()
     argv = supervisor.worker_argv(config, [], "sidecar", args.verbosity, -1, spec)
     sys.stdout.flush()
@@ -154,7 +154,7 @@ def _sidecar(args) -> int:
 
 
 def _record(args) -> int:
-    from . import replay
+    from tools import replay
 
     admins = args.admin or replay.admins_of(str(config_file(args.config)))
     token = replay.admin_token(args.config, args.token_file)
@@ -162,7 +162,7 @@ def _record(args) -> int:
 
 
 def _replay(args) -> int:
-    from . import replay
+    from tools import replay
 
     ignore = frozenset(k for k in args.ignore.split(",") if k)
     return replay.replay(args.file, args.against, only=args.only, admin=args.admin,
@@ -170,7 +170,7 @@ def _replay(args) -> int:
 
 
 def _apikey(args) -> int:
-    from . import apikeys
+    from mesh.policies import apikeys
 
     key = apikeys.new_key()
     print(f"key for {args.name} (give it to the consumer; it is not stored anywhere):\n  {key}")
@@ -179,7 +179,7 @@ def _apikey(args) -> int:
 
 
 def _canary(args) -> int:
-    from . import canary
+    from mesh.core import canary
 
     wanted = canary.parse_assignments(args.weights)
     changes = canary.set_weights(args.config, args.service, wanted, args.route)
@@ -192,19 +192,19 @@ def _canary(args) -> int:
 
 
 def _traces(args) -> int:
-    from . import traces
+    from tools import traces
 
     return traces.run(args.port, args.settle, args.count, args.seconds)
 
 
 def _scenario(args) -> int:
-    from . import scenario
+    from tools import scenario
 
     return scenario.cli(args)
 
 
 def _bench(args) -> int:
-    from . import bench
+    from tools import bench
 
     return bench.main(args.rest)
 
@@ -301,7 +301,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER, help="bench's own options")
     b.set_defaults(func=_bench)
 
-    from . import certcmd, configcmd
+    from mesh.runtime import configcmd
+    from tools import certcmd
     certcmd.add_parser(sub)
     configcmd.add_parser(sub)
 
@@ -345,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # bench parses its own options
-        from . import bench
+        from tools import bench
 
         return bench.main(argv[1:])
     args = parser().parse_args(argv)

@@ -7,8 +7,8 @@ import contextlib
 import secrets
 from typing import Iterator
 
-from mesh.scenario import Proxies, Run
-from mesh.testbed import Mesh, Sidecared, sidecar_config
+from tools.scenario import Proxies, Run
+from tools.testbed import Mesh, Sidecared, sidecar_config
 
 # what a user would put on a route to a replicated service: a deadline, a per-try timeout, and up
 # to two retries (each on another endpoint) on 5xx, refused connections and resets

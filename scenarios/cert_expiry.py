@@ -33,10 +33,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from mesh import mtls, pki, procs
+from mesh.security import mtls, pki
+from mesh.runtime import procs
 from mesh.config import load as load_config
-from mesh.scenario import Report, Run, main, rate_text, success
-from mesh.testbed import Load
+from tools.scenario import Report, Run, main, rate_text, success
+from tools.testbed import Load
 
 from . import _mesh
 

@@ -27,9 +27,10 @@ import urllib.request
 
 import yaml
 
-from mesh import etcdserver, netns, procs
-from mesh.scenario import Proxies, Report, Run, Skip, main, rate_text, success
-from mesh.testbed import Load, wait_until
+from mesh.runtime import procs
+from tools import etcdserver, netns
+from tools.scenario import Proxies, Report, Run, Skip, main, rate_text, success
+from tools.testbed import Load, wait_until
 
 TITLE = "the etcd cluster loses one member, then its quorum, then comes back: proxies serve throughout"
 GATEWAY, GATEWAY_ADMIN, ADMIN, APP, CLIENT, PEER = 8080, 9901, 15000, 8000, 2379, 2380

@@ -1,6 +1,6 @@
 """partition: a network partition cuts the gateway's host off from one catalog host, then heals.
 
-Four hosts, each a Linux network namespace on one bridge (mesh/netns.py): `edge` runs the gateway
+Four hosts, each a Linux network namespace on one bridge (tools/netns.py): `edge` runs the gateway
 and the load; h1, h2 and h3 each run a catalog instance (its app on the host's loopback, its
 sidecar on the host's address), found over mDNS on the bridge. Then edge and h2 are partitioned:
 every packet between them is lost silently, both ways (no refusal, no ICMP; mDNS too), while both
@@ -24,9 +24,10 @@ import urllib.request
 
 import yaml
 
-from mesh import netns, procs
-from mesh.scenario import Proxies, Report, Run, Skip, main, rate_text, success
-from mesh.testbed import Load, wait_until
+from tools import netns
+from mesh.runtime import procs
+from tools.scenario import Proxies, Report, Run, Skip, main, rate_text, success
+from tools.testbed import Load, wait_until
 
 TITLE = "a network partition cuts the gateway's host off from one of three catalog hosts, then heals"
 INBOUND, OUTBOUND, ADMIN, APP, GATEWAY, GATEWAY_ADMIN = 15006, 15001, 15000, 8000, 8080, 9901

@@ -19,9 +19,9 @@ from __future__ import annotations
 import sys
 import time
 
-from mesh import etcdserver
-from mesh.scenario import Report, Run, main, rate_text, success
-from mesh.testbed import Load
+from tools import etcdserver
+from tools.scenario import Report, Run, main, rate_text, success
+from tools.testbed import Load
 
 from . import _mesh
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 import time
 
-from mesh.scenario import Report, Run, main, rate_text, success
-from mesh.testbed import Load
+from tools.scenario import Report, Run, main, rate_text, success
+from tools.testbed import Load
 
 from . import _mesh
 

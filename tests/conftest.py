@@ -51,7 +51,7 @@ from tests.redis_server import redis_server  # noqa: E402,F401  (a real redis-se
 def demo(tmp_path_factory):
     """The repository's mesh.yaml through `mitmesh up` on free ports, started once for the modules
     that only send it requests (tests/e2e/test_security.py, tests/security/test_demo_routes.py)."""
-    from mesh.testbed import running_demo
+    from tools.testbed import running_demo
 
     with running_demo(tmp_path_factory.mktemp("demo")) as running:
         yield running

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import etcdserver
+from tools import etcdserver
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh import procs
+from mesh.runtime import procs
 
 
 @dataclass

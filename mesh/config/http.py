@@ -7,8 +7,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ..paths import ESCAPED_SLASH_ACTIONS
-from .types import Duration, Model, Size
+from mesh.config.types import Duration, Model, Size
+
+# Envoy's HttpConnectionManager.path_with_escaped_slashes_action, without its "implementation
+# specific default": what to do with %2F and %5C (either case) in a path (mesh/core/paths.py does it)
+KEEP_UNCHANGED = "KEEP_UNCHANGED"
+REJECT_REQUEST = "REJECT_REQUEST"
+UNESCAPE_AND_REDIRECT = "UNESCAPE_AND_REDIRECT"
+UNESCAPE_AND_FORWARD = "UNESCAPE_AND_FORWARD"
+ESCAPED_SLASH_ACTIONS = (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_REDIRECT, UNESCAPE_AND_FORWARD)
 
 EscapedSlashesAction = Literal[ESCAPED_SLASH_ACTIONS]  # type: ignore[valid-type]
 Timeout = Annotated[Duration, Field(gt=0, le=3600)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import MeshConfig, Route
-from .source import Problem, Source
+from mesh.config.schema import MeshConfig, Route
+from mesh.config.source import Problem, Source
 
 TOKEN_KINDS = ("jwt", "oauth2", "api_key")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .schema import MeshConfig
-from .source import ConfigError, Path, Problem, Source, parse, show
+from mesh.config.schema import MeshConfig
+from mesh.config.source import ConfigError, Path, Problem, Source, parse, show
 
 _GENERIC = {
     "int_type": "expected an integer",

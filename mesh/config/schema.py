@@ -11,13 +11,34 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from .. import template
-from .http import Http
-from .source import show
-from .security import (ApiKey, Authz, Cors, IdentitySettings, IpFilter, Jwt, MtlsMode, OAuth2,
-                       Require, SecurityHeaders, SizeLimit)
-from .types import (METHODS, Address, Duration, HeaderToken, Model, Name, Regex, one_of as _one_of,
-                    parse_duration, split_hostport)
+from mesh.config import template
+from mesh.config.http import Http
+from mesh.config.source import show
+from mesh.config.security import (
+    ApiKey,
+    Authz,
+    Cors,
+    IdentitySettings,
+    IpFilter,
+    Jwt,
+    MtlsMode,
+    OAuth2,
+    Require,
+    SecurityHeaders,
+    SizeLimit,
+)
+from mesh.config.types import (
+    METHODS,
+    Address,
+    Duration,
+    HeaderToken,
+    Model,
+    Name,
+    Regex,
+    one_of as _one_of,
+    parse_duration,
+    split_hostport,
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from .source import show
-from .types import METHODS, Cidr, Duration, HeaderName, Model, Name, Size, one_of
+from mesh.config.source import show
+from mesh.config.types import METHODS, Cidr, Duration, HeaderName, Model, Name, Size, one_of
 
 MtlsMode = Literal["STRICT", "PERMISSIVE"]
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",

@@ -15,8 +15,9 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain, keys
 from addons.router import Router
-from mesh import metrics, modes
-from mesh.state import MeshState
+from mesh.telemetry import metrics
+from mesh.core import modes
+from mesh.core.state import MeshState
 
 
 class Gateway:

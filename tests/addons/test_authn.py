@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from addons import keys
 from addons.authn import Authn
-from mesh import apikeys, procs
-from mesh.httpclient import basic_auth
+from mesh.policies import apikeys
+from mesh.runtime import procs
+from mesh.policies.httpclient import basic_auth
 from services import auth
 from services.app import Identity
 

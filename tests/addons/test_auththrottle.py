@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import apikeys
+from mesh.policies import apikeys
 
 KEY = "mk_test_key_for_acme_0123456789abcdef"
 

@@ -7,8 +7,8 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from addons.config import Config
-from mesh.reload import Watcher
-from mesh.state import MeshState
+from mesh.runtime.reload import Watcher
+from mesh.core.state import MeshState
 from tests.conftest import BASE
 
 
@@ -52,6 +52,6 @@ async def test_flows_keep_the_snapshot_they_started_with(gateway):
         flow = tflow.tflow()
         gw.addons[0].requestheaders(flow)
         pinned = keys.get(flow).snapshot
-        from mesh.state import build
+        from mesh.core.state import build
         gw.state.install(build(pinned.file))
         assert keys.get(flow).snapshot is pinned and gw.state.snapshot is not pinned

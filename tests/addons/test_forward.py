@@ -8,7 +8,7 @@ import json
 from aiohttp import web
 
 from addons import keys
-from mesh import procs
+from mesh.runtime import procs
 
 
 def config(users_port: int, catalog_ports: list[int], timeout: str = "2s") -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mesh import apikeys
+from mesh.policies import apikeys
 
 KEY = "mk_hardening_test_key_0123456789"
 

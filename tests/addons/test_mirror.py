@@ -9,7 +9,7 @@ import json
 from aiohttp import web
 
 from addons import keys
-from mesh import procs
+from mesh.runtime import procs
 
 
 def config(primary: int, mirror: int, extra: str = "") -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from addons import keys
-from mesh import procs
+from mesh.runtime import procs
 
 
 def config(port: int, spec: str, extra: str = "") -> str:

@@ -10,10 +10,10 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from addons import chain, keys
-from mesh import pki
+from mesh.security import pki
 from mesh.config.load import load_text
-from mesh.state import MeshState, listeners_of
-from mesh.workload import parse_workload
+from mesh.core.state import MeshState, listeners_of
+from mesh.core.workload import parse_workload
 
 TD, NS = "mitmesh.local", "demo"
 INBOUND = "reverse:http://127.0.0.1:9@127.0.0.1:16006"

@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions
 
 from addons import keys
-from mesh import pki
+from mesh.security import pki
 from tests.mesh.test_mtls import MeshServer
 
 

@@ -12,7 +12,7 @@ from mitmproxy.test import taddons
 
 from addons import chain
 from addons.tracing import Tracing
-from mesh.state import MeshState
+from mesh.core.state import MeshState
 from tests.addons.conftest import Gateway
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -133,7 +133,7 @@ async def test_response_operations_and_content_length(gateway, upstream_app):
 
 
 async def test_gateway_answers_are_not_transformed(gateway):
-    from mesh import procs
+    from mesh.runtime import procs
 
     spec = "      response: {set: {headers: {x-t: 'yes'}}}"
     async with gateway(config(procs.free_port(), spec).replace(

@@ -114,7 +114,7 @@ async def test_lease_expires_when_the_announcer_dies(etcd_server):
 
 
 def test_same_endpoint_from_mdns_and_etcd_is_one_member(write_config):
-    from mesh.state import MeshState, build
+    from mesh.core.state import MeshState, build
     state = MeshState()
     state.install(build(str(write_config())))
     for inst in (Instance("mdns-label", "catalog", "v3", "127.0.0.5", 15006, source="mdns"),
@@ -126,7 +126,7 @@ def test_same_endpoint_from_mdns_and_etcd_is_one_member(write_config):
 
 
 async def test_etcd_gone_keeps_instances_stale_then_resyncs(tmp_path):
-    from mesh import etcdserver
+    from tools import etcdserver
     member = etcdserver.start(tmp_path / "data", tmp_path / "logs")
     reg = Registry()
     watcher = EtcdSource(Etcd([member.client_url], timeout=0.5), "m1", ttl=3, probe_interval=0.3)

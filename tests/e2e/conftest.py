@@ -1,7 +1,7 @@
 """End-to-end fixtures: real demo services and a real gateway process on free loopback ports.
 
-Every process is started through mesh.procs (own process group, dies with us) and stopped in a
-finally block, also when the test fails. `Mesh`, `Load` and the helpers are in mesh/testbed.py.
+Every process is started through mesh.runtime.procs (own process group, dies with us) and stopped in a
+finally block, also when the test fails. `Mesh`, `Load` and the helpers are in tools/testbed.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from mesh import procs
+from mesh.runtime import procs
 # the mesh helpers live in the product (scenarios use them too); tests import them from here
-from mesh.testbed import (Load, Mesh, Sample, Sidecared, announced_at, get,  # noqa: F401
-                          sidecar_config, wait_until)
+from tools.testbed import (
+    Load,
+    Mesh,
+    Sample,
+    Sidecared,
+    announced_at,
+    get,
+    sidecar_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +59,7 @@ def demo_config(tls_dir: Path | None = None) -> dict:
 
 
 def _started_demo(tmp_path):
-    from mesh import pki
+    from mesh.security import pki
 
     pki.init_edge(tmp_path / "certs")
     m = Mesh(tmp_path, demo_config(tmp_path / "certs"))

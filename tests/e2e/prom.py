@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from mesh import procs
+from mesh.runtime import procs
 
 
 def binary(name: str = "prometheus") -> str:

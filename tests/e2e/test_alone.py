@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mesh import launcher, procs
-from mesh.httpclient import basic_auth
-from mesh.otlp import Receiver
+from tools import launcher
+from mesh.runtime import procs
+from mesh.policies.httpclient import basic_auth
+from tools.otlp import Receiver
 
 from .conftest import get as _get
 from .conftest import wait_until

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mesh import procs
+from mesh.runtime import procs
 
 from .conftest import demo_config, get, sidecar_config, wait_until
 
@@ -233,7 +233,7 @@ def test_two_meshes_from_one_folder_keep_their_own_logs_and_ports(tmp_path):
 
 def test_an_app_is_up_only_if_it_is_ours_that_answers(tmp_path):
     """Another mesh's app on the same address answers /healthz too; `up` checks the pid it reports."""
-    from mesh import launcher
+    from tools import launcher
 
     port = procs.free_port()
     app = procs.spawn("users", procs.python("-m", "services.users", "--host", "127.0.0.1", "--port", str(port)),

@@ -12,8 +12,8 @@ import urllib.request
 import yaml
 
 from discovery.etcdapi import Etcd
-from mesh import procs
-from mesh.config.store import Store
+from mesh.runtime import procs
+from mesh.runtime.store import Store
 from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
 
 from .conftest import Mesh, demo_config, get, wait_until

@@ -54,6 +54,6 @@ def test_etcd_alone(sidecar_mesh, etcd_server):
     (a,) = m.start_instances({"service": "catalog", "name": "catalog-a"})
     m.start_gateway()
     m.wait_instances(1, source="etcd", timeout=30)
-    from mesh.testbed import get
+    from tools.testbed import get
     status, body, _ = get(m.url + "/catalog/items")
     assert status == 200, body

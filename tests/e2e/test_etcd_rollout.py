@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mesh import procs
+from mesh.runtime import procs
 from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
 
 from .conftest import Load, Mesh, demo_config, get, wait_until

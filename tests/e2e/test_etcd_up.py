@@ -13,7 +13,7 @@ import urllib.request
 
 import yaml
 
-from mesh import procs
+from mesh.runtime import procs
 
 from .conftest import get, wait_until
 from .test_cli import MITMESH, _alive, up_config

@@ -14,7 +14,8 @@ import h2.connection
 import h2.events
 import pytest
 
-from mesh import pki, procs
+from mesh.security import pki
+from mesh.runtime import procs
 
 from . import traffic
 

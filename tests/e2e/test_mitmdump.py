@@ -9,7 +9,9 @@ import urllib.request
 import pytest
 
 from addons.decisions import COMMENT_STYLE
-from mesh import launcher, pki, procs
+from tools import launcher
+from mesh.security import pki
+from mesh.runtime import procs
 from mesh.config import load
 
 from .conftest import Mesh, demo_config, get

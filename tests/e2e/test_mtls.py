@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mesh import launcher, mtls, pki, procs, upstream
+from tools import launcher
+from mesh.security import mtls, pki
+from mesh.runtime import procs
+from mesh.core import upstream
 
 from .conftest import Mesh, wait_until
 

@@ -16,7 +16,8 @@ import yaml
 
 from discovery import Registry
 from discovery.mdns import MdnsSource
-from mesh import netns, procs
+from tools import netns
+from mesh.runtime import procs
 
 from .conftest import get, wait_until
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from mesh import pki
-from mesh.otlp import Receiver
+from mesh.security import pki
+from tools.otlp import Receiver
 
 from .conftest import Mesh, demo_config, get, wait_until
 from .prom import Prometheus
@@ -68,12 +68,13 @@ def test_prometheus_rate_and_quantile_across_workers(observed):
 
 def test_record_and_replay_against_another_version(observed):
     out = observed.tmp / "flows.mitm"
-    rec = subprocess.Popen(MITMESH + ["record", "--admin", observed.admin, "--seconds", "2.5",
+    rec = subprocess.Popen(MITMESH + ["record", "--admin", observed.admin, "--seconds", "8",
                                       "--config", str(observed.path), "--filter", "~u /catalog/",
                                       "-o", str(out)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: get(observed.admin + "/record")[1]["recording"], timeout=5)
+        # the recorder is a new process: under load its start alone can take seconds
+        wait_until(lambda: get(observed.admin + "/record")[1]["recording"], timeout=30)
         time.sleep(0.5)  # every worker has picked the recording up
         for i in (1, 2, 3, 4, 1, 2):
             assert get(observed.url + f"/catalog/items/{i}")[0] == 200

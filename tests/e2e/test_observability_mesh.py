@@ -15,8 +15,8 @@ import urllib.request
 import pytest
 import yaml
 
-from mesh import launcher
-from mesh.otlp import Receiver
+from tools import launcher
+from tools.otlp import Receiver
 
 from .conftest import Mesh, get, sidecar_config, wait_until
 from .prom import Prometheus, binary

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from mesh import procs
+from mesh.runtime import procs
 from tests.redis_server import start_redis
 
 from .conftest import Mesh, get, wait_until

@@ -10,8 +10,9 @@ import subprocess
 
 import pytest
 
-from mesh import netns, procs
-from mesh.scenario import PASS, SKIPPED
+from tools import netns
+from mesh.runtime import procs
+from tools.scenario import PASS, SKIPPED
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from mesh.httpclient import basic_auth
+from mesh.policies.httpclient import basic_auth
 
 from .conftest import get
 

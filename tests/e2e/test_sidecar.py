@@ -11,7 +11,8 @@ import urllib.request
 import pytest
 import yaml
 
-from mesh import launcher, procs
+from tools import launcher
+from mesh.runtime import procs
 
 from .conftest import Mesh, get, sidecar_config, wait_until
 

@@ -24,7 +24,8 @@ import pytest
 from mitmproxy import io
 from mitmproxy.test import tflow, tutils
 
-from mesh import mtls, pki, procs
+from mesh.security import mtls, pki
+from mesh.runtime import procs
 
 from .conftest import Mesh, get, sidecar_config, wait_until
 

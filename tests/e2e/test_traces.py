@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from mesh import procs
+from mesh.runtime import procs
 
 from .conftest import Mesh, demo_config, get
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from mesh import pki
+from mesh.security import pki
 
 from . import traffic
 from .conftest import Mesh, demo_config, get, wait_until

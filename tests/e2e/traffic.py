@@ -10,7 +10,7 @@ from typing import Iterator
 
 import aiohttp
 
-from mesh import procs
+from mesh.runtime import procs
 
 from .conftest import Mesh
 
@@ -81,7 +81,7 @@ def running(tmp: Path, cfg: dict) -> Iterator[Mesh]:
 
 def start_gateways(*meshes: Mesh, workers: int = 1) -> None:
     """Start the gateway of each mesh at once (they load in parallel), then wait for all."""
-    from mesh import launcher
+    from tools import launcher
 
     for m in meshes:
         m.children["gateway"] = procs.spawn("gateway", launcher.lean_argv(m.path, workers),

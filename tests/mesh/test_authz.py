@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import authz
+from mesh.policies import authz
 from mesh.config.security import Authz
 
 ORDERS = "spiffe://mitmesh.local/ns/demo/sa/orders"

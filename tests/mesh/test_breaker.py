@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mesh.breaker import BreakerPolicy, Breakers
+from mesh.resilience.breaker import BreakerPolicy, Breakers
 
 
 class Boom(Exception):

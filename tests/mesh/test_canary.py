@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mesh import canary
+from mesh.core import canary
 from mesh.config import load
-from mesh.routing import ForwardAction, compile_routes
+from mesh.core.routing import ForwardAction, compile_routes
 
 MESH = """\
 # the demo mesh

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import stat
 
-from mesh import apikeys, cli, pki
+from mesh.policies import apikeys
+from mesh import cli
+from mesh.security import pki
 from tests.conftest import BASE, dedent
 
 

@@ -13,7 +13,9 @@ import pytest
 from mitmproxy import io
 from mitmproxy.test import tflow
 
-from mesh import bench, cli, procs
+from tools import bench
+from mesh import cli
+from mesh.runtime import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from mesh.cluster import Cluster, Endpoint
+from mesh.core.cluster import Cluster, Endpoint
 
 
 def eps(*weights):

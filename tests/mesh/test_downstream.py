@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.downstream import Connection, ResetWindow, Timeouts
+from mesh.core.downstream import Connection, ResetWindow, Timeouts
 
 LIMITS = Timeouts(headers=10.0, request=30.0, idle=60.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.faults import Fault, FaultPolicy, FaultState, parse_header
+from mesh.resilience.faults import Fault, FaultPolicy, FaultState, parse_header
 
 
 def test_percentages():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.heads import check
-from mesh.paths import Rejected
+from mesh.core.heads import check
+from mesh.core.paths import Rejected
 
 HOST = (b"Host", b"example.com")
 

@@ -6,8 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from mesh import health, procs
-from mesh.cluster import Endpoint
+from mesh.core import health
+from mesh.runtime import procs
+from mesh.core.cluster import Endpoint
 from mesh.config.schema import HealthCheck
 
 HC = HealthCheck(interval=0.1, timeout=0.5, unhealthy_threshold=2, healthy_threshold=2)

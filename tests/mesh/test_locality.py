@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from mesh.cluster import DECAY, Cluster, Endpoint, level_of, peak_ewma, priority_loads
+from mesh.core.cluster import DECAY, Cluster, Endpoint, level_of, peak_ewma, priority_loads
 
 
 @pytest.mark.parametrize("levels, loads", [
@@ -106,7 +106,7 @@ services:
 
 
 def test_config_locality_reaches_the_cluster(write_config):
-    from mesh.state import MeshState, build
+    from mesh.core.state import MeshState, build
     path = write_config("""version: 1
 gateway: {listeners: [{name: p, port: 18080}], admin: {port: 19901}, zone: eu-1, region: eu}
 services:

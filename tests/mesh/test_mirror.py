@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mesh import mirror
+from mesh.core import mirror
 from mesh.config import schema
 
 J = "application/json"

@@ -10,7 +10,8 @@ import ssl
 import pytest
 from OpenSSL import SSL
 
-from mesh import mtls, pki, upstream
+from mesh.security import mtls, pki
+from mesh.core import upstream
 
 TD, NS = "mitmesh.local", "demo"
 

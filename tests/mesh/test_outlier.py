@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.outlier import OutlierDetector, OutlierPolicy
+from mesh.resilience.outlier import OutlierDetector, OutlierPolicy
 
 
 def detector(now, **kw):

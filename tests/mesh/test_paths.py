@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import paths
-from mesh.paths import (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_FORWARD, UNESCAPE_AND_REDIRECT, Redirect,
-                        Rejected, normalize)
+from mesh.core import paths
+from mesh.core.paths import (
+    KEEP_UNCHANGED,
+    REJECT_REQUEST,
+    UNESCAPE_AND_FORWARD,
+    UNESCAPE_AND_REDIRECT,
+    Redirect,
+    Rejected,
+    normalize,
+)
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mesh import pki
+from mesh.security import pki
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = "spiffe://mitmesh.local/ns/demo/sa/orders"

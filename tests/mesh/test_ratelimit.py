@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from mesh import metrics, ratelimit
+from mesh.telemetry import metrics
+from mesh.policies import ratelimit
 from mesh.config import load_text
 
 CONFIG = """

@@ -6,8 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from mesh import records
-from mesh.records import Records
+from mesh.telemetry import records
+from mesh.telemetry.records import Records
 
 
 def test_without_a_shared_directory_records_stay_in_memory():

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mesh import redact
+from mesh.security import redact
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkZW1vLWFwcCJ9.c2lnbmF0dXJlLXZhbHVl"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy.test import tutils
 
-from mesh.replay import compare
+from tools.replay import compare
 
 IGNORE = frozenset({"request_id", "instance", "version"})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.retry import RetryBudget, RetryPolicy, retry_after
+from mesh.resilience.retry import RetryBudget, RetryPolicy, retry_after
 
 
 def policy(*on, codes=(), non_idempotent=False):

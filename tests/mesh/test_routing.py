@@ -7,7 +7,7 @@ import collections
 import pytest
 
 from mesh.config import load_text
-from mesh.routing import ForwardAction, compile_routes, strip_port
+from mesh.core.routing import ForwardAction, compile_routes, strip_port
 from tests.conftest import dedent
 
 HEAD = """

@@ -8,7 +8,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
-from mesh.runtime import HookTable, build_master
+from mesh.proxy.master import HookTable, build_master
 
 
 class Recorder:

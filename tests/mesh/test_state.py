@@ -4,8 +4,8 @@ Endpoint per address; static endpoints, discovered instances and a sidecar's own
 from __future__ import annotations
 
 from discovery import Event, Instance
-from mesh.state import INBOUND, OUTBOUND, MeshState, build
-from mesh.workload import parse_workload
+from mesh.core.state import INBOUND, OUTBOUND, MeshState, build
+from mesh.core.workload import parse_workload
 from tests.conftest import BASE
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import template
-from mesh.template import MISSING
+from mesh.config import template
+from mesh.config.template import MISSING
 
 
 def render(text: str, **values):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from mesh.otlp import CLIENT, SERVER, Span
-from mesh.traces import Printer, tree
+from tools.otlp import CLIENT, SERVER, Span
+from tools.traces import Printer, tree
 
 MS = 1_000_000
 T = "4bf92f3577b34da6a3ce929d0e0e4736"

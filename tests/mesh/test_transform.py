@@ -10,10 +10,10 @@ import pytest
 from mitmproxy.coretypes.multidict import MultiDict
 from mitmproxy.http import Headers
 
-from mesh import transform
+from mesh.policies import transform
 from mesh.config import load_text
 from mesh.config.schema import RequestTransform
-from mesh.template import compile_value, parse
+from mesh.config.template import compile_value, parse
 
 VALUES = {("claims", "sub"): "alice", ("headers", "x-tier"): "gold", ("path", "id"): "42"}
 

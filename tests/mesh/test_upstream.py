@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mesh import upstream
+from mesh.core import upstream
 
 
 class RawServer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import versioning
+from mesh.core import versioning
 from mesh.config import load_text
 
 CONFIG = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.workload import Workload, parse_workload
+from mesh.core.workload import Workload, parse_workload
 
 
 def test_full_spec_round_trips():

@@ -24,8 +24,9 @@ import h2.connection
 import h2.events
 import pytest
 
-from mesh import pki, procs
-from mesh.testbed import Mesh, sidecar_config
+from mesh.security import pki
+from mesh.runtime import procs
+from tools.testbed import Mesh, sidecar_config
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ import ssl
 from pathlib import Path
 from typing import Iterator
 
-from mesh import pki
-from mesh.testbed import Mesh
+from mesh.security import pki
+from tools.testbed import Mesh
 
 TD, NS = "mitmesh.local", "demo"
 

@@ -17,8 +17,8 @@ import urllib.parse
 
 import pytest
 
-from mesh import procs
-from mesh.testbed import Mesh, get, sidecar_config, wait_until
+from mesh.runtime import procs
+from tools.testbed import Mesh, get, sidecar_config, wait_until
 
 pytestmark = pytest.mark.e2e
 

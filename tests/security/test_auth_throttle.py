@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from mesh import apikeys, procs
+from mesh.policies import apikeys
+from mesh.runtime import procs
 
 from .peers import request, running
 

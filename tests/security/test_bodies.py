@@ -12,7 +12,7 @@ import time
 import h2.events
 import pytest
 
-from mesh import apikeys
+from mesh.policies import apikeys
 
 from .conftest import H2, assert_refused, read_reply, request, targets
 

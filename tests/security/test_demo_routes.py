@@ -11,9 +11,9 @@ import urllib.parse
 
 import pytest
 
-from mesh import pki
-from mesh.httpclient import basic_auth
-from mesh.testbed import get
+from mesh.security import pki
+from mesh.policies.httpclient import basic_auth
+from tools.testbed import get
 
 from .peers import https, tls_context
 

@@ -14,9 +14,11 @@ import threading
 
 import pytest
 
-from mesh import certcmd, pki, procs
+from tools import certcmd
+from mesh.security import pki
+from mesh.runtime import procs
 from mesh.config import load
-from mesh.testbed import Mesh, get, sidecar_config, wait_until
+from tools.testbed import Mesh, get, sidecar_config, wait_until
 
 from .peers import TD, https, peer_cert, sid, tls_context
 
@@ -149,7 +151,7 @@ gateway:
   admin: {{port: {procs.free_port()}}}
 routes: [{{name: health, match: {{path: {{exact: /healthz}}}}, direct: {{status: 200}}}}]
 """)
-    out = subprocess.run([sys.executable, "-m", "mesh.runtime", "--config", str(path)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "mesh.proxy.master", "--config", str(path)], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 1
     assert ("mesh.yaml:1: gateway.listeners[0].tls.key: a CA's private key is never given to a proxy (it "

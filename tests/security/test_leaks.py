@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from mesh import procs
-from mesh.testbed import Mesh, get, sidecar_config
+from mesh.runtime import procs
+from tools.testbed import Mesh, get, sidecar_config
 
 from .peers import request, running
 

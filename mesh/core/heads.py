@@ -1,0 +1,87 @@
+"""Request head checks (RFC 9110, RFC 9112, RFC 9113): a request that fails one is refused with a 400
+(505 for an HTTP major version the proxy does not speak) before any addon decides anything, and is
+never forwarded.
+
+Pure functions over the parsed head, no mitmproxy: every HTTP engine of the proxy calls `check`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from mesh.core.paths import Rejected
+
+# RFC 9110 §5.1: a field name is a token
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value never holds NUL, CR, LF or another control character but HTAB; a CR
+# or LF inside a parsed value is also what an obs-fold (RFC 9112 §5.2) leaves behind
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+_HTTP1 = ("HTTP/1.1", "HTTP/1.0")
+
+
+def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False) -> None:
+    """Raise `Rejected` for the first thing wrong with a request head: its HTTP version (`h2`: it
+    came over HTTP/2), a field name or value, its Host fields, or its message framing."""
+    if h2:
+        if version != "HTTP/2.0":
+            raise Rejected(400, "bad_http_version", f"{version} request on an HTTP/2 connection")
+    elif version not in _HTTP1:
+        if version[:7] == "HTTP/1.":
+            raise Rejected(400, "bad_http_version",
+                           f"unknown HTTP version {version[:16]!r}: HTTP/1.0 and HTTP/1.1 are accepted")
+        raise Rejected(505, "http_version_not_supported",
+                       f"HTTP version {version[:16]!r} is not spoken here (RFC 9110 §15.6.6)")
+    hosts: list[bytes] = []
+    lengths = encodings = 0
+    encoding = b""
+    for name, value in fields:
+        if not _NAME.fullmatch(name):
+            raise Rejected(400, "invalid_header", f"invalid header name {_clip(name)} (RFC 9110 §5.1)")
+        bad = _BAD_VALUE.search(value)
+        if bad:
+            what = ("a folded line (obs-fold, RFC 9112 §5.2)" if value[bad.start():bad.start() + 3] in
+                    (b"\r\n ", b"\r\n\t") else f"the control character {bad.group()!r} (RFC 9110 §5.5)")
+            raise Rejected(400, "invalid_header", f"header {_clip(name)} holds {what}")
+        lower = name.lower()
+        if lower == b"host":
+            hosts.append(value)
+        elif lower == b"content-length":
+            lengths += 1
+            if not value.isdigit():
+                raise Rejected(400, "invalid_framing", f"invalid Content-Length {_clip(value)} (RFC 9110 §8.6)")
+        elif lower == b"transfer-encoding":
+            encodings += 1
+            encoding = value
+    if len(hosts) > 1:
+        raise Rejected(400, "invalid_host", f"{len(hosts)} Host header fields (RFC 9112 §3.2)")
+    if not hosts and version == "HTTP/1.1":
+        raise Rejected(400, "invalid_host", "an HTTP/1.1 request without a Host header field (RFC 9112 §3.2)")
+    if hosts and not _HOST.fullmatch(hosts[0]):
+        raise Rejected(400, "invalid_host", f"invalid Host {_clip(hosts[0])} (RFC 9110 §7.2)")
+    _framing(version, h2, lengths, encodings, encoding)
+
+
+def _framing(version: str, h2: bool, lengths: int, encodings: int, encoding: bytes) -> None:
+    """RFC 9112 §6: one way to find where the body ends, or the request is refused (smuggling)."""
+    if lengths > 1:
+        raise Rejected(400, "invalid_framing", "more than one Content-Length (RFC 9112 §6.3)")
+    if not encodings:
+        return
+    if h2:
+        raise Rejected(400, "invalid_framing", "Transfer-Encoding on HTTP/2 (RFC 9113 §8.2.2)")
+    if lengths:
+        raise Rejected(400, "invalid_framing", "both Content-Length and Transfer-Encoding (RFC 9112 §6.1)")
+    if encodings > 1 or version != "HTTP/1.1":
+        raise Rejected(400, "invalid_framing", "Transfer-Encoding repeated or on HTTP/1.0 (RFC 9112 §6.1)")
+    codings = [c.strip().lower() for c in encoding.split(b",")]
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        raise Rejected(400, "invalid_framing", f"Transfer-Encoding {_clip(encoding)} does not end in a "
+                                               f"single chunked (RFC 9112 §6.1)")
+
+
+def _clip(raw: bytes) -> str:
+    text = repr(raw[:40])[1:]
+    return text if len(raw) <= 40 else text[:-1] + "…'"

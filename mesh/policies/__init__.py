@@ -1,0 +1,1 @@
+"""Per-route request policies: authentication, authorization, API keys, CORS, rate limits, transforms. No mitmproxy."""

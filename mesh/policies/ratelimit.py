@@ -1,0 +1,284 @@
+"""Rate limits on the `limits` library: what (windows), how (strategy) and where (storage) kept apart.
+
+Memory storage is per worker and synchronous (a dict update, no await); Redis storage is shared by
+every worker and gateway using it, asynchronous, bounded by a timeout, and when it cannot be
+reached the limiter fails open (or closed, if configured), logs the outage once and counts every
+request decided without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import limits
+from limits import aio
+from limits import strategies as sync_strategies
+
+from mesh.telemetry import metrics
+from mesh.config import schema
+
+log = logging.getLogger("mitmesh.ratelimit")
+
+WINDOWS = (("second", limits.RateLimitItemPerSecond, 1), ("minute", limits.RateLimitItemPerMinute, 60),
+           ("hour", limits.RateLimitItemPerHour, 3600), ("day", limits.RateLimitItemPerDay, 86400))
+STRATEGIES = {"fixed_window": "fixed-window", "sliding_window": "sliding-window-counter",
+              "moving_window": "moving-window"}
+RETRY_STORAGE_AFTER = 1.0  # seconds an unreachable storage is not asked again
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # identity: cheap to hash per request
+class Policy:
+    """One route's compiled rate limit."""
+
+    route: str
+    items: tuple[limits.RateLimitItem, ...]  # shortest window first
+    key: str
+    header: str | None  # lower case
+    claim: str | None
+    strategy: str  # limits' name
+    storage: str  # "memory" or an async+redis:// URI
+    fail_open: bool
+    timeout: float
+    policy_header: str  # RateLimit-Policy: 50;w=60, 1000;w=3600
+
+
+def compile(model: schema.RateLimit, route: schema.Route) -> Policy:
+    items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name))
+    header = model.header or ("x-api-key" if model.key == "api_key" else None)
+    return Policy(route.name, items, model.key, header.lower() if header else None, model.claim,
+                  STRATEGIES[model.strategy], _storage(model.storage), model.fail_open,
+                  model.storage_timeout, _policy_header(items))
+
+
+def _storage(uri: str) -> str:
+    """limits' storage URI: Redis through its asyncio client."""
+    return "async+" + uri if uri.startswith(("redis://", "rediss://")) else uri
+
+
+def _policy_header(items: tuple[limits.RateLimitItem, ...]) -> str:
+    return ", ".join(f"{i.amount};w={i.get_expiry()}" for i in items)
+
+
+AUTH_FAILURES = "auth-failures"  # the `route` of the failed-authentication counters
+
+
+def compile_auth_failures(model: schema.AuthFailures) -> Policy:
+    """The per-client-IP counter of failed authentications, as a rate limit of its own."""
+    items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name, None))
+    return Policy(AUTH_FAILURES, items, "ip", None, None, STRATEGIES["fixed_window"],
+                  _storage(model.storage), True, model.storage_timeout, _policy_header(items))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    allowed: bool
+    headers: tuple[tuple[str, str], ...]  # RateLimit-* (empty when the storage was unreachable)
+    retry_after: int = 0
+    unavailable: bool = False  # decided without the storage
+    window: str = ""  # the window that was exceeded
+
+    def describe(self) -> str:
+        if self.unavailable:
+            return "storage unreachable: " + ("allowed (fail open)" if self.allowed else "refused (fail closed)")
+        values = dict(self.headers)
+        left = f"{values.get('RateLimit-Remaining')}/{values.get('RateLimit-Limit')} left"
+        return f"allowed, {left}" if self.allowed else f"over {self.window}, retry after {self.retry_after}s"
+
+
+def key_text(kind: str, value: str) -> str:
+    """A counter key: API keys are hashed so no secret lands in the storage or the logs."""
+    if kind == "api_key":
+        value = hashlib.sha256(value.encode()).hexdigest()[:24]
+    return f"{kind}:{value}"
+
+
+def _outcome(policy: Policy, stats: list[tuple[limits.RateLimitItem, bool, Any]], now: float) -> Outcome:
+    """Headers from the most restrictive window: fewest left, then the later reset.
+    `stats` holds (item, allowed, (reset time, remaining)) per window tried."""
+    best = None
+    for item, ok, (reset, remaining) in stats:
+        rank = (0 if not ok else 1, remaining, -reset)
+        if best is None or rank < best[0]:
+            best = (rank, item, ok, reset, remaining)
+    assert best is not None
+    _, item, ok, reset, remaining = best
+    wait = max(0, math.ceil(reset - now))
+    headers = (("RateLimit-Limit", str(item.amount)), ("RateLimit-Remaining", str(max(0, remaining))),
+               ("RateLimit-Reset", str(wait)), ("RateLimit-Policy", policy.policy_header))
+    if ok:
+        return Outcome(True, headers)
+    return Outcome(False, headers, retry_after=max(1, wait), window=f"{item.amount} per {item.GRANULARITY.name}")
+
+
+class LoopMemoryStorage(limits.storage.MemoryStorage):
+    """limits' memory storage without its timer thread.
+
+    MemoryStorage starts a threading.Timer 10 ms after every change to drop expired counters: about
+    a hundred threads a second under load, each taking the GIL from the event loop (GIL handoffs
+    wait up to the 5 ms switch interval). Counts never depend on that sweep (expired windows are
+    dropped when read), so here it is skipped and `expire()` is called from the event loop instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()  # the one __init__ starts
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # limits' private hook, called on every change
+        pass
+
+    def expire(self) -> None:
+        """Drop expired counters and moving-window entries (memory only; counts are unaffected)."""
+        self._MemoryStorage__expire_events()
+
+
+class Limiters:
+    """The storages and limiters of one proxy process. They outlive reloads: counters survive edits."""
+
+    def __init__(self):
+        self._memory = LoopMemoryStorage()
+        self._keys: dict[tuple[Policy, str], tuple[str, ...]] = {}  # limits' key strings, built once
+        self._sync: dict[str, Any] = {}
+        self._async: dict[tuple[str, str, float], Any] = {}
+        self._storages: dict[tuple[str, float], Any] = {}
+        self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    # memory: synchronous, no await on the hot path
+
+    def hit_sync(self, policy: Policy, key: str) -> Outcome:
+        ids = (policy.strategy, policy.route, key)
+        stats = []
+        if policy.strategy == "fixed-window":
+            # the fixed window's count comes back from the increment: one key and two storage
+            # calls per window instead of the strategy's hit plus get_window_stats (three and five)
+            storage = self._memory
+            names = self._keys.get((policy, key))
+            if names is None:
+                if len(self._keys) > 100_000:  # many clients: start over rather than grow
+                    self._keys.clear()
+                names = self._keys[(policy, key)] = tuple(item.key_for(*ids) for item in policy.items)
+            for item, k in zip(policy.items, names):
+                count = storage.incr(k, item.get_expiry())
+                ok = count <= item.amount
+                stats.append((item, ok, (storage.get_expiry(k), item.amount - count)))
+                if not ok:
+                    break
+            return _outcome(policy, stats, time.time())
+        limiter = self._sync_limiter(policy.strategy)
+        for item in policy.items:
+            ok = limiter.hit(item, *ids)
+            stats.append((item, ok, limiter.get_window_stats(item, *ids)))
+            if not ok:
+                break
+        return _outcome(policy, stats, time.time())
+
+    def _sync_limiter(self, strategy: str) -> Any:
+        limiter = self._sync.get(strategy)
+        if limiter is None:
+            limiter = self._sync[strategy] = sync_strategies.STRATEGIES[strategy](self._memory)
+        return limiter
+
+    def peek_sync(self, policy: Policy, key: str) -> Outcome:
+        """Whether one more hit would be allowed, without counting one (memory storage)."""
+        limiter = self._sync_limiter(policy.strategy)
+        ids = (policy.strategy, policy.route, key)
+        stats = [(item, limiter.test(item, *ids), limiter.get_window_stats(item, *ids)) for item in policy.items]
+        return _outcome(policy, stats, time.time())
+
+    def expire(self) -> None:
+        """Memory housekeeping; the RateLimit addon calls it every second from the event loop."""
+        self._memory.expire()
+
+    # Redis: asynchronous, bounded by the policy's timeout, fail open or closed
+
+    async def hit_async(self, policy: Policy, key: str, peek: bool = False) -> Outcome:
+        """Count one hit (or, with `peek`, only look whether one more would be allowed)."""
+        uri = policy.storage
+        if time.monotonic() < self._down_until.get(uri, 0.0):
+            return self._unavailable(policy, None)
+        limiter = self._limiter(policy)
+        ids = (policy.strategy, policy.route, key)
+        stats = []
+        try:
+            async with asyncio.timeout(policy.timeout):
+                for item in policy.items:
+                    if peek:
+                        stats.append((item, await limiter.test(item, *ids),
+                                      await limiter.get_window_stats(item, *ids)))
+                        continue
+                    if policy.strategy == "fixed-window":  # two round trips instead of three
+                        k = item.key_for(*ids)
+                        count = await limiter.storage.incr(k, item.get_expiry())
+                        ok = count <= item.amount
+                        stats.append((item, ok, (await limiter.storage.get_expiry(k), item.amount - count)))
+                    else:
+                        ok = await limiter.hit(item, *ids)
+                        stats.append((item, ok, await limiter.get_window_stats(item, *ids)))
+                    if not ok:
+                        break
+        except Exception as e:  # redis errors, timeouts, refused connections: all mean "unreachable"
+            return self._unavailable(policy, e)
+        if uri in self._failures:
+            log.warning(f"rate limit storage {redacted(uri)} is reachable again "
+                        f"({self._failures.pop(uri)} requests were decided without it)")
+        return _outcome(policy, stats, time.time())
+
+    def _limiter(self, policy: Policy) -> Any:
+        key = (policy.storage, policy.strategy, policy.timeout)
+        limiter = self._async.get(key)
+        if limiter is None:
+            skey = (policy.storage, policy.timeout)
+            storage = self._storages.get(skey)
+            if storage is None:
+                storage = self._storages[skey] = redis_storage(policy.storage, policy.timeout)
+            limiter = self._async[key] = aio.strategies.STRATEGIES[policy.strategy](storage)
+        return limiter
+
+    def _unavailable(self, policy: Policy, error: Exception | None) -> Outcome:
+        uri = policy.storage
+        metrics.RATELIMIT_STORAGE_ERRORS.labels(policy.route, "allowed" if policy.fail_open else "refused").inc()
+        if error is not None:
+            self._down_until[uri] = time.monotonic() + RETRY_STORAGE_AFTER
+            if uri not in self._failures:
+                metrics.RATELIMIT_STORAGE_OUTAGES.inc()
+                what = "allowing requests (fail open)" if policy.fail_open else "refusing requests (fail closed)"
+                log.error(f"rate limit storage {redacted(uri)} is unreachable "
+                          f"({type(error).__name__}: {error or 'timed out'}); {what}")
+        self._failures[uri] = self._failures.get(uri, 0) + 1
+        return Outcome(policy.fail_open, (), unavailable=True)
+
+    async def close(self) -> None:
+        for storage in self._storages.values():
+            client = getattr(getattr(storage, "bridge", None), "storage", None)
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception:
+                    pass
+        self._storages.clear()
+        self._async.clear()
+
+
+def redis_storage(uri: str, timeout: float) -> Any:
+    """limits' async Redis storage on redis-py: short socket timeouts and one quick retry, so a
+    dead Redis costs a refused connect, not seconds of back-off."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return aio.storage.RedisStorage(uri, implementation="redispy", key_prefix="mitmesh",
+                                    socket_connect_timeout=timeout, socket_timeout=timeout,
+                                    retry=Retry(NoBackoff(), 1))
+
+
+def redacted(uri: str) -> str:
+    """A storage URI without its password, for logs."""
+    scheme, sep, rest = uri.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme.removeprefix("async+") + sep + rest

@@ -1,0 +1,1 @@
+"""Resilience: retries, circuit breakers, outlier detection, fault injection and their per-route settings. No mitmproxy."""

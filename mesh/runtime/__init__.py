@@ -1,0 +1,1 @@
+"""The process shell below the addons: supervisor, inherited sockets, reload watcher, admin server, processes."""

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics and access records. No mitmproxy."""

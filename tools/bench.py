@@ -1,0 +1,476 @@
+"""`mitmesh bench`: loopback throughput, latency and memory, as ratios against baselines of one run.
+
+Targets, all in front of the same demo service: the service directly, bare `mitmdump --mode
+reverse`, nginx as a reverse proxy (the reference a user would pick instead), a request through two
+sidecars (a caller's outbound listener, then the service's inbound), and the mitmesh gateway on the
+lean runtime with 1 worker, with N workers, and with 10,000 routes; and HTTP/2 against HTTP/1.1 on
+the 1-worker gateway's TLS listener. Load comes from wrk, and from h2load for the HTTP/2 comparison
+(both protocols, so the client is the same); wrk, h2load and nginx are installed with apt-get when
+missing. A benchmark, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mesh.security import pki
+from mesh.runtime import procs, supervisor
+
+PATH = "/catalog/items/1"
+BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
+ROUTES = 10  # the ordinary config has this many routes; the big one adds 10,000 more
+
+NGINX = """
+worker_processes {workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fastcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  upstream catalog {{ server 127.0.0.1:{service}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /catalog/ {{
+      proxy_pass http://catalog/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_1: float  # ms at one connection
+    p99_1: float
+    p50_n: float  # ms at many connections
+    p99_n: float
+    errors: int
+    cores: float = 0.0  # CPU the proxy processes used during the throughput run, in cores
+
+
+def ensure(binary: str, package: str, skip: str = "") -> str:
+    found = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"bench: installing {package} with apt-get", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                       env=env, stdout=subprocess.DEVNULL, check=False)
+        found = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if not found:
+        sys.exit(f"bench: {binary} is needed (Debian/Ubuntu: apt-get install {package})"
+                 + (f"; or run without what needs it: {skip}" if skip else ""))
+    return found
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+class Wrk:
+    def __init__(self, binary: str):
+        self.binary = binary
+        self.last_count = 0
+
+    def run(self, url: str, connections: int, seconds: float, host: str | None = None) -> tuple[float, float, float, int]:
+        """(requests/s, p50 ms, p99 ms, errors) of one timed run; `host` sets the Host header."""
+        headers = ["-H", f"Host: {host}"] if host else []
+        out = subprocess.run([self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                              "--latency", "-H", f"x-api-key: {BENCH_KEY}", *headers, url],
+                             capture_output=True, text=True, timeout=seconds + 60).stdout
+        return self._parse(out)
+
+    def _parse(self, out: str) -> tuple[float, float, float, int]:
+        count = re.search(r"(\d+) requests in", out)
+        self.last_count = int(count.group(1)) if count else 0
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if not m:
+            raise RuntimeError(f"wrk printed no result:\n{out}")
+        pct = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+        errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        if sock:
+            errors += sum(int(x) for x in sock.groups())
+        return float(m.group(1)), pct.get("50", 0.0), pct.get("99", 0.0), errors
+
+
+class H2load:
+    """nghttp2's load generator: HTTP/2 (one request at a time per connection, like wrk) or, with
+    `--h1`, HTTP/1.1 over the same TLS listener, so both protocols see the same client."""
+
+    def __init__(self, binary: str):
+        self.binary = binary
+
+    def run(self, url: str, connections: int, seconds: float, h1: bool = False,
+            warmup: bool = True) -> tuple[float, int]:
+        """(requests/s, failed requests) of one timed run."""
+        # the TLS handshakes happen during the warm-up: the figure is requests on open connections, as wrk's
+        argv = [self.binary, *(["--h1"] if h1 else ["-m1"]), f"-c{connections}", f"-D{max(1, round(seconds))}",
+                *(["--warm-up-time=1"] if warmup else []), "-H", f"x-api-key: {BENCH_KEY}", url]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 61).stdout
+        m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+        done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                         r"(\d+) errored, (\d+) timeout", out)
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        if not (m and done and codes):
+            raise RuntimeError(f"h2load printed no result:\n{out}")
+        return float(m.group(1)), sum(map(int, done.groups()[1:])) + sum(map(int, codes.groups()[1:]))
+
+
+def h2_vs_h1(h2load: H2load, url: str, args) -> tuple[list[float], list[float], int]:
+    """HTTP/1.1 then HTTP/2 against the same TLS listener, interleaved 3 times (so a busier moment
+    of the machine hits both; once with --no-warmup): req/s of each run, and failed requests."""
+    seconds = max(args.seconds / 2, 1)
+    warm = not args.no_warmup
+    if warm:
+        h2load.run(url, args.connections, 1, h1=True)
+        h2load.run(url, args.connections, 1)
+    h1, h2, errors = [], [], 0
+    for _ in range(3 if warm else 1):
+        for runs, is_h1 in ((h1, True), (h2, False)):
+            rps, failed = h2load.run(url, args.connections, seconds, h1=is_h1, warmup=warm)
+            runs.append(rps)
+            errors += failed
+    return h1, h2, errors
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure(name: str, url: str, wrk: Wrk, args, pids: list[int] = (), host: str | None = None) -> Result:
+    if not args.no_warmup:
+        wrk.run(url, args.connections, 1, host)  # warm up connections, pools and caches
+    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    rps, p50n, p99n, err = wrk.run(url, args.connections, args.seconds, host)
+    cores = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0) if pids else 0.0
+    _, p50, p99, err1 = wrk.run(url, 1, max(args.seconds / 2, 1), host)
+    r = Result(name, rps, p50, p99, p50n, p99n, err + err1, cores)
+    print(f"  {name:<32} {rps:>8.0f} req/s   p50/p99 @1: {p50:.2f}/{p99:.2f} ms   "
+          f"@{args.connections}: {p50n:.1f}/{p99n:.1f} ms" + (f"   {cores:.2f} cores" if pids else "")
+          + (f"   ERRORS {r.errors}" if r.errors else ""), flush=True)
+    return r
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
+                 tls: tuple[int, Path] | None = None) -> dict:
+    """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
+    limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1."""
+    routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
+    routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
+               for i in range(extra_routes)]
+    routes += [{"name": f"other{i}", "match": {"path": {"prefix": f"/other{i}/"}, "methods": ["GET"]},
+                "forward": {"service": "catalog"}} for i in range(ROUTES - 2)]
+    routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
+                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
+                   "policies": ["partner", "public"]})
+    listeners = [{"name": "bench", "port": listen_port}]
+    if tls is not None:
+        listeners.append({"name": "bench-tls", "port": tls[0],
+                          "tls": {"cert": str(tls[1] / "edge.pem"), "key": str(tls[1] / "edge.key")}})
+    return {
+        "version": 1,
+        "gateway": {"listeners": listeners, "admin": {"port": admin_port}},
+        "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
+        "routes": routes,
+        "policies": {
+            # as the demo: an API key identifies the consumer, whose rate limit is counted
+            # (memory storage, never reached here); metrics and the access log are on by default
+            "partner": {"api_key": {"consumers": {"bench": {
+                "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}}}},
+            "public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000, "key": "consumer"}},
+        },
+    }
+
+
+def sidecar_config(inbound: int, admin: int, address: str = "127.0.0.1") -> dict:
+    """Two sidecars: a caller's outbound sends `catalog` to catalog's sidecar inbound (static
+    endpoint, no mDNS), which sends it to the catalog app."""
+    return {
+        "version": 1,
+        "gateway": {"listeners": [{"name": "unused", "port": admin}]},  # the schema wants one
+        "services": {"catalog": {"versions": {"v1": {"endpoints": [f"{address}:{inbound}"]}}}},
+    }
+
+
+def gw1_rps(results: dict) -> float:
+    return max(results["gw1"].rps, 1.0)
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+CATEGORIES = [  # leaf frame → where the time goes; first match wins
+    ("hook dispatch (addon manager, hook objects)", r"addonmanager|typecheck|contextlib|hooks\.py|handle_hook|hook_task|HookTable|dataclasses\.py"),
+    ("task creation and scheduling", r"asyncio/tasks\.py|asyncio_utils|asyncio/locks\.py|create_task|call_soon|create_future"),
+    ("mitmproxy layers (state machines, events, commands)", r"mitmproxy/proxy/"),
+    ("HTTP/1 parsing and message objects", r"h11|mitmproxy/net/http|mitmproxy/http\.py|<string>|coretypes|multidict"),
+    ("mitmesh addons", r"/addons/"),
+    ("mitmesh core (routing, upstream pool)", r"/mesh/"),
+    ("asyncio transports and selector", r"asyncio/|selectors\.py|socket"),
+]
+
+
+def profile(pid: int, seconds: float, tmp: Path) -> None:
+    """py-spy the worker while wrk loads it; print where its CPU goes, by category and function."""
+    out = tmp / "profile.txt"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    subprocess.run([spy, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "250",
+                    "-f", "raw", "-o", str(out), "--nonblocking"], capture_output=True, check=True)
+    categories: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(n)
+        leaf = stack.split(";")[-1]
+        label = next((name for name, rx in CATEGORIES if re.search(rx, leaf)), "other (C code, interpreter)")
+        categories[label] = categories.get(label, 0) + int(n)
+        fn = re.sub(r"\(.*?(site-packages/|python3\.\d+/|/work/[^/]+/)?([^:()]*):\d+\)", r"(\2)", leaf)
+        functions[fn] = functions.get(fn, 0) + int(n)
+    print(f"  profile of the 1-worker gateway under load ({total} samples, self time):")
+    for label, n in sorted(categories.items(), key=lambda kv: -kv[1]):
+        print(f"    {100 * n / total:5.1f}%  {label}")
+    print("  top functions:")
+    for fn, n in sorted(functions.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {100 * n / total:5.1f}%  {fn}")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="mitmesh-bench-"))
+        self.children: list[procs.Child] = []
+        self.wrk = Wrk(ensure("wrk", "wrk"))
+        self.h2load = None if args.no_h2 else H2load(ensure("h2load", "nghttp2-client", "--no-h2"))
+
+    def spawn(self, name: str, argv: list[str], port: int) -> procs.Child:
+        child = procs.spawn(name, argv, log_dir=self.tmp)
+        self.children.append(child)
+        procs.wait_ports(child, [("127.0.0.1", port)], timeout=60)
+        return child
+
+    def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
+                tls_port: int = 0) -> tuple[str, procs.Child]:
+        port, admin = procs.free_port(), procs.free_port()
+        cfg = self.tmp / f"{name}.yaml"
+        tls = None
+        if tls_port:
+            pki.init_edge(self.tmp / "certs")
+            tls = (tls_port, self.tmp / "certs")
+        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls)))
+        child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
+                                   "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
+        self.children.append(child)
+        procs.wait_log(child, "gateway ready", timeout=120)
+        return f"http://127.0.0.1:{port}{PATH}", child
+
+    def sidecars(self, app_port: int) -> tuple[str, list[procs.Child]]:
+        """The catalog app's sidecar, and a caller's sidecar whose outbound listener wrk talks to."""
+        # an instance address of their own, as `mitmesh up` gives each instance: no port of anyone
+        # else on 127.0.0.1 can be taken between choosing it and binding it
+        address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        ports = {k: procs.free_port(address) for k in ("in", "in_out", "in_admin", "c_in", "out", "c_admin", "gw")}
+        cfg = self.tmp / "sidecars.yaml"
+        cfg.write_text(yaml.safe_dump(sidecar_config(ports["in"], ports["gw"], address)))
+        children = []
+        for name, service, inbound, outbound, admin in (
+                ("sidecar-catalog", "catalog", ports["in"], ports["in_out"], ports["in_admin"]),
+                ("sidecar-caller", "caller", ports["c_in"], ports["out"], ports["c_admin"])):
+            child = procs.spawn(name, [procs.tool("mitmesh"), "sidecar", "--config", str(cfg), "--service", service,
+                                       "--app", f"127.0.0.1:{app_port}", "--address", address,
+                                       "--inbound-port", str(inbound),
+                                       "--outbound-port", str(outbound), "--admin-port", str(admin),
+                                       "--verbosity", "warn"], log_dir=self.tmp)
+            self.children.append(child)
+            children.append(child)
+        for child in children:
+            procs.wait_log(child, "sidecar ready", timeout=120)
+        return f"http://{address}:{ports['out']}/items/1", children
+
+    def stop(self, child: procs.Child) -> None:
+        child.stop()
+        self.children.remove(child)
+
+    def run(self) -> int:
+        args = self.args
+        workers = args.workers or supervisor.default_workers()
+        svc = procs.free_port()
+        self.spawn("catalog", procs.python("-m", "services.catalog", "--port", str(svc)), svc)
+        print(f"bench: {machine()}", flush=True)
+        print(f"bench: wrk -t1, {args.connections} connections, {args.seconds:g}s per run, "
+              f"GET {PATH} through each target to one demo catalog instance", flush=True)
+        results: dict[str, Result] = {}
+        results["direct"] = measure("direct (demo service)", f"http://127.0.0.1:{svc}/items/1", self.wrk, args)
+
+        port = procs.free_port()
+        bare = self.spawn("mitmdump", [procs.tool("mitmdump"), "-q", "--mode",
+                                       f"reverse:http://127.0.0.1:{svc}@127.0.0.1:{port}",
+                                       "--set", f"confdir={self.tmp / 'mitmproxy'}"], port)
+        results["mitmdump"] = measure("mitmdump --mode reverse", f"http://127.0.0.1:{port}/items/1", self.wrk, args)
+        self.stop(bare)
+
+        if not args.no_nginx:
+            nginx = ensure("nginx", "nginx-light", "--no-nginx")
+            port = procs.free_port()
+            conf = self.tmp / "nginx.conf"
+            conf.write_text(NGINX.format(workers=workers, tmp=self.tmp, service=svc, port=port))
+            ng = self.spawn("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-g", "daemon off;"], port)
+            results["nginx"] = measure(f"nginx ({workers} workers)", f"http://127.0.0.1:{port}{PATH}", self.wrk, args)
+            self.stop(ng)
+
+        url, pair = self.sidecars(svc)
+        results["sidecars"] = measure("2 sidecars (outbound → inbound)", url, self.wrk, args,
+                                      [c.pid for c in pair], host="catalog")
+        for c in pair:
+            self.stop(c)
+
+        tls_port = procs.free_port()
+        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port)
+        worker_pids = children_of(gw.pid)
+        results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
+        h1 = h2 = None
+        h2_errors = 0
+        if self.h2load is not None:
+            h1, h2, h2_errors = h2_vs_h1(self.h2load, f"https://127.0.0.1:{tls_port}{PATH}", args)
+            print(f"  {'HTTP/1.1 over TLS, 1 worker':<32} {sum(h1) / len(h1):>8.0f} req/s   "
+                  f"(h2load --h1 -c{args.connections}: {', '.join(f'{x:.0f}' for x in h1)})", flush=True)
+            print(f"  {'HTTP/2 over TLS, 1 worker':<32} {sum(h2) / len(h2):>8.0f} req/s   "
+                  f"(h2load -m1 -c{args.connections}: {', '.join(f'{x:.0f}' for x in h2)})"
+                  + (f"   ERRORS {h2_errors}" if h2_errors else ""), flush=True)
+        if args.profile:
+            load = subprocess.Popen([self.wrk.binary, "-t1", f"-c{args.connections}", "-H", f"x-api-key: {BENCH_KEY}",
+                                     f"-d{round(args.seconds) + 3}s", url], stdout=subprocess.DEVNULL)
+            time.sleep(1)
+            profile(worker_pids[0], args.seconds, self.tmp)
+            load.wait()
+        before = rss_kb(worker_pids)  # after the warm-up and measured runs above
+        sent = 0
+        while sent < args.requests:  # timed runs sized from the measured rate, until enough were sent
+            self.wrk.run(url, args.connections, (args.requests - sent) / gw1_rps(results) * 1.05 + 1)
+            sent += self.wrk.last_count
+        after = rss_kb(worker_pids)
+        growth = 100.0 * (after - before) / before
+        print(f"  RSS of 1 worker: {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after "
+              f"{sent:,} more requests: {growth:+.1f}%", flush=True)
+        self.stop(gw)
+
+        url, gw = self.gateway(f"gateway-{workers}", svc, workers)
+        results["gwN"] = measure(f"mitmesh gateway, {workers} workers", url, self.wrk, args, children_of(gw.pid))
+        self.stop(gw)
+
+        url, gw = self.gateway("gateway-10k", svc, 1, extra_routes=10_000)
+        results["gw10k"] = measure("mitmesh, 1 worker, 10k routes", url, self.wrk, args)
+        self.stop(gw)
+
+        base = results["mitmdump"].rps
+        print()
+        print(f"| target | req/s @{args.connections} | vs mitmdump | p50 @1 (ms) | p99 @1 (ms) | "
+              f"p50 @{args.connections} (ms) | p99 @{args.connections} (ms) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in results.values():
+            print(f"| {r.name} | {r.rps:.0f} | {r.rps / base:.2f}x | {r.p50_1:.2f} | {r.p99_1:.2f} | "
+                  f"{r.p50_n:.1f} | {r.p99_n:.1f} |")
+        print()
+        gw1, gwn = results["gw1"], results["gwN"]
+        print(f"RSS growth of 1 worker over {sent:,} requests: {growth:+.1f}% "
+              f"({before / 1024:.1f} → {after / 1024:.1f} MiB)")
+        print(f"10,000 routes against {ROUTES}: {results['gw10k'].rps / gw1.rps:.2f}x the throughput")
+        if gw1.cores and gwn.cores:
+            per1, perN = gw1.rps / gw1.cores, gwn.rps / gwn.cores
+            print(f"{workers} workers used {gwn.cores:.2f} cores against {gw1.cores:.2f} for 1 worker "
+                  f"(wrk and the demo service share the machine); requests per worker CPU-second: "
+                  f"{perN:.0f} against {per1:.0f} ({perN / per1:.2f}x)")
+        two = results["sidecars"]
+        print(f"2 sidecars against the direct call: {two.rps / results['direct'].rps:.2f}x the throughput, "
+              f"p50 +{two.p50_1 - results['direct'].p50_1:.2f} ms at 1 connection, "
+              f"+{two.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}")
+        if h1 and h2:
+            print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
+                  f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
+        errors = sum(r.errors for r in results.values()) + h2_errors
+        if errors:
+            print(f"WARNING: {errors} failed requests during the runs")
+        print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
+              f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
+              f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}"
+              + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else ""), flush=True)
+        return 0
+
+    def close(self) -> None:
+        for c in reversed(self.children):
+            c.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mitmesh bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each measured run (default 5)")
+    p.add_argument("--connections", type=int, default=32, help="connections for throughput (default 32)")
+    p.add_argument("--workers", type=int, default=0, help="workers for the N-worker run (default: cores)")
+    p.add_argument("--requests", type=int, default=100_000, help="requests for the RSS check (default 100,000)")
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    p.add_argument("--no-h2", action="store_true",
+                   help="skip HTTP/2 against HTTP/1.1 (h2_vs_h1; needs h2load, Debian: nghttp2-client)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the 1 s warm-up runs (figures get worse)")
+    p.add_argument("--profile", action="store_true", help="also py-spy the 1-worker gateway under load")
+    bench = Bench(p.parse_args(argv))
+    try:
+        return bench.run()
+    finally:
+        bench.close()

@@ -1,0 +1,390 @@
+"""`mitmesh up`: starts the demo services and the gateway, prints where they are, stops them all."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.runtime import admin, procs, sockets
+from tools import certcmd, etcdserver
+from mesh.core import modes
+from mesh.security import pki
+from mesh.config import ConfigError, load
+from mesh.config.schema import MeshConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Sidecar:
+    """Where an instance's sidecar listens: its own loopback address, the config's sidecar ports."""
+
+    address: str
+    inbound: int
+    outbound: int
+    admin: int
+    zone: str | None = None
+    weight: int = 1
+    region: str | None = None
+
+
+@dataclass
+class Instance:
+    name: str
+    app: str
+    service: str
+    version: str
+    host: str
+    port: int
+    latency: float = 0.0
+    error_rate: float = 0.0
+    sidecar: Sidecar | None = None
+
+
+def plan_instances(config: MeshConfig) -> list[Instance]:
+    """The demo instances `up` starts. A launched version with static endpoints gets one bare app
+    listening on each loopback endpoint; one without gets `launch.instances` instances, each with
+    its sidecar on its own loopback address (from sidecar.first_address on), found by discovery."""
+    out = []
+    sc = config.sidecar
+    address = ipaddress.ip_address(sc.first_address)
+    for sname, svc in config.services.items():
+        for vname, version in svc.versions.items():
+            launch = version.launch
+            if launch is None:
+                continue
+            if version.endpoints:
+                for i, ep in enumerate(version.endpoints, 1):
+                    if ep.address.startswith("127."):
+                        out.append(Instance(f"{sname}-{vname}-{i}", launch.app, sname, vname,
+                                            ep.address, ep.port, launch.latency, launch.error_rate))
+                continue
+            for i in range(launch.instances):
+                host = str(address)
+                address += 1
+                zone = launch.zones[i % len(launch.zones)] if launch.zones else None
+                out.append(Instance(f"{sname}-{vname}-{i + 1}", launch.app, sname, vname, host,
+                                    procs.free_port(host), launch.latency, launch.error_rate,
+                                    Sidecar(host, sc.inbound.port, sc.outbound.port, sc.admin.port,
+                                            zone, launch.weight)))
+    return out
+
+
+def service_argv(inst: Instance, config: MeshConfig, gateway_url: str) -> list[str]:
+    argv = procs.python("-m", f"services.{inst.app}", "--host", inst.host, "--port", str(inst.port),
+                        "--version", inst.version, "--instance", inst.name)
+    if inst.latency:
+        argv += ["--latency", f"{inst.latency}"]
+    if inst.error_rate:
+        argv += ["--error-rate", f"{inst.error_rate}"]
+    if inst.sidecar is not None and inst.sidecar.zone:
+        argv += ["--zone", inst.sidecar.zone]
+    if inst.app == "orders":
+        if inst.sidecar is not None:  # calls go out through its sidecar, which finds the services
+            argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
+                     "--catalog-url", "http://catalog", "--payments-url", "http://payments"]
+        else:  # a bare demo app reaches its dependencies through the gateway's routes
+            argv += ["--catalog-url", f"{gateway_url}/catalog", "--payments-url", f"{gateway_url}/payments"]
+    if inst.app == "users" and inst.sidecar is not None:  # POST /users/ID/charge calls payments
+        argv += ["--proxy", f"http://{inst.sidecar.address}:{inst.sidecar.outbound}",
+                 "--payments-url", "http://payments"]
+    return argv
+
+
+def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> list[str]:
+    """`mitmesh sidecar` beside one instance: inbound to the app, outbound for its calls."""
+    sc = inst.sidecar
+    if sc is None:
+        raise ValueError(f"{inst.name} has no sidecar")
+    argv = procs.python("-m", "mesh.cli", "sidecar", "--config", str(config_path),
+                        "--service", inst.service, "--version", inst.version,
+                        "--app", f"{inst.host}:{inst.port}", "--address", sc.address,
+                        "--instance", inst.name, "--weight", str(sc.weight),
+                        "--inbound-port", str(sc.inbound), "--outbound-port", str(sc.outbound),
+                        "--admin-port", str(sc.admin), "--verbosity", verbosity)
+    return argv + (["--zone", sc.zone] if sc.zone else []) + (["--region", sc.region] if sc.region else [])
+
+
+def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
+                 web_token: str | None = None, extra: list[str] = (), source: str | None = None) -> list[str]:
+    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd:// config store instead
+    of the file."""
+    script = str(ROOT / "addons" / "gateway.py")
+    mode_args = [arg for lst in config.gateway.listeners
+             for arg in ("--mode", modes.reverse(lst.address, lst.port))]
+    argv = [procs.tool("mitmweb" if web else "mitmdump"), "-s", script, *mode_args,
+            "--set", f"mesh_config={source or config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
+            "--set", f"confdir={state_dir(config_path) / 'mitmproxy'}"]
+    if web:
+        argv += ["--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}",
+                 "--set", "web_open_browser=false", "--set", f"web_password={web_token}"]
+    return argv + list(extra)
+
+
+def lean_argv(config_path: Path, workers: int = 0, verbosity: str = "info") -> list[str]:
+    """The production gateway: `mitmesh gateway` (lean runtime, one worker per core by default)."""
+    argv = procs.python("-m", "mesh.cli", "gateway", "--config", str(config_path), "--verbosity", verbosity)
+    return argv + (["--workers", str(workers)] if workers else [])
+
+
+def _healthy(host: str, port: int, pid: int) -> bool:
+    """The app answers /healthz, and it is ours: another mesh's app on the same address would
+    answer too, while ours died of EADDRINUSE."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.5) as r:
+            return r.status == 200 and json.load(r).get("pid") == pid
+    except (OSError, ValueError):
+        return False
+
+
+def state_dir(config_path: Path) -> Path:
+    """Where `up` keeps one mesh's logs, lock and state: beside its config file, a folder per file
+    (.mitmesh/mesh/ for mesh.yaml), so two meshes from one checkout never share or truncate a file."""
+    return config_path.parent / ".mitmesh" / config_path.stem
+
+
+def _lock(state: Path, config_path: Path) -> int:
+    """Hold the mesh's lock for as long as `up` runs; a second `up` of the same config is refused
+    before it touches the first one's logs."""
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"{config_path} is already up (pid {pid}); stop that one first, or give "
+                           f"this mesh a config of its own (other ports, another file)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def addresses(config: MeshConfig, planned: list[Instance], web_port: int | None) -> list[tuple[str, int, str]]:
+    """Every (address, port, what) that `up` will listen on: apps, sidecars, gateway, admin, web."""
+    out = []
+    for inst in planned:
+        out.append((inst.host, inst.port, f"{inst.name} app"))
+        if inst.sidecar is not None:
+            s = inst.sidecar
+            out += [(s.address, s.inbound, f"{inst.name} sidecar inbound"),
+                    (s.address, s.outbound, f"{inst.name} sidecar outbound"),
+                    (s.address, s.admin, f"{inst.name} sidecar admin")]
+    out += [(l.address, l.port, f"gateway listener {l.name}") for l in config.gateway.listeners]
+    out.append((config.gateway.admin.address, config.gateway.admin.port, "gateway admin"))
+    if web_port is not None:
+        out.append(("127.0.0.1", web_port, "mitmweb"))
+    return out
+
+
+def unavailable(wanted: list[tuple[str, int, str]]) -> list[str]:
+    """`ADDRESS:PORT (what) is taken (by pid N, command)` for each one that cannot be listened on."""
+    out = []
+    for address, port, what in wanted:
+        problem = sockets.taken(address, port)
+        if problem:
+            where, _, why = problem.partition(" ")
+            out.append(f"{where} ({what}) {why}")
+    return out
+
+
+def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: threading.Event,
+                     timeout: float = 10.0) -> None:
+    """Wait until the gateway's and every sidecar's registry hold every instance `up` started
+    (a newcomer's questions are answered at once, or at most a second later). Each entry is
+    (address, port, processes): the gateway's admin port is answered by whichever of its workers
+    accepts, and each worker browses on its own, so every one of them must have been seen ready."""
+    deadline = time.monotonic() + timeout
+    ready: dict[tuple[str, int], set[int]] = {(a, p): set() for a, p, _ in admins}
+    pending = list(admins)
+    while pending and time.monotonic() < deadline and not stopping.is_set():
+        for address, port, _ in pending:
+            pid, found = _discovered(address, port)
+            if found >= count:
+                ready[(address, port)].add(pid)
+        pending = [a for a in pending if len(ready[a[:2]]) < a[2]]
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        print(f"mitmesh up: {len(pending)} proxies have not discovered all {count} instances yet", flush=True)
+
+
+def _discovered(address: str, port: int) -> tuple[int, int]:
+    """(pid of the process that answered, instances it found over mDNS)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/status", timeout=1) as r:
+            status = json.load(r)
+            return status.get("pid", 0), sum(1 for i in status["registry"]["instances"] if i["source"] == "mdns")
+    except (OSError, ValueError, KeyError):
+        return 0, 0
+
+
+def _echo(child: procs.Child, prefix: str) -> None:
+    """Copy a child's log to our stdout as it grows (the gateway's, so reload errors show)."""
+    def run():
+        while child.log is None or not child.log.exists():
+            time.sleep(0.1)
+        with open(child.log, "r", errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            while child.alive():
+                line = f.readline()
+                if line:
+                    print(f"{prefix} {line}", end="", flush=True)
+                else:
+                    time.sleep(0.1)
+    threading.Thread(target=run, daemon=True).start()
+
+
+def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0,
+       control_plane: str = "file", etcd_port: int | None = None) -> int:
+    path = Path(config_path).resolve()
+    try:
+        config = load(path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    state = state_dir(path)
+    run_dir = state / "logs"
+    up_state = state / "up.json"
+    planned = plan_instances(config)
+    # before anything starts or any file is opened: this config is not up already, and every
+    # address it needs is free (all of them named at once, with who holds them)
+    try:
+        lock = _lock(state, path)
+    except RuntimeError as e:
+        print(f"mitmesh up: {e}", file=sys.stderr, flush=True)
+        return 1
+    taken = unavailable(addresses(config, planned, web_port if web else None))
+    if taken:
+        os.close(lock)
+        print("mitmesh up: nothing started; " + ("these addresses are" if len(taken) > 1 else "this address is")
+              + " not free:\n" + "\n".join(f"  {t}" for t in taken), file=sys.stderr, flush=True)
+        return 1
+    pki.init_edge(path.parent / "certs")
+    children: list[procs.Child] = []
+    stopping = threading.Event()
+    # the mesh CA and a workload certificate per service and for the gateway, renewed before
+    # they expire for as long as `up` runs; proxies pick the new files up by themselves
+    identity_dir = certcmd.identity_dir(path, config)
+    pki.init_mesh(identity_dir, config.mesh.trust_domain)
+    tokens = admin.token_paths(path, config)
+    for token in tokens:  # mutating admin requests (mitmesh record) present it
+        admin.ensure_token(token)
+    certcmd.rotate(identity_dir, config)
+    threading.Thread(target=certcmd.rotate, args=(identity_dir, config),
+                     kwargs={"watch": True, "stop": stopping}, daemon=True, name="cert-rotation").start()
+
+    def on_signal(signum, _frame):
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    listeners = config.gateway.listeners
+    plain = next((l for l in listeners if l.tls is None), None)
+    gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
+    source: Path | str = path  # where every proxy reads its config: the file, or etcd
+    etcd_child: procs.Child | None = None
+    try:
+        if control_plane == "etcd":
+            member, source = etcdserver.control_plane(state / "etcd", run_dir, path.read_text(), path.name,
+                                                      config.mesh.id, etcd_port)
+            etcd_child = member.child  # stopped last: sidecars revoke their leases while stopping
+            print(f"control-plane: {source} (etcd pid {member.child.pid}; "
+                  f"`mitmesh config push|history|rollback --store {source}`)", flush=True)
+        apps: list[tuple[Instance, procs.Child]] = []
+        for inst in planned:
+            child = procs.spawn(inst.name, service_argv(inst, config, gateway_url), log_dir=run_dir)
+            children.append(child)
+            child.ports = [(inst.host, inst.port)]
+            apps.append((inst, child))
+        deadline = time.monotonic() + 20
+        for inst, child in apps:
+            while not _healthy(inst.host, inst.port, child.pid):
+                if not child.alive() or time.monotonic() > deadline or stopping.is_set():
+                    raise RuntimeError(f"{child.name} did not become healthy:\n{child.tail()}")
+                time.sleep(0.05)
+            print(f"service: {child.name} http://{inst.host}:{inst.port} pid {child.pid}", flush=True)
+        sidecars = []
+        for inst, _ in apps:
+            if inst.sidecar is not None:
+                sc = procs.spawn(f"{inst.name}.sidecar", sidecar_argv(source, inst), log_dir=run_dir,
+                                 cwd=str(path.parent))
+                children.append(sc)
+                sidecars.append((inst, sc))
+        for inst, sc in sidecars:  # announced: its app answered, and the mesh can find it
+            procs.wait_log(sc, "announced ", timeout=60)  # starting many at once on few cores is slow
+            s = inst.sidecar
+            mode = config.services[inst.service].mtls
+            scheme = "https" if mode != "DISABLE" else "http"  # mTLS, with the service's certificate
+            print(f"sidecar: {inst.name} inbound {scheme}://{s.address}:{s.inbound} outbound "
+                  f"http://{s.address}:{s.outbound} admin http://{s.address}:{s.admin}/status "
+                  f"pid {sc.pid}", flush=True)
+        token = secrets.token_hex(12)
+        argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token,
+                             source=None if source == path else str(source)) if web
+                else lean_argv(source, workers))
+        gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent))
+        children.append(gw)
+        _echo(gw, "[gateway]")
+        admin_cfg = config.gateway.admin
+        if web:
+            procs.wait_ports(gw, [(l.address, l.port) for l in listeners]
+                             + [(admin_cfg.address, admin_cfg.port), ("127.0.0.1", web_port)])
+        else:
+            procs.wait_log(gw, "gateway ready")
+        if sidecars and config.discovery.mdns is not None:
+            found = re.search(r"gateway ready: (\d+) worker", gw.log.read_text(errors="replace")) if not web else None
+            _wait_discovered([(admin_cfg.address, admin_cfg.port, int(found.group(1)) if found else 1)]
+                             + [(i.sidecar.address, i.sidecar.admin, 1) for i, _ in sidecars],
+                             len(sidecars), stopping)
+        for l in listeners:
+            scheme, label = (("https", "gateway-mtls" if l.tls.mtls else "gateway-tls") if l.tls
+                             else ("http", "gateway"))
+            print(f"{label}: {scheme}://{l.address}:{l.port}", flush=True)
+        print(f"admin: http://{admin_cfg.address}:{admin_cfg.port}/status", flush=True)
+        print(f"admin token: {', '.join(map(str, tokens))} (mode 0600; POST /record needs "
+              "Authorization: Bearer <token>, which `mitmesh record` sends)", flush=True)
+        if web:
+            print(f"web: http://127.0.0.1:{web_port}/?token={token}", flush=True)
+        print(f"logs: {run_dir}", flush=True)
+        # where `mitmesh record` finds every proxy of this demo
+        up_state.parent.mkdir(parents=True, exist_ok=True)
+        up_state.write_text(json.dumps({"admins": [f"http://{admin_cfg.address}:{admin_cfg.port}"] + [
+            f"http://{i.sidecar.address}:{i.sidecar.admin}" for i, _ in sidecars]}))
+        print(f"gateway-pid: {gw.pid}", flush=True)
+        if plain:
+            print(f"try: curl {gateway_url}/catalog/items   (Ctrl-C stops everything)", flush=True)
+        print("ready", flush=True)
+        while not stopping.is_set():
+            for child in children:
+                if not child.alive() and not getattr(child, "reported", False):
+                    child.reported = True
+                    print(f"exited: {child.name} with code {child.proc.returncode}", flush=True)
+                    if child is gw:
+                        print("the gateway died; stopping everything", file=sys.stderr, flush=True)
+                        stopping.set()
+            stopping.wait(0.2)
+        return 0 if gw.alive() else 1
+    except RuntimeError as e:
+        print(f"mitmesh up: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if children and children[-1].name == "gateway":  # stop sending first, then the rest at once
+            children.pop().stop()
+        procs.stop_all(children)
+        if etcd_child is not None:
+            etcd_child.stop()
+        up_state.unlink(missing_ok=True)
+        os.close(lock)
+        print("stopped", flush=True)
