@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh.runtime import procs
 from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
 
@@ -21,6 +23,7 @@ def mitmesh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.timeout(300)  # two gateways, the just recipe and two analysis windows: ~70 s idle, 130+ s at load 12
 def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etcd_server):
     store = f"etcd://127.0.0.1:{etcd_server.client_port}/rollout"
     config = demo_config()
