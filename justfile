@@ -39,6 +39,13 @@ load SECONDS="10" CONNECTIONS="10": setup
 validate FILE="mesh.yaml": setup
     {{venv}}/bin/mitmesh validate {{FILE}}
 
+# (the store: --store etcd://HOST:PORT/MESH in ARGS, or $MITMESH_STORE; e.g. --watch 30s --canary 2)
+# Config delivery as the config-rollout CI workflow runs it: validate, policy tests, canary rollout.
+rollout FILE="mesh.yaml" *ARGS: setup
+    {{venv}}/bin/mitmesh validate {{FILE}}
+    MITMESH_POLICY_CONFIG={{FILE}} {{py}} -m pytest -q -p no:cacheprovider tests/policy
+    {{venv}}/bin/mitmesh config rollout {{FILE}} {{ARGS}}
+
 # Install what is missing (system packages, Python >= 3.12, .venv, certificates): see ./dev.
 setup:
     @bash "{{justfile_directory()}}/dev"

@@ -22,6 +22,7 @@ from .health import Health
 from .httpguard import HttpGuard
 from .inbound import Inbound
 from .ipfilter import IpFilter
+from .etcd import Etcd
 from .mdns import Mdns
 from .metrics import Metrics
 from .mirror import Mirror
@@ -54,6 +55,7 @@ def gateway(state: MeshState | None = None) -> list:
         Plugins(state),    # user plugins: loaded with each config, placed beside the stages they name
         Admin(state),      # admin listener (/status, /metrics, /record, /flows); not on the request path
         Mdns(state),       # keeps the registry live over mDNS; not on the request path
+        Etcd(state),       # the same over etcd (leases and a watch); both may run, merged by address
         Health(state),     # active health checks of endpoints; not on the request path
         HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
         Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow
@@ -98,6 +100,7 @@ def sidecar(state: MeshState | None = None) -> list:
         Plugins(state, role="sidecar"),  # user plugins of inbound and outbound flows, placed by stage
         Admin(state, role="sidecar"),   # admin listener (/status shows the registry); off the path
         Mdns(state),       # mDNS browse, and announces this instance while its app is healthy
+        Etcd(state),       # the same over etcd: a lease kept alive while the app is healthy
         Health(state),     # active health checks (the app, and endpoints sent to); off the path
         HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
         Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from mesh.telemetry import metrics
+from discovery.etcdapi import EtcdError
 from mesh.config import ConfigError
-from mesh.runtime.reload import Watcher
-from mesh.core.state import Bound, MeshState, Snapshot, build
+from mesh.core.state import Bound, MeshState, Snapshot, build, build_text
 from mesh.core.workload import parse_workload
+from mesh.runtime.reload import EtcdWatcher, Watcher
+from mesh.runtime.store import Location, Revision, fetch_current, is_location, parse_location
+from mesh.telemetry import metrics
 
 from . import keys, replies
 
@@ -22,12 +25,17 @@ class Config:
     def __init__(self, state: MeshState, role: str = "gateway"):
         self.state = state
         self.role = role
-        self.watcher: Watcher | None = None
+        self.watcher: Watcher | EtcdWatcher | None = None
         self._listeners: dict[str, Bound] = {}
+        self._etcd: tuple[Location, str, Revision] | None = None  # where, as whom, what it runs
 
     def load(self, loader):
         loader.add_option("mesh_config", str, "mesh.yaml",
-                          "Mesh config file (YAML). Edits are validated and applied live.")
+                          "Mesh config file (YAML), or etcd://HOST:PORT[,HOST:PORT]/MESH for the revisions "
+                          "`mitmesh config push` stores there. Changes are validated and applied live.")
+        loader.add_option("mesh_proxy", str, os.environ.get("MITMESH_PROXY", ""),
+                          "This proxy's name for a config rollout's canary (default: a sidecar's "
+                          "instance name, the gateway's gateway.identity).")
         loader.add_option("mesh_reload", bool, True, "Watch mesh_config and reload it on change.")
         if self.role == "sidecar":
             loader.add_option(
@@ -53,10 +61,34 @@ class Config:
             if self.role == "sidecar" and self.state.workload is None:
                 return  # nothing to serve until mesh_workload says which instance this is
             try:
-                snap = build(ctx.options.mesh_config)
+                snap = self._first(ctx.options.mesh_config)
                 self._install(snap)
-            except ConfigError as e:
+            except (ConfigError, EtcdError, ValueError) as e:
                 raise exceptions.OptionsError(str(e)) from None
+
+    def _first(self, spec: str) -> Snapshot:
+        """The config a starting proxy serves: the file, or the revision etcd selects for it."""
+        self._etcd = None
+        if not is_location(spec):
+            return build(spec)
+        location = parse_location(spec)
+        proxy = self.proxy_name()
+        rev = fetch_current(location, proxy)
+        snap = build_text(rev.text, rev.label, rev.digest)
+        self._etcd = (location, proxy, rev)
+        self.state.config_store = location.endpoints
+        return snap
+
+    def _describe(self) -> dict:
+        snap = self.state.snapshot
+        return {"role": self.role, "admin": f"http://{snap.admin[0]}:{snap.admin[1]}" if snap else None}
+
+    def proxy_name(self) -> str:
+        if ctx.options.mesh_proxy:
+            return ctx.options.mesh_proxy
+        if self.state.workload is not None:
+            return self.state.workload.name
+        return "gateway"
 
     def _install(self, snap: Snapshot) -> None:
         # what else the snapshot needs (user plugins' code) first: it may refuse the snapshot
@@ -81,7 +113,11 @@ class Config:
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is not None:
             await proxyserver.servers.update([ProxyMode.parse(m) for m in ctx.options.mode])
-        if ctx.options.mesh_reload and self.state.snapshot:
+        if ctx.options.mesh_reload and self._etcd is not None:
+            self.watcher = EtcdWatcher(*self._etcd, self._reloaded, self._rejected, self._describe)
+            self.state.control["config"] = self.watcher.status
+            self.watcher.start()
+        elif ctx.options.mesh_reload and self.state.snapshot:
             self.watcher = Watcher(self.state.snapshot.file, self._reloaded, self._rejected)
             self.watcher.start()
 
@@ -90,7 +126,8 @@ class Config:
             await self.watcher.stop()
         await self.state.pool.close()
 
-    def _reloaded(self, snap: Snapshot) -> None:
+    def _reloaded(self, snap: Snapshot) -> bool:
+        """Install a valid new config; False (and the reason logged) when it cannot be."""
         try:
             self._install(snap)
         except ConfigError as e:  # e.g. a plugin that fails to import
@@ -98,10 +135,11 @@ class Config:
             return
         except exceptions.OptionsError as e:  # e.g. a listener port that cannot be bound
             self._rejected(f"{snap.file}:1: gateway.listeners: {e}")
-            return
+            return False
         self.state.reloads["ok"] += 1
         self.state.last_error = None
         metrics.CONFIG_RELOADS.labels("ok").inc()
+        return True
 
     def _rejected(self, text: str) -> None:
         self.state.reloads["rejected"] += 1

@@ -131,6 +131,7 @@ class Forward:
         request = flow.request.data
         request.host, request.port = endpoint.address, endpoint.port
         resp = kind = None
+        started = endpoint.begin()  # in flight; its latency feeds peak EWMA
         try:
             try:  # mTLS to a service's sidecar (its config's mode, or announced https); read per attempt
                 tls = self.state.upstream_tls(cluster, endpoint)  # so a renewed certificate is used at once
@@ -147,6 +148,7 @@ class Forward:
             kind = e.kind
             raise
         finally:
+            endpoint.end(started)
             if span is not None:
                 span.end(resp.status if resp else None, kind)
 

@@ -35,14 +35,20 @@ def local_instance(snap: Snapshot) -> Instance:
     inbound = next(b.listener for b in snap.listeners if b.direction == "inbound")
     return Instance(name=w.name, service=w.service, version=w.version, address=inbound.address,
                     port=inbound.port, weight=w.weight, zone=w.zone, identity=w.identity(snap.config),
-                    protocol="https" if inbound.tls else "http", source="mdns", workload=w.name,
+                    region=w.region, protocol="https" if inbound.tls else "http", source="mdns",
+                    workload=w.name,
                     admin=snap.admin[1])
 
 
 class Mdns:
+    """Runs one discovery source that also announces; addons/etcd.py is the same with etcd."""
+
+    label = ""  # what its log lines start with
+
     def __init__(self, state: MeshState):
         self.state = state
         self.source: MdnsSource | None = None
+        self.announced: str | None = None  # the name this sidecar is announced as
         self.settings: tuple | None = None
         self.stopping = False
         self._busy: asyncio.Lock | None = None
@@ -65,23 +71,35 @@ class Mdns:
                 self.state.refresh()
         await self._reconcile()
 
+    def settings_of(self, snap: Snapshot) -> tuple | None:
+        return mdns_settings(snap)
+
+    async def start_source(self, settings: tuple):
+        mesh, interfaces = settings
+        source = MdnsSource(mesh, list(interfaces))
+        # in a pod's mesh: the sockets are made inside the mesh's namespace
+        with podnet.entered() if podnet.inside(interfaces[0]) else contextlib.nullcontext():
+            source.open()
+        await source.start(self.state.registry)
+        log.info(f"mDNS discovery of mesh {mesh!r} on {', '.join(interfaces)}")
+        return source
+
+    def _set_announced(self, name: str | None) -> None:
+        self.announced = self.state.announced = name
+
     async def _restart(self) -> None:
         async with self._busy:
             snap = self.state.snapshot
-            wanted = mdns_settings(snap) if snap else None
+            wanted = self.settings_of(snap) if snap else None
             if wanted == self.settings and (self.source is not None or wanted is None):
                 return
             if self.source is not None:
                 await self.source.stop()
-                self.source, self.state.announced = None, None
+                self.source = None
+                self._set_announced(None)
             self.settings = wanted
             if wanted is not None:
-                mesh, interfaces = wanted
-                self.source = MdnsSource(mesh, list(interfaces))
-                with podnet.entered() if podnet.inside(interfaces[0]) else contextlib.nullcontext():
-                    self.source.open()
-                await self.source.start(self.state.registry)
-                log.info(f"mDNS discovery of mesh {mesh!r} on {', '.join(interfaces)}")
+                self.source = await self.start_source(wanted)
         await self._reconcile()
 
     def _changed(self) -> None:
@@ -90,9 +108,9 @@ class Mdns:
         if self.stopping:
             return
         snap, local = self.state.snapshot, self.state.local
-        if snap is not None and mdns_settings(snap) != self.settings:
+        if snap is not None and self.settings_of(snap) != self.settings:
             asyncio.get_running_loop().create_task(self._restart())
-        elif local is not None and (local.healthy != (self.state.announced is not None)
+        elif local is not None and (local.healthy != (self.announced is not None)
                                     or (self._announced and local_instance(snap) != self._announced)):
             asyncio.get_running_loop().create_task(self._reconcile())
 
@@ -106,19 +124,20 @@ class Mdns:
                 return
             want = local.healthy and not self.stopping and ctx.options.mesh_announce
             inst = local_instance(snap)
-            if want and self.state.announced is not None and inst != self._announced:
+            if want and self.announced is not None and inst != self._announced:
                 await self.source.withdraw()  # a reload changed what it announces (port, TLS, ...)
-                self.state.announced = None
-            if want and self.state.announced is None:
-                self.state.announced = await self.source.announce(inst, inst.name)
+                self._set_announced(None)
+            if want and self.announced is None:
+                self._set_announced(await self.source.announce(inst, inst.name))
                 self._announced = inst
-                log.info(f"announced {inst.name} ({inst.cluster}, zone {inst.zone or '-'}, weight "
-                         f"{inst.weight}) at {inst.address}:{inst.port} as {self.state.announced}")
-            elif not want and self.state.announced is not None:
+                log.info(f"{self.label}announced {inst.name} ({inst.cluster}, zone "
+                         f"{inst.zone or '-'}, weight {inst.weight}) at {inst.address}:{inst.port} "
+                         f"as {self.announced}")
+            elif not want and self.announced is not None:
                 await self.source.withdraw()
-                log.info(f"withdrawn {snap.workload.name} (goodbye sent): "
+                log.info(f"{self.label}withdrawn {snap.workload.name} (goodbye sent): "
                          f"{'stopping' if self.stopping else local.detail or 'not announcing'}")
-                self.state.announced = None
+                self._set_announced(None)
 
     async def withdraw(self) -> None:
         """Graceful stop, first step: say goodbye so callers stop sending here within a second."""

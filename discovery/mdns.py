@@ -29,7 +29,7 @@ from .source import Source
 log = logging.getLogger("mitmesh.discovery")
 
 SERVICE_TYPE = "_mitmesh._tcp.local."
-TXT_KEYS = ("mesh", "service", "version", "zone", "weight", "identity", "port", "protocol", "instance", "admin")
+TXT_KEYS = ("mesh", "service", "version", "zone", "region", "weight", "identity", "port", "protocol", "instance", "admin")
 PROTOCOLS = ("http", "https")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"[^a-z0-9-]+")
@@ -46,6 +46,8 @@ def txt_record(inst: Instance, mesh: str, instance: str) -> dict[str, str]:
            "port": str(inst.port), "protocol": inst.protocol, "instance": instance}
     if inst.zone:
         txt["zone"] = inst.zone
+    if inst.region:
+        txt["region"] = inst.region
     if inst.identity:
         txt["identity"] = inst.identity
     if inst.admin:
@@ -72,9 +74,10 @@ def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dic
         if value is None or not _NAME.match(value):
             raise ValueError(f"TXT {key}: expected a lowercase name (got {value!r})")
         fields[key] = value
-    zone = _text(props, "zone")
-    if zone is not None and not _NAME.match(zone):
-        raise ValueError(f"TXT zone: expected a lowercase name (got {zone!r})")
+    zone, region = _text(props, "zone"), _text(props, "region")
+    for key, value in (("zone", zone), ("region", region)):
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"TXT {key}: expected a lowercase name (got {value!r})")
     weight = _text(props, "weight") or "1"
     if not weight.isdigit() or not 1 <= int(weight) <= 10_000:
         raise ValueError(f"TXT weight: expected an integer from 1 to 10000 (got {weight!r})")
@@ -90,7 +93,7 @@ def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dic
     if not addresses:
         raise ValueError("no address record")
     return Instance(name=name, service=str(fields["service"]), version=str(fields["version"]),
-                    address=addresses[0], port=int(port), weight=int(weight), zone=zone,
+                    address=addresses[0], port=int(port), weight=int(weight), zone=zone, region=region,
                     identity=_text(props, "identity"), protocol=protocol, source="mdns",
                     workload=_text(props, "instance"), admin=int(admin) if admin else None)
 

@@ -22,9 +22,10 @@ class Instance:
     port: int  # the instance's inbound listener (its sidecar), or the app itself for static endpoints
     weight: int = 1
     zone: str | None = None
+    region: str | None = None  # the locality above zone (etcd announcements carry it)
     identity: str | None = None  # the workload identity the instance claims (SPIFFE ID)
     protocol: str = "http"  # what its inbound listener speaks: http, or https once mTLS lands
-    source: str = "static"  # which source found it: static, mdns, ...
+    source: str = "static"  # which source found it: static, mdns, etcd
     workload: str | None = None  # the instance's own name (catalog-v1-1), as its sidecar announces it
     admin: int | None = None  # the port of its sidecar's admin listener (/metrics), on `address`
 
@@ -85,7 +86,7 @@ class Registry:
     def status(self) -> list[dict]:
         return [
             {"name": i.name, "service": i.service, "version": i.version, "address": f"{i.address}:{i.port}",
-             "zone": i.zone, "weight": i.weight, "identity": i.identity, "protocol": i.protocol,
+             "zone": i.zone, "region": i.region, "weight": i.weight, "identity": i.identity, "protocol": i.protocol,
              "source": i.source, "workload": i.workload,
              "admin": f"{i.address}:{i.admin}" if i.admin else None}
             for i in sorted(self.instances.values(), key=lambda i: (i.service, i.version, i.name))

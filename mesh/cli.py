@@ -4,6 +4,7 @@ traces, docs."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -13,8 +14,17 @@ from mesh.config.errors import BAD_INPUT, FAILED, CommandError
 from mesh.config.schema import BY_DESIGN
 
 
-def config_file(text: str) -> Path:
-    """A --config that exists (checked before anything starts, so the error is one line)."""
+def config_file(text: str) -> Path | str:
+    """A --config that exists (checked before anything starts, so the error is one line), or an
+    etcd://HOST:PORT/MESH config store, returned as given."""
+    from mesh.runtime.store import is_location, parse_location
+
+    if is_location(text):
+        try:
+            parse_location(text)
+        except ValueError as e:
+            raise CommandError(f"--config: {e}", BAD_INPUT) from None
+        return text
     path = Path(text)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
@@ -40,6 +50,16 @@ def port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535 (got {text!r})")
     return int(text)
+
+
+def address(text: str) -> str:
+    """argparse type: an IP address to bind, such as 127.0.0.2."""
+    from .config.types import check_address
+
+    try:
+        return check_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def count(text: str) -> int:
@@ -115,13 +135,18 @@ def _up(args) -> int:
     from tools.launcher import up
 
     return up(str(config_file(args.config)), web=args.web, web_port=args.web_port, workers=args.workers,
-              isolation_mode=args.isolation)
+              isolation_mode=args.isolation,
+              control_plane=args.control_plane, etcd_port=args.etcd_port)
 
 
 def _gateway(args) -> int:
     from mesh.runtime import supervisor
 
     workers = args.workers or supervisor.default_workers()
+    if args.name:  # read by every worker's config addon (mesh_proxy): a rollout's canary names it
+        os.environ["MITMESH_PROXY"] = args.name
+    if args.address:  # every worker binds there (mesh/core/state.py gateway_address)
+        os.environ["MITMESH_ADDRESS"] = args.address
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
 
 
@@ -147,10 +172,10 @@ def _sidecar(args) -> int:
     from mesh.runtime import supervisor
     from mesh.core.workload import parse_workload
 
-    config_file(args.config)
+    checked = config_file(args.config)
     spec = ",".join(f"{k}={v}" for k, v in (
         ("service", args.service), ("version", args.version), ("app", args.app),
-        ("address", args.address), ("zone", args.zone), ("weight", args.weight),
+        ("address", args.address), ("zone", args.zone), ("region", args.region), ("weight", args.weight),
         ("instance", args.instance), ("inbound", args.inbound_port),
         ("outbound", args.outbound_port), ("admin", args.admin_port),
         ("capture", args.capture)) if v not in (None, ""))
@@ -162,7 +187,8 @@ def _sidecar(args) -> int:
         return supervisor.serve(args.config, args.workers, args.verbosity, "sidecar", spec)
     # one worker: the sidecar is this one process (no supervisor), under -O like every worker; it
     # checks that its addresses are free itself (mesh/proxy/master.py), so the config is read once
-    argv = supervisor.worker_argv(Path(args.config).resolve(), [], "sidecar", args.verbosity, -1, spec)
+    config = checked if isinstance(checked, str) else Path(args.config).resolve()
+    argv = supervisor.worker_argv(config, [], "sidecar", args.verbosity, -1, spec)
     sys.stdout.flush()
     os.execv(argv[0], argv)
     return 1  # not reached
@@ -262,12 +288,23 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--isolation", choices=["pod", "loopback"], default=None,
                    help="pod: each instance in a network namespace of its own (Linux, root); loopback: on "
                         "loopback addresses (default: sidecar.isolation, auto: pod where possible)")
+    u.add_argument("--control-plane", default="file", choices=["file", "etcd"],
+                   help="file: every proxy reads --config (default); etcd: a local etcd on 127.0.0.1 "
+                        "holds the config (pushed from --config) and the instances")
+    u.add_argument("--etcd-port", type=port, default=None,
+                   help="the local etcd's client port with --control-plane etcd (default 2379, or a "
+                        "free one when taken)")
     u.set_defaults(func=_up)
 
     g = sub.add_parser("gateway", help="run the gateway on the lean runtime, one worker per core")
     g.add_argument("--config", default="mesh.yaml", help=CONFIG_HELP)
     g.add_argument("--workers", type=count, default=0, help="worker processes (default 0: one per core)")
     g.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
+    g.add_argument("--name", default="", help="this gateway's name for a config rollout's canary "
+                                              "(default: gateway)")
+    g.add_argument("--address", default=None, type=address,
+                   help="bind every listener and the admin listener on this address instead of the "
+                        "config's: one config for gateways on many hosts (default: the config's)")
     g.set_defaults(func=_gateway)
 
     r = sub.add_parser("record", help="save the mesh's flows for a while (mitmproxy flow format)")
@@ -322,6 +359,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="127.0.0.1",
                    help="this instance's address: listeners and mDNS bind here (default 127.0.0.1)")
     s.add_argument("--zone", default=None, help="its zone, announced for zone-aware balancing (default none)")
+    s.add_argument("--region", default=None, help="its region, the locality above zone (default none)")
     s.add_argument("--weight", type=int, default=None, help="its load balancing weight (default 1)")
     s.add_argument("--instance", default=None, help="instance name (default service-version-address)")
     s.add_argument("--inbound-port", type=port, default=None, help="default: sidecar.inbound.port")
@@ -339,9 +377,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER, help="bench's own options")
     b.set_defaults(func=_bench)
 
+    from mesh.runtime import configcmd
     from tools import certcmd, plugincmd
     certcmd.add_parser(sub)
     plugincmd.add_parser(sub)
+    configcmd.add_parser(sub)
 
     sc = sub.add_parser("scenario", help="run a failure scenario against a mesh of real processes; "
                                          "prints a report and PASS/FAIL against its SLO")

@@ -5,7 +5,8 @@ PASS or FAIL against the SLO it states. `mitmesh scenario --list`; `mitmesh scen
 
 # in the order of the issue; a name is its module's name with '-' for '_'
 ALL = ("instance-killed", "slow-instance", "payments-error-burst", "breaker", "zone-outage",
-       "partition", "cert-expiry", "charge-exactly-once")
+       "partition", "cert-expiry", "charge-exactly-once", "region-outage",
+       "control-plane-loss")
 
 # listed but not runnable yet, with the reason (`--list` says so; `all` leaves them out)
 PENDING: dict[str, str] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.runtime import admin, procs, sockets
-from tools import certcmd, pods
+from tools import certcmd, etcdserver, pods
 from mesh.core import modes, podnet
 from mesh.security import pki
 from mesh.config import ConfigError, load
@@ -37,6 +37,7 @@ class Sidecar:
     admin: int
     zone: str | None = None
     weight: int = 1
+    region: str | None = None
 
 
 @dataclass
@@ -140,16 +141,18 @@ def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> 
                         "--admin-port", str(sc.admin), "--verbosity", verbosity)
     if inst.pod is not None:
         argv += ["--capture", "transparent"]
-    return argv + (["--zone", sc.zone] if sc.zone else [])
+    return argv + (["--zone", sc.zone] if sc.zone else []) + (["--region", sc.region] if sc.region else [])
 
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
-                 web_token: str | None = None, extra: list[str] = ()) -> list[str]:
+                 web_token: str | None = None, extra: list[str] = (), source: str | None = None) -> list[str]:
+    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd:// config store instead
+    of the file."""
     script = str(ROOT / "addons" / "gateway.py")
     mode_args = [arg for lst in config.gateway.listeners
              for arg in ("--mode", modes.reverse(lst.address, lst.port))]
     argv = [procs.tool("mitmweb" if web else "mitmdump"), "-s", script, *mode_args,
-            "--set", f"mesh_config={config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
+            "--set", f"mesh_config={source or config_path}", "--set", "flow_detail=0", "--set", "listen_host=127.0.0.1",
             "--set", f"confdir={state_dir(config_path) / 'mitmproxy'}"]
     if web:
         argv += ["--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}",
@@ -299,7 +302,7 @@ def _echo(child: procs.Child, prefix: str) -> None:
 
 
 def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int = 0,
-       isolation_mode: str | None = None) -> int:
+       isolation_mode: str | None = None, control_plane: str = "file", etcd_port: int | None = None) -> int:
     path = Path(config_path).resolve()
     try:
         config = load(path)
@@ -315,6 +318,12 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         return 1
     # pods for the instances with a sidecar; bare apps (static endpoints) stay on loopback
     in_pods = mode == "pod" and any(i.sidecar for i in plan_instances(config))
+    if in_pods and control_plane == "etcd":  # the local etcd listens on the host's loopback, out of a pod's reach
+        if isolation_mode == "pod" or config.sidecar.isolation == "pod":
+            print("mitmesh up: --control-plane etcd runs with isolation loopback only (its etcd is on the "
+                  "host's loopback, which pods cannot reach)", file=sys.stderr, flush=True)
+            return 1
+        in_pods, why_not_pods = False, "--control-plane etcd (its etcd is on the host's loopback)"
     planned = plan_instances(config, in_pods)
     # before anything starts or any file is opened: this config is not up already, and every
     # address it needs is free (all of them named at once, with who holds them)
@@ -352,6 +361,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     listeners = config.gateway.listeners
     plain = next((l for l in listeners if l.tls is None), None)
     gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
+    source: Path | str = path  # where every proxy reads its config: the file, or etcd
+    etcd_child: procs.Child | None = None
     try:
         if in_pods:
             net = pods.Pods(pods.prefix_of(path), state / "pods")
@@ -360,6 +371,12 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             print("isolation: loopback: every app listens on a loopback address that any local process "
                   "can reach directly, without its sidecar (docs/howto/pods.md)"
                   + (f"; no pods here: {why_not_pods}" if why_not_pods else ""), flush=True)
+        if control_plane == "etcd":
+            member, source = etcdserver.control_plane(state / "etcd", run_dir, path.read_text(), path.name,
+                                                      config.mesh.id, etcd_port)
+            etcd_child = member.child  # stopped last: sidecars revoke their leases while stopping
+            print(f"control-plane: {source} (etcd pid {member.child.pid}; "
+                  f"`mitmesh config push|history|rollback --store {source}`)", flush=True)
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
             argv = service_argv(inst, config, gateway_url, path)
@@ -381,7 +398,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         sidecars = []
         for inst, _ in apps:
             if inst.sidecar is not None:
-                argv = sidecar_argv(path, inst)
+                argv = sidecar_argv(source, inst)
                 if inst.pod is not None:
                     argv = net.sidecar_argv(inst.pod, argv)
                 sc = procs.spawn(f"{inst.name}.sidecar", argv, log_dir=run_dir, cwd=str(path.parent))
@@ -397,8 +414,9 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             print(f"sidecar: {inst.name} inbound {scheme}://{s.address}:{s.inbound} outbound {outbound} "
                   f"admin http://{s.address}:{s.admin}/status pid {sc.pid}", flush=True)
         token = secrets.token_hex(12)
-        argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token) if web
-                else lean_argv(path, workers))
+        argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token,
+                             source=None if source == path else str(source)) if web
+                else lean_argv(source, workers))
         gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent),
                          env={podnet.ENV: net.mesh} if net else None)
         children.append(gw)
@@ -450,6 +468,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         if children and children[-1].name == "gateway":  # stop sending first, then the rest at once
             children.pop().stop()
         procs.stop_all(children)
+        if etcd_child is not None:
+            etcd_child.stop()
         up_state.unlink(missing_ok=True)
         if net is not None:
             net.close()

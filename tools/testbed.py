@@ -183,7 +183,7 @@ class Mesh:
             name = spec.get("name") or f"{service}-{version}-{self.hosts + 1}"
             host = self.host()
             sc = launcher.Sidecar(host, procs.free_port(host), procs.free_port(host), procs.free_port(host),
-                                  spec.get("zone"), spec.get("weight", 1))
+                                  spec.get("zone"), spec.get("weight", 1), spec.get("region"))
             inst = launcher.Instance(name, spec.get("app", service), service, version, host,
                                      procs.free_port(host), sidecar=sc)
             app = procs.spawn(name, launcher.service_argv(inst, config, self.url), log_dir=self.tmp / "logs")
@@ -234,15 +234,15 @@ class Mesh:
             self.wait_instances(count, timeout=timeout, admin=admin)
 
     def wait_instances(self, count: int, service: str | None = None, healthy: bool | None = None,
-                       timeout: float = 10.0, admin: str | None = None) -> list[dict]:
+                       timeout: float = 10.0, admin: str | None = None, source: str = "mdns") -> list[dict]:
         """Wait until the gateway's (or `admin`'s) registry holds `count` matching instances."""
         def matching():
-            found = [i for i in self.registry(admin) if i["source"] == "mdns"
+            found = [i for i in self.registry(admin) if i["source"] == source
                      and (service is None or i["service"] == service)
                      and (healthy is None or i["healthy"] == healthy)]
             return found if len(found) == count else None
         who = "the gateway" if admin is None else admin
-        self.say(f"waiting for {who} to find {count} {service or ''} instances over mDNS".replace("  ", " "))
+        self.say(f"waiting for {who} to find {count} {service or ''} instances over {source}".replace("  ", " "))
         found = wait_until(matching, timeout=timeout, interval=0.05)
         self.say(f"{who} knows the {count} instances")
         return found
@@ -284,7 +284,7 @@ def sidecar_config(mdns_address: str) -> dict:
     }
 
 
-_STAMP = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] announced ", re.M)
+_STAMP = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3})\] (?:etcd: )?announced ", re.M)
 
 
 def announced_at(sidecar: procs.Child) -> float:

@@ -101,6 +101,8 @@ class Gateway(Model):
     policies: list[Name] = Field(default_factory=list, description="policy blocks for every route "
                                  "that does not set the same kind itself (e.g. size limits)")
     zone: Name | None = Field(None, description="the gateway's zone, for zone-aware balancing (default none)")
+    region: Name | None = Field(None, description="the gateway's region, the locality above its zone, "
+                                                  "for lb.locality (default none)")
     auth_failures: AuthFailures | None = Field(
         default_factory=lambda: AuthFailures(),
         description="failed authentications allowed per client IP before a 429 (default 20 per "
@@ -120,6 +122,7 @@ class Endpoint(Model):
     port: Port
     weight: Annotated[int, Field(ge=1, le=10_000)] = Field(1, description="load balancing weight")
     zone: Name | None = Field(None, description="locality, for zone-aware balancing")
+    region: Name | None = Field(None, description="the locality above zone, for lb.locality")
 
 
 class Launch(Model):
@@ -191,9 +194,20 @@ class ZoneAware(Model):
     )
 
 
+class Locality(Model):
+    """Envoy's priority levels by locality: the caller's zone, then its region, then the rest."""
+
+    overprovisioning: Annotated[float, Field(ge=1.0, le=10.0)] = Field(
+        1.4, description="Envoy's overprovisioning factor (default 1.4): a level keeps all traffic while "
+                         "its healthy share times this is at least 100 %; below, the rest spills to the "
+                         "next level")
+
+
 class LoadBalancer(Model):
-    policy: Literal["round_robin", "least_request", "random", "consistent_hash"] = Field(
-        "round_robin", description="how an endpoint is chosen (default round_robin)"
+    policy: Literal["round_robin", "least_request", "random", "consistent_hash", "peak_ewma"] = Field(
+        "round_robin", description="how an endpoint is chosen (default round_robin); peak_ewma: the less "
+                                   "costly of two random endpoints, cost = peak-sensitive moving average of "
+                                   "latency x (requests in flight + 1), as Linkerd and Finagle"
     )
     hash_on: HashOn | None = Field(None, description="consistent_hash only: the key to hash")
     points_per_weight: Annotated[int, Field(ge=16, le=4096)] = Field(
@@ -203,12 +217,21 @@ class LoadBalancer(Model):
     zone_aware: Annotated[ZoneAware | None, BeforeValidator(_enabled_shorthand)] = Field(
         None, description="prefer the caller's zone: true, or {min_healthy: 0.5} (default off)"
     )
+    locality: Annotated[Locality | None, BeforeValidator(_enabled_shorthand)] = Field(
+        None, description="priority levels by locality with failover: true, or {overprovisioning: 1.4} "
+                          "(default off)"
+    )
 
     @model_validator(mode="after")
     def _hash_needs_key(self) -> LoadBalancer:
         if self.policy == "consistent_hash" and self.hash_on is None:
             raise ValueError("consistent_hash needs hash_on: {header: NAME}, {cookie: NAME} or "
                              "{source_ip: true}")
+        if self.locality is not None and self.zone_aware is not None:
+            raise ValueError("zone_aware and locality both prefer the caller's zone: choose one")
+        if self.locality is not None and self.policy == "consistent_hash":
+            raise ValueError("locality splits traffic over levels by health, which moves hashed keys: "
+                             "not with consistent_hash")
         if self.policy != "consistent_hash" and self.hash_on is not None:
             raise ValueError("hash_on is only used by policy consistent_hash "
                              f"(got policy {show(self.policy)})")
@@ -910,10 +933,29 @@ class Mdns(Model):
     )
 
 
+class EtcdMember(Model):
+    """One etcd member's client address."""
+
+    address: Address
+    port: Port
+
+
+class Etcd(Model):
+    """Discovery through an etcd cluster: sidecars register under a lease, proxies watch."""
+
+    endpoints: Annotated[list[Annotated[EtcdMember, BeforeValidator(split_hostport)]], Field(min_length=1)] = Field(
+        description="client URLs of the etcd members as host:port, e.g. [127.0.0.1:2379]; any one "
+                    "that answers will do")
+    ttl: int = Field(5, ge=1, le=10, description="lease TTL in seconds (default 5): a killed sidecar "
+                                                  "is gone from every proxy within it")
+
+
 class Discovery(Model):
     """Where proxies find endpoints besides the static ones in `services`."""
 
     mdns: Mdns | None = Field(None, description="zeroconf discovery (default off: static endpoints only)")
+    etcd: Etcd | None = Field(None, description="etcd discovery (default off); may run beside mdns: an "
+                                                "endpoint both announce is one endpoint")
 
 
 def _named(name: str) -> Any:

@@ -6,6 +6,7 @@ import bisect
 import hashlib
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -28,10 +29,31 @@ class Endpoint:
     failures: int = 0  # consecutive failed health checks (or a passive ejection)
     successes: int = 0  # consecutive passed health checks
     detail: str = ""  # why the endpoint is unhealthy
+    region: str | None = None
+    ewma: float = -1.0  # peak EWMA of latency in seconds (-1: none observed yet)
+    ewma_at: float = 0.0  # when it was last updated (monotonic)
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.address, self.port)
+
+    def begin(self) -> float:
+        """One request starts on this endpoint: counted in flight; returns its start time."""
+        self.active += 1
+        return time.monotonic()
+
+    def end(self, started: float) -> None:
+        """The request that began at `started` is over: its latency feeds the peak EWMA."""
+        self.active -= 1
+        now = time.monotonic()
+        self.ewma = peak_ewma(self.ewma, self.ewma_at, now, now - started)
+        self.ewma_at = now
+
+    def cost(self, now: float) -> float:
+        """Peak EWMA's cost: expected latency, decayed toward 0 while unobserved (so a slow endpoint
+        is tried again in time), times the requests it would queue behind, per unit of weight."""
+        rtt = DEFAULT_RTT if self.ewma < 0 else peak_ewma(self.ewma, self.ewma_at, now, 0.0)
+        return rtt * (self.active + 1) / self.weight
 
     def __str__(self) -> str:
         return f"{self.address}:{self.port}"
@@ -68,6 +90,30 @@ class LeastRequest:
         a, b = random.sample(endpoints, 2)
         # active requests scaled by weight, as Envoy does for weighted hosts
         return a if (a.active + 1) / a.weight <= (b.active + 1) / b.weight else b
+
+
+DECAY = 10.0  # seconds: how fast old latencies fade (Finagle's and Linkerd's default)
+DEFAULT_RTT = 0.03  # assumed latency of an endpoint not observed yet (Linkerd's default, 30 ms)
+
+
+def peak_ewma(value: float, at: float, now: float, rtt: float) -> float:
+    """Finagle's peak EWMA: a latency above the average replaces it at once (peaks count fully);
+    below, it is averaged in with a weight that grows with the time since the last update."""
+    if value < 0:
+        return rtt
+    w = math.exp(-max(now - at, 0.0) / DECAY)
+    return rtt if rtt > value else value * w + rtt * (1.0 - w)
+
+
+class PeakEwma:
+    """Power of two choices by cost (latency x load): load moves away from slow endpoints."""
+
+    def pick(self, endpoints: list[Endpoint], _key=None) -> Endpoint:
+        if len(endpoints) == 1:
+            return endpoints[0]
+        a, b = random.sample(endpoints, 2)
+        now = time.monotonic()
+        return a if a.cost(now) <= b.cost(now) else b
 
 
 def hash64(data: bytes) -> int:
@@ -119,7 +165,34 @@ class RingHash:
 
 
 POLICIES = {"round_robin": RoundRobin, "random": Random, "least_request": LeastRequest,
-            "consistent_hash": RingHash}
+            "consistent_hash": RingHash, "peak_ewma": PeakEwma}
+
+
+def level_of(ep: Endpoint, zone: str | None, region: str | None) -> int:
+    """An endpoint's priority for a caller in (zone, region): 0 its zone, 1 its region, 2 the rest."""
+    if zone is not None and ep.zone == zone and (region is None or ep.region in (None, region)):
+        return 0
+    if region is not None and ep.region == region:
+        return 1
+    return 2
+
+
+def priority_loads(levels: list[tuple[int, int]], overprovisioning: float) -> list[float]:
+    """Envoy's priority load: level i's health is min(1, factor x healthy/total); each level takes
+    what its health allows of what the levels before it left; when the levels' health adds up to
+    less than 100 %, the loads are scaled up to 100 % (levels = [(healthy, total), ...])."""
+    health = [min(1.0, overprovisioning * h / t) if t else 0.0 for h, t in levels]
+    total = sum(health)
+    if total <= 0:
+        return [0.0] * len(levels)
+    if total < 1.0:
+        return [h / total for h in health]
+    loads, left = [], 1.0
+    for h in health:
+        take = min(left, h)
+        loads.append(take)
+        left -= take
+    return loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +216,8 @@ class Cluster:
     points_per_weight: int = 256
     zone_aware: float | None = None  # min healthy share of the local zone; None: zone-blind
     local_zone: str | None = None  # the caller's zone (this proxy's)
+    local_region: str | None = None  # the caller's region
+    locality: float | None = None  # priority levels by locality: the overprovisioning factor
     used: bool = False  # picked from at least once: its endpoints are worth health-checking
     health_check: object = None  # the service's HealthCheck settings, for the active checker
 
@@ -159,6 +234,7 @@ class Cluster:
             keep = old.get(ep.key)
             if keep is not None and keep is not ep:
                 keep.weight, keep.zone, keep.identity, keep.source = ep.weight, ep.zone, ep.identity, ep.source
+                keep.region = ep.region
                 keep.protocol, keep.instance = ep.protocol, ep.instance
                 merged.append(keep)
             elif keep is not None:
@@ -180,6 +256,16 @@ class Cluster:
             in_zone = sum(1 for e in self.endpoints if e.zone == self.local_zone)
             if local and len(local) >= self.zone_aware * in_zone:
                 candidates, self.local_only = local, True
+        # priority levels: [(load, healthy endpoints of the level)], the local zone first
+        self._levels: list[tuple[float, list[Endpoint]]] = []
+        if self.locality is not None and healthy:
+            by_level: list[list[Endpoint]] = [[], [], []]
+            for e in self.endpoints:
+                by_level[level_of(e, self.local_zone, self.local_region)].append(e)
+            present = [eps for eps in by_level if eps]
+            loads = priority_loads([(sum(e.healthy for e in eps), len(eps)) for eps in present],
+                                   self.locality)
+            self._levels = [(load, [e for e in eps if e.healthy]) for load, eps in zip(loads, present)]
         self._healthy = healthy
         self._candidates = candidates
         rebuild = getattr(self.lb, "rebuild", None)
@@ -192,6 +278,14 @@ class Cluster:
         `usable(key)` (circuit breakers) filters strictly."""
         self.used = True
         candidates, healthy = self._candidates, self._healthy
+        if self._levels:  # a level drawn by its load, then the balancer within it
+            r, level = random.random(), None
+            for load, eps in self._levels:
+                if eps and r < load:
+                    level = eps
+                    break
+                r -= load
+            candidates = level or candidates
         if usable is not None:
             candidates = [e for e in candidates if usable(e.key)]
             healthy = [e for e in healthy if usable(e.key)]
@@ -203,6 +297,10 @@ class Cluster:
             return None
         return self.lb.pick(candidates, key)
 
+    def levels(self) -> list[dict]:
+        """The priority levels as they stand: load share and healthy endpoints of each."""
+        return [{"load": round(load, 3), "healthy": [str(e) for e in eps]} for load, eps in self._levels]
+
     def status(self) -> dict:
         lb: dict = {"policy": self.policy}
         if self.hash_on is not None:
@@ -210,6 +308,9 @@ class Cluster:
         if self.zone_aware is not None:
             lb["zone_aware"] = {"min_healthy": self.zone_aware, "local_zone": self.local_zone,
                                 "local_only": self.local_only}
+        if self.locality is not None:
+            lb["locality"] = {"overprovisioning": self.locality, "zone": self.local_zone,
+                              "region": self.local_region, "levels": self.levels()}
         return {
             "service": self.service,
             "version": self.version,
@@ -217,6 +318,7 @@ class Cluster:
             "panic": self.panic,
             "endpoints": [
                 {"address": str(e), "instance": e.instance, "weight": e.weight, "zone": e.zone,
+                 "region": e.region, "ewma_ms": round(e.ewma * 1000, 1) if e.ewma >= 0 else None,
                  "healthy": e.healthy, "detail": e.detail, "active": e.active, "source": e.source,
                  "identity": e.identity, "protocol": e.protocol}
                 for e in self.endpoints

@@ -52,11 +52,19 @@ def inbound_tls(config: MeshConfig, service: str) -> ListenerTls | None:
     return ListenerTls(cert=str(cert), key=str(key), mtls=svc.mtls)
 
 
+def gateway_address() -> str | None:
+    """This gateway's host address (`mitmesh gateway --address`): its listeners and admin bind
+    there instead of the config's addresses, so one config serves gateways on many hosts."""
+    return os.environ.get("MITMESH_ADDRESS") or None
+
+
 def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, ...]:
     """The gateway's listeners, or a sidecar's inbound and outbound on its instance address."""
     if workload is None:
+        host = gateway_address()
+        listeners = [l.model_copy(update={"address": host}) if host else l for l in config.gateway.listeners]
         return tuple(Bound(modes.reverse(l.address, l.port), l, None, f"gateway.listeners[{i}]")
-                     for i, l in enumerate(config.gateway.listeners))
+                     for i, l in enumerate(listeners))
     sc = config.sidecar
     tls = inbound_tls(config, workload.service)
     inbound = sc.inbound.model_copy(update={"address": workload.address, "tls": tls,
@@ -73,7 +81,7 @@ def listeners_of(config: MeshConfig, workload: Workload | None) -> tuple[Bound, 
 
 def admin_of(config: MeshConfig, workload: Workload | None) -> tuple[str, int]:
     if workload is None:
-        return (config.gateway.admin.address, config.gateway.admin.port)
+        return (gateway_address() or config.gateway.admin.address, config.gateway.admin.port)
     return (workload.address, workload.admin or config.sidecar.admin.port)
 
 
@@ -114,19 +122,25 @@ def build(path: str) -> Snapshot:
     """Read, validate and compile a config file. Pure and blocking: run it off the event loop."""
     with open(path, "rb") as f:
         raw = f.read()
-    config, src = meshconfig.load_source(raw.decode("utf-8", "replace"), path)
+    return build_text(raw.decode("utf-8", "replace"), path, hashlib.sha256(raw).hexdigest()[:12])
+
+
+def build_text(text: str, file: str, digest: str | None = None) -> Snapshot:
+    """Validate and compile a config's text; `file` names it in errors, and relative paths in it
+    resolve against its folder (a config from etcd: the proxy's working folder)."""
+    config, src = meshconfig.load_source(text, file)
     return Snapshot(
         config=config,
-        file=path,
-        digest=hashlib.sha256(raw).hexdigest()[:12],
+        file=file,
+        digest=digest or hashlib.sha256(text.encode()).hexdigest()[:12],
         routes=compile_routes(config),
-        plugins=compile_plugins(config, src, os.path.dirname(os.path.abspath(path))),
+        plugins=compile_plugins(config, src, os.path.dirname(os.path.abspath(file))),
     )
 
 
 def static_instances(config: MeshConfig) -> list[Instance]:
     return [Instance(f"static:{name}/{version}/{e.address}:{e.port}", name, version, e.address, e.port,
-                     e.weight, e.zone)
+                     e.weight, e.zone, e.region)
             for name, svc in config.services.items()
             for version, vcfg in svc.versions.items()
             for e in vcfg.endpoints]
@@ -168,6 +182,7 @@ class MeshState:
         # the latest mirror differences and flows, of every worker (/status "counters" are metrics)
         self.mirror_diffs = records.Records("mirror-diffs", 20, 16384, metrics.shared_dir(), _worker(), "at")
         self.workload: Workload | None = None  # set before the first install on a sidecar
+        self.region: str | None = None  # this proxy's region (its workload's, or gateway.region)
         self.registry = Registry()
         self.static = StaticSource()
         self.static.attach(self.registry)
@@ -175,6 +190,11 @@ class MeshState:
         self.local: Endpoint | None = None  # a sidecar's app
         self.announced: str | None = None  # the mDNS name this sidecar is announced as
         self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
+        # the control plane's view (etcd discovery, etcd config): name → status(), each with "stale"
+        self.control: dict[str, Callable[[], dict]] = {}
+        # the etcd members the config comes from (mesh_config=etcd://...): discovery uses them too
+        # unless discovery.etcd names others
+        self.config_store: tuple[str, ...] | None = None
         self.recent = records.Records("flows", 100, 8192, metrics.shared_dir(), _worker())  # /flows
         # told of every snapshot before it is installed (user plugins load their code here): each
         # returns what to run once it is installed, or raises ConfigError to refuse the snapshot
@@ -187,13 +207,14 @@ class MeshState:
         """Swap in a new snapshot; clusters that stay keep their live endpoint state."""
         config, workload = snap.config, self.workload
         zone = workload.zone if workload else config.gateway.zone
+        self.region = region = workload.region if workload else config.gateway.region
         old = self.snapshot.clusters if self.snapshot else {}
         clusters: dict[str, Cluster] = {}
         for name, svc in config.services.items():
             for version in svc.versions:
                 clusters[f"{name}/{version}"] = _cluster(old.get(f"{name}/{version}"), f"{name}/{version}",
-                                                         name, version, svc, zone)
-            clusters[name] = _cluster(old.get(name), name, name, "*", svc, zone)
+                                                         name, version, svc, zone, region)
+            clusters[name] = _cluster(old.get(name), name, name, "*", svc, zone, region)
         for cname, cluster in old.items():  # discovered services the config does not name
             if cname not in clusters and cname != LOCAL and cluster.endpoints:
                 clusters[cname] = cluster
@@ -260,7 +281,7 @@ class MeshState:
             ep = self.endpoints.get(inst.key)
             if ep is None:
                 ep = self.endpoints[inst.key] = Endpoint(inst.address, inst.port)
-            ep.weight, ep.zone, ep.identity = inst.weight, inst.zone, inst.identity
+            ep.weight, ep.zone, ep.identity, ep.region = inst.weight, inst.zone, inst.identity, inst.region
             ep.source, ep.protocol, ep.instance = inst.source, inst.protocol, inst.name
             members.setdefault(inst.cluster, {})[inst.key] = ep
             members.setdefault(inst.service, {})[inst.key] = ep
@@ -268,7 +289,7 @@ class MeshState:
             if cname not in snap.clusters:  # a discovered service or version the config does not name
                 service, _, version = cname.partition("/")
                 snap.clusters[cname] = _cluster(None, cname, service, version or "*",
-                                                Service(versions={"v1": {}}), snap.zone)
+                                                Service(versions={"v1": {}}), snap.zone, self.region)
         for cname, cluster in snap.clusters.items():
             if cname != LOCAL:
                 cluster.set_endpoints(list(members.get(cname, {}).values()))
@@ -309,6 +330,11 @@ class MeshState:
         cluster = self._checked.get(ep)
         return self.upstream_tls(cluster, ep) if cluster is not None else None
 
+    def control_status(self) -> dict:
+        """Each control-plane part's status, and `stale`: some part serves what it last knew."""
+        parts = {name: fn() for name, fn in self.control.items()}
+        return {"stale": any(p.get("stale") for p in parts.values()), **parts}
+
     def status(self) -> dict:
         snap = self.snapshot
         if snap is None:
@@ -327,11 +353,13 @@ class MeshState:
                        "last_error": self.last_error},
             "mesh": snap.config.mesh.id,
             "zone": snap.zone,
+            "region": self.region,
             "listeners": [{"name": b.listener.name, "address": f"{b.listener.address}:{b.listener.port}",
                            "direction": b.direction, "tls": b.listener.tls is not None,
                            "mtls": b.listener.tls.mtls if b.listener.tls else None}
                           for b in snap.listeners],
             "registry": {"instances": instances},
+            "control_plane": self.control_status(),
             "upstream": {"connections_opened": self.pool.opened, "idle": self.pool.idle_count()},
             "routes": [
                 {"name": r.name, "match": r.config.match.model_dump(exclude_defaults=True),
@@ -350,7 +378,7 @@ class MeshState:
         if snap.workload is not None:
             w, local = snap.workload, self.local
             out["workload"] = {"service": w.service, "version": w.version, "instance": w.name,
-                               "zone": w.zone, "weight": w.weight, "identity": w.identity(snap.config),
+                               "zone": w.zone, "region": w.region, "weight": w.weight, "identity": w.identity(snap.config),
                                "app": f"{w.app[0]}:{w.app[1]}", "announced": self.announced,
                                "app_healthy": local.healthy if local else None,
                                "app_detail": local.detail if local else ""}
@@ -358,7 +386,7 @@ class MeshState:
 
 
 def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Service,
-             zone: str | None) -> Cluster:
+             zone: str | None, region: str | None = None) -> Cluster:
     """The cluster with this service's balancing settings, reusing `old` (and its live state)."""
     lb = svc.lb
     hash_on = None
@@ -376,6 +404,8 @@ def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Se
     cluster.idle_timeout = svc.idle_timeout
     cluster.zone_aware = lb.zone_aware.min_healthy if lb.zone_aware is not None else None
     cluster.local_zone = zone
+    cluster.local_region = region
+    cluster.locality = lb.locality.overprovisioning if lb.locality is not None else None
     cluster.health_check = svc.health_check
     cluster.refresh()
     return cluster

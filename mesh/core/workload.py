@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from mesh.config.schema import MeshConfig
 from mesh.config.types import check_address, check_name
 
-KEYS = ("service", "version", "app", "address", "zone", "weight", "instance", "inbound", "outbound", "admin",
-        "capture")
+KEYS = ("service", "version", "app", "address", "zone", "region", "weight", "instance", "inbound", "outbound",
+        "admin", "capture")
 CAPTURES = ("proxy", "transparent")
 
 
@@ -31,6 +31,7 @@ class Workload:
     # proxy: the app sends its calls to the outbound listener as to an HTTP proxy; transparent: in a
     # pod, nftables redirects the app's connections to it (mitmproxy's transparent mode)
     capture: str = "proxy"
+    region: str | None = None  # the locality above zone (Envoy's region), announced over etcd
 
     @property
     def name(self) -> str:
@@ -45,7 +46,7 @@ class Workload:
                  f"app={self.app[0]}:{self.app[1]}", f"address={self.address}", f"weight={self.weight}"]
         if self.capture != "proxy":
             parts.append(f"capture={self.capture}")
-        for key in ("zone", "instance", "inbound", "outbound", "admin"):
+        for key in ("zone", "region", "instance", "inbound", "outbound", "admin"):
             value = getattr(self, key)
             if value:
                 parts.append(f"{key}={value}")
@@ -71,7 +72,7 @@ def parse_workload(text: str) -> Workload:
         if key in fields:
             raise ValueError(f"workload: {key} given twice (got {part!r})")
         try:
-            if key in ("service", "version", "zone", "instance"):
+            if key in ("service", "version", "zone", "region", "instance"):
                 fields[key] = check_name(value)
             elif key == "address":
                 fields[key] = check_address(value)

@@ -23,7 +23,9 @@ from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
 from mitmproxy.proxy import mode_servers
 
+from discovery.etcdapi import EtcdError
 from mesh.runtime import sockets
+from mesh.runtime.store import is_location, load_any
 from mesh.config import ConfigError, load
 from mesh.core.state import listeners_of
 from mesh.core.workload import parse_workload
@@ -182,7 +184,7 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
                  ready_fd: int = -1, workload: str = "", announce: bool = True) -> master.Master:
     from addons import chain  # the chain imports mitmproxy's addon API; keep it out of module import
 
-    config = load(config_path)
+    config = load_any(config_path, parse_workload(workload).name if role == "sidecar" else "gateway")
     opts = options.Options()
     m = master.Master(opts)
     m.addons = HookTable(m)
@@ -205,7 +207,7 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
         connection_strategy="lazy",
         keep_host_header=True,
         termlog_verbosity=verbosity,
-        mesh_config=os.path.abspath(config_path),
+        mesh_config=config_path if is_location(config_path) else os.path.abspath(config_path),
         **extra,
     )
     return m
@@ -213,11 +215,11 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
 
 async def _drain(m: master.Master) -> None:
     """A sidecar's graceful stop: goodbye first, keep serving while callers let go, then stop."""
-    announcer, config = m.addons.get("mdns"), m.addons.get("config")
+    config = m.addons.get("config")
     snap = config.state.snapshot if config is not None else None
     try:
-        if announcer is not None:
-            await announcer.withdraw()
+        announcers = [a for a in (m.addons.get("mdns"), m.addons.get("etcd")) if a is not None]
+        await asyncio.gather(*(a.withdraw() for a in announcers))
         if snap is not None and snap.workload is not None:
             log.info(f"draining for {snap.config.sidecar.drain:g}s")
             await asyncio.sleep(snap.config.sidecar.drain)
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(args.config, args.role, args.verbosity, args.ready_fd, args.workload,
                                not args.no_announce))
-    except (ConfigError, exceptions.OptionsError) as e:  # e.g. a workload certificate that is missing
+    except (ConfigError, EtcdError, exceptions.OptionsError) as e:  # e.g. a missing workload certificate
         print(e, file=sys.stderr)
         return 1
 

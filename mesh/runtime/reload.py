@@ -1,16 +1,22 @@
-"""Watches the config file and hands each valid change to a callback; bad edits change nothing."""
+"""Watches the config (a file, or the revisions in etcd) and hands each valid change to a
+callback; bad edits change nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Callable
 
+from discovery.etcdapi import Etcd, EtcdError, Follower, LeasedKey
 from mesh.config import ConfigError
-from mesh.core.state import Snapshot, build
+from mesh.core.state import Snapshot, build, build_text
+from mesh.runtime.store import Location, Revision, Store, current_key, proxy_key, wanted_revision
+from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
+PRESENCE_TTL = 5
 
 
 def _stamp(path: str) -> tuple | None:
@@ -59,13 +65,101 @@ class Watcher:
             await self.check_now()
 
     async def check_now(self) -> None:
+        await hand_over(lambda: build(self.path), self.path, self.on_valid, self.on_invalid)
+
+
+async def hand_over(make: Callable[[], Snapshot], label: str, on_valid: Callable[[Snapshot], object],
+                    on_invalid: Callable[[str], None]) -> bool:
+    """Build off the loop; a valid snapshot goes to on_valid (False from it: not applied)."""
+    try:
+        snap = await asyncio.to_thread(make)
+    except ConfigError as e:
+        on_invalid(str(e))
+        return False
+    except Exception as e:  # a bug in compilation must not kill the watcher
+        log.exception("config reload failed")
+        on_invalid(f"{label}:1: internal error while loading: {e!r}")
+        return False
+    return on_valid(snap) is not False
+
+
+class EtcdWatcher:
+    """Follows the config store: the revision selected for this proxy (by name, for a canary) is
+    built and handed to the same callbacks as a file edit. A revision that does not build or
+    install is not retried until another is selected; the proxy keeps the one it runs."""
+
+    def __init__(self, location: Location, proxy: str, applied: Revision,
+                 on_valid: Callable[[Snapshot], object], on_invalid: Callable[[str], None],
+                 describe: Callable[[], dict] = dict, probe_interval: float = 1.0):
+        self.location = location
+        self.proxy = proxy
+        self.applied = applied
+        self.on_valid = on_valid
+        self.on_invalid = on_invalid
+        self.etcd = Etcd(list(location.endpoints))
+        self.store = Store(self.etcd, location.mesh)
+        self.follower = Follower(self.etcd, self._follow, "config", probe_interval)
+        self.wanted: int | None = applied.revision
+        self.refused: dict[int, str] = {}  # revision → why it was not applied
+        # this proxy (one key per worker) and the revision it runs, for `mitmesh config rollout`
+        self.describe = describe
+        self.presence = LeasedKey(self.etcd, PRESENCE_TTL)
+        metrics.CONFIG_REVISION.set(applied.revision)
+
+    def start(self) -> None:
+        self.follower.start()
+
+    async def stop(self) -> None:
+        await self.follower.stop()
+        await self.presence.revoke()
+        await self.etcd.close()
+
+    async def _report(self) -> None:
+        record = {**self.describe(), "proxy": self.proxy, "pid": os.getpid(),
+                  "revision": self.applied.revision, "wanted": self.wanted,
+                  "refused": self.refused.get(self.wanted) if self.wanted is not None else None}
         try:
-            snap = await asyncio.to_thread(build, self.path)
-        except ConfigError as e:
-            self.on_invalid(str(e))
+            await self.presence.put(proxy_key(self.location.mesh, self.proxy, os.getpid()), json.dumps(record))
+        except EtcdError as e:
+            log.warning(f"etcd config: cannot report revision {self.applied.revision}: {e}")
+
+    def status(self) -> dict:
+        wanted = self.wanted
+        return {**self.follower.status(), "source": str(self.location), "proxy": self.proxy,
+                "revision": self.applied.revision, "digest": self.applied.digest,
+                "wanted": wanted, "refused": self.refused.get(wanted) if wanted is not None else None}
+
+    async def _follow(self) -> None:
+        kv = await self.etcd.get(current_key(self.location.mesh))
+        revision = kv.mod_revision if kv else 0
+        self.follower.in_sync()
+        if kv is not None:
+            await self._select(json.loads(kv.value))
+        await self._report()
+        async for ev in self.etcd.watch(current_key(self.location.mesh), revision + 1):
+            if ev.kind == "put" and ev.kv.key == current_key(self.location.mesh):
+                await self._select(json.loads(ev.kv.value))
+                await self._report()
+
+    async def _select(self, current: dict) -> None:
+        n = wanted_revision(current, self.proxy)
+        self.wanted = n
+        if n is None or n == self.applied.revision or n in self.refused:
             return
-        except Exception as e:  # a bug in compilation must not kill the watcher
-            log.exception("config reload failed")
-            self.on_invalid(f"{self.path}:1: internal error while loading: {e!r}")
+        rev = await self.store.get(n)
+        if rev is None:
+            self.refused[n] = f"{self.location}: revision {n} is selected but not stored"
+            self.on_invalid(self.refused[n])
             return
-        self.on_valid(snap)
+        errors: list[str] = []
+
+        def refused(text: str) -> None:
+            errors.append(f"revision {n} not applied, still running {self.applied.revision}:\n{text}")
+            self.on_invalid(errors[-1])
+        if await hand_over(lambda: build_text(rev.text, rev.label, rev.digest), rev.label,
+                           self.on_valid, refused):
+            self.applied = rev
+            metrics.CONFIG_REVISION.set(n)
+            log.info(f"config revision {n} ({rev.digest}) from {self.location} in service")
+        else:
+            self.refused[n] = errors[-1] if errors else "not applied"

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from discovery.etcdapi import EtcdError
 from mesh.runtime import procs, sockets
+from mesh.runtime.store import is_location, load_any
 from mesh.config import ConfigError, load
 from mesh.core.state import admin_of, listeners_of
 from mesh.core.workload import parse_workload
@@ -60,11 +62,11 @@ def unavailable(config, workload) -> list[str]:
 
 def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "gateway",
           workload: str = "") -> int:
-    path = Path(config_path).resolve()
+    path = config_path if is_location(config_path) else Path(config_path).resolve()
     try:
-        config = load(path)
         wl = parse_workload(workload) if role == "sidecar" else None
-    except (ConfigError, ValueError) as e:
+        config = load_any(str(path), wl.name if wl else "gateway")
+    except (ConfigError, EtcdError, ValueError) as e:
         print(e, file=sys.stderr)
         return 1
     listeners = [(b.listener.address, b.listener.port) for b in listeners_of(config, wl)]

@@ -63,6 +63,9 @@ UPSTREAM_ACTIVE = Gauge(
     "mitmesh_upstream_requests_active", "Upstream requests in flight per cluster (saturation)", ["cluster"],
     multiprocess_mode="livesum")
 CONFIG_RELOADS = Counter("mitmesh_config_reloads_total", "Config reloads, by result", ["result"])
+CONFIG_REVISION = Gauge(
+    "mitmesh_config_revision", "The config revision from etcd this proxy runs (0: a config file)", [],
+    multiprocess_mode="livemax")
 MIRROR_DIFFERENCES = Counter(
     "mitmesh_mirror_differences_total", "Mirrored responses that differed from the primary", ["route"])
 MIRROR_REQUESTS = Counter("mitmesh_mirror_requests_total", "Requests copied to a mirror cluster", ["route"])

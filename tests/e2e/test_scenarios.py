@@ -17,7 +17,7 @@ from tools.scenario import PASS, SKIPPED
 pytestmark = pytest.mark.e2e
 
 RUNNABLE = ["partition", "cert-expiry", "zone-outage", "payments-error-burst", "instance-killed", "breaker",
-            "slow-instance", "charge-exactly-once"]
+            "slow-instance", "charge-exactly-once", "region-outage", "control-plane-loss"]
 # every run: progress through the start-up (no silent wait for the mesh), a row per phase with
 # success and latency, and the proxies' figures
 COMMON = [r"\d\.\ds  waiting for .*\n(.*\n)*?\s+\d+\.\ds  .*knows the \d+ instances\n",
@@ -44,6 +44,13 @@ EXPECTED = {
     "charge-exactly-once": [r"PASS  payments crashed right after a charge\s+payments-1, payments-2",
                             r"PASS  every order charged exactly once\s+(\d+) of \1 once; twice or more 0; never 0",
                             r"PASS  every client gets an answer", r"charges each payments app made\s+payments-1 \d+"],
+    "region-outage": [r"PASS  before the outage ≥ 99 % answered in eu-1", r"answers by region while eu is gone\s+us \d+\n",
+                      r"PASS  … every answer from region us", r"answers by zone after eu returns\s+eu-1 \d+\n",
+                      r"PASS  from 2 s after eu returns ≥ 99 % answered in eu-1"],
+    "control-plane-loss": [r"PASS  100 % succeed while quorum is lost", r"PASS  one member lost: revision 2 applied",
+                           r"PASS  quorum lost: config and discovery flagged stale within 15 s",
+                           r"PASS  quorum lost: last config and last known endpoints kept\s+revision 2, instances \['catalog-1'\]",
+                           r"PASS  back: not stale within 30 s, revision 3 applied without a restart"],
     "partition": [r"PASS  ≥ 99\.9 % of all requests succeed", r"PASS  from 2 s after the cut until the heal",
                   r"h2 in the gateway's cluster during the partition\s+healthy=False",
                   r"answers by h2 while partitioned\s+0\n", r"PASS  h2 answers again within 10 s"],
@@ -78,8 +85,8 @@ def runs(request, tmp_path_factory):
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_scenario_passes_with_its_report(runs, name):
     code, out = runs[name].result()
-    if name == "partition" and netns.why_not() is not None:
-        assert code == SKIPPED and f"SKIP  partition: {netns.why_not()}" in out, out
+    if name in ("partition", "control-plane-loss") and netns.why_not() is not None:
+        assert code == SKIPPED and f"SKIP  {name}: {netns.why_not()}" in out, out
         pytest.skip(netns.why_not())
     assert code == PASS, out
     assert re.search(rf"\nPASS  {name}\n", out), out
@@ -94,7 +101,8 @@ def test_list_names_every_scenario_and_what_is_not_available():
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names == ["instance-killed", "slow-instance", "payments-error-burst", "breaker", "zone-outage",
-                     "partition", "cert-expiry", "charge-exactly-once"]
+                     "partition", "cert-expiry", "charge-exactly-once",
+                     "region-outage", "control-plane-loss"]
     assert "not yet available" not in out.stdout
     unknown = subprocess.run(procs.python("-m", "mesh.cli", "scenario", "nope"), capture_output=True,
                              text=True, timeout=30)

@@ -179,7 +179,7 @@ def test_cluster_resilience_errors(block, expected):
         ("services:\n  x:\n    lb: {policy: consistent_hash, hash_on: {source_ip: false}}\n    versions: {v1: {}}\n",
          "mesh.yaml:3: services.x.lb.hash_on.source_ip: expected one of True (got False)"),
         ("services:\n  x:\n    lb: {policy: ring_hash}\n    versions: {v1: {}}\n",
-         "mesh.yaml:3: services.x.lb.policy: expected one of 'round_robin', 'least_request', 'random', 'consistent_hash' (got 'ring_hash')"),
+         "mesh.yaml:3: services.x.lb.policy: expected one of 'round_robin', 'least_request', 'random', 'consistent_hash', 'peak_ewma' (got 'ring_hash')"),
         ("services:\n  x:\n    lb: {zone_aware: {min_healthy: 0}}\n    versions: {v1: {}}\n",
          "mesh.yaml:3: services.x.lb.zone_aware.min_healthy: expected a value > 0 (got 0)"),
         ("services:\n  x:\n    lb: {zone_aware: {share: 1}}\n    versions: {v1: {}}\n",

@@ -9,9 +9,9 @@ from mesh.core.workload import Workload, parse_workload
 
 def test_full_spec_round_trips():
     w = parse_workload("service=catalog, version=v2, app=127.0.0.1:9101, address=127.0.0.3, zone=a, "
-                       "weight=3, instance=catalog-2, inbound=15006, outbound=15001, admin=15000")
+                       "weight=3, instance=catalog-2, inbound=15006, outbound=15001, admin=15000, region=eu")
     assert w == Workload("catalog", ("127.0.0.1", 9101), "v2", "127.0.0.3", "a", 3, "catalog-2",
-                         15006, 15001, 15000)
+                         15006, 15001, 15000, "eu")
     assert parse_workload(w.spec()) == w
     assert parse_workload("service=users,app=127.0.0.1:1").name == "users-v1-127.0.0.1"
 
@@ -20,8 +20,8 @@ def test_full_spec_round_trips():
     ("app=127.0.0.1:9101", "workload: service is required (got 'app=127.0.0.1:9101')"),
     ("service=catalog", "workload: app is required (got 'service=catalog')"),
     ("service=catalog,app=127.0.0.1:9101,colour=red",
-     "workload: unknown key; expected one of service, version, app, address, zone, weight, instance, "
-     "inbound, outbound, admin, capture (got 'colour=red')"),
+     "workload: unknown key; expected one of service, version, app, address, zone, region, weight, "
+     "instance, inbound, outbound, admin, capture (got 'colour=red')"),
     ("service=a,app=127.0.0.1:1,capture=tproxy",
      "workload: capture: expected one of proxy, transparent (got 'tproxy')"),
     ("service=Catalog,app=127.0.0.1:1",

@@ -1,0 +1,59 @@
+"""Etcd: keeps the registry live from etcd and registers this sidecar under a lease while its app
+is healthy (the same readiness rules as mDNS, in addons/mdns.py; only the source differs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from discovery.etcd import EtcdSource
+from discovery.etcdapi import Etcd as EtcdClient
+from mesh.config.schema import Etcd as EtcdModel
+from mesh.core.state import Snapshot
+
+from .mdns import Mdns
+
+log = logging.getLogger("mitmesh.discovery")
+DEFAULT_TTL = EtcdModel.model_fields["ttl"].default
+
+
+def etcd_settings(snap: Snapshot, store: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...], int] | None:
+    """(mesh id, etcd client URLs, lease TTL), or None when etcd discovery is off. A proxy whose
+    config comes from etcd (`store`) discovers through the same members unless
+    discovery.etcd names others."""
+    etcd = snap.config.discovery.etcd
+    if etcd is not None:
+        return snap.config.mesh.id, tuple(f"http://{m.address}:{m.port}" for m in etcd.endpoints), etcd.ttl
+    if store:
+        return snap.config.mesh.id, tuple(store), DEFAULT_TTL
+    return None
+
+
+class Etcd(Mdns):
+    label = "etcd: "
+    def load(self, loader):
+        pass  # mesh_announce is Mdns's option, and governs both
+
+    async def running(self):
+        # Mdns, before it in the chain, has already checked the app once at start
+        self._busy = asyncio.Lock()
+        self.state.watchers.append(self._changed)
+        await self._restart()
+
+    def settings_of(self, snap: Snapshot) -> tuple | None:
+        return etcd_settings(snap, self.state.config_store)
+
+    async def start_source(self, settings: tuple) -> EtcdSource:
+        mesh, endpoints, ttl = settings
+        source = EtcdSource(EtcdClient(list(endpoints)), mesh, ttl)
+        await source.start(self.state.registry)
+        self.state.control["discovery"] = source.status
+        log.info(f"etcd discovery of mesh {mesh!r} through {', '.join(endpoints)} (lease TTL {ttl}s)")
+        return source
+
+    def _set_announced(self, name: str | None) -> None:
+        self.announced = name
+
+    async def done(self):
+        await super().done()
+        self.state.control.pop("discovery", None)

@@ -1,0 +1,161 @@
+"""etcd discovery: instances registered under a lease (TTL, keepalive), proxies watch the prefix.
+
+An instance is one key, `/mitmesh/<mesh>/instances/<service>/<version>/<address>:<port>`, whose
+value is the instance as JSON, put under a lease the announcer keeps alive. A graceful stop
+revokes the lease: every watcher hears the delete at once. A killed announcer stops refreshing:
+etcd deletes the key when the TTL runs out. When etcd cannot be reached the registry keeps the
+last known instances (stale, flagged by `status()`); when it answers again the source lists the
+prefix, drops what vanished meanwhile, and watches on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+
+from .etcdapi import Etcd, Follower, KeyValue, LeasedKey
+from .registry import Event, Instance, Registry
+from .source import Source
+
+log = logging.getLogger("mitmesh.discovery")
+
+FIELDS = ("service", "version", "address", "port", "weight", "zone", "region", "identity", "protocol",
+          "workload", "admin")
+
+
+def instances_prefix(mesh: str) -> str:
+    return f"/mitmesh/{mesh}/instances/"
+
+
+def instance_key(mesh: str, inst: Instance) -> str:
+    return f"{instances_prefix(mesh)}{inst.service}/{inst.version}/{inst.address}:{inst.port}"
+
+
+def encode(inst: Instance) -> str:
+    return json.dumps({k: getattr(inst, k) for k in FIELDS if getattr(inst, k) is not None},
+                      sort_keys=True)
+
+
+def decode(kv: KeyValue) -> Instance:
+    """The instance a key holds; raises ValueError naming what is wrong."""
+    try:
+        data = json.loads(kv.value)
+    except ValueError as e:
+        raise ValueError(f"{kv.key}: expected a JSON object ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{kv.key}: expected a JSON object (got {kv.value[:40]!r})")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{kv.key}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}")
+    for key, kind in (("service", str), ("version", str), ("address", str), ("port", int)):
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"{kv.key}: {key}: expected a {kind.__name__} (got {data.get(key)!r})")
+    if not 1 <= data["port"] <= 65535:
+        raise ValueError(f"{kv.key}: port: expected 1 to 65535 (got {data['port']!r})")
+    weight = data.get("weight", 1)
+    if not isinstance(weight, int) or not 1 <= weight <= 10_000:
+        raise ValueError(f"{kv.key}: weight: expected an integer from 1 to 10000 (got {weight!r})")
+    return Instance(name=f"etcd:{data['address']}:{data['port']}", source="etcd",
+                    **{k: v for k, v in data.items()})
+
+
+class EtcdSource(Source):
+    """Watches `/mitmesh/<mesh>/instances/` into a registry, and announces one instance."""
+
+    name = "etcd"
+
+    def __init__(self, etcd: Etcd, mesh: str, ttl: int = 5, probe_interval: float = 1.0):
+        if not 1 <= ttl <= 10:
+            raise ValueError(f"etcd lease ttl: expected 1 to 10 seconds (got {ttl!r})")
+        self.etcd = etcd
+        self.mesh = mesh
+        self.ttl = ttl
+        self.registry: Registry | None = None
+        self.revision = 0
+        self.follower = Follower(etcd, self._follow, "discovery", probe_interval)
+        self.lease = LeasedKey(etcd, ttl)
+        self._warned: set[str] = set()
+
+    async def start(self, registry: Registry) -> None:
+        self.registry = registry
+        self.follower.start()
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Wait for the first complete listing (a gateway starts with every known instance)."""
+        try:
+            await asyncio.wait_for(self.follower.synced.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def status(self) -> dict:
+        return {**self.follower.status(), "revision": self.revision,
+                "lease": f"{self.lease.lease:x}" if self.lease.lease else None}
+
+    # following the prefix: the last known instances stay while etcd is out of reach
+
+    async def _follow(self) -> None:
+        kvs, revision = await self.etcd.get_prefix(instances_prefix(self.mesh))
+        self._reconcile(kvs)
+        self.revision = revision
+        self.follower.in_sync()
+        async for ev in self.etcd.watch(instances_prefix(self.mesh), revision + 1):
+            self.revision = ev.revision
+            self._event(ev.kind, ev.kv)
+
+    def _mine(self) -> dict[str, Instance]:
+        return self.registry.by_source(self.name) if self.registry else {}
+
+    def _reconcile(self, kvs: list[KeyValue]) -> None:
+        seen = set()
+        for kv in kvs:
+            inst = self._decode(kv)
+            if inst is not None:
+                seen.add(inst.name)
+                self.registry.apply(Event("add", inst))
+        for name, old in self._mine().items():
+            if name not in seen:
+                self.registry.apply(Event("remove", old))
+
+    def _event(self, kind: str, kv: KeyValue) -> None:
+        if kind == "put":
+            inst = self._decode(kv)
+            if inst is not None:
+                self.registry.apply(Event("add", inst))
+            return
+        address = kv.key.rsplit("/", 1)[-1]
+        old = self._mine().get(f"etcd:{address}")
+        if old is not None:
+            self.registry.apply(Event("remove", old))
+
+    def _decode(self, kv: KeyValue) -> Instance | None:
+        try:
+            return decode(kv)
+        except (ValueError, TypeError) as e:
+            if kv.key not in self._warned:
+                self._warned.add(kv.key)
+                log.warning(f"etcd: ignoring {e}")
+            return None
+
+    # announcing
+
+    async def announce(self, inst: Instance, instance: str) -> str:
+        """Register `inst` under a lease kept alive in the background; returns its key."""
+        key = instance_key(self.mesh, inst)
+        await self.lease.put(key, encode(dataclasses.replace(inst, source="etcd", workload=instance)))
+        return key
+
+    async def withdraw(self) -> None:
+        """Revoke the lease: every watcher drops this instance at once, not after the TTL."""
+        await self.lease.revoke()
+
+    async def stop(self) -> None:
+        await self.withdraw()
+        await self.follower.stop()
+        if self.registry is not None:
+            for old in self._mine().values():
+                self.registry.apply(Event("remove", old))
+        self.registry = None
+        await self.etcd.close()

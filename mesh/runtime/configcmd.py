@@ -1,0 +1,246 @@
+"""`mitmesh config push|history|rollback|rollout`: config revisions in etcd, validated before they
+are stored; a rollout runs a revision on canary gateways first and promotes or rolls back by itself."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+
+from discovery.etcdapi import Etcd, EtcdError
+
+from mesh.config.errors import BAD_INPUT, CommandError
+from mesh.config.types import parse_duration
+from mesh.core.state import build_text
+from mesh.runtime.store import Location, Revision, Store, parse_location
+from mesh.telemetry.analysis import Sample, Thresholds, parse, verdict
+
+STORE_HELP = ("etcd://HOST:PORT[,HOST:PORT]/MESH, as proxies name it in mesh_config (default "
+              "$MITMESH_STORE, else etcd://127.0.0.1:2379 and, on push, the file's mesh.id)")
+
+
+def location(text: str | None, mesh: str | None = None) -> Location:
+    text = text or os.environ.get("MITMESH_STORE") or "etcd://127.0.0.1:2379"
+    if mesh is not None and text.count("/") == 2:  # no mesh id given: the pushed file's
+        text = f"{text.rstrip('/')}/{mesh}"
+    try:
+        loc = parse_location(text)
+    except ValueError as e:
+        raise CommandError(f"--store: {e}", BAD_INPUT) from None
+    if mesh is not None and loc.mesh != mesh:
+        raise CommandError(f"--store names mesh {loc.mesh!r} but the config's mesh.id is {mesh!r}",
+                           BAD_INPUT)
+    return loc
+
+
+def validated(file: str) -> tuple[str, str]:
+    """(text, mesh id) of a config that builds as a proxy would build it; raises ConfigError."""
+    path = Path(file)
+    if not path.is_file():
+        raise CommandError(f"{file}: no such file", BAD_INPUT)
+    text = path.read_text()
+    return text, build_text(text, path.name).config.mesh.id
+
+
+def describe(rev: Revision, current: dict) -> str:
+    marks = []
+    if current.get("revision") == rev.revision:
+        marks.append("current")
+    canary = current.get("canary") or {}
+    if canary.get("revision") == rev.revision:
+        marks.append(f"canary on {', '.join(canary.get('proxies', []))}")
+    when = dt.datetime.fromtimestamp(rev.pushed_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    note = rev.message or (f"rollback to {rev.rollback_of}" if rev.rollback_of else "")
+    return (f"{'*' if 'current' in marks else ' '} {rev.revision:>4}  {rev.digest}  {when}  {rev.file}"
+            f"{'  ' + note if note else ''}{'  (' + '; '.join(marks) + ')' if marks else ''}")
+
+
+async def _with_store(loc: Location, work):
+    etcd = Etcd(list(loc.endpoints))
+    try:
+        return await work(Store(etcd, loc.mesh))
+    except EtcdError as e:
+        raise CommandError(f"{loc}: {e}") from None
+    finally:
+        await etcd.close()
+
+
+def push(args) -> int:
+    text, mesh = validated(args.file)  # a ConfigError ends here: nothing is stored
+    loc = location(args.store, mesh)
+    rev = asyncio.run(_with_store(loc, lambda s: s.push(text, Path(args.file).name, args.message or "")))
+    print(f"{args.file}: ok\nrevision {rev.revision} ({rev.digest}) stored in {loc}; every proxy applies it")
+    return 0
+
+
+def history(args) -> int:
+    loc = location(args.store)
+
+    async def work(store: Store):
+        return await store.history(), await store.current()
+    revs, current = asyncio.run(_with_store(loc, work))
+    if not revs:
+        print(f"{loc}: no config pushed yet")
+        return 0
+    print(f"  {'REV':>4}  DIGEST        PUSHED (UTC)         FILE")
+    for rev in revs:
+        print(describe(rev, current))
+    return 0
+
+
+def rollback(args) -> int:
+    loc = location(args.store)
+
+    async def work(store: Store) -> Revision:
+        old = await store.get(args.revision)
+        if old is None:
+            raise CommandError(f"{loc}: no revision {args.revision} (see `mitmesh config history`)", BAD_INPUT)
+        return await store.push(old.text, old.file, f"rollback to {old.revision}", rollback_of=old.revision)
+    rev = asyncio.run(_with_store(loc, work))
+    print(f"revision {rev.revision} ({rev.digest}) = revision {args.revision}, stored in {loc}; "
+          f"every proxy applies it")
+    return 0
+
+
+def rollout(args) -> int:
+    text, mesh = validated(args.file)
+    loc = location(args.store, mesh)
+    t = Thresholds(args.max_error_increase, args.p99_ratio, args.p99_slack, args.min_requests)
+    return asyncio.run(_with_store(loc, lambda store: Rollout(store, args, t).run(text)))
+
+
+def say(text: str) -> None:
+    print(f"rollout: {text}", flush=True)
+
+
+async def sample(session: aiohttp.ClientSession, admin: str) -> Sample:
+    async with session.get(f"{admin}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+        return parse(await r.text())
+
+
+class Rollout:
+    """Revision N+1 on the canary gateways while the rest runs N; analysis; promote or roll back."""
+
+    def __init__(self, store: Store, args, t: Thresholds):
+        self.store, self.args, self.t = store, args, t
+        self.stable: int | None = None
+
+    async def run(self, text: str) -> int:
+        current = await self.store.current()
+        self.stable = current.get("revision")
+        if self.stable is None:
+            raise CommandError("no revision runs yet: `mitmesh config push` the first one")
+        if current.get("canary"):
+            raise CommandError(f"revision {current['canary']['revision']} is on canary already; "
+                               f"wait for that rollout, or `mitmesh config rollback {self.stable}`")
+        workers = [p for p in await self.store.proxies() if p.get("role") == "gateway"]
+        gateways = sorted({p["proxy"] for p in workers})
+        if len(gateways) <= self.args.canary:
+            raise CommandError(f"{len(gateways)} gateway(s) read this store ({', '.join(gateways) or 'none'}); "
+                               f"a canary of {self.args.canary} needs at least {self.args.canary + 1}")
+        canary, rest = gateways[:self.args.canary], gateways[self.args.canary:]
+        rev = await self.store.add(text, Path(self.args.file).name, self.args.message or "rollout")
+        say(f"stored revision {rev.revision} ({rev.digest}); {len(gateways)} gateways run revision {self.stable}")
+        await self.store.set_current({"revision": self.stable,
+                                      "canary": {"revision": rev.revision, "proxies": canary}})
+        say(f"canary: revision {rev.revision} on {', '.join(canary)}; baseline: revision {self.stable} "
+            f"on {', '.join(rest)}")
+        problem = await self._applied(rev.revision, canary)
+        if problem:
+            return await self._roll_back(rev.revision, problem)
+        admins = {p["proxy"]: p["admin"] for p in await self.store.proxies() if p.get("admin")}
+        async with aiohttp.ClientSession() as session:
+            async def group(names: list[str]) -> Sample:
+                total = Sample()
+                for name in names:
+                    total = total + await sample(session, admins[name])
+                return total
+            start_c, start_b = await group(canary), await group(rest)
+            say(f"analysis for {self.args.watch:g}s, every {self.args.interval:g}s: error rate and p99 of "
+                f"the canary against the baseline")
+            began = time.monotonic()
+            while True:
+                await asyncio.sleep(self.args.interval)
+                elapsed = time.monotonic() - began
+                final = elapsed >= self.args.watch
+                c, b = await group(canary) - start_c, await group(rest) - start_b
+                result, why = verdict(c, b, self.t, final)
+                say(f"  t+{elapsed:.0f}s {result}: {why}")
+                if result == "fail":
+                    return await self._roll_back(rev.revision, why)
+                if result == "pass":
+                    await self.store.set_current({"revision": rev.revision})
+                    say(f"promoted: revision {rev.revision} runs on every proxy")
+                    return 0
+
+    async def _applied(self, n: int, canary: list[str], timeout: float = 15.0) -> str | None:
+        """None once every worker of the canary gateways runs revision n; else why not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = [p for p in await self.store.proxies() if p["proxy"] in canary]
+            refused = [p for p in workers if p.get("wanted") == n and p.get("refused")]
+            if refused:
+                return f"{refused[0]['proxy']} refused it: {refused[0]['refused']}"
+            if workers and all(p.get("revision") == n for p in workers):
+                say(f"the canary runs revision {n} ({len(workers)} worker(s))")
+                return None
+            await asyncio.sleep(0.2)
+        return f"the canary did not run revision {n} within {timeout:g}s"
+
+    async def _roll_back(self, n: int, why: str) -> int:
+        await self.store.set_current({"revision": self.stable})
+        say(f"rolled back: {why}")
+        say(f"every proxy runs revision {self.stable}; revision {n} stays in the history")
+        return 1
+
+
+def duration(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration > 0 (got {text!r})")
+    return value
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("config", help="config revisions in etcd: push, history, rollback, rollout")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    p = csub.add_parser("push", help="validate a config file and store it as the next revision; "
+                                     "every proxy reading etcd applies it")
+    p.add_argument("file", metavar="FILE", help="the config file to validate and store")
+    p.add_argument("-m", "--message", default="", help="a note kept with the revision (default none)")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.set_defaults(func=push)
+    h = csub.add_parser("history", help="list the stored revisions; * marks the one proxies run")
+    h.add_argument("--store", default=None, help=STORE_HELP)
+    h.set_defaults(func=history)
+    r = csub.add_parser("rollback", help="store revision REV again as the next revision, for every proxy")
+    r.add_argument("revision", type=int, metavar="REV", help="the revision to run again (see history)")
+    r.add_argument("--store", default=None, help=STORE_HELP)
+    r.set_defaults(func=rollback)
+    o = csub.add_parser("rollout", help="run a new revision on canary gateways, compare their error rate "
+                                        "and p99 with the rest, then promote it or roll it back")
+    o.add_argument("file", metavar="FILE", help="the config file to validate and roll out")
+    o.add_argument("--canary", type=int, default=1, help="how many gateways run it first (default 1; "
+                                                         "by name order, `mitmesh gateway --name`)")
+    o.add_argument("--watch", type=duration, default=60.0, help="the analysis window (default 60s)")
+    o.add_argument("--interval", type=duration, default=5.0, help="how often to compare (default 5s); "
+                                                                  "a failure rolls back at once")
+    o.add_argument("--max-error-increase", type=float, default=0.02,
+                   help="canary error rate (5xx, no response) allowed above the baseline's (default 0.02)")
+    o.add_argument("--p99-ratio", type=float, default=2.0, help="canary p99 allowed, in times the "
+                                                                "baseline's (default 2) ...")
+    o.add_argument("--p99-slack", type=duration, default=0.1, help="... or this much above it, whichever "
+                                                                   "is larger (default 100ms)")
+    o.add_argument("--min-requests", type=int, default=20, help="canary requests needed for a verdict "
+                                                                "(default 20; fewer: rolled back)")
+    o.add_argument("-m", "--message", default="", help="a note kept with the revision (default: rollout)")
+    o.add_argument("--store", default=None, help=STORE_HELP)
+    o.set_defaults(func=rollout)

@@ -1,0 +1,88 @@
+"""Runs Debian's etcd-server for the demo and the tests: one member or a cluster, loopback only."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.runtime import procs
+
+
+@dataclass
+class Member:
+    name: str
+    host: str
+    client_port: int
+    peer_port: int
+    child: procs.Child | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+
+def binary() -> str:
+    found = shutil.which("etcd") or "/usr/bin/etcd"
+    if not Path(found).exists():
+        raise RuntimeError("etcd is needed: apt-get install etcd-server (./dev installs it)")
+    return found
+
+
+def argv(member: Member, cluster: list[Member], data_dir: Path, state: str = "new") -> list[str]:
+    return [binary(), "--name", member.name, "--data-dir", str(data_dir / member.name),
+            "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
+            "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
+            "--initial-cluster", ",".join(f"{m.name}={m.peer_url}" for m in cluster),
+            "--initial-cluster-state", state, "--initial-cluster-token", f"mitmesh-{cluster[0].peer_port}",
+            # quick elections for a LAN/loopback cluster; snapshots of a small store are cheap
+            "--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap",
+            "--log-outputs", "stderr"]
+
+
+def start(data_dir: Path, log_dir: Path, host: str = "127.0.0.1", name: str = "etcd0",
+          prefix: list[str] | None = None) -> Member:
+    """One etcd member on free ports of `host` (loopback); `prefix` runs it inside a namespace
+    (e.g. ["ip", "netns", "exec", NS])."""
+    member = Member(name, host, procs.free_port(host), procs.free_port(host))
+    member.child = procs.spawn(name, [*(prefix or []), *argv(member, [member], data_dir)], log_dir=log_dir)
+    procs.wait_ports(member.child, [(host, member.client_port)], timeout=20)
+    return member
+
+
+def control_plane(state_dir: Path, log_dir: Path, text: str, file: str, mesh: str,
+                  port: int | None = None) -> tuple[Member, str]:
+    """A single-member etcd for the demo (127.0.0.1:2379 when free), holding `text` (validated by
+    the caller) as the current revision; proxies reading their config there also discover
+    through it. Returns the member and the store location."""
+    import asyncio
+
+    from discovery.etcdapi import Etcd
+    from mesh.runtime.store import Store
+
+    host = "127.0.0.1"
+    client = port or (2379 if not procs.port_open(host, 2379) else procs.free_port(host))
+    member = Member("etcd0", host, client, procs.free_port(host))
+    member.child = procs.spawn("etcd", argv(member, [member], state_dir), log_dir=log_dir)
+    procs.wait_ports(member.child, [(host, client)], timeout=20)
+
+    async def push() -> None:
+        etcd = Etcd([member.client_url])
+        try:
+            store = Store(etcd, mesh)
+            current = await store.current()
+            latest = await store.get(current["revision"]) if current.get("revision") else None
+            if latest is None or latest.text != text:  # keep history across runs; push an edit
+                await store.push(text, file, "mitmesh up")
+        finally:
+            await etcd.close()
+    try:
+        asyncio.run(push())
+    except Exception:
+        member.child.stop()
+        raise
+    return member, f"etcd://{host}:{client}/{mesh}"
