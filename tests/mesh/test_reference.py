@@ -34,7 +34,7 @@ def test_config_reference_is_current():
     ("policies.<name>.size_limit.max_body", "size", "`8MiB`", "≤ 16GiB"),
     ("sidecar.inbound", "mapping ([sidecar.inbound](#sidecar-inbound))", "`{name: inbound, port: 15006}`", ""),
     ("services.<name>.lb.policy", "string", "`round_robin`",
-     "one of `round_robin`, `least_request`, `random`, `consistent_hash`"),
+     "one of `round_robin`, `least_request`, `random`, `consistent_hash`, `peak_ewma`"),
 ])
 def test_reference_rows(key, kind, default, allowed):
     rows = {row[0]: row for s in reference.sections() for row in s.rows}

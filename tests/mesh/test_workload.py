@@ -11,7 +11,7 @@ def test_full_spec_round_trips():
     w = parse_workload("service=catalog, version=v2, app=127.0.0.1:9101, address=127.0.0.3, zone=a, "
                        "weight=3, instance=catalog-2, inbound=15006, outbound=15001, admin=15000, region=eu")
     assert w == Workload("catalog", ("127.0.0.1", 9101), "v2", "127.0.0.3", "a", 3, "catalog-2",
-                         15006, 15001, 15000, "eu")
+                         15006, 15001, 15000, region="eu")
     assert parse_workload(w.spec()) == w
     assert parse_workload("service=users,app=127.0.0.1:1").name == "users-v1-127.0.0.1"
 
