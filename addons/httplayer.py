@@ -229,7 +229,7 @@ class FastHttp1Server(GuardedHttp1Server):
         parser = httptools.HttpRequestParser(parsed)
         try:
             parser.feed_data(head)
-        except httptools.HttpParserError:  # malformed, or an upgrade/CONNECT (HttpParserUpgrade)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed; an upgrade, CONNECT
             return None
         target = parsed.url
         if not parsed.complete or not target.startswith(b"/") or parsed.te:
