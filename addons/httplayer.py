@@ -5,7 +5,8 @@ resets streams too fast gets GOAWAY (CVE-2023-44487); and an HTTP/2 response tha
 sent leaves in one write (HEADERS and the DATA frame that ends the stream).
 
 `HttpGuard` (addons/httpguard.py) puts `GuardedHttpLayer` in place of every `HttpLayer` that
-mitmproxy's next_layer decision makes; everything else is mitmproxy's own code, unchanged.
+mitmproxy's next_layer decision makes; everything else is mitmproxy's own code, unchanged. With
+`engine: fast`, HTTP/1.1 request heads are parsed by httptools (`FastHttp1Server`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import re
 import time
 
 import h2.errors
-import httptools
 import h2.events
+import httptools
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpResponseHeadersHook, HttpStream,
-                                         RequestEndOfMessage, ResponseData, ResponseEndOfMessage,
-                                         ResponseHeaders, ResponseProtocolError, SendHttp)
 from mitmproxy.http import Headers, Request
-from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders
+from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpResponseHeadersHook, HttpStream,
+                                         ReceiveHttp, RequestEndOfMessage, RequestHeaders, ResponseData,
+                                         ResponseEndOfMessage, ResponseHeaders, ResponseProtocolError, SendHttp)
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.layers.http._http2 import Http2Server, format_h2_response_headers
 
