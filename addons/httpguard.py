@@ -35,6 +35,7 @@ class HttpGuard:
         if self._limits is None or snap is not self._built_for:
             http = snap.http if snap is not None else Http()
             self._limits = Limits(http.max_request_headers, http.http2.max_stream_resets,
-                                  http.http2.stream_reset_window)
+                                  http.http2.stream_reset_window,
+                                  fast=snap is not None and snap.engine == "fast")
             self._built_for = snap
         return self._limits

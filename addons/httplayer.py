@@ -5,7 +5,8 @@ resets streams too fast gets GOAWAY (CVE-2023-44487); and an HTTP/2 response tha
 sent leaves in one write (HEADERS and the DATA frame that ends the stream).
 
 `HttpGuard` (addons/httpguard.py) puts `GuardedHttpLayer` in place of every `HttpLayer` that
-mitmproxy's next_layer decision makes; everything else is mitmproxy's own code, unchanged.
+mitmproxy's next_layer decision makes; everything else is mitmproxy's own code, unchanged. With
+`engine: fast`, HTTP/1.1 request heads are parsed by httptools (`FastHttp1Server`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import time
 
 import h2.errors
 import h2.events
+import httptools
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
+from mitmproxy.http import Headers, Request
 from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpResponseHeadersHook, HttpStream,
-                                         RequestEndOfMessage, ResponseData, ResponseEndOfMessage,
-                                         ResponseHeaders, ResponseProtocolError, SendHttp)
-from mitmproxy.proxy.layers.http._http1 import Http1Server
+                                         ReceiveHttp, RequestEndOfMessage, RequestHeaders, ResponseData,
+                                         ResponseEndOfMessage, ResponseHeaders, ResponseProtocolError, SendHttp)
+from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.layers.http._http2 import Http2Server, format_h2_response_headers
 
 from mesh.core.downstream import LINGER, ResetWindow
@@ -62,10 +65,11 @@ def in_our_words(message: str) -> str:
 class Limits:
     """What the layers of one connection enforce, from the proxy's `http` settings at its start."""
 
-    __slots__ = ("max_head", "max_resets", "reset_window")
+    __slots__ = ("max_head", "max_resets", "reset_window", "fast")
 
-    def __init__(self, max_head: int, max_resets: int, reset_window: float):
+    def __init__(self, max_head: int, max_resets: int, reset_window: float, fast: bool = False):
         self.max_head, self.max_resets, self.reset_window = max_head, max_resets, reset_window
+        self.fast = fast  # engine: fast, HTTP/1.1 heads read by FastHttp1Server
 
 
 class StopReading(ResponseProtocolError):
@@ -188,6 +192,80 @@ class GuardedHttp1Server(Http1Server):
             yield commands.CloseConnection(self.conn)
 
 
+class FastHttp1Server(GuardedHttp1Server):
+    """`engine: fast`: request heads parsed by httptools (llhttp, Node's parser) instead of mitmproxy's
+    line splitting; everything after the head (body framing, the streams, hooks, responses) is
+    mitmproxy's. A head it does not take plainly (llhttp refuses it, bare LF line ends, obs-fold,
+    no origin-form target, Transfer-Encoding, upgrades, CONNECT, a head over the size cap) goes to
+    mitmproxy's parser unchanged, so every refusal is the standard engine's, byte for byte."""
+
+    def read_headers(self, event):
+        if isinstance(event, events.DataReceived):
+            request = self._fast_head()
+            if request is not None:
+                try:
+                    expected = http1.expected_http_body_size(request)
+                except ValueError:  # never for the heads _fast_head takes; mitmproxy answers if so
+                    expected = None
+                if expected is not None:
+                    self.request = request
+                    yield ReceiveHttp(RequestHeaders(self.stream_id, request, expected == 0))
+                    self.body_reader = make_body_reader(expected)
+                    self.state = self.read_body
+                    yield from self.state(event)
+                    return
+                self.buf._data[:0] = self._head  # undo: mitmproxy's parser reads it
+        yield from super().read_headers(event)
+
+    def _fast_head(self) -> Request | None:
+        data = self.buf._data
+        end = data.find(b"\r\n\r\n", 0, self.limits.max_head)
+        if end <= 0 or data[0] in b"\r\n":  # (llhttp skips leading empty lines, mitmproxy does not)
+            return None
+        head = bytes(data[:end + 4])
+        if head.count(b"\n") != head.count(b"\r\n") or b"\n " in head or b"\n\t" in head:
+            return None  # bare LF or obs-fold: mitmproxy's own reading of them
+        parsed = _HeadParser()
+        parser = httptools.HttpRequestParser(parsed)
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # malformed; an upgrade, CONNECT
+            return None
+        target = parsed.url
+        if not parsed.complete or not target.startswith(b"/") or parsed.te:
+            return None
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            return None
+        del data[:end + 4]
+        self.buf._next_line_search = self.buf._multiple_lines_search = 0
+        self._head = head
+        return Request(host="", port=0, method=parser.get_method(), scheme=b"", authority=b"",
+                       path=target, http_version=b"HTTP/" + version.encode(),
+                       headers=Headers(parsed.fields), content=None, trailers=None,
+                       timestamp_start=time.time(), timestamp_end=None)
+
+
+class _HeadParser:
+    """httptools callbacks for one request head."""
+
+    __slots__ = ("url", "fields", "complete", "te")
+
+    def __init__(self):
+        self.url, self.fields, self.complete, self.te = b"", [], False, False
+
+    def on_url(self, url: bytes):
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes):
+        if name.lower() == b"transfer-encoding":
+            self.te = True
+        self.fields.append((name, value.strip(b" \t")))
+
+    def on_headers_complete(self):
+        self.complete = True
+
+
 class WholeResponseHttp2Server(Http2Server):
     """mitmproxy's HTTP/2 server side, sending a complete response in one piece.
 
@@ -308,7 +386,7 @@ class GuardedHttpLayer(HttpLayer):
                 conn.layer = self
                 conn.resets = ResetWindow(self.limits.max_resets, self.limits.reset_window)
             elif alpn is None or not alpn.startswith(b"h3"):
-                conn = GuardedHttp1Server(self.context.fork())
+                conn = (FastHttp1Server if self.limits.fast else GuardedHttp1Server)(self.context.fork())
             else:
                 conn = None
             if conn is not None:

@@ -107,9 +107,13 @@ class Wrk:
         self.prefix = list(prefix)  # e.g. run as a pod's app (tools/pods.py)
         self.last_count = 0
 
-    def run(self, url: str, connections: int, seconds: float, host: str | None = None) -> tuple[float, float, float, int]:
-        """(requests/s, p50 ms, p99 ms, errors) of one timed run; `host` sets the Host header."""
+    def run(self, url: str, connections: int, seconds: float, host: str | None = None,
+            new_connections: bool = False) -> tuple[float, float, float, int]:
+        """(requests/s, p50 ms, p99 ms, errors) of one timed run; `host` sets the Host header;
+        `new_connections`: `Connection: close`, a new connection per request."""
         headers = ["-H", f"Host: {host}"] if host else []
+        if new_connections:
+            headers += ["-H", "Connection: close"]
         out = subprocess.run([*self.prefix, self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                               "--latency", "-H", f"x-api-key: {BENCH_KEY}", *headers, url],
                              capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -200,7 +204,8 @@ FUNCTIONS = 3  # functions called once each from zero instances: the cold starts
 
 
 def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
-                 tls: tuple[int, Path] | None = None, functions: bool = False) -> dict:
+                 tls: tuple[int, Path] | None = None, functions: bool = False,
+                 engine: str = "standard") -> dict:
     """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
     limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1;
     `functions` the demo's pure function on /fn/ and FUNCTIONS copies of it on /cold0/, /cold1/ ..."""
@@ -223,7 +228,7 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
                           "tls": {"cert": str(tls[1] / "edge.pem"), "key": str(tls[1] / "edge.key")}})
     return {
         "version": 1,
-        "gateway": {"listeners": listeners, "admin": {"port": admin_port}},
+        "gateway": {"listeners": listeners, "admin": {"port": admin_port}, "engine": engine},
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
         "routes": routes,
         "functions": fns,
@@ -325,14 +330,15 @@ class Bench:
         return child
 
     def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
-                tls_port: int = 0, functions: bool = False) -> tuple[str, procs.Child]:
+                tls_port: int = 0, functions: bool = False,
+                engine: str = "standard") -> tuple[str, procs.Child]:
         port, admin = procs.free_port(), procs.free_port()
         cfg = self.tmp / f"{name}.yaml"
         tls = None
         if tls_port:
             pki.init_edge(self.tmp / "certs")
             tls = (tls_port, self.tmp / "certs")
-        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls, functions)))
+        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls, functions, engine)))
         child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
                                    "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
         self.children.append(child)
@@ -408,6 +414,39 @@ class Bench:
               + (f"   ERRORS {errors}" if errors else ""), flush=True)
         return statistics.median(cold), warm
 
+    def engines(self, svc: int, direct_p50: float) -> str:
+        """`gateway.engine: fast` against `standard`: two 1-worker gateways up at once, measured in
+        turn, round after round (interleaved A/B), so both see the same machine; the ratio of the
+        rounds' sums, and each round's figures, for a reader to judge the spread."""
+        args = self.args
+        gws = {e: self.gateway(f"gateway-{e}", svc, 1, engine=e) for e in ("standard", "fast")}
+        rounds = {e: {"rps": [], "new": [], "p50": [], "cpu": []} for e in gws}
+        workers = {e: children_of(child.pid) for e, (_, child) in gws.items()}
+        for _ in range(args.engine_rounds):
+            for e, (url, _) in gws.items():
+                if not args.no_warmup:
+                    self.wrk.run(url, args.connections, 1)
+                cpu0 = cpu_seconds(workers[e])
+                rounds[e]["rps"].append(self.wrk.run(url, args.connections, args.seconds)[0])
+                # the worker's CPU per request: what the engine costs, whatever the machine's load
+                spent = cpu_seconds(workers[e]) - cpu0
+                rounds[e]["cpu"].append(1e6 * spent / max(self.wrk.last_count, 1))
+                rounds[e]["new"].append(self.wrk.run(url, args.connections, args.seconds, new_connections=True)[0])
+                rounds[e]["p50"].append(self.wrk.run(url, 1, max(args.seconds / 2, 1))[1])
+        for e, (_, child) in gws.items():
+            r = rounds[e]
+            print(f"  {'engine: ' + e + ', 1 worker':<32} keep-alive {', '.join(f'{x:.0f}' for x in r['rps'])} req/s   "
+                  f"new connections {', '.join(f'{x:.0f}' for x in r['new'])} req/s   "
+                  f"p50 @1 {', '.join(f'{x:.2f}' for x in r['p50'])} ms   "
+                  f"worker CPU {', '.join(f'{x:.0f}' for x in r['cpu'])} µs/request", flush=True)
+            self.stop(child)
+        std, fast = rounds["standard"], rounds["fast"]
+        return (f"fast_vs_standard={sum(fast['rps']) / sum(std['rps']):.2f} "
+                f"fast_newconn_vs_standard={sum(fast['new']) / sum(std['new']):.2f} "
+                f"fast_added_p50_ms={statistics.median(fast['p50']) - direct_p50:.2f} "
+                f"standard_added_p50_ms={statistics.median(std['p50']) - direct_p50:.2f} "
+                f"fast_cpu_per_request_vs_standard={sum(fast['cpu']) / sum(std['cpu']):.2f}")
+
     def stop(self, child: procs.Child) -> None:
         child.stop()
         self.children.remove(child)
@@ -422,6 +461,9 @@ class Bench:
               f"GET {PATH} through each target to one demo catalog instance", flush=True)
         results: dict[str, Result] = {}
         results["direct"] = measure("direct (demo service)", f"http://127.0.0.1:{svc}/items/1", self.wrk, args)
+        if args.engines_only:
+            print(self.engines(svc, results["direct"].p50_1), flush=True)
+            return 0
 
         port = procs.free_port()
         bare = self.spawn("mitmdump", [procs.tool("mitmdump"), "-q", "--mode",
@@ -490,6 +532,8 @@ class Bench:
         results["gw10k"] = measure("mitmesh, 1 worker, 10k routes", url, self.wrk, args)
         self.stop(gw)
 
+        engines = self.engines(svc, results["direct"].p50_1)
+
         base = results["mitmdump"].rps
         print()
         print(f"| target | req/s @{args.connections} | vs mitmdump | p50 @1 (ms) | p99 @1 (ms) | "
@@ -530,7 +574,7 @@ class Bench:
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}"
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
-              + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f}", flush=True)
+              + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)
         return 0
 
     def close(self) -> None:
@@ -552,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip HTTP/2 against HTTP/1.1 (h2_vs_h1; needs h2load, Debian: nghttp2-client)")
     p.add_argument("--no-warmup", action="store_true", help="skip the 1 s warm-up runs (figures get worse)")
     p.add_argument("--profile", action="store_true", help="also py-spy the 1-worker gateway under load")
+    p.add_argument("--engine-rounds", type=int, default=3,
+                   help="interleaved rounds of gateway.engine fast against standard (default 3)")
+    p.add_argument("--engines-only", action="store_true",
+                   help="measure only the direct service and the two engines (fast_vs_standard=...)")
     bench = Bench(p.parse_args(argv))
     try:
         return bench.run()

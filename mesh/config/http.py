@@ -18,6 +18,11 @@ UNESCAPE_AND_FORWARD = "UNESCAPE_AND_FORWARD"
 ESCAPED_SLASH_ACTIONS = (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_REDIRECT, UNESCAPE_AND_FORWARD)
 
 EscapedSlashesAction = Literal[ESCAPED_SLASH_ACTIONS]  # type: ignore[valid-type]
+Engine = Literal["standard", "fast"]
+ENGINE_DOC = ("how HTTP/1.1 request heads are read (docs/performance.md §5): standard is mitmproxy's "
+              "parser; fast parses them with httptools (llhttp) and hands anything it does not take "
+              "plainly (malformed heads, Transfer-Encoding, upgrades, CONNECT) to mitmproxy's; "
+              "HTTP/2 and everything after the head is mitmproxy's either way (default standard)")
 Timeout = Annotated[Duration, Field(gt=0, le=3600)]
 
 

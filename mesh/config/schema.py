@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from mesh.config import template
 from mesh.config.functions import Function
-from mesh.config.http import Http
+from mesh.config.http import ENGINE_DOC, Engine, Http
 from mesh.config.plugins import Plugin
 from mesh.config.source import show
 from mesh.config.security import (
@@ -109,6 +109,7 @@ class Gateway(Model):
                     "minute, in memory); null: not counted")
     http: Http = Field(Http(), description="how the gateway reads requests: path normalization, "
                                            "timeouts, HTTP/2 limits (every listener)")
+    engine: Engine = Field("standard", description=ENGINE_DOC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -985,6 +986,7 @@ class SidecarSettings(Model):
     )
     http: Http = Field(Http(), description="how every sidecar reads requests on its inbound and outbound "
                                            "listeners: path normalization, timeouts, HTTP/2 limits")
+    engine: Engine = Field("standard", description=ENGINE_DOC)
     first_address: Address = Field(
         "127.0.0.2", description="`mitmesh up` gives its first instance this loopback address and each "
                                  "next instance the next one (default 127.0.0.2)"

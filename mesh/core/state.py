@@ -117,6 +117,11 @@ class Snapshot:
         """How this proxy reads requests: `gateway.http`, or `sidecar.http` on a sidecar."""
         return self.config.gateway.http if self.workload is None else self.config.sidecar.http
 
+    @property
+    def engine(self) -> str:
+        """Which HTTP/1.1 head parser this proxy's listeners use: `gateway.engine` or `sidecar.engine`."""
+        return self.config.gateway.engine if self.workload is None else self.config.sidecar.engine
+
 
 def build(path: str) -> Snapshot:
     """Read, validate and compile a config file. Pure and blocking: run it off the event loop."""

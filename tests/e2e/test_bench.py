@@ -13,13 +13,15 @@ import pytest
 @pytest.mark.timeout(300)  # as long as its bench may run: every target, the hop in pods too, on a loaded machine
 def test_bench_smoke():
     out = subprocess.run([sys.executable, "-m", "mesh.cli", "bench", "--seconds", "1", "--requests", "2000", "--no-warmup",
-                          "--workers", "2"], capture_output=True, text=True, timeout=300)
+                          "--workers", "2", "--engine-rounds", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"gateway_vs_mitmdump=[\d.]+ workers_scaling=[\d.]+ added_p50_ms=-?[\d.]+ "
                         r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ h2_vs_h1=[\d.]+"
                         r"( pod_sidecars_added_p50_ms=-?[\d.]+)? "
-                        r"function_cold_ms=[\d.]+ function_warm_p50_ms=[\d.]+", lines[-1]), lines[-1]
+                        r"function_cold_ms=[\d.]+ function_warm_p50_ms=[\d.]+ "
+                        r"fast_vs_standard=[\d.]+ fast_newconn_vs_standard=[\d.]+ fast_added_p50_ms=-?[\d.]+ "
+                        r"standard_added_p50_ms=-?[\d.]+ fast_cpu_per_request_vs_standard=[\d.]+", lines[-1]), lines[-1]
     table = "\n".join(lines)
     for row in ("| direct (demo service) |", "| mitmdump --mode reverse |", "| nginx (2 workers) |",
                 "| 2 sidecars (outbound → inbound) |",
@@ -29,6 +31,7 @@ def test_bench_smoke():
     assert re.search(r"HTTP/1\.1 over TLS, 1 worker +\d+ req/s", table)
     assert re.search(r"HTTP/2 over TLS, 1 worker +\d+ req/s", table)
     assert re.search(r"function, 1 worker +cold start [\d.]+ ms", table)
+    assert re.search(r"engine: fast, 1 worker +keep-alive \d+ req/s +new connections \d+ req/s", table)
     assert "WARNING" not in table  # no failed requests through any target
     from tools import pods
     if pods.why_not() is None:  # the same hop in pods: the caller's call captured by nftables

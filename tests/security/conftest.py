@@ -130,11 +130,18 @@ def request(method: str, path: str, headers: dict | None = None, body: bytes = b
     return head.encode("latin-1") + b"\r\n" + body
 
 
+@pytest.fixture(scope="module", params=["standard", "fast"])
+def engine(request) -> str:
+    """The HTTP/1.1 engine of the module's proxies: the battery's HTTP/1 attacks run against both."""
+    return request.param
+
+
 @contextlib.contextmanager
 def targets(tmp: Path, *, http: dict | None = None, sidecar: bool = True, tls: bool = False,
-            routes: list | None = None, policies: dict | None = None):
+            routes: list | None = None, policies: dict | None = None, engine: str = "standard"):
     """A gateway (and a sidecar) in front of echo apps, both guarded by GUARD; `http` is their
-    `gateway.http` / `sidecar.http` block, `routes` go before the gateway's catch-all route."""
+    `gateway.http` / `sidecar.http` block, `routes` go before the gateway's catch-all route, `engine`
+    their `gateway.engine` / `sidecar.engine`."""
     m = Mesh(tmp, {})
     config = sidecar_config(f"{m.net}.1")
     p = procs.free_port
@@ -144,6 +151,7 @@ def targets(tmp: Path, *, http: dict | None = None, sidecar: bool = True, tls: b
         pki.init_edge(tmp / "certs")
         config["gateway"]["listeners"].append({"name": "public-tls", "port": p(), "tls": {
             "cert": str(tmp / "certs" / "edge.pem"), "key": str(tmp / "certs" / "edge.key")}})
+    config["gateway"]["engine"] = config["sidecar"]["engine"] = engine
     if http:
         config["gateway"]["http"] = http
         config["sidecar"]["http"] = http

@@ -21,7 +21,7 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+def mesh(tmp_path_factory, engine):
     small = {"name": "small", "match": {"path": {"prefix": "/small/"}}, "forward": {"service": "edge-echo"},
              "policies": ["small"]}
     keyed = {"name": "keyed", "match": {"path": {"prefix": "/keyed/"}}, "forward": {"service": "edge-echo"},
@@ -29,7 +29,7 @@ def mesh(tmp_path_factory):
     policies = {"small": {"size_limit": {"max_body": "1KiB"}},
                 "keyed": {"api_key": {"consumers": {"acme": {"key_sha256": apikeys.digest(KEY)}}}}}
     with targets(tmp_path_factory.mktemp("bodies"), sidecar=False, tls=True, routes=[small, keyed],
-                 policies=policies) as m:
+                 policies=policies, engine=engine) as m:
         yield m
 
 

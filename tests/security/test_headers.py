@@ -66,8 +66,8 @@ ACCEPTED = [
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    with targets(tmp_path_factory.mktemp("headers")) as m:
+def mesh(tmp_path_factory, engine):
+    with targets(tmp_path_factory.mktemp("headers"), engine=engine) as m:
         yield m
 
 

@@ -61,8 +61,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    with targets(tmp_path_factory.mktemp("paths")) as m:
+def mesh(tmp_path_factory, engine):
+    with targets(tmp_path_factory.mktemp("paths"), engine=engine) as m:
         yield m
 
 

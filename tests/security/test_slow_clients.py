@@ -18,8 +18,8 @@ GIVE_UP = 10.0  # a connection still open this long after its timeout is a failu
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    with targets(tmp_path_factory.mktemp("slow"), http=HTTP) as m:
+def mesh(tmp_path_factory, engine):
+    with targets(tmp_path_factory.mktemp("slow"), http=HTTP, engine=engine) as m:
         yield m
 
 
