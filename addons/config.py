@@ -10,7 +10,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mesh.telemetry import metrics
 from mesh.config import ConfigError
 from mesh.runtime.reload import Watcher
-from mesh.core.state import Bound, MeshState, Snapshot, build
+from mesh.core.build import build
+from mesh.core.state import Bound, MeshState, Snapshot
 from mesh.core.workload import parse_workload
 
 from . import keys, replies
@@ -53,10 +54,13 @@ class Config:
             if self.role == "sidecar" and self.state.workload is None:
                 return  # nothing to serve until mesh_workload says which instance this is
             try:
-                snap = build(ctx.options.mesh_config)
+                snap = self._build(ctx.options.mesh_config)
             except ConfigError as e:
                 raise exceptions.OptionsError(str(e)) from None
             self._install(snap)
+
+    def _build(self, path: str) -> Snapshot:
+        return build(path, self.state.runtime, self.state.workload)
 
     def _install(self, snap: Snapshot) -> None:
         snap = self.state.install(snap)
@@ -78,7 +82,7 @@ class Config:
         if proxyserver is not None:
             await proxyserver.servers.update([ProxyMode.parse(m) for m in ctx.options.mode])
         if ctx.options.mesh_reload and self.state.snapshot:
-            self.watcher = Watcher(self.state.snapshot.file, self._reloaded, self._rejected)
+            self.watcher = Watcher(self.state.snapshot.file, self._build, self._reloaded, self._rejected)
             self.watcher.start()
 
     async def done(self):
@@ -87,6 +91,9 @@ class Config:
         await self.state.pool.close()
 
     def _reloaded(self, snap: Snapshot) -> None:
+        if snap.tls.error:
+            self._rejected(snap.tls.error)
+            return
         try:
             self._install(snap)
         except exceptions.OptionsError as e:  # e.g. a listener port that cannot be bound

@@ -86,7 +86,7 @@ class Forward:
             return self._unavailable(flow, st, cname, "no such cluster")
         guards = self.state.guards_for(cluster)
         key = hash_key(flow, cluster.hash_on) if cluster.hash_on else None
-        res = st.route.resilience
+        res = st.route.plan.forward
         req = flow.request
         header_fault = faults.from_header(flow, res)
         if header_fault is None:

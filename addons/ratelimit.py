@@ -55,7 +55,7 @@ class RateLimit:
         st = keys.get(flow)
         if st is None or st.route is None:
             return None
-        policy: ratelimit.Policy | None = st.route.policies.get("rate_limit")
+        policy: ratelimit.Policy | None = st.route.plan.rate_limit
         if policy is None:
             return None
         key = counter_key(flow, st, policy)

@@ -26,7 +26,7 @@ class Router:
             # a route without a CORS policy answers none: then it is routed as the OPTIONS it is
             route = match(host, path, req.headers["access-control-request-method"].upper(),
                           req.headers.get, lambda: req.query)
-            if route is not None and "cors" not in route.policies:
+            if route is not None and route.plan.cors is None:
                 route = None
         if route is None:
             route = match(host, path, req.method, req.headers.get, lambda: req.query)

@@ -17,7 +17,7 @@ class Versioning:
         st = keys.get(flow)
         if st is None or st.route is None:
             return
-        policy: Policy | None = st.route.policies.get("versioning")
+        policy: Policy | None = st.route.plan.versioning
         if policy is None:
             return
         req = flow.request

@@ -8,7 +8,7 @@ import os
 from typing import Callable
 
 from mesh.config import ConfigError
-from mesh.core.state import Snapshot, build
+from mesh.core.state import Snapshot
 
 log = logging.getLogger("mitmesh.config")
 
@@ -24,9 +24,10 @@ def _stamp(path: str) -> tuple | None:
 class Watcher:
     """Polls (mtime, size, inode) every `interval`: portable, and cheap next to a request."""
 
-    def __init__(self, path: str, on_valid: Callable[[Snapshot], None],
+    def __init__(self, path: str, build: Callable[[str], Snapshot], on_valid: Callable[[Snapshot], None],
                  on_invalid: Callable[[str], None], interval: float = 0.25):
         self.path = path
+        self.build = build  # blocking, so it runs in a thread: the loop keeps serving meanwhile
         self.on_valid = on_valid
         self.on_invalid = on_invalid
         self.interval = interval
@@ -60,7 +61,7 @@ class Watcher:
 
     async def check_now(self) -> None:
         try:
-            snap = await asyncio.to_thread(build, self.path)
+            snap = await asyncio.to_thread(self.build, self.path)
         except ConfigError as e:
             self.on_invalid(str(e))
             return
