@@ -110,7 +110,6 @@ class Flows(RequestId):
         if flow.response:
             return
         st.route = snap.routes.routes[0]
-        st.upstream_path = st.path
         flow.metadata[keys.ROUTE] = ROUTE
 
 

@@ -94,7 +94,7 @@ class Authn:
     def _accept(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn,
                 verified: authn.Verified) -> None:
         route.authorize(verified)
-        st.principal, st.claims = verified.principal, verified.claims
+        st.authenticated, st.claims = verified.principal, verified.claims
         flow.metadata[keys.PRINCIPAL] = verified.principal
         st.decide("authn", f"{verified.method}: {verified.principal}")
         headers = flow.request.headers

@@ -18,6 +18,5 @@ class Inbound:
             return
         w = st.snapshot.workload
         st.route = route = inbound_route(st.snapshot)
-        st.upstream_path = st.path or "/"
         flow.metadata[keys.ROUTE] = route.name
         st.decide("inbound", f"to the local app of {w.name} at {w.app[0]}:{w.app[1]}")

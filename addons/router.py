@@ -36,7 +36,6 @@ class Router:
             return
         st.decide("router", f"route {route.name} matched {req.method} {path} on host {host}")
         st.route = route
-        st.upstream_path = path
         flow.metadata[keys.ROUTE] = route.name
         action = route.action
         if isinstance(action, DirectAction):

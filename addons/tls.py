@@ -109,8 +109,6 @@ class Tls:
         peer = self._peers.get(flow.client_conn.id)
         if peer is not None:
             st.peer = peer
-            if st.principal is None:
-                st.principal = peer
             flow.metadata[keys.PEER] = peer
             st.decide("tls", f"mTLS peer {peer}")
 
