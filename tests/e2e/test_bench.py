@@ -17,8 +17,8 @@ def test_bench_smoke():
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"gateway_vs_mitmdump=[\d.]+ workers_scaling=[\d.]+ added_p50_ms=-?[\d.]+ "
-                        r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ h2_vs_h1=[\d.]+"
-                        r"( pod_sidecars_added_p50_ms=-?[\d.]+)?", lines[-1]), lines[-1]
+                        r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ policies_vs_bare=[\d.]+ "
+                        r"h2_vs_h1=[\d.]+( pod_sidecars_added_p50_ms=-?[\d.]+)?", lines[-1]), lines[-1]
     table = "\n".join(lines)
     for row in ("| direct (demo service) |", "| mitmdump --mode reverse |", "| nginx (2 workers) |",
                 "| 2 sidecars (outbound → inbound) |",
@@ -27,6 +27,7 @@ def test_bench_smoke():
         assert row in table
     assert re.search(r"HTTP/1\.1 over TLS, 1 worker +\d+ req/s", table)
     assert re.search(r"HTTP/2 over TLS, 1 worker +\d+ req/s", table)
+    assert re.search(r"demo policies, 1 worker +\d+ req/s", table) and re.search(r"bare route, 1 worker +\d+ req/s", table)
     assert "WARNING" not in table  # no failed requests through any target
     from tools import pods
     if pods.why_not() is None:  # the same hop in pods: the caller's call captured by nftables
