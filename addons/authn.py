@@ -18,6 +18,7 @@ import logging
 from mitmproxy import http
 
 from addons import alone, keys, replies
+from mesh.core.loops import Loop
 from mesh.policies import authn
 from mesh.config import schema
 from mesh.core.state import MeshState
@@ -31,7 +32,7 @@ class Authn:
 
     def __init__(self, state: MeshState):
         self.state = state
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-jwks", self._refresh_keys)
 
     @property
     def jwks(self) -> dict:
@@ -39,12 +40,10 @@ class Authn:
         return self.state.runtime.jwks
 
     async def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._refresh_keys(), name="mitmesh-jwks")
+        self._loop.start()
 
     async def done(self):
-        if self._task:
-            self._task.cancel()
-            self._task = None
+        await self._loop.stop()
         await self.state.runtime.http.close()
 
     async def _refresh_keys(self) -> None:

@@ -17,6 +17,7 @@ import logging
 from mitmproxy import connection, exceptions, http, tls
 from OpenSSL import SSL
 
+from mesh.core.loops import Loop
 from mesh.telemetry import metrics
 from mesh.security import mtls, pki
 from mesh.core.state import MeshState
@@ -35,7 +36,7 @@ class Tls:
         self.state = state
         self._refuse = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
         self._peers: dict[str, str | None] = {}  # client connection id → verified SPIFFE ID
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-cert-watch", self._watch)
 
     def configure(self, updated):
         snap = self.state.snapshot
@@ -43,12 +44,10 @@ class Tls:
             raise exceptions.OptionsError(snap.tls.error)
 
     async def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name="mitmesh-cert-watch")
+        self._loop.start()
 
     async def done(self):
-        if self._task:
-            self._task.cancel()
-            self._task = None
+        await self._loop.stop()
 
     async def _watch(self) -> None:
         """Swap in renewed certificate files: new handshakes use them, open connections go on."""

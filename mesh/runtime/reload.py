@@ -8,6 +8,7 @@ import os
 from typing import Callable
 
 from mesh.config import ConfigError
+from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
 
 log = logging.getLogger("mitmesh.config")
@@ -32,19 +33,13 @@ class Watcher:
         self.on_invalid = on_invalid
         self.interval = interval
         self._seen = _stamp(path)
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-config-watch", self._run)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mitmesh-config-watch")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:
