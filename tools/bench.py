@@ -393,6 +393,10 @@ class Bench:
         if pods.why_not() is not None:
             print(f"  2 sidecars in pods: skipped ({pods.why_not()})", flush=True)
             return None
+        left = pods.stale_of_dead("mmb")  # an earlier bench that was killed (a test's timeout) left its pods
+        if left:
+            pods.remove(left)
+            print(f"  removed {len(left)} namespaces of an earlier bench that did not stop", flush=True)
         self.net = net = pods.Pods(f"mmb{os.getpid():x}", self.tmp / "pods")
         net.create()
         vips = virtual_addresses(["catalog"])

@@ -453,7 +453,8 @@ def running_demo(tmp: Path, isolation: str = "loopback") -> Iterator[dict]:
     log = tmp / "up.log"
     proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--config", str(path), "--workers", "1",
                              "--isolation", isolation],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=procs.die_with_parent)  # a killed test run stops its demo too
     try:
         wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=120)
         if proc.poll() is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -100,7 +100,7 @@ def spawn(name: str, argv: list[str], *, log_dir: Path | None = None, env: dict 
         stdout = open(log, "wb", buffering=0)
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=merged, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
+                            env=merged, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent,
                             pass_fds=pass_fds)
     if log is not None:
         stdout.close()
