@@ -17,6 +17,7 @@ import time
 from mitmproxy import http
 
 from addons import alone, keys
+from mesh.core.loops import Loop
 from mesh.security import redact
 from mesh.config import schema
 from mesh.core.state import MeshState, Snapshot
@@ -30,7 +31,7 @@ class AccessLog:
         self._lines: list[str] = []
         self._fd = -1
         self._for: Snapshot | None = None
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-accesslog", self._flusher)
 
     def _target(self) -> int:
         """The fd to write to for the current snapshot's config (-1: access log off)."""
@@ -55,11 +56,10 @@ class AccessLog:
         return self._fd
 
     def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._flusher(), name="mitmesh-accesslog")
+        self._loop.start()
 
     async def done(self):
-        if self._task:
-            self._task.cancel()
+        await self._loop.stop()
         self._flush()
 
     async def _flusher(self):

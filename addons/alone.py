@@ -4,7 +4,7 @@ its block of mesh.yaml, and every request takes one route that carries those blo
     mitmdump --mode reverse:http://127.0.0.1:9101 -s addons/ratelimit.py --set mesh_rate_limit='{minute: 60, key: ip}'
 
 An option is checked by the schema of mesh.yaml (same messages) and compiled by the same code
-(`mesh.core.routing.compile_routes`), so the addon's hooks find what they find in the chain: a FlowState
+(`mesh.core.build.compile_config`), so the addon's hooks find what they find in the chain: a FlowState
 whose route holds the compiled policy. Scripts loaded together share that route and one MeshState;
 load them in the order of addons/chain.py (CORS before authentication before rate limits).
 """
@@ -22,7 +22,7 @@ from addons.normalize import Normalize
 from addons.requestid import RequestId
 from mesh.config import ConfigError, load_block
 from mesh.config.schema import MeshConfig
-from mesh.core.routing import compile_routes
+from mesh.core.build import compile_config
 from mesh.core.state import MeshState, Snapshot
 
 ROUTE = "mitmdump"  # the one route (and its service), as decisions, logs and metrics name it
@@ -77,7 +77,7 @@ def install() -> Snapshot:
         if section != "policies":
             doc.setdefault(section, {})[key] = block
     config = MeshConfig.model_validate(doc)
-    return state().install(Snapshot(config, FILE, "", compile_routes(config)))
+    return state().install(compile_config(config, FILE, "", state().runtime))
 
 
 class Flows(RequestId):
@@ -110,7 +110,6 @@ class Flows(RequestId):
         if flow.response:
             return
         st.route = snap.routes.routes[0]
-        st.upstream_path = st.path
         flow.metadata[keys.ROUTE] = ROUTE
 
 

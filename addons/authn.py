@@ -14,77 +14,43 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 
 from mitmproxy import http
 
 from addons import alone, keys, replies
+from mesh.core.loops import Loop
 from mesh.policies import authn
-from mesh.core.compiled import PerSnapshot
 from mesh.config import schema
-from mesh.policies.httpclient import Http
-from mesh.policies.jwks import JwksCache
-from mesh.core.state import MeshState, Snapshot
+from mesh.core.state import MeshState
 
 log = logging.getLogger("mitmesh.authn")
 
 
 class Authn:
+    """Checks the credentials the route's plan asks for (`plan.authn`, compiled by the build with
+    the runtime's JWKS caches and introspectors, which outlive reloads)."""
+
     def __init__(self, state: MeshState):
         self.state = state
-        self.http = Http()
-        self.jwks: dict[str, JwksCache] = {}  # by URI or file: keys outlive config reloads
-        self.introspectors: dict[tuple, authn.Introspector] = {}
-        self._routes = PerSnapshot(self._compile)
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-jwks", self._refresh_keys)
 
-    def _compile(self, snap: Snapshot) -> dict[int, authn.RouteAuthn]:
-        base = os.path.dirname(os.path.abspath(snap.file))
-        out = {}
-        jwks, introspectors = self.jwks, self.introspectors
-        if snap is self.state.snapshot:  # the live config: forget what it no longer uses
-            self.jwks, self.introspectors = {}, {}
-        for route in snap.routes.routes:
-            p = route.policies
-            if not any(k in p for k in ("jwt", "oauth2", "api_key", "require")):
-                continue
-            verifier = introspector = api_keys = None
-            if (j := p.get("jwt")) is not None:
-                source = j.jwks_uri or os.path.join(base, j.jwks_file or "")
-                cache = self.jwks.get(source) or jwks.get(source)
-                if cache is None:
-                    cache = JwksCache(
-                        source, self.http, ttl=j.cache_duration, unknown_kid_refresh=j.unknown_kid_refresh,
-                        timeout=j.fetch_timeout, is_file=j.jwks_file is not None)
-                self.jwks[source] = cache
-                verifier = authn.JwtVerifier(j, cache)
-            if (o := p.get("oauth2")) is not None:
-                k = (o.introspection_url, o.client_id, o.cache, o.timeout, o.issuer, tuple(o.audiences))
-                introspector = self.introspectors.get(k) or introspectors.get(k) \
-                    or authn.Introspector(o, self.http, authn.secret_of(o, os.environ))
-                self.introspectors[k] = introspector
-            if (a := p.get("api_key")) is not None:
-                api_keys = authn.ApiKeys(a)
-            out[route.index] = authn.RouteAuthn(route.name, jwt_verifier=verifier, introspector=introspector,
-                                                api_keys=api_keys, require=p.get("require"))
-        return out
+    @property
+    def jwks(self) -> dict:
+        """The issuers' key caches the live config uses, by URI or file (they outlive reloads)."""
+        return self.state.runtime.jwks
 
     async def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._refresh_keys(), name="mitmesh-jwks")
+        self._loop.start()
 
     async def done(self):
-        if self._task:
-            self._task.cancel()
-            self._task = None
-        await self.http.close()
+        await self._loop.stop()
+        await self.state.runtime.http.close()
 
     async def _refresh_keys(self) -> None:
         """Fetch every issuer's keys at start (and after a reload), then whenever they are older
         than their TTL, so requests find them in memory."""
         while True:
-            if self.state.snapshot is not None:
-                self._routes.get(self.state.snapshot)
-            stale = [c for c in list(self.jwks.values()) if c.stale()]
+            stale = [c for c in list(self.state.runtime.jwks.values()) if c.stale()]
             await asyncio.gather(*(c.refresh() for c in stale))
             await asyncio.sleep(1.0)
 
@@ -94,7 +60,7 @@ class Authn:
         st = keys.get(flow)
         if st is None or st.route is None:
             return None
-        route = self._routes.get(st.snapshot).get(st.route.index)
+        route = st.route.plan.authn
         if route is None:
             return None
         req = flow.request
@@ -127,7 +93,7 @@ class Authn:
     def _accept(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn,
                 verified: authn.Verified) -> None:
         route.authorize(verified)
-        st.principal, st.claims = verified.principal, verified.claims
+        st.authenticated, st.claims = verified.principal, verified.claims
         flow.metadata[keys.PRINCIPAL] = verified.principal
         st.decide("authn", f"{verified.method}: {verified.principal}")
         headers = flow.request.headers

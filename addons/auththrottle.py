@@ -12,27 +12,19 @@ import asyncio
 from mitmproxy import http
 
 from mesh.policies import authn, ratelimit
-from mesh.core.compiled import PerSnapshot
-from mesh.core.state import Snapshot
 
 from . import keys, replies
-
-
-def compile_policy(snap: Snapshot) -> ratelimit.Policy | None:
-    model = snap.config.gateway.auth_failures
-    return ratelimit.compile_auth_failures(model) if model is not None else None
 
 
 class AuthThrottle:
     def __init__(self, limiters: ratelimit.Limiters):
         self.limiters = limiters
-        self._policies = PerSnapshot(compile_policy)
         self._counting: set[asyncio.Task] = set()
 
     def _policy(self, st: keys.FlowState | None) -> ratelimit.Policy | None:
-        if st is None or st.route is None or not any(k in st.route.policies for k in authn.KINDS):
+        if st is None or st.route is None or st.route.plan.authn is None:
             return None
-        return self._policies.get(st.snapshot)
+        return st.snapshot.auth_failures
 
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:

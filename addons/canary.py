@@ -17,7 +17,7 @@ class Canary:
         if flow.response or flow.error or not flow.live:
             return
         st = keys.get(flow)
-        if st is None or st.route is None or st.cluster is not None:
+        if st is None or st.route is None or st.version_cluster is not None:
             return
         action = st.route.action
         if not isinstance(action, ForwardAction) or action.sticky is None or len(action.clusters) < 2:
@@ -37,8 +37,8 @@ class Canary:
         if not value:
             st.decide("canary", f"no {sticky.kind} {sticky.name}: random split")
             return
-        st.cluster = action.pick_cluster(canary.point(value, action.service))
-        st.decide("canary", f"{sticky.kind} {sticky.name} hashed to {st.cluster}")
+        st.sticky_point = canary.point(value, action.service)
+        st.decide("canary", f"{sticky.kind} {sticky.name} hashed to {action.pick_cluster(st.sticky_point)}")
 
     def response(self, flow: http.HTTPFlow):
         st = keys.get(flow)

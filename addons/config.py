@@ -10,7 +10,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from discovery.etcdapi import EtcdError
 from mesh.config import ConfigError
-from mesh.core.state import Bound, MeshState, Snapshot, build, build_text
+from mesh.core.build import build, build_text
+from mesh.core.state import Bound, MeshState, Snapshot
 from mesh.core.workload import parse_workload
 from mesh.runtime.reload import EtcdWatcher, Watcher
 from mesh.runtime.store import Location, Revision, fetch_current, is_location, parse_location
@@ -70,11 +71,11 @@ class Config:
         """The config a starting proxy serves: the file, or the revision etcd selects for it."""
         self._etcd = None
         if not is_location(spec):
-            return build(spec)
+            return self._build(spec)
         location = parse_location(spec)
         proxy = self.proxy_name()
         rev = fetch_current(location, proxy)
-        snap = build_text(rev.text, rev.label, rev.digest)
+        snap = self._build_text(rev.text, rev.label, rev.digest)
         self._etcd = (location, proxy, rev)
         self.state.config_store = location.endpoints
         return snap
@@ -89,6 +90,12 @@ class Config:
         if self.state.workload is not None:
             return self.state.workload.name
         return "gateway"
+
+    def _build(self, path: str) -> Snapshot:
+        return build(path, self.state.runtime, self.state.workload)
+
+    def _build_text(self, text: str, label: str, digest: str | None = None) -> Snapshot:
+        return build_text(text, label, digest, self.state.runtime, self.state.workload)
 
     def _install(self, snap: Snapshot) -> None:
         # what else the snapshot needs (user plugins' code) first: it may refuse the snapshot
@@ -114,11 +121,12 @@ class Config:
         if proxyserver is not None:
             await proxyserver.servers.update([ProxyMode.parse(m) for m in ctx.options.mode])
         if ctx.options.mesh_reload and self._etcd is not None:
-            self.watcher = EtcdWatcher(*self._etcd, self._reloaded, self._rejected, self._describe)
+            self.watcher = EtcdWatcher(*self._etcd, self._build_text, self._reloaded, self._rejected,
+                                       self._describe)
             self.state.control["config"] = self.watcher.status
             self.watcher.start()
         elif ctx.options.mesh_reload and self.state.snapshot:
-            self.watcher = Watcher(self.state.snapshot.file, self._reloaded, self._rejected)
+            self.watcher = Watcher(self.state.snapshot.file, self._build, self._reloaded, self._rejected)
             self.watcher.start()
 
     async def done(self):
@@ -128,11 +136,14 @@ class Config:
 
     def _reloaded(self, snap: Snapshot) -> bool:
         """Install a valid new config; False (and the reason logged) when it cannot be."""
+        if snap.tls.error:
+            self._rejected(snap.tls.error)
+            return False
         try:
             self._install(snap)
         except ConfigError as e:  # e.g. a plugin that fails to import
             self._rejected(str(e))
-            return
+            return False
         except exceptions.OptionsError as e:  # e.g. a listener port that cannot be bound
             self._rejected(f"{snap.file}:1: gateway.listeners: {e}")
             return False

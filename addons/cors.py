@@ -9,25 +9,16 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons import alone, keys, replies
-from mesh.core.compiled import PerSnapshot
 from mesh.config import schema
-from mesh.policies.cors import CorsPolicy, compile_cors
-from mesh.core.state import Snapshot
-
-
-def compile_policies(snap: Snapshot) -> dict[int, CorsPolicy]:
-    return {r.index: compile_cors(r.policies["cors"]) for r in snap.routes.routes if "cors" in r.policies}
+from mesh.policies.cors import CorsPolicy
 
 
 class Cors:
-    def __init__(self):
-        self._policies = PerSnapshot(compile_policies)
-
     def _policy(self, flow: http.HTTPFlow) -> CorsPolicy | None:
         st = keys.get(flow)
         if st is None or st.route is None:
             return None
-        return self._policies.get(st.snapshot).get(st.route.index)
+        return st.route.plan.cors
 
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:

@@ -40,7 +40,7 @@ class Faults:
         st = keys.get(flow)
         if st is None or st.route is None:
             return
-        res = st.route.resilience
+        res = st.route.plan.forward
         fault = from_header(flow, res)
         if fault is None:
             return

@@ -67,13 +67,14 @@ class Forward:
         return self._forward(flow, st, st.route.action)
 
     async def _forward(self, flow: http.HTTPFlow, st: keys.FlowState, action: ForwardAction):
-        cname = st.cluster or action.pick_cluster()  # an addon before may have chosen (versioning, canary)
+        # the one choice of the cluster: the API version's, else where the sticky key hashed, else the weights
+        cname = st.version_cluster or action.pick_cluster(st.sticky_point)
         cluster = st.snapshot.clusters.get(cname)
         st.cluster = cname
         flow.metadata[keys.CLUSTER] = cname
         if cluster is None:
             return self._unavailable(flow, st, cname, "no such cluster")
-        res = st.route.resilience
+        res = st.route.plan.forward
         req = flow.request
         header_fault = faults.from_header(flow, res)
         if header_fault is None:

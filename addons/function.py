@@ -8,9 +8,8 @@ import logging
 
 from mitmproxy import http
 
-from mesh.core.compiled import PerSnapshot
 from mesh.core.routing import FunctionAction
-from mesh.functions import event, spec
+from mesh.functions import event
 from mesh.functions.pool import FAILURES, Pool, describe, retry_after
 from mesh.telemetry import metrics
 
@@ -23,12 +22,11 @@ class Function:
     def __init__(self, state):
         self.state = state
         self.pools: dict[str, Pool] = {}
-        self._specs = PerSnapshot(lambda snap: spec.compile_all(snap.config.functions, snap.file))
         self._draining: set[asyncio.Task] = set()
 
     def running(self):
         if self.state.snapshot is not None:
-            for name in self._specs.get(self.state.snapshot):  # min_instances warm from the start
+            for name in self.state.snapshot.functions:  # min_instances warm from the start
                 self._pool(self.state.snapshot, name)
 
     async def done(self):
@@ -36,7 +34,7 @@ class Function:
         await asyncio.gather(*(p.close() for p in pools), *self._draining, return_exceptions=True)
 
     def _pool(self, snapshot, name: str) -> Pool:
-        want = self._specs.get(snapshot)[name]
+        want = snapshot.functions[name]
         pool = self.pools.get(name)
         if pool is None or pool.spec != want:
             if pool is not None:  # the config changed: new calls get new instances, old ones finish

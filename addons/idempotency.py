@@ -43,7 +43,7 @@ class Idempotency:
         st = keys.get(flow)
         if st is None or st.route is None:
             return None
-        policy: idempotency.Policy | None = st.route.policies.get("idempotency")
+        policy = st.route.plan.idempotency
         if policy is None or flow.request.method not in policy.methods:
             return None
         key = flow.request.headers.get(policy.header)

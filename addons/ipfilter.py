@@ -6,26 +6,9 @@ import ipaddress
 
 from mitmproxy import http
 
-from mesh.core.compiled import PerSnapshot
-from mesh.config.security import IpFilter as IpFilterConfig
-from mesh.core.state import Snapshot
+from mesh.core.build import Networks
 
 from . import keys, replies
-
-Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-
-
-def compile_filters(snap: Snapshot) -> dict[str, tuple[Networks, Networks]]:
-    """listener name → (allow, deny) networks."""
-    def nets(blocks: list[str]) -> Networks:
-        return tuple(ipaddress.ip_network(b) for b in blocks)
-    out = {}
-    for lst in snap.config.gateway.listeners:
-        f: IpFilterConfig | None = lst.ip_filter
-        if f is not None and (f.allow or f.deny):
-            out[lst.name] = (nets(f.allow), nets(f.deny))
-    return out
-
 
 def allowed(ip: str, allow: Networks, deny: Networks) -> tuple[bool, str]:
     """Deny wins; a non-empty allow list admits only its blocks (as Kong's ip-restriction)."""
@@ -42,16 +25,13 @@ def allowed(ip: str, allow: Networks, deny: Networks) -> tuple[bool, str]:
 
 
 class IpFilter:
-    def __init__(self):
-        self._filters = PerSnapshot(compile_filters)
-
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
             return
         st = keys.get(flow)
         if st is None or st.listener is None:
             return
-        lists = self._filters.get(st.snapshot).get(st.listener.name)
+        lists = st.snapshot.ip_filters.get(st.listener.name)
         if lists is None:
             return
         ok, why = allowed(flow.client_conn.peername[0], *lists)

@@ -41,16 +41,46 @@ OUTCOMES = "mitmesh.outcomes"  # what happened: denied, limited, faulted, retrie
 _ATTR = "_mitmesh"
 
 
-class FlowState:
-    """What the addons of one proxy decided about one flow, in request order."""
+# Who writes each field of FlowState: exactly one stage (addon module) per field, so reading a
+# field tells where it came from (tests/addons/test_keys.py checks every `st.<field> =` against
+# this). `route` is written by the routing stage, which is Router on the gateway, Inbound or
+# Outbound on a sidecar (one per direction) and alone.Flows for an addon loaded alone.
+WRITERS: dict[str, tuple[str, ...]] = {
+    "snapshot": (), "listener": (), "direction": (), "downstream_path": (), "started": (),  # begin()
+    "request_id": ("requestid",),
+    "path": ("normalize",),
+    "max_body": ("sizelimit",),
+    "route": ("router", "inbound", "outbound", "alone"),
+    "versioned_path": ("versioning",),
+    "version_cluster": ("versioning",),
+    "version_headers": ("versioning",),
+    "peer": ("tls",),
+    "authenticated": ("authn",),
+    "claims": ("authn",),
+    "ratelimit_headers": ("ratelimit",),
+    "sticky_point": ("canary",),
+    "set_cookie": ("canary",),
+    "transform_values": ("transform",),
+    "final_path": ("transform",),
+    "mirror": ("mirror",),
+    "cluster": ("forward",),
+    "endpoint": ("forward",),
+    "attempts": ("forward",),
+    "sent": ("forward",),
+    "idempotency": ("idempotency",),
+    "fault": ("faults",),
+    "span": ("tracing",),
+    "trace_id": ("tracing",),
+    "error": ("replies",),
+    "decisions": (),  # appended to by every stage through decide()
+}
 
-    __slots__ = ("snapshot", "listener", "downstream_path", "request_id", "path", "max_body", "route",
-                 "cluster", "endpoint",
-                 "attempts", "started", "upstream_path", "principal", "claims", "decisions",
-                 "direction", "span", "trace_id", "peer", "error",
-                 # traffic policies (versioning, rate limits, canary, transform, mirror)
-                 "final_path", "version_headers", "ratelimit_headers", "set_cookie", "transform_values",
-                 "mirror", "fault", "sent", "idempotency")
+
+class FlowState:
+    """What the addons of one proxy decided about one flow, in request order; each field has one
+    writer (WRITERS above)."""
+
+    __slots__ = tuple(WRITERS)
 
     def __init__(self, snapshot: Snapshot, listener: Listener | None, direction: str | None = None,
                  downstream_path: str = "/"):
@@ -60,43 +90,57 @@ class FlowState:
         # Forward sends it (mitmweb and saved flows show what the upstream got)
         self.downstream_path = downstream_path
         self.direction = direction  # INBOUND, OUTBOUND, or None on the gateway
+        self.started = time.monotonic()
         self.request_id = ""
-        # the request path (no query) after RFC 3986 normalization, written once by Normalize (the
-        # first addon on the request path): what routing, authz, rate limits and rewrites read
+        # the request path (no query) after RFC 3986 normalization (Normalize, the first addon on
+        # the request path): what routing, authz, rate limits and rewrites read
         self.path: str | None = None
-        # the route's body limit, set by SizeLimit at requestheaders: the HTTP layer stops reading
-        # a body that grows past it (addons/httplayer.py)
+        # the route's body limit (SizeLimit, at requestheaders): the HTTP layer stops reading a
+        # body that grows past it (addons/httplayer.py)
         self.max_body: int | None = None
-        self.route: Route | None = None
+        self.route: Route | None = None  # the routing stage
+        # Versioning: the path without its version segment, the version's cluster, its headers
+        self.versioned_path: str | None = None
+        self.version_cluster: str | None = None
+        self.version_headers: tuple[tuple[str, str], ...] = ()  # Deprecation, Sunset, Link
+        # the SPIFFE ID of the downstream's verified mTLS certificate (source.principal in Istio)
+        self.peer: str | None = None
+        # who Authn verified: a consumer name, a JWT subject, a client id; and the verified claims
+        self.authenticated: str | None = None
+        self.claims: dict | None = None
+        self.ratelimit_headers: tuple[tuple[str, str], ...] = ()  # RateLimit-*
+        # Canary: where a sticky key hashed to on the route's weights, and a new sticky cookie
+        self.sticky_point: float | None = None
+        self.set_cookie: str | None = None
+        self.transform_values: dict | None = None  # what transform templates read, as the request came
+        self.final_path: str | None = None  # the upstream path after every rewrite (Transform)
+        self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
+        # Forward, the one place the cluster is chosen (from the version, the sticky point or the
+        # weights), the endpoint it sent to and how many attempts it took
         self.cluster: str | None = None
         self.endpoint: Endpoint | None = None
         self.attempts = 0
-        self.started = time.monotonic()
-        self.upstream_path: str | None = None
-        # who the downstream is, once an authentication addon verified it: a consumer name,
-        # a JWT subject or a workload's SPIFFE ID; `claims` are the verified token claims
-        self.principal: str | None = None
-        self.claims: dict | None = None
-        # the SPIFFE ID of the downstream's verified mTLS certificate (source.principal in Istio);
-        # Tls also sets it as `principal` until an authentication addon names the caller
-        self.peer: str | None = None
-        # "why did the proxy do that": every addon appends what it decided, in request order
-        self.decisions: list[tuple[str, str]] = []
+        self.fault = None  # Faults (plain mitmproxy only): what it injected into this flow
         self.span = None  # the server span, when tracing is on
         self.trace_id = ""  # W3C trace id (hex), when known
         self.error: str | None = None  # the `error` of a reply the proxy made itself (replies.py)
-        # cluster: set before Forward (by Versioning or Canary) to choose it instead of the weights
-        self.final_path: str | None = None  # the upstream path after every rewrite (Transform)
-        self.version_headers: tuple[tuple[str, str], ...] = ()  # Deprecation, Sunset, Link
-        self.ratelimit_headers: tuple[tuple[str, str], ...] = ()  # RateLimit-*
-        self.set_cookie: str | None = None  # a sticky-split cookie to hand to the client
-        self.transform_values: dict | None = None  # what transform templates read, as the request came
-        self.mirror = None  # the in-flight mirrored copy (addons/mirror.py)
-        self.fault = None  # written by Faults (plain mitmproxy only): what it injected into this flow
-        # written by Forward: a byte of the request reached an upstream (it may have acted on it);
+        # Forward: a byte of the request reached an upstream (it may have acted on it);
         # Idempotency keeps a key whose request may have run, and frees one that surely did not
         self.sent = False
-        self.idempotency = None  # written by Idempotency: the key this flow holds in flight (addons/idempotency.Held)
+        self.idempotency = None  # Idempotency: the key this flow holds in flight (addons/idempotency.Held)
+        # "why did the proxy do that": every addon appends what it decided, in request order
+        self.decisions: list[tuple[str, str]] = []
+
+    @property
+    def principal(self) -> str | None:
+        """Who the downstream is: the caller Authn verified, else the verified mTLS peer."""
+        return self.authenticated if self.authenticated is not None else self.peer
+
+    @property
+    def upstream_path(self) -> str:
+        """The path routing and policies match on: the normalized path, without the API version
+        segment once Versioning took it out (Forward applies the route's rewrite to it)."""
+        return self.versioned_path if self.versioned_path is not None else (self.path or "/")
 
     def destination(self) -> tuple[str, str]:
         """(service, version) the request was for: its cluster's (a sidecar's `local` cluster is its

@@ -12,6 +12,7 @@ from mitmproxy import http
 
 from addons import alone, keys
 from addons.admin import Admin
+from mesh.core.loops import Loop
 from mesh.telemetry import metrics
 from mesh.config import schema
 from mesh.core.state import MeshState
@@ -27,7 +28,7 @@ class Metrics:
     def __init__(self, state: MeshState):
         self.state = state
         self._children: dict[tuple, tuple] = {}  # label values → (requests by code, duration, sizes)
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-metrics", self._refresh)
         state.admin_handlers["/metrics"] = self._serve
 
     def _serve(self, method: str, query: str):
@@ -39,11 +40,10 @@ class Metrics:
         return 200, ctype, body
 
     def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._refresh(), name="mitmesh-metrics")
+        self._loop.start()
 
     async def done(self):
-        if self._task:
-            self._task.cancel()
+        await self._loop.stop()
 
     async def _refresh(self):
         while True:  # gauges of the registry, so a scrape of any worker sees fresh values

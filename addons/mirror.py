@@ -52,7 +52,7 @@ class Mirror:
         st = keys.get(flow)
         if st is None or st.route is None or not isinstance(st.route.action, ForwardAction):
             return
-        policy: mirror.Mirror | None = st.route.policies.get("mirror")
+        policy: mirror.Mirror | None = st.route.plan.mirror
         if policy is None or not policy.wanted():
             return
         cname = policy.pick_cluster()

@@ -51,7 +51,6 @@ class Outbound:
                 return
             self._routes[host] = route
         st.route = route
-        st.upstream_path = st.path or "/"
         flow.metadata[keys.ROUTE] = route.name
         st.decide("outbound", f"service {route.action.service}, every version")
 

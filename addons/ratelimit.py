@@ -11,6 +11,7 @@ import asyncio
 from mitmproxy import http
 
 from addons import alone, keys, replies
+from mesh.core.loops import Loop
 from mesh.policies import ratelimit
 from mesh.config import schema
 from mesh.core.state import MeshState
@@ -37,10 +38,10 @@ class RateLimit:
     def __init__(self, state: MeshState):
         self.state = state
         self.limiters = ratelimit.Limiters()
-        self._sweeper: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-ratelimit-expiry", self._sweep)
 
     def running(self):
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="mitmesh-ratelimit-expiry")
+        self._loop.start()
 
     async def _sweep(self):
         while True:  # drop expired memory counters on the loop, not in limits' timer threads
@@ -55,7 +56,7 @@ class RateLimit:
         st = keys.get(flow)
         if st is None or st.route is None:
             return None
-        policy: ratelimit.Policy | None = st.route.policies.get("rate_limit")
+        policy: ratelimit.Policy | None = st.route.plan.rate_limit
         if policy is None:
             return None
         key = counter_key(flow, st, policy)
@@ -96,8 +97,7 @@ class RateLimit:
             headers.fields += tuple((n.encode(), v.encode()) for n, v in st.ratelimit_headers)
 
     async def done(self):
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        await self._loop.stop()
         await self.limiters.close()
 
 

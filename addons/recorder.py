@@ -19,6 +19,7 @@ import uuid
 
 from mitmproxy import flowfilter, http, io
 
+from mesh.core.loops import Loop
 from mesh.security import redact
 from mesh.runtime.admin import json_reply
 from mesh.core.state import MeshState
@@ -46,7 +47,7 @@ class Recorder:
         self._secrets = False  # keep credentials in the recording (include_secrets=true)
         self._writer: io.FlowWriter | None = None
         self._file = None
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-recorder", self._watch)
         state.admin_handlers["/record"] = self._admin
 
     def _admin(self, method: str, query: str):
@@ -79,11 +80,10 @@ class Recorder:
         return json_reply(control)
 
     def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name="mitmesh-recorder")
+        self._loop.start()
 
     async def done(self):
-        if self._task:
-            self._task.cancel()
+        await self._loop.stop()
         self._close()
 
     async def _watch(self):

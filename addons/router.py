@@ -26,7 +26,7 @@ class Router:
             # a route without a CORS policy answers none: then it is routed as the OPTIONS it is
             route = match(host, path, req.headers["access-control-request-method"].upper(),
                           req.headers.get, lambda: req.query)
-            if route is not None and "cors" not in route.policies:
+            if route is not None and route.plan.cors is None:
                 route = None
         if route is None:
             route = match(host, path, req.method, req.headers.get, lambda: req.query)
@@ -36,7 +36,6 @@ class Router:
             return
         st.decide("router", f"route {route.name} matched {req.method} {path} on host {host}")
         st.route = route
-        st.upstream_path = path
         flow.metadata[keys.ROUTE] = route.name
         action = route.action
         if isinstance(action, DirectAction):

@@ -18,7 +18,7 @@ def _limit(flow: http.HTTPFlow):
     st = keys.get(flow)
     if st is None or st.route is None:
         return None, None
-    return st, st.route.policies.get("size_limit")
+    return st, st.route.plan.size_limit
 
 
 def too_large(flow: http.HTTPFlow, st: keys.FlowState, size: int, limit: int, so_far: bool = False) -> None:

@@ -14,6 +14,7 @@ import time
 
 from mitmproxy import connection, ctx, http
 
+from mesh.core.loops import Loop
 from mesh.core import downstream
 from mesh.core.state import MeshState
 
@@ -25,14 +26,13 @@ class Timeouts:
         self.state = state
         self.connections: dict[str, downstream.Connection] = {}
         self._activity: dict[str, float] = {}  # mitmproxy's last activity seen on an idle connection
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-timeouts", self._watch)
 
     def running(self):
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name="mitmesh-timeouts")
+        self._loop.start()
 
-    def done(self):
-        if self._task is not None:
-            self._task.cancel()
+    async def done(self):
+        await self._loop.stop()
 
     def client_connected(self, client: connection.Client):
         self.connections[client.id] = downstream.Connection(time.monotonic())

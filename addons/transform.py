@@ -51,7 +51,7 @@ class Transform:
         st = keys.get(flow)
         if st is None or st.route is None:
             return
-        t: transform.Transform | None = st.route.policies.get("transform")
+        t: transform.Transform | None = st.route.plan.transform
         if t is None:
             return
         values = st.transform_values = template_values(flow, st, t)  # the response side reads them too
@@ -80,7 +80,7 @@ class Transform:
         st = keys.get(flow)
         if st is None or st.transform_values is None or flow.response is None or st.route is None:
             return  # only responses to requests that went upstream (not the gateway's own answers)
-        t: transform.Transform = st.route.policies["transform"]
+        t: transform.Transform = st.route.plan.transform
         side = t.response
         if side is None:
             return

@@ -17,7 +17,7 @@ class Versioning:
         st = keys.get(flow)
         if st is None or st.route is None:
             return
-        policy: Policy | None = st.route.policies.get("versioning")
+        policy: Policy | None = st.route.plan.versioning
         if policy is None:
             return
         req = flow.request
@@ -36,8 +36,8 @@ class Versioning:
             replies.reply(flow, 400, error, reason, supported=supported)
             return
         version = res.version
-        st.cluster = version.cluster
-        st.upstream_path = res.path
+        st.version_cluster = version.cluster
+        st.versioned_path = res.path
         flow.metadata[keys.API_VERSION] = version.name
         st.decide("versioning", f"API version {version.name} (from {res.source}) → {version.cluster}")
         if version.headers or version.successor:

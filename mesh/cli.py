@@ -81,7 +81,7 @@ def seconds(text: str) -> float:
 
 
 def _load_plugins(file: str) -> None:
-    from mesh.core.state import build
+    from mesh.core.build import build
     from mesh.runtime import plugins
 
     problems = []

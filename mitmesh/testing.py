@@ -93,7 +93,7 @@ class _Caller:
     def requestheaders(self, flow: http.HTTPFlow):
         st = keys.get(flow)
         if st is not None and self.identity is not None:
-            st.principal, st.claims = self.identity, self.claims
+            st.authenticated, st.claims = self.identity, self.claims  # as Authn would
 
 
 class Chain:

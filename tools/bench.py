@@ -39,6 +39,7 @@ from tools import pods
 ROOT = Path(__file__).resolve().parent.parent
 
 PATH = "/catalog/items/1"
+BARE_PATH = "/bare/items/1"  # the same upstream through a route without policies (policies_vs_bare)
 BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
 ROUTES = 10  # the ordinary config has this many routes; the big one adds 10,000 more
 
@@ -173,6 +174,22 @@ def h2_vs_h1(h2load: H2load, url: str, args) -> tuple[list[float], list[float], 
     return h1, h2, errors
 
 
+def policies_vs_bare(wrk: Wrk, policies: str, bare: str, args) -> tuple[list[float], list[float], int]:
+    """The demo's policies (API key, rate limit) against a bare route to the same upstream on the
+    same gateway, interleaved 3 times (once with --no-warmup): req/s of each run, and failures."""
+    seconds = max(args.seconds / 2, 1)
+    warm = not args.no_warmup
+    if warm:
+        wrk.run(bare, args.connections, 1)
+    with_policies, without, errors = [], [], 0
+    for _ in range(3 if warm else 1):
+        for runs, url in ((with_policies, policies), (without, bare)):
+            rps, _, _, failed = wrk.run(url, args.connections, seconds)
+            runs.append(rps)
+            errors += failed
+    return with_policies, without, errors
+
+
 def cpu_seconds(pids: list[int]) -> float:
     ticks = 0
     for pid in pids:
@@ -213,7 +230,9 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
     routes += [{"name": f"other{i}", "match": {"path": {"prefix": f"/other{i}/"}, "methods": ["GET"]},
-                "forward": {"service": "catalog"}} for i in range(ROUTES - 2)]
+                "forward": {"service": "catalog"}} for i in range(ROUTES - 3)]
+    routes.append({"name": "bare", "match": {"path": {"prefix": "/bare/"}},
+                   "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}})
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
                    "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
                    "policies": ["partner", "public"]})
@@ -502,6 +521,12 @@ class Bench:
         worker_pids = children_of(gw.pid)
         cold, warm = self.functions(url.removesuffix(PATH))
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
+        pol, bare, bare_errors = policies_vs_bare(self.wrk, url, url.replace(PATH, BARE_PATH), args)
+        print(f"  {'demo policies, 1 worker':<32} {sum(pol) / len(pol):>8.0f} req/s   "
+              f"(wrk -c{args.connections}: {', '.join(f'{x:.0f}' for x in pol)})", flush=True)
+        print(f"  {'bare route, 1 worker':<32} {sum(bare) / len(bare):>8.0f} req/s   "
+              f"(wrk -c{args.connections}: {', '.join(f'{x:.0f}' for x in bare)})"
+              + (f"   ERRORS {bare_errors}" if bare_errors else ""), flush=True)
         h1 = h2 = None
         h2_errors = 0
         if self.h2load is not None:
@@ -570,12 +595,15 @@ class Bench:
         if h1 and h2:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
-        errors = sum(r.errors for r in results.values()) + h2_errors + warm.errors
+        print(f"The demo's policies (API key, rate limit) against a bare route on the same 1-worker gateway "
+              f"({len(pol)} interleaved round{'s' if len(pol) > 1 else ''}): {sum(pol) / sum(bare):.2f}x the throughput")
+        errors = sum(r.errors for r in results.values()) + h2_errors + warm.errors + bare_errors
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
-              f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f}"
+              f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f} "
+              f"policies_vs_bare={sum(pol) / sum(bare):.2f}"
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)

@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import Callable, Iterable
 
+from mesh.core.loops import Loop
 from mesh.telemetry import metrics
 from mesh.security import mtls
 from mesh.core import podnet
@@ -109,19 +110,13 @@ class Checker:
         self.tick = tick
         self._due: dict[Endpoint, float] = {}  # when each endpoint's next check is due
         self._running: set[Endpoint] = set()
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-health", self._run)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mitmesh-health")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()
 
     async def _probe(self, ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
         try:

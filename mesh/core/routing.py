@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from mesh.config import schema
+from mesh.core.plan import Context, RoutePlan, Runtime, Uses, compile_plan, merged
 from mesh.functions.event import RouteKey, route_key
-from mesh.resilience.settings import RouteResilience, for_route
 
 HeaderGetter = Callable[[str], str | None]
 QueryGetter = Callable[[], Mapping[str, str]]
@@ -92,9 +92,8 @@ class Route:
     headers: tuple[tuple[str, Callable[[str | None], bool]], ...]
     query: tuple[tuple[str, Callable[[str | None], bool]], ...]
     path_regex: re.Pattern | None
-    policies: Mapping[str, object]  # policy kind → its config model (or compiled form), from named blocks
+    plan: RoutePlan  # every policy of the route, compiled (mesh/core/plan.py)
     config: schema.Route
-    resilience: RouteResilience  # deadline, per-try timeout, retries and faults, compiled
     cookies: tuple[tuple[str, Callable[[str | None], bool]], ...] = ()
 
     def matches(self, path: str, method: str, header: HeaderGetter, query: QueryGetter) -> bool:
@@ -239,40 +238,16 @@ def strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _compilers() -> dict[str, Callable]:
-    """Policy kinds whose hooks need more than the model: compiled here, once per snapshot."""
-    from mesh.core import mirror, versioning
-    from mesh.policies import idempotency, ratelimit, transform
-
-    return {
-        "idempotency": lambda model, rc, config: idempotency.compile(model, rc),
-        "rate_limit": lambda model, rc, config: ratelimit.compile(model, rc),
-        "versioning": lambda model, rc, config: versioning.compile(model, rc),
-        "transform": lambda model, rc, config: transform.compile(model, rc),
-        "mirror": mirror.compile,
-    }
-
-
-def merge_policies(config: schema.MeshConfig, refs, rc: schema.Route) -> dict[str, object]:
-    """Policy kind → compiled config, from named blocks (the first block naming a kind wins)."""
-    policies: dict[str, object] = {}
-    for ref in refs:
-        block = config.policies[ref]
-        for kind in type(block).model_fields:
-            value = getattr(block, kind)
-            if value is not None:
-                policies.setdefault(kind, value)
-    for kind, compile_policy in _compilers().items():
-        if kind in policies:
-            policies[kind] = compile_policy(policies[kind], rc, config)
-    return policies
-
-
-def compile_routes(config: schema.MeshConfig) -> RouteTable:
+def compile_routes(config: schema.MeshConfig, runtime: Runtime | None = None, base: str = "",
+                   uses: Uses | None = None) -> RouteTable:
+    """Every route with its plan; a feature that cannot compile raises ValueError naming the route."""
+    runtime = runtime or Runtime()
+    uses = uses if uses is not None else Uses()
     routes = []
     for i, rc in enumerate(config.routes):
         # the route's own kinds win over the gateway's defaults
-        policies = merge_policies(config, (*rc.policies, *config.gateway.policies), rc)
+        models = merged(config, (*rc.policies, *config.gateway.policies))
+        ctx = Context(config, rc, f"route {rc.name}", base, runtime, uses)
         m = rc.match
         routes.append(
             Route(
@@ -283,9 +258,8 @@ def compile_routes(config: schema.MeshConfig) -> RouteTable:
                 headers=tuple((k.lower(), string_matcher(v)) for k, v in m.headers.items()),
                 query=tuple((k, string_matcher(v)) for k, v in m.query.items()),
                 path_regex=re.compile(m.path.regex) if m.path and m.path.regex else None,
-                policies=policies,
+                plan=compile_plan(models, ctx),
                 config=rc,
-                resilience=for_route(policies),
                 cookies=tuple((k, string_matcher(v)) for k, v in m.cookies.items()),
             )
         )

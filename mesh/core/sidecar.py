@@ -8,8 +8,8 @@ import hashlib
 import ipaddress
 
 from mesh.config import schema
-from mesh.resilience.settings import for_route
-from mesh.core.routing import ForwardAction, Route, merge_policies
+from mesh.core.plan import Context, Runtime, Uses, compile_plan, merged
+from mesh.core.routing import ForwardAction, Route
 from mesh.core.state import LOCAL, Snapshot
 
 
@@ -19,22 +19,36 @@ CALLER_SIDE = frozenset({"timeout", "retries", "fault", "idempotency"})
 
 
 def forward_route(name: str, service: str, cluster: str, config: schema.MeshConfig | None = None,
-                  skip: frozenset[str] = frozenset()) -> Route:
+                  skip: frozenset[str] = frozenset(), runtime: Runtime | None = None, base: str = "",
+                  uses: Uses | None = None) -> Route:
     """A route that sends everything to one cluster, without rewriting, with the policies of the
     service (`services.NAME.policies`) when the config names it, but for the kinds in `skip`."""
     rc = schema.Route(name=name, forward=schema.Forward(service=service))
     svc = config.services.get(service) if config is not None else None
-    policies = merge_policies(config, svc.policies, rc) if svc is not None else {}
-    policies = {kind: value for kind, value in policies.items() if kind not in skip}
+    models = merged(config, svc.policies) if config is not None and svc is not None else {}
+    models = {kind: value for kind, value in models.items() if kind not in skip}
+    ctx = Context(config, rc, f"service {service}", base, runtime or Runtime(),
+                  uses if uses is not None else Uses())
     return Route(index=0, name=name, action=ForwardAction(service, (cluster,), (1,)), methods=None,
-                 headers=(), query=(), path_regex=None, policies=policies, config=rc,
-                 resilience=for_route(policies))
+                 headers=(), query=(), path_regex=None, plan=compile_plan(models, ctx), config=rc)
+
+
+def routes_of(config: schema.MeshConfig, workload, runtime: Runtime, base: str, uses: Uses) -> dict[str, Route]:
+    """A sidecar's routes, compiled with its snapshot: `inbound` to its app, and `outbound.NAME` to
+    every service the config names (a discovered service has no policies: `outbound_route` builds
+    its route when asked)."""
+    out = {"inbound": forward_route("inbound", workload.service, LOCAL, config, CALLER_SIDE, runtime, base, uses)}
+    for service in config.services:
+        if service != LOCAL:
+            out[f"outbound.{service}"] = forward_route(f"outbound.{service}", service, service, config,
+                                                       frozenset(), runtime, base, uses)
+    return out
 
 
 def inbound_route(snap: Snapshot) -> Route:
     if snap.workload is None:
         raise ValueError("inbound routing needs a sidecar's workload")
-    return forward_route("inbound", snap.workload.service, LOCAL, snap.config, skip=CALLER_SIDE)
+    return snap.sidecar_routes["inbound"]
 
 
 def service_of_host(host: str) -> str:
@@ -51,7 +65,7 @@ def outbound_route(snap: Snapshot, host: str) -> Route | None:
     service = service_of_host(host)
     if not service or service == LOCAL or "/" in service or service not in snap.clusters:
         return None
-    return forward_route(f"outbound.{service}", service, service, snap.config)
+    return snap.sidecar_routes.get(f"outbound.{service}") or forward_route(f"outbound.{service}", service, service)
 
 
 # In pods, an app calls `http://payments/...` with no proxy setting: the pod's hosts file maps each

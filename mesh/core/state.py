@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import ssl
 import time
@@ -13,16 +12,16 @@ from typing import Callable, Iterator
 
 from discovery import Event, Instance, Registry, StaticSource
 
-from mesh import config as meshconfig
 from mesh.telemetry import metrics, records
 from mesh.core import modes
 from mesh.security import mtls, pki
 from mesh.core.cluster import Cluster, Endpoint, HashKey
 from mesh.resilience.settings import Guards, guards
 from mesh.config.http import Http
-from mesh.config.plugins import PluginPlan, compile_plugins
+from mesh.config.plugins import PluginPlan
 from mesh.config.schema import HealthCheck, Listener, ListenerTls, MeshConfig, Service
-from mesh.core.routing import RouteTable, compile_routes
+from mesh.core.plan import Runtime, Uses
+from mesh.core.routing import Route, RouteTable
 from mesh.core.upstream import Pool
 from mesh.core.workload import Workload
 
@@ -85,6 +84,18 @@ def admin_of(config: MeshConfig, workload: Workload | None) -> tuple[str, int]:
     return (workload.address, workload.admin or config.sidecar.admin.port)
 
 
+@dataclass(frozen=True, slots=True)
+class TlsPlan:
+    """A snapshot's TLS, loaded by the build: listener contexts by (address, port), the names of
+    mTLS listeners (log lines), how to call mTLS upstreams, and every watched context it uses."""
+
+    contexts: dict = field(default_factory=dict)  # (address, port) → mtls.Watched[SSL.Context]
+    names: dict = field(default_factory=dict)  # (address, port) → listener name, mTLS only
+    upstreams: mtls.Upstreams = field(default_factory=mtls.Upstreams)
+    watched: tuple = ()
+    error: str = ""  # the workload certificate mTLS upstreams need cannot be loaded
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One validated, compiled config. Never changed: a reload builds a new one and swaps it in."""
@@ -100,7 +111,16 @@ class Snapshot:
     listeners: tuple[Bound, ...] = ()
     admin: tuple[str, int] = ("127.0.0.1", 9901)
     zone: str | None = None  # this proxy's zone
+    region: str | None = None  # this proxy's region (its workload's, or gateway.region)
     plugins: PluginPlan = PluginPlan()  # user plugins (their code is loaded by addons/plugins.py)
+    functions: dict = field(default_factory=dict)  # function name → mesh.functions.spec.Spec
+    sidecar_routes: dict[str, Route] = field(default_factory=dict)  # a sidecar's inbound and outbound routes
+    uses: Uses = field(default_factory=Uses)  # JWKS caches and introspectors of this build (Runtime.keep)
+    security_headers: tuple | None = None  # the gateway's default security headers, before routing
+    tls: TlsPlan = field(default_factory=TlsPlan)
+    ip_filters: dict = field(default_factory=dict)  # listener name → (allow, deny) networks
+    claim_headers: tuple[str, ...] = ()  # headers only the proxy sets: removed from every request
+    auth_failures: object = None  # ratelimit.Policy of gateway.auth_failures
 
     @property
     def role(self) -> str:
@@ -121,26 +141,6 @@ class Snapshot:
     def engine(self) -> str:
         """Which HTTP/1.1 head parser this proxy's listeners use: `gateway.engine` or `sidecar.engine`."""
         return self.config.gateway.engine if self.workload is None else self.config.sidecar.engine
-
-
-def build(path: str) -> Snapshot:
-    """Read, validate and compile a config file. Pure and blocking: run it off the event loop."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    return build_text(raw.decode("utf-8", "replace"), path, hashlib.sha256(raw).hexdigest()[:12])
-
-
-def build_text(text: str, file: str, digest: str | None = None) -> Snapshot:
-    """Validate and compile a config's text; `file` names it in errors, and relative paths in it
-    resolve against its folder (a config from etcd: the proxy's working folder)."""
-    config, src = meshconfig.load_source(text, file)
-    return Snapshot(
-        config=config,
-        file=file,
-        digest=digest or hashlib.sha256(text.encode()).hexdigest()[:12],
-        routes=compile_routes(config),
-        plugins=compile_plugins(config, src, os.path.dirname(os.path.abspath(file))),
-    )
 
 
 def static_instances(config: MeshConfig) -> list[Instance]:
@@ -173,9 +173,9 @@ class MeshState:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.pool = Pool()
-        self.certs = mtls.CertStore()  # watched TLS contexts, renewed from disk (addons/tls.py)
+        self.runtime = Runtime()  # what outlives reloads: JWKS caches, introspectors, watched TLS files
+        self.certs = self.runtime.certs  # watched TLS contexts, renewed from disk (addons/tls.py)
         self._checked: dict[Endpoint, Cluster] = {}  # endpoints health-checked, and their cluster
-        self.upstreams = mtls.Upstreams()  # which endpoints are called over mTLS, and with what (Tls)
         self.version = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.last_error: str | None = None
@@ -209,10 +209,10 @@ class MeshState:
         self.registry.subscribe(self._registry_changed)
 
     def install(self, snap: Snapshot) -> Snapshot:
-        """Swap in a new snapshot; clusters that stay keep their live endpoint state."""
-        config, workload = snap.config, self.workload
-        zone = workload.zone if workload else config.gateway.zone
-        self.region = region = workload.region if workload else config.gateway.region
+        """Swap in a new snapshot, built (mesh/core/build.py) for this proxy's workload; clusters that
+        stay keep their live endpoint state."""
+        config, workload, zone = snap.config, snap.workload, snap.zone
+        self.region = region = snap.region
         old = self.snapshot.clusters if self.snapshot else {}
         clusters: dict[str, Cluster] = {}
         for name, svc in config.services.items():
@@ -238,10 +238,10 @@ class MeshState:
                    else config.services.get(cluster.service) or _DEFAULT_SERVICE)
             self.guards[cname] = guards(cname, svc, self.guards.get(cname), self._breaker_changed)
         self.version += 1
-        snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters,
-                                   workload=workload, listeners=listeners_of(config, workload),
-                                   admin=admin_of(config, workload), zone=zone)
+        snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters)
         self.snapshot = snap
+        self.runtime.keep(snap.uses)
+        self.certs.retain(list(snap.tls.watched))
         self._installing = True
         try:
             self.static.replace(static_instances(config))
@@ -257,6 +257,11 @@ class MeshState:
         if cluster.name == LOCAL:
             return None
         return self.upstreams.plan(cluster.service, endpoint.protocol, endpoint.identity)
+
+    @property
+    def upstreams(self) -> mtls.Upstreams:
+        """Which endpoints are called over mTLS, and with what: the live snapshot's."""
+        return self.snapshot.tls.upstreams if self.snapshot is not None else mtls.Upstreams()
 
     def guards_for(self, cluster: Cluster) -> Guards:
         """The cluster's breakers, outlier detector, retry budget and faults (a cluster discovered
@@ -290,11 +295,11 @@ class MeshState:
             ep.source, ep.protocol, ep.instance = inst.source, inst.protocol, inst.name
             members.setdefault(inst.cluster, {})[inst.key] = ep
             members.setdefault(inst.service, {})[inst.key] = ep
-        for cname, eps in members.items():
-            if cname not in snap.clusters:  # a discovered service or version the config does not name
-                service, _, version = cname.partition("/")
-                snap.clusters[cname] = _cluster(None, cname, service, version or "*",
-                                                Service(versions={"v1": {}}), snap.zone, self.region)
+        new = {cname: _cluster(None, cname, cname.partition("/")[0], cname.partition("/")[2] or "*",
+                               Service(versions={"v1": {}}), snap.zone, snap.region)
+               for cname in members if cname not in snap.clusters}
+        if new:  # a discovered service or version the config does not name: a new snapshot, same version
+            snap = self.snapshot = dataclasses.replace(snap, clusters={**snap.clusters, **new})
         for cname, cluster in snap.clusters.items():
             if cname != LOCAL:
                 cluster.set_endpoints(list(members.get(cname, {}).values()))

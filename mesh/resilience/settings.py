@@ -5,7 +5,7 @@ while their settings stay the same."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable
 
 from mesh.resilience.breaker import BreakerPolicy, Breakers
 from mesh.config import schema
@@ -17,7 +17,9 @@ DEFAULT_DEADLINE = 15.0  # Envoy's default route timeout
 
 
 @dataclass(frozen=True, slots=True)
-class RouteResilience:
+class ForwardPlan:
+    """How Forward sends one route's requests: deadline, per-try timeout, retries, faults."""
+
     deadline: float
     per_try: float | None
     retry: RetryPolicy | None
@@ -35,16 +37,18 @@ def fault_policy(cfg: schema.Fault) -> FaultPolicy:
         drip=cfg.drip, reset_after=cfg.reset_after, header_triggered=cfg.header_triggered)
 
 
-def for_route(policies: Mapping[str, object]) -> RouteResilience:
-    timeout = policies.get("timeout")
-    retries = policies.get("retries")
-    fault = policies.get("fault")
+RouteResilience = ForwardPlan
+
+
+def compile(models) -> ForwardPlan:
+    """The forward plan of a route from its `timeout`, `retries` and `fault` models (None: unset)."""
+    timeout, retries, fault = models.timeout, models.retries, models.fault
     retry = None
     if isinstance(retries, schema.Retries):
         retry = RetryPolicy(retries.attempts, frozenset(retries.retry_on),
                             frozenset(retries.retriable_status_codes), retries.backoff.base,
                             retries.backoff.max, retries.non_idempotent)
-    return RouteResilience(
+    return ForwardPlan(
         deadline=timeout.request if isinstance(timeout, schema.Timeout) else DEFAULT_DEADLINE,
         per_try=timeout.per_try if isinstance(timeout, schema.Timeout) else None,
         retry=retry,

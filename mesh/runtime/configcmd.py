@@ -16,7 +16,7 @@ from discovery.etcdapi import Etcd, EtcdError
 
 from mesh.config.errors import BAD_INPUT, CommandError
 from mesh.config.types import parse_duration
-from mesh.core.state import build_text
+from mesh.core.build import build_text
 from mesh.runtime.store import Location, Revision, Store, parse_location
 from mesh.telemetry.analysis import Sample, Thresholds, parse, verdict
 

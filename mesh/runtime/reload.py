@@ -11,7 +11,8 @@ from typing import Callable
 
 from discovery.etcdapi import Etcd, EtcdError, Follower, LeasedKey
 from mesh.config import ConfigError
-from mesh.core.state import Snapshot, build, build_text
+from mesh.core.loops import Loop
+from mesh.core.state import Snapshot
 from mesh.runtime.store import Location, Revision, Store, current_key, proxy_key, wanted_revision
 from mesh.telemetry import metrics
 
@@ -30,26 +31,21 @@ def _stamp(path: str) -> tuple | None:
 class Watcher:
     """Polls (mtime, size, inode) every `interval`: portable, and cheap next to a request."""
 
-    def __init__(self, path: str, on_valid: Callable[[Snapshot], None],
+    def __init__(self, path: str, build: Callable[[str], Snapshot], on_valid: Callable[[Snapshot], None],
                  on_invalid: Callable[[str], None], interval: float = 0.25):
         self.path = path
+        self.build = build  # blocking, so it runs in a thread: the loop keeps serving meanwhile
         self.on_valid = on_valid
         self.on_invalid = on_invalid
         self.interval = interval
         self._seen = _stamp(path)
-        self._task: asyncio.Task | None = None
+        self._loop = Loop("mitmesh-config-watch", self._run)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mitmesh-config-watch")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:
@@ -65,7 +61,7 @@ class Watcher:
             await self.check_now()
 
     async def check_now(self) -> None:
-        await hand_over(lambda: build(self.path), self.path, self.on_valid, self.on_invalid)
+        await hand_over(lambda: self.build(self.path), self.path, self.on_valid, self.on_invalid)
 
 
 async def hand_over(make: Callable[[], Snapshot], label: str, on_valid: Callable[[Snapshot], object],
@@ -89,11 +85,13 @@ class EtcdWatcher:
     install is not retried until another is selected; the proxy keeps the one it runs."""
 
     def __init__(self, location: Location, proxy: str, applied: Revision,
+                 build_text: Callable[[str, str, str], Snapshot],
                  on_valid: Callable[[Snapshot], object], on_invalid: Callable[[str], None],
                  describe: Callable[[], dict] = dict, probe_interval: float = 1.0):
         self.location = location
         self.proxy = proxy
         self.applied = applied
+        self.build_text = build_text  # (text, label, digest) → Snapshot, blocking: run in a thread
         self.on_valid = on_valid
         self.on_invalid = on_invalid
         self.etcd = Etcd(list(location.endpoints))
@@ -156,7 +154,7 @@ class EtcdWatcher:
         def refused(text: str) -> None:
             errors.append(f"revision {n} not applied, still running {self.applied.revision}:\n{text}")
             self.on_invalid(errors[-1])
-        if await hand_over(lambda: build_text(rev.text, rev.label, rev.digest), rev.label,
+        if await hand_over(lambda: self.build_text(rev.text, rev.label, rev.digest), rev.label,
                            self.on_valid, refused):
             self.applied = rev
             metrics.CONFIG_REVISION.set(n)

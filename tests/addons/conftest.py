@@ -73,7 +73,7 @@ class Authenticated:
     def requestheaders(self, flow):
         st = keys.get(flow)
         if st is not None and st.route is not None:
-            st.principal, st.claims = self.principal, self.claims
+            st.authenticated, st.claims = self.principal, self.claims
 
 
 class Counted:

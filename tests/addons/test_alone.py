@@ -27,7 +27,7 @@ async def test_the_option_becomes_the_routes_compiled_policy():
         tctx.options.update(mesh_rate_limit="{minute: 1, key: ip}")
         first, second = await send(tctx), await send(tctx)
     st = keys.get(first)
-    assert st.route.name == "mitmdump" and st.route.policies["rate_limit"].policy_header == "1;w=60"
+    assert st.route.name == "mitmdump" and st.route.plan.rate_limit.policy_header == "1;w=60"
     assert st.request_id and first.request.headers["x-request-id"] == st.request_id
     assert first.response is None and second.response.status_code == 429
 
@@ -40,7 +40,7 @@ async def test_a_bad_value_is_refused_and_the_last_good_one_stays():
             tctx.options.update(mesh_rate_limit="{minute: 0}")
         assert tctx.options.mesh_rate_limit == "{minute: 5}"
         flow = await send(tctx)
-    assert keys.get(flow).route.policies["rate_limit"].policy_header == "5;w=60"
+    assert keys.get(flow).route.plan.rate_limit.policy_header == "5;w=60"
 
 
 async def test_an_empty_option_turns_the_policy_off():
@@ -48,4 +48,4 @@ async def test_an_empty_option_turns_the_policy_off():
         tctx.options.update(mesh_rate_limit="{minute: 5}")
         tctx.options.update(mesh_rate_limit="")
         flow = await send(tctx)
-    assert "rate_limit" not in keys.get(flow).route.policies
+    assert keys.get(flow).route.plan.rate_limit is None

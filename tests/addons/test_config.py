@@ -29,7 +29,7 @@ async def test_reload_swaps_good_and_keeps_old_on_bad(write_config):
         tctx.configure(addon, mesh_config=str(path), mesh_reload=False)
         first = state.snapshot
         assert first.version == 1 and tctx.options.mode == ["reverse:http://127.0.0.1:9@127.0.0.1:18080"]
-        watcher = Watcher(str(path), addon._reloaded, addon._rejected)
+        watcher = Watcher(str(path), addon._build, addon._reloaded, addon._rejected)
 
         write_config(BASE.replace("port: 18080", "port: 18081"))
         await watcher.check_now()
@@ -52,6 +52,6 @@ async def test_flows_keep_the_snapshot_they_started_with(gateway):
         flow = tflow.tflow()
         gw.addons[0].requestheaders(flow)
         pinned = keys.get(flow).snapshot
-        from mesh.core.state import build
+        from mesh.core.build import build
         gw.state.install(build(pinned.file))
         assert keys.get(flow).snapshot is pinned and gw.state.snapshot is not pinned

@@ -172,7 +172,7 @@ async def test_a_config_whose_plugin_fails_is_refused_and_nothing_changes(mitmes
         config_mod = next(a for a in c.addons if type(a).__name__ == "Config")
         version = c.state.version
         path.write_text(path.read_text().replace("after: authn", "after: authn\n    options: {tag: 3}"))
-        from mesh.core.state import build
+        from mesh.core.build import build
         config_mod._reloaded(build(str(path)))
         assert c.state.version == version
         assert "plugins.rec.options.tag: expected a string (got 3)" in c.state.last_error

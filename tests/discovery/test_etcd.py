@@ -114,7 +114,8 @@ async def test_lease_expires_when_the_announcer_dies(etcd_server):
 
 
 def test_same_endpoint_from_mdns_and_etcd_is_one_member(write_config):
-    from mesh.core.state import MeshState, build
+    from mesh.core.build import build
+    from mesh.core.state import MeshState
     state = MeshState()
     state.install(build(str(write_config())))
     for inst in (Instance("mdns-label", "catalog", "v3", "127.0.0.5", 15006, source="mdns"),

@@ -17,8 +17,8 @@ def test_bench_smoke():
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"gateway_vs_mitmdump=[\d.]+ workers_scaling=[\d.]+ added_p50_ms=-?[\d.]+ "
-                        r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ h2_vs_h1=[\d.]+"
-                        r"( pod_sidecars_added_p50_ms=-?[\d.]+)? "
+                        r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ policies_vs_bare=[\d.]+ "
+                        r"h2_vs_h1=[\d.]+( pod_sidecars_added_p50_ms=-?[\d.]+)? "
                         r"function_cold_ms=[\d.]+ function_warm_p50_ms=[\d.]+ "
                         r"fast_vs_standard=[\d.]+ fast_newconn_vs_standard=[\d.]+ fast_added_p50_ms=-?[\d.]+ "
                         r"standard_added_p50_ms=-?[\d.]+ fast_cpu_per_request_vs_standard=[\d.]+", lines[-1]), lines[-1]
@@ -32,6 +32,7 @@ def test_bench_smoke():
     assert re.search(r"HTTP/2 over TLS, 1 worker +\d+ req/s", table)
     assert re.search(r"function, 1 worker +cold start [\d.]+ ms", table)
     assert re.search(r"engine: fast, 1 worker +keep-alive \d+ req/s +new connections \d+ req/s", table)
+    assert re.search(r"demo policies, 1 worker +\d+ req/s", table) and re.search(r"bare route, 1 worker +\d+ req/s", table)
     assert "WARNING" not in table  # no failed requests through any target
     from tools import pods
     if pods.why_not() is None:  # the same hop in pods: the caller's call captured by nftables

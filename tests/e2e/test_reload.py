@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 
-from .conftest import wait_until
+from .conftest import get, wait_until
 
 
 async def load(url: str, seconds: float, workers: int = 8) -> list[tuple[float, int, str]]:
@@ -63,3 +63,19 @@ def test_reload_under_load(mesh):
     log = mesh.children["gateway"].log.read_text()
     assert "config change rejected, still serving version 2" in log
     assert "routes[0].match.path.prefx: unknown key; expected one of exact, prefix, regex" in log
+
+
+def test_a_reload_with_an_unusable_certificate_is_rejected_and_the_old_config_keeps_serving(mesh):
+    """The listener's TLS context is built with the snapshot: a missing certificate file rejects the
+    edit before anything of it is live (no half-installed config, no listener without its context)."""
+    assert get(mesh.url + "/users/alice")[0] == 200
+    bad = copy.deepcopy(mesh.config)
+    bad["gateway"]["listeners"][0]["tls"] = {"cert": "missing.pem", "key": "missing-key.pem"}
+    bad["routes"][0]["forward"] = {"service": "catalog", "version": "v2"}  # must not take effect
+    mesh.write(bad)
+    status = wait_until(lambda: (s := mesh.status())["config"]["reloads"]["rejected"] == 1 and s)
+    assert status["config"]["version"] == 1 and status["config"]["reloads"]["ok"] == 0
+    assert ("gateway.listeners[0].tls: cannot use certificate missing.pem with key missing-key.pem: "
+            "no such file: missing.pem, missing-key.pem") in status["config"]["last_error"]
+    status, body, _ = get(mesh.url + "/users/alice")
+    assert status == 200 and body["service"] == "users"

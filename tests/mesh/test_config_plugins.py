@@ -6,7 +6,7 @@ import pytest
 
 from mesh.cli import main
 from mesh.config import ConfigError
-from mesh.core.state import build
+from mesh.core.build import build
 from mesh.runtime.plugins import load
 
 CODE = '''

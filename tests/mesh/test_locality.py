@@ -106,7 +106,8 @@ services:
 
 
 def test_config_locality_reaches_the_cluster(write_config):
-    from mesh.core.state import MeshState, build
+    from mesh.core.build import build
+    from mesh.core.state import MeshState
     path = write_config("""version: 1
 gateway: {listeners: [{name: p, port: 18080}], admin: {port: 19901}, zone: eu-1, region: eu}
 services:

@@ -4,7 +4,8 @@ Endpoint per address; static endpoints, discovered instances and a sidecar's own
 from __future__ import annotations
 
 from discovery import Event, Instance
-from mesh.core.state import INBOUND, OUTBOUND, MeshState, build
+from mesh.core.build import build
+from mesh.core.state import INBOUND, OUTBOUND, MeshState
 from mesh.core.workload import parse_workload
 from tests.conftest import BASE
 
@@ -15,7 +16,7 @@ def mdns(name, service, version, port, **kw) -> Instance:
 
 def test_discovered_instances_join_their_clusters_and_leave_again(write_config):
     state = MeshState()
-    snap = state.install(build(str(write_config())))
+    snap = state.install(build(str(write_config()), state.runtime, state.workload))
     assert [str(e) for e in snap.clusters["catalog/v1"].endpoints] == ["127.0.0.1:19101", "127.0.0.1:19102"]
     changes = []
     state.watchers.append(lambda: changes.append(1))
@@ -26,6 +27,9 @@ def test_discovered_instances_join_their_clusters_and_leave_again(write_config):
     assert shared in every.endpoints and (shared.weight, shared.zone, shared.source) == (3, "a", "mdns")
     # an instance of a service the config does not name gets clusters of its own
     state.registry.apply(Event("add", mdns("s1", "search", "v7", 15007)))
+    # (in a new snapshot: the one flows hold never changes)
+    assert "search" not in snap.clusters
+    snap = state.snapshot
     assert [str(e) for e in snap.clusters["search"].endpoints] == ["127.0.0.9:15007"]
     assert "search/v7" in snap.clusters
     state.registry.apply(Event("remove", mdns("c3", "catalog", "v1", 15006)))
@@ -35,12 +39,12 @@ def test_discovered_instances_join_their_clusters_and_leave_again(write_config):
 def test_reload_keeps_live_endpoint_state_and_discovered_ones(write_config):
     state = MeshState()
     path = write_config()
-    snap = state.install(build(str(path)))
+    snap = state.install(build(str(path), state.runtime, state.workload))
     state.registry.apply(Event("add", mdns("c3", "catalog", "v1", 15006)))
     ep = state.endpoints[("127.0.0.9", 15006)]
     ep.healthy = False
     write_config(BASE.replace('v2: {endpoints: ["127.0.0.1:19111"]}', "v2: {}"))
-    snap2 = state.install(build(str(path)))
+    snap2 = state.install(build(str(path), state.runtime, state.workload))
     assert snap2.version == 2 and ep in snap2.clusters["catalog/v1"].endpoints and not ep.healthy
     assert snap2.clusters["catalog/v2"].endpoints == []  # the static endpoint left with the edit
     assert ("127.0.0.1", 19111) not in state.endpoints
@@ -49,7 +53,7 @@ def test_reload_keeps_live_endpoint_state_and_discovered_ones(write_config):
 def test_a_sidecar_has_its_workload_listeners_and_app(write_config):
     state = MeshState()
     state.workload = parse_workload("service=users,app=127.0.0.1:9001,address=127.0.0.7,zone=b,inbound=16006")
-    snap = state.install(build(str(write_config())))
+    snap = state.install(build(str(write_config()), state.runtime, state.workload))
     assert snap.role == "sidecar" and snap.zone == "b" and snap.admin == ("127.0.0.7", 15000)
     assert [(b.mode, b.direction) for b in snap.listeners] == [
         ("reverse:http://127.0.0.1:9@127.0.0.7:16006", INBOUND), ("regular@127.0.0.7:15001", OUTBOUND)]
@@ -65,7 +69,7 @@ def test_a_sidecar_has_its_workload_listeners_and_app(write_config):
 def test_health_targets_are_the_app_and_clusters_sent_to(write_config):
     state = MeshState()
     state.workload = parse_workload("service=users,app=127.0.0.1:9001")
-    snap = state.install(build(str(write_config())))
+    snap = state.install(build(str(write_config()), state.runtime, state.workload))
     assert [str(e) for e, _ in state.health_targets()] == ["127.0.0.1:9001"]
     snap.clusters["catalog"].pick()
     assert sorted(str(e) for e, _ in state.health_targets()) == [

@@ -11,7 +11,7 @@ import pytest
 
 from mesh.config.lint import warnings
 from mesh.config.source import parse
-from mesh.core.state import build
+from mesh.core.build import build
 
 CONFIG = os.environ.get("MITMESH_POLICY_CONFIG") or str(Path(__file__).parents[2] / "mesh.yaml")
 

@@ -97,7 +97,7 @@ def test_catalog_route_skips_the_partner_api_key(demo, tmp_path):
 
 policies:
 """, 1)
-    old = tmp_path / "mesh.yaml"
+    old = demo["config"].with_name("partner.yaml")  # beside the demo's: its certificate paths resolve
     old.write_text(text)
     out = subprocess.run(MITMESH + ["validate", str(old)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.endswith("ok\n")
