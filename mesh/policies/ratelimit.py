@@ -165,7 +165,7 @@ class Limiters:
 
     def __init__(self):
         self._memory = LoopMemoryStorage()
-        self._keys: dict[tuple[Policy, str], tuple[str, ...]] = {}  # limits' key strings, built once
+        self._keys: dict[tuple[Policy, str], tuple] = {}  # limits' key strings, built once (_windows)
         self._fresh: dict[Policy, Outcome] = {}  # peek_sync's answer for a key never counted
         self._sync: dict[str, Any] = {}
         self._async: dict[tuple[str, str, float], Any] = {}
@@ -181,8 +181,8 @@ class Limiters:
             # the fixed window's count comes back from the increment: one key and one storage
             # call per window instead of the strategy's hit plus get_window_stats (three and five)
             hit = self._memory.hit
-            for item, k in zip(policy.items, self._names(policy, key)):
-                count, reset = hit(k, item.get_expiry())
+            for item, k, seconds in self._windows(policy, key):
+                count, reset = hit(k, seconds)
                 ok = count <= item.amount
                 stats.append((item, ok, (reset, item.amount - count)))
                 if not ok:
@@ -203,27 +203,28 @@ class Limiters:
             limiter = self._sync[strategy] = sync_strategies.STRATEGIES[strategy](self._memory)
         return limiter
 
-    def _names(self, policy: Policy, key: str) -> tuple[str, ...]:
-        """limits' key strings of `key`'s windows (built once per policy and key)."""
-        names = self._keys.get((policy, key))
-        if names is None:
+    def _windows(self, policy: Policy, key: str) -> tuple[tuple[limits.RateLimitItem, str, int], ...]:
+        """(item, limits' key string, seconds) of `key`'s windows, built once per policy and key."""
+        windows = self._keys.get((policy, key))
+        if windows is None:
             if len(self._keys) > 100_000:  # many clients: start over rather than grow
                 self._keys.clear()
             ids = (policy.strategy, policy.route, key)
-            names = self._keys[(policy, key)] = tuple(item.key_for(*ids) for item in policy.items)
-        return names
+            windows = self._keys[(policy, key)] = tuple((item, item.key_for(*ids), item.get_expiry())
+                                                        for item in policy.items)
+        return windows
 
     def peek_sync(self, policy: Policy, key: str) -> Outcome:
         """Whether one more hit would be allowed, without counting one (memory storage)."""
         if policy.strategy == "fixed-window":  # what the strategy's test and get_window_stats read
-            names = self._names(policy, key)
+            windows = self._windows(policy, key)
             started = self._memory.expirations
-            if not any(k in started for k in names):  # the usual case: nothing counted for this key
+            if not any(w[1] in started for w in windows):  # the usual case: nothing counted for this key
                 return self._fresh_outcome(policy)
             now = time.time()
             look = self._memory.look
             stats = []
-            for item, k in zip(policy.items, names):
+            for item, k, _ in windows:
                 count, reset = look(k, now)
                 stats.append((item, count < item.amount, (reset, item.amount - count)))
             return _outcome(policy, stats, now)
