@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 from mesh.runtime import forkserver as protocol
 
@@ -67,6 +68,22 @@ def _place(fds: list[int], targets: list[int], keep: list[int]) -> list[int]:
     return moved_keep
 
 
+def _shared_metrics() -> None:
+    """prometheus_client chooses how it counts when it is imported, here without the workers'
+    environment: a worker whose metrics are shared with its siblings through files
+    (PROMETHEUS_MULTIPROC_DIR, mesh/runtime/supervisor.py) switches before it counts anything. Its
+    labelled metrics make their values on first use; the unlabelled ones made theirs at import."""
+    if "prometheus_client" not in sys.modules or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import REGISTRY, values
+    from prometheus_client.metrics import MetricWrapperBase
+
+    values.ValueClass = values.get_value_class()
+    for collector in list(REGISTRY._collector_to_names):
+        if isinstance(collector, MetricWrapperBase) and not collector._labelnames:
+            collector._metric_init()
+
+
 def child(request: dict, fds: list[int], control: socket.socket, lifeline: int) -> int:
     """In the forked child: become the proxy the request describes, then run its main."""
     protocol.forked = True
@@ -79,6 +96,7 @@ def child(request: dict, fds: list[int], control: socket.socket, lifeline: int) 
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    _shared_metrics()
     if request.get("netns"):
         with open(f"/run/netns/{request['netns']}") as f:
             os.setns(f.fileno(), os.CLONE_NEWNET)
@@ -101,7 +119,7 @@ def _exit_code(e: SystemExit) -> int:
     return 1
 
 
-def fork(request: dict, fds: list[int], control: socket.socket, lifeline: int) -> int:
+def fork(request: dict, fds: list[int], control: socket.socket, lifeline: int, name: bytes) -> int:
     extra = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if extra:  # a thread's locks and state would be copied mid-use into the child
         raise RuntimeError(f"threads in the fork server: {', '.join(extra)}")
@@ -111,6 +129,7 @@ def fork(request: dict, fds: list[int], control: socket.socket, lifeline: int) -
     if pid == 0:
         code = 1
         try:
+            protocol.set_name(name)
             code = child(request, fds, control, lifeline)
         except SystemExit as e:
             code = _exit_code(e)
@@ -125,7 +144,7 @@ def fork(request: dict, fds: list[int], control: socket.socket, lifeline: int) -
     return pid
 
 
-def serve(control: socket.socket, lifeline: int) -> None:
+def serve(control: socket.socket, lifeline: int, name: bytes) -> None:
     while True:
         if select.select([control], [], [], 0.2)[0]:
             try:
@@ -135,7 +154,7 @@ def serve(control: socket.socket, lifeline: int) -> None:
             try:
                 if len(fds) != len(request.get("fds", ())):
                     raise ValueError(f"{len(fds)} descriptors for {len(request.get('fds', ()))} targets")
-                pid = fork(request, fds, control, lifeline)
+                pid = fork(request, fds, control, lifeline, name)
                 protocol.send(control, {"pid": pid})
                 print(f"forked {request.get('name', '?')}: pid {pid}", flush=True)
             except Exception as e:  # a bad request fails alone; the server keeps serving
@@ -161,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fd", type=int, required=True, help="our end of the launcher's socketpair")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops us
+    interpreter = Path("/proc/self/comm").read_bytes().strip()
+    protocol.set_name(protocol.NAME)  # tells it from its children (protocol.proxies_of)
     control = socket.socket(fileno=args.fd)
     lifeline = os.pidfd_open(os.getppid())  # the launcher, watched by every child
     started = time.monotonic()
@@ -172,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                             "preload_ms": round((time.monotonic() - started) * 1000),
                             "preload_cpu_ms": round((time.process_time() - cpu) * 1000)})
     print(f"fork server ready: pid {os.getpid()}, {len(sys.modules)} modules preloaded", flush=True)
-    serve(control, lifeline)
+    serve(control, lifeline, interpreter)
     return 0
 
 

@@ -36,6 +36,7 @@ MODULES = ("mesh.proxy.worker",)  # the entry points a request may run (`python 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 64
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NAME = 15
 
 forked = False  # true in a process the fork server made (set by the child before it runs its main)
 
@@ -50,6 +51,39 @@ def become_subreaper() -> None:
     """Orphans below us (a dead fork server's proxies) become our children, not init's."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+NAME = b"mitmesh-fork"  # the fork server's process name (comm); its children take back the interpreter's
+
+
+def set_name(name: bytes) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def proxies_of(pid: int) -> list[int]:
+    """The proxy processes a launcher or supervisor `pid` runs: its children other than its fork
+    server, and the fork server's children."""
+    out = []
+    for child in _children(pid):
+        try:
+            comm = Path(f"/proc/{child}/comm").read_bytes().strip()
+        except OSError:
+            continue
+        out += _children(child) if comm == NAME else [child]
+    return sorted(out)
 
 
 def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
