@@ -611,7 +611,6 @@ class Bench:
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)
-        print(footprint.Footprint(self.tmp, svc).run(), flush=True)
         return 0
 
     def close(self) -> None:

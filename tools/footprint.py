@@ -9,6 +9,7 @@ Python (`MITMESH_FORK_SERVER=0`, what `mitmesh sidecar` execs), after the same r
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -35,6 +36,12 @@ def smaps(pid: int) -> dict[str, int]:
 def private_mb(pid: int) -> float:
     m = smaps(pid)
     return (m["Private_Clean"] + m["Private_Dirty"]) / 1024
+
+
+def cpu_ms(pid: int) -> float:
+    """User and system CPU time of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def _answers(url: str) -> bool:
@@ -94,12 +101,13 @@ class Footprint:
                 for _ in range(REQUESTS):
                     urllib.request.urlopen(inbound, timeout=10).read()
             private = [private_mb(c.pid) for c, _ in forked]
+            cpu = [cpu_ms(c.pid) for c, _ in forked]
             base = smaps(server.child.pid)
             procs.stop_all([c for c, _ in forked])
-            alone, _, inbound = self.start(SIDECARS, None)
+            alone, alone_ms, inbound = self.start(SIDECARS, None)
             for _ in range(REQUESTS):
                 urllib.request.urlopen(inbound, timeout=10).read()
-            alone_rss = smaps(alone.pid)["Rss"] / 1024
+            alone_rss, alone_cpu = smaps(alone.pid)["Rss"] / 1024, cpu_ms(alone.pid)
             alone_private = private_mb(alone.pid)
             alone.stop()
         finally:
@@ -109,9 +117,10 @@ class Footprint:
         print(f"  fork server: {server.info.get('modules')} modules preloaded in "
               f"{server.info.get('preload_cpu_ms')} ms of CPU, RSS {base['Rss'] / 1024:.1f} MiB", flush=True)
         print(f"  {SIDECARS} forked sidecars: private {pm:.1f} MiB each (median; {min(private):.1f}-"
-              f"{max(private):.1f}), started in {sm:.0f} ms (median; {min(starts):.0f}-{max(starts):.0f}), "
-              f"fork request to the admin listener's first answer", flush=True)
-        print(f"  standalone sidecar (no fork server): RSS {alone_rss:.1f} MiB, private {alone_private:.1f} MiB",
-              flush=True)
+              f"{max(private):.1f}), started in {sm:.0f} ms (median; {min(starts):.0f}-{max(starts):.0f}; fork "
+              f"request to the admin listener's first answer), {statistics.median(cpu):.0f} ms of CPU each "
+              f"(median, start and {REQUESTS} requests)", flush=True)
+        print(f"  standalone sidecar (no fork server): RSS {alone_rss:.1f} MiB, private {alone_private:.1f} MiB, "
+              f"started in {alone_ms:.0f} ms, {alone_cpu:.0f} ms of CPU", flush=True)
         return (f"sidecar_private_mb={pm:.1f} sidecar_start_ms={sm:.0f} "
                 f"standalone_sidecar_rss_mb={alone_rss:.1f}")

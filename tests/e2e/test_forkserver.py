@@ -9,6 +9,8 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -224,3 +226,13 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+@pytest.mark.timeout(300)
+def test_bench_footprint_only_prints_its_figures():
+    """`mitmesh bench --footprint-only` runs end to end (figures are not asserted: a bench measures them)."""
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "bench", "--footprint-only"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"sidecar_private_mb=[\d.]+ sidecar_start_ms=\d+ standalone_sidecar_rss_mb=[\d.]+", last), last
