@@ -20,6 +20,7 @@ import yaml
 
 from mesh.runtime import forkserver, procs, supervisor
 from mesh.security import pki
+from tools.testbed import running_demo, wait_until
 
 pytestmark = pytest.mark.skipif(not forkserver.available(), reason="the fork server needs Linux pidfds")
 
@@ -236,3 +237,23 @@ def test_bench_footprint_only_prints_its_figures():
     assert out.returncode == 0, out.stdout + out.stderr
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"sidecar_private_mb=[\d.]+ sidecar_start_ms=\d+ standalone_sidecar_rss_mb=[\d.]+", last), last
+
+
+def test_up_outlives_its_fork_server_and_learns_of_a_sidecar_exit(tmp_path):
+    with running_demo(tmp_path) as demo:
+        log = demo["log"]
+        text = log.read_text()
+        [server] = _pids(text, r"fork-server: pid (\d+)")
+        admins = dict(re.findall(r"sidecar: (\S+) inbound .* admin (http://\S+) pid \d+", text))
+        sidecars = dict((name, int(pid)) for name, pid in re.findall(r"sidecar: (\S+) inbound .* pid (\d+)", text))
+        assert len(sidecars) >= 2 and _running(server)
+        os.kill(server, signal.SIGKILL)
+        wait_until(lambda: "restarting it" in log.read_text(), timeout=60)
+        with urllib.request.urlopen(demo["url"] + "/catalog/items", timeout=10) as r:  # through a sidecar
+            assert r.status == 200
+        for name, admin in admins.items():  # every sidecar serves on, now a child of `mitmesh up`
+            with urllib.request.urlopen(admin, timeout=10) as r:
+                assert r.status == 200 and json.load(r)["pid"] == sidecars[name]
+        name, pid = next(iter(sidecars.items()))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: f"exited: {name}.sidecar with code -9" in log.read_text(), timeout=30)
