@@ -14,9 +14,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("mitmesh.etcd")
 
@@ -86,6 +87,8 @@ class Etcd:
     """One aiohttp session to a list of etcd endpoints; made inside the running loop."""
 
     def __init__(self, endpoints: list[str], timeout: float = 2.0):
+        global aiohttp  # loaded by the first client: a proxy without etcd never imports aiohttp
+        import aiohttp
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
