@@ -185,6 +185,8 @@ class Shared:
     _all: dict[str, Shared] = {}
 
     def __init__(self, uri: str):
+        import redis.asyncio  # noqa: F401  with the config that names it, not in a poll on the loop
+
         self.uri = uri
         self._client = None
         self._loop = None
