@@ -27,7 +27,7 @@ MITMESH = procs.python("-m", "mesh.cli")
 # gateway's own features (its addons and the policy code they run), the functions runtime
 NOT_IN_A_DEMO_SIDECAR = (
     "opentelemetry", "redis", "aiohttp", "limits", "jwt", "httptools", "tornado",
-    "discovery.etcd",
+    "discovery.etcd", "discovery.etcdapi",
     "addons.authn", "addons.auththrottle", "addons.canary", "addons.cors", "addons.function",
     "addons.ipfilter", "addons.mirror", "addons.ratelimit", "addons.router", "addons.sanitize",
     "addons.securityheaders", "addons.transform", "addons.versioning",
