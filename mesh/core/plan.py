@@ -188,6 +188,12 @@ class RoutePlan:
     forward: settings.RouteResilience = settings.compile(Models(timeout=None, retries=None, fault=None))  # Forward, Faults
     security_headers: securityheaders.Headers | None = None  # SecurityHeaders
     models: Mapping[str, object] = field(default_factory=dict)  # kind → config model, for /status and tools
+    # the policy fields above that are set: the stages this route runs (addons/dispatch.py), by field
+    used: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "used", frozenset(
+            f.field for f in FEATURES if f.field != "forward" and getattr(self, f.field) is not None))
 
     def uses(self, kind: str) -> bool:
         return kind in self.models
@@ -220,4 +226,4 @@ def compile_plan(models: Mapping[str, object], ctx: Context) -> RoutePlan:
     return RoutePlan(**values)
 
 
-PLAN_FIELDS = tuple(f.name for f in fields(RoutePlan))
+PLAN_FIELDS = tuple(f.name for f in fields(RoutePlan) if f.init)
