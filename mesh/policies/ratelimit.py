@@ -57,8 +57,13 @@ def compile(model: schema.RateLimit, route: schema.Route) -> Policy:
 
 
 def _storage(uri: str) -> str:
-    """limits' storage URI: Redis through its asyncio client."""
-    return "async+" + uri if uri.startswith(("redis://", "rediss://")) else uri
+    """limits' storage URI: Redis through its asyncio client, imported with the config that names it
+    (a build runs off the event loop), never within the first request's storage timeout."""
+    if not uri.startswith(("redis://", "rediss://")):
+        return uri
+    import redis.asyncio  # noqa: F401
+
+    return "async+" + uri
 
 
 def _policy_header(items: tuple[limits.RateLimitItem, ...]) -> str:
