@@ -61,8 +61,10 @@ def _storage(uri: str) -> str:
     (a build runs off the event loop), never within the first request's storage timeout."""
     if not uri.startswith(("redis://", "rediss://")):
         return uri
-    import redis.asyncio  # noqa: F401
-
+    # limits' Redis storage imports ~450 modules (its dependency probing) the first time one is
+    # made: made once here, so that cost is not paid inside the first request's storage timeout
+    # (it connects nothing; the storages that count are made per proxy by Limits)
+    redis_storage("async+" + uri, 1.0)
     return "async+" + uri
 
 
