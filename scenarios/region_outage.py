@@ -41,7 +41,9 @@ def run(r: Run) -> Report:
 
 
 def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate: int, services: dict) -> Report:
-    with _mesh.sidecar_mesh(r, services=services) as m:
+    # on loopback whatever the run's isolation: its etcd listens on this host's loopback, which pods
+    # cannot reach (as `mitmesh up --control-plane etcd`; docs/howto/scenarios.md)
+    with _mesh.sidecar_mesh(r, services=services, isolation="loopback") as m:
         m.config["gateway"].update(zone="eu-1", region="eu")
         # etcd discovery: a killed instance is gone from every proxy when its lease ends (mDNS keeps
         # its record cached for minutes, and a dead endpoint still counts in its level's health)

@@ -10,6 +10,7 @@ firewall that drops), while both keep reaching every other host; `heal(a, b)` un
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -17,6 +18,29 @@ import threading
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+
+
+NETNS_DIR = "/run/netns"
+
+
+def stale_of_dead(prefix: str, base: int = 16) -> list[str]:
+    """Namespaces `<prefix><pid>-…` whose process is gone: what a run that was SIGKILLed (a test's
+    timeout) left. The pid is written in `base` (the pods of a bench in hex, hosts in decimal)."""
+    digits = "[0-9a-f]" if base == 16 else "[0-9]"
+    if not os.path.isdir(NETNS_DIR):
+        return []
+    out = []
+    for name in os.listdir(NETNS_DIR):
+        m = re.fullmatch(rf"{re.escape(prefix)}({digits}+)-.+", name)
+        if m and not os.path.exists(f"/proc/{int(m.group(1), base)}"):
+            out.append(name)
+    return sorted(out)
+
+
+def remove(names: list[str]) -> None:
+    """Delete namespaces: each takes its veth ends, addresses, routes and nftables tables with it."""
+    for name in names:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def why_not() -> str | None:
@@ -32,6 +56,7 @@ def why_not() -> str | None:
 
 class Network:
     def __init__(self, hosts: list[str], subnet: str = "10.77.0", tag: str = "mm4"):
+        self.tag = tag
         self.prefix = f"{tag}-{os.getpid()}-{secrets.token_hex(2)}"
         self.switch = f"{self.prefix}-sw"
         self.hosts = {h: (f"{self.prefix}-{h}", f"{subnet}.{i + 1}") for i, h in enumerate(hosts)}
@@ -43,6 +68,10 @@ class Network:
             raise RuntimeError(f"ip {' '.join(args)}: {out.stderr.strip()}")
 
     def create(self) -> None:
+        left = stale_of_dead(f"{self.tag}-", base=10)  # a run of ours that was SIGKILLed left them
+        if left:
+            remove(left)
+            print(f"removed {len(left)} stale namespaces of a run that was killed: {', '.join(left)}", flush=True)
         self._ip("netns", "add", self.switch)
         self.made.append(self.switch)
         self._ip("-n", self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -68,14 +67,7 @@ def stale(prefix: str) -> list[str]:
 
 def stale_of_dead(kind: str) -> list[str]:
     """Namespaces `<kind><hex pid>-…` whose process is gone (a bench's pods are named by its pid)."""
-    if not NETNS_DIR.is_dir():
-        return []
-    out = []
-    for p in NETNS_DIR.iterdir():
-        m = re.fullmatch(rf"{kind}([0-9a-f]+)-.+", p.name)
-        if m and not Path(f"/proc/{int(m.group(1), 16)}").exists():
-            out.append(p.name)
-    return sorted(out)
+    return netns.stale_of_dead(kind, base=16)
 
 
 def remove(names: list[str]) -> None:
