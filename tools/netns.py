@@ -54,12 +54,22 @@ def why_not() -> str | None:
     return None
 
 
+PODS_FROM, PODS_PER_HOST = 64, 16  # host i's pods: SUBNET.(64 + 16 i) on
+
+
 class Network:
-    def __init__(self, hosts: list[str], subnet: str = "10.77.0", tag: str = "mm4"):
-        self.tag = tag
+    """`pods=True`: every host's eth0 is a port of a bridge br0 in the host, which carries the
+    host's address; pods made in the host (tools/pods.py, `pods.in_host`) are sibling namespaces
+    joined to that bridge, so they sit on the hosts' segment with addresses of their own (mDNS,
+    partitions and the gateway's connections reach them as they reach hosts)."""
+
+    def __init__(self, hosts: list[str], subnet: str = "10.77.0", tag: str = "mm4", pods: bool = False):
+        self.tag, self.subnet, self.bridged = tag, subnet, pods
         self.prefix = f"{tag}-{os.getpid()}-{secrets.token_hex(2)}"
         self.switch = f"{self.prefix}-sw"
         self.hosts = {h: (f"{self.prefix}-{h}", f"{subnet}.{i + 1}") for i, h in enumerate(hosts)}
+        if pods and len(hosts) > (255 - PODS_FROM) // PODS_PER_HOST:
+            raise ValueError(f"at most {(255 - PODS_FROM) // PODS_PER_HOST} hosts with pods")
         self.made: list[str] = []
 
     def _ip(self, *args: str) -> None:
@@ -83,7 +93,13 @@ class Network:
                      "netns", ns)
             self._ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
             self._ip("-n", ns, "link", "set", "lo", "up")
-            self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            device = "eth0"
+            if self.bridged:  # the host's address on its bridge, eth0 one of its ports (pods join it)
+                device = "br0"
+                self._ip("-n", ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+                self._ip("-n", ns, "link", "set", "eth0", "master", "br0")
+                self._ip("-n", ns, "link", "set", "br0", "up")
+            self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", device)
             self._ip("-n", ns, "link", "set", "eth0", "up")
 
     def close(self) -> None:
@@ -108,6 +124,12 @@ class Network:
         port = f"p{list(self.hosts).index(host)}"
         self._ip("-n", self.switch, "link", "set", "dev", port, "type", "bridge_slave",
                  "isolated", "on" if on else "off")
+
+    def pod_addresses(self, host: str) -> tuple[str, int]:
+        """(subnet, first host number) of the pods made in `host`: up to PODS_PER_HOST of them."""
+        if not self.bridged:
+            raise RuntimeError("this network was made without pods=True: its hosts have no bridge for pods")
+        return self.subnet, PODS_FROM + PODS_PER_HOST * list(self.hosts).index(host)
 
     def address(self, host: str) -> str:
         return self.hosts[host][1]
