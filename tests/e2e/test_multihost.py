@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import os
 import signal
+import subprocess
 import time
 import urllib.request
 
@@ -164,3 +166,21 @@ async def test_nothing_of_the_namespaces_reaches_this_host(hosts):
         assert here.instances == {}
     finally:
         await browser.stop()
+
+
+def test_namespaces_a_killed_run_left_are_removed_by_the_next_run():
+    """A run SIGKILLed (a test's timeout) cannot remove its namespaces; the next Network of the
+    same tag removes those whose pid is dead, and leaves a live run's alone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, alive = f"mm4-{gone.pid}-beef-h1", f"mm4-{os.getpid()}-beef-h1"
+    for name in (dead, alive):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    net = netns.Network(["a"])
+    try:
+        net.create()
+        left = os.listdir("/run/netns")
+        assert dead not in left and alive in left
+    finally:
+        net.close()
+        netns.remove([dead, alive])
