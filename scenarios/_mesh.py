@@ -21,13 +21,13 @@ RESILIENT = {
 
 @contextlib.contextmanager
 def sidecar_mesh(run: Run, *, services: dict | None = None, policies: dict | None = None,
-                 catalog_policies: list[str] = ("resilient",), isolation: str | None = None) -> Iterator[Mesh]:
+                 catalog_policies: list[str] = ("resilient",)) -> Iterator[Mesh]:
     """A gateway (zone a) finding sidecars over mDNS, its own mesh id; the scenario starts the
     instances, each in a pod of its own (the run's isolation, pod as root: mDNS on the pods'
     bridge) or on 127.x.y.N (loopback: mDNS on 127.x.y.1). `services` entries are merged over the
     defaults (catalog, orders, payments, users with version v1). Everything it started (pods
     included) is removed on the way out."""
-    m = Mesh(run.workdir, {}, progress=run.say, isolation=isolation or run.isolation)
+    m = Mesh(run.workdir, {}, progress=run.say, isolation=run.isolation)
     config = sidecar_config(f"{m.net}.1")
     config["mesh"]["id"] = f"s-{secrets.token_hex(4)}"
     config["sidecar"]["drain"] = "100ms"  # no scenario stops an instance gracefully; teardown is quick

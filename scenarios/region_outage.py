@@ -27,6 +27,8 @@ from . import _mesh
 
 TTL = 3  # etcd lease of each instance, seconds
 TITLE = "the gateway's region (two zones) dies: priority levels fail over to the other region, and back"
+# why it runs on loopback whatever is asked (as `mitmesh up --control-plane etcd`)
+LOOPBACK_ONLY = "its etcd listens on this host's loopback, which pods cannot reach"
 
 
 def run(r: Run) -> Report:
@@ -41,9 +43,7 @@ def run(r: Run) -> Report:
 
 
 def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate: int, services: dict) -> Report:
-    # on loopback whatever the run's isolation: its etcd listens on this host's loopback, which pods
-    # cannot reach (as `mitmesh up --control-plane etcd`; docs/howto/scenarios.md)
-    with _mesh.sidecar_mesh(r, services=services, isolation="loopback") as m:
+    with _mesh.sidecar_mesh(r, services=services) as m:
         m.config["gateway"].update(zone="eu-1", region="eu")
         # etcd discovery: a killed instance is gone from every proxy when its lease ends (mDNS keeps
         # its record cached for minutes, and a dead endpoint still counts in its level's health)

@@ -2,7 +2,8 @@
 and the report with its verdict against the scenario's SLO (exit code 0 PASS, 1 FAIL, 77 skipped).
 
 A scenario is a module of the `scenarios/` folder with a docstring (first line: `NAME: what
-happens`), a `TITLE` and a `run(run: Run) -> Report`; `mitmesh scenario NAME` runs it here. The
+happens`), a `TITLE`, a `run(run: Run) -> Report` and, if it cannot run on pods, `LOOPBACK_ONLY`
+(why); `mitmesh scenario NAME` runs it here. The
 runner loads that folder by its path (FOLDER): the product (mesh/) never imports a scenario.
 """
 
@@ -329,10 +330,12 @@ def run_one(name: str, short: bool = False, keep: bool = False, out=None, isolat
     except Skip as e:
         print(f"SKIP  {name}: {e}", file=out, flush=True)
         return SKIPPED
+    if mode == "pod" and getattr(mod, "LOOPBACK_ONLY", None):  # a scenario that cannot run on pods says why
+        mode, why = "loopback", mod.LOOPBACK_ONLY
     run = Run(name, short, workdir, out, mode)
     print(f"scenario {name} ({'short' if short else 'full'} run, isolation {mode}"
-          + (f"; no pods here: {why}" if why and isolation_mode == "auto" else "") + f"): {mod.TITLE}",
-          file=out, flush=True)
+          + (f"; no pods: {why}" if why and mode == "loopback" and isolation_mode != "loopback" else "")
+          + f"): {mod.TITLE}", file=out, flush=True)
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _terminate)
