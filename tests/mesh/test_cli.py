@@ -123,7 +123,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, code, line", CASES, ids=[c[0] for c in CASES])
+# (ids without the free port, so that pytest-xdist workers collect the same tests)
+@pytest.mark.parametrize("args, code, line", CASES, ids=[c[0].replace(CLOSED, "CLOSED") for c in CASES])
 def test_bad_input_gets_one_line_and_an_exit_code(folder, monkeypatch, capsys, args, code, line):
     """In-process, so an exception the CLI lets through fails the test as the traceback it would be."""
     monkeypatch.chdir(folder)
