@@ -29,6 +29,7 @@ log = logging.getLogger("mitmesh.authn")
 class Authn:
     """Checks the credentials the route's plan asks for (`plan.authn`, compiled by the build with
     the runtime's JWKS caches and introspectors, which outlive reloads)."""
+    plan_fields = ("authn",)  # runs only for routes whose plan has it (addons/dispatch.py)
 
     def __init__(self, state: MeshState):
         self.state = state

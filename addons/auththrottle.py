@@ -17,6 +17,8 @@ from . import keys, replies
 
 
 class AuthThrottle:
+    plan_fields = ("authn",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def __init__(self, limiters: ratelimit.Limiters):
         self.limiters = limiters
         self._counting: set[asyncio.Task] = set()

@@ -16,6 +16,8 @@ from . import keys, replies
 
 
 class Authz:
+    plan_fields = ("authz",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
             return

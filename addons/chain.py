@@ -5,47 +5,50 @@ from __future__ import annotations
 from mesh.security import redact
 from mesh.core.state import MeshState
 
+# the addons of both chains; a gateway-only addon (and the policy code and libraries it brings:
+# JWT, CORS, transforms, rate limits, functions) is imported by gateway(), never by a sidecar
 from .accesslog import AccessLog
 from .admin import Admin
-from .authn import Authn
-from .auththrottle import AuthThrottle
 from .authz import Authz
-from .canary import Canary
 from .config import Config
-from .cors import Cors
 from .decisions import Decisions
+from .etcd import Etcd
 from .forward import Forward
 from .forwarded import Forwarded
-from .function import Function
-from .idempotency import Idempotency
 from .health import Health
 from .httpguard import HttpGuard
+from .idempotency import Idempotency
 from .inbound import Inbound
-from .ipfilter import IpFilter
-from .etcd import Etcd
 from .mdns import Mdns
 from .metrics import Metrics
-from .mirror import Mirror
 from .normalize import Normalize
 from .outbound import Outbound
 from .plugins import Plugins
-from .ratelimit import RateLimit
 from .recent import Recent
 from .recorder import Recorder
 from .requestid import RequestId
-from .router import Router
-from .sanitize import Sanitize
-from .securityheaders import SecurityHeaders
-from .sizelimit import SizeLimit
 from .timeouts import Timeouts
 from .tls import Tls
 from .tracing import Tracing
-from .transform import Transform
-from .versioning import Versioning
-
 
 def gateway(state: MeshState | None = None) -> list:
     """The edge gateway's addons, in the order every request meets them."""
+    from .auththrottle import AuthThrottle
+    from .authn import Authn
+    from .canary import Canary
+    from .cors import Cors
+    from .dispatch import Dispatch
+    from .function import Function
+    from .ipfilter import IpFilter
+    from .mirror import Mirror
+    from .ratelimit import RateLimit
+    from .router import Router
+    from .sanitize import Sanitize
+    from .securityheaders import SecurityHeaders
+    from .sizelimit import SizeLimit
+    from .transform import Transform
+    from .versioning import Versioning
+
     state = state or MeshState()
     redact.install()       # credentials never reach a log line, whoever logs
     tracing = Tracing(state, "mitmesh-gateway")
@@ -66,19 +69,23 @@ def gateway(state: MeshState | None = None) -> list:
         Tls(state),        # downstream TLS and mTLS; refuses plaintext where TLS is required
         IpFilter(),        # cheapest refusal: the listener's address lists, before any parsing
         Router(),          # picks the route; 404, direct and redirect answers end here
-        Cors(),            # preflights answered before authentication (browsers send no credentials)
-        SizeLimit(),       # 413/431 before authentication reads or introspects anything
-        Versioning(),      # the API version picks the cluster; an unknown version is a 400 before any work
-        AuthThrottle(ratelimit.limiters),  # an address with too many failed authentications: 429 before they are checked
-        Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
-        Authz(),           # may they: deny and allow rules on peer identity, request and claims
-        ratelimit,         # after authentication: keyed by the verified consumer; counts complete requests
-        Idempotency(),     # admitted requests only (a refused one takes no key), before they change; duplicates end here
-        Canary(),          # sticky split after authentication too (the key may be a verified claim)
-        Transform(),       # request side once the request is admitted; response side before it leaves
-        Forwarded(),       # X-Forwarded-* once we know the request goes upstream
-        Mirror(state),     # copies the request exactly as the upstream will get it, just before Forward
-        Function(state),   # a function route is answered here, after every policy, instead of by Forward
+        # the route's stages: mitmproxy calls Dispatch, which runs only those the route's plan uses
+        # (a stage's plan_fields; those without run for every routed flow), in this order
+        Dispatch(
+            Cors(),            # preflights answered before authentication (browsers send no credentials)
+            SizeLimit(),       # 413/431 before authentication reads or introspects anything
+            Versioning(),      # the API version picks the cluster; an unknown version is a 400 before any work
+            AuthThrottle(ratelimit.limiters),  # an address with too many failed authentications: 429 before they are checked
+            Authn(state),      # who is calling: JWT, opaque token, API key; 401/403
+            Authz(),           # may they: deny and allow rules on peer identity, request and claims
+            ratelimit,         # after authentication: keyed by the verified consumer; counts complete requests
+            Idempotency(),     # admitted requests only (a refused one takes no key), before they change; duplicates end here
+            Canary(),          # sticky split after authentication too (the key may be a verified claim)
+            Transform(),       # request side once the request is admitted; response side before it leaves
+            Forwarded(),       # X-Forwarded-* once we know the request goes upstream
+            Mirror(state),     # copies the request exactly as the upstream will get it, just before Forward
+            Function(state),   # a function route is answered here, after every policy, instead of by Forward
+        ),
         Forward(state, tracing),  # the upstream attempts (a client span each), answers every routed flow
         SecurityHeaders(), # response hook: security headers on every answer, ours or upstream's
         # response side: these only observe the finished flow, so they come last

@@ -14,6 +14,8 @@ from mesh.policies.cors import CorsPolicy
 
 
 class Cors:
+    plan_fields = ("cors",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def _policy(self, flow: http.HTTPFlow) -> CorsPolicy | None:
         st = keys.get(flow)
         if st is None or st.route is None:

@@ -31,6 +31,8 @@ class Held:
 
 
 class Idempotency:
+    plan_fields = ("idempotency",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def __init__(self):
         self.stores = idempotency.Stores()  # outlive reloads: kept answers survive config edits
 

@@ -40,6 +40,8 @@ class _Copy:
 
 
 class Mirror:
+    plan_fields = ("mirror",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def __init__(self, state: MeshState):
         self.state = state
         self.tasks: set[asyncio.Task] = set()

@@ -33,6 +33,7 @@ from mesh.config.plugins import GATEWAY, SIDECAR_INBOUND, SIDECAR_OUTBOUND, STAG
 from mesh.core.state import INBOUND, OUTBOUND, MeshState, Snapshot
 
 from . import keys, replies
+from .dispatch import Dispatch
 
 log = logging.getLogger("mitmesh.plugins")
 
@@ -194,6 +195,7 @@ class Plugins:
             self._lifecycle(spec, loaded.instance, "load", _loader())
         ctx.master.addons.register(hooks)
         container.insert(index, hooks)
+        _changed(ctx.master.addons)
         if fresh:
             self._lifecycle(spec, loaded.instance, "configure", set(ctx.options.keys()))
             if self.is_running:
@@ -210,6 +212,7 @@ class Plugins:
         top = container is manager.chain
         if not top:
             del container[index]
+            _changed(manager)
         manager.remove(hooks)  # also takes it out of (a new copy of) the manager's own chain
         if retire:
             self._lifecycle(loaded.spec, loaded.instance, "done")
@@ -322,16 +325,25 @@ def _name(addon) -> str:
 
 
 def _containers(manager) -> list[list]:
-    """The addon lists of the manager: its chain, and every `addons` list below it (a script's)."""
+    """The addon lists of the manager: its chain, every `addons` list below it (a script's) and
+    every Dispatch's stages (the route stages, which it calls for mitmproxy)."""
     out, todo = [], [manager.chain]
     while todo:
         lst = todo.pop()
         out.append(lst)
         for a in lst:
-            sub = getattr(a, "addons", None)
+            sub = a.stages if isinstance(a, Dispatch) else getattr(a, "addons", None)
             if isinstance(sub, list):
                 todo.append(sub)
     return out
+
+
+def _changed(manager) -> None:
+    """A plugin went into or out of a Dispatch's stages: it makes its per-plan tables again."""
+    for container in _containers(manager):
+        for a in container:
+            if isinstance(a, Dispatch):
+                a.changed()
 
 
 def _code_line(text: str) -> int | None:

@@ -35,6 +35,8 @@ def counter_key(flow: http.HTTPFlow, st: keys.FlowState, policy: ratelimit.Polic
 
 
 class RateLimit:
+    plan_fields = ("rate_limit",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def __init__(self, state: MeshState):
         self.state = state
         self.limiters = ratelimit.Limiters()

@@ -30,6 +30,8 @@ def too_large(flow: http.HTTPFlow, st: keys.FlowState, size: int, limit: int, so
 
 
 class SizeLimit:
+    plan_fields = ("size_limit",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
             return

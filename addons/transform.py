@@ -45,6 +45,8 @@ def new_body(message: http.Message, side: transform.Side, values: dict) -> bytes
 
 
 class Transform:
+    plan_fields = ("transform",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def request(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
             return

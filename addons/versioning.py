@@ -11,6 +11,8 @@ from . import keys, replies
 
 
 class Versioning:
+    plan_fields = ("versioning",)  # runs only for routes whose plan has it (addons/dispatch.py)
+
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response or flow.error or not flow.live:
             return

@@ -30,6 +30,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons import chain as chains
+from addons.dispatch import Dispatch
 from addons import keys, replies
 from mesh.core.routing import ForwardAction
 from mesh.core.state import MeshState
@@ -175,7 +176,8 @@ async def run_chain(config: str | dict, directory: Path, *, role: str = "gateway
     caller = None
     if role == "gateway":
         caller = _Caller()
-        addons.insert(next(i for i, a in enumerate(addons) if type(a).__name__ == "Authn") + 1, caller)
+        route_stages = next(a for a in addons if isinstance(a, Dispatch)).stages  # Authn is one of them
+        route_stages.insert(next(i for i, a in enumerate(route_stages) if type(a).__name__ == "Authn") + 1, caller)
     old = os.getcwd()
     os.chdir(directory)  # the Config addon loads ./mesh.yaml as soon as it is added
     try:

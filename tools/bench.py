@@ -174,20 +174,46 @@ def h2_vs_h1(h2load: H2load, url: str, args) -> tuple[list[float], list[float], 
     return h1, h2, errors
 
 
-def policies_vs_bare(wrk: Wrk, policies: str, bare: str, args) -> tuple[list[float], list[float], int]:
+@dataclass
+class PolicyRuns:
+    """policies_vs_bare's rounds: req/s and the worker's CPU per request (µs), of each route."""
+
+    rps: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    errors: int
+
+    def ratio(self, what: str = "rps") -> float:
+        runs = getattr(self, what)
+        return sum(runs["policies"]) / sum(runs["bare"])
+
+
+def policies_vs_bare(wrk: Wrk, policies: str, bare: str, args, pids: list[int]) -> PolicyRuns:
     """The demo's policies (API key, rate limit) against a bare route to the same upstream on the
-    same gateway, interleaved 3 times (once with --no-warmup): req/s of each run, and failures."""
+    same gateway, interleaved (ABBA, so a trend in the machine's load hits both alike) for
+    `--policy-rounds` rounds (one with --no-warmup): req/s of each run, the worker CPU per request
+    (what the route costs, whatever else the machine runs), and failed requests."""
     seconds = max(args.seconds / 2, 1)
     warm = not args.no_warmup
     if warm:
+        wrk.run(policies, args.connections, 1)
         wrk.run(bare, args.connections, 1)
-    with_policies, without, errors = [], [], 0
-    for _ in range(3 if warm else 1):
-        for runs, url in ((with_policies, policies), (without, bare)):
+    runs = PolicyRuns({"policies": [], "bare": []}, {"policies": [], "bare": []}, 0)
+    order = (("policies", policies), ("bare", bare))
+    for i in range(args.policy_rounds if warm else 1):
+        for name, url in (order if i % 2 == 0 else order[::-1]):
+            cpu0 = cpu_seconds(pids)
             rps, _, _, failed = wrk.run(url, args.connections, seconds)
-            runs.append(rps)
-            errors += failed
-    return with_policies, without, errors
+            runs.rps[name].append(rps)
+            runs.cpu[name].append(1e6 * (cpu_seconds(pids) - cpu0) / max(wrk.last_count, 1))
+            runs.errors += failed
+    return runs
+
+
+def policies_sentence(runs: PolicyRuns) -> str:
+    n = len(runs.rps["bare"])
+    return (f"The demo's policies (API key, rate limit) against a bare route on the same 1-worker gateway "
+            f"({n} interleaved round{'s' if n > 1 else ''}): {runs.ratio():.2f}x the throughput, "
+            f"{runs.ratio('cpu'):.2f}x the worker CPU per request")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -470,6 +496,18 @@ class Bench:
                 f"standard_added_p50_ms={statistics.median(std['p50']) - direct_p50:.2f} "
                 f"fast_cpu_per_request_vs_standard={sum(fast['cpu']) / sum(std['cpu']):.2f}")
 
+    def policies(self, url: str, pids: list[int]) -> PolicyRuns:
+        """policies_vs_bare on the gateway at `url` (its worker `pids`), each round's figures printed."""
+        runs = policies_vs_bare(self.wrk, url, url.replace(PATH, BARE_PATH), self.args, pids)
+        for name, label in (("policies", "demo policies, 1 worker"), ("bare", "bare route, 1 worker")):
+            rps, cpu = runs.rps[name], runs.cpu[name]
+            print(f"  {label:<32} {sum(rps) / len(rps):>8.0f} req/s   "
+                  f"(wrk -c{self.args.connections}: {', '.join(f'{x:.0f}' for x in rps)})   "
+                  f"worker CPU {', '.join(f'{x:.0f}' for x in cpu)} µs/request", flush=True)
+        if runs.errors:
+            print(f"  ERRORS {runs.errors} failed requests on the two routes", flush=True)
+        return runs
+
     def stop(self, child: procs.Child) -> None:
         child.stop()
         self.children.remove(child)
@@ -482,6 +520,13 @@ class Bench:
         print(f"bench: {machine()}", flush=True)
         print(f"bench: wrk -t1, {args.connections} connections, {args.seconds:g}s per run, "
               f"GET {PATH} through each target to one demo catalog instance", flush=True)
+        if args.policies_only:
+            url, gw = self.gateway("gateway-1", svc, 1)
+            policy = self.policies(url, children_of(gw.pid))
+            print(policies_sentence(policy))
+            print(f"policies_vs_bare={policy.ratio():.2f} policies_cpu_vs_bare={policy.ratio('cpu'):.2f}"
+                  + (" WARNING: failed requests" if policy.errors else ""), flush=True)
+            return 0
         results: dict[str, Result] = {}
         results["direct"] = measure("direct (demo service)", f"http://127.0.0.1:{svc}/items/1", self.wrk, args)
         if args.engines_only:
@@ -521,12 +566,7 @@ class Bench:
         worker_pids = children_of(gw.pid)
         cold, warm = self.functions(url.removesuffix(PATH))
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
-        pol, bare, bare_errors = policies_vs_bare(self.wrk, url, url.replace(PATH, BARE_PATH), args)
-        print(f"  {'demo policies, 1 worker':<32} {sum(pol) / len(pol):>8.0f} req/s   "
-              f"(wrk -c{args.connections}: {', '.join(f'{x:.0f}' for x in pol)})", flush=True)
-        print(f"  {'bare route, 1 worker':<32} {sum(bare) / len(bare):>8.0f} req/s   "
-              f"(wrk -c{args.connections}: {', '.join(f'{x:.0f}' for x in bare)})"
-              + (f"   ERRORS {bare_errors}" if bare_errors else ""), flush=True)
+        policy = self.policies(url, worker_pids)
         h1 = h2 = None
         h2_errors = 0
         if self.h2load is not None:
@@ -595,15 +635,14 @@ class Bench:
         if h1 and h2:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
-        print(f"The demo's policies (API key, rate limit) against a bare route on the same 1-worker gateway "
-              f"({len(pol)} interleaved round{'s' if len(pol) > 1 else ''}): {sum(pol) / sum(bare):.2f}x the throughput")
-        errors = sum(r.errors for r in results.values()) + h2_errors + warm.errors + bare_errors
+        print(policies_sentence(policy))
+        errors = sum(r.errors for r in results.values()) + h2_errors + warm.errors + policy.errors
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f} "
-              f"policies_vs_bare={sum(pol) / sum(bare):.2f}"
+              f"policies_vs_bare={policy.ratio():.2f} policies_cpu_vs_bare={policy.ratio('cpu'):.2f}"
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)
@@ -630,6 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also py-spy the 1-worker gateway under load")
     p.add_argument("--engine-rounds", type=int, default=3,
                    help="interleaved rounds of gateway.engine fast against standard (default 3)")
+    p.add_argument("--policy-rounds", type=int, default=3,
+                   help="interleaved rounds of the demo's policies against a bare route (default 3)")
+    p.add_argument("--policies-only", action="store_true",
+                   help="measure only policies_vs_bare on a 1-worker gateway (policies_vs_bare=...)")
     p.add_argument("--engines-only", action="store_true",
                    help="measure only the direct service and the two engines (fast_vs_standard=...)")
     bench = Bench(p.parse_args(argv))

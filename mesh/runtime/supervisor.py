@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from discovery.etcdapi import EtcdError
+from discovery.etcdwire import EtcdError
 from mesh.runtime import procs, sockets
 from mesh.runtime.store import is_location, load_any
 from mesh.config import ConfigError, load

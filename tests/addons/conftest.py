@@ -13,7 +13,7 @@ from mitmproxy.proxy.layers.http import (HttpRequestHeadersHook, HttpRequestHook
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import chain, keys
+from addons import chain, dispatch, keys
 from addons.router import Router
 from mesh.telemetry import metrics
 from mesh.core import modes
@@ -107,7 +107,7 @@ async def gateway(write_config, tmp_path, monkeypatch):
         with taddons.context(*addons) as tctx:
             tctx.options.update(mesh_config=str(path), mesh_reload=False)
             try:
-                gw = Gateway(tctx, state, addons)
+                gw = Gateway(tctx, state, dispatch.stages(addons))  # the route stages too
                 gw.auth = auth
                 yield gw
             finally:
@@ -129,7 +129,7 @@ async def sidecar(write_config):
         with taddons.context(*addons) as tctx:
             tctx.options.update(mesh_config=str(path), mesh_reload=False, mesh_workload=workload)
             try:
-                yield Gateway(tctx, state, addons)
+                yield Gateway(tctx, state, dispatch.stages(addons))
             finally:
                 await state.pool.close()
     return make

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mitmproxy.test import taddons
 
-from addons import chain, decisions as decisions_addon
+from addons import chain, decisions as decisions_addon, dispatch
 from addons.plugins import Plugins
 from mesh.config.plugins import GATEWAY_STAGES, SIDECAR_STAGES
 from mesh.core.state import MeshState
@@ -74,8 +74,8 @@ def config(tmp_path: Path, code: str = RECORDER, cls: str = "Recorder", **block)
 
 
 def test_stage_names_are_the_chains():
-    gw = [getattr(a, "name", type(a).__name__.lower()) for a in chain.gateway(MeshState())]
-    sc = [getattr(a, "name", type(a).__name__.lower()) for a in chain.sidecar(MeshState())]
+    gw = [getattr(a, "name", type(a).__name__.lower()) for a in dispatch.stages(chain.gateway(MeshState()))]
+    sc = [getattr(a, "name", type(a).__name__.lower()) for a in dispatch.stages(chain.sidecar(MeshState()))]
     assert [n for n in gw if n in GATEWAY_STAGES] == list(GATEWAY_STAGES)
     assert [n for n in sc if n in SIDECAR_STAGES] == list(SIDECAR_STAGES)
     assert gw[gw.index("requestid"):gw.index("securityheaders") + 1] == list(GATEWAY_STAGES)
@@ -83,7 +83,7 @@ def test_stage_names_are_the_chains():
 
 async def test_runs_where_placed_for_the_routes_that_list_it(mitmesh_chain, tmp_path):
     async with mitmesh_chain(config(tmp_path)) as c:
-        names = [getattr(a, "name", type(a).__name__.lower()) for a in c.tctx.master.addons.chain]
+        names = [getattr(a, "name", type(a).__name__.lower()) for a in dispatch.stages(c.tctx.master.addons.chain)]
         assert names.index("plugin:rec") == names.index("authz") - 1
         used = await c.send("/with/x", identity="alice")
         unused = await c.send("/other/x", identity="alice")
@@ -98,7 +98,7 @@ async def test_all_routes_and_order_within_a_position(mitmesh_chain, tmp_path):
     text += '  second: {"plugin": "%s/rec.py:Recorder", "before": "forward", "all_routes": true, ' \
             '"options": {"tag": "v2"}}\n' % tmp_path
     async with mitmesh_chain(text) as c:
-        names = [getattr(a, "name", type(a).__name__.lower()) for a in c.tctx.master.addons.chain]
+        names = [getattr(a, "name", type(a).__name__.lower()) for a in dispatch.stages(c.tctx.master.addons.chain)]
         flow = await c.send("/other/x")
     assert names[names.index("forward") - 2:names.index("forward")] == ["plugin:rec", "plugin:second"]
     assert {"x-seen-v1", "x-seen-v2"} <= set(body(flow)["headers"])
@@ -216,7 +216,7 @@ def test_no_plugins_no_hooks(tmp_path, write_config):
         tctx.options.update(mesh_config=str(write_config()), mesh_reload=False)
         plugins = next(a for a in addons if isinstance(a, Plugins))
         assert plugins.active == {}
-        assert not any(getattr(a, "name", "").startswith("plugin:") for a in tctx.master.addons.chain)
+        assert not any(getattr(a, "name", "").startswith("plugin:") for a in dispatch.stages(tctx.master.addons.chain))
 
 
 RESPONSE_FAILS = '''
