@@ -1,5 +1,7 @@
 """The admin listener of a proxy: /status (config, registry, routes, clusters), /flows and
-/prometheus/targets (every proxy's admin listener, for Prometheus' http_sd_configs), on loopback.
+/prometheus/targets (every proxy's admin listener, for Prometheus' http_sd_configs), /modules (the
+Python modules this process has loaded, and its memory: what a proxy's config made it import), on
+loopback.
 
 Reading is open; mutating requests need the admin token (mesh/runtime/admin.py). /flows shows what
 `mesh/security/redact.py` leaves of each flow: no credentials."""
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 
 from mesh.runtime import admin, sockets
 from mesh.security import redact
@@ -25,7 +28,7 @@ class Admin:
         self.server: AdminServer | None = None
         self.handlers = state.admin_handlers
         self.handlers.update({"/status": self._status, "/healthz": self._healthz, "/flows": self._flows,
-                              "/prometheus/targets": self._targets})
+                              "/prometheus/targets": self._targets, "/modules": self._modules})
 
     def _status(self, method: str, query: str):
         return json_reply({"role": self.role, "pid": os.getpid(), **self.state.status()})
@@ -35,6 +38,13 @@ class Admin:
         about them."""
         return json_reply({"role": self.role, "pid": os.getpid(),
                            "flows": redact.value(self.state.recent.latest())})
+
+    def _modules(self, method: str, query: str):
+        """What this process imported (a proxy imports only the features its config uses:
+        docs/performance.md) and what it holds, from /proc/self/smaps_rollup."""
+        names = sorted(n for n, m in list(sys.modules.items()) if m is not None)
+        return json_reply({"role": self.role, "pid": os.getpid(), "count": len(names),
+                           "memory_kb": memory_kb(), "modules": names})
 
     def _targets(self, method: str, query: str):
         snap = self.state.snapshot
@@ -85,3 +95,14 @@ class Admin:
     async def done(self):
         if self.server:
             await self.server.stop()
+
+
+def memory_kb() -> dict[str, int]:
+    """This process's Rss, Pss and private memory in kB (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            fields = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f.readlines()[1:])}
+    except (OSError, ValueError):
+        return {}
+    return {"rss": fields["Rss"], "pss": fields["Pss"],
+            "private": fields["Private_Clean"] + fields["Private_Dirty"]}

@@ -5,48 +5,50 @@ from __future__ import annotations
 from mesh.security import redact
 from mesh.core.state import MeshState
 
+# the addons of both chains; a gateway-only addon (and the policy code and libraries it brings:
+# JWT, CORS, transforms, rate limits, functions) is imported by gateway(), never by a sidecar
 from .accesslog import AccessLog
 from .admin import Admin
-from .authn import Authn
-from .auththrottle import AuthThrottle
 from .authz import Authz
-from .canary import Canary
 from .config import Config
-from .cors import Cors
 from .decisions import Decisions
-from .dispatch import Dispatch
+from .etcd import Etcd
 from .forward import Forward
 from .forwarded import Forwarded
-from .function import Function
-from .idempotency import Idempotency
 from .health import Health
 from .httpguard import HttpGuard
+from .idempotency import Idempotency
 from .inbound import Inbound
-from .ipfilter import IpFilter
-from .etcd import Etcd
 from .mdns import Mdns
 from .metrics import Metrics
-from .mirror import Mirror
 from .normalize import Normalize
 from .outbound import Outbound
 from .plugins import Plugins
-from .ratelimit import RateLimit
 from .recent import Recent
 from .recorder import Recorder
 from .requestid import RequestId
-from .router import Router
-from .sanitize import Sanitize
-from .securityheaders import SecurityHeaders
-from .sizelimit import SizeLimit
 from .timeouts import Timeouts
 from .tls import Tls
 from .tracing import Tracing
-from .transform import Transform
-from .versioning import Versioning
-
 
 def gateway(state: MeshState | None = None) -> list:
     """The edge gateway's addons, in the order every request meets them."""
+    from .auththrottle import AuthThrottle
+    from .authn import Authn
+    from .canary import Canary
+    from .cors import Cors
+    from .dispatch import Dispatch
+    from .function import Function
+    from .ipfilter import IpFilter
+    from .mirror import Mirror
+    from .ratelimit import RateLimit
+    from .router import Router
+    from .sanitize import Sanitize
+    from .securityheaders import SecurityHeaders
+    from .sizelimit import SizeLimit
+    from .transform import Transform
+    from .versioning import Versioning
+
     state = state or MeshState()
     redact.install()       # credentials never reach a log line, whoever logs
     tracing = Tracing(state, "mitmesh-gateway")

@@ -8,7 +8,7 @@ import os
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from discovery.etcdapi import EtcdError
+from discovery.etcdwire import EtcdError
 from mesh.config import ConfigError
 from mesh.core.build import build, build_text
 from mesh.core.state import Bound, MeshState, Snapshot

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from discovery.etcd import EtcdSource
-from discovery.etcdapi import Etcd as EtcdClient
+from typing import TYPE_CHECKING
+
 from mesh.config.schema import Etcd as EtcdModel
 from mesh.core.state import Snapshot
 
 from .mdns import Mdns
+
+if TYPE_CHECKING:
+    from discovery.etcd import EtcdSource
 
 log = logging.getLogger("mitmesh.discovery")
 DEFAULT_TTL = EtcdModel.model_fields["ttl"].default
@@ -44,6 +47,9 @@ class Etcd(Mdns):
         return etcd_settings(snap, self.state.config_store)
 
     async def start_source(self, settings: tuple) -> EtcdSource:
+        from discovery.etcd import EtcdSource  # only where the config uses etcd
+        from discovery.etcdapi import Etcd as EtcdClient
+
         mesh, endpoints, ttl = settings
         source = EtcdSource(EtcdClient(list(endpoints)), mesh, ttl)
         await source.start(self.state.registry)

@@ -18,7 +18,6 @@ import time
 
 import h2.errors
 import h2.events
-import httptools
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
@@ -70,6 +69,9 @@ class Limits:
     def __init__(self, max_head: int, max_resets: int, reset_window: float, fast: bool = False):
         self.max_head, self.max_resets, self.reset_window = max_head, max_resets, reset_window
         self.fast = fast  # engine: fast, HTTP/1.1 heads read by FastHttp1Server
+        if fast:
+            global httptools  # its parser: imported when a config first asks for the fast engine
+            import httptools
 
 
 class StopReading(ResponseProtocolError):

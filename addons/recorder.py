@@ -17,7 +17,12 @@ import time
 import urllib.parse
 import uuid
 
-from mitmproxy import flowfilter, http, io
+from typing import TYPE_CHECKING
+
+from mitmproxy import flowfilter, http
+
+if TYPE_CHECKING:
+    from mitmproxy import io
 
 from mesh.core.loops import Loop
 from mesh.security import redact
@@ -144,6 +149,8 @@ class Recorder:
         if self._writer is None:
             path = os.path.join(self._dir, f"flows-{os.getpid()}.mitm")
             self._file = open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+            from mitmproxy import io  # the flow file format: loaded by the first recording
+
             self._writer = io.FlowWriter(self._file)
         self._writer.add(flow if self._secrets else redacted(flow))
         self._file.flush()

@@ -10,26 +10,21 @@ Alone: `mitmdump -s addons/tracing.py --set mesh_tracing='{otlp_endpoint: http:/
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
-from opentelemetry import trace
-from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from addons import alone, keys
 from mesh.config import schema
 from mesh.core.state import MeshState, Snapshot
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from mesh.telemetry import otel
+
 log = logging.getLogger("mitmesh.tracing")
 
-EXTRACT = CompositePropagator([B3MultiFormat(), B3SingleFormat(), TraceContextTextMapPropagator()])
-INJECT = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
                            b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"})
 
@@ -65,17 +60,12 @@ class Tracing:
         endpoint, ratio = settings
         if endpoint is None and self.exporter is None:
             return
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        global otel  # the OpenTelemetry SDK: imported when a config first turns tracing on
+        from mesh.telemetry import otel
 
-        exporter = self.exporter or OTLPSpanExporter(endpoint=endpoint, timeout=5)
         # a sidecar's spans carry its service's name, as Istio's do; the gateway's its own
         name = f"{snap.workload.service}.sidecar" if snap and snap.workload else self.service_name
-        self.provider = TracerProvider(
-            resource=Resource.create({"service.name": name}),
-            sampler=ParentBased(TraceIdRatioBased(ratio)),
-        )
-        # a background thread exports batches: the event loop never waits on the collector
-        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        self.provider = otel.provider(name, ratio, endpoint, self.exporter)
         self.tracer = self.provider.get_tracer("mitmesh")
         log.info(f"tracing: exporting to {endpoint or 'test exporter'}, sampling {ratio:g}")
 
@@ -94,10 +84,10 @@ class Tracing:
         if self.tracer is None:
             st.trace_id = _trace_id_of(flow.request.headers.get("traceparent"))
             return
-        parent = EXTRACT.extract(flow.request.headers)
+        parent = otel.EXTRACT.extract(flow.request.headers)
         req = flow.request
         span = self.tracer.start_span(
-            f"{req.method} {st.direction or 'edge'}", context=parent, kind=SpanKind.SERVER,
+            f"{req.method} {st.direction or 'edge'}", context=parent, kind=otel.SpanKind.SERVER,
             attributes={"http.request.method": req.method, "url.path": st.path or req.path.partition("?")[0],
                         "server.address": req.host_header or "", "mitmesh.direction": st.direction or "edge",
                         "mitmesh.request_id": st.request_id},
@@ -109,7 +99,7 @@ class Tracing:
         # in the chain, Forward sends each attempt with its client span's traceparent instead
         headers = flow.request.headers
         headers.fields = tuple(f for f in headers.fields if f[0].lower() not in TRACE_HEADERS)
-        INJECT.inject(headers, context=trace.set_span_in_context(span))
+        otel.INJECT.inject(headers, context=otel.trace.set_span_in_context(span))
 
     def response(self, flow: http.HTTPFlow):
         self._end(flow)
@@ -137,9 +127,9 @@ class Tracing:
         if flow.response is not None:
             span.set_attribute("http.response.status_code", flow.response.status_code)
             if flow.response.status_code >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+                span.set_status(otel.Status(otel.StatusCode.ERROR))
         elif flow.error is not None:
-            span.set_status(Status(StatusCode.ERROR, flow.error.msg))
+            span.set_status(otel.Status(otel.StatusCode.ERROR, flow.error.msg))
         span.end()
 
 
@@ -149,15 +139,15 @@ class ClientSpan:
     __slots__ = ("span",)
 
     def __init__(self, st: keys.FlowState, tracer, cluster: str, endpoint: str, attempt: int):
-        parent = trace.set_span_in_context(st.span)
+        parent = otel.trace.set_span_in_context(st.span)
         self.span = tracer.start_span(
-            f"{cluster} attempt {attempt}", context=parent, kind=SpanKind.CLIENT,
+            f"{cluster} attempt {attempt}", context=parent, kind=otel.SpanKind.CLIENT,
             attributes={"mitmesh.cluster": cluster, "mitmesh.endpoint": endpoint,
                         "mitmesh.attempt": attempt, "server.address": endpoint})
 
     def inject(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         carrier: dict[str, str] = {}
-        INJECT.inject(carrier, context=trace.set_span_in_context(self.span))
+        otel.INJECT.inject(carrier, context=otel.trace.set_span_in_context(self.span))
         out = [(n, v) for n, v in headers if n.lower() not in TRACE_HEADERS]
         out += [(k.encode(), v.encode()) for k, v in carrier.items()]
         return out
@@ -166,7 +156,7 @@ class ClientSpan:
         if status is not None:
             self.span.set_attribute("http.response.status_code", status)
         if error is not None or (status or 0) >= 500:
-            self.span.set_status(Status(StatusCode.ERROR, error))
+            self.span.set_status(otel.Status(otel.StatusCode.ERROR, error))
         self.span.end()
 
 

@@ -9,24 +9,18 @@ that answers, so one lost member of a cluster changes nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
+
+from .etcdwire import EtcdError, LeaseLost, b64, parse_endpoints, unb64  # noqa: F401  (callers import them from here too)
 
 log = logging.getLogger("mitmesh.etcd")
-
-
-class EtcdError(Exception):
-    """etcd could not be reached, or refused the call (the text says which endpoint and why)."""
-
-
-class LeaseLost(EtcdError):
-    """The lease expired or was revoked: keys put under it are gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +38,6 @@ class WatchEvent:
     revision: int
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def unb64(text: str | None) -> str:
-    return base64.b64decode(text or "").decode("utf-8", "replace")
-
-
 def prefix_end(prefix: str) -> str:
     """The range end that selects every key starting with `prefix` (etcd's convention)."""
     raw = bytearray(prefix.encode())
@@ -64,28 +50,12 @@ def _kv(d: dict) -> KeyValue:
                     int(d.get("lease", 0)))
 
 
-def parse_endpoints(text: str) -> list[str]:
-    """`127.0.0.1:2379,127.0.0.2:2379` or full URLs → base URLs; raises ValueError."""
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        url = part if "://" in part else f"http://{part}"
-        if not url.startswith("http://"):
-            raise ValueError(f"expected host:port or http://host:port (got {part!r})")
-        host, _, port = url[len("http://"):].rstrip("/").rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"expected host:port or http://host:port (got {part!r})")
-        out.append(url.rstrip("/"))
-    if not out:
-        raise ValueError(f"expected at least one etcd endpoint (got {text!r})")
-    return out
-
-
 class Etcd:
     """One aiohttp session to a list of etcd endpoints; made inside the running loop."""
 
     def __init__(self, endpoints: list[str], timeout: float = 2.0):
+        global aiohttp  # loaded by the first client: a proxy without etcd never imports aiohttp
+        import aiohttp
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None

@@ -131,6 +131,17 @@ def _validate(args) -> int:
     return status
 
 
+def _fork_server_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fork-server", dest="fork_server", action="store_false",
+                   help="start every proxy as its own Python instead of forking one preloaded engine "
+                        "(docs/howto/fork-server.md; also MITMESH_FORK_SERVER=0)")
+
+
+def _no_fork_server(args) -> None:
+    if not getattr(args, "fork_server", True):  # read by every process below: launcher, supervisor
+        os.environ["MITMESH_FORK_SERVER"] = "0"
+
+
 def _up(args) -> int:
     from tools.launcher import up
 
@@ -294,6 +305,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--etcd-port", type=port, default=None,
                    help="the local etcd's client port with --control-plane etcd (default 2379, or a "
                         "free one when taken)")
+    _fork_server_flag(u)
     u.set_defaults(func=_up)
 
     g = sub.add_parser("gateway", help="run the gateway on the lean runtime, one worker per core")
@@ -305,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None, type=address,
                    help="bind every listener and the admin listener on this address instead of the "
                         "config's: one config for gateways on many hosts (default: the config's)")
+    _fork_server_flag(g)
     g.set_defaults(func=_gateway)
 
     r = sub.add_parser("record", help="save the mesh's flows for a while (mitmproxy flow format)")
@@ -370,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
                         "in a pod, nftables redirects the app's connections to it (docs/howto/pods.md)")
     s.add_argument("--workers", type=count, default=1, help="worker processes (default 1)")
     s.add_argument("--verbosity", default="info", choices=VERBOSITY, help="log level (default info)")
+    _fork_server_flag(s)
     s.set_defaults(func=_sidecar)
 
     b = sub.add_parser("bench", help="benchmark: direct, bare mitmdump, mitmesh gateway "
@@ -390,6 +404,9 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--short", action="store_true", help="a few seconds of load, as in CI (default off)")
     sc.add_argument("--keep", action="store_true", help="keep the work directory and logs (default: "
                                                         "kept on FAIL only)")
+    sc.add_argument("--isolation", choices=["auto", "pod", "loopback"], default="auto",
+                    help="pod: every instance in a network namespace of its own, as `mitmesh up` runs them "
+                         "as root; auto: pod where possible (root on Linux), else loopback (default auto)")
     sc.set_defaults(func=_scenario)
 
     t = sub.add_parser("traces", help="receive traces on 127.0.0.1 (OTLP/HTTP) and print each as a tree "
@@ -437,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(argv[1:])
     args = parser().parse_args(argv)
     try:
+        _no_fork_server(args)
         return args.func(args)
     except CommandError as e:
         print(f"mitmesh {args.command}: {e}", file=sys.stderr)

@@ -32,9 +32,9 @@ from pathlib import Path
 import yaml
 
 from mesh.security import pki
-from mesh.runtime import procs, supervisor
+from mesh.runtime import forkserver, procs, supervisor
 from mesh.core.sidecar import virtual_addresses
-from tools import pods
+from tools import footprint, pods
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,8 +239,7 @@ def measure(name: str, url: str, wrk: Wrk, args, pids: list[int] = (), host: str
 
 
 def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    return forkserver.proxies_of(pid)  # its workers, forked by its fork server or not
 
 
 FUNCTIONS = 3  # functions called once each from zero instances: the cold starts measured
@@ -365,6 +364,8 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="mitmesh-bench-"))
         self.children: list[procs.Child] = []
+        if args.footprint_only:  # no load generator needed
+            return
         self.wrk = Wrk(ensure("wrk", "wrk"))
         self.h2load = None if args.no_h2 else H2load(ensure("h2load", "nghttp2-client", "--no-h2"))
 
@@ -518,6 +519,9 @@ class Bench:
         svc = procs.free_port()
         self.spawn("catalog", procs.python("-m", "services.catalog", "--port", str(svc)), svc)
         print(f"bench: {machine()}", flush=True)
+        if args.footprint_only:
+            print(footprint.Footprint(self.tmp, svc).run(), flush=True)
+            return 0
         print(f"bench: wrk -t1, {args.connections} connections, {args.seconds:g}s per run, "
               f"GET {PATH} through each target to one demo catalog instance", flush=True)
         if args.policies_only:
@@ -675,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="measure only policies_vs_bare on a 1-worker gateway (policies_vs_bare=...)")
     p.add_argument("--engines-only", action="store_true",
                    help="measure only the direct service and the two engines (fast_vs_standard=...)")
+    p.add_argument("--footprint-only", action="store_true",
+                   help="measure only the sidecar footprint: sidecar_private_mb, sidecar_start_ms, "
+                        "standalone_sidecar_rss_mb (docs/performance.md)")
     bench = Bench(p.parse_args(argv))
     try:
         return bench.run()

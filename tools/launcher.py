@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.runtime import admin, procs, sockets
+from mesh.runtime import admin, forkserver, procs, sockets, supervisor
 from tools import certcmd, etcdserver, pods
 from mesh.core import modes, podnet
 from mesh.security import pki
@@ -142,6 +142,33 @@ def sidecar_argv(config_path: Path, inst: Instance, verbosity: str = "info") -> 
     if inst.pod is not None:
         argv += ["--capture", "transparent"]
     return argv + (["--zone", sc.zone] if sc.zone else []) + (["--region", sc.region] if sc.region else [])
+
+
+def sidecar_worker_argv(config_path: Path | str, inst: Instance, verbosity: str = "info") -> list[str]:
+    """The proxy worker `mitmesh sidecar` would exec for this instance: what the fork server runs."""
+    sc = inst.sidecar
+    if sc is None:
+        raise ValueError(f"{inst.name} has no sidecar")
+    spec = ",".join(f"{k}={v}" for k, v in (
+        ("service", inst.service), ("version", inst.version), ("app", f"{inst.host}:{inst.port}"),
+        ("address", sc.address), ("instance", inst.name), ("weight", sc.weight), ("inbound", sc.inbound),
+        ("outbound", sc.outbound), ("admin", sc.admin),
+        ("capture", "transparent" if inst.pod is not None else ""), ("zone", sc.zone),
+        ("region", sc.region)) if v not in (None, ""))
+    return supervisor.worker_argv(config_path, [], "sidecar", verbosity, -1, spec)
+
+
+def start_sidecar(inst: Instance, source: Path | str, run_dir: Path, cwd: str,
+                  server: forkserver.Server | None, net: pods.Pods | None) -> procs.Child:
+    """An instance's sidecar: forked from the preloaded engine, or (no fork server) its own Python."""
+    name = f"{inst.name}.sidecar"
+    if server is not None:
+        return server.spawn(name, sidecar_worker_argv(source, inst), log_dir=run_dir, cwd=cwd,
+                            netns=inst.pod.netns if inst.pod is not None else None)
+    argv = sidecar_argv(source, inst)
+    if inst.pod is not None:
+        argv = net.sidecar_argv(inst.pod, argv)
+    return procs.spawn(name, argv, log_dir=run_dir, cwd=cwd)
 
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
@@ -363,6 +390,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     gateway_url = f"http://{plain.address}:{plain.port}" if plain else ""
     source: Path | str = path  # where every proxy reads its config: the file, or etcd
     etcd_child: procs.Child | None = None
+    server: forkserver.Server | None = None  # forks the sidecars (mesh/runtime/forkserver.py)
+    forkserver.become_subreaper()  # a dead fork server's sidecars become ours, not init's
     try:
         if in_pods:
             net = pods.Pods(pods.prefix_of(path), state / "pods")
@@ -396,12 +425,14 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             where = f" in pod {inst.pod.netns} as uid {inst.pod.uid}" if inst.pod else ""
             print(f"service: {child.name} http://{inst.host}:{inst.port}{where} pid {child.pid}", flush=True)
         sidecars = []
+        if forkserver.available() and any(inst.sidecar for inst, _ in apps):
+            server = forkserver.Server(run_dir)
+            server.start()
+            print(f"fork-server: pid {server.child.pid}, {server.info.get('modules')} modules preloaded "
+                  f"in {server.info.get('preload_ms')} ms", flush=True)
         for inst, _ in apps:
             if inst.sidecar is not None:
-                argv = sidecar_argv(source, inst)
-                if inst.pod is not None:
-                    argv = net.sidecar_argv(inst.pod, argv)
-                sc = procs.spawn(f"{inst.name}.sidecar", argv, log_dir=run_dir, cwd=str(path.parent))
+                sc = start_sidecar(inst, source, run_dir, str(path.parent), server, net)
                 children.append(sc)
                 sidecars.append((inst, sc))
         for inst, sc in sidecars:  # announced: its app answered, and the mesh can find it
@@ -452,6 +483,11 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
             print(f"try: curl {gateway_url}/catalog/items   (Ctrl-C stops everything)", flush=True)
         print("ready", flush=True)
         while not stopping.is_set():
+            if server is not None and not server.alive():  # its proxies live on, re-parented to us
+                print(f"fork-server: pid {server.child.pid} exited with {server.child.proc.returncode}; "
+                      "restarting it", flush=True)
+                server.ensure()
+                print(f"fork-server: pid {server.child.pid}", flush=True)
             for child in children:
                 if not child.alive() and not getattr(child, "reported", False):
                     child.reported = True
@@ -468,6 +504,8 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         if children and children[-1].name == "gateway":  # stop sending first, then the rest at once
             children.pop().stop()
         procs.stop_all(children)
+        if server is not None:
+            server.close()
         if etcd_child is not None:
             etcd_child.stop()
         up_state.unlink(missing_ok=True)

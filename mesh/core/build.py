@@ -18,11 +18,10 @@ from mesh.config.plugins import PluginPlan, compile_plugins
 from mesh.config.source import Problem, Source
 from mesh.core import sidecar
 from mesh.core.plan import Runtime, Uses
-from mesh.core.routing import compile_routes
+from mesh.core.routing import RouteTable, compile_routes
 from mesh.core.state import Bound, Snapshot, TlsPlan, admin_of, listeners_of
 from mesh.core.workload import Workload
 from mesh.functions import spec
-from mesh.policies import ratelimit, securityheaders
 from mesh.security import mtls, pki
 
 
@@ -45,20 +44,20 @@ def build_text(text: str, file: str, digest: str | None = None, runtime: Runtime
 def compile_config(config: meshconfig.MeshConfig, path: str, digest: str = "", runtime: Runtime | None = None,
                    workload: Workload | None = None, src: Source | None = None) -> Snapshot:
     """The snapshot of a validated config (`src`, its parsed text, places user plugins' options);
-    a feature that cannot compile is a ConfigError."""
+    a feature that cannot compile is a ConfigError. A sidecar compiles its own routes only (as an
+    Envoy sidecar gets only its own): the gateway's routes, functions and defaults, and the code of
+    the features only they use (JWT, CORS, transforms, rate limits), stay out of it."""
     runtime = runtime or Runtime()
     base = os.path.dirname(os.path.abspath(path))
     uses = Uses()
+    gateway = workload is None
     try:
-        routes = compile_routes(config, runtime, base, uses)
-        functions = spec.compile_all(config.functions, path)
-        sidecar_routes = (sidecar.routes_of(config, workload, runtime, base, uses)
-                          if workload is not None else {})
+        routes = compile_routes(config, runtime, base, uses) if gateway else RouteTable([])
+        functions = spec.compile_all(config.functions, path) if gateway else {}
+        sidecar_routes = sidecar.routes_of(config, workload, runtime, base, uses) if not gateway else {}
     except ValueError as e:
         raise ConfigError([Problem(path, 1, (), str(e))]) from None
     listeners = listeners_of(config, workload)
-    default = next((config.policies[n].security_headers for n in config.gateway.policies
-                    if config.policies[n].security_headers is not None), None)
     return Snapshot(
         config=config, file=path, digest=digest, routes=routes, workload=workload,
         listeners=listeners, admin=admin_of(config, workload),
@@ -66,12 +65,31 @@ def compile_config(config: meshconfig.MeshConfig, path: str, digest: str = "", r
         region=workload.region if workload else config.gateway.region,
         plugins=compile_plugins(config, src, base) if src is not None else PluginPlan(),
         sidecar_routes=sidecar_routes, uses=uses, functions=functions,
-        security_headers=securityheaders.compile(default) if default is not None else None,
+        security_headers=default_security_headers(config) if gateway else None,
         tls=tls_plan(config, path, workload, listeners, runtime.certs),
         ip_filters=ip_filters(config), claim_headers=claim_headers(config),
-        auth_failures=(ratelimit.compile_auth_failures(config.gateway.auth_failures)
-                       if config.gateway.auth_failures is not None else None),
+        auth_failures=auth_failures(config) if gateway else None,
     )
+
+
+def default_security_headers(config: meshconfig.MeshConfig):
+    """The security headers of `gateway.policies`, for answers no route sets them on."""
+    default = next((config.policies[n].security_headers for n in config.gateway.policies
+                    if config.policies[n].security_headers is not None), None)
+    if default is None:
+        return None
+    from mesh.policies import securityheaders
+
+    return securityheaders.compile(default)
+
+
+def auth_failures(config: meshconfig.MeshConfig):
+    """The limiter of failed authentications per client address (`gateway.auth_failures`)."""
+    if config.gateway.auth_failures is None:
+        return None
+    from mesh.policies import ratelimit
+
+    return ratelimit.compile_auth_failures(config.gateway.auth_failures)
 
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]

@@ -6,6 +6,9 @@ A feature is registered in `FEATURES` as `Feature(field, kinds, compile)`: `kind
 `compile(model, ctx)` gets that model (or a `Models` of the kinds) and a `Context`; its result is
 the plan's field. A compile function raises `ValueError("…")` for a config it cannot use; the
 build reports it as `<file>:<line>: <route>: <message>` and the reload is rejected.
+
+A feature's module is imported by its compile, when a route first uses it: a proxy whose config has
+no JWT, no rate limit, no CORS, no transform loads none of their code or libraries (jwt, limits).
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mesh.config import schema
-from mesh.core import mirror, versioning
-from mesh.policies import authn, authz, cors, idempotency, ratelimit, securityheaders, transform
 from mesh.policies.httpclient import Http
-from mesh.policies.jwks import JwksCache
 from mesh.resilience import settings
 from mesh.security import mtls
+
+if TYPE_CHECKING:
+    from mesh.core import mirror, versioning
+    from mesh.policies import authn, authz, cors, idempotency, ratelimit, securityheaders, transform
+    from mesh.policies.jwks import JwksCache
 
 
 class Runtime:
@@ -61,6 +66,8 @@ class Context:
     uses: Uses
 
     def jwks(self, j: schema.Jwt) -> JwksCache:
+        from mesh.policies.jwks import JwksCache
+
         source = j.jwks_uri or os.path.join(self.base, j.jwks_file or "")
         cache = self.uses.jwks.get(source) or self.runtime.jwks.get(source)
         if cache is None:
@@ -71,6 +78,8 @@ class Context:
         return cache
 
     def introspector(self, o: schema.OAuth2) -> authn.Introspector:
+        from mesh.policies import authn
+
         k = (o.introspection_url, o.client_id, o.cache, o.timeout, o.issuer, tuple(o.audiences))
         found = self.uses.introspectors.get(k) or self.runtime.introspectors.get(k) \
             or authn.Introspector(o, self.runtime.http, authn.secret_of(o, os.environ))
@@ -89,26 +98,76 @@ class Feature:
 
 
 def _authn(m: Models, ctx: Context) -> authn.RouteAuthn:
+    from mesh.policies import authn
+
     return authn.RouteAuthn(
         ctx.route.name, jwt_verifier=authn.JwtVerifier(m.jwt, ctx.jwks(m.jwt)) if m.jwt else None,
         introspector=ctx.introspector(m.oauth2) if m.oauth2 else None,
         api_keys=authn.ApiKeys(m.api_key) if m.api_key else None, require=m.require)
 
 
+def _cors(m, ctx: Context) -> cors.CorsPolicy:
+    from mesh.policies import cors
+
+    return cors.compile_cors(m)
+
+
+def _versioning(m, ctx: Context) -> versioning.Versioning:
+    from mesh.core import versioning
+
+    return versioning.compile(m, ctx.route)
+
+
+def _authz(m, ctx: Context) -> authz.Policy:
+    from mesh.policies import authz
+
+    return authz.compile_policy(m, ctx.where)
+
+
+def _rate_limit(m, ctx: Context) -> ratelimit.Policy:
+    from mesh.policies import ratelimit
+
+    return ratelimit.compile(m, ctx.route)
+
+
+def _idempotency(m, ctx: Context) -> idempotency.Policy:
+    from mesh.policies import idempotency
+
+    return idempotency.compile(m)
+
+
+def _transform(m, ctx: Context) -> transform.Transform:
+    from mesh.policies import transform
+
+    return transform.compile(m, ctx.route)
+
+
+def _mirror(m, ctx: Context) -> mirror.Mirror:
+    from mesh.core import mirror
+
+    return mirror.compile(m, ctx.route, ctx.config)
+
+
+def _security_headers(m, ctx: Context) -> securityheaders.Headers:
+    from mesh.policies import securityheaders
+
+    return securityheaders.compile(m)
+
+
 # The features of a route, in chain order (addons/chain.py). A new policy kind: one line here, one
-# optional field on RoutePlan and on schema.Policy.
+# optional field on RoutePlan and on schema.Policy; its compile imports its module.
 FEATURES: tuple[Feature, ...] = (
-    Feature("cors", ("cors",), lambda m, ctx: cors.compile_cors(m)),
+    Feature("cors", ("cors",), _cors),
     Feature("size_limit", ("size_limit",), lambda m, ctx: m),
-    Feature("versioning", ("versioning",), lambda m, ctx: versioning.compile(m, ctx.route)),
+    Feature("versioning", ("versioning",), _versioning),
     Feature("authn", ("jwt", "oauth2", "api_key", "require"), _authn),
-    Feature("authz", ("authz",), lambda m, ctx: authz.compile_policy(m, ctx.where)),
-    Feature("rate_limit", ("rate_limit",), lambda m, ctx: ratelimit.compile(m, ctx.route)),
-    Feature("idempotency", ("idempotency",), lambda m, ctx: idempotency.compile(m)),
-    Feature("transform", ("transform",), lambda m, ctx: transform.compile(m, ctx.route)),
-    Feature("mirror", ("mirror",), lambda m, ctx: mirror.compile(m, ctx.route, ctx.config)),
+    Feature("authz", ("authz",), _authz),
+    Feature("rate_limit", ("rate_limit",), _rate_limit),
+    Feature("idempotency", ("idempotency",), _idempotency),
+    Feature("transform", ("transform",), _transform),
+    Feature("mirror", ("mirror",), _mirror),
     Feature("forward", ("timeout", "retries", "fault"), lambda m, ctx: settings.compile(m)),
-    Feature("security_headers", ("security_headers",), lambda m, ctx: securityheaders.compile(m)),
+    Feature("security_headers", ("security_headers",), _security_headers),
 )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_BODY = 1 << 20  # a JWKS or an introspection answer is a few KB
 
@@ -28,6 +30,8 @@ class Http:
         self._session: aiohttp.ClientSession | None = None
 
     def _get(self) -> aiohttp.ClientSession:
+        global aiohttp  # loaded by the first call: a proxy that fetches nothing never imports it
+        import aiohttp
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=32), auto_decompress=True,
@@ -37,9 +41,10 @@ class Http:
     async def request(self, method: str, url: str, *, timeout: float, data: dict | None = None,
                       auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
         headers = {"authorization": basic_auth(*auth)} if auth else None
+        session = self._get()
         try:
             async with asyncio.timeout(timeout):
-                async with self._get().request(method, url, data=data, headers=headers,
+                async with session.request(method, url, data=data, headers=headers,
                                                allow_redirects=False) as resp:
                     body = await resp.content.read(MAX_BODY + 1)
                     if len(body) > MAX_BODY:

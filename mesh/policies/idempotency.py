@@ -33,6 +33,8 @@ def compile(model: schema.Idempotency, ctx: object = None) -> Policy:
     """The route's frozen policy (needs nothing of the route: `ctx` is unused); the Redis URI in the
     form redis-py takes."""
     storage = model.storage.removeprefix("async+")
+    if storage != "memory":  # its client is imported with the config, not by the first request
+        import redis.asyncio  # noqa: F401
     return Policy(model.header.lower(), model.ttl, model.lock, storage, frozenset(model.methods), model.required)
 
 

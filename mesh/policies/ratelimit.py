@@ -57,8 +57,15 @@ def compile(model: schema.RateLimit, route: schema.Route) -> Policy:
 
 
 def _storage(uri: str) -> str:
-    """limits' storage URI: Redis through its asyncio client."""
-    return "async+" + uri if uri.startswith(("redis://", "rediss://")) else uri
+    """limits' storage URI: Redis through its asyncio client, imported with the config that names it
+    (a build runs off the event loop), never within the first request's storage timeout."""
+    if not uri.startswith(("redis://", "rediss://")):
+        return uri
+    # limits' Redis storage imports ~450 modules (its dependency probing) the first time one is
+    # made: made once here, so that cost is not paid inside the first request's storage timeout
+    # (it connects nothing; the storages that count are made per proxy by Limits)
+    redis_storage("async+" + uri, 1.0)
+    return "async+" + uri
 
 
 def _policy_header(items: tuple[limits.RateLimitItem, ...]) -> str:

@@ -23,7 +23,7 @@ from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
 from mitmproxy.proxy import mode_servers
 
-from discovery.etcdapi import EtcdError
+from discovery.etcdwire import EtcdError
 from mesh.runtime import sockets
 from mesh.runtime.store import is_location, load_any
 from mesh.config import ConfigError, load

@@ -16,14 +16,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import sys
 import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-import pybreaker
+
+def _pybreaker():
+    """pybreaker, imported without the optional libraries it loads when present: the redis client
+    for its CircuitRedisStorage (unused, see above) and tornado for `call_async` (unused: asyncio
+    here). A proxy with no Redis in its config imports no redis (about 150 modules, 9 MB); where
+    one of them is loaded already, pybreaker sees it as usual."""
+    if "pybreaker" in sys.modules:
+        return sys.modules["pybreaker"]
+    hidden = [name for name in ("redis", "tornado") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # `import name` raises ImportError: pybreaker goes without
+    try:
+        return importlib.import_module("pybreaker")
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+
+
+pybreaker = _pybreaker()
 
 log = logging.getLogger("mitmesh.breaker")
 
@@ -165,6 +185,8 @@ class Shared:
     _all: dict[str, Shared] = {}
 
     def __init__(self, uri: str):
+        import redis.asyncio  # noqa: F401  with the config that names it, not in a poll on the loop
+
         self.uri = uri
         self._client = None
         self._loop = None

@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
-import pybreaker
-
+from mesh.resilience.breaker import pybreaker
 from mesh.resilience.attempt import Reset, Response, Stale, Timeout, UpstreamError
 from mesh.resilience.faults import ABORT_BODY, NONE, Fault, describe
 from mesh.resilience.retry import IDEMPOTENT, retry_after

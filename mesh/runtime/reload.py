@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Callable
 
-from discovery.etcdapi import Etcd, EtcdError, Follower, LeasedKey
+from discovery.etcdwire import EtcdError
 from mesh.config import ConfigError
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
@@ -94,6 +94,8 @@ class EtcdWatcher:
         self.build_text = build_text  # (text, label, digest) → Snapshot, blocking: run in a thread
         self.on_valid = on_valid
         self.on_invalid = on_invalid
+        from discovery.etcdapi import Etcd, Follower, LeasedKey  # a config from etcd: its client
+
         self.etcd = Etcd(list(location.endpoints))
         self.store = Store(self.etcd, location.mesh)
         self.follower = Follower(self.etcd, self._follow, "config", probe_interval)

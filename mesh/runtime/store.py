@@ -17,8 +17,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from discovery.etcdapi import Etcd, EtcdError, b64, parse_endpoints, unb64
+from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
+
+if TYPE_CHECKING:
+    from discovery.etcdapi import Etcd
 
 
 def config_prefix(mesh: str) -> str:

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from discovery.etcdapi import EtcdError
-from mesh.runtime import procs, sockets
+from discovery.etcdwire import EtcdError
+from mesh.runtime import forkserver, procs, sockets
 from mesh.runtime.store import is_location, load_any
 from mesh.config import ConfigError, load
 from mesh.core.state import admin_of, listeners_of
@@ -97,12 +97,17 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     pool = [Worker(i) for i in range(workers)]
+    # workers are forks of one preloaded engine (mesh/runtime/forkserver.py); a dead fork server's
+    # workers become our children and keep serving, and the next start restarts it
+    server = forkserver.Server(stdout=sys.stdout) if forkserver.available() else None
+    if server is not None:
+        forkserver.become_subreaper()
 
     def start(w: Worker) -> None:
         mine = shared + own[w.index]
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
-        w.child = procs.spawn(f"worker-{w.index}",
+        w.child = (server.spawn if server is not None else procs.spawn)(f"worker-{w.index}",
                               worker_argv(path, [sockets.spec(s) for s in mine], role, verbosity,
                                           write_end, workload, announce=w.index == 0),
                               stdout=sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None,
@@ -137,6 +142,11 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
     try:
         while not stopping:
             now = time.monotonic()
+            if server is not None and not server.alive():
+                print(f"fork server (pid {server.child.pid if server.child else '?'}) exited; "
+                      "restarting it", flush=True)
+                server.ensure()
+                print(f"fork server restarted, pid {server.child.pid}", flush=True)
             for w in pool:
                 poll_ready(w)
                 if w.child is not None and not w.child.alive():
@@ -162,6 +172,8 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
         for w in pool:
             if w.child is not None:
                 w.child.stop(timeout=5 + drain)
+        if server is not None:
+            server.close()
         for s in socks:
             s.close()
         shutil.rmtree(run, ignore_errors=True)

@@ -7,12 +7,12 @@ import copy
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from mesh.runtime import forkserver
 from mesh.security import pki
 
 from . import traffic
@@ -33,8 +33,7 @@ def mesh2(tmp_path):
 
 
 def workers(mesh: Mesh) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(mesh.children["gateway"].pid)], capture_output=True, text=True)
-    return sorted(int(p) for p in out.stdout.split())
+    return forkserver.proxies_of(mesh.children["gateway"].pid)  # forked by the supervisor's fork server
 
 
 def test_two_workers_share_the_listeners(mesh2):
