@@ -71,8 +71,9 @@ class Etcd:
             await self._session.close()
             self._session = None
 
-    async def call(self, path: str, body: dict) -> dict:
-        """POST /v3/<path> to the first endpoint that answers; raises EtcdError when none does."""
+    async def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
+        """POST /v3/<path> to the first endpoint that answers, waiting at most `timeout` (the
+        client's by default) for each; raises EtcdError when none does."""
         errors = []
         n = len(self.endpoints)
         for i in range(n):
@@ -80,7 +81,7 @@ class Etcd:
             url = f"{self.endpoints[idx]}/v3/{path}"
             try:
                 async with self._get().post(url, json=body,
-                                            timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
+                                            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
                     data = await r.json(content_type=None)
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 errors.append(f"{self.endpoints[idx]}: {e.__class__.__name__} {e}".strip())
@@ -129,9 +130,9 @@ class Etcd:
     async def grant(self, ttl: int) -> int:
         return int((await self.call("lease/grant", {"TTL": str(ttl)}))["ID"])
 
-    async def keepalive(self, lease: int) -> int:
+    async def keepalive(self, lease: int, timeout: float | None = None) -> int:
         """Refresh a lease once; returns its TTL, raises LeaseLost when it is gone."""
-        data = (await self.call("lease/keepalive", {"ID": str(lease)})).get("result") or {}
+        data = (await self.call("lease/keepalive", {"ID": str(lease)}, timeout)).get("result") or {}
         ttl = int(data.get("TTL", 0))
         if ttl <= 0:
             raise LeaseLost(f"lease {lease:x} expired")
@@ -248,6 +249,9 @@ class Follower:
                     self._follow = asyncio.get_running_loop().create_task(self._run())
 
 
+RETRY_REFRESH = 0.25  # seconds between refreshes of a lease while etcd does not answer
+
+
 class LeasedKey:
     """One key that lives as long as its owner: put under a lease refreshed every ttl/3, put
     again under a new lease when etcd let the old one expire, deleted at once by `revoke()`."""
@@ -280,19 +284,31 @@ class LeasedKey:
             await self.etcd.put(self._key, self._value, self.lease)
 
     async def _keep(self) -> None:
+        # Each refresh waits at most ttl/3 per member, and a failed one is tried again soon: when
+        # a lost quorum comes back, the new leader gives every lease a fresh TTL, and one refresh
+        # must land within it (a refresh waiting out the client's 2 s on each of three members
+        # outlived a 3 s lease that way, and the instance vanished from every proxy for a second).
+        delay, failing = self.ttl / 3, False
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(delay)
+            delay = self.ttl / 3
             try:
                 if self.lease:
-                    await self.etcd.keepalive(self.lease)
+                    await self.etcd.keepalive(self.lease, timeout=self.ttl / 3)
                 else:
                     await self._put()
+                if failing:
+                    log.info(f"etcd: the lease of {self._key} is refreshed again")
+                failing = False
             except LeaseLost:
                 log.warning(f"etcd: lease of {self._key} expired (etcd out of reach longer than its "
                             f"TTL); putting it again")
-                self.lease = 0
+                self.lease, delay = 0, RETRY_REFRESH
             except EtcdError as e:
-                log.warning(f"etcd: cannot refresh the lease of {self._key}: {e}")
+                if not failing:
+                    log.warning(f"etcd: cannot refresh the lease of {self._key} (trying again every "
+                                f"{RETRY_REFRESH:g} s): {e}")
+                failing, delay = True, RETRY_REFRESH
 
     async def revoke(self) -> None:
         """Delete the key now (watchers hear it at once), and stop refreshing."""
