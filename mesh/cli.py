@@ -406,6 +406,9 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--short", action="store_true", help="a few seconds of load, as in CI (default off)")
     sc.add_argument("--keep", action="store_true", help="keep the work directory and logs (default: "
                                                         "kept on FAIL only)")
+    sc.add_argument("--isolation", choices=["auto", "pod", "loopback"], default="auto",
+                    help="pod: every instance in a network namespace of its own, as `mitmesh up` runs them "
+                         "as root; auto: pod where possible (root on Linux), else loopback (default auto)")
     sc.set_defaults(func=_scenario)
 
     t = sub.add_parser("traces", help="receive traces on 127.0.0.1 (OTLP/HTTP) and print each as a tree "

@@ -22,10 +22,12 @@ RESILIENT = {
 @contextlib.contextmanager
 def sidecar_mesh(run: Run, *, services: dict | None = None, policies: dict | None = None,
                  catalog_policies: list[str] = ("resilient",)) -> Iterator[Mesh]:
-    """A gateway (zone a) finding sidecars over mDNS on 127.x.y.1, its own mesh id; the scenario
-    starts the instances. `services` entries are merged over the defaults (catalog, orders,
-    payments, users with version v1). Everything it started is stopped on the way out."""
-    m = Mesh(run.workdir, {}, progress=run.say)
+    """A gateway (zone a) finding sidecars over mDNS, its own mesh id; the scenario starts the
+    instances, each in a pod of its own (the run's isolation, pod as root: mDNS on the pods'
+    bridge) or on 127.x.y.N (loopback: mDNS on 127.x.y.1). `services` entries are merged over the
+    defaults (catalog, orders, payments, users with version v1). Everything it started (pods
+    included) is removed on the way out."""
+    m = Mesh(run.workdir, {}, progress=run.say, isolation=run.isolation)
     config = sidecar_config(f"{m.net}.1")
     config["mesh"]["id"] = f"s-{secrets.token_hex(4)}"
     config["sidecar"]["drain"] = "100ms"  # no scenario stops an instance gracefully; teardown is quick
@@ -45,8 +47,10 @@ def sidecar_mesh(run: Run, *, services: dict | None = None, policies: dict | Non
 def describe(m: Mesh, instances: list[Sidecared]) -> str:
     names = ", ".join(f"{s.name}" + (f" (zone {s.inst.sidecar.zone})" if s.inst.sidecar.zone else "")
                       for s in instances)
+    where = (f"each in a pod of its own (namespaces {m.pods.prefix}-p*), mDNS on their bridge"
+             if m.pods else f"isolation loopback, mDNS on {m.net}.0/24")
     return (f"gateway (zone a, 1 worker) and {len(instances)} instances with sidecars: {names}; "
-            f"mDNS on {m.net}.0/24, mesh id {m.config['mesh']['id']}")
+            f"{where}, mesh id {m.config['mesh']['id']}")
 
 
 # three catalog instances, catalog-1 to catalog-3: what most scenarios run
@@ -65,8 +69,8 @@ def start(m: Mesh, *specs: dict) -> list[Sidecared]:
 def proxies(m: Mesh, instances: list[Sidecared]) -> Proxies:
     p = Proxies()
     p.add("gateway", m.admin)
-    for s in instances:
-        p.add(s.name, s.admin)
+    for s in instances:  # a pod's admin listener is reached through the mesh namespace
+        p.add(s.name, s.admin, via=m.via if s.netns else None)
     return p
 
 

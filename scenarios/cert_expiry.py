@@ -23,6 +23,7 @@ and handshakes succeed from 2 s after renewal resumes.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ssl
 import sys
@@ -56,7 +57,8 @@ class Probe:
 class Prober:
     """Fresh mTLS handshakes (plus one request) to one inbound, with the files on disk right now."""
 
-    def __init__(self, address: str, cert: Path, key: Path, ca: Path, expected: str):
+    def __init__(self, address: str, cert: Path, key: Path, ca: Path, expected: str, reach=None):
+        self.reach = reach or (lambda where: contextlib.nullcontext())  # the namespace it is reached from
         host, _, port = address.rpartition(":")
         self.host, self.port = host, int(port)
         self.cert, self.key, self.ca, self.expected = cert, key, ca, expected
@@ -97,8 +99,9 @@ class Prober:
             conn.close()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self.probes.append(self.once())
+        with self.reach(self.host):  # this thread's sockets, in the pods' mesh namespace for a pod
+            while not self._stop.wait(0.25):
+                self.probes.append(self.once())
 
     def start(self) -> Prober:
         self._thread.start()
@@ -169,7 +172,7 @@ def run(r: Run) -> Report:
         gateway_cert, gateway_key = pki.workload_paths(certs, "gateway")
         catalog_id = pki.spiffe_id(config.mesh.trust_domain, config.mesh.namespace, "catalog")
         prober = Prober(instances[0].inbound, gateway_cert, gateway_key, pki.mesh_ca_cert(certs),
-                        catalog_id)
+                        catalog_id, reach=m.reach)
         watcher = Watcher(certs, ["gateway", "catalog"]).start()
         before = renewals(first)
         r.say(f"load: {rate} req/s; certificates renew for {renewing:g} s, then renewal stops until they "

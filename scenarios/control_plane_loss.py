@@ -1,8 +1,9 @@
 """control-plane-loss: the etcd cluster loses one member, then its quorum, then comes back.
 
 Five hosts, each a Linux network namespace on one bridge (mesh/netns.py): e1, e2 and e3 run a
-3-member etcd cluster; edge runs the gateway, a catalog instance (its app on the host's loopback,
-its sidecar on the host's address) and the load. The gateway and the sidecar read their config
+3-member etcd cluster; edge runs the gateway, a catalog instance and the load: the instance in a
+pod inside edge (isolation pod, as root: its own namespace joined to edge's bridge, as in
+`partition`), or its app on the host's loopback and its sidecar on the host's address (loopback). The gateway and the sidecar read their config
 from etcd (`mesh_config=etcd://e1,e2,e3/<mesh>`) and register and discover the instance there.
 Under steady load: e1 is killed (one member lost), a new config revision is pushed; then e2 is
 killed (quorum lost: no read or write succeeds) and the proxies keep serving their last config and
@@ -28,7 +29,9 @@ import urllib.request
 import yaml
 
 from mesh.runtime import procs
-from tools import etcdserver, netns
+from mesh.config import load as load_config
+from mesh.core.sidecar import virtual_addresses
+from tools import etcdserver, netns, pods
 from tools.scenario import Proxies, Report, Run, Skip, main, rate_text, success
 from tools.testbed import Load, wait_until
 
@@ -43,8 +46,9 @@ def run(r: Run) -> Report:
         raise Skip(why)
     step, lost_for = r.pick(5.0, 2.0), r.pick(10.0, 5.0)
     rate = 50
-    net = netns.Network(["e1", "e2", "e3", "edge"], subnet="10.79.0", tag="mmcp")
+    net = netns.Network(["e1", "e2", "e3", "edge"], subnet="10.79.0", tag="mmcp", pods=r.isolation == "pod")
     children: list[procs.Child] = []
+    net.made_pods = []
     try:
         try:
             net.create()
@@ -53,6 +57,8 @@ def run(r: Run) -> Report:
         return _run(r, net, children, step, lost_for, rate)
     finally:
         procs.stop_all(children)
+        for made in net.made_pods:
+            made.close()
         net.close()
 
 
@@ -97,11 +103,27 @@ def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, l
 
     r.say("waiting for the etcd cluster to elect a leader, then pushing revision 1")
     wait_until(lambda: push("first") == 1, timeout=30, interval=1.0)
-    app = spawn("edge", "catalog-1", procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port",
-                                                   str(APP), "--instance", "catalog-1"))
-    sidecar = spawn("edge", "catalog-1.sidecar", procs.python(
-        "-m", "mesh.cli", "sidecar", "--config", store, "--service", "catalog", "--app", f"127.0.0.1:{APP}",
-        "--address", edge, "--instance", "catalog-1"))
+    app_argv = procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", "catalog-1")
+    sidecar_argv = procs.python("-m", "mesh.cli", "sidecar", "--config", store, "--service", "catalog",
+                                "--app", f"127.0.0.1:{APP}", "--instance", "catalog-1")
+    at = edge  # the instance's address: edge's, or its pod's inside edge
+    if r.isolation == "pod":
+        in_edge = pods.in_host(net, "edge", r.workdir / "pods")
+        net.made_pods.append(in_edge)
+        in_edge.create()
+        sc = load_config(path).sidecar
+        pod = in_edge.add("catalog-1", APP, sc.inbound.port, sc.outbound.port, ADMIN,
+                          virtual_addresses(config["services"]))
+        at = pod.address
+        app = procs.spawn("catalog-1", in_edge.app_argv(pod, app_argv), log_dir=r.workdir / "logs", cwd=str(pods.ROOT))
+        sidecar = procs.spawn("catalog-1.sidecar", in_edge.sidecar_argv(
+            pod, sidecar_argv + ["--address", at, "--capture", "transparent"]), log_dir=r.workdir / "logs",
+            cwd=str(r.workdir))
+        children.extend((app, sidecar))
+        r.say(f"catalog-1 in pod {pod.netns} inside edge, on {at}")
+    else:
+        app = spawn("edge", "catalog-1", app_argv)
+        sidecar = spawn("edge", "catalog-1.sidecar", sidecar_argv + ["--address", edge])
     gateway = spawn("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", store, "--workers", "1"))
     for child, ready, said in ((app, "listening on", "listens"), (sidecar, "announced ", "registered its instance"),
                                (gateway, "gateway ready", "serves")):
@@ -123,7 +145,7 @@ def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, l
     r.say("the gateway knows the 1 instances")
     watched = Proxies()
     watched.add("gateway", f"http://{edge}:{GATEWAY_ADMIN}", via=lambda fn: net.call("edge", fn))
-    watched.add("catalog-1", f"http://{edge}:{ADMIN}", via=lambda fn: net.call("edge", fn))
+    watched.add("catalog-1", f"http://{at}:{ADMIN}", via=lambda fn: net.call("edge", fn))
     watched.baseline()
     watched.start()
     load = Load(f"http://{edge}:{GATEWAY}/catalog/items/1", threads=4, rate=rate, netns=net.name("edge")).start()
@@ -161,7 +183,8 @@ def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, l
         watched.stop()
 
     report = Report("control-plane-loss", TITLE, samples=samples, started=load.started, proxies=watched)
-    report.mesh = (f"3-member etcd on e1, e2, e3; on edge a gateway (1 worker) and catalog-1 with its sidecar, "
+    report.mesh = (f"3-member etcd on e1, e2, e3; on edge a gateway (1 worker) and catalog-1 with its sidecar"
+                   + (f" (in a pod inside edge, {at})" if at != edge else "") + ", "
                    f"config and discovery from etcd (lease TTL {TTL} s); mesh id {mesh_id}")
     report.load = f"GET /catalog/items/1 through the gateway from edge, {rate} req/s on 4 connections"
     report.fault = (f"SIGKILL of etcd on e1 at {marks['one lost'] - load.started:.1f} s, on e2 at "

@@ -1,8 +1,10 @@
 """partition: a network partition cuts the gateway's host off from one catalog host, then heals.
 
 Four hosts, each a Linux network namespace on one bridge (tools/netns.py): `edge` runs the gateway
-and the load; h1, h2 and h3 each run a catalog instance (its app on the host's loopback, its
-sidecar on the host's address), found over mDNS on the bridge. Then edge and h2 are partitioned:
+and the load; h1, h2 and h3 each run a catalog instance, found over mDNS on the bridge: in a pod
+inside the host (isolation pod, as root: a namespace of its own joined to the host's bridge, with
+an address of its own on the hosts' segment), or with its app on the host's loopback and its
+sidecar on the host's address (isolation loopback). Then edge and h2 are partitioned:
 every packet between them is lost silently, both ways (no refusal, no ICMP; mDNS too), while both
 still reach h1 and h3. Requests on their way to h2 time out after the per-try timeout (300 ms) and
 are retried on another host; outlier detection and health checks take h2 out of rotation. After
@@ -24,7 +26,9 @@ import urllib.request
 
 import yaml
 
-from tools import netns
+from tools import netns, pods
+from mesh.config import load as load_config
+from mesh.core.sidecar import virtual_addresses
 from mesh.runtime import procs
 from tools.scenario import Proxies, Report, Run, Skip, main, rate_text, success
 from tools.testbed import Load, wait_until
@@ -44,8 +48,10 @@ def run(r: Run) -> Report:
         raise Skip(why)
     seconds, cut_at, cut_for, settle = r.pick(30.0, 9.0), r.pick(5.0, 1.5), r.pick(10.0, 4.0), 2.0
     rate = 50
-    net = netns.Network(["edge", "h1", "h2", "h3"], subnet="10.78.0", tag="mmsc")
+    in_pods = r.isolation == "pod"  # each catalog instance in a pod inside its host
+    net = netns.Network(["edge", "h1", "h2", "h3"], subnet="10.78.0", tag="mmsc", pods=in_pods)
     children: list[procs.Child] = []
+    made: list[pods.Pods] = []
     try:
         try:
             net.create()
@@ -73,23 +79,36 @@ def run(r: Run) -> Report:
         r.say(f"hosts (namespaces on one bridge): edge {edge} (gateway), "
               + ", ".join(f"{h} {net.address(h)}" for h in ("h1", "h2", "h3")) + " (catalog)")
 
-        def start(host: str, name: str, argv: list[str], ready: str, said: str) -> procs.Child:
-            child = procs.spawn(name, net.argv(host, argv), log_dir=r.workdir / "logs", cwd=str(r.workdir))
+        def start(host: str | None, name: str, argv: list[str], ready: str, said: str, cwd=None) -> procs.Child:
+            child = procs.spawn(name, net.argv(host, argv) if host else argv, log_dir=r.workdir / "logs",
+                                cwd=cwd or str(r.workdir))
             children.append(child)
             child.ready, child.said = ready, said
             return child
 
         starting = [start("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
                                                           "--workers", "1"), "gateway ready", "serves")]
+        at = {}  # where each host's catalog sidecar is: the host's address, or its pod's
         for host in ("h1", "h2", "h3"):
             name = f"catalog-{host}"
-            starting.append(start(host, name, procs.python(
-                "-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", name),
-                "listening on", "listens"))
-            starting.append(start(host, f"{name}.sidecar", procs.python(
-                "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", "catalog",
-                "--app", f"127.0.0.1:{APP}", "--address", net.address(host), "--instance", name),
-                "announced ", "announced its instance over mDNS"))
+            app = procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", name)
+            sidecar = procs.python("-m", "mesh.cli", "sidecar", "--config", str(path), "--service", "catalog",
+                                   "--app", f"127.0.0.1:{APP}", "--instance", name)
+            if in_pods:
+                made.append(host_pods := pods.in_host(net, host, r.workdir / f"pods-{host}"))
+                host_pods.create()
+                pod = host_pods.add(name, APP, INBOUND, OUTBOUND, ADMIN, virtual_addresses(load_config(path).services))
+                at[host] = pod.address
+                starting.append(start(None, name, host_pods.app_argv(pod, app), "listening on",
+                                      f"listens in pod {pod.netns}", cwd=str(pods.ROOT)))
+                starting.append(start(None, f"{name}.sidecar", host_pods.sidecar_argv(
+                    pod, sidecar + ["--address", pod.address, "--capture", "transparent"]),
+                    "announced ", "announced its instance over mDNS"))
+            else:
+                at[host] = net.address(host)
+                starting.append(start(host, name, app, "listening on", "listens"))
+                starting.append(start(host, f"{name}.sidecar", sidecar + ["--address", at[host]],
+                                      "announced ", "announced its instance over mDNS"))
         r.say(f"started the gateway and {len(starting) - 1} processes (apps, sidecars); waiting for each")
         for child in starting:
             procs.wait_log(child, child.ready)
@@ -108,7 +127,7 @@ def run(r: Run) -> Report:
         watched = Proxies()
         watched.add("gateway", f"http://{edge}:{GATEWAY_ADMIN}", via=lambda fn: net.call("edge", fn))
         for host in ("h1", "h2", "h3"):
-            watched.add(f"catalog-{host}", f"http://{net.address(host)}:{ADMIN}",
+            watched.add(f"catalog-{host}", f"http://{at[host]}:{ADMIN}",
                         via=lambda fn, h=host: net.call(h, fn))
         watched.baseline()
         watched.start()
@@ -116,7 +135,7 @@ def run(r: Run) -> Report:
               f"for {cut_for:g} s")
         load = Load(f"http://{edge}:{GATEWAY}/catalog/items/1", threads=4, rate=rate,
                     netns=net.name("edge")).start()
-        h2 = f"{net.address('h2')}:{INBOUND}"
+        h2 = f"{at['h2']}:{INBOUND}"
         try:
             time.sleep(cut_at)
             net.partition("edge", "h2")
@@ -134,12 +153,15 @@ def run(r: Run) -> Report:
         after = next((e for e in net.call("edge", endpoints) if e["address"] == h2), None)
     finally:
         procs.stop_all(children)
+        for host_pods in made:
+            host_pods.close()
         net.close()
 
     report = Report("partition", TITLE, samples=samples, started=load.started, proxies=watched)
+    where = (f"a catalog instance in a pod inside each, joined to the host's bridge: {', '.join(at.values())}"
+             if in_pods else "a catalog app on the host's loopback, its sidecar on the host's address")
     report.mesh = (f"4 network namespaces on one bridge: edge {edge} (gateway, 1 worker, and the load), "
-                   f"h1, h2, h3 (a catalog app on the host's loopback, its sidecar on the host's address); "
-                   f"mDNS on the bridge, mesh id {config['mesh']['id']}")
+                   f"h1, h2, h3 ({where}); mDNS on the bridge, mesh id {config['mesh']['id']}")
     report.load = (f"GET /catalog/items/1 from edge through the gateway, {rate} req/s on 4 connections for "
                    f"{seconds:g} s; route: per-try timeout {PER_TRY * 1000:g} ms, 3 attempts; "
                    f"ejection 2 s, health checks every 1 s")

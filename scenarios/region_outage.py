@@ -27,6 +27,8 @@ from . import _mesh
 
 TTL = 3  # etcd lease of each instance, seconds
 TITLE = "the gateway's region (two zones) dies: priority levels fail over to the other region, and back"
+# why it runs on loopback whatever is asked (as `mitmesh up --control-plane etcd`)
+LOOPBACK_ONLY = "its etcd listens on this host's loopback, which pods cannot reach"
 
 
 def run(r: Run) -> Report:

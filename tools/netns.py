@@ -10,6 +10,7 @@ firewall that drops), while both keep reaching every other host; `heal(a, b)` un
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -17,6 +18,29 @@ import threading
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+
+
+NETNS_DIR = "/run/netns"
+
+
+def stale_of_dead(prefix: str, base: int = 16) -> list[str]:
+    """Namespaces `<prefix><pid>-…` whose process is gone: what a run that was SIGKILLed (a test's
+    timeout) left. The pid is written in `base` (the pods of a bench in hex, hosts in decimal)."""
+    digits = "[0-9a-f]" if base == 16 else "[0-9]"
+    if not os.path.isdir(NETNS_DIR):
+        return []
+    out = []
+    for name in os.listdir(NETNS_DIR):
+        m = re.fullmatch(rf"{re.escape(prefix)}({digits}+)-.+", name)
+        if m and not os.path.exists(f"/proc/{int(m.group(1), base)}"):
+            out.append(name)
+    return sorted(out)
+
+
+def remove(names: list[str]) -> None:
+    """Delete namespaces: each takes its veth ends, addresses, routes and nftables tables with it."""
+    for name in names:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def why_not() -> str | None:
@@ -30,11 +54,22 @@ def why_not() -> str | None:
     return None
 
 
+PODS_FROM, PODS_PER_HOST = 64, 16  # host i's pods: SUBNET.(64 + 16 i) on
+
+
 class Network:
-    def __init__(self, hosts: list[str], subnet: str = "10.77.0", tag: str = "mm4"):
+    """`pods=True`: every host's eth0 is a port of a bridge br0 in the host, which carries the
+    host's address; pods made in the host (tools/pods.py, `pods.in_host`) are sibling namespaces
+    joined to that bridge, so they sit on the hosts' segment with addresses of their own (mDNS,
+    partitions and the gateway's connections reach them as they reach hosts)."""
+
+    def __init__(self, hosts: list[str], subnet: str = "10.77.0", tag: str = "mm4", pods: bool = False):
+        self.tag, self.subnet, self.bridged = tag, subnet, pods
         self.prefix = f"{tag}-{os.getpid()}-{secrets.token_hex(2)}"
         self.switch = f"{self.prefix}-sw"
         self.hosts = {h: (f"{self.prefix}-{h}", f"{subnet}.{i + 1}") for i, h in enumerate(hosts)}
+        if pods and len(hosts) > (255 - PODS_FROM) // PODS_PER_HOST:
+            raise ValueError(f"at most {(255 - PODS_FROM) // PODS_PER_HOST} hosts with pods")
         self.made: list[str] = []
 
     def _ip(self, *args: str) -> None:
@@ -43,6 +78,10 @@ class Network:
             raise RuntimeError(f"ip {' '.join(args)}: {out.stderr.strip()}")
 
     def create(self) -> None:
+        left = stale_of_dead(f"{self.tag}-", base=10)  # a run of ours that was SIGKILLed left them
+        if left:
+            remove(left)
+            print(f"removed {len(left)} stale namespaces of a run that was killed: {', '.join(left)}", flush=True)
         self._ip("netns", "add", self.switch)
         self.made.append(self.switch)
         self._ip("-n", self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
@@ -54,7 +93,13 @@ class Network:
                      "netns", ns)
             self._ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
             self._ip("-n", ns, "link", "set", "lo", "up")
-            self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            device = "eth0"
+            if self.bridged:  # the host's address on its bridge, eth0 one of its ports (pods join it)
+                device = "br0"
+                self._ip("-n", ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+                self._ip("-n", ns, "link", "set", "eth0", "master", "br0")
+                self._ip("-n", ns, "link", "set", "br0", "up")
+            self._ip("-n", ns, "addr", "add", f"{address}/24", "dev", device)
             self._ip("-n", ns, "link", "set", "eth0", "up")
 
     def close(self) -> None:
@@ -79,6 +124,12 @@ class Network:
         port = f"p{list(self.hosts).index(host)}"
         self._ip("-n", self.switch, "link", "set", "dev", port, "type", "bridge_slave",
                  "isolated", "on" if on else "off")
+
+    def pod_addresses(self, host: str) -> tuple[str, int]:
+        """(subnet, first host number) of the pods made in `host`: up to PODS_PER_HOST of them."""
+        if not self.bridged:
+            raise RuntimeError("this network was made without pods=True: its hosts have no bridge for pods")
+        return self.subnet, PODS_FROM + PODS_PER_HOST * list(self.hosts).index(host)
 
     def address(self, host: str) -> str:
         return self.hosts[host][1]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -68,14 +67,7 @@ def stale(prefix: str) -> list[str]:
 
 def stale_of_dead(kind: str) -> list[str]:
     """Namespaces `<kind><hex pid>-…` whose process is gone (a bench's pods are named by its pid)."""
-    if not NETNS_DIR.is_dir():
-        return []
-    out = []
-    for p in NETNS_DIR.iterdir():
-        m = re.fullmatch(rf"{kind}([0-9a-f]+)-.+", p.name)
-        if m and not Path(f"/proc/{int(m.group(1), 16)}").exists():
-            out.append(p.name)
-    return sorted(out)
+    return netns.stale_of_dead(kind, base=16)
 
 
 def remove(names: list[str]) -> None:
@@ -102,17 +94,25 @@ class Pod:
 
 
 class Pods:
-    """The mesh namespace with its bridge, and one namespace per pod; `close()` removes them all."""
+    """The mesh namespace with its bridge, and one namespace per pod; `close()` removes them all.
+    With `host` (a host of tools/netns.py made with pods=True), the pods join that host's bridge
+    br0 instead, with addresses `subnet`.`first` on; the host is not theirs to make or remove."""
 
-    def __init__(self, prefix: str, state: Path):
+    def __init__(self, prefix: str, state: Path, *, host: str | None = None, subnet: str = SUBNET,
+                 first: int = 2, limit: int = 250):
         self.prefix = prefix
-        self.mesh = f"{prefix}-mesh"
+        self.host = host
+        self.mesh = host or f"{prefix}-mesh"
         self.gateway_address = GATEWAY_ADDRESS
+        self.subnet, self.first, self.limit = subnet, first, limit
         self.state = state  # hosts files and the interpreter's mount point
         self.pods: list[Pod] = []
         self.made: list[str] = []
 
     def create(self) -> None:
+        if self.host is not None:
+            self.state.mkdir(parents=True, exist_ok=True)
+            return
         self.made.append(self.mesh)  # before it exists: a failure half way still removes it
         _run(["ip", "netns", "add", self.mesh])
         _run(["ip", "-n", self.mesh, "link", "set", "lo", "up"])
@@ -125,10 +125,10 @@ class Pods:
             services: dict[str, str]) -> Pod:
         """A pod for one instance: its namespace, veth, address, nftables rules and hosts file."""
         index = len(self.pods)
-        if index > 250:
-            raise RuntimeError("pods: at most 250 instances per mesh")
+        if index >= self.limit:
+            raise RuntimeError(f"pods: at most {self.limit} instances here")
         ns = f"{self.prefix}-p{index}"
-        address = f"{SUBNET}.{index + 2}"
+        address = f"{self.subnet}.{index + self.first}"
         self.made.append(ns)
         _run(["ip", "netns", "add", ns])
         _run(["ip", "-n", self.mesh, "link", "add", f"v{index}", "type", "veth", "peer", "name", "eth0",
@@ -165,6 +165,14 @@ class Pods:
     @staticmethod
     def sidecar_argv(pod: Pod, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", pod.netns, *argv]
+
+
+def in_host(net: netns.Network, host: str, state: Path) -> Pods:
+    """Pods inside a host of a multi-host network (made with pods=True): sibling namespaces joined
+    to the host's bridge, on the hosts' segment; removed by `close()` (and with the network)."""
+    subnet, first = net.pod_addresses(host)
+    return Pods(f"{net.prefix}-{host}", state, host=net.name(host), subnet=subnet, first=first,
+                limit=netns.PODS_PER_HOST)
 
 
 def ruleset(app_port: int, inbound: int, outbound: int, admin: int) -> str:

@@ -2,7 +2,8 @@
 and the report with its verdict against the scenario's SLO (exit code 0 PASS, 1 FAIL, 77 skipped).
 
 A scenario is a module of the `scenarios/` folder with a docstring (first line: `NAME: what
-happens`), a `TITLE` and a `run(run: Run) -> Report`; `mitmesh scenario NAME` runs it here. The
+happens`), a `TITLE`, a `run(run: Run) -> Report` and, if it cannot run on pods, `LOOPBACK_ONLY`
+(why); `mitmesh scenario NAME` runs it here. The
 runner loads that folder by its path (FOLDER): the product (mesh/) never imports a scenario.
 """
 
@@ -36,11 +37,11 @@ class Skip(Exception):
 
 
 class Run:
-    """What a scenario gets: full or short mode, a work directory for its files and logs, and a
-    progress line printer."""
+    """What a scenario gets: full or short mode, a work directory for its files and logs, the
+    isolation its instances run in (pod or loopback), and a progress line printer."""
 
-    def __init__(self, name: str, short: bool, workdir: Path, out=None):
-        self.name, self.short, self.workdir = name, short, workdir
+    def __init__(self, name: str, short: bool, workdir: Path, out=None, isolation: str = "loopback"):
+        self.name, self.short, self.workdir, self.isolation = name, short, workdir, isolation
         self.out = out or sys.stdout
         self.t0 = time.time()
 
@@ -310,12 +311,31 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds: every finally block stops what it started
 
 
-def run_one(name: str, short: bool = False, keep: bool = False, out=None) -> int:
+def isolation(asked: str = "auto") -> tuple[str, str | None]:
+    """(pod | loopback, why not pods): auto is pod where pods can be made (root on Linux, nft), as
+    `mitmesh up` decides; pod where they cannot is an error (Skip)."""
+    from tools import pods
+    why = None if asked == "loopback" else pods.why_not()
+    if asked == "pod" and why:
+        raise Skip(f"isolation pod is not possible here: {why}")
+    return ("loopback" if asked == "loopback" or why else "pod"), why
+
+
+def run_one(name: str, short: bool = False, keep: bool = False, out=None, isolation_mode: str = "auto") -> int:
     out = out or sys.stdout
     mod = module(name)
     workdir = Path(tempfile.mkdtemp(prefix=f"mitmesh-scenario-{name}-"))
-    run = Run(name, short, workdir, out)
-    print(f"scenario {name} ({'short' if short else 'full'} run): {mod.TITLE}", file=out, flush=True)
+    try:
+        mode, why = isolation(isolation_mode)
+    except Skip as e:
+        print(f"SKIP  {name}: {e}", file=out, flush=True)
+        return SKIPPED
+    if mode == "pod" and getattr(mod, "LOOPBACK_ONLY", None):  # a scenario that cannot run on pods says why
+        mode, why = "loopback", mod.LOOPBACK_ONLY
+    run = Run(name, short, workdir, out, mode)
+    print(f"scenario {name} ({'short' if short else 'full'} run, isolation {mode}"
+          + (f"; no pods: {why}" if why and mode == "loopback" and isolation_mode != "loopback" else "")
+          + f"): {mod.TITLE}", file=out, flush=True)
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _terminate)
@@ -359,7 +379,8 @@ def cli(args: argparse.Namespace) -> int:
     codes = []
     try:
         for name in wanted:
-            codes.append(run_one(name, short=args.short, keep=args.keep))
+            codes.append(run_one(name, short=args.short, keep=args.keep,
+                                 isolation_mode=getattr(args, "isolation", "auto")))
             if len(wanted) > 1:
                 print(flush=True)
     except KeyboardInterrupt:  # run_one's finally blocks have stopped everything it started
@@ -378,5 +399,6 @@ def main(name: str, argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m scenarios.{name.replace('-', '_')}")
     p.add_argument("--short", action="store_true")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--isolation", choices=["auto", "pod", "loopback"], default="auto")
     args = p.parse_args(argv)
-    return run_one(name, short=args.short, keep=args.keep)
+    return run_one(name, short=args.short, keep=args.keep, isolation_mode=args.isolation)

@@ -26,13 +26,16 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import yaml
 
+from mesh.core import podnet
 from mesh.runtime import admin, procs
-from tools import launcher
+from tools import launcher, pods
 from mesh.config import ConfigError, load
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Sidecared:
     app: procs.Child
     sidecar: procs.Child | None
     announced: float = 0.0  # wall-clock time of the mDNS announcement, from the sidecar's log
+    netns: str | None = None  # in a pod: the mesh namespace, from which its sidecar is reached
 
     @property
     def name(self) -> str:
@@ -61,14 +65,16 @@ class Sidecared:
         return f"http://{self.inst.sidecar.address}:{self.inst.sidecar.admin}"
 
     def flows(self) -> list[dict]:
-        with urllib.request.urlopen(self.admin + "/flows", timeout=5) as r:
+        with reach(self.admin, self.netns), urllib.request.urlopen(self.admin + "/flows", timeout=5) as r:
             return json.load(r)["flows"]
 
     def knobs(self, **values) -> dict:
         """The app's fault knobs (latency, error_rate, error_status) and its hit count; sets the
-        given ones first (health checks are never faulted)."""
+        given ones first (health checks are never faulted). An app in a pod is asked from inside
+        its pod (from anywhere else only its sidecar answers)."""
         data = json.dumps(values).encode() if values else None
-        status, body, _ = get(f"http://{self.inst.host}:{self.inst.port}/__knobs", data=data)
+        with podnet.entered(self.inst.pod.netns) if self.inst.pod else contextlib.nullcontext():
+            status, body, _ = get(f"http://{self.inst.host}:{self.inst.port}/__knobs", data=data)
         if status != 200:
             raise RuntimeError(f"{self.name}: /__knobs answered {status}: {body}")
         return body
@@ -82,6 +88,10 @@ class Mesh:
     net: str = field(default_factory=lambda: f"127.{random.randint(1, 254)}.{random.randint(1, 254)}")
     hosts: int = 1  # .1 is the gateway's mDNS address
     progress: Callable[[str], None] | None = None  # told each step of a start (a scenario prints it)
+    # pod: every instance, app plus sidecar, in a pod of its own (tools/pods.py), as `mitmesh up` runs
+    # them as root; the gateway stays here and reaches the pods through the mesh namespace
+    isolation: str = "loopback"
+    pods: pods.Pods | None = None
 
     def say(self, text: str) -> None:
         if self.progress is not None:
@@ -138,7 +148,8 @@ class Mesh:
         parsed = load(self.path)
         argv = (launcher.gateway_argv(self.path, parsed) if mitmdump
                 else launcher.lean_argv(self.path, workers))
-        gw = procs.spawn("gateway", argv, log_dir=self.tmp / "logs", cwd=str(self.tmp))
+        env = {podnet.ENV: self._pods().mesh} if self.isolation == "pod" else None
+        gw = procs.spawn("gateway", argv, log_dir=self.tmp / "logs", cwd=str(self.tmp), env=env)
         self.children["gateway"] = gw
         admin = parsed.gateway.admin
         if not wait:
@@ -162,9 +173,34 @@ class Mesh:
     def stop(self) -> None:
         children = list(self.children.values())
         gateway = self.children.get("gateway")
-        if gateway is not None:  # stop sending first, then everything else at once
-            gateway.stop()
-        procs.stop_all([c for c in children if c is not gateway])
+        try:
+            if gateway is not None:  # stop sending first, then everything else at once
+                gateway.stop()
+            procs.stop_all([c for c in children if c is not gateway])
+        finally:
+            if self.pods is not None:
+                self.pods.close()
+
+    def _pods(self) -> pods.Pods:
+        """The mesh namespace with its bridge, made on first use; pods a killed run of this kind
+        left (named by its pid, now dead) are removed first."""
+        if self.pods is None:
+            left = pods.stale_of_dead("mmt")
+            if left:
+                pods.remove(left)
+                self.say(f"removed {len(left)} stale namespaces of a run that was killed: {', '.join(left)}")
+            self.pods = pods.Pods(f"mmt{os.getpid():x}-{secrets.token_hex(2)}", self.tmp / "pods")
+            self.pods.create()  # what it made is removed by stop(), even if this fails half way
+        return self.pods
+
+    def reach(self, where: str):
+        """The namespace a connection to `where` (URL or address) is made from: see `reach`."""
+        return reach(where, self.pods.mesh if self.pods else None)
+
+    def via(self, fn: Callable[[], T]) -> T:
+        """Call `fn` with this thread in the mesh namespace (where the pods' addresses are reached)."""
+        with podnet.entered(self.pods.mesh) if self.pods else contextlib.nullcontext():
+            return fn()
 
     # sidecars: every instance is an app plus its sidecar, on an address of its own
 
@@ -181,22 +217,37 @@ class Mesh:
         for spec in specs:
             service, version = spec["service"], spec.get("version", "v1")
             name = spec.get("name") or f"{service}-{version}-{self.hosts + 1}"
-            host = self.host()
-            sc = launcher.Sidecar(host, procs.free_port(host), procs.free_port(host), procs.free_port(host),
-                                  spec.get("zone"), spec.get("weight", 1), spec.get("region"))
-            inst = launcher.Instance(name, spec.get("app", service), service, version, host,
-                                     procs.free_port(host), sidecar=sc)
-            app = procs.spawn(name, launcher.service_argv(inst, config, self.url), log_dir=self.tmp / "logs")
+            zone, weight, region = spec.get("zone"), spec.get("weight", 1), spec.get("region")
+            if self.isolation == "pod":  # its own namespace: the config's ports, the app on its loopback
+                net, c = self._pods(), config.sidecar
+                from mesh.core.sidecar import virtual_addresses
+                pod = net.add(name, launcher.APP_PORT, c.inbound.port, c.outbound.port, c.admin.port,
+                              virtual_addresses(config.services))
+                sc = launcher.Sidecar(pod.address, c.inbound.port, c.outbound.port, c.admin.port, zone, weight, region)
+                inst = launcher.Instance(name, spec.get("app", service), service, version, "127.0.0.1",
+                                         launcher.APP_PORT, sidecar=sc, pod=pod)
+                argv, cwd = net.app_argv(pod, launcher.service_argv(inst, config, self.url)), str(launcher.ROOT)
+            else:
+                host = self.host()
+                sc = launcher.Sidecar(host, procs.free_port(host), procs.free_port(host), procs.free_port(host),
+                                      zone, weight, region)
+                inst = launcher.Instance(name, spec.get("app", service), service, version, host,
+                                         procs.free_port(host), sidecar=sc)
+                argv, cwd = launcher.service_argv(inst, config, self.url), None
+            app = procs.spawn(name, argv, log_dir=self.tmp / "logs", cwd=cwd)
             self.children[name] = app
-            started.append(Sidecared(inst, app, None))
+            started.append(Sidecared(inst, app, None, netns=self.pods.mesh if inst.pod else None))
         for s in started:  # at once: a sidecar announces its instance only once the app answers
-            s.sidecar = procs.spawn(f"{s.inst.name}.sidecar", launcher.sidecar_argv(self.path, s.inst),
-                                    log_dir=self.tmp / "logs", cwd=str(self.tmp))
+            argv = launcher.sidecar_argv(self.path, s.inst)
+            if s.inst.pod is not None:
+                argv = self.pods.sidecar_argv(s.inst.pod, argv)
+            s.sidecar = procs.spawn(f"{s.inst.name}.sidecar", argv, log_dir=self.tmp / "logs", cwd=str(self.tmp))
             self.children[s.sidecar.name] = s.sidecar
         names = ", ".join(s.name for s in started)
         self.say(f"started {len(started)} apps and their sidecars ({names}); waiting for the apps to listen")
         for s in started:
-            procs.wait_ports(s.app, [(s.inst.host, s.inst.port)])
+            with podnet.entered(s.inst.pod.netns) if s.inst.pod else contextlib.nullcontext():
+                procs.wait_ports(s.app, [(s.inst.host, s.inst.port)])
         self.say("apps listening; waiting for each sidecar to announce its instance over mDNS")
         for s in started:
             procs.wait_log(s.sidecar, "announced ")
@@ -224,7 +275,7 @@ class Mesh:
         s.app.kill()
 
     def registry(self, admin: str | None = None) -> list[dict]:
-        with urllib.request.urlopen((admin or self.admin) + "/status", timeout=5) as r:
+        with self.reach(admin or self.admin), urllib.request.urlopen((admin or self.admin) + "/status", timeout=5) as r:
             return json.load(r)["registry"]["instances"]
 
     def wait_converged(self, instances: list[Sidecared], count: int, timeout: float = 10.0) -> None:
@@ -246,6 +297,19 @@ class Mesh:
         found = wait_until(matching, timeout=timeout, interval=0.05)
         self.say(f"{who} knows the {count} instances")
         return found
+
+
+def reach(where: str, netns: str | None):
+    """Where a connection to `where` (a URL, or an address with or without its port) is made from:
+    inside `netns` (the pods' mesh namespace) for a pod's address, here for any other. A pod's
+    address is never connected to from this namespace: it is no local address here, and the
+    default route would take it off the machine."""
+    host = urllib.parse.urlsplit(where).hostname if "://" in where else (where.rpartition(":")[0] or where)
+    if not podnet.in_subnet(host):
+        return contextlib.nullcontext()
+    if netns is None:
+        raise RuntimeError(f"{where} is a pod's address, and there are no pods to reach it through")
+    return podnet.entered(netns)
 
 
 def get(url: str, headers: dict | None = None, data: bytes | None = None, timeout: float = 5.0,

@@ -1,13 +1,17 @@
 """Several hosts (network namespaces on one bridge): the gateway, catalog, payments and orders each
-on a host of its own, finding each other over mDNS on their veth addresses; apps listen on their
-host's loopback, so their sidecar really is the only way in."""
+on a host of its own, finding each other over mDNS on their veth addresses. Each instance runs in a
+pod inside its host, as `mitmesh up` runs it as root (isolation: pod): a namespace of its own
+joined to its host's bridge, its app on the pod's loopback behind nftables capture, so its sidecar
+really is the only way in, and the app calls services by name with no proxy setting."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import secrets
+import os
 import signal
+import subprocess
 import time
 import urllib.request
 
@@ -16,7 +20,9 @@ import yaml
 
 from discovery import Registry
 from discovery.mdns import MdnsSource
-from tools import netns
+from tools import netns, pods
+from mesh.config import load
+from mesh.core.sidecar import virtual_addresses
 from mesh.runtime import procs
 
 from .conftest import get, wait_until
@@ -28,8 +34,9 @@ INBOUND, OUTBOUND, ADMIN, APP, GATEWAY, GATEWAY_ADMIN = 15006, 15001, 15000, 800
 
 @pytest.fixture
 def hosts(tmp_path):
-    net = netns.Network(["edge", "h1", "h2", "h3"])
+    net = netns.Network(["edge", "h1", "h2", "h3"], pods=pods.why_not() is None)
     children: list[procs.Child] = []
+    net.pods = []
     try:
         try:
             net.create()
@@ -40,17 +47,24 @@ def hosts(tmp_path):
         yield net
     finally:
         procs.stop_all(children)
+        for made in net.pods:
+            made.close()
         net.close()
 
 
 def start(net, host: str, name: str, argv: list[str], ready: str) -> procs.Child:
-    child = procs.spawn(name, net.argv(host, argv), log_dir=net.tmp / "logs", cwd=str(net.tmp))
+    return spawn(net, name, net.argv(host, argv), ready)
+
+
+def spawn(net, name: str, argv: list[str], ready: str, cwd: str | None = None) -> procs.Child:
+    child = procs.spawn(name, argv, log_dir=net.tmp / "logs", cwd=cwd or str(net.tmp))
     net.children.append(child)
     child.ready = ready
     return child
 
 
-def test_services_on_different_hosts_find_each_other(hosts):
+@pytest.mark.skipif(pods.why_not() is not None, reason=f"pods: {pods.why_not()}")
+def test_services_in_pods_on_different_hosts_find_each_other(hosts):
     net = hosts
     edge = net.address("edge")
     mesh_id = f"t-{secrets.token_hex(4)}"
@@ -68,17 +82,22 @@ def test_services_on_different_hosts_find_each_other(hosts):
     path = net.tmp / "mesh.yaml"
     path.write_text(yaml.safe_dump(config))
     placed = {"catalog": "h1", "payments": "h2", "orders": "h3"}
-    starting = []
+    vips = virtual_addresses(load(path).services)
+    starting, at = [], {}
     for service, host in placed.items():
-        address = net.address(host)
+        in_host = pods.in_host(net, host, net.tmp / f"pods-{host}")
+        net.pods.append(in_host)
+        in_host.create()
+        pod = in_host.add(service, APP, INBOUND, OUTBOUND, ADMIN, vips)
+        at[service] = pod.address
         argv = procs.python("-m", f"services.{service}", "--host", "127.0.0.1", "--port", str(APP),
                             "--instance", f"{service}-on-{host}")
-        if service == "orders":
-            argv += ["--proxy", f"http://{address}:{OUTBOUND}"]
-        starting.append(start(net, host, service, argv, "listening on"))
-        starting.append(start(net, host, f"{service}.sidecar", procs.python(
-            "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", service,
-            "--app", f"127.0.0.1:{APP}", "--address", address, "--instance", f"{service}-on-{host}"),
+        if service == "orders":  # by name, no proxy setting: the pod's nftables capture the calls
+            argv += ["--catalog-url", "http://catalog", "--payments-url", "http://payments"]
+        starting.append(spawn(net, service, in_host.app_argv(pod, argv), "listening on", cwd=str(pods.ROOT)))
+        starting.append(spawn(net, f"{service}.sidecar", in_host.sidecar_argv(pod, procs.python(
+            "-m", "mesh.cli", "sidecar", "--config", str(path), "--service", service, "--capture", "transparent",
+            "--app", f"127.0.0.1:{APP}", "--address", pod.address, "--instance", f"{service}-on-{host}")),
             "announced "))
     gateway = start(net, "edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
                                                          "--workers", "1"), "gateway ready")
@@ -90,11 +109,11 @@ def test_services_on_different_hosts_find_each_other(hosts):
         return {i["service"]: i for i in status["registry"]["instances"]}
 
     found = net.call("edge", wait_until, lambda: len(r := registry()) == 3 and r, 10)
-    assert {s: i["address"] for s, i in found.items()} == {
-        s: f"{net.address(h)}:{INBOUND}" for s, h in placed.items()}
+    assert {s: i["address"] for s, i in found.items()} == {s: f"{at[s]}:{INBOUND}" for s in placed}
+    assert all(net.address("h1") != a for a in at.values())  # the pods' own addresses, not the hosts'
     # every proxy converges on its own (a responder answers a record at most once a second)
-    for host in placed.values():
-        net.call(host, wait_until, lambda h=host: len(registry(f"{net.address(h)}:{ADMIN}")) == 3, 10)
+    for service, host in placed.items():
+        net.call(host, wait_until, lambda a=at[service]: len(registry(f"{a}:{ADMIN}")) == 3, 10)
 
     # edge → orders' host → its app → its sidecar → catalog's and payments' hosts
     status, body, _ = net.call("edge", get, f"http://{edge}:{GATEWAY}/orders",
@@ -103,11 +122,16 @@ def test_services_on_different_hosts_find_each_other(hosts):
     assert status == 200, body
     assert (body["order"]["catalog"], body["order"]["payments"]) == ("catalog-on-h1", "payments-on-h2")
     flows = net.call("h3", lambda: json.load(urllib.request.urlopen(
-        f"http://{net.address('h3')}:{ADMIN}/flows", timeout=5))["flows"])
+        f"http://{at['orders']}:{ADMIN}/flows", timeout=5))["flows"])
     out = {(f["host"], f["endpoint"]) for f in flows
            if f["request_id"] == "across-hosts" and f["direction"] == "outbound"}
-    assert out == {("catalog", f"{net.address('h1')}:{INBOUND}"), ("payments", f"{net.address('h2')}:{INBOUND}")}
-    # the apps are on their hosts' loopback: from another host, only the sidecar answers
+    assert out == {("catalog", f"{at['catalog']}:{INBOUND}"), ("payments", f"{at['payments']}:{INBOUND}")}
+    # the apps are on their pods' loopback: from another host, a connection to the app's port is
+    # taken by its sidecar's inbound (seen in its flows), and the host's own address has nothing on it
+    net.call("h3", get, f"http://{at['catalog']}:{APP}/items/1", headers={"x-request-id": "app-port"})
+    inbound = net.call("h1", lambda: json.load(urllib.request.urlopen(
+        f"http://{at['catalog']}:{ADMIN}/flows", timeout=5))["flows"])
+    assert [f["direction"] for f in inbound if f["request_id"] == "app-port"] == ["inbound"]
     with pytest.raises(OSError):
         net.call("h3", urllib.request.urlopen, f"http://{net.address('h1')}:{APP}/healthz", None, 2)
 
@@ -142,3 +166,21 @@ async def test_nothing_of_the_namespaces_reaches_this_host(hosts):
         assert here.instances == {}
     finally:
         await browser.stop()
+
+
+def test_namespaces_a_killed_run_left_are_removed_by_the_next_run():
+    """A run SIGKILLed (a test's timeout) cannot remove its namespaces; the next Network of the
+    same tag removes those whose pid is dead, and leaves a live run's alone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, alive = f"mm4-{gone.pid}-beef-h1", f"mm4-{os.getpid()}-beef-h1"
+    for name in (dead, alive):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    net = netns.Network(["a"])
+    try:
+        net.create()
+        left = os.listdir("/run/netns")
+        assert dead not in left and alive in left
+    finally:
+        net.close()
+        netns.remove([dead, alive])

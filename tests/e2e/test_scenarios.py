@@ -1,5 +1,6 @@
 """Every failure scenario in its short run, as CI runs them: `mitmesh scenario NAME --short` exits 0
-(PASS) and its report carries the figures it promises. Two scenarios run at a time (each is a mesh
+(PASS) and its report carries the figures it promises. As root (CI) they run on pods, the real
+deployment mode (each instance in a network namespace of its own), once each. Two scenarios run at a time (each is a mesh
 of its own: own loopback /24, own mesh id, own namespaces), so the file takes about half the sum."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tools import netns
+from tools import netns, pods
 from mesh.runtime import procs
 from tools.scenario import PASS, SKIPPED
 
@@ -90,6 +91,11 @@ def test_scenario_passes_with_its_report(runs, name):
         pytest.skip(netns.why_not())
     assert code == PASS, out
     assert re.search(rf"\nPASS  {name}\n", out), out
+    # on pods where they can be made (region-outage's etcd is on this host's loopback: loopback)
+    if pods.why_not() is None and name != "region-outage":
+        assert "(short run, isolation pod)" in out and re.search(r"\nmesh .*\bpods?\b", out), out
+    if pods.why_not() is None and name == "region-outage":
+        assert "(short run, isolation loopback; no pods: its etcd listens on this host's loopback" in out, out
     assert "\n  FAIL  " not in out, out
     for pattern in COMMON + EXPECTED[name]:
         assert re.search(pattern, out), f"{pattern!r} not in the report:\n{out}"
