@@ -100,9 +100,11 @@ class Forks:
         try:
             pid = await loop.run_in_executor(self.executor, self._fork, spec,
                                              {0: calls_r, 1: results_w, 2: sys.stderr.fileno()})
-        except BaseException:
+        except BaseException as e:
             for fd in (calls_w, results_r):
                 os.close(fd)
+            if isinstance(e, RuntimeError):  # the fork server did not start or refused: the pool's start_failed
+                raise OSError(str(e)) from e
             raise
         finally:
             os.close(calls_r)
