@@ -102,3 +102,19 @@ async def test_no_fork_server_starts_a_fresh_python(gateway, code, monkeypatch):
         assert first["ppid"] == os.getpid()
         assert first["cmdline"][1] == "-I" and first["cmdline"][2].endswith("worker.py")
         assert first["version"] == 1 and first["greeting"] == "hi" and first["mesh"] == []
+
+
+async def test_min_instances_start_the_fork_server_with_the_gateway(gateway, code):
+    funcs = FUNCS.replace("idle: 0.5", "idle: 0.5, min_instances: 1")
+    async with gateway(config(funcs)) as gw:
+        function_addon(gw).running()  # what the proxy calls once it serves
+        pool = function_addon(gw).pools["fn"]
+        for _ in range(100):  # no call: min_instances starts one, forked
+            if pool.instances:
+                break
+            await asyncio.sleep(0.1)
+        [inst] = pool.instances
+        server = functionforks._forks.server
+        assert server.alive() and Path(f"/proc/{inst.pid}/stat").read_text().rsplit(")", 1)[1].split()[1] \
+            == str(server.child.pid)
+        assert (await call(gw))["pid"] == inst.pid
