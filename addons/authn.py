@@ -17,7 +17,7 @@ import logging
 
 from mitmproxy import http
 
-from addons import alone, keys, replies
+from addons import alone, headerfields, keys, replies
 from mesh.core.loops import Loop
 from mesh.policies import authn
 from mesh.config import schema
@@ -69,7 +69,7 @@ class Authn:
             if not route.authenticates:  # only `require`: claims must come from elsewhere
                 raise authn.AuthnError(403, "insufficient_scope", f"route {route.route} requires "
                                        "scopes or claims but has no authentication policy")
-            result = route.authenticate(req.headers.get, req.cookies.get, _query(req))
+            result = route.authenticate(_header(req), _cookie(req), _query(req))
             if inspect.isawaitable(result):
                 return self._finish(flow, st, route, result)
             self._accept(flow, st, route, result)
@@ -101,21 +101,21 @@ class Authn:
         for claim, header in route.forward:
             value = authn.forwarded_value(verified.claims, claim)
             if value is not None:
-                headers[header] = value
+                headerfields.put(headers, header, value)
         if verified.method == "api_key":
             if not route.keep_key:
                 self._strip_key(flow, route)
         elif not route.keep_token:
             for src in route.sources:
                 if src.header is not None:
-                    headers.pop(src.header, None)
+                    headerfields.remove(headers, src.header)
                 elif src.cookie in flow.request.cookies:
                     del flow.request.cookies[src.cookie]
 
     def _strip_key(self, flow: http.HTTPFlow, route: authn.RouteAuthn) -> None:
         c = route.api_keys.config
         if c.header:
-            flow.request.headers.pop(c.header, None)
+            headerfields.remove(flow.request.headers, c.header)
         if c.query and c.query in flow.request.query:
             del flow.request.query[c.query]
 
@@ -124,6 +124,20 @@ class Authn:
         challenge = route.challenge(e.error) if e.status in (401, 403) else ""
         replies.reply(flow, e.status, e.error, e.reason,
                       headers={"www-authenticate": challenge} if challenge else None)
+
+
+def _header(req: http.Request):
+    """A getter for one request header (one pass over the fields)."""
+    def get(name: str) -> str | None:
+        return headerfields.get(req.headers, name)
+    return get
+
+
+def _cookie(req: http.Request):
+    """A lazy getter for one cookie (parsed only when a token source is a cookie)."""
+    def get(name: str) -> str | None:
+        return req.cookies.get(name)
+    return get
 
 
 def _query(req: http.Request):

@@ -71,7 +71,8 @@ class Decisions:
             return
         decisions = [list(d) for d in st.decisions]
         lines = [f"{who}: {what}" for who, what in st.decisions]
-        if redact.suspect("\n".join(lines)):  # rarely: a decision quoting a credential
+        # rarely: a decision quoting a credential (or a stage named like one: value() masks the pair)
+        if redact.masks("\n".join(lines)) or any(who.lower() in redact.SECRET_NAMES for who, _ in st.decisions):
             decisions, lines = redact.value(decisions), redact.value(lines)
         flow.metadata[keys.DECISIONS] = decisions
         found = outcomes(flow, st)

@@ -143,13 +143,37 @@ class LoopMemoryStorage(limits.storage.MemoryStorage):
         """Drop expired counters and moving-window entries (memory only; counts are unaffected)."""
         self._MemoryStorage__expire_events()
 
+    # The fixed window's two calls, on the same counters as limits' `incr`, `get` and `get_expiry`
+    # (the fixed-window strategy reads them), without their per-call wrapper and per-key lock: the
+    # event loop is this storage's only user (no timer thread, see above).
+
+    def hit(self, key: str, expiry: float) -> tuple[int, float]:
+        """`incr(key, expiry)` then `get_expiry(key)`: the count with this hit, when its window ends."""
+        now = time.time()
+        if self.expirations.get(key, 0) <= now:  # a new window (as `get` drops an expired one)
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+        count = self.storage[key] = self.storage.get(key, 0) + 1
+        if count == 1:
+            self.expirations[key] = now + expiry
+        return count, self.expirations[key]
+
+    def look(self, key: str, now: float) -> tuple[int, float]:
+        """`get(key)` and `get_expiry(key)` without counting: (0, now) for a window not started."""
+        end = self.expirations.get(key, 0)
+        if end <= now:
+            return 0, now
+        return self.storage.get(key, 0), end
+
 
 class Limiters:
     """The storages and limiters of one proxy process. They outlive reloads: counters survive edits."""
 
     def __init__(self):
         self._memory = LoopMemoryStorage()
-        self._keys: dict[tuple[Policy, str], tuple[str, ...]] = {}  # limits' key strings, built once
+        self._keys: dict[tuple[Policy, str], tuple] = {}  # limits' key strings, built once (_windows)
+        self._fresh: dict[Policy, Outcome] = {}  # peek_sync's answer for a key never counted
         self._sync: dict[str, Any] = {}
         self._async: dict[tuple[str, str, float], Any] = {}
         self._storages: dict[tuple[str, float], Any] = {}
@@ -159,24 +183,19 @@ class Limiters:
     # memory: synchronous, no await on the hot path
 
     def hit_sync(self, policy: Policy, key: str) -> Outcome:
-        ids = (policy.strategy, policy.route, key)
         stats = []
         if policy.strategy == "fixed-window":
-            # the fixed window's count comes back from the increment: one key and two storage
-            # calls per window instead of the strategy's hit plus get_window_stats (three and five)
-            storage = self._memory
-            names = self._keys.get((policy, key))
-            if names is None:
-                if len(self._keys) > 100_000:  # many clients: start over rather than grow
-                    self._keys.clear()
-                names = self._keys[(policy, key)] = tuple(item.key_for(*ids) for item in policy.items)
-            for item, k in zip(policy.items, names):
-                count = storage.incr(k, item.get_expiry())
+            # the fixed window's count comes back from the increment: one key and one storage
+            # call per window instead of the strategy's hit plus get_window_stats (three and five)
+            hit = self._memory.hit
+            for item, k, seconds in self._windows(policy, key):
+                count, reset = hit(k, seconds)
                 ok = count <= item.amount
-                stats.append((item, ok, (storage.get_expiry(k), item.amount - count)))
+                stats.append((item, ok, (reset, item.amount - count)))
                 if not ok:
                     break
             return _outcome(policy, stats, time.time())
+        ids = (policy.strategy, policy.route, key)
         limiter = self._sync_limiter(policy.strategy)
         for item in policy.items:
             ok = limiter.hit(item, *ids)
@@ -191,12 +210,46 @@ class Limiters:
             limiter = self._sync[strategy] = sync_strategies.STRATEGIES[strategy](self._memory)
         return limiter
 
+    def _windows(self, policy: Policy, key: str) -> tuple[tuple[limits.RateLimitItem, str, int], ...]:
+        """(item, limits' key string, seconds) of `key`'s windows, built once per policy and key."""
+        windows = self._keys.get((policy, key))
+        if windows is None:
+            if len(self._keys) > 100_000:  # many clients: start over rather than grow
+                self._keys.clear()
+            ids = (policy.strategy, policy.route, key)
+            windows = self._keys[(policy, key)] = tuple((item, item.key_for(*ids), item.get_expiry())
+                                                        for item in policy.items)
+        return windows
+
     def peek_sync(self, policy: Policy, key: str) -> Outcome:
         """Whether one more hit would be allowed, without counting one (memory storage)."""
+        if policy.strategy == "fixed-window":  # what the strategy's test and get_window_stats read
+            windows = self._windows(policy, key)
+            started = self._memory.expirations
+            if not any(w[1] in started for w in windows):  # the usual case: nothing counted for this key
+                return self._fresh_outcome(policy)
+            now = time.time()
+            look = self._memory.look
+            stats = []
+            for item, k, _ in windows:
+                count, reset = look(k, now)
+                stats.append((item, count < item.amount, (reset, item.amount - count)))
+            return _outcome(policy, stats, now)
         limiter = self._sync_limiter(policy.strategy)
         ids = (policy.strategy, policy.route, key)
         stats = [(item, limiter.test(item, *ids), limiter.get_window_stats(item, *ids)) for item in policy.items]
         return _outcome(policy, stats, time.time())
+
+    def _fresh_outcome(self, policy: Policy) -> Outcome:
+        """A peek at a key with no window started: allowed, every window full, reset 0 (as
+        `_outcome` makes it from limits' (0, now) for each window), built once per policy."""
+        outcome = self._fresh.get(policy)
+        if outcome is None:
+            if len(self._fresh) > 64:  # policies of old snapshots
+                self._fresh.clear()
+            now = time.time()
+            outcome = self._fresh[policy] = _outcome(policy, [(i, True, (now, i.amount)) for i in policy.items], now)
+        return outcome
 
     def expire(self) -> None:
         """Memory housekeeping; the RateLimit addon calls it every second from the event loop."""

@@ -38,17 +38,43 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _API_KEY = re.compile(r"\bmk_[A-Za-z0-9_-]{16,}")
 
 # a cheap first look (on the lowercased text: a case-insensitive alternation is ten times slower)
-_ANY = re.compile("|".join(re.escape(n) for n in sorted(SECRET_NAMES | {"bearer", "basic ", "eyj", "mk_"})))
+_ANY = re.compile("|".join(re.escape(n) for n in sorted(SECRET_NAMES | {"bearer", "basic", "eyj", "mk_"})))
+
+
+# the second look, anchored where the first one found a name: the name only counts where the
+# patterns above would take a value after it (`authorization:`, `token=`, `"secret":`), so a
+# decision `authn: api_key: acme` or a consumer called `token-service` is not a suspect
+def _names(names) -> str:
+    return "|".join(re.escape(n) for n in sorted(names, key=lambda n: (-len(n), n)))
+
+
+_AT = re.compile(r"(?:" + _names(SECRET_HEADERS) + r")['\"]?\s*[:=]|(?:" + _names(SECRET_PARAMS)
+                 + r")=|\"(?:" + _names(SECRET_NAMES) + r")\"\s*:|bearer\s|basic\s|eyj|mk_")
 
 
 def suspect(line: str) -> bool:
-    """Whether `line` may hold a credential (no false negatives; cheap)."""
+    """Whether `line` may hold a credential in any shape (a name anywhere; no false negatives;
+    cheap): the gate before `value()` of a record whose structure is not known."""
     return bool(line) and _ANY.search(line.lower()) is not None
+
+
+def masks(line: str) -> bool:
+    """Whether `text(line)` may mask something: a credential's name followed by what the patterns
+    take a value after, a Bearer/Basic scheme, a JWT or an mk_ key (no false negatives; every
+    match of the patterns starts where `_ANY` finds a name, or, for a JSON field, one quote before)."""
+    if not line:
+        return False
+    low = line.lower()
+    for m in _ANY.finditer(low):
+        i = m.start()
+        if _AT.match(low, i) or (i and low[i - 1] == '"' and _AT.match(low, i - 1)):
+            return True
+    return False
 
 
 def text(line: str) -> str:
     """A string (log line, path, body, decision) with credentials masked."""
-    if not suspect(line):
+    if not masks(line):
         return line
     line = _HEADER_LINE.sub(_masked_value, line)
     line = _QUERY.sub(lambda m: m.group(1) + MASK, line)

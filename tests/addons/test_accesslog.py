@@ -52,3 +52,46 @@ async def test_access_log_off(gateway, tmp_path):
         await gw.send("/healthz")
         next(a for a in gw.addons if isinstance(a, AccessLog))._flush()
     assert not (tmp_path / "logs" / "a.log").exists()
+
+
+KEY = "mk_acme_7Hq2Lw9xRt4Vb8Nz3Kp6"
+KEYS_CONFIG = """
+version: 1
+gateway: {listeners: [{name: public, port: 18080}], admin: {port: 19901}}
+services:
+  users: {versions: {v1: {endpoints: ["127.0.0.1:PORT"]}}}
+routes:
+  - {name: keys, match: {path: {prefix: /keys/}}, forward: {service: users}, policies: [partner]}
+""" + f"""
+policies:
+  partner: {{api_key: {{consumers: {{acme: {{key_sha256: {__import__("hashlib").sha256(KEY.encode()).hexdigest()}}}}}}}}}
+observability:
+  access_log: {{path: logs/access.log}}
+"""
+
+
+async def test_an_api_key_requests_logs_carry_no_key_and_are_not_deep_scanned(gateway, upstream_app, tmp_path,
+                                                                               monkeypatch):
+    """The decision `authn: api_key: acme` names a credential but holds none: the access log line
+    and the decision log are written as they are, not sent through redact.value() (the deep
+    scan); a key in the query still is, and is masked."""
+    from mesh.security import redact
+
+    scanned = []
+    deep = redact.value
+    monkeypatch.setattr(redact, "value", lambda obj: scanned.append(obj) or deep(obj))
+    users = await upstream_app("users")
+    async with gateway(KEYS_CONFIG.replace("PORT", str(users))) as gw:
+        log = next(a for a in gw.addons if isinstance(a, AccessLog))
+        flow = await gw.send("/keys/a", headers={"x-api-key": KEY})
+        assert flow.response.status_code == 200 and "authn: api_key: acme" in flow.comment
+        assert scanned == []  # neither the access log entry nor the decision log
+        assert KEY not in flow.comment and KEY not in json.dumps(flow.metadata.get("mitmesh.decisions"))
+        flow = await gw.send(f"/keys/b?api_key={KEY}", headers={"x-api-key": KEY})
+        assert flow.response.status_code == 200 and scanned  # the path holds the key: masked
+        log._flush()
+    lines = (tmp_path / "logs" / "access.log").read_text().splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert first["principal"] == "acme" and "authn: api_key: acme" in first["decisions"]
+    assert second["path"] == "/keys/b?api_key=[redacted]"
+    assert KEY not in "".join(lines)

@@ -153,3 +153,28 @@ def test_config_errors(spec, error):
     with pytest.raises(ConfigError) as e:
         policy(spec)
     assert [str(p) for p in e.value.problems] == [f"t.yaml:9: {error}"]
+
+
+def test_memory_fixed_window_keeps_limits_own_counters():
+    """hit_sync and peek_sync (the auth throttle's look) count in the storage limits' fixed-window
+    strategy reads, with its semantics: its test() and get_window_stats() agree with every answer."""
+    from limits.strategies import FixedWindowRateLimiter
+
+    p = policy("{second: 3, minute: 4, key: ip}")
+    limiters = ratelimit.Limiters()
+    strategy = FixedWindowRateLimiter(limiters._memory)
+    ids = (p.strategy, p.route, "k")
+    fresh = limiters.peek_sync(p, "k")
+    assert fresh.allowed and headers(fresh) == {"RateLimit-Limit": "3", "RateLimit-Remaining": "3",
+                                                "RateLimit-Reset": "0", "RateLimit-Policy": "3;w=1, 4;w=60"}
+    answers = []
+    for _ in range(5):
+        answers.append(limiters.hit_sync(p, "k").allowed)
+        peek = limiters.peek_sync(p, "k")
+        assert peek.allowed == all(strategy.test(item, *ids) for item in p.items)
+        left = min(strategy.get_window_stats(item, *ids).remaining for item in p.items)
+        assert headers(peek)["RateLimit-Remaining"] == str(left)
+    assert answers == [True, True, True, False, False] and not peek.allowed and peek.window == "3 per second"
+    assert limiters.peek_sync(p, "other").allowed  # nothing counted for another key
+    limiters._memory.expirations = {k: 0 for k in limiters._memory.expirations}  # a minute later
+    assert limiters.hit_sync(p, "k").allowed and headers(limiters.peek_sync(p, "k"))["RateLimit-Remaining"] == "2"

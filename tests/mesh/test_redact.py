@@ -59,3 +59,43 @@ def test_value_masks_records_of_any_shape():
         "headers": [("Authorization", "[redacted]"), ("Host", "a")], "client_secret": "[redacted]",
         "status": 200}
     assert redact.suspect("Cookie: a") and not redact.suspect("route catalog matched GET /items")
+
+
+def _every_pattern(line: str) -> str:
+    """What text() does once its first look lets a line through: every pattern, unconditionally."""
+    line = redact._HEADER_LINE.sub(redact._masked_value, line)
+    line = redact._QUERY.sub(lambda m: m.group(1) + redact.MASK, line)
+    line = redact._JSON_FIELD.sub(lambda m: f'{m.group(1)}"{redact.MASK}"', line)
+    line = redact._BEARER.sub(lambda m: m.group(1) + " " + redact.MASK, line)
+    line = redact._JWT.sub(redact.MASK, line)
+    return redact._API_KEY.sub(redact.MASK, line)
+
+
+@pytest.mark.parametrize("line, masks", [
+    ("authn: api_key: acme", False),  # a decision naming the method, holding no key
+    ("consumer token-service on route orders", False),
+    ("ratelimit: api_key:0f3a9c on route catalog: allowed", False),
+    ("basically a session of 3 keys", False),
+    ("GET /x?api_key=mk_1234567890abcdefgh", True),
+    ("x-api-key: abc", True), ('{"client_secret" : "s"}', True), ("Basic\tdXNlcjpwYXNz", True),
+    ("sessionid=1", True), ("eyJhbGciOi.eyJzdWIi.sig", True),
+])
+def test_masks_is_precise(line, masks):
+    assert redact.masks(line) is masks
+    assert (redact.text(line) != line) is masks
+
+
+def test_masks_has_no_false_negatives():
+    """Whenever a pattern would mask part of a line, `masks` says so (random lines of names,
+    separators and token-like pieces; the first look `suspect` is broader still)."""
+    import random
+
+    pieces = sorted(redact.SECRET_NAMES) + [
+        "bearer", "Basic", "eyJhbGciOi", ".eyJzdWIi", ".sig", "mk_", "abcdefghijklmnopqrstu", "=", ":",
+        ": ", '"', "'", "?", "&", ";", " ", "\t", "\n", "x", "-", "_", "/", "{", "}", ",", "12345678",
+        "BEARER", "Authorization", "EYJ", "Token", "KEY"]
+    rng = random.Random(14)
+    for _ in range(40_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        if _every_pattern(line) != line:
+            assert redact.suspect(line) and redact.masks(line), line
