@@ -11,6 +11,7 @@ from mitmproxy import http
 from mesh.core.routing import FunctionAction
 from mesh.functions import event
 from mesh.functions.pool import FAILURES, Pool, describe, retry_after
+from mesh.runtime import functionforks
 from mesh.telemetry import metrics
 
 from . import keys, replies
@@ -32,6 +33,7 @@ class Function:
     async def done(self):
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools), *self._draining, return_exceptions=True)
+        await functionforks.close()
 
     def _pool(self, snapshot, name: str) -> Pool:
         want = snapshot.functions[name]
@@ -40,7 +42,8 @@ class Function:
             if pool is not None:  # the config changed: new calls get new instances, old ones finish
                 self._draining.add(task := asyncio.get_running_loop().create_task(pool.drain()))
                 task.add_done_callback(self._draining.discard)
-            pool = self.pools[name] = Pool(want, lambda kind, detail, ms: self._observe(name, kind, detail, ms))
+            pool = self.pools[name] = Pool(want, lambda kind, detail, ms: self._observe(name, kind, detail, ms),
+                                           functionforks.starter())
             pool.start()
         return pool
 

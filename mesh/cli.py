@@ -164,6 +164,7 @@ def _gateway(args) -> int:
 def _function(args) -> int:
     from mesh.config import load
     from mesh.functions import host, spec
+    from mesh.runtime import functionforks
 
     path = config_file(args.config)
     try:
@@ -173,7 +174,8 @@ def _function(args) -> int:
     if args.name not in config.functions:
         known = ", ".join(config.functions) or "none are defined"
         raise CommandError(f"unknown function {args.name!r} in {path} (expected one of: {known})", BAD_INPUT)
-    host.serve(spec.compile(args.name, config.functions[args.name], str(path)), args.host, args.port, args.proxy)
+    host.serve(spec.compile(args.name, config.functions[args.name], str(path)), args.host, args.port, args.proxy,
+               functionforks.starter())
     return 0
 
 

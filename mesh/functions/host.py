@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from . import event
 from .pool import FAILURES, Pool, describe, log, retry_after
-from .spec import Spec
+from .spec import Spec, start_instance
 
 _POOL = web.AppKey("pool", Pool)
 
@@ -52,9 +52,9 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "function": request.app[_POOL].spec.name, "pid": os.getpid()})
 
 
-def app(spec: Spec) -> web.Application:
+def app(spec: Spec, start=start_instance) -> web.Application:
     application = web.Application(client_max_size=16 << 20)
-    application[_POOL] = Pool(spec)
+    application[_POOL] = Pool(spec, start=start)
     application.router.add_get("/healthz", _healthz)
     application.router.add_route("*", "/{tail:.*}", _call)
 
@@ -67,13 +67,14 @@ def app(spec: Spec) -> web.Application:
     return application
 
 
-def serve(spec: Spec, host: str, port: int, proxy: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT; prints one `listening` line when ready."""
+def serve(spec: Spec, host: str, port: int, proxy: str | None = None, start=start_instance) -> None:
+    """Run until SIGTERM/SIGINT; prints one `listening` line when ready. `start`: how an instance
+    starts (Pool's)."""
     if proxy:
         spec = dataclasses.replace(spec, outbound=proxy.removeprefix("http://"))
 
     async def main():
-        runner = web.AppRunner(app(spec), access_log=None, handle_signals=False)
+        runner = web.AppRunner(app(spec, start), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         print(f"function {spec.name} listening on http://{host}:{port}", flush=True)

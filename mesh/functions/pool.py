@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 from . import protocol
 from .instance import Crashed, Instance
@@ -62,8 +62,12 @@ def retry_after(spec: Spec) -> str:
 class Pool:
     """One function's instances in this process. `observe(event, detail)` hears starts and stops."""
 
-    def __init__(self, spec: Spec, observe: Callable[[str, str, float | None], None] | None = None):
+    def __init__(self, spec: Spec, observe: Callable[[str, str, float | None], None] | None = None,
+                 start: Callable[[Spec], Awaitable] = start_instance):
+        """`start(spec)` starts one instance process (spec.start_instance, or a fork of the function
+        fork server: mesh/runtime/functionforks.py)."""
         self.spec = spec
+        self.start_instance = start
         self.instances: list[Instance] = []
         self.starting = 0
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
@@ -127,7 +131,7 @@ class Pool:
     async def _start(self) -> None:
         started = time.monotonic()
         try:
-            proc = await start_instance(self.spec)
+            proc = await self.start_instance(self.spec)
             inst = Instance(proc, started)
             try:
                 await inst.ready()

@@ -64,8 +64,8 @@ def environment(spec: Spec) -> dict[str, str]:
 
 
 async def start_instance(spec: Spec) -> asyncio.subprocess.Process:
-    """Start one instance process (stdin: calls, stdout: results, stderr: the proxy's). The only
-    place instances start, so another way to start them (a fork server) replaces this function."""
+    """Start one instance process as a fresh Python (stdin: calls, stdout: results, stderr: the
+    proxy's). Where there is a fork server, mesh/runtime/functionforks.py forks instances instead."""
     return await asyncio.create_subprocess_exec(
         *argv(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=environment(spec),
         cwd=spec.code, start_new_session=True)

@@ -81,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--parent", type=int, default=0, help="the proxy's pid: exit when it dies")
     p.add_argument("--check", action="store_true", help="only import the handler; exit 0 if it exists")
+    p.add_argument("--forked", action="store_true",
+                   help="a child of the function fork server: its lifeline already stops us with the proxy, "
+                        "and a parent-death signal would stop us with the fork server")
     args = p.parse_args(argv)
-    die_with_parent(args.parent)
+    if not args.forked:
+        die_with_parent(args.parent)
     protocol = _protocol()
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # what the handler prints goes to stderr, never into the protocol

@@ -35,6 +35,19 @@ from mesh.runtime import forkserver as protocol
 # proxy imports only for some configs stay out: a child without tracing must not hold the OTel SDK.
 PRELOAD = ("mesh.proxy.master", "addons.chain", "mitmproxy.proxy.layers", "mitmproxy.certs",
            "mitmproxy.net.tls")
+# What a function instance (mesh/functions/worker.py, run by path) imports before its handler, and the
+# standard library a handler calling other services uses. Never the handler: a child imports the
+# current version of the user's code, after its environment is set. Never mitmproxy or mitmesh: an
+# instance holds the standard library, the installed packages and its handler (the fork server's own
+# few mesh modules are forgotten in the child, see `child`).
+FUNCTION_PRELOAD = ("argparse", "ctypes", "importlib.util", "concurrent.futures", "threading", "traceback",
+                    "json", "struct", "base64", "urllib.request", "http.client")
+OWN = ("mesh",)  # the packages a function child forgets: a handler may have a `mesh` of its own
+
+
+def preload_functions() -> None:
+    for name in FUNCTION_PRELOAD:
+        importlib.import_module(name)
 
 
 def preload() -> None:
@@ -105,6 +118,12 @@ def child(request: dict, fds: list[int], control: socket.socket, lifeline: int) 
         os.setgid(request["uid"])
         os.setuid(request["uid"])
     threading.Thread(target=_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
+    if "path" in request:  # a script run by path, as `python -I PATH` (a function instance)
+        for name in [m for m in sys.modules if m.split(".")[0] in OWN]:
+            del sys.modules[name]
+        sys.argv = [request["path"], *request["args"]]
+        runpy.run_path(request["path"], run_name="__main__")
+        return 0
     sys.argv = [request["module"], *request["args"]]
     runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     return 0
@@ -178,6 +197,8 @@ def serve(control: socket.socket, lifeline: int, name: bytes) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -O -m mesh.proxy.forkserver", description=__doc__.split("\n")[0])
     p.add_argument("--fd", type=int, required=True, help="our end of the launcher's socketpair")
+    p.add_argument("--preload", choices=("proxy", "functions"), default="proxy",
+                   help="what the children run: proxies (the engine) or function instances (no engine)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops us
     interpreter = Path("/proc/self/comm").read_bytes().strip()
@@ -186,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     lifeline = os.pidfd_open(os.getppid())  # the launcher, watched by every child
     started = time.monotonic()
     cpu = time.process_time()
-    preload()
+    (preload_functions if args.preload == "functions" else preload)()
     gc.collect()
     gc.freeze()  # everything so far lives as long as the children: the collector never touches it
     protocol.send(control, {"ready": os.getpid(), "modules": len(sys.modules),

@@ -171,10 +171,16 @@ class ForkedProc:
 class Server:
     """One fork server, started on first use and again whenever it died."""
 
-    def __init__(self, log_dir: Path | None = None, name: str = "fork-server", stdout=None):
+    def __init__(self, log_dir: Path | None = None, name: str = "fork-server", stdout=None,
+                 preload: str = "proxy", flags: tuple[str, ...] = ("-O",)):
+        """`preload`: "proxy" (the engine, children run MODULES) or "functions" (function instances,
+        run by path); `flags`: the interpreter's, which every child inherits (-O as every worker,
+        mesh/runtime/supervisor.py worker_argv; -I for function instances, as spec.argv)."""
         self.log_dir = log_dir
         self.name = name
         self.stdout = stdout
+        self.preload = preload
+        self.flags = flags
         self.child: procs.Child | None = None
         self.sock: socket.socket | None = None
         self.info: dict = {}
@@ -189,9 +195,9 @@ class Server:
         """Start it and wait until it has preloaded (a few seconds of CPU, once)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            # -O as every worker (mesh/runtime/supervisor.py worker_argv): the children inherit it
-            self.child = procs.spawn(self.name, procs.python("-O", "-m", "mesh.proxy.forkserver",
-                                                             "--fd", str(theirs.fileno())),
+            self.child = procs.spawn(self.name, procs.python(*self.flags, "-m", "mesh.proxy.forkserver",
+                                                             "--fd", str(theirs.fileno()),
+                                                             "--preload", self.preload),
                                      log_dir=self.log_dir, stdout=self.stdout, pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
@@ -238,17 +244,23 @@ class Server:
             out = os.dup(sys.stdout.fileno())
         request = {"name": name, "module": target[0], "args": target[1],
                    "env": {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                   "cwd": cwd or os.getcwd(), "netns": netns, "uid": uid,
-                   "fds": [1, 2, *pass_fds]}
+                   "cwd": cwd or os.getcwd(), "netns": netns, "uid": uid}
         try:
-            with self._lock:
-                send(self.sock, request, [out, out, *pass_fds])
-                reply = self._reply()
+            pid = self.fork(request, {1: out, 2: out, **{fd: fd for fd in pass_fds}})
         finally:
             os.close(out)
+        return procs.Child(name, argv, ForkedProc(self, pid, argv), log)
+
+    def fork(self, request: dict, fds: dict[int, int]) -> int:
+        """One child as `request` says (name, module or path, args, env, cwd, netns, uid), with each
+        of our descriptors `fds[n]` at its number n: its pid. Starts the server if it is not running."""
+        self.ensure()
+        with self._lock:
+            send(self.sock, {**request, "fds": list(fds)}, list(fds.values()))
+            reply = self._reply()
         if "error" in reply:
-            raise RuntimeError(f"{self.name} could not start {name}: {reply['error']}")
-        return procs.Child(name, argv, ForkedProc(self, reply["pid"], argv), log)
+            raise RuntimeError(f"{self.name} could not start {request.get('name')}: {reply['error']}")
+        return reply["pid"]
 
     def _reply(self, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout

@@ -192,6 +192,38 @@ def test_the_gateway_reaches_pods_and_the_orders_app_its_dependencies(mesh):
     assert "mitmesh up: removed 9 stale namespaces of an earlier up of this config" in mesh["out"]
 
 
+def test_a_function_in_its_pod_runs_forks_of_its_own_function_fork_server(mesh):
+    from tools.testbed import get
+
+    status, body, _ = get(mesh["url"] + "/catalog-view/", timeout=15)
+    assert status == 200 and body["items"] == 4, body
+
+    def info(pid: str) -> tuple[str, int, int, str]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+        uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(), ppid, uid,
+                os.readlink(f"/proc/{pid}/ns/net"))
+
+    procs_now = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            procs_now[int(pid)] = info(pid)
+        except (OSError, AttributeError):
+            pass
+    # `mitmesh function catalog-view` in its pod started the fork server; the instance is its child
+    servers = [pid for pid, (cmd, ppid, _, _) in procs_now.items() if "--preload functions" in cmd
+               and ppid in procs_now and "function catalog-view" in procs_now[ppid][0]]
+    assert len(servers) == 1, servers
+    server = procs_now[servers[0]]
+    host = procs_now[server[1]]
+    instances = [p for p, (_, ppid, _, _) in procs_now.items() if ppid == servers[0]]
+    assert instances
+    for p in instances:  # in the pod's namespace, as the pod's uid, like the function host
+        assert procs_now[p][2] == server[2] == host[2] != 0
+        assert procs_now[p][3] == server[3] == host[3] != os.readlink("/proc/self/ns/net")
+
+
 def procs_get(url, headers, data):
     from tools.testbed import get
 
