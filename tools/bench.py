@@ -636,7 +636,7 @@ class Bench:
                   f"+{pod.p50_1 - results['direct'].p50_1:.2f} ms at 1 connection, "
                   f"+{pod.p50_n - results['direct'].p50_n:.1f} ms at {args.connections}; on loopback: "
                   f"{two.rps / results['direct'].rps:.2f}x")
-        if h1 and h2:
+        if h1 and h2 and sum(h1) > 0:  # h2load may measure 0 req/s when the machine is saturated
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
         print(policies_sentence(policy))
@@ -647,7 +647,7 @@ class Bench:
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f} "
               f"policies_vs_bare={policy.ratio():.2f} policies_cpu_vs_bare={policy.ratio('cpu'):.2f}"
-              + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 else "")
+              + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 and sum(h1) > 0 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)
         return 0
