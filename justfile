@@ -13,9 +13,10 @@ up *ARGS: setup
 web *ARGS: setup
     {{venv}}/bin/mitmesh up --web {{ARGS}}
 
-# Run the whole test suite (unit and end-to-end).
+# Run the whole test suite (unit and end-to-end), in two pytest-xdist processes (MITMESH_TEST_JOBS
+# changes how many; 0 runs it in this process).
 test *ARGS: setup
-    {{py}} -m pytest -q {{ARGS}}
+    {{py}} -m pytest -q -n "${MITMESH_TEST_JOBS:-2}" {{ARGS}}
 
 # Benchmark: direct vs bare mitmdump vs the mitmesh gateway, printed as ratios.
 bench *ARGS: setup
