@@ -138,13 +138,18 @@ class Chain:
             flow.client_conn.proxy_mode = ProxyMode.parse(mode)
         elif snap is not None and snap.listeners:
             flow.client_conn.proxy_mode = ProxyMode.parse(snap.listeners[0].mode)
-        manager = self.tctx.master.addons
-        await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
-        await manager.handle_lifecycle(HttpRequestHook(flow))
-        if flow.response:  # as mitmproxy does: responseheaders, then response
-            await manager.handle_lifecycle(HttpResponseHeadersHook(flow))
-            await manager.handle_lifecycle(HttpResponseHook(flow))
+        await run_request_hooks(self.tctx.master.addons, flow)
         return flow
+
+
+async def run_request_hooks(manager, flow: http.HTTPFlow) -> None:
+    """A request's hooks through an addon manager as mitmproxy fires them: requestheaders and
+    request, then, when an addon answered, responseheaders and response."""
+    await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
+    await manager.handle_lifecycle(HttpRequestHook(flow))
+    if flow.response:
+        await manager.handle_lifecycle(HttpResponseHeadersHook(flow))
+        await manager.handle_lifecycle(HttpResponseHook(flow))
 
 
 def decisions(flow: http.HTTPFlow) -> list[str]:

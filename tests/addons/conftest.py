@@ -8,8 +8,6 @@ import inspect
 
 import pytest
 from aiohttp import web
-from mitmproxy.proxy.layers.http import (HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook,
-                                         HttpResponseHook)
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -18,6 +16,7 @@ from addons.router import Router
 from mesh.telemetry import metrics
 from mesh.core import modes
 from mesh.core.state import MeshState
+from mitmesh.testing import run_request_hooks
 
 
 class Gateway:
@@ -52,14 +51,9 @@ class Gateway:
             flow.client_conn.timestamp_tls_setup = None
         if listener is not None:
             flow.client_conn.proxy_mode = ProxyMode.parse(modes.reverse("127.0.0.1", listener))
-        manager = self.tctx.master.addons
         if self.auth is not None:
             self.auth.principal, self.auth.claims = principal, claims
-        await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
-        await manager.handle_lifecycle(HttpRequestHook(flow))
-        if flow.response:  # as mitmproxy does: responseheaders, then response
-            await manager.handle_lifecycle(HttpResponseHeadersHook(flow))
-            await manager.handle_lifecycle(HttpResponseHook(flow))
+        await run_request_hooks(self.tctx.master.addons, flow)
         return flow
 
 
