@@ -64,6 +64,10 @@ def load(handler: str, code: str):
     """module:function → the callable; raises ImportError/AttributeError/TypeError with the reason."""
     module_name, _, attr = handler.partition(":")
     sys.path.insert(0, code)
+    # no bytecode cache for the user's code: a handler edited within the second of the last
+    # cold start, at the same size, would otherwise run its stale cached bytecode (pyc checks
+    # mtime in seconds and size)
+    sys.dont_write_bytecode = True
     module = importlib.import_module(module_name)
     fn = getattr(module, attr, None)
     if fn is None:
