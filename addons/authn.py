@@ -12,7 +12,6 @@ Alone: `mitmdump -s addons/authn.py --set mesh_jwt='{issuer: https://id.example,
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 
 from mitmproxy import http
@@ -70,7 +69,7 @@ class Authn:
                 raise authn.AuthnError(403, "insufficient_scope", f"route {route.route} requires "
                                        "scopes or claims but has no authentication policy")
             result = route.authenticate(_header(req), _cookie(req), _query(req))
-            if inspect.isawaitable(result):
+            if not isinstance(result, authn.Verified):  # a JWKS fetch or an introspection to wait for
                 return self._finish(flow, st, route, result)
             self._accept(flow, st, route, result)
         except authn.AuthnError as e:

@@ -40,10 +40,11 @@ def outcomes(flow: http.HTTPFlow, st: keys.FlowState) -> list[str]:
         found.add("retried")
     if st.error in replies.PLUGIN_FAILED:
         found.add("plugin_failed")
-    if any(who == "fault" for who, _ in st.decisions):
-        found.add("faulted")
-    if any(what.endswith(replies.OVER_BUDGET) for _, what in st.decisions):
-        found.add("slow_plugin")
+    for who, what in st.decisions:
+        if who == "fault":
+            found.add("faulted")
+        if what.endswith(replies.OVER_BUDGET):
+            found.add("slow_plugin")
     if keys.MIRROR in flow.metadata:
         found.add("mirrored")
     return [o for o in MARKERS if o in found]
@@ -72,7 +73,7 @@ class Decisions:
         decisions = [list(d) for d in st.decisions]
         lines = [f"{who}: {what}" for who, what in st.decisions]
         # rarely: a decision quoting a credential (or a stage named like one: value() masks the pair)
-        if redact.masks("\n".join(lines)) or any(who.lower() in redact.SECRET_NAMES for who, _ in st.decisions):
+        if redact.masks("\n".join(lines)) or not redact.SECRET_NAMES.isdisjoint([who.lower() for who, _ in st.decisions]):
             decisions, lines = redact.value(decisions), redact.value(lines)
         flow.metadata[keys.DECISIONS] = decisions
         found = outcomes(flow, st)

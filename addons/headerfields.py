@@ -25,7 +25,7 @@ def remove(headers: http.Headers, name: str) -> None:
     """`headers.pop(name, None)`: every field of that name."""
     key = _bytes(name).lower()
     fields = headers.fields
-    kept = tuple(f for f in fields if f[0].lower() != key)
+    kept = tuple([f for f in fields if f[0].lower() != key])
     if len(kept) != len(fields):
         headers.fields = kept
 
@@ -34,7 +34,7 @@ def put(headers: http.Headers, name: str, value: str) -> None:
     """`headers[name] = value`: appended when absent, else mitmproxy's replacement in place."""
     key = _bytes(name)
     low = key.lower()
-    if any(k.lower() == low for k, _ in headers.fields):
+    if low in [k.lower() for k, _ in headers.fields]:
         headers[name] = value
     else:
         headers.fields += ((key, _bytes(value)),)

@@ -92,11 +92,14 @@ class RateLimit:
         if st is None or not st.ratelimit_headers or flow.response is None:
             return
         headers = flow.response.headers
-        if any(n[:9].lower() == b"ratelimit" for n, _ in headers.fields):  # the upstream sent its own
-            for name, value in st.ratelimit_headers:
-                headers[name] = value
-        else:  # one tuple append instead of four Headers.set_all calls (a quarter of this addon's time)
-            headers.fields += tuple((n.encode(), v.encode()) for n, v in st.ratelimit_headers)
+        fields = headers.fields
+        for n, _ in fields:
+            if n[:9].lower() == b"ratelimit":  # the upstream sent its own: ours replace them
+                for name, value in st.ratelimit_headers:
+                    headers[name] = value
+                return
+        # one tuple append instead of four Headers.set_all calls (a quarter of this addon's time)
+        headers.fields = fields + tuple([(n.encode(), v.encode()) for n, v in st.ratelimit_headers])
 
     async def done(self):
         await self._loop.stop()

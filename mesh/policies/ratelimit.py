@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import limits
 from limits import aio
@@ -82,8 +82,7 @@ def compile_auth_failures(model: schema.AuthFailures) -> Policy:
                   _storage(model.storage), True, model.storage_timeout, _policy_header(items))
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):  # a tuple: made on every request, a frozen dataclass costs more
     allowed: bool
     headers: tuple[tuple[str, str], ...]  # RateLimit-* (empty when the storage was unreachable)
     retry_after: int = 0
@@ -93,9 +92,9 @@ class Outcome:
     def describe(self) -> str:
         if self.unavailable:
             return "storage unreachable: " + ("allowed (fail open)" if self.allowed else "refused (fail closed)")
-        values = dict(self.headers)
-        left = f"{values.get('RateLimit-Remaining')}/{values.get('RateLimit-Limit')} left"
-        return f"allowed, {left}" if self.allowed else f"over {self.window}, retry after {self.retry_after}s"
+        if self.allowed:  # headers are (Limit, Remaining, Reset, Policy), as `_outcome` makes them
+            return f"allowed, {self.headers[1][1]}/{self.headers[0][1]} left"
+        return f"over {self.window}, retry after {self.retry_after}s"
 
 
 def key_text(kind: str, value: str) -> str:
