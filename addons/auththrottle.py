@@ -8,6 +8,7 @@ The counters are rate limits of their own, kept by the RateLimit addon's `limits
 from __future__ import annotations
 
 import asyncio
+import time
 
 from mitmproxy import http
 
@@ -22,6 +23,9 @@ class AuthThrottle:
     def __init__(self, limiters: ratelimit.Limiters):
         self.limiters = limiters
         self._counting: set[asyncio.Task] = set()
+        # addresses with a failure counted in memory storage, and when: an address not here has
+        # nothing to peek at (the usual request), one set lookup instead of a counter's
+        self._failed: dict[str, float] = {}
 
     def _policy(self, st: keys.FlowState | None) -> ratelimit.Policy | None:
         if st is None or st.route is None or st.route.plan.authn is None:
@@ -35,11 +39,17 @@ class AuthThrottle:
         policy = self._policy(st)
         if policy is None:
             return None
-        key = ratelimit.key_text("ip", flow.client_conn.peername[0])
+        ip = flow.client_conn.peername[0]
         if policy.storage == "memory":
-            self._apply(flow, st, self.limiters.peek_sync(policy, key))
+            since = self._failed.get(ip)
+            if since is None:
+                return None
+            if time.monotonic() - since > policy.span:  # every window of its failures is over
+                del self._failed[ip]
+                return None
+            self._apply(flow, st, self.limiters.peek_sync(policy, ratelimit.key_text("ip", ip)))
             return None
-        return self._peek_async(flow, st, policy, key)
+        return self._peek_async(flow, st, policy, ratelimit.key_text("ip", ip))
 
     async def _peek_async(self, flow, st, policy, key) -> None:
         self._apply(flow, st, await self.limiters.hit_async(policy, key, peek=True))
@@ -61,8 +71,13 @@ class AuthThrottle:
         policy = self._policy(st)
         if policy is None:
             return
-        key = ratelimit.key_text("ip", flow.client_conn.peername[0])
+        ip = flow.client_conn.peername[0]
+        key = ratelimit.key_text("ip", ip)
         if policy.storage == "memory":
+            if len(self._failed) > 100_000:  # many failing addresses: forget those whose windows are over
+                now = time.monotonic()
+                self._failed = {a: t for a, t in self._failed.items() if now - t <= policy.span}
+            self._failed[ip] = time.monotonic()
             self.limiters.hit_sync(policy, key)
             return
         task = asyncio.get_running_loop().create_task(self.limiters.hit_async(policy, key))

@@ -47,6 +47,11 @@ class Policy:
     timeout: float
     policy_header: str  # RateLimit-Policy: 50;w=60, 1000;w=3600
 
+    @property
+    def span(self) -> int:
+        """Seconds of its longest window: a key not counted for this long has nothing counted."""
+        return max((item.get_expiry() for item in self.items), default=0)
+
 
 def compile(model: schema.RateLimit, route: schema.Route) -> Policy:
     items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name))

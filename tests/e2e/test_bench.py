@@ -17,7 +17,7 @@ def test_bench_smoke():
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"gateway_vs_mitmdump=[\d.]+ workers_scaling=[\d.]+ added_p50_ms=-?[\d.]+ "
-                        r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ policies_vs_bare=[\d.]+ policies_cpu_vs_bare=[\d.]+ "
+                        r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ policies_vs_bare=[\d.]+ policies_cpu_vs_bare=[\d.]+ policies_cpu_vs_bare_paired=[\d.]+ "
                         r"h2_vs_h1=[\d.]+( pod_sidecars_added_p50_ms=-?[\d.]+)? "
                         r"function_cold_ms=[\d.]+ function_warm_p50_ms=[\d.]+ "
                         r"fast_vs_standard=[\d.]+ fast_newconn_vs_standard=[\d.]+ fast_added_p50_ms=-?[\d.]+ "
