@@ -35,8 +35,8 @@ class Hosts:
     def spawn(self, host: str | None, name: str, argv: list[str], cwd: str | None = None) -> procs.Child:
         """Start `argv` on `host` (as it is where host is None: it enters its namespace itself), its
         log in the run's logs."""
-        child = procs.spawn(name, self.net.argv(host, argv) if host else argv, log_dir=self.r.workdir / "logs",
-                            cwd=cwd or str(self.r.workdir))
+        child = procs.spawn(name, self.net.argv(host, argv) if host else argv,
+                            log_dir=self.r.workdir / "logs", cwd=cwd or str(self.r.workdir))
         self.children.append(child)
         return child
 
@@ -47,13 +47,14 @@ class Hosts:
         app on the host's loopback and the sidecar on the host's address. `ports`: the app's, the
         sidecar's inbound, outbound and admin; `services` (names) give the pod its virtual addresses."""
         app_port, inbound, outbound, admin = ports
-        app = procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port", str(app_port), "--instance", name)
+        app = procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port", str(app_port),
+                           "--instance", name)
         sidecar = procs.python("-m", "mesh.cli", "sidecar", "--config", config, "--service", "catalog",
                                "--app", f"127.0.0.1:{app_port}", "--instance", name)
         if self.r.isolation != "pod":
             at = self.net.address(host)
-            return Placed(at, self.spawn(host, name, app), self.spawn(host, f"{name}.sidecar", sidecar + ["--address", at]),
-                          None)
+            return Placed(at, self.spawn(host, name, app),
+                          self.spawn(host, f"{name}.sidecar", sidecar + ["--address", at]), None)
         in_host = pods.in_host(self.net, host, state)
         self.pods.append(in_host)
         in_host.create()

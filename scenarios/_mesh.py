@@ -1,5 +1,6 @@
-"""What the scenarios share: a mesh of sidecars on a loopback /24 and mesh id of its own, the route
-policy they run with, and which proxies' /metrics their reports read."""
+"""What the scenarios on one host share: a mesh of sidecars on a loopback /24 (or in pods) and mesh
+id of its own, the route policy they run with, the instances they start, which proxies' /metrics
+their reports read, the load on catalog, and how they count its answers."""
 
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ def rest(load: Load, seconds: float) -> None:
     time.sleep(max(load.started + seconds - time.time(), 0))
 
 
-def answer_errors(instances: list[Sidecared], seconds: float, status: int = 503) -> tuple[float, float, dict[str, int]]:
+def answer_errors(instances: list[Sidecared], seconds: float,
+                  status: int = 503) -> tuple[float, float, dict[str, int]]:
     """Every one of `instances` answers `status` to every request for `seconds`, then answers again:
     (when it began, when it ended, {instance: requests its app got meanwhile})."""
     began = time.time()

@@ -90,7 +90,8 @@ def _run(r: Run, hosts: _hosts.Hosts, step: float, lost_for: float, rate: int) -
                                           (APP, sc.inbound.port, sc.outbound.port, ADMIN), config["services"])
     if pod is not None:
         r.say(f"catalog-1 in pod {pod.netns} inside edge, on {at}")
-    gateway = hosts.spawn("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", store, "--workers", "1"))
+    gateway = hosts.spawn("edge", "gateway",
+                          procs.python("-m", "mesh.cli", "gateway", "--config", store, "--workers", "1"))
     for child, ready, said in ((app, "listening on", "listens"), (sidecar, "announced ", "registered its instance"),
                                (gateway, "gateway ready", "serves")):
         procs.wait_log(child, ready, timeout=60)
@@ -165,7 +166,8 @@ def _run(r: Run, hosts: _hosts.Hosts, step: float, lost_for: float, rate: int) -
     report.figure("fresh again after the members' return", secs(seen["fresh after"]))
     report.figure("revision 3 (pushed after the return) applied, from the first try", secs(seen["rev3 applied"]))
     report.check_success("100 % of all requests succeed", samples)
-    report.check_success("100 % succeed while quorum is lost", report.during(marks["quorum lost"], marks["back"]))
+    report.check_success("100 % succeed while quorum is lost",
+                         report.during(marks["quorum lost"], marks["back"]))
     report.check("one member lost: revision 2 applied within 10 s, not stale",
                  seen["rev2 applied"] is not None and seen["stale with 2 of 3"] is False,
                  f"applied after {secs(seen['rev2 applied'])}, stale {seen['stale with 2 of 3']}")

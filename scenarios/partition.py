@@ -70,16 +70,17 @@ def run(r: Run) -> Report:
         r.say(f"hosts (namespaces on one bridge): edge {edge} (gateway), "
               + ", ".join(f"{h} {net.address(h)}" for h in ("h1", "h2", "h3")) + " (catalog)")
 
-        # each with what its log says when it is ready, and what that means
-        starting = [(hosts.spawn("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
-                                                                 "--workers", "1")), "gateway ready", "serves")]
+        gateway = hosts.spawn("edge", "gateway",
+                              procs.python("-m", "mesh.cli", "gateway", "--config", str(path), "--workers", "1"))
+        starting = [(gateway, "gateway ready", "serves")]  # each with what its log says when ready, and what it means
         at = {}  # where each host's catalog sidecar is: the host's address, or its pod's
         services = load_config(path).services
         for host in ("h1", "h2", "h3"):
             placed = hosts.catalog(host, f"catalog-{host}", str(path), r.workdir / f"pods-{host}",
                                    (APP, INBOUND, OUTBOUND, ADMIN), services)
             at[host] = placed.address
-            starting += [(placed.app, "listening on", f"listens in pod {placed.pod.netns}" if placed.pod else "listens"),
+            listens = f"listens in pod {placed.pod.netns}" if placed.pod else "listens"
+            starting += [(placed.app, "listening on", listens),
                          (placed.sidecar, "announced ", "announced its instance over mDNS")]
         r.say(f"started the gateway and {len(starting) - 1} processes (apps, sidecars); waiting for each")
         for child, ready, said in starting:
@@ -96,8 +97,8 @@ def run(r: Run) -> Report:
         r.say("waiting for the gateway to find the 3 instances over mDNS")
         net.call("edge", wait_until, lambda: len(status()["registry"]["instances"]) == 3, 15)
         r.say("the gateway knows the 3 instances")
-        watched = hosts.watch({"gateway": (f"http://{edge}:{GATEWAY_ADMIN}", "edge"),
-                               **{f"catalog-{h}": (f"http://{at[h]}:{ADMIN}", h) for h in ("h1", "h2", "h3")}})
+        catalogs = {f"catalog-{h}": (f"http://{at[h]}:{ADMIN}", h) for h in ("h1", "h2", "h3")}
+        watched = hosts.watch({"gateway": (f"http://{edge}:{GATEWAY_ADMIN}", "edge"), **catalogs})
         r.say(f"load from edge: {rate} req/s for {seconds:g} s; edge and h2 partitioned from {cut_at:g} s "
               f"for {cut_for:g} s")
         load = Load(f"http://{edge}:{GATEWAY}/catalog/items/1", threads=4, rate=rate,

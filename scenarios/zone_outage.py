@@ -60,7 +60,8 @@ def run(r: Run) -> Report:
     report.phases = [("before the outage", load.started, down),
                      (f"outage + {settle:g} s", down, down + settle),
                      (f"{settle:g} s after the outage and later", down + settle, float("inf"))]
-    before = _mesh.answered_before(samples, load.started, down)  # one in flight at the kill: retried on zone b
+    # answered before the kill (a request in flight at the kill is retried, on zone b)
+    before = _mesh.answered_before(samples, load.started, down)
     late = report.during(down + settle)
     before_zones, late_zones = _mesh.answers_by(before, zone), _mesh.answers_by(late, zone)
     in_a = before_zones.get("a", 0)
