@@ -1,14 +1,16 @@
-"""What the scenarios share: a mesh of sidecars on a loopback /24 and mesh id of its own, the route
-policy they run with, and which proxies' /metrics their reports read."""
+"""What the scenarios on one host share: a mesh of sidecars on a loopback /24 (or in pods) and mesh
+id of its own, the route policy they run with, the instances they start, which proxies' /metrics
+their reports read, the load on catalog, and how they count its answers."""
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from typing import Iterator
+import time
+from typing import Iterable, Iterator
 
 from tools.scenario import Proxies, Run
-from tools.testbed import Mesh, Sidecared, sidecar_config
+from tools.testbed import Load, Mesh, Sample, Sidecared, sidecar_config
 
 # what a user would put on a route to a replicated service: a deadline, a per-try timeout, and up
 # to two retries (each on another endpoint) on 5xx, refused connections and resets
@@ -66,6 +68,25 @@ def start(m: Mesh, *specs: dict) -> list[Sidecared]:
     return instances
 
 
+def start_catalogs(r: Run, m: Mesh) -> tuple[list[Sidecared], Proxies]:
+    """The gateway and CATALOGS, started; their /metrics watched from now."""
+    r.say("starting the gateway and three catalog instances with their sidecars")
+    instances = start(m, *CATALOGS)
+    return instances, watch(m, instances)
+
+
+def start_orders(m: Mesh) -> list[Sidecared]:
+    """Start the gateway and an order's path: orders-1, catalog-1 and payments-1 to payments-3, each
+    with its sidecar; return when the gateway and the orders sidecar know all five."""
+    m.start_gateway(wait=False)
+    instances = m.start_instances({"service": "orders", "name": "orders-1"},
+                                  {"service": "catalog", "name": "catalog-1"},
+                                  *({"service": "payments", "name": f"payments-{i}"} for i in (1, 2, 3)))
+    m.wait_gateway()
+    m.wait_converged(instances[:1], 5)  # the gateway and the orders sidecar know every instance
+    return instances
+
+
 def proxies(m: Mesh, instances: list[Sidecared]) -> Proxies:
     p = Proxies()
     p.add("gateway", m.admin)
@@ -80,3 +101,46 @@ def watch(m: Mesh, instances: list[Sidecared]) -> Proxies:
     p = proxies(m, instances)
     p.baseline()
     return p.start()
+
+
+def catalog_load(m: Mesh, rate: float, threads: int = 4) -> Load:
+    """GET /catalog/items/1 through the gateway at `rate` requests per second, started."""
+    return Load(m.url + "/catalog/items/1", threads=threads, rate=rate).start()
+
+
+def catalog_load_text(rate: float, seconds: float | None = None, threads: int = 4) -> str:
+    """catalog_load in the report's words."""
+    return (f"GET /catalog/items/1 through the gateway, {rate} req/s on {threads} connections"
+            + (f" for {seconds:g} s" if seconds is not None else ""))
+
+
+def rest(load: Load, seconds: float) -> None:
+    """Sleep until `seconds` after the load started."""
+    time.sleep(max(load.started + seconds - time.time(), 0))
+
+
+def answer_errors(instances: list[Sidecared], seconds: float,
+                  status: int = 503) -> tuple[float, float, dict[str, int]]:
+    """Every one of `instances` answers `status` to every request for `seconds`, then answers again:
+    (when it began, when it ended, {instance: requests its app got meanwhile})."""
+    began = time.time()
+    before = {s.name: s.knobs(error_rate=1.0, error_status=status)["hits"] for s in instances}
+    time.sleep(seconds)
+    during = {s.name: s.knobs(error_rate=0.0)["hits"] - before[s.name] for s in instances}
+    return began, time.time(), during
+
+
+def answered_before(samples: Iterable[Sample], start: float, at: float) -> list[Sample]:
+    """The requests sent from `start` and answered before `at` (one in flight at `at` is retried
+    after it)."""
+    return [s for s in samples if start <= s.start < at and s.end < at]
+
+
+def answers_by(samples: Iterable[Sample], of: dict[str, str]) -> dict[str, int]:
+    """Successful answers counted by `of[instance that answered]` ("?" for one not in `of`)."""
+    counts: dict[str, int] = {}
+    for s in samples:
+        if s.ok:
+            key = of.get(s.instance, "?")
+            counts[key] = counts.get(key, 0) + 1
+    return counts

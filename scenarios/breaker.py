@@ -18,8 +18,7 @@ import math
 import sys
 import time
 
-from tools.scenario import Report, Run, main, rate_text, success
-from tools.testbed import Load
+from tools.scenario import Report, Run, main
 
 from . import _mesh
 
@@ -33,21 +32,15 @@ def run(r: Run) -> Report:
     rate = 40
     services = {"catalog": {"circuit_breaker": {"fail_max": FAIL_MAX, "reset_timeout": f"{RESET:g}s"}}}
     with _mesh.sidecar_mesh(r, services=services) as m:
-        r.say("starting the gateway and three catalog instances with their sidecars")
-        instances = _mesh.start(m, *_mesh.CATALOGS)
-        watched = _mesh.watch(m, instances)
+        instances, watched = _mesh.start_catalogs(r, m)
         r.say(f"load: {rate} req/s for {seconds:g} s; every instance answers 503 from {outage_at:g} s "
               f"for {outage:g} s")
-        load = Load(m.url + "/catalog/items/1", threads=THREADS, rate=rate).start()
+        load = _mesh.catalog_load(m, rate, THREADS)
         try:
             time.sleep(outage_at)
-            began = time.time()
-            before = {s.name: s.knobs(error_rate=1.0, error_status=503)["hits"] for s in instances}
-            time.sleep(outage)
-            during = {s.name: s.knobs(error_rate=0.0)["hits"] - before[s.name] for s in instances}
-            ended = time.time()
+            began, ended, during = _mesh.answer_errors(instances, outage)
             r.say("the instances answer again")
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             samples = load.stop()
             watched.stop()
@@ -55,8 +48,8 @@ def run(r: Run) -> Report:
 
     report = Report("breaker", TITLE, samples=samples, started=load.started, proxies=watched)
     report.mesh = _mesh.describe(m, instances)
-    report.load = (f"GET /catalog/items/1 through the gateway, {rate} req/s on {THREADS} connections for "
-                   f"{seconds:g} s; breakers fail_max {FAIL_MAX}, reset_timeout {RESET:g} s; 3 attempts on 5xx")
+    report.load = (_mesh.catalog_load_text(rate, seconds, THREADS)
+                   + f"; breakers fail_max {FAIL_MAX}, reset_timeout {RESET:g} s; 3 attempts on 5xx")
     report.fault = (f"every catalog instance answers 503 from {began - load.started:.1f} s "
                     f"to {ended - load.started:.1f} s")
     report.slo = (f"≤ {FAIL_MAX} calls per instance (+ in flight, + 1 probe per {RESET:g} s) during the outage; "
@@ -73,14 +66,12 @@ def run(r: Run) -> Report:
     report.figure("calls each instance got during the outage", ", ".join(f"{k} {v}" for k, v in during.items()))
     report.figure("answered 503 circuit_open by the gateway", f"{fast} of {len(in_outage)} during the outage")
     report.figure("breakers at the end", ", ".join(f"{k} {v}" for k, v in breakers.items()) or "none")
-    late_ok, late_n = success(report.during(settle))
     report.check(f"calls during the outage ≤ 3 × ({FAIL_MAX} + {THREADS - 1} in flight + {probes} probes)",
                  calls <= allowed, f"{calls} calls for {len(in_outage)} requests")
     report.check("the breakers opened: the gateway answered circuit_open itself",
                  transitions.get("open", 0) >= len(instances) and fast > 0,
                  f"{int(transitions.get('open', 0))} transitions to open, {fast} circuit_open answers")
-    report.check(f"100 % succeed from {RESET:g} s + 1 s after the recovery", late_n and late_ok == late_n,
-                 rate_text(late_ok, late_n))
+    report.check_success(f"100 % succeed from {RESET:g} s + 1 s after the recovery", report.during(settle))
     return report
 
 

@@ -38,7 +38,6 @@ from mesh.security import mtls, pki
 from mesh.runtime import procs
 from mesh.config import load as load_config
 from tools.scenario import Report, Run, main, rate_text, success
-from tools.testbed import Load
 
 from . import _mesh
 
@@ -177,7 +176,7 @@ def run(r: Run) -> Report:
         before = renewals(first)
         r.say(f"load: {rate} req/s; certificates renew for {renewing:g} s, then renewal stops until they "
               f"have all expired, then resumes for {after:g} s")
-        load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()
+        load = _mesh.catalog_load(m, rate)
         prober.start()
         try:
             time.sleep(renewing)

@@ -122,12 +122,7 @@ def run(r: Run) -> Report:
     services = {"payments": {"policies": ["charge-once"]}}
     with _mesh.sidecar_mesh(r, services=services, policies={"charge-once": CHARGE_ONCE}) as m:
         r.say("starting the gateway, orders, catalog and three payments instances with their sidecars")
-        m.start_gateway(wait=False)
-        instances = m.start_instances({"service": "orders", "name": "orders-1"},
-                                      {"service": "catalog", "name": "catalog-1"},
-                                      *({"service": "payments", "name": f"payments-{i}"} for i in (1, 2, 3)))
-        m.wait_gateway()
-        m.wait_converged(instances[:1], 5)  # the gateway and the orders sidecar know every instance
+        instances = _mesh.start_orders(m)
         payments = instances[2:]
         ledgers = {s.name: ledger_for(s, r.workdir) for s in payments}
         for s in payments:
@@ -145,7 +140,7 @@ def run(r: Run) -> Report:
                 s.knobs(crash_after_charge=True)
                 crashed_at.append(time.time() - load.started)
                 r.say(f"{s.name} crashes right after its next charge")
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             load.stop()
             watched.stop()

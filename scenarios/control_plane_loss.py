@@ -30,10 +30,11 @@ import yaml
 
 from mesh.runtime import procs
 from mesh.config import load as load_config
-from mesh.core.sidecar import virtual_addresses
-from tools import etcdserver, netns, pods
-from tools.scenario import Proxies, Report, Run, Skip, main, rate_text, success
+from tools import etcdserver
+from tools.scenario import Report, Run, main
 from tools.testbed import Load, wait_until
+
+from . import _hosts
 
 TITLE = "the etcd cluster loses one member, then its quorum, then comes back: proxies serve throughout"
 GATEWAY, GATEWAY_ADMIN, ADMIN, APP, CLIENT, PEER = 8080, 9901, 15000, 8000, 2379, 2380
@@ -41,39 +42,19 @@ TTL = 3  # the instance's lease
 
 
 def run(r: Run) -> Report:
-    why = netns.why_not()
-    if why:
-        raise Skip(why)
     step, lost_for = r.pick(5.0, 2.0), r.pick(10.0, 5.0)
     rate = 50
-    net = netns.Network(["e1", "e2", "e3", "edge"], subnet="10.79.0", tag="mmcp", pods=r.isolation == "pod")
-    children: list[procs.Child] = []
-    net.made_pods = []
-    try:
-        try:
-            net.create()
-        except RuntimeError as e:
-            raise Skip(f"cannot make network namespaces here: {e}") from None
-        return _run(r, net, children, step, lost_for, rate)
-    finally:
-        procs.stop_all(children)
-        for made in net.made_pods:
-            made.close()
-        net.close()
+    with _hosts.hosts(r, ["e1", "e2", "e3", "edge"], subnet="10.79.0", tag="mmcp") as hosts:
+        return _run(r, hosts, step, lost_for, rate)
 
 
-def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, lost_for: float,
-         rate: int) -> Report:
+def _run(r: Run, hosts: _hosts.Hosts, step: float, lost_for: float, rate: int) -> Report:
+    net = hosts.net
     edge, mesh_id = net.address("edge"), f"s-{secrets.token_hex(4)}"
     members = [etcdserver.Member(h, net.address(h), CLIENT, PEER) for h in ("e1", "e2", "e3")]
 
-    def spawn(host: str, name: str, argv: list[str]) -> procs.Child:
-        child = procs.spawn(name, net.argv(host, argv), log_dir=r.workdir / "logs", cwd=str(r.workdir))
-        children.append(child)
-        return child
-
     def member(m: etcdserver.Member) -> None:
-        m.child = spawn(m.name, f"etcd-{m.name}", etcdserver.argv(m, members, r.workdir / "etcd"))
+        m.child = hosts.spawn(m.name, f"etcd-{m.name}", etcdserver.argv(m, members, r.workdir / "etcd"))
 
     for m in members:
         member(m)
@@ -103,28 +84,14 @@ def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, l
 
     r.say("waiting for the etcd cluster to elect a leader, then pushing revision 1")
     wait_until(lambda: push("first") == 1, timeout=30, interval=1.0)
-    app_argv = procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", "catalog-1")
-    sidecar_argv = procs.python("-m", "mesh.cli", "sidecar", "--config", store, "--service", "catalog",
-                                "--app", f"127.0.0.1:{APP}", "--instance", "catalog-1")
-    at = edge  # the instance's address: edge's, or its pod's inside edge
-    if r.isolation == "pod":
-        in_edge = pods.in_host(net, "edge", r.workdir / "pods")
-        net.made_pods.append(in_edge)
-        in_edge.create()
-        sc = load_config(path).sidecar
-        pod = in_edge.add("catalog-1", APP, sc.inbound.port, sc.outbound.port, ADMIN,
-                          virtual_addresses(config["services"]))
-        at = pod.address
-        app = procs.spawn("catalog-1", in_edge.app_argv(pod, app_argv), log_dir=r.workdir / "logs", cwd=str(pods.ROOT))
-        sidecar = procs.spawn("catalog-1.sidecar", in_edge.sidecar_argv(
-            pod, sidecar_argv + ["--address", at, "--capture", "transparent"]), log_dir=r.workdir / "logs",
-            cwd=str(r.workdir))
-        children.extend((app, sidecar))
+    sc = load_config(path).sidecar
+    # the instance's address: edge's, or its pod's inside edge
+    at, app, sidecar, pod = hosts.catalog("edge", "catalog-1", store, r.workdir / "pods",
+                                          (APP, sc.inbound.port, sc.outbound.port, ADMIN), config["services"])
+    if pod is not None:
         r.say(f"catalog-1 in pod {pod.netns} inside edge, on {at}")
-    else:
-        app = spawn("edge", "catalog-1", app_argv)
-        sidecar = spawn("edge", "catalog-1.sidecar", sidecar_argv + ["--address", edge])
-    gateway = spawn("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", store, "--workers", "1"))
+    gateway = hosts.spawn("edge", "gateway",
+                          procs.python("-m", "mesh.cli", "gateway", "--config", store, "--workers", "1"))
     for child, ready, said in ((app, "listening on", "listens"), (sidecar, "announced ", "registered its instance"),
                                (gateway, "gateway ready", "serves")):
         procs.wait_log(child, ready, timeout=60)
@@ -143,11 +110,8 @@ def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, l
     r.say("waiting for the gateway to find the 1 instance over etcd")
     wait_until(lambda: known() == ["catalog-1"], timeout=15)
     r.say("the gateway knows the 1 instances")
-    watched = Proxies()
-    watched.add("gateway", f"http://{edge}:{GATEWAY_ADMIN}", via=lambda fn: net.call("edge", fn))
-    watched.add("catalog-1", f"http://{at}:{ADMIN}", via=lambda fn: net.call("edge", fn))
-    watched.baseline()
-    watched.start()
+    watched = hosts.watch({"gateway": (f"http://{edge}:{GATEWAY_ADMIN}", "edge"),
+                           "catalog-1": (f"http://{at}:{ADMIN}", "edge")})
     load = Load(f"http://{edge}:{GATEWAY}/catalog/items/1", threads=4, rate=rate, netns=net.name("edge")).start()
     r.say(f"load from edge: {rate} req/s; e1 killed at {step:g} s, e2 {step:g} s later, both back {lost_for:g} s later")
     marks: dict[str, float] = {}
@@ -195,16 +159,15 @@ def _run(r: Run, net: netns.Network, children: list[procs.Child], step: float, l
                      ("one member lost", marks["one lost"], marks["quorum lost"]),
                      ("quorum lost", marks["quorum lost"], marks["back"]),
                      ("members back", marks["back"], float("inf"))]
-    ok, n = success(samples)
-    lost_ok, lost_n = success(report.during(marks["quorum lost"], marks["back"]))
     secs = lambda v: "never" if v is None else f"{v:.1f} s"  # noqa: E731
     report.figure("revision 2 (pushed with 2 of 3 members) applied, after the push returned", secs(seen["rev2 applied"]))
     report.figure("stale flagged after quorum loss", secs(seen["flagged after"]))
     report.figure("instances known while quorum lost", ", ".join(seen["known while lost"]) or "none")
     report.figure("fresh again after the members' return", secs(seen["fresh after"]))
     report.figure("revision 3 (pushed after the return) applied, from the first try", secs(seen["rev3 applied"]))
-    report.check("100 % of all requests succeed", n and ok == n, rate_text(ok, n))
-    report.check("100 % succeed while quorum is lost", lost_n and lost_ok == lost_n, rate_text(lost_ok, lost_n))
+    report.check_success("100 % of all requests succeed", samples)
+    report.check_success("100 % succeed while quorum is lost",
+                         report.during(marks["quorum lost"], marks["back"]))
     report.check("one member lost: revision 2 applied within 10 s, not stale",
                  seen["rev2 applied"] is not None and seen["stale with 2 of 3"] is False,
                  f"applied after {secs(seen['rev2 applied'])}, stale {seen['stale with 2 of 3']}")

@@ -15,8 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tools.scenario import Report, Run, main, rate_text, success
-from tools.testbed import Load
+from tools.scenario import Report, Run, main
 
 from . import _mesh
 
@@ -27,18 +26,16 @@ def run(r: Run) -> Report:
     seconds, kill_at, settle = r.pick(25.0, 5.0), r.pick(5.0, 1.5), r.pick(10.0, 2.0)
     rate = 50
     with _mesh.sidecar_mesh(r) as m:
-        r.say("starting the gateway and three catalog instances with their sidecars")
-        instances = _mesh.start(m, *_mesh.CATALOGS)
-        watched = _mesh.watch(m, instances)
+        instances, watched = _mesh.start_catalogs(r, m)
         victim = instances[1]
         r.say(f"load: {rate} req/s for {seconds:g} s; SIGKILL of {victim.name} at {kill_at:g} s")
-        load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()
+        load = _mesh.catalog_load(m, rate)
         try:
             time.sleep(kill_at)
             killed = time.time()
             m.kill_instance(victim)
             r.say(f"killed {victim.name} (app pid {victim.app.pid}, sidecar pid {victim.sidecar.pid})")
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             samples = load.stop()
             watched.stop()
@@ -46,23 +43,20 @@ def run(r: Run) -> Report:
 
     report = Report("instance-killed", TITLE, samples=samples, started=load.started, proxies=watched)
     report.mesh = _mesh.describe(m, instances)
-    report.load = f"GET /catalog/items/1 through the gateway, {rate} req/s on 4 connections for {seconds:g} s"
+    report.load = _mesh.catalog_load_text(rate, seconds)
     report.fault = (f"SIGKILL of {victim.name}'s app and sidecar (no mDNS goodbye) "
                     f"{killed - load.started:.1f} s into the load")
     report.slo = f"≥ 99.5 % of requests succeed; 100 % of those sent {settle:g} s after the kill or later"
     report.phases = [("before the kill", load.started, killed),
                      (f"kill + {settle:g} s", killed, killed + settle),
                      (f"{settle:g} s after the kill and later", killed + settle, float("inf"))]
-    ok, n = success(samples)
-    late_ok, late_n = success(report.during(killed + settle))
     gone = registry.get(victim.inbound)
     report.figure(f"{victim.name} in the gateway's registry",
                   "gone" if gone is None else f"healthy={gone['healthy']} ({gone['detail'] or 'no detail'})")
     report.figure(f"requests answered by {victim.name} after the kill",
                   sum(1 for s in samples if s.instance == victim.name and s.start > killed))
-    report.check("≥ 99.5 % of all requests succeed", n and ok / n >= 0.995, rate_text(ok, n))
-    report.check(f"100 % succeed from {settle:g} s after the kill", late_n and late_ok == late_n,
-                 rate_text(late_ok, late_n))
+    report.check_success("≥ 99.5 % of all requests succeed", samples, 0.995)
+    report.check_success(f"100 % succeed from {settle:g} s after the kill", report.during(killed + settle))
     return report
 
 

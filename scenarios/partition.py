@@ -26,12 +26,12 @@ import urllib.request
 
 import yaml
 
-from tools import netns, pods
 from mesh.config import load as load_config
-from mesh.core.sidecar import virtual_addresses
 from mesh.runtime import procs
-from tools.scenario import Proxies, Report, Run, Skip, main, rate_text, success
+from tools.scenario import Report, Run, main
 from tools.testbed import Load, wait_until
+
+from . import _hosts, _mesh
 
 TITLE = "a network partition cuts the gateway's host off from one of three catalog hosts, then heals"
 INBOUND, OUTBOUND, ADMIN, APP, GATEWAY, GATEWAY_ADMIN = 15006, 15001, 15000, 8000, 8080, 9901
@@ -43,20 +43,11 @@ BACK_WITHIN = 10.0
 
 
 def run(r: Run) -> Report:
-    why = netns.why_not()
-    if why:
-        raise Skip(why)
     seconds, cut_at, cut_for, settle = r.pick(30.0, 9.0), r.pick(5.0, 1.5), r.pick(10.0, 4.0), 2.0
     rate = 50
     in_pods = r.isolation == "pod"  # each catalog instance in a pod inside its host
-    net = netns.Network(["edge", "h1", "h2", "h3"], subnet="10.78.0", tag="mmsc", pods=in_pods)
-    children: list[procs.Child] = []
-    made: list[pods.Pods] = []
-    try:
-        try:
-            net.create()
-        except RuntimeError as e:
-            raise Skip(f"cannot make network namespaces here: {e}") from None
+    with _hosts.hosts(r, ["edge", "h1", "h2", "h3"], subnet="10.78.0", tag="mmsc") as hosts:
+        net = hosts.net
         edge = net.address("edge")
         config = {
             "version": 1,
@@ -79,40 +70,22 @@ def run(r: Run) -> Report:
         r.say(f"hosts (namespaces on one bridge): edge {edge} (gateway), "
               + ", ".join(f"{h} {net.address(h)}" for h in ("h1", "h2", "h3")) + " (catalog)")
 
-        def start(host: str | None, name: str, argv: list[str], ready: str, said: str, cwd=None) -> procs.Child:
-            child = procs.spawn(name, net.argv(host, argv) if host else argv, log_dir=r.workdir / "logs",
-                                cwd=cwd or str(r.workdir))
-            children.append(child)
-            child.ready, child.said = ready, said
-            return child
-
-        starting = [start("edge", "gateway", procs.python("-m", "mesh.cli", "gateway", "--config", str(path),
-                                                          "--workers", "1"), "gateway ready", "serves")]
+        gateway = hosts.spawn("edge", "gateway",
+                              procs.python("-m", "mesh.cli", "gateway", "--config", str(path), "--workers", "1"))
+        starting = [(gateway, "gateway ready", "serves")]  # each with what its log says when ready, and what it means
         at = {}  # where each host's catalog sidecar is: the host's address, or its pod's
+        services = load_config(path).services
         for host in ("h1", "h2", "h3"):
-            name = f"catalog-{host}"
-            app = procs.python("-m", "services.catalog", "--host", "127.0.0.1", "--port", str(APP), "--instance", name)
-            sidecar = procs.python("-m", "mesh.cli", "sidecar", "--config", str(path), "--service", "catalog",
-                                   "--app", f"127.0.0.1:{APP}", "--instance", name)
-            if in_pods:
-                made.append(host_pods := pods.in_host(net, host, r.workdir / f"pods-{host}"))
-                host_pods.create()
-                pod = host_pods.add(name, APP, INBOUND, OUTBOUND, ADMIN, virtual_addresses(load_config(path).services))
-                at[host] = pod.address
-                starting.append(start(None, name, host_pods.app_argv(pod, app), "listening on",
-                                      f"listens in pod {pod.netns}", cwd=str(pods.ROOT)))
-                starting.append(start(None, f"{name}.sidecar", host_pods.sidecar_argv(
-                    pod, sidecar + ["--address", pod.address, "--capture", "transparent"]),
-                    "announced ", "announced its instance over mDNS"))
-            else:
-                at[host] = net.address(host)
-                starting.append(start(host, name, app, "listening on", "listens"))
-                starting.append(start(host, f"{name}.sidecar", sidecar + ["--address", at[host]],
-                                      "announced ", "announced its instance over mDNS"))
+            placed = hosts.catalog(host, f"catalog-{host}", str(path), r.workdir / f"pods-{host}",
+                                   (APP, INBOUND, OUTBOUND, ADMIN), services)
+            at[host] = placed.address
+            listens = f"listens in pod {placed.pod.netns}" if placed.pod else "listens"
+            starting += [(placed.app, "listening on", listens),
+                         (placed.sidecar, "announced ", "announced its instance over mDNS")]
         r.say(f"started the gateway and {len(starting) - 1} processes (apps, sidecars); waiting for each")
-        for child in starting:
-            procs.wait_log(child, child.ready)
-            r.say(f"{child.name} {child.said}")
+        for child, ready, said in starting:
+            procs.wait_log(child, ready)
+            r.say(f"{child.name} {said}")
 
         def status() -> dict:
             with urllib.request.urlopen(f"http://{edge}:{GATEWAY_ADMIN}/status", timeout=2) as resp:
@@ -124,13 +97,8 @@ def run(r: Run) -> Report:
         r.say("waiting for the gateway to find the 3 instances over mDNS")
         net.call("edge", wait_until, lambda: len(status()["registry"]["instances"]) == 3, 15)
         r.say("the gateway knows the 3 instances")
-        watched = Proxies()
-        watched.add("gateway", f"http://{edge}:{GATEWAY_ADMIN}", via=lambda fn: net.call("edge", fn))
-        for host in ("h1", "h2", "h3"):
-            watched.add(f"catalog-{host}", f"http://{at[host]}:{ADMIN}",
-                        via=lambda fn, h=host: net.call(h, fn))
-        watched.baseline()
-        watched.start()
+        catalogs = {f"catalog-{h}": (f"http://{at[h]}:{ADMIN}", h) for h in ("h1", "h2", "h3")}
+        watched = hosts.watch({"gateway": (f"http://{edge}:{GATEWAY_ADMIN}", "edge"), **catalogs})
         r.say(f"load from edge: {rate} req/s for {seconds:g} s; edge and h2 partitioned from {cut_at:g} s "
               f"for {cut_for:g} s")
         load = Load(f"http://{edge}:{GATEWAY}/catalog/items/1", threads=4, rate=rate,
@@ -146,16 +114,11 @@ def run(r: Run) -> Report:
             healed = time.time()
             net.heal("edge", "h2")
             r.say("partition healed")
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             samples = load.stop()
             watched.stop()
         after = next((e for e in net.call("edge", endpoints) if e["address"] == h2), None)
-    finally:
-        procs.stop_all(children)
-        for host_pods in made:
-            host_pods.close()
-        net.close()
 
     report = Report("partition", TITLE, samples=samples, started=load.started, proxies=watched)
     where = (f"a catalog instance in a pod inside each, joined to the host's bridge: {', '.join(at.values())}"
@@ -173,7 +136,6 @@ def run(r: Run) -> Report:
                      (f"cut + {settle:g} s", cut, cut + settle),
                      ("partitioned, settled", cut + settle, healed),
                      ("healed", healed, float("inf"))]
-    ok, n = success(samples)
     settled = report.during(cut + settle, healed)
     retried = [s for s in settled if s.attempts > 1 or not s.ok]
     back = next((s for s in report.during(healed) if s.ok and s.instance == "catalog-h2"), None)
@@ -184,7 +146,7 @@ def run(r: Run) -> Report:
     report.figure("requests that needed a retry", sum(1 for s in samples if s.attempts > 1))
     report.figure("answers by h2 while partitioned",
                   sum(1 for s in report.during(cut, healed) if s.instance == "catalog-h2"))
-    report.check("≥ 99.9 % of all requests succeed", n and ok / n >= 0.999, rate_text(ok, n))
+    report.check_success("≥ 99.9 % of all requests succeed", samples, 0.999)
     report.check(f"from {settle:g} s after the cut until the heal, 1 attempt each", settled and not retried,
                  f"{len(settled) - len(retried)} of {len(settled)}")
     report.check(f"h2 answers again within {BACK_WITHIN:g} s of the heal",

@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-from tools.scenario import Report, Run, main, rate_text, success
+from tools.scenario import Report, Run, main
 from tools.testbed import Load
 
 from . import _mesh
@@ -37,12 +37,7 @@ def run(r: Run) -> Report:
     services = {"payments": {"policies": ["charge-retries"], "retry_budget": BUDGET}}
     with _mesh.sidecar_mesh(r, services=services, policies={"charge-retries": CHARGE_RETRIES}) as m:
         r.say("starting the gateway, orders, catalog and three payments instances with their sidecars")
-        m.start_gateway(wait=False)
-        instances = m.start_instances({"service": "orders", "name": "orders-1"},
-                                      {"service": "catalog", "name": "catalog-1"},
-                                      *({"service": "payments", "name": f"payments-{i}"} for i in (1, 2, 3)))
-        m.wait_gateway()
-        m.wait_converged(instances[:1], 5)  # the gateway and the orders sidecar know every instance
+        instances = _mesh.start_orders(m)
         payments = instances[2:]
         bad = payments[:2]
         watched = _mesh.proxies(m, instances)
@@ -55,15 +50,9 @@ def run(r: Run) -> Report:
                     body=json.dumps({"item_id": 1, "quantity": 1}).encode()).start()
         try:
             time.sleep(burst_at)
-            began = time.time()
-            for s in bad:
-                s.knobs(error_rate=1.0, error_status=503)
-            time.sleep(burst)
-            for s in bad:
-                s.knobs(error_rate=0.0)
-            ended = time.time()
+            began, ended, _ = _mesh.answer_errors(bad, burst)
             r.say("the burst is over")
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             samples = load.stop()
             watched.stop()
@@ -79,7 +68,7 @@ def run(r: Run) -> Report:
     report.slo = "100 % of orders succeed; calls to payments ≤ orders + 20 % + 10/s (the retry budget)"
     report.phases = [("before the burst", load.started, began), ("burst", began, ended),
                      ("after the burst", ended, float("inf"))]
-    ok, n = success(samples)
+    n = len(samples)
     total = sum(calls.values())
     charged = sum(1 for s in samples if s.ok)
     by_instance = {}
@@ -89,7 +78,7 @@ def run(r: Run) -> Report:
             by_instance[who] = by_instance.get(who, 0) + 1
     report.figure("charges each payments app received", ", ".join(f"{k} {v}" for k, v in calls.items()))
     report.figure("orders charged by", ", ".join(f"{k} {v}" for k, v in sorted(by_instance.items())))
-    report.check("100 % of the orders succeed", n and ok == n, rate_text(ok, n))
+    report.check_success("100 % of the orders succeed", samples)
     report.check(f"calls to payments ≤ {n} + 20 % + 10/s × {seconds:g} s = {n + budget:.0f}",
                  total <= n + budget, f"{total} calls for {n} orders ({charged} charged)")
     return report

@@ -20,8 +20,7 @@ import sys
 import time
 
 from tools import etcdserver
-from tools.scenario import Report, Run, main, rate_text, success
-from tools.testbed import Load
+from tools.scenario import Report, Run, main
 
 from . import _mesh
 
@@ -61,15 +60,14 @@ def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate:
         zone = {s.name: s.inst.sidecar.zone for s in instances}
         watched = _mesh.watch(m, instances)
         lost = [s for s in instances if region[s.name] == "eu"]
-        load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()
+        load = _mesh.catalog_load(m, rate)
         r.say(f"load: {rate} req/s; SIGKILL of region eu ({', '.join(s.name for s in lost)}) at {outage_at:g} s, "
               f"new eu instances {outage_for:g} s later")
         try:
             time.sleep(outage_at)
             down = time.time()
             for s in lost:
-                s.sidecar.kill()
-                s.app.kill()
+                m.kill_instance(s)
             r.say("region eu is gone")
             time.sleep(outage_for)
             back_started = time.time()
@@ -89,7 +87,7 @@ def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate:
     report.mesh = (_mesh.describe(m, instances).replace("zone a", "zone eu-1").replace(
         f"mDNS on {m.net}.0/24", f"etcd discovery (lease TTL {TTL} s)")
         + "; catalog: lb.locality (overprovisioning 1.4), peak_ewma")
-    report.load = f"GET /catalog/items/1 through the gateway, {rate} req/s on 4 connections"
+    report.load = _mesh.catalog_load_text(rate)
     report.fault = (f"SIGKILL of both eu instances {down - load.started:.1f} s into the load; two new eu "
                     f"instances announced {back - load.started:.1f} s in")
     report.slo = (f"≥ 99.5 % succeed; before: ≥ 99 % in eu-1; from {settle:g} s after the outage until "
@@ -98,30 +96,19 @@ def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate:
                      ("region eu gone", down + settle, back_started),
                      ("eu instances starting", back_started, back), (f"back + {settle:g} s", back, back + settle),
                      ("region eu back", back + settle, float("inf"))]
-
-    def where(part, of):
-        counts: dict[str, int] = {}
-        for s in part:
-            if s.ok:
-                key = of.get(s.instance, "?")
-                counts[key] = counts.get(key, 0) + 1
-        return counts
-
-    before = [s for s in report.during(load.started, down) if s.end < down]
+    before = _mesh.answered_before(samples, load.started, down)
     gone = report.during(down + settle, back_started)
     after = report.during(back + settle)
-    ok, n = success(samples)
-    gone_ok, gone_n = success(gone)
-    before_zones, gone_regions, after_zones = where(before, zone), where(gone, region), where(after, zone)
+    before_zones, gone_regions, after_zones = (_mesh.answers_by(before, zone), _mesh.answers_by(gone, region),
+                                               _mesh.answers_by(after, zone))
     for name, counts in (("answers by zone before", before_zones), ("answers by region while eu is gone", gone_regions),
                          ("answers by zone after eu returns", after_zones)):
         report.figure(name, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
     report.figure("gateway's priority levels at the end", str(levels))
-    report.check("≥ 99.5 % of all requests succeed", n and ok / n >= 0.995, rate_text(ok, n))
+    report.check_success("≥ 99.5 % of all requests succeed", samples, 0.995)
     report.check("before the outage ≥ 99 % answered in eu-1", before and before_zones.get("eu-1", 0) >= 0.99 * len(before),
                  f"{before_zones.get('eu-1', 0)} of {len(before)}")
-    report.check(f"from {settle:g} s after the outage: 100 % succeed", gone_n and gone_ok == gone_n,
-                 rate_text(gone_ok, gone_n))
+    report.check_success(f"from {settle:g} s after the outage: 100 % succeed", gone)
     report.check("… every answer from region us", gone_regions and set(gone_regions) == {"us"},
                  ", ".join(f"{k}: {v}" for k, v in sorted(gone_regions.items())) or "none")
     in_eu1 = after_zones.get("eu-1", 0)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tools.scenario import Report, Run, main, ms, percentile, rate_text, success
-from tools.testbed import Load
+from tools.scenario import Report, Run, main, ms, percentile
 
 from . import _mesh
 
@@ -30,17 +29,15 @@ def run(r: Run) -> Report:
     seconds, slow_at = r.pick(25.0, 5.0), r.pick(5.0, 1.5)
     rate = 50
     with _mesh.sidecar_mesh(r, policies={"snappy": SNAPPY}, catalog_policies=["snappy"]) as m:
-        r.say("starting the gateway and three catalog instances with their sidecars")
-        instances = _mesh.start(m, *_mesh.CATALOGS)
-        watched = _mesh.watch(m, instances)
+        instances, watched = _mesh.start_catalogs(r, m)
         slow = instances[0]
         r.say(f"load: {rate} req/s for {seconds:g} s; {slow.name} answers in {SLOW:g} s from {slow_at:g} s on")
-        load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()
+        load = _mesh.catalog_load(m, rate)
         try:
             time.sleep(slow_at)
             slowed = time.time()
             slow.knobs(latency=SLOW)
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             samples = load.stop()
             watched.stop()
@@ -49,18 +46,17 @@ def run(r: Run) -> Report:
 
     report = Report("slow-instance", TITLE, samples=samples, started=load.started, proxies=watched)
     report.mesh = _mesh.describe(m, instances)
-    report.load = (f"GET /catalog/items/1 through the gateway, {rate} req/s on 4 connections for {seconds:g} s; "
+    report.load = (_mesh.catalog_load_text(rate, seconds) + "; "
                    f"route: per-try timeout {PER_TRY * 1000:g} ms, 3 attempts")
     report.fault = f"{slow.name} answers every request after {SLOW:g} s, from {slowed - load.started:.1f} s on"
     report.slo = f"≥ 99.9 % succeed; p99 ≤ {(PER_TRY + 0.1) * 1000:g} ms; the slow instance is ejected"
     report.phases = [("before", load.started, slowed), ("one instance slow", slowed, float("inf"))]
-    ok, n = success(samples)
     p99 = percentile([s.latency for s in samples if s.status], 99)
     ejected = [e for e in cluster.get("ejected", [])]
     report.figure("ejected endpoints at the end", ", ".join(ejected) or "none")
     report.figure("requests each instance's app received", ", ".join(f"{k} {v}" for k, v in hits.items()))
     report.figure("requests that needed a retry", sum(1 for s in samples if s.attempts > 1))
-    report.check("≥ 99.9 % of all requests succeed", n and ok / n >= 0.999, rate_text(ok, n))
+    report.check_success("≥ 99.9 % of all requests succeed", samples, 0.999)
     report.check(f"p99 latency ≤ {(PER_TRY + 0.1) * 1000:g} ms (per-try timeout + 100 ms)",
                  p99 is not None and p99 <= PER_TRY + 0.1, ms(p99))
     report.check(f"{slow.name} ejected by outlier detection", slow.inbound in ejected,

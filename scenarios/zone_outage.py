@@ -17,8 +17,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tools.scenario import Report, Run, main, rate_text, success
-from tools.testbed import Load
+from tools.scenario import Report, Run, main
 
 from . import _mesh
 
@@ -38,15 +37,14 @@ def run(r: Run) -> Report:
         lost = [s for s in instances if zone[s.name] == "a"]
         r.say(f"load: {rate} req/s for {seconds:g} s; SIGKILL of zone a ({', '.join(s.name for s in lost)}) "
               f"at {outage_at:g} s")
-        load = Load(m.url + "/catalog/items/1", threads=4, rate=rate).start()
+        load = _mesh.catalog_load(m, rate)
         try:
             time.sleep(outage_at)
             down = time.time()
             for s in lost:
-                s.sidecar.kill()
-                s.app.kill()
+                m.kill_instance(s)
             r.say("zone a is gone")
-            time.sleep(max(load.started + seconds - time.time(), 0))
+            _mesh.rest(load, seconds)
         finally:
             samples = load.stop()
             watched.stop()
@@ -54,7 +52,7 @@ def run(r: Run) -> Report:
 
     report = Report("zone-outage", TITLE, samples=samples, started=load.started, proxies=watched)
     report.mesh = _mesh.describe(m, instances) + "; catalog balancer zone-aware"
-    report.load = f"GET /catalog/items/1 through the gateway, {rate} req/s on 4 connections for {seconds:g} s"
+    report.load = _mesh.catalog_load_text(rate, seconds)
     report.fault = (f"SIGKILL of every zone-a catalog instance (apps and sidecars, no mDNS goodbye) "
                     f"{down - load.started:.1f} s into the load")
     report.slo = (f"before: ≥ 99 % answered in zone a; ≥ 99.5 % of all requests succeed; 100 % of "
@@ -62,20 +60,10 @@ def run(r: Run) -> Report:
     report.phases = [("before the outage", load.started, down),
                      (f"outage + {settle:g} s", down, down + settle),
                      (f"{settle:g} s after the outage and later", down + settle, float("inf"))]
-
-    def zones(part):
-        counts: dict[str, int] = {}
-        for s in part:
-            if s.ok:
-                counts[zone.get(s.instance, "?")] = counts.get(zone.get(s.instance, "?"), 0) + 1
-        return counts
-
-    # before: answered before the kill (a request in flight at the kill is retried, on zone b)
-    before = [s for s in report.during(load.started, down) if s.end < down]
+    # answered before the kill (a request in flight at the kill is retried, on zone b)
+    before = _mesh.answered_before(samples, load.started, down)
     late = report.during(down + settle)
-    ok, n = success(samples)
-    late_ok, late_n = success(late)
-    before_zones, late_zones = zones(before), zones(late)
+    before_zones, late_zones = _mesh.answers_by(before, zone), _mesh.answers_by(late, zone)
     in_a = before_zones.get("a", 0)
     report.figure("answers by zone before the outage", ", ".join(f"{k} {v}" for k, v in sorted(before_zones.items())))
     report.figure(f"answers by zone from {settle:g} s after", ", ".join(f"{k} {v}" for k, v in sorted(late_zones.items())))
@@ -84,9 +72,8 @@ def run(r: Run) -> Report:
                   f"sending {'only there' if za.get('local_only') else 'to every zone'}")
     report.check("before the outage ≥ 99 % answered in zone a", before and in_a >= 0.99 * len(before),
                  f"{in_a} of {len(before)}")
-    report.check("≥ 99.5 % of all requests succeed", n and ok / n >= 0.995, rate_text(ok, n))
-    report.check(f"100 % succeed from {settle:g} s after the outage", late_n and late_ok == late_n,
-                 rate_text(late_ok, late_n))
+    report.check_success("≥ 99.5 % of all requests succeed", samples, 0.995)
+    report.check_success(f"100 % succeed from {settle:g} s after the outage", late)
     report.check(f"from {settle:g} s after, every answer from zone b", late_zones and set(late_zones) == {"b"},
                  ", ".join(f"zone {k}: {v}" for k, v in sorted(late_zones.items())) or "none")
     return report

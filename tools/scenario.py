@@ -191,6 +191,12 @@ class Report:
         self.checks.append(Check(what, bool(ok), got))
         return bool(ok)
 
+    def check_success(self, what: str, samples: Iterable[Sample], least: float = 1.0) -> bool:
+        """An SLO line on the share of `samples` that succeeded: at least `least` (1.0: every one of
+        them; none at all fails)."""
+        ok, n = success(samples)
+        return self.check(what, n and ok / n >= least, rate_text(ok, n))
+
     def figure(self, name: str, value) -> None:
         self.figures.append((name, str(value)))
 
