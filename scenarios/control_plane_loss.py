@@ -1,6 +1,6 @@
 """control-plane-loss: the etcd cluster loses one member, then its quorum, then comes back.
 
-Five hosts, each a Linux network namespace on one bridge (mesh/netns.py): e1, e2 and e3 run a
+Five hosts, each a Linux network namespace on one bridge (tools/netns.py): e1, e2 and e3 run a
 3-member etcd cluster; edge runs the gateway, a catalog instance and the load: the instance in a
 pod inside edge (isolation pod, as root: its own namespace joined to edge's bridge, as in
 `partition`), or its app on the host's loopback and its sidecar on the host's address (loopback). The gateway and the sidecar read their config
