@@ -330,12 +330,12 @@ def isolation(asked: str = "auto") -> tuple[str, str | None]:
 def run_one(name: str, short: bool = False, keep: bool = False, out=None, isolation_mode: str = "auto") -> int:
     out = out or sys.stdout
     mod = module(name)
-    workdir = Path(tempfile.mkdtemp(prefix=f"mitmesh-scenario-{name}-"))
     try:
         mode, why = isolation(isolation_mode)
     except Skip as e:
         print(f"SKIP  {name}: {e}", file=out, flush=True)
         return SKIPPED
+    workdir = Path(tempfile.mkdtemp(prefix=f"mitmesh-scenario-{name}-"))  # removed unless it failed or --keep
     if mode == "pod" and getattr(mod, "LOOPBACK_ONLY", None):  # a scenario that cannot run on pods says why
         mode, why = "loopback", mod.LOOPBACK_ONLY
     run = Run(name, short, workdir, out, mode)
