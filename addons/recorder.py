@@ -34,10 +34,11 @@ from . import keys
 CONTROL = "record.json"
 
 
-def run_dir() -> str:
-    """The directory the workers of one proxy share (set by the supervisor; else this process's)."""
-    path = os.environ.get("MITMESH_RUN_DIR")
-    if not path:
+def run_dir(create: bool = True) -> str:
+    """The directory the workers of one proxy share (set by the supervisor; else this process's,
+    made when a recording first needs it: "" until then with `create=False`)."""
+    path = os.environ.get("MITMESH_RUN_DIR", "")
+    if not path and create:
         path = os.environ["MITMESH_RUN_DIR"] = tempfile.mkdtemp(prefix="mitmesh-run-")
     return path
 
@@ -99,7 +100,10 @@ class Recorder:
     def _poll(self) -> None:
         if self._writer is not None and time.time() >= self._until:
             self._close()
-        path = os.path.join(run_dir(), CONTROL)
+        run = run_dir(create=False)  # no shared directory and none made here: nothing was asked to record
+        if not run:
+            return
+        path = os.path.join(run, CONTROL)
         try:
             st = os.stat(path)
         except FileNotFoundError:
