@@ -55,10 +55,8 @@ class Authn:
             await asyncio.sleep(1.0)
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return None
-        st = keys.get(flow)
-        if st is None or st.route is None:
+        st = keys.routed(flow)
+        if st is None:
             return None
         route = st.route.plan.authn
         if route is None:

@@ -33,9 +33,7 @@ class AuthThrottle:
         return st.snapshot.auth_failures
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return None
-        st = keys.get(flow)
+        st = keys.routed(flow)
         policy = self._policy(st)
         if policy is None:
             return None

@@ -19,10 +19,8 @@ class Authz:
     plan_fields = ("authz",)  # runs only for routes whose plan has it (addons/dispatch.py)
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
-        if st is None or st.route is None or st.direction == keys.OUTBOUND:
+        st = keys.routed(flow)
+        if st is None or st.direction == keys.OUTBOUND:
             return
         policy = st.route.plan.authz
         if policy is None:

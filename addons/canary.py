@@ -14,10 +14,8 @@ from . import keys
 
 class Canary:
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
-        if st is None or st.route is None or st.version_cluster is not None:
+        st = keys.routed(flow)
+        if st is None or st.version_cluster is not None:
             return
         action = st.route.action
         if not isinstance(action, ForwardAction) or action.sticky is None or len(action.clusters) < 2:

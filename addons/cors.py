@@ -23,16 +23,16 @@ class Cors:
         return st.route.plan.cors
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
+        st = keys.routed(flow)
+        if st is None:
             return
         req = flow.request
         if req.method != "OPTIONS" or "access-control-request-method" not in req.headers:
             return
         origin = req.headers.get("origin")
-        policy = self._policy(flow)
+        policy = st.route.plan.cors
         if policy is None or origin is None:
             return  # not ours to answer: the upstream may handle CORS itself
-        st = keys.get(flow)
         headers, why = policy.preflight(origin, req.headers["access-control-request-method"],
                                         req.headers.get("access-control-request-headers"))
         if headers is None:

@@ -35,10 +35,8 @@ def from_header(flow: http.HTTPFlow, res: RouteResilience) -> Fault | None:
 
 class Faults:
     async def request(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
-        if st is None or st.route is None:
+        st = keys.routed(flow)
+        if st is None:
             return
         res = st.route.plan.forward
         fault = from_header(flow, res)

@@ -56,10 +56,8 @@ class Function:
         metrics.FUNCTION_INSTANCES.labels(name).set(len(pool.live()) if pool else 0)
 
     def request(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return None
-        st = keys.get(flow)
-        if st is None or st.route is None or not isinstance(st.route.action, FunctionAction):
+        st = keys.routed(flow)
+        if st is None or not isinstance(st.route.action, FunctionAction):
             return None
         return self._call(flow, st, st.route.action)
 

@@ -40,10 +40,8 @@ class Idempotency:
         await self.stores.close()
 
     def request(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return None
-        st = keys.get(flow)
-        if st is None or st.route is None:
+        st = keys.routed(flow)
+        if st is None:
             return None
         policy = st.route.plan.idempotency
         if policy is None or flow.request.method not in policy.methods:

@@ -11,9 +11,7 @@ from . import keys
 
 class Inbound:
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
+        st = keys.unanswered(flow)
         if st is None or st.direction != keys.INBOUND:
             return
         w = st.snapshot.workload

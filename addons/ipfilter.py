@@ -26,9 +26,7 @@ def allowed(ip: str, allow: Networks, deny: Networks) -> tuple[bool, str]:
 
 class IpFilter:
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
+        st = keys.unanswered(flow)
         if st is None or st.listener is None:
             return
         lists = st.snapshot.ip_filters.get(st.listener.name)

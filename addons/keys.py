@@ -166,3 +166,20 @@ def begin(flow: http.HTTPFlow, snapshot: Snapshot, listener: Listener | None,
 
 def get(flow: http.HTTPFlow) -> FlowState | None:
     return getattr(flow, _ATTR, None)
+
+
+def unanswered(flow: http.HTTPFlow) -> FlowState | None:
+    """The flow's state while the proxy may still act on it (live, no response or error yet), else
+    None: how a request hook that runs before routing starts."""
+    if flow.response or flow.error or not flow.live:
+        return None
+    return getattr(flow, _ATTR, None)
+
+
+def routed(flow: http.HTTPFlow) -> FlowState | None:
+    """The flow's state while it is live, unanswered and has a route, else None: how a route stage's
+    request hook starts (`st.route` is then set)."""
+    if flow.response or flow.error or not flow.live:
+        return None
+    st = getattr(flow, _ATTR, None)
+    return st if st is not None and st.route is not None else None

@@ -49,10 +49,8 @@ class Mirror:
         self.budget = mirror.LineBudget(10)
 
     def request(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
-        if st is None or st.route is None or not isinstance(st.route.action, ForwardAction):
+        st = keys.routed(flow)
+        if st is None or not isinstance(st.route.action, ForwardAction):
             return
         policy: mirror.Mirror | None = st.route.plan.mirror
         if policy is None or not policy.wanted():

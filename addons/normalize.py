@@ -13,9 +13,7 @@ from . import keys, replies
 
 class Normalize:
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
+        st = keys.unanswered(flow)
         if st is None:
             return
         req = flow.request

@@ -26,9 +26,7 @@ class Outbound:
                       "and the sidecars secure the hop")
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
+        st = keys.unanswered(flow)
         if st is None or st.direction != keys.OUTBOUND:
             return
         snap = st.snapshot

@@ -53,10 +53,8 @@ class RateLimit:
     def request(self, flow: http.HTTPFlow):
         # counted once the request is complete, not at its head: a request the client abandons
         # (an HTTP/2 stream reset, CVE-2023-44487) is never counted and never forwarded
-        if flow.response or flow.error or not flow.live:
-            return None
-        st = keys.get(flow)
-        if st is None or st.route is None:
+        st = keys.routed(flow)
+        if st is None:
             return None
         policy: ratelimit.Policy | None = st.route.plan.rate_limit
         if policy is None:

@@ -14,13 +14,6 @@ from addons import alone, keys, replies
 from mesh.config import schema
 
 
-def _limit(flow: http.HTTPFlow):
-    st = keys.get(flow)
-    if st is None or st.route is None:
-        return None, None
-    return st, st.route.plan.size_limit
-
-
 def too_large(flow: http.HTTPFlow, st: keys.FlowState, size: int, limit: int, so_far: bool = False) -> None:
     """The 413: `size` is the body's length, or (so_far) what arrived before reading stopped."""
     size_text = f"at least {size}" if so_far else str(size)
@@ -33,10 +26,8 @@ class SizeLimit:
     plan_fields = ("size_limit",)  # runs only for routes whose plan has it (addons/dispatch.py)
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st, limit = _limit(flow)
-        if limit is None:
+        st = keys.routed(flow)
+        if st is None or (limit := st.route.plan.size_limit) is None:
             return
         st.max_body = limit.max_body
         req = flow.request
@@ -52,10 +43,8 @@ class SizeLimit:
             too_large(flow, st, int(length), limit.max_body)
 
     def request(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st, limit = _limit(flow)
-        if limit is None:
+        st = keys.routed(flow)
+        if st is None or (limit := st.route.plan.size_limit) is None:
             return
         size = len(flow.request.raw_content or b"")
         if size > limit.max_body:  # the HTTP layer stops sooner; this holds where no layer of ours runs

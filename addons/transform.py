@@ -48,10 +48,8 @@ class Transform:
     plan_fields = ("transform",)  # runs only for routes whose plan has it (addons/dispatch.py)
 
     def request(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
-        if st is None or st.route is None:
+        st = keys.routed(flow)
+        if st is None:
             return
         t: transform.Transform | None = st.route.plan.transform
         if t is None:

@@ -14,10 +14,8 @@ class Versioning:
     plan_fields = ("versioning",)  # runs only for routes whose plan has it (addons/dispatch.py)
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response or flow.error or not flow.live:
-            return
-        st = keys.get(flow)
-        if st is None or st.route is None:
+        st = keys.routed(flow)
+        if st is None:
             return
         policy: Policy | None = st.route.plan.versioning
         if policy is None:
