@@ -66,6 +66,8 @@ class Authn:
             if not route.authenticates:  # only `require`: claims must come from elsewhere
                 raise authn.AuthnError(403, "insufficient_scope", f"route {route.route} requires "
                                        "scopes or claims but has no authentication policy")
+            if route.key_header is not None and self._api_key(flow, st, route):
+                return None
             result = route.authenticate(_header(req), _cookie(req), _query(req))
             if not isinstance(result, authn.Verified):  # a JWKS fetch or an introspection to wait for
                 return self._finish(flow, st, route, result)
@@ -108,6 +110,45 @@ class Authn:
                     headerfields.remove(headers, src.header)
                 elif src.cookie in flow.request.cookies:
                     del flow.request.cookies[src.cookie]
+
+    def _api_key(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn) -> bool:
+        """The usual API-key route (a key in a header, `route.key_header`): what `authenticate` and
+        `_accept` do for it, with one pass over the header fields to read the key, strip it and
+        see whether a forwarded claim's header is there. False when the header is absent or empty:
+        `authenticate` then decides (the key may not be the route's only credential)."""
+        name, forwarded = route.key_header, route.forward_names
+        headers = flow.request.headers
+        values, kept, present = [], [], False
+        for field in headers.fields:
+            low = field[0].lower()
+            if low == name:
+                values.append(field[1])
+            else:
+                kept.append(field)
+                present = present or low in forwarded
+        key = b", ".join(values).decode("utf-8", "surrogateescape")
+        if not key:
+            return False
+        verified = route.api_keys.verify(key)
+        route.authorize(verified)
+        st.authenticated, st.claims = verified.principal, verified.claims
+        flow.metadata[keys.PRINCIPAL] = verified.principal
+        st.decide("authn", f"api_key: {verified.principal}")
+        if present:  # rare (Sanitize removes them before routing): `_accept`'s edits, in its order
+            for claim, header in route.forward:
+                value = authn.forwarded_value(verified.claims, claim)
+                if value is not None:
+                    headerfields.put(headers, header, value)
+            if not route.keep_key:
+                headerfields.remove(headers, route.api_keys.config.header)
+            return True
+        added = []
+        for claim, header in route.forward:  # appended, as `headerfields.put` appends an absent one
+            value = authn.forwarded_value(verified.claims, claim)
+            if value is not None:
+                added.append((header.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
+        headers.fields = (headers.fields if route.keep_key else tuple(kept)) + tuple(added)
+        return True
 
     def _strip_key(self, flow: http.HTTPFlow, route: authn.RouteAuthn) -> None:
         c = route.api_keys.config

@@ -302,6 +302,15 @@ class RouteAuthn:
             c = api_keys.config
             where = f'header="{c.header}"' if c.header else f'query="{c.query}"'
             self._api_key_challenge = f'ApiKey realm="{route}", {where}'
+        # the forwarded claims' header names, and the API key's header where a key is read from a
+        # header only and no claim is forwarded under its name: what the proxy reads, checks and
+        # edits in one pass over the request's header fields (addons/authn.py `_api_key`)
+        self.forward_names = frozenset(h.lower().encode("utf-8", "surrogateescape") for _, h in self.forward)
+        self.key_header: bytes | None = None
+        if api_keys and api_keys.config.header and not api_keys.config.query:
+            name = api_keys.config.header.lower().encode("utf-8", "surrogateescape")
+            if name not in self.forward_names and len(self.forward_names) == len(self.forward):
+                self.key_header = name
 
     def challenge(self, error: str) -> str:
         """WWW-Authenticate for a 401 or 403 (RFC 6750 error codes for bearer tokens)."""

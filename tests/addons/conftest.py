@@ -38,7 +38,10 @@ class Gateway:
                           authority=b"", content=body)
         req.headers.clear()
         req.headers["host"] = host
-        for k, v in (headers or {}).items():
+        if isinstance(headers, list):  # (name, value) pairs: a repeated name is two fields
+            for k, v in headers:
+                req.headers.add(k, v)
+        for k, v in (headers if isinstance(headers, dict) else {}).items():
             req.headers[k] = v
         flow = tflow.tflow(req=req)
         flow.client_conn.peername = (client or "127.0.0.1", 40000)

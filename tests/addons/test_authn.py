@@ -365,3 +365,56 @@ async def test_keys_are_fetched_at_start_so_requests_find_them_in_memory(gateway
         assert idp.state["stats"]["jwks_fetches"] == 1
         flow = await gw.send("/jwt/x", headers={"authorization": f"Bearer {await idp.token()}"})
         assert flow.response.status_code == 200 and idp.state["stats"]["jwks_fetches"] == 1
+
+
+def key_routes(upstream: int) -> str:
+    digest = apikeys.digest(KEY)
+    other = apikeys.digest(KEY + "-other")
+    consumers = f"{{acme: {{key_sha256: {digest}, claims: {{tier: gold}}}}, beta: {{key_sha256: {other}}}}}"
+    return f"""
+version: 1
+gateway: {{listeners: [{{name: public, port: 18080}}]}}
+services:
+  users: {{versions: {{v1: {{endpoints: ["127.0.0.1:{upstream}"]}}}}}}
+routes:
+  - {{name: plain, match: {{path: {{prefix: /plain/}}}}, forward: {{service: users}}, policies: [plain]}}
+  - {{name: keep, match: {{path: {{prefix: /keep/}}}}, forward: {{service: users}}, policies: [keep]}}
+  - {{name: gold, match: {{path: {{prefix: /gold/}}}}, forward: {{service: users}}, policies: [claims, gold]}}
+policies:
+  plain: {{api_key: {{consumers: {consumers}}}}}
+  keep: {{api_key: {{header: X-Key, forward_key: true, forward_claims: {{}}, consumers: {consumers}}}}}
+  claims: {{api_key: {{forward_claims: {{consumer: x-consumer, tier: X-Tier}}, consumers: {consumers}}}}}
+  gold: {{require: {{claims: {{tier: [gold]}}}}}}
+"""
+
+
+async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gateway, upstream_app):
+    """The one-pass path for a key in a header (`Authn._api_key`) against `authenticate` and
+    `_accept` on the same requests: same answer, decisions, caller and upstream headers."""
+    users = await upstream_app("users")
+    requests = [
+        ("/plain/x", [("x-api-key", KEY)]), ("/plain/x", [("X-API-KEY", KEY)]),
+        ("/plain/x", [("x-api-key", KEY + "-other")]), ("/plain/x", [("x-api-key", KEY + "x")]),
+        ("/plain/x", [("x-api-key", "")]), ("/plain/x", []), ("/plain/x", [("x-api-key", KEY), ("x-api-key", KEY)]),
+        ("/keep/x", [("x-key", KEY)]), ("/keep/x", [("x-api-key", KEY)]),
+        ("/gold/x", [("x-api-key", KEY)]), ("/gold/x", [("x-api-key", KEY + "-other")]),
+    ]
+
+    def seen(flow) -> tuple:
+        st = keys.get(flow)
+        upstream = [(k, v) for k, v in body(flow).get("headers", {}).items()  # in their order
+                    if k not in ("x-request-id", "traceparent", "x-forwarded-for", "forwarded")]
+        authn_decisions = [what for who, what in st.decisions if who == "authn"]
+        return flow.response.status_code, body(flow).get("error"), upstream, authn_decisions, st.principal
+
+    async with gateway(key_routes(users)) as gw:
+        plans = [r.plan.authn for r in gw.state.snapshot.routes.routes if r.plan.authn is not None]
+        assert len(plans) == 3 and all(p.key_header is not None for p in plans)
+        fast = []
+        for path, headers in requests:
+            fast.append(await gw.send(path, headers=headers))
+        for plan in plans:
+            plan.key_header = None  # the general path
+        for (path, headers), earlier in zip(requests, fast):
+            again = await gw.send(path, headers=headers)
+            assert seen(earlier) == seen(again), (path, headers)
