@@ -115,11 +115,15 @@ class AccessLog:
             "bytes_in": len(req.raw_content or b""),
             "bytes_out": len(resp.raw_content or b"") if resp else 0,
             "error": flow.error.msg if flow.error else None,
-            "decisions": [f"{who}: {what}" for who, what in st.decisions],
         }
+        # the decision lines as Decisions logged them (already looked at and masked), else made here
+        lines = st.decision_lines
+        checked = lines is not None and len(lines) == len(st.decisions)
+        entry["decisions"] = lines if checked else [f"{who}: {what}" for who, what in st.decisions]
         # rarely a credential in the path, a header-borne id or a decision: the entry's keys are
         # fixed and none names a credential, so its strings are all `redact.value` would look at
-        if redact.masks("\n".join([v for v in entry.values() if isinstance(v, str)] + entry["decisions"])):
+        strings = [v for v in entry.values() if isinstance(v, str)]
+        if redact.masks("\n".join(strings if checked else strings + entry["decisions"])):
             entry = redact.value(entry)
         line = json.dumps(entry, separators=(",", ":"))
         self._lines.append(line + "\n")

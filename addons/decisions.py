@@ -76,13 +76,14 @@ class Decisions:
         if redact.masks("\n".join(lines)) or not redact.SECRET_NAMES.isdisjoint([who.lower() for who, _ in st.decisions]):
             decisions, lines = redact.value(decisions), redact.value(lines)
         flow.metadata[keys.DECISIONS] = decisions
+        st.decision_lines = lines
         found = outcomes(flow, st)
+        text = "\n".join(lines)
         if found:
             flow.metadata[keys.OUTCOMES] = found
             if not flow.marked:
                 flow.marked = MARKERS[found[0]]
-            lines.insert(0, " ".join(f"#{o}" for o in found))
-        text = "\n".join(lines)
+            text = " ".join(f"#{o}" for o in found) + "\n" + text
         flow.comment = f"{flow.comment}\n{text}" if flow.comment else text
         if ctx.options.mesh_decisions_log:
             answer = flow.response.status_code if flow.response else flow.error

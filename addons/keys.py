@@ -73,6 +73,7 @@ WRITERS: dict[str, tuple[str, ...]] = {
     "trace_id": ("tracing",),
     "error": ("replies",),
     "decisions": (),  # appended to by every stage through decide()
+    "decision_lines": ("decisions",),
 }
 
 
@@ -130,6 +131,8 @@ class FlowState:
         self.idempotency = None  # Idempotency: the key this flow holds in flight (addons/idempotency.Held)
         # "why did the proxy do that": every addon appends what it decided, in request order
         self.decisions: list[tuple[str, str]] = []
+        # the same as logged, one `who: what` line each, credentials masked (Decisions, for the access log)
+        self.decision_lines: list[str] | None = None
 
     @property
     def principal(self) -> str | None:
