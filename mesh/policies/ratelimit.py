@@ -151,9 +151,9 @@ class LoopMemoryStorage(limits.storage.MemoryStorage):
     # (the fixed-window strategy reads them), without their per-call wrapper and per-key lock: the
     # event loop is this storage's only user (no timer thread, see above).
 
-    def hit(self, key: str, expiry: float) -> tuple[int, float]:
-        """`incr(key, expiry)` then `get_expiry(key)`: the count with this hit, when its window ends."""
-        now = time.time()
+    def hit(self, key: str, expiry: float, now: float) -> tuple[int, float]:
+        """`incr(key, expiry)` then `get_expiry(key)` at `now` (time.time()): the count with this
+        hit, when its window ends."""
         if self.expirations.get(key, 0) <= now:  # a new window (as `get` drops an expired one)
             self.storage.pop(key, None)
             self.expirations.pop(key, None)
@@ -191,14 +191,14 @@ class Limiters:
         if policy.strategy == "fixed-window":
             # the fixed window's count comes back from the increment: one key and one storage
             # call per window instead of the strategy's hit plus get_window_stats (three and five)
-            hit = self._memory.hit
+            hit, now = self._memory.hit, time.time()
             for item, k, seconds in self._windows(policy, key):
-                count, reset = hit(k, seconds)
+                count, reset = hit(k, seconds, now)
                 ok = count <= item.amount
                 stats.append((item, ok, (reset, item.amount - count)))
                 if not ok:
                     break
-            return _outcome(policy, stats, time.time())
+            return _outcome(policy, stats, now)
         ids = (policy.strategy, policy.route, key)
         limiter = self._sync_limiter(policy.strategy)
         for item in policy.items:
