@@ -130,7 +130,8 @@ class Authn:
         if not key:
             return False
         verified = route.api_keys.verify(key)
-        route.authorize(verified)
+        if route.required_scopes or route.required_claims:
+            route.authorize(verified)
         st.authenticated, st.claims = verified.principal, verified.claims
         flow.metadata[keys.PRINCIPAL] = verified.principal
         st.decide("authn", f"api_key: {verified.principal}")
@@ -142,12 +143,15 @@ class Authn:
             if not route.keep_key:
                 headerfields.remove(headers, route.api_keys.config.header)
             return True
-        added = []
-        for claim, header in route.forward:  # appended, as `headerfields.put` appends an absent one
-            value = authn.forwarded_value(verified.claims, claim)
-            if value is not None:
-                added.append((header.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")))
-        headers.fields = (headers.fields if route.keep_key else tuple(kept)) + tuple(added)
+        # appended, as `headerfields.put` appends an absent one; a consumer's claims are its
+        # config's, so its header fields are made once per config
+        added = route.key_forwards.get(verified.principal)
+        if added is None:
+            added = route.key_forwards[verified.principal] = tuple(
+                (header.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+                for claim, header in route.forward
+                if (value := authn.forwarded_value(verified.claims, claim)) is not None)
+        headers.fields = (headers.fields if route.keep_key else tuple(kept)) + added
         return True
 
     def _strip_key(self, flow: http.HTTPFlow, route: authn.RouteAuthn) -> None:

@@ -307,6 +307,7 @@ class RouteAuthn:
         # edits in one pass over the request's header fields (addons/authn.py `_api_key`)
         self.forward_names = frozenset(h.lower().encode("utf-8", "surrogateescape") for _, h in self.forward)
         self.key_header: bytes | None = None
+        self.key_forwards: dict[str, tuple[tuple[bytes, bytes], ...]] = {}  # consumer → its forwarded header fields
         if api_keys and api_keys.config.header and not api_keys.config.query:
             name = api_keys.config.header.lower().encode("utf-8", "surrogateescape")
             if name not in self.forward_names and len(self.forward_names) == len(self.forward):
