@@ -14,7 +14,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, NamedTuple
 
 import jwt
 
@@ -45,8 +45,7 @@ def _invalid(reason: str, detail: str = "") -> AuthnError:
     return AuthnError(401, "invalid_token", reason, detail)
 
 
-@dataclass(frozen=True, slots=True)
-class Verified:
+class Verified(NamedTuple):  # a tuple: made for every authenticated request
     method: str  # jwt | oauth2 | api_key
     principal: str
     claims: dict

@@ -119,8 +119,8 @@ def _outcome(policy: Policy, stats: list[tuple[limits.RateLimitItem, bool, Any]]
             best = (rank, item, ok, reset, remaining)
     assert best is not None
     _, item, ok, reset, remaining = best
-    wait = max(0, math.ceil(reset - now))
-    headers = (("RateLimit-Limit", str(item.amount)), ("RateLimit-Remaining", str(max(0, remaining))),
+    wait = math.ceil(reset - now) if reset > now else 0
+    headers = (("RateLimit-Limit", str(item.amount)), ("RateLimit-Remaining", str(remaining if remaining > 0 else 0)),
                ("RateLimit-Reset", str(wait)), ("RateLimit-Policy", policy.policy_header))
     if ok:
         return Outcome(True, headers)
@@ -192,7 +192,7 @@ class Limiters:
             # the fixed window's count comes back from the increment: one key and one storage
             # call per window instead of the strategy's hit plus get_window_stats (three and five)
             hit, now = self._memory.hit, time.time()
-            for item, k, seconds in self._windows(policy, key):
+            for item, k, seconds in self._keys.get((policy, key)) or self._windows(policy, key):
                 count, reset = hit(k, seconds, now)
                 ok = count <= item.amount
                 stats.append((item, ok, (reset, item.amount - count)))
