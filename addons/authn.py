@@ -92,10 +92,7 @@ class Authn:
 
     def _accept(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn,
                 verified: authn.Verified) -> None:
-        route.authorize(verified)
-        st.authenticated, st.claims = verified.principal, verified.claims
-        flow.metadata[keys.PRINCIPAL] = verified.principal
-        st.decide("authn", f"{verified.method}: {verified.principal}")
+        self._caller(flow, st, route, verified)
         headers = flow.request.headers
         for claim, header in route.forward:
             value = authn.forwarded_value(verified.claims, claim)
@@ -110,6 +107,14 @@ class Authn:
                     headerfields.remove(headers, src.header)
                 elif src.cookie in flow.request.cookies:
                     del flow.request.cookies[src.cookie]
+
+    def _caller(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn,
+                verified: authn.Verified) -> None:
+        """The route's requirements checked (403), then who the caller is recorded and decided."""
+        route.authorize(verified)
+        st.authenticated, st.claims = verified.principal, verified.claims
+        flow.metadata[keys.PRINCIPAL] = verified.principal
+        st.decide("authn", f"{verified.method}: {verified.principal}")
 
     def _api_key(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn) -> bool:
         """The usual API-key route (a key in a header, `route.key_header`): what `authenticate` and
@@ -130,19 +135,10 @@ class Authn:
         if not key:
             return False
         verified = route.api_keys.verify(key)
-        if route.required_scopes or route.required_claims:
-            route.authorize(verified)
-        st.authenticated, st.claims = verified.principal, verified.claims
-        flow.metadata[keys.PRINCIPAL] = verified.principal
-        st.decide("authn", f"api_key: {verified.principal}")
         if present:  # rare (Sanitize removes them before routing): `_accept`'s edits, in its order
-            for claim, header in route.forward:
-                value = authn.forwarded_value(verified.claims, claim)
-                if value is not None:
-                    headerfields.put(headers, header, value)
-            if not route.keep_key:
-                headerfields.remove(headers, route.api_keys.config.header)
+            self._accept(flow, st, route, verified)
             return True
+        self._caller(flow, st, route, verified)
         # appended, as `headerfields.put` appends an absent one; a consumer's claims are its
         # config's, so its header fields are made once per config
         added = route.key_forwards.get(verified.principal)

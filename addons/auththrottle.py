@@ -72,10 +72,10 @@ class AuthThrottle:
         ip = flow.client_conn.peername[0]
         key = ratelimit.key_text("ip", ip)
         if policy.storage == "memory":
+            now = time.monotonic()
             if len(self._failed) > 100_000:  # many failing addresses: forget those whose windows are over
-                now = time.monotonic()
                 self._failed = {a: t for a, t in self._failed.items() if now - t <= policy.span}
-            self._failed[ip] = time.monotonic()
+            self._failed[ip] = now
             self.limiters.hit_sync(policy, key)
             return
         task = asyncio.get_running_loop().create_task(self.limiters.hit_async(policy, key))

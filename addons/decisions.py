@@ -73,7 +73,8 @@ class Decisions:
         decisions = [list(d) for d in st.decisions]
         lines = [f"{who}: {what}" for who, what in st.decisions]
         # rarely: a decision quoting a credential (or a stage named like one: value() masks the pair)
-        if redact.masks("\n".join(lines)) or not redact.SECRET_NAMES.isdisjoint([who.lower() for who, _ in st.decisions]):
+        if (redact.masks("\n".join(lines))
+                or not redact.SECRET_NAMES.isdisjoint([who.lower() for who, _ in st.decisions])):
             decisions, lines = redact.value(decisions), redact.value(lines)
         flow.metadata[keys.DECISIONS] = decisions
         st.decision_lines = lines

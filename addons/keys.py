@@ -182,7 +182,5 @@ def unanswered(flow: http.HTTPFlow) -> FlowState | None:
 def routed(flow: http.HTTPFlow) -> FlowState | None:
     """The flow's state while it is live, unanswered and has a route, else None: how a route stage's
     request hook starts (`st.route` is then set)."""
-    if flow.response or flow.error or not flow.live:
-        return None
-    st = getattr(flow, _ATTR, None)
+    st = unanswered(flow)
     return st if st is not None and st.route is not None else None

@@ -192,7 +192,7 @@ class Limiters:
             # the fixed window's count comes back from the increment: one key and one storage
             # call per window instead of the strategy's hit plus get_window_stats (three and five)
             hit, now = self._memory.hit, time.time()
-            for item, k, seconds in self._keys.get((policy, key)) or self._windows(policy, key):
+            for item, k, seconds in self._windows(policy, key):
                 count, reset = hit(k, seconds, now)
                 ok = count <= item.amount
                 stats.append((item, ok, (reset, item.amount - count)))
