@@ -41,8 +41,9 @@ class Gateway:
         if isinstance(headers, list):  # (name, value) pairs: a repeated name is two fields
             for k, v in headers:
                 req.headers.add(k, v)
-        for k, v in (headers if isinstance(headers, dict) else {}).items():
-            req.headers[k] = v
+        else:
+            for k, v in (headers or {}).items():
+                req.headers[k] = v
         flow = tflow.tflow(req=req)
         flow.client_conn.peername = (client or "127.0.0.1", 40000)
         if mode is not None:

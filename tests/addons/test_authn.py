@@ -80,12 +80,17 @@ async def idp():
     await runner.cleanup()
 
 
-def config(idp: Idp, upstream: int, jwt_extra: str = "", oauth_extra: str = "") -> str:
+def head(upstream: int) -> str:
+    """A config's first lines: the gateway's listener and the `users` service at `upstream`."""
     return f"""
 version: 1
 gateway: {{listeners: [{{name: public, port: 18080}}]}}
 services:
-  users: {{versions: {{v1: {{endpoints: ["127.0.0.1:{upstream}"]}}}}}}
+  users: {{versions: {{v1: {{endpoints: ["127.0.0.1:{upstream}"]}}}}}}"""
+
+
+def config(idp: Idp, upstream: int, jwt_extra: str = "", oauth_extra: str = "") -> str:
+    return head(upstream) + f"""
 routes:
   - name: jwt
     match: {{path: {{prefix: /jwt/}}}}
@@ -371,11 +376,7 @@ def key_routes(upstream: int) -> str:
     digest = apikeys.digest(KEY)
     other = apikeys.digest(KEY + "-other")
     consumers = f"{{acme: {{key_sha256: {digest}, claims: {{tier: gold}}}}, beta: {{key_sha256: {other}}}}}"
-    return f"""
-version: 1
-gateway: {{listeners: [{{name: public, port: 18080}}]}}
-services:
-  users: {{versions: {{v1: {{endpoints: ["127.0.0.1:{upstream}"]}}}}}}
+    return head(upstream) + f"""
 routes:
   - {{name: plain, match: {{path: {{prefix: /plain/}}}}, forward: {{service: users}}, policies: [plain]}}
   - {{name: keep, match: {{path: {{prefix: /keep/}}}}, forward: {{service: users}}, policies: [keep]}}
@@ -390,7 +391,8 @@ policies:
 
 async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gateway, upstream_app):
     """The one-pass path for a key in a header (`Authn._api_key`) against `authenticate` and
-    `_accept` on the same requests: same answer, decisions, caller and upstream headers."""
+    `_accept` on the same requests: same answer, decisions, caller, upstream headers and the
+    request's header fields in their order."""
     users = await upstream_app("users")
     requests = [
         ("/plain/x", [("x-api-key", KEY)]), ("/plain/x", [("X-API-KEY", KEY)]),
@@ -402,10 +404,11 @@ async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gate
 
     def seen(flow) -> tuple:
         st = keys.get(flow)
-        upstream = [(k, v) for k, v in body(flow).get("headers", {}).items()  # in their order
-                    if k not in ("x-request-id", "traceparent", "x-forwarded-for", "forwarded")]
+        volatile = ("x-request-id", "traceparent", "x-forwarded-for", "forwarded")
+        upstream = [(k, v) for k, v in body(flow).get("headers", {}).items() if k not in volatile]
+        sent = [(k, v) for k, v in flow.request.headers.fields if k.lower().decode() not in volatile]  # in order
         authn_decisions = [what for who, what in st.decisions if who == "authn"]
-        return flow.response.status_code, body(flow).get("error"), upstream, authn_decisions, st.principal
+        return flow.response.status_code, body(flow).get("error"), upstream, sent, authn_decisions, st.principal
 
     async with gateway(key_routes(users)) as gw:
         plans = [r.plan.authn for r in gw.state.snapshot.routes.routes if r.plan.authn is not None]
