@@ -47,6 +47,7 @@ class Sidecared:
     sidecar: procs.Child | None
     announced: float = 0.0  # wall-clock time of the mDNS announcement, from the sidecar's log
     netns: str | None = None  # in a pod: the mesh namespace, from which its sidecar is reached
+    stopping: bool = False  # its sidecar was sent the SIGTERM of a graceful stop (Mesh.begin_stop)
 
     @property
     def name(self) -> str:
@@ -263,9 +264,18 @@ class Mesh:
         self.children[name] = child
         return child
 
+    def begin_stop(self, s: Sidecared) -> None:
+        """A graceful stop's start: SIGTERM to the sidecar, which says goodbye, then drains. Sent
+        once: a second SIGTERM stops a draining sidecar at once (as a second Ctrl-C would), which
+        cuts off the requests still in flight through it."""
+        if not s.stopping:
+            s.stopping = True
+            s.sidecar.proc.send_signal(signal.SIGTERM)
+
     def stop_instance(self, s: Sidecared) -> None:
-        """Graceful: the sidecar says goodbye, drains, exits; then the app stops."""
-        s.sidecar.proc.send_signal(signal.SIGTERM)
+        """Graceful: the sidecar says goodbye, drains, exits; then the app stops. After
+        `begin_stop`, it waits for the stop begun there."""
+        self.begin_stop(s)
         s.sidecar.proc.wait(15)
         s.app.stop()
 

@@ -3,7 +3,6 @@ killing one with SIGKILL, all found (and lost) over mDNS by a gateway that keeps
 
 from __future__ import annotations
 
-import signal
 import time
 
 from .conftest import Load, wait_until
@@ -27,7 +26,7 @@ def test_scale_up_graceful_stop_and_sigkill_under_load(sidecar_mesh):
 
         # graceful stop: goodbye, drain, exit; no request fails
         stopped = time.time()
-        second.sidecar.proc.send_signal(signal.SIGTERM)
+        m.begin_stop(second)
         left = m.wait_instances(2, timeout=1.0)  # the gateway saw the goodbye within 1 s
         assert second.inbound not in {i["address"] for i in left}
         m.stop_instance(second)  # the sidecar drained and exited; now its app goes
