@@ -279,10 +279,15 @@ class Mesh:
         s.sidecar.proc.wait(15)
         s.app.stop()
 
-    def kill_instance(self, s: Sidecared) -> None:
-        """A crash: SIGKILL to the sidecar and the app, no goodbye."""
+    def kill_instance(self, s: Sidecared) -> float:
+        """A crash: SIGKILL to the sidecar and the app, no goodbye. Returns the wall-clock time the
+        sidecar was dead (reaped): a request sent before then may have reached it, even one sent
+        after the signal, since a killed process dies only once the kernel runs it again (its
+        listening socket still takes connections until then)."""
         s.sidecar.kill()
+        dead = time.time()
         s.app.kill()
+        return dead
 
     def registry(self, admin: str | None = None) -> list[dict]:
         with self.reach(admin or self.admin), urllib.request.urlopen((admin or self.admin) + "/status", timeout=5) as r:
