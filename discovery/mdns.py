@@ -121,6 +121,29 @@ zcnet.new_listen_socket = group_listen_socket
 zeroconf._engine.new_listen_socket = group_listen_socket
 
 
+def drop_queued_answers(zc, info: AsyncServiceInfo) -> None:
+    """Take back the answers about `info` that zeroconf has queued but not sent yet.
+
+    zeroconf multicasts an answer to a query 20-120 ms later, and a second later still for records
+    multicast within the last second (RFC 6762 §6, §14): an instance stopped just after a query
+    (a proxy of this or any mesh on the link starting to browse) still owes its answer. zeroconf
+    unregisters a service without taking such answers back, so one sent after the goodbye
+    announced the instance again, with its full TTL, to every browser: callers sent to it until
+    its sidecar exited, and kept it as an unhealthy endpoint after. Call once `info` has left the
+    registry (unregistering removes it at once), so nothing about it can be queued again."""
+    names = {info.key}  # its SRV, TXT and the PTR that points at it
+    if not zc.registry.async_get_infos_server(info.server_key):
+        names.add(info.server_key)  # its address records, unless another service shares the host
+
+    def about(record) -> bool:
+        return record.key in names or getattr(record, "alias_key", None) in names
+
+    for queue in (zc.out_queue, zc.out_delay_queue):  # zeroconf's MulticastOutgoingQueue
+        for group in queue.queue:
+            group.answers = {record: {a for a in additionals if not about(a)}
+                             for record, additionals in group.answers.items() if not about(record)}
+
+
 class MdnsSource(Source):
     """Browses (and optionally announces) `_mitmesh._tcp.local.` on the given interface addresses."""
 
@@ -180,7 +203,9 @@ class MdnsSource(Source):
             self._broadcast = None
         if self.zc is not None and self.announced is not None:
             info, self.announced = self.announced, None
-            await (await self.zc.async_unregister_service(info))
+            goodbye = await self.zc.async_unregister_service(info)
+            drop_queued_answers(self.zc.zeroconf, info)  # so would an answer still queued
+            await goodbye
 
     async def stop(self) -> None:
         await self.withdraw()

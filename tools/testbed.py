@@ -47,6 +47,7 @@ class Sidecared:
     sidecar: procs.Child | None
     announced: float = 0.0  # wall-clock time of the mDNS announcement, from the sidecar's log
     netns: str | None = None  # in a pod: the mesh namespace, from which its sidecar is reached
+    stopping: bool = False  # its sidecar was sent the SIGTERM of a graceful stop (Mesh.begin_stop)
 
     @property
     def name(self) -> str:
@@ -263,16 +264,30 @@ class Mesh:
         self.children[name] = child
         return child
 
+    def begin_stop(self, s: Sidecared) -> None:
+        """A graceful stop's start: SIGTERM to the sidecar, which says goodbye, then drains. Sent
+        once: a second SIGTERM stops a draining sidecar at once (as a second Ctrl-C would), which
+        cuts off the requests still in flight through it."""
+        if not s.stopping:
+            s.stopping = True
+            s.sidecar.proc.send_signal(signal.SIGTERM)
+
     def stop_instance(self, s: Sidecared) -> None:
-        """Graceful: the sidecar says goodbye, drains, exits; then the app stops."""
-        s.sidecar.proc.send_signal(signal.SIGTERM)
+        """Graceful: the sidecar says goodbye, drains, exits; then the app stops. After
+        `begin_stop`, it waits for the stop begun there."""
+        self.begin_stop(s)
         s.sidecar.proc.wait(15)
         s.app.stop()
 
-    def kill_instance(self, s: Sidecared) -> None:
-        """A crash: SIGKILL to the sidecar and the app, no goodbye."""
+    def kill_instance(self, s: Sidecared) -> float:
+        """A crash: SIGKILL to the sidecar and the app, no goodbye. Returns the wall-clock time the
+        sidecar was dead (reaped): a request sent before then may have reached it, even one sent
+        after the signal, since a killed process dies only once the kernel runs it again (its
+        listening socket still takes connections until then)."""
         s.sidecar.kill()
+        dead = time.time()
         s.app.kill()
+        return dead
 
     def registry(self, admin: str | None = None) -> list[dict]:
         with self.reach(admin or self.admin), urllib.request.urlopen((admin or self.admin) + "/status", timeout=5) as r:

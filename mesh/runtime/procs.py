@@ -151,7 +151,18 @@ def wait_log(child: Child, text: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+_handed_out: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on `host` now, and never one this process was given before: the kernel can
+    hand the same free port to two calls (it is free again once the first caller closed its probe),
+    and a sidecar's four ports, drawn one after the other, then collided when bound."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if (host, port) not in _handed_out:
+            break
+    _handed_out.add((host, port))
+    return port

@@ -9,9 +9,11 @@ import secrets
 import time
 
 import pytest
+from zeroconf import DNSOutgoing, DNSQuestion
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
 from discovery import Instance, Registry
-from discovery.mdns import MdnsSource, instance_from_txt, label, txt_record
+from discovery.mdns import SERVICE_TYPE, MdnsSource, instance_from_txt, label, txt_record
 
 
 def props(**kw) -> dict:
@@ -87,4 +89,36 @@ async def test_announce_browse_and_goodbye_on_loopback():
         assert await wait_for(lambda: name not in seen.instances, timeout=1.0) < 1.0
     finally:
         for source in (announcer, browser, stranger):
+            await source.stop()
+
+
+async def test_an_answer_queued_before_the_goodbye_is_not_sent_after_it():
+    """A query answered just before the goodbye: zeroconf holds the answer a second (its records
+    were multicast within the last second) and used to send it after the goodbye, which brought
+    the stopped instance back into every browser for its full TTL."""
+    net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    mesh = f"t-{secrets.token_hex(4)}"
+    announcer, browser = MdnsSource(mesh, [f"{net}.2"]), MdnsSource(mesh, [f"{net}.3"])
+    seen = Registry()
+    events: list[tuple[str, str]] = []
+    seen.subscribe(lambda e: events.append((e.kind, e.instance.name)))
+    await browser.start(seen)
+    await announcer.start(Registry())
+    try:
+        inst = Instance("", "catalog", "v1", f"{net}.2", 15006, source="mdns")
+        name = await announcer.announce(inst, "catalog-1")
+        await wait_for(lambda: name in seen.instances, timeout=3)
+        # a proxy that starts browsing now asks for every instance, as a new sidecar's browser does
+        query = DNSOutgoing(_FLAGS_QR_QUERY)
+        query.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+        browser.zc.zeroconf.async_send(query)
+        delayed = announcer.zc.zeroconf.out_delay_queue.queue
+        await wait_for(lambda: any(group.answers for group in delayed), timeout=1.0)  # owed
+        await announcer.withdraw()
+        await wait_for(lambda: name not in seen.instances, timeout=1.0)
+        await asyncio.sleep(1.5)  # past the moment the held answer was due
+        assert name not in seen.instances, events
+        assert events[-1] == ("remove", name), events
+    finally:
+        for source in (announcer, browser):
             await source.stop()

@@ -3,7 +3,6 @@ killing one with SIGKILL, all found (and lost) over mDNS by a gateway that keeps
 
 from __future__ import annotations
 
-import signal
 import time
 
 from .conftest import Load, wait_until
@@ -27,7 +26,7 @@ def test_scale_up_graceful_stop_and_sigkill_under_load(sidecar_mesh):
 
         # graceful stop: goodbye, drain, exit; no request fails
         stopped = time.time()
-        second.sidecar.proc.send_signal(signal.SIGTERM)
+        m.begin_stop(second)
         left = m.wait_instances(2, timeout=1.0)  # the gateway saw the goodbye within 1 s
         assert second.inbound not in {i["address"] for i in left}
         m.stop_instance(second)  # the sidecar drained and exited; now its app goes
@@ -36,8 +35,8 @@ def test_scale_up_graceful_stop_and_sigkill_under_load(sidecar_mesh):
         assert not [s for s in load.samples if s.instance == "catalog-b" and s.start > stopped + 1.0]
 
         # SIGKILL: no goodbye; liveness takes it out of rotation
-        killed = time.time()
-        m.kill_instance(third)
+        # `killed`: when its sidecar was dead; a request sent until then may have reached it
+        killed = m.kill_instance(third)
         out = wait_until(lambda: [i for i in m.registry() if i["address"] == third.inbound
                                   and i["healthy"] is False], timeout=10)
         assert out and time.time() - killed <= 10
@@ -52,6 +51,6 @@ def test_scale_up_graceful_stop_and_sigkill_under_load(sidecar_mesh):
     def went_to_killed(s) -> bool:
         rid = (s.body or {}).get("request_id")
         return bool(rid) and any(rid in line and third.inbound in line for line in log)
-    assert all(s.start <= killed and went_to_killed(s) for s in failed), failed
+    assert all(s.start <= killed and went_to_killed(s) for s in failed), (killed, failed)
     after = [s for s in samples if s.start > killed]
     assert len(after) > 30 and all(s.status == 200 and s.instance == "catalog-a" for s in after)

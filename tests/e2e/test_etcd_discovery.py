@@ -3,7 +3,6 @@ whatever finds it, graceful stop gone in under a second, SIGKILL gone within the
 
 from __future__ import annotations
 
-import signal
 import time
 
 from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
@@ -30,7 +29,7 @@ def test_etcd_beside_mdns_graceful_stop_and_sigkill(sidecar_mesh, etcd_server):
     assert status["control_plane"]["discovery"]["endpoints"] == [etcd_server.client_url]
 
     # graceful stop: the lease is revoked (and mDNS says goodbye): gone from the gateway < 1 s
-    b.sidecar.proc.send_signal(signal.SIGTERM)
+    m.begin_stop(b)
     sent = time.monotonic()
     wait_until(lambda: not [i for i in m.registry() if i["address"] == b.inbound], timeout=1.0, interval=0.02)
     assert time.monotonic() - sent < 1.0
