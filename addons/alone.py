@@ -11,6 +11,7 @@ load them in the order of addons/chain.py (CORS before authentication before rat
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ FILE = os.path.join(os.getcwd(), "mitmdump options")  # relative paths in option
 _state: MeshState | None = None
 _normalize = Normalize()
 _blocks: dict[tuple[str, str], BaseModel] = {}  # (section, key) → the validated block
+log = logging.getLogger("mitmesh.alone")
 
 
 def state() -> MeshState:
@@ -99,6 +101,11 @@ class Flows(RequestId):
                 b.set(getattr(ctx.options, b.option))
         if state().snapshot is None:
             install()
+
+    def running(self):
+        # mitmdump listens before its watcher loads `-s` scripts: a request that arrives meanwhile
+        # waits for the load. This line is the readiness signal: the script's hooks are in place.
+        log.info(f"{self.name} ready ({', '.join(b.option for b in self.blocks) or 'no options'})")
 
     def requestheaders(self, flow: http.HTTPFlow):
         if keys.get(flow) is not None:  # an earlier script's Flows began it

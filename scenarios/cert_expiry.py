@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import ssl
 import sys
 import threading
@@ -79,11 +80,11 @@ class Prober:
         return ctx
 
     def once(self) -> Probe:
-        at = time.time()
         try:
             conn = http.client.HTTPSConnection(self.host, self.port, context=self._context(), timeout=3)
         except (ssl.SSLError, OSError) as e:
-            return Probe(at, False, f"cannot load the gateway's certificate: {e}")
+            return Probe(time.time(), False, f"cannot load the gateway's certificate: {e}")
+        at = time.time()  # once its files are read: a probe before a renewal presents the old certificate
         try:
             conn.request("GET", "/items/1")  # TLS 1.3: a refused client certificate shows on the first read
             resp = conn.getresponse()
@@ -190,7 +191,9 @@ def run(r: Run) -> Report:
             time.sleep(max(expired - time.time(), 0) + r.pick(3.0, 1.5))
             second = m.start_rotator("rotator-2")
             procs.wait_log(second, "renewed workload certificate")
-            resumed = time.time()
+            # when its first renewed file was written, not when its line was read: the catalog's
+            # sidecar may reload (every 250 ms) and a probe succeed in between
+            resumed = min(os.stat(f).st_mtime for n in ["gateway", "catalog"] for f in pki.workload_paths(certs, n))
             r.say("renewal resumed")
             time.sleep(after)
         finally:

@@ -68,20 +68,40 @@ class Source:
         return Problem(self.file, self.line_of(path), tuple(path), message)
 
 
+# libyaml's parser where PyYAML was built with it: the same nodes and marks as the pure-Python one,
+# 3-10 times faster (2,000 routes: 0.8 s against 2.8 s). A gateway parses its config in the
+# supervisor and again in each worker: the bench's 10,000 routes were most of its start-up.
+_FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
+    """The loader (to construct values with) and the document's root node; a syntax error is
+    reported as the pure-Python parser words it (what it expected, and where)."""
+    if _FAST is not yaml.SafeLoader:
+        loader = _FAST(text)
+        try:
+            return loader, loader.get_single_node()
+        except yaml.YAMLError:
+            loader.dispose()  # parsed again below, for the message
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader, loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        loader.dispose()
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([Problem(file, line, (), f"invalid YAML: {e.problem or e}")]) from None
+    except yaml.YAMLError as e:
+        loader.dispose()
+        raise ConfigError([Problem(file, 1, (), f"invalid YAML: {e}")]) from None
+
+
 def parse(text: str, file: str) -> Source:
     """Parse YAML text; raises ConfigError for syntax errors and duplicate keys."""
-    loader = yaml.SafeLoader(text)
+    loader, node = _compose(text, file)
     src = Source(file, None)
     problems: list[Problem] = []
     try:
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = mark.line + 1 if mark else 1
-            raise ConfigError([Problem(file, line, (), f"invalid YAML: {e.problem or e}")]) from None
-        except yaml.YAMLError as e:
-            raise ConfigError([Problem(file, 1, (), f"invalid YAML: {e}")]) from None
         if node is None:
             src.data = {}
             return src

@@ -60,6 +60,10 @@ def mitmdump(demo, tmp: Path, *scripts: str, **options: str):
     child = procs.spawn("mitmdump", argv, log_dir=tmp, cwd=str(tmp))
     try:
         procs.wait_ports(child, [("127.0.0.1", port)])
+        # listening is not ready: mitmdump loads `-s` scripts after it binds (a request meanwhile
+        # waits for the load, seconds on a loaded machine); each script says when it is in place
+        for script in scripts:
+            procs.wait_log(child, f"mitmesh-alone-{script} ready")
         yield f"http://127.0.0.1:{port}", child
     finally:
         child.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mesh.config import ConfigError, load, load_block, load_text, schema
 from tests.conftest import BASE, dedent
@@ -91,6 +92,26 @@ def test_duplicate_keys_are_errors():
 def test_yaml_syntax_error_has_a_line():
     found = errors("gateway:\n  listeners: [\n")
     assert len(found) == 1 and found[0].startswith("mesh.yaml:3: invalid YAML")
+
+
+def test_libyaml_and_pure_python_parsers_give_the_same_values_and_lines(monkeypatch):
+    """The config is parsed with libyaml where PyYAML has it (much faster on a large config); the
+    values and the line of every key are the pure-Python parser's, anchors and merge keys too."""
+    from mesh.config import source
+    if source._FAST is yaml.SafeLoader:
+        pytest.skip("this PyYAML was built without libyaml")
+    text = (ROOT / "mesh.yaml").read_text() + dedent("""
+    x-defaults: &defaults {timeout: {request: 2s}, 'quoted: key': [1, 2.5, true, null, "s"]}
+    x-merged:
+      <<: *defaults
+      extra: |
+        two
+        lines
+    """)
+    fast = source.parse(text, "mesh.yaml")
+    monkeypatch.setattr(source, "_FAST", yaml.SafeLoader)
+    slow = source.parse(text, "mesh.yaml")
+    assert fast.data == slow.data and fast.lines == slow.lines and len(fast.lines) > 100
 
 
 def test_policy_kinds_conflict_and_durations():
