@@ -191,7 +191,8 @@ class MdnsSource(Source):
         )
         # The label is unique by construction (mesh, address and port are hashed into it), so the
         # 0.75 s of uniqueness probing would only delay the first request the instance can take.
-        # the first announcement is out when this returns; its two repeats follow in the background
+        # registered when this returns; the task it returns sends the announcement from the next loop
+        # turn (after the caller's "announced" line), then its two repeats
         self._broadcast = await self.zc.async_register_service(info, cooperating_responders=True)
         self.announced = info
         return name
