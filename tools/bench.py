@@ -186,12 +186,21 @@ class PolicyRuns:
         runs = getattr(self, what)
         return sum(runs["policies"]) / sum(runs["bare"])
 
-    def paired(self, what: str = "cpu") -> float:
-        """The median of each round's ratio (its two runs back to back): this machine's speed steps
-        by 15-70 % from one run of seconds to the next (docs/performance.md §9), which a sum over
-        rounds carries into the ratio and a median of pairs leaves out."""
+    def pairs(self, what: str = "cpu") -> list[float]:
+        """Each round's own ratio, policies over bare (its two runs back to back)."""
         runs = getattr(self, what)
-        return statistics.median(p / b for p, b in zip(runs["policies"], runs["bare"]) if b)
+        return [p / b for p, b in zip(runs["policies"], runs["bare"]) if b]
+
+    def paired(self, what: str = "cpu") -> float:
+        """The median of each round's ratio: this machine's speed steps by 15-70 % from one run of
+        seconds to the next (docs/performance.md §9), which a sum over rounds carries into the
+        ratio and a median of pairs leaves out."""
+        return statistics.median(self.pairs(what))
+
+    def figures(self) -> str:
+        """The `name=value` figures `mitmesh bench` ends with."""
+        return (f"policies_vs_bare={self.ratio():.2f} policies_cpu_vs_bare={self.ratio('cpu'):.2f} "
+                f"policies_cpu_vs_bare_paired={self.paired():.2f}")
 
 
 def policies_vs_bare(wrk: Wrk, policies: str, bare: str, args, pids: list[int]) -> PolicyRuns:
@@ -221,7 +230,7 @@ def policies_sentence(runs: PolicyRuns) -> str:
     return (f"The demo's policies (API key, rate limit) against a bare route on the same 1-worker gateway "
             f"({n} interleaved round{'s' if n > 1 else ''}): {runs.ratio():.2f}x the throughput, "
             f"{runs.ratio('cpu'):.2f}x the worker CPU per request (median of the rounds' pairs "
-            f"{runs.paired():.2f}x: {', '.join(f'{p / b:.2f}' for p, b in zip(runs.cpu['policies'], runs.cpu['bare']) if b)})")
+            f"{runs.paired():.2f}x: {', '.join(f'{r:.2f}' for r in runs.pairs())})")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -536,9 +545,7 @@ class Bench:
             url, gw = self.gateway("gateway-1", svc, 1)
             policy = self.policies(url, children_of(gw.pid))
             print(policies_sentence(policy))
-            print(f"policies_vs_bare={policy.ratio():.2f} policies_cpu_vs_bare={policy.ratio('cpu'):.2f} "
-                  f"policies_cpu_vs_bare_paired={policy.paired():.2f}"
-                  + (" WARNING: failed requests" if policy.errors else ""), flush=True)
+            print(policy.figures() + (" WARNING: failed requests" if policy.errors else ""), flush=True)
             return 0
         results: dict[str, Result] = {}
         results["direct"] = measure("direct (demo service)", f"http://127.0.0.1:{svc}/items/1", self.wrk, args)
@@ -655,8 +662,7 @@ class Bench:
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f} "
-              f"policies_vs_bare={policy.ratio():.2f} policies_cpu_vs_bare={policy.ratio('cpu'):.2f} "
-              f"policies_cpu_vs_bare_paired={policy.paired():.2f}"
+              + policy.figures()
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 and sum(h1) > 0 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)
