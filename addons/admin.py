@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from mesh.runtime import admin, sockets
+from mesh.runtime import admin, deferred, sockets
 from mesh.security import redact
 from mesh.runtime.admin import AdminServer, json_reply, prometheus_targets
 from mesh.core.state import MeshState
@@ -41,10 +41,12 @@ class Admin:
 
     def _modules(self, method: str, query: str):
         """What this process imported (a proxy imports only the features its config uses:
-        docs/performance.md) and what it holds, from /proc/self/smaps_rollup."""
-        names = sorted(n for n, m in list(sys.modules.items()) if m is not None)
+        docs/performance.md) and what it holds, from /proc/self/smaps_rollup; `deferred`: the
+        modules imported but not run yet (mesh/runtime/deferred.py), not in `modules`."""
+        waiting = deferred.pending()
+        names = sorted(n for n, m in list(sys.modules.items()) if m is not None and n not in waiting)
         return json_reply({"role": self.role, "pid": os.getpid(), "count": len(names),
-                           "memory_kb": memory_kb(), "modules": names})
+                           "memory_kb": memory_kb(), "modules": names, "deferred": waiting})
 
     def _targets(self, method: str, query: str):
         snap = self.state.snapshot

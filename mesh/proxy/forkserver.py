@@ -51,9 +51,9 @@ def preload_functions() -> None:
 
 
 def preload() -> None:
-    from mesh.proxy.worker import _lean_addons_package
+    from mesh.proxy.worker import lean
 
-    _lean_addons_package()  # as a worker does: only the mitmproxy addons the lean runtime uses
+    lean()  # as a worker does: only the mitmproxy addons the lean runtime uses, deferred modules
     # a child runs mesh.proxy.worker as __main__, as `python -m` would: not an imported copy of it
     del sys.modules["mesh.proxy.worker"]
     del sys.modules["mesh.proxy"].worker

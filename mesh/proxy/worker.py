@@ -3,8 +3,10 @@
 `mitmproxy/addons/__init__.py` imports all ~50 default addons (flask, the web UI, ...) whenever any
 one addon module is imported; the lean runtime uses five. Registering the package without running
 its `__init__` lets those five load alone: a worker starts in 1.2 s of CPU instead of 1.8 s and
-holds 12 MB less, which counts for sidecars, one per service instance. Only worker processes do
-this (tests and mitmdump import mitmproxy normally).
+holds 12 MB less, which counts for sidecars, one per service instance. The modules mitmproxy and
+its libraries import but a proxy seldom runs (pyparsing and the filter grammar, ruamel.yaml, codecs,
+...) are deferred until first used (mesh/runtime/deferred.py): ~8 MB less again. Only worker
+processes and the fork server do this (tests and mitmdump import mitmproxy normally).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import importlib.util
 import os
 import sys
 import types
+
+from mesh.runtime import deferred
 
 
 def _lean_addons_package() -> None:
@@ -27,8 +31,14 @@ def _lean_addons_package() -> None:
     sys.modules["mitmproxy.addons"] = package
 
 
-if __name__ == "__main__":
+def lean() -> None:
+    """Before mitmproxy is imported: its addons package without its `__init__`, and the deferred modules."""
     _lean_addons_package()
+    deferred.install()
+
+
+if __name__ == "__main__":
+    lean()
     from mesh.proxy import master as runtime
 
     sys.exit(runtime.main())
