@@ -697,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="measure only the direct service and the two engines (fast_vs_standard=...)")
     p.add_argument("--footprint-only", action="store_true",
                    help="measure only the sidecar footprint: sidecar_private_mb, sidecar_start_ms, "
-                        "standalone_sidecar_rss_mb, standalone_sidecar_rss_cold_mb (docs/performance.md)")
+                        "standalone_sidecar_rss_mb, standalone_sidecar_anon_mb (docs/performance.md)")
     bench = Bench(p.parse_args(argv))
     try:
         return bench.run()

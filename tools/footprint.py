@@ -5,11 +5,10 @@ sidecars forked from one fork server, after each served requests: what one more 
 rest being shared with the fork server. sidecar_start_ms: from the fork request to the first answer
 of the sidecar's admin listener. standalone_sidecar_rss_mb: the RSS of a sidecar started as its own
 Python (`MITMESH_FORK_SERVER=0`, what `mitmesh sidecar` execs), after the same requests;
-standalone_sidecar_rss_cold_mb: the same after dropping the page cache of the libraries it maps, so
-it reads them from disk as it touches them. RSS counts the clean file pages the kernel maps when a
-page is touched, and how many depends on how the cache holds the file: right after `pip install`
-wrote the libraries (large folios) the same process has ~7 MB more of them than with the cache
-dropped (docs/performance.md §11). The cold figure does not depend on the machine's history.
+standalone_sidecar_anon_mb: the anonymous part of that RSS, what the process itself allocated. The
+rest is clean pages of the libraries it maps, and how many of those the kernel maps for the same
+process depends on how the page cache holds the files: ~28 MB in a long-used venv, ~35 MB right
+after `pip install` wrote them (docs/performance.md §11).
 """
 
 from __future__ import annotations
@@ -109,10 +108,7 @@ class Footprint:
             cpu = [cpu_ms(c.pid) for c, _ in forked]
             base = smaps(server.child.pid)
             procs.stop_all([c for c, _ in forked])
-            server.close()  # nothing else of ours maps the libraries while the standalone ones run
-            cached = self.standalone(SIDECARS)
-            dropped = drop_page_cache(cached["files"])
-            cold = self.standalone(SIDECARS + 1)
+            alone = self.standalone(SIDECARS)
         finally:
             procs.stop_all(self.children)
             server.close()
@@ -123,48 +119,22 @@ class Footprint:
               f"{max(private):.1f}), started in {sm:.0f} ms (median; {min(starts):.0f}-{max(starts):.0f}; fork "
               f"request to the admin listener's first answer), {statistics.median(cpu):.0f} ms of CPU each "
               f"(median, start and {REQUESTS} requests)", flush=True)
-        for what, run in (("page cache as found", cached), (f"its {dropped} libraries read from disk", cold)):
-            print(f"  standalone sidecar (no fork server), {what}: RSS {run['rss']:.1f} MiB ({run['file']:.1f} of "
-                  f"it file pages), private {run['private']:.1f} MiB, started in {run['ms']:.0f} ms, "
-                  f"{run['cpu']:.0f} ms of CPU", flush=True)
+        print(f"  standalone sidecar (no fork server): RSS {alone['rss']:.1f} MiB ({alone['anon']:.1f} anonymous, "
+              f"{alone['rss'] - alone['anon']:.1f} pages of the libraries it maps), private {alone['private']:.1f} MiB, "
+              f"started in {alone['ms']:.0f} ms, {alone['cpu']:.0f} ms of CPU", flush=True)
         return (f"sidecar_private_mb={pm:.1f} sidecar_start_ms={sm:.0f} "
-                f"standalone_sidecar_rss_mb={cached['rss']:.1f} standalone_sidecar_rss_cold_mb={cold['rss']:.1f}")
+                f"standalone_sidecar_rss_mb={alone['rss']:.1f} standalone_sidecar_anon_mb={alone['anon']:.1f}")
 
     def standalone(self, i: int) -> dict:
-        """A sidecar without the fork server, after REQUESTS requests: its memory, start, and the
-        files it maps."""
+        """A sidecar without the fork server, after REQUESTS requests: its memory and start."""
         child, ms, inbound = self.start(i, None)
         try:
             for _ in range(REQUESTS):
                 urllib.request.urlopen(inbound, timeout=10).read()
             m = smaps(child.pid)
-            return {"rss": m["Rss"] / 1024, "file": (m["Rss"] - m["Anonymous"]) / 1024, "private": private_mb(child.pid),
-                    "ms": ms, "cpu": cpu_ms(child.pid), "files": mapped_files(child.pid)}
+            return {"rss": m["Rss"] / 1024, "anon": m["Anonymous"] / 1024, "private": private_mb(child.pid),
+                    "ms": ms, "cpu": cpu_ms(child.pid)}
         finally:
             procs.stop_all([child])
             self.children.remove(child)
 
-
-def mapped_files(pid: int) -> list[str]:
-    """The regular files (libraries, extension modules) process `pid` maps."""
-    found = set()
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/") and os.path.isfile(parts[5]):
-            found.add(parts[5])
-    return sorted(found)
-
-
-def drop_page_cache(files: list[str]) -> int:
-    """Drop the cached pages of `files` that no process maps (POSIX_FADV_DONTNEED: clean pages only,
-    nothing is lost; pages other processes map stay). How many files it was asked for."""
-    for path in files:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    return len(files)

@@ -6,7 +6,7 @@ as text and filter expressions; ruamel.yaml for option files; service_identity (
 for QUIC certificates; the brotli and zstd codecs; bcrypt for encrypted SSH keys; html, pprint and
 mimetypes for error pages, debug output and multipart forms; ifaddr for IPv6 interfaces. A proxy
 runs none of them unless a request or a user asks (a recording with a filter, a brotli body), yet
-building them cost every proxy ~8 MB of memory and ~0.1 s of CPU at start (docs/performance.md §11).
+building them cost every proxy ~8 MB of memory and ~0.2 s of CPU at start (docs/performance.md §11).
 
 `install()` (proxy workers and the fork server only, before mitmproxy is imported) makes `import X`
 of a name in DEFERRED bind a `Deferred` module: the real module runs at the first read of any of its
@@ -44,8 +44,13 @@ DEFERRED: dict[str, tuple[str, ...]] = {
     "ifaddr": (),
 }
 
+# what the import system reads from a module it is still making (and `hasattr(m, "__path__")`
+# from anyone asking whether a module is a package): answered by the stub, never running it
+_PROBED = frozenset(("__file__", "__cached__", "__path__"))
+
 _lock = threading.RLock()
 _running: set[str] = set()  # names the finder leaves to the real import while they run
+_ran: dict[str, types.ModuleType] = {}  # name -> the real module, once run
 
 
 class Deferred(types.ModuleType):
@@ -57,16 +62,14 @@ class Deferred(types.ModuleType):
         return getattr(run(self), name)
 
 
-# what the import system reads from a module it is still making (and `hasattr(m, "__path__")`
-# from anyone asking whether a module is a package): answered by the stub, never running it
-_PROBED = frozenset(("__file__", "__cached__", "__path__"))
-
-
 def run(module: types.ModuleType) -> types.ModuleType:
     """The real module behind `module` (itself when it is not deferred), run once."""
     if not isinstance(module, Deferred):
         return module
     name = module.__name__
+    real = _ran.get(name)
+    if real is not None:
+        return real
     with _lock:
         real = sys.modules.get(name)
         if real is module or real is None:
@@ -80,6 +83,7 @@ def run(module: types.ModuleType) -> types.ModuleType:
             finally:
                 _running.discard(name)
         module.__dict__.update(real.__dict__)  # later reads of the stub are plain reads
+        _ran[name] = real
         return real
 
 

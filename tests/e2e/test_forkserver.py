@@ -236,7 +236,7 @@ def test_bench_footprint_only_prints_its_figures():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     last = out.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"sidecar_private_mb=[\d.]+ sidecar_start_ms=\d+ standalone_sidecar_rss_mb=[\d.]+ standalone_sidecar_rss_cold_mb=[\d.]+", last), last
+    assert re.fullmatch(r"sidecar_private_mb=[\d.]+ sidecar_start_ms=\d+ standalone_sidecar_rss_mb=[\d.]+ standalone_sidecar_anon_mb=[\d.]+", last), last
 
 
 def test_up_outlives_its_fork_server_and_learns_of_a_sidecar_exit(tmp_path):
