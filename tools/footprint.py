@@ -137,4 +137,3 @@ class Footprint:
         finally:
             procs.stop_all([child])
             self.children.remove(child)
-
