@@ -5,7 +5,8 @@ one addon module is imported; the lean runtime uses five. Registering the packag
 its `__init__` lets those five load alone: a worker starts in 1.2 s of CPU instead of 1.8 s and
 holds 12 MB less, which counts for sidecars, one per service instance. The modules mitmproxy and
 its libraries import but a proxy seldom runs (pyparsing and the filter grammar, ruamel.yaml, codecs,
-...) are deferred until first used (mesh/runtime/deferred.py): ~8 MB less again. Only worker
+the QUIC and HTTP/3 layers with aioquic, mitmproxy_rs, ...) are deferred until first used
+(mesh/runtime/deferred.py): ~13 MB less again. Only worker
 processes and the fork server do this (tests and mitmdump import mitmproxy normally).
 """
 

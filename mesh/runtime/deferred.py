@@ -4,14 +4,19 @@ mitmproxy and its libraries import, at their top, modules that only some paths u
 (with unittest, difflib and html.entities) and the filter grammar built with it, for commands typed
 as text and filter expressions; ruamel.yaml for option files; service_identity (with attrs and idna)
 for QUIC certificates; the brotli and zstd codecs; bcrypt for encrypted SSH keys; html, pprint and
-mimetypes for error pages, debug output and multipart forms; ifaddr for IPv6 interfaces. A proxy
-runs none of them unless a request or a user asks (a recording with a filter, a brotli body), yet
-building them cost every proxy ~8 MB of memory and ~0.2 s of CPU at start (docs/performance.md §11).
+mimetypes for error pages, debug output and multipart forms; ifaddr for IPv6 interfaces; the QUIC
+and HTTP/3 layers, with aioquic and pylsqpack, for QUIC traffic; mitmproxy_rs (an 8 MB extension)
+for UDP, WireGuard, local and TUN modes. A proxy runs none of them unless a request or a user asks
+(a recording with a filter, a brotli body, a QUIC listener), yet building them cost every proxy
+~13 MB of memory and ~0.2 s of CPU at start (docs/performance.md §11).
 
 `install()` (proxy workers and the fork server only, before mitmproxy is imported) makes `import X`
 of a name in DEFERRED bind a `Deferred` module: the real module runs at the first read of any of its
 attributes, under a lock and with the exceptions its import would raise, and the stub then holds its
-namespace. A module that is not installed still fails at the import (so `try: import X except
+namespace. Names other modules take from it at their import get stand-ins: a forwarding function
+(DEFERRED) or a stand-in class (CLASSES) that `isinstance` can be asked about without running the
+module. Importing a submodule of a deferred package runs the package first, as a real import does.
+A module that is not installed still fails at the import (so `try: import X except
 ImportError` still works); one whose code fails, at its first use. PEP 690 proposed this for every
 import; here it is a short list, each checked by tests/mesh/test_deferred.py.
 """
@@ -42,6 +47,21 @@ DEFERRED: dict[str, tuple[str, ...]] = {
     "pprint": (),
     "mimetypes": (),
     "ifaddr": (),
+    "mitmproxy.proxy.layers.quic": ("quic_parse_client_hello_from_datagrams",),
+    "mitmproxy.proxy.layers.http._http3": (),
+    "mitmproxy_rs": (),
+}
+
+# name -> the classes other modules take by name: each gets a stand-in class (`_DeferredClass`)
+# that runs the module when called or read from, and answers isinstance() without running it while
+# no instance can exist (mitmproxy's HTTP layer and next_layer take QUIC's and HTTP/3's layers)
+CLASSES: dict[str, tuple[str, ...]] = {
+    "mitmproxy.proxy.layers.quic": (
+        "QuicStreamEvent", "ClientQuicLayer", "QuicStreamLayer", "RawQuicLayer", "ServerQuicLayer"),
+    "mitmproxy.proxy.layers.http._http3": ("Http3Client", "Http3Server"),
+    # mitmproxy's server reads `mitmproxy_rs.Stream` in annotations and checks each listener
+    # against the UDP and WireGuard servers (a name with a dot is in a submodule)
+    "mitmproxy_rs": ("Stream", "udp.UdpServer", "wireguard.WireGuardServer"),
 }
 
 # what the import system reads from a module it is still making (and `hasattr(m, "__path__")`
@@ -96,6 +116,76 @@ def _forwarder(module: Deferred, attribute: str) -> Callable[..., Any]:
     return forward
 
 
+class _DeferredClass(type):
+    """A class taken by name from a deferred module. Calling it or reading an attribute it lacks
+    (not a dunder) runs the module. `isinstance` and `issubclass` run it only when the object's
+    class could come from it (a class of that module or its submodules in its MRO): until the
+    module has run, no instance of its classes can exist."""
+
+    _module: Deferred
+    _name: str
+
+    def real(cls) -> type:
+        found: Any = run(cls._module)
+        for part in cls._name.split("."):
+            found = getattr(found, part)
+        return found
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return cls.real()(*args, **kwargs)
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            # typing's probes (`__origin__`, `__args__`, ...) from a union's repr
+            raise AttributeError(name)
+        return getattr(cls.real(), name)
+
+    def _may_be(cls, klass: type) -> bool:
+        name = cls._module.__name__
+        return name in _ran or any(
+            c.__module__ == name or (c.__module__ or "").startswith(name + ".") for c in klass.__mro__)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return cls._may_be(type(obj)) and isinstance(obj, cls.real())
+
+    def __subclasscheck__(cls, klass: type) -> bool:
+        return cls._may_be(klass) and issubclass(klass, cls.real())
+
+
+class _Submodule:
+    """A submodule of a deferred module, holding stand-in classes; anything else read runs it."""
+
+    def __init__(self, module: Deferred, name: str) -> None:
+        self.__name = f"{module.__name__}.{name}"
+        self.__module = module
+        self.__part = name
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(getattr(run(self.__module), self.__part), name)
+
+    def __repr__(self) -> str:
+        return f"<deferred submodule {self.__name}>"
+
+
+def _class_forwarder(module: Deferred, name: str) -> type:
+    owner, _, short = name.rpartition(".")
+    return _DeferredClass(short, (), {
+        "_module": module, "_name": name, "__module__": f"{module.__name__}{'.' if owner else ''}{owner}",
+        "__qualname__": short,
+        "__doc__": f"{module.__name__}.{name}, run at its first use (mesh/runtime/deferred.py)"})
+
+
+def _bind_class(module: Deferred, name: str) -> None:
+    owner, _, short = name.rpartition(".")
+    holder: Any = module
+    if owner:  # one level of submodule is all mitmproxy needs
+        holder = module.__dict__.get(owner) or _Submodule(module, owner)
+        setattr(module, owner, holder)
+    setattr(holder, short, _class_forwarder(module, name))
+
+
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return Deferred(spec.name)
@@ -104,10 +194,38 @@ class _Loader(importlib.abc.Loader):
         assert isinstance(module, Deferred)
         for attribute in DEFERRED[module.__name__]:
             setattr(module, attribute, _forwarder(module, attribute))
+        for name in CLASSES.get(module.__name__, ()):
+            _bind_class(module, name)
+
+
+class _Present(importlib.abc.Loader):
+    """Hands the import system a module its package made while it ran (mitmproxy_rs's submodules
+    have no file), as it was: the import system's own `__spec__` and `__loader__` are undone."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.was = {k: module.__dict__[k] for k in ("__spec__", "__loader__") if k in module.__dict__}
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        for key in ("__spec__", "__loader__"):
+            if key in self.was:
+                setattr(module, key, self.was[key])
+            else:
+                module.__dict__.pop(key, None)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        parent = sys.modules.get(name.rpartition(".")[0])
+        if isinstance(parent, Deferred):
+            # a submodule of a deferred package: the package runs first, as a real import does
+            run(parent)
+            if name in sys.modules:
+                return importlib.machinery.ModuleSpec(name, _Present(sys.modules[name]))
+            return None
         if name not in DEFERRED or name in _running:
             return None
         for finder in sys.meta_path:
