@@ -199,12 +199,18 @@ class _Loader(importlib.abc.Loader):
 
 
 class _Present(importlib.abc.Loader):
-    """Hands the import system a module its package made while it ran (mitmproxy_rs's submodules
-    have no file), as it was: the import system's own `__spec__` and `__loader__` are undone."""
+    """Hands the import system a submodule its package made while it ran, as it was. The import
+    system, finding the name made meanwhile, would load the module again from its own `__spec__`
+    (a second copy of a file module, with classes of its own) unless that is None: `hand_over`
+    clears it, and `exec_module` puts it back, with `__loader__`."""
 
     def __init__(self, module: types.ModuleType) -> None:
         self.module = module
         self.was = {k: module.__dict__[k] for k in ("__spec__", "__loader__") if k in module.__dict__}
+
+    def hand_over(self) -> importlib.machinery.ModuleSpec:
+        self.module.__spec__ = None
+        return importlib.machinery.ModuleSpec(self.module.__name__, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return self.module
@@ -223,9 +229,8 @@ class _Finder(importlib.abc.MetaPathFinder):
         if isinstance(parent, Deferred):
             # a submodule of a deferred package: the package runs first, as a real import does
             run(parent)
-            if name in sys.modules:
-                return importlib.machinery.ModuleSpec(name, _Present(sys.modules[name]))
-            return None
+            made = sys.modules.get(name)  # by the package (mitmproxy_rs's have no file)
+            return _Present(made).hand_over() if made is not None else None
         if name not in DEFERRED or name in _running:
             return None
         for finder in sys.meta_path:

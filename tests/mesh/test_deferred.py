@@ -166,6 +166,25 @@ def test_each_deferred_module_runs_at_its_first_use_and_works():
                    "udp": ["ping", True, True], "rs_submodule": True, "pending": [], "same": True, "real": ["module"]}
 
 
+def test_a_submodule_imported_first_runs_its_deferred_package_once():
+    """`import pkg.sub` of a deferred package runs the package, which imports `sub` itself: the
+    import then hands over that module, not a second copy with classes of its own."""
+    out = fresh(WORKER_IMPORTS, """
+        from mitmproxy.proxy.layers import http
+        import mitmproxy.proxy.layers.quic._events as events
+        from mitmproxy.proxy.layers import quic
+        event = events.QuicStreamDataReceived(None, 0, b"x", False)
+        print(json.dumps({
+            "one_module": sys.modules["mitmproxy.proxy.layers.quic._events"] is events,
+            "one_class": quic.QuicStreamEvent is events.QuicStreamEvent,
+            "isinstance": isinstance(event, http.QuicStreamEvent),
+            "spec": events.__spec__.origin.rsplit("/", 1)[1],
+            "package_ran": "mitmproxy.proxy.layers.quic" not in deferred.pending()}))
+    """)
+    assert out == {"one_module": True, "one_class": True, "isinstance": True, "spec": "_events.py",
+                   "package_ran": True}
+
+
 def test_a_deferred_module_that_fails_raises_at_each_use_as_an_import_would(tmp_path):
     (tmp_path / "boom.py").write_text("raise RuntimeError('boom at import')\n")
     out = fresh("""
