@@ -37,9 +37,9 @@ def smaps(pid: int) -> dict[str, int]:
     return out
 
 
-def private_mb(pid: int) -> float:
-    m = smaps(pid)
-    return (m["Private_Clean"] + m["Private_Dirty"]) / 1024
+def private_mb(rollup: dict[str, int]) -> float:
+    """The private part of a `smaps` reading, in MB."""
+    return (rollup["Private_Clean"] + rollup["Private_Dirty"]) / 1024
 
 
 def cpu_ms(pid: int) -> float:
@@ -104,7 +104,7 @@ class Footprint:
             for _, inbound in forked:
                 for _ in range(REQUESTS):
                     urllib.request.urlopen(inbound, timeout=10).read()
-            private = [private_mb(c.pid) for c, _ in forked]
+            private = [private_mb(smaps(c.pid)) for c, _ in forked]
             cpu = [cpu_ms(c.pid) for c, _ in forked]
             base = smaps(server.child.pid)
             procs.stop_all([c for c, _ in forked])
@@ -132,7 +132,7 @@ class Footprint:
             for _ in range(REQUESTS):
                 urllib.request.urlopen(inbound, timeout=10).read()
             m = smaps(child.pid)
-            return {"rss": m["Rss"] / 1024, "anon": m["Anonymous"] / 1024, "private": private_mb(child.pid),
+            return {"rss": m["Rss"] / 1024, "anon": m["Anonymous"] / 1024, "private": private_mb(m),
                     "ms": ms, "cpu": cpu_ms(child.pid)}
         finally:
             procs.stop_all([child])
