@@ -6,8 +6,8 @@ its `__init__` lets those five load alone: a worker starts in 1.2 s of CPU inste
 holds 12 MB less, which counts for sidecars, one per service instance. The modules mitmproxy and
 its libraries import but a proxy seldom runs (pyparsing and the filter grammar, ruamel.yaml, codecs,
 the QUIC and HTTP/3 layers with aioquic, mitmproxy_rs, ...) are deferred until first used
-(mesh/runtime/deferred.py): ~13 MB less again. Only worker
-processes and the fork server do this (tests and mitmdump import mitmproxy normally).
+(mesh/runtime/deferred.py): ~13 MB less again. Only worker processes and the fork server do this
+(tests and mitmdump import mitmproxy normally).
 """
 
 from __future__ import annotations

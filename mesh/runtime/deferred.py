@@ -169,21 +169,18 @@ class _Submodule:
         return f"<deferred submodule {self.__name}>"
 
 
-def _class_forwarder(module: Deferred, name: str) -> type:
-    owner, _, short = name.rpartition(".")
-    return _DeferredClass(short, (), {
-        "_module": module, "_name": name, "__module__": f"{module.__name__}{'.' if owner else ''}{owner}",
-        "__qualname__": short,
-        "__doc__": f"{module.__name__}.{name}, run at its first use (mesh/runtime/deferred.py)"})
-
-
 def _bind_class(module: Deferred, name: str) -> None:
+    """A stand-in for the class `name` of `module` (`sub.Class`: of its submodule `sub`), bound
+    where the real one will be."""
     owner, _, short = name.rpartition(".")
     holder: Any = module
     if owner:  # one level of submodule is all mitmproxy needs
         holder = module.__dict__.get(owner) or _Submodule(module, owner)
         setattr(module, owner, holder)
-    setattr(holder, short, _class_forwarder(module, name))
+    setattr(holder, short, _DeferredClass(short, (), {
+        "_module": module, "_name": name, "__module__": f"{module.__name__}{'.' if owner else ''}{owner}",
+        "__qualname__": short,
+        "__doc__": f"{module.__name__}.{name}, run at its first use (mesh/runtime/deferred.py)"}))
 
 
 class _Loader(importlib.abc.Loader):
