@@ -142,8 +142,8 @@ class _DeferredClass(type):
 
     def _may_be(cls, klass: type) -> bool:
         name = cls._module.__name__
-        return name in _ran or any(
-            c.__module__ == name or (c.__module__ or "").startswith(name + ".") for c in klass.__mro__)
+        inside = name + "."  # the module itself or one of its submodules
+        return name in _ran or any(f"{c.__module__}.".startswith(inside) for c in klass.__mro__)
 
     def __instancecheck__(cls, obj: Any) -> bool:
         return cls._may_be(type(obj)) and isinstance(obj, cls.real())
@@ -178,8 +178,8 @@ def _bind_class(module: Deferred, name: str) -> None:
         holder = module.__dict__.get(owner) or _Submodule(module, owner)
         setattr(module, owner, holder)
     setattr(holder, short, _DeferredClass(short, (), {
-        "_module": module, "_name": name, "__module__": f"{module.__name__}{'.' if owner else ''}{owner}",
-        "__qualname__": short,
+        "_module": module, "_name": name, "__qualname__": short,
+        "__module__": f"{module.__name__}.{owner}" if owner else module.__name__,
         "__doc__": f"{module.__name__}.{name}, run at its first use (mesh/runtime/deferred.py)"}))
 
 
@@ -203,7 +203,8 @@ class _Present(importlib.abc.Loader):
 
     def __init__(self, module: types.ModuleType) -> None:
         self.module = module
-        self.was = {k: module.__dict__[k] for k in ("__spec__", "__loader__") if k in module.__dict__}
+        self.was = {k: module.__dict__[k] for k in ("__spec__", "__loader__")
+                    if k in module.__dict__}
 
     def hand_over(self) -> importlib.machinery.ModuleSpec:
         self.module.__spec__ = None
