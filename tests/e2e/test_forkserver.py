@@ -179,8 +179,11 @@ def test_a_dead_fork_server_takes_no_proxy_down_and_is_restarted(tmp_path, catal
     ports = {k: procs.free_port() for k in ("port", "tls_port", "admin")}
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(yaml.safe_dump(_config(catalogs, certs=certs, **ports)))
+    # TMPDIR: the supervisor's run directory (Prometheus files, flow rings) lands in tmp_path, as
+    # the SIGKILL below leaves it behind
     gw = procs.spawn("gateway", [procs.tool("mitmesh"), "gateway", "--config", str(cfg), "--workers", "2",
-                                 "--verbosity", "warn"], log_dir=tmp_path)
+                                 "--verbosity", "warn"],
+                     log_dir=tmp_path, env={"TMPDIR": str(tmp_path)})
     seen: set[int] = set()
     try:
         procs.wait_log(gw, "gateway ready", timeout=90)
