@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
@@ -18,6 +19,9 @@ from OpenSSL import SSL
 from mesh.security import pki
 
 T = TypeVar("T")
+# how long a first load that fails waits for its files to change: `certs rotate` replaces a key a
+# moment before its certificate, and a load between the two finds a pair that does not match
+SETTLE = 1.0
 MODES = ("STRICT", "PERMISSIVE")
 # TLS 1.2 suites: AEAD only, forward secret (Mozilla's "intermediate" list); TLS 1.3's are all AEAD
 AEAD_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -207,10 +211,29 @@ class Watched(Generic[T]):
     def __init__(self, build: Callable[[], T], paths: tuple[str, ...]):
         self._build = build
         self.paths = paths
-        self.stamps = _stamps(paths)
-        self.context: T = build()  # the first build raises: a bad file is a config error
+        self.context: T = self._first()  # the first build raises: a bad file is a config error
         self.renewals = 0
         self.error: str | None = None
+
+    def _first(self) -> T:
+        """The first build. One that fails while every file is there is tried again if a file
+        changes within SETTLE seconds (a renewal under way), else its error is raised; a missing
+        file fails at once."""
+        deadline = time.monotonic() + SETTLE
+        while True:
+            self.stamps = _stamps(self.paths)
+            try:
+                return self._build()
+            except (OSError, SSL.Error, ssl.SSLError, ValueError):
+                if None in self.stamps or not self._changes_before(deadline):
+                    raise
+
+    def _changes_before(self, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if _stamps(self.paths) != self.stamps:
+                return True
+            time.sleep(0.02)
+        return False
 
     def refresh(self) -> bool:
         stamps = _stamps(self.paths)

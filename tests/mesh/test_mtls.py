@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
+import threading
+import time
 
 import pytest
 from OpenSSL import SSL
@@ -138,6 +140,44 @@ async def test_half_written_renewal_keeps_the_old_context(certs):
     assert client.refresh() is False and client.context is before and "SSLError" in client.error
     pki.write(new, pki.Path(cert), pki.Path(key))  # ...then the certificate
     assert client.refresh() is True and client.context is not before and client.error is None
+
+
+def _new_key_only(certs, name="orders"):
+    """The first half of a renewal (`certs rotate` writes the key, then the certificate): the new
+    pair, with only its key on disk."""
+    cert, key, _ = files(certs, name)
+    new = pki.issue(pki.read(*pki.mesh_ca_paths(certs)), name, uris=[sid(name)], client=True)
+    pki._atomic(pki.Path(key), new.key.private_bytes(
+        pki.serialization.Encoding.PEM, pki.serialization.PrivateFormat.PKCS8,
+        pki.serialization.NoEncryption()), 0o600)
+    return new, pki.Path(cert), pki.Path(key)
+
+
+def test_a_first_load_during_a_renewal_waits_for_its_certificate(certs):
+    new, cert, key = _new_key_only(certs)
+    with pytest.raises(ssl.SSLError):  # what a load between the two writes finds
+        mtls.client_context(*files(certs, "orders"))
+    writer = threading.Timer(0.2, pki.write, (new, cert, key))
+    writer.start()
+    try:
+        client = mtls.CertStore().client(*files(certs, "orders"))  # the proxy starting meanwhile
+    finally:
+        writer.join()
+    assert client.stamps == mtls._stamps(client.paths)  # built from the renewed pair
+    assert client.refresh() is False and client.error is None
+
+
+def test_a_pair_that_does_not_match_is_still_a_config_error(certs):
+    _new_key_only(certs)  # and no certificate follows
+    started = time.monotonic()
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        mtls.CertStore().client(*files(certs, "orders"))
+    assert mtls.SETTLE <= time.monotonic() - started < mtls.SETTLE + 2
+    cert, key, ca = files(certs, "orders")
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError):  # a missing file: at once
+        mtls.CertStore().client(cert + ".missing", key, ca)
+    assert time.monotonic() - started < mtls.SETTLE / 2
 
 
 def test_server_context_modes(certs):
