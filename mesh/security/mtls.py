@@ -22,6 +22,8 @@ T = TypeVar("T")
 # how long a first load that fails waits for its files to change: `certs rotate` replaces a key a
 # moment before its certificate, and a load between the two finds a pair that does not match
 SETTLE = 1.0
+# what a build from files that cannot be used (yet) raises: missing, unreadable, not matching
+UNUSABLE = (OSError, SSL.Error, ssl.SSLError, ValueError)
 MODES = ("STRICT", "PERMISSIVE")
 # TLS 1.2 suites: AEAD only, forward secret (Mozilla's "intermediate" list); TLS 1.3's are all AEAD
 AEAD_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -224,7 +226,7 @@ class Watched(Generic[T]):
             self.stamps = _stamps(self.paths)
             try:
                 return self._build()
-            except (OSError, SSL.Error, ssl.SSLError, ValueError):
+            except UNUSABLE:
                 if None in self.stamps or not self._changes_before(deadline):
                     raise
 
@@ -241,7 +243,7 @@ class Watched(Generic[T]):
             return False
         try:
             context = self._build()
-        except (OSError, SSL.Error, ssl.SSLError, ValueError) as e:
+        except UNUSABLE as e:
             self.error = f"{e.__class__.__name__}: {e}"
             return False
         self.context, self.stamps, self.error = context, stamps, None

@@ -128,20 +128,6 @@ async def test_renewed_certificate_is_used_for_new_connections_without_a_failure
     await pool.close()
 
 
-async def test_half_written_renewal_keeps_the_old_context(certs):
-    client = mtls.CertStore().client(*files(certs, "orders"))
-    before = client.context
-    cert, key, _ = files(certs, "orders")
-    ca = pki.read(*pki.mesh_ca_paths(certs))
-    new = pki.issue(ca, "orders", uris=[sid("orders")], client=True)
-    pki._atomic(pki.Path(key), new.key.private_bytes(  # the key lands first...
-        pki.serialization.Encoding.PEM, pki.serialization.PrivateFormat.PKCS8,
-        pki.serialization.NoEncryption()), 0o600)
-    assert client.refresh() is False and client.context is before and "SSLError" in client.error
-    pki.write(new, pki.Path(cert), pki.Path(key))  # ...then the certificate
-    assert client.refresh() is True and client.context is not before and client.error is None
-
-
 def _new_key_only(certs, name="orders"):
     """The first half of a renewal (`certs rotate` writes the key, then the certificate): the new
     pair, with only its key on disk."""
@@ -151,6 +137,15 @@ def _new_key_only(certs, name="orders"):
         pki.serialization.Encoding.PEM, pki.serialization.PrivateFormat.PKCS8,
         pki.serialization.NoEncryption()), 0o600)
     return new, pki.Path(cert), pki.Path(key)
+
+
+async def test_half_written_renewal_keeps_the_old_context(certs):
+    client = mtls.CertStore().client(*files(certs, "orders"))
+    before = client.context
+    new, cert, key = _new_key_only(certs)  # the key lands first...
+    assert client.refresh() is False and client.context is before and "SSLError" in client.error
+    pki.write(new, cert, key)  # ...then the certificate
+    assert client.refresh() is True and client.context is not before and client.error is None
 
 
 def test_a_first_load_during_a_renewal_waits_for_its_certificate(certs):
