@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.parse
@@ -32,15 +33,29 @@ from mesh.core.state import MeshState
 from . import keys
 
 CONTROL = "record.json"
+_made: tuple[int, str] | None = None  # (pid, path) of the run directory this process made
 
 
 def run_dir(create: bool = True) -> str:
-    """The directory the workers of one proxy share (set by the supervisor; else this process's,
-    made when a recording first needs it: "" until then with `create=False`)."""
+    """The directory the workers of one proxy share (set by the supervisor, which removes it when
+    it stops; else this process's, made when a recording first needs it and removed when the proxy
+    stops: "" until then with `create=False`)."""
+    global _made
     path = os.environ.get("MITMESH_RUN_DIR", "")
     if not path and create:
         path = os.environ["MITMESH_RUN_DIR"] = tempfile.mkdtemp(prefix="mitmesh-run-")
+        _made = (os.getpid(), path)
     return path
+
+
+def remove_own_run_dir() -> None:
+    """Remove the run directory this process made, recordings included (`mitmesh record` has
+    copied them out), as the supervisor does with its own; a fork that inherited it leaves it."""
+    global _made
+    if _made is not None and _made[0] == os.getpid():
+        shutil.rmtree(_made[1], ignore_errors=True)
+        os.environ.pop("MITMESH_RUN_DIR", None)
+        _made = None
 
 
 class Recorder:
@@ -91,6 +106,7 @@ class Recorder:
     async def done(self):
         await self._loop.stop()
         self._close()
+        remove_own_run_dir()
 
     async def _watch(self):
         while True:
