@@ -176,7 +176,9 @@ def h2_vs_h1(h2load: H2load, url: str, args) -> tuple[list[float], list[float], 
 
 @dataclass
 class PolicyRuns:
-    """policies_vs_bare's rounds: req/s and the worker's CPU per request (µs), of each route."""
+    """policies_vs_bare's rounds: req/s and the worker's CPU per request (µs), of each route:
+    `policies` and `bare` on one gateway, and with --policies-only `unloaded`, the bare route on a
+    gateway whose config has no policies at all."""
 
     rps: dict[str, list[float]]
     cpu: dict[str, list[float]]
@@ -186,37 +188,39 @@ class PolicyRuns:
         runs = getattr(self, what)
         return sum(runs["policies"]) / sum(runs["bare"])
 
-    def pairs(self, what: str = "cpu") -> list[float]:
-        """Each round's own ratio, policies over bare (its two runs back to back)."""
+    def pairs(self, what: str = "cpu", of: str = "policies", to: str = "bare") -> list[float]:
+        """Each round's own ratio, `of` over `to` (their runs back to back)."""
         runs = getattr(self, what)
-        return [p / b for p, b in zip(runs["policies"], runs["bare"]) if b]
+        return [p / b for p, b in zip(runs[of], runs[to]) if b]
 
-    def paired(self, what: str = "cpu") -> float:
+    def paired(self, what: str = "cpu", of: str = "policies", to: str = "bare") -> float:
         """The median of each round's ratio: this machine's speed steps by 15-70 % from one run of
         seconds to the next (docs/performance.md §9), which a sum over rounds carries into the
         ratio and a median of pairs leaves out."""
-        return statistics.median(self.pairs(what))
+        return statistics.median(self.pairs(what, of, to))
 
     def figures(self) -> str:
         """The `name=value` figures `mitmesh bench` ends with."""
         return (f"policies_vs_bare={self.ratio():.2f} policies_cpu_vs_bare={self.ratio('cpu'):.2f} "
-                f"policies_cpu_vs_bare_paired={self.paired():.2f}")
+                f"policies_cpu_vs_bare_paired={self.paired():.2f}"
+                + (f" bare_cpu_vs_unloaded_paired={self.paired(of='bare', to='unloaded'):.2f}"
+                   if "unloaded" in self.cpu else ""))
 
 
-def policies_vs_bare(wrk: Wrk, policies: str, bare: str, args, pids: list[int]) -> PolicyRuns:
+def policies_vs_bare(wrk: Wrk, targets: list[tuple[str, str, list[int]]], args) -> PolicyRuns:
     """The demo's policies (API key, rate limit) against a bare route to the same upstream on the
-    same gateway, interleaved (ABBA, so a trend in the machine's load hits both alike) for
-    `--policy-rounds` rounds (one with --no-warmup): req/s of each run, the worker CPU per request
-    (what the route costs, whatever else the machine runs), and failed requests."""
+    same gateway, interleaved (ABBA, or ABCCBA with a third target, so a trend in the machine's
+    load hits all alike) for `--policy-rounds` rounds (one with --no-warmup): req/s of each run,
+    the worker CPU per request (what the route costs, whatever else the machine runs), and failed
+    requests. `targets`: (name, url, the worker pids of its gateway)."""
     seconds = max(args.seconds / 2, 1)
     warm = not args.no_warmup
     if warm:
-        wrk.run(policies, args.connections, 1)
-        wrk.run(bare, args.connections, 1)
-    runs = PolicyRuns({"policies": [], "bare": []}, {"policies": [], "bare": []}, 0)
-    order = (("policies", policies), ("bare", bare))
+        for _, url, _ in targets:
+            wrk.run(url, args.connections, 1)
+    runs = PolicyRuns({name: [] for name, _, _ in targets}, {name: [] for name, _, _ in targets}, 0)
     for i in range(args.policy_rounds if warm else 1):
-        for name, url in (order if i % 2 == 0 else order[::-1]):
+        for name, url, pids in (targets if i % 2 == 0 else targets[::-1]):
             cpu0 = cpu_seconds(pids)
             rps, _, _, failed = wrk.run(url, args.connections, seconds)
             runs.rps[name].append(rps)
@@ -227,10 +231,16 @@ def policies_vs_bare(wrk: Wrk, policies: str, bare: str, args, pids: list[int]) 
 
 def policies_sentence(runs: PolicyRuns) -> str:
     n = len(runs.rps["bare"])
-    return (f"The demo's policies (API key, rate limit) against a bare route on the same 1-worker gateway "
-            f"({n} interleaved round{'s' if n > 1 else ''}): {runs.ratio():.2f}x the throughput, "
-            f"{runs.ratio('cpu'):.2f}x the worker CPU per request (median of the rounds' pairs "
-            f"{runs.paired():.2f}x: {', '.join(f'{r:.2f}' for r in runs.pairs())})")
+    text = (f"The demo's policies (API key, rate limit) against a bare route on the same 1-worker "
+            f"gateway ({n} interleaved round{'s' if n > 1 else ''}): {runs.ratio():.2f}x the "
+            f"throughput, {runs.ratio('cpu'):.2f}x the worker CPU per request (median of the "
+            f"rounds' pairs {runs.paired():.2f}x: {', '.join(f'{r:.2f}' for r in runs.pairs())})")
+    if "unloaded" in runs.cpu:
+        pairs = runs.pairs(of="bare", to="unloaded")
+        text += (f". The bare route against the same route on a gateway with no policies in its "
+                 f"config: {runs.paired(of='bare', to='unloaded'):.2f}x the worker CPU per request "
+                 f"(median of {', '.join(f'{r:.2f}' for r in pairs)})")
+    return text
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -264,10 +274,11 @@ FUNCTIONS = 3  # functions called once each from zero instances: the cold starts
 
 def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
                  tls: tuple[int, Path] | None = None, functions: bool = False,
-                 engine: str = "standard") -> dict:
+                 engine: str = "standard", policies: bool = True) -> dict:
     """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
     limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1;
-    `functions` the demo's pure function on /fn/ and FUNCTIONS copies of it on /cold0/, /cold1/ ..."""
+    `functions` the demo's pure function on /fn/ and FUNCTIONS copies of it on /cold0/, /cold1/ ...;
+    without `policies`, no policy in the config and none on /catalog/."""
     routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
@@ -277,7 +288,7 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
                    "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}})
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
                    "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
-                   "policies": ["partner", "public"]})
+                   **({"policies": ["partner", "public"]} if policies else {})})
     fns = {}
     if functions:
         fn = {"handler": "services.functions.greet:handler", "code": str(Path(__file__).resolve().parents[1])}
@@ -299,7 +310,7 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
             "partner": {"api_key": {"consumers": {"bench": {
                 "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}}}},
             "public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000, "key": "consumer"}},
-        },
+        } if policies else {},
     }
 
 
@@ -394,14 +405,15 @@ class Bench:
 
     def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
                 tls_port: int = 0, functions: bool = False,
-                engine: str = "standard") -> tuple[str, procs.Child]:
+                engine: str = "standard", policies: bool = True) -> tuple[str, procs.Child]:
         port, admin = procs.free_port(), procs.free_port()
         cfg = self.tmp / f"{name}.yaml"
         tls = None
         if tls_port:
             pki.init_edge(self.tmp / "certs")
             tls = (tls_port, self.tmp / "certs")
-        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls, functions, engine)))
+        cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls, functions,
+                                                   engine, policies)))
         child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
                                    "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
         self.children.append(child)
@@ -514,10 +526,19 @@ class Bench:
                 f"standard_added_p50_ms={statistics.median(std['p50']) - direct_p50:.2f} "
                 f"fast_cpu_per_request_vs_standard={sum(fast['cpu']) / sum(std['cpu']):.2f}")
 
-    def policies(self, url: str, pids: list[int]) -> PolicyRuns:
-        """policies_vs_bare on the gateway at `url` (its worker `pids`), each round's figures printed."""
-        runs = policies_vs_bare(self.wrk, url, url.replace(PATH, BARE_PATH), self.args, pids)
-        for name, label in (("policies", "demo policies, 1 worker"), ("bare", "bare route, 1 worker")):
+    def policies(self, url: str, pids: list[int],
+                 unloaded: tuple[str, list[int]] | None = None) -> PolicyRuns:
+        """policies_vs_bare on the gateway at `url` (its worker `pids`), and the bare route of the
+        gateway without policies `unloaded` (url, pids) when given, each round's figures printed."""
+        targets = [("policies", url, pids), ("bare", url.replace(PATH, BARE_PATH), pids)]
+        if unloaded is not None:
+            targets.append(("unloaded", unloaded[0].replace(PATH, BARE_PATH), unloaded[1]))
+        runs = policies_vs_bare(self.wrk, targets, self.args)
+        for name, label in (("policies", "demo policies, 1 worker"),
+                            ("bare", "bare route, 1 worker"),
+                            ("unloaded", "bare route, no policies loaded")):
+            if name not in runs.rps:
+                continue
             rps, cpu = runs.rps[name], runs.cpu[name]
             print(f"  {label:<32} {sum(rps) / len(rps):>8.0f} req/s   "
                   f"(wrk -c{self.args.connections}: {', '.join(f'{x:.0f}' for x in rps)})   "
@@ -543,7 +564,9 @@ class Bench:
               f"GET {PATH} through each target to one demo catalog instance", flush=True)
         if args.policies_only:
             url, gw = self.gateway("gateway-1", svc, 1)
-            policy = self.policies(url, children_of(gw.pid))
+            # the same gateway with no policies in its config: what the bare route pays for them
+            plain, plain_gw = self.gateway("gateway-nopolicies", svc, 1, policies=False)
+            policy = self.policies(url, children_of(gw.pid), (plain, children_of(plain_gw.pid)))
             print(policies_sentence(policy))
             print(policy.figures() + (" WARNING: failed requests" if policy.errors else ""), flush=True)
             return 0
@@ -692,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy-rounds", type=int, default=3,
                    help="interleaved rounds of the demo's policies against a bare route (default 3)")
     p.add_argument("--policies-only", action="store_true",
-                   help="measure only policies_vs_bare on a 1-worker gateway (policies_vs_bare=...)")
+                   help="measure only policies_vs_bare on a 1-worker gateway, and its bare route against "
+                        "a gateway with no policies (policies_vs_bare=... bare_cpu_vs_unloaded_paired=...)")
     p.add_argument("--engines-only", action="store_true",
                    help="measure only the direct service and the two engines (fast_vs_standard=...)")
     p.add_argument("--footprint-only", action="store_true",

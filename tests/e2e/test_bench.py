@@ -37,3 +37,19 @@ def test_bench_smoke():
     from tools import pods
     if pods.why_not() is None:  # the same hop in pods: the caller's call captured by nftables
         assert "| 2 sidecars in pods (captured) |" in table and "pod_sidecars_added_p50_ms=" in lines[-1]
+
+
+@pytest.mark.timeout(180)
+def test_bench_policies_only_smoke():
+    """--policies-only: the demo's policies against a bare route on one gateway, and that bare route
+    against the same route on a gateway with no policies in its config."""
+    out = subprocess.run([sys.executable, "-m", "mesh.cli", "bench", "--policies-only", "--seconds", "1",
+                          "--no-warmup"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"policies_vs_bare=[\d.]+ policies_cpu_vs_bare=[\d.]+ policies_cpu_vs_bare_paired=[\d.]+ "
+                        r"bare_cpu_vs_unloaded_paired=[\d.]+", lines[-1]), lines[-1]
+    table = "\n".join(lines)
+    for label in ("demo policies, 1 worker", "bare route, 1 worker", "bare route, no policies loaded"):
+        assert re.search(re.escape(label) + r" +\d+ req/s", table), table
+    assert "on a gateway with no policies in its config" in table
