@@ -534,17 +534,15 @@ class Bench:
         if unloaded is not None:
             targets.append(("unloaded", unloaded[0].replace(PATH, BARE_PATH), unloaded[1]))
         runs = policies_vs_bare(self.wrk, targets, self.args)
-        for name, label in (("policies", "demo policies, 1 worker"),
-                            ("bare", "bare route, 1 worker"),
-                            ("unloaded", "bare route, no policies loaded")):
-            if name not in runs.rps:
-                continue
-            rps, cpu = runs.rps[name], runs.cpu[name]
-            print(f"  {label:<32} {sum(rps) / len(rps):>8.0f} req/s   "
+        labels = {"policies": "demo policies, 1 worker", "bare": "bare route, 1 worker",
+                  "unloaded": "bare route, no policies loaded"}
+        for name, rps in runs.rps.items():  # in the targets' order
+            cpu = runs.cpu[name]
+            print(f"  {labels[name]:<32} {sum(rps) / len(rps):>8.0f} req/s   "
                   f"(wrk -c{self.args.connections}: {', '.join(f'{x:.0f}' for x in rps)})   "
                   f"worker CPU {', '.join(f'{x:.0f}' for x in cpu)} µs/request", flush=True)
         if runs.errors:
-            print(f"  ERRORS {runs.errors} failed requests on the two routes", flush=True)
+            print(f"  ERRORS {runs.errors} failed requests on the routes measured", flush=True)
         return runs
 
     def stop(self, child: procs.Child) -> None:
