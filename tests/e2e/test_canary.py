@@ -52,15 +52,25 @@ def test_sticky_users_keep_one_version_and_cookies_pick_routes(mesh):
             for _ in range(10)} == {"v2"}
 
 
+# requests at the old weights, then after the edit: each share is counted with 4 standard
+# deviations or more between its expected value and each bound (a binomial count; with 400
+# requests after the edit, 2 % of runs fell outside by chance)
+BEFORE, AFTER = 1000, 1600
+
+
 def test_canary_set_changes_the_weights_live(mesh):
     edits: list[float] = []
+    live: list[list] = []  # the load's results as they come (load hands its list to `until`)
 
-    def enough(results) -> bool:  # load until 400 requests started 2 s after the edit (bounded: 60 s)
-        return bool(edits) and sum(1 for start, *_ in results if start > edits[0] + 2.0) >= 400
+    def enough(results) -> bool:  # until AFTER requests started 2 s after the edit (bound: 120 s)
+        if not live:
+            live.append(results)
+        return bool(edits) and sum(1 for start, *_ in results if start > edits[0] + 2.0) >= AFTER
 
     async def scenario():
-        task = asyncio.create_task(load(mesh.url + "/catalog/items/1", seconds=60, until=enough))
-        await asyncio.sleep(1.0)
+        task = asyncio.create_task(load(mesh.url + "/catalog/items/1", seconds=120, until=enough))
+        while not task.done() and (not live or len(live[0]) < BEFORE):
+            await asyncio.sleep(0.05)
         out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mesh.cli", "canary", "set", "catalog",
                                                        "v2=25", "--config", str(mesh.path)],
                                       capture_output=True, text=True)
