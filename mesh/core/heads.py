@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from mesh.core import hopbyhop
 from mesh.core.paths import Rejected
 
 # RFC 9110 §5.1: a field name is a token
@@ -24,7 +25,8 @@ _HTTP1 = ("HTTP/1.1", "HTTP/1.0")
 
 def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False) -> None:
     """Raise `Rejected` for the first thing wrong with a request head: its HTTP version (`h2`: it
-    came over HTTP/2), a field name or value, its Host fields, or its message framing."""
+    came over HTTP/2), a field name or value, its Host fields, what its Connection field nominates,
+    or its message framing."""
     if h2:
         if version != "HTTP/2.0":
             raise Rejected(400, "bad_http_version", f"{version} request on an HTTP/2 connection")
@@ -35,6 +37,7 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
         raise Rejected(505, "http_version_not_supported",
                        f"HTTP version {version[:16]!r} is not spoken here (RFC 9110 §15.6.6)")
     hosts: list[bytes] = []
+    connection: list[bytes] = []
     lengths = encodings = 0
     encoding = b""
     for name, value in fields:
@@ -55,12 +58,16 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
         elif lower == b"transfer-encoding":
             encodings += 1
             encoding = value
+        elif lower == b"connection":
+            connection.append(value)
     if len(hosts) > 1:
         raise Rejected(400, "invalid_host", f"{len(hosts)} Host header fields (RFC 9112 §3.2)")
     if not hosts and version == "HTTP/1.1":
         raise Rejected(400, "invalid_host", "an HTTP/1.1 request without a Host header field (RFC 9112 §3.2)")
     if hosts and not _HOST.fullmatch(hosts[0]):
         raise Rejected(400, "invalid_host", f"invalid Host {_clip(hosts[0])} (RFC 9110 §7.2)")
+    if connection and (why := hopbyhop.refusal(hopbyhop.tokens(connection))):
+        raise Rejected(400, "invalid_header", why)
     _framing(version, h2, lengths, encodings, encoding)
 
 

@@ -57,6 +57,8 @@ def test_good_heads_pass(version, fields, h2):
      "Transfer-Encoding 'chunked, chunked' does not end in a single chunked (RFC 9112 §6.1)"),
     ("HTTP/2.0", [(b"transfer-encoding", b"chunked")], True, 400, "invalid_framing",
      "Transfer-Encoding on HTTP/2 (RFC 9113 §8.2.2)"),
+    ("HTTP/1.1", [HOST, (b"Connection", b"close, x-forwarded-for")], False, 400, "invalid_header",
+     "Connection nominates 'x-forwarded-for', which the proxy does not remove (RFC 9110 §7.6.1)"),
 ])
 def test_bad_heads_are_refused(version, fields, h2, status, error, reason):
     with pytest.raises(Rejected) as e:
@@ -68,3 +70,4 @@ def test_long_values_are_clipped_in_the_reason():
     with pytest.raises(Rejected) as e:
         check("HTTP/1.1", [(b"Host", b"x" * 100 + b"/")])
     assert e.value.reason == f"invalid Host '{'x' * 40}…' (RFC 9110 §7.2)"
+
