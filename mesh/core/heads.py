@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from mesh.config.http import ALLOW, REJECT_REQUEST  # the option's values: the config owns them
 from mesh.core import hopbyhop
 from mesh.core.paths import Rejected
 
@@ -69,6 +70,27 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
     if connection and (why := hopbyhop.refusal(hopbyhop.tokens(connection))):
         raise Rejected(400, "invalid_header", why)
     _framing(version, h2, lengths, encodings, encoding)
+
+
+def fold(name: bytes) -> bytes:
+    """A field name as a CGI or WSGI upstream reads it (RFC 3875 §4.1.18: case folded, `-` and `_`
+    alike): `X_User` and `x-user` reach such an upstream as one variable, HTTP_X_USER."""
+    return name.lower().replace(b"_", b"-")
+
+
+def underscores(fields: Iterable[tuple[bytes, bytes]], action: str
+                ) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]:
+    """`headers_with_underscores_action` on a request's fields: (the fields to keep, the names
+    dropped). REJECT_REQUEST raises `Rejected` for the first name holding `_`; ALLOW keeps all."""
+    fields = tuple(fields)
+    if action == ALLOW or not any(b"_" in name for name, _ in fields):
+        return fields, ()
+    if action == REJECT_REQUEST:
+        name = next(name for name, _ in fields if b"_" in name)
+        raise Rejected(400, "invalid_header", f"header name {_clip(name)} holds an underscore "
+                                              f"(headers_with_underscores_action: REJECT_REQUEST)")
+    return (tuple(f for f in fields if b"_" not in f[0]),
+            tuple(dict.fromkeys(name for name, _ in fields if b"_" in name)))
 
 
 def _framing(version: str, h2: bool, lengths: int, encodings: int, encoding: bytes) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.heads import check
+from mesh.core.heads import check, fold, underscores
 from mesh.core.paths import Rejected
 
 HOST = (b"Host", b"example.com")
@@ -71,3 +71,20 @@ def test_long_values_are_clipped_in_the_reason():
         check("HTTP/1.1", [(b"Host", b"x" * 100 + b"/")])
     assert e.value.reason == f"invalid Host '{'x' * 40}…' (RFC 9110 §7.2)"
 
+
+def test_fold_reads_a_name_as_a_cgi_upstream_does():
+    assert fold(b"X_Authenticated_Userid") == fold(b"x-authenticated-userid") == b"x-authenticated-userid"
+
+
+FIELDS = (HOST, (b"X_User", b"admin"), (b"x-user", b"alice"), (b"x_user", b"root"))
+
+
+def test_underscores_dropped_allowed_or_refused():
+    assert underscores(FIELDS, "DROP_HEADER") == ((HOST, (b"x-user", b"alice")), (b"X_User", b"x_user"))
+    assert underscores(FIELDS, "ALLOW") == (FIELDS, ())
+    assert underscores(FIELDS[:1], "REJECT_REQUEST") == (FIELDS[:1], ())
+    with pytest.raises(Rejected) as e:
+        underscores(FIELDS, "REJECT_REQUEST")
+    assert (e.value.status, e.value.error, e.value.reason) == (
+        400, "invalid_header",
+        "header name 'X_User' holds an underscore (headers_with_underscores_action: REJECT_REQUEST)")
