@@ -19,6 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from pydantic import BaseModel
 
 from addons import keys
+from addons.hopbyhop import HopByHop
 from addons.normalize import Normalize
 from addons.requestid import RequestId
 from mesh.config import ConfigError, load_block
@@ -30,6 +31,7 @@ ROUTE = "mitmdump"  # the one route (and its service), as decisions, logs and me
 FILE = os.path.join(os.getcwd(), "mitmdump options")  # relative paths in options start here
 
 _state: MeshState | None = None
+_hopbyhop = HopByHop()
 _normalize = Normalize()
 _blocks: dict[tuple[str, str], BaseModel] = {}  # (section, key) → the validated block
 log = logging.getLogger("mitmesh.alone")
@@ -83,9 +85,10 @@ def install() -> Snapshot:
 
 
 class Flows(RequestId):
-    """What Config, RequestId, Normalize and Router do for the chain, here for every flow of plain
-    mitmproxy: a FlowState on the one route, with a request id and the normalized path (a request
-    Normalize refuses is answered here). It also declares the script's options."""
+    """What Config, HopByHop, RequestId, Normalize and Router do for the chain, here for every flow
+    of plain mitmproxy: a FlowState on the one route, the fields Connection nominates removed, a
+    request id and the normalized path (a request Normalize refuses is answered here). It also
+    declares the script's options."""
 
     def __init__(self, script: str, blocks: tuple[Block, ...]):
         self.name = f"mitmesh-alone-{script}"  # one per script: mitmproxy wants unique names
@@ -112,6 +115,7 @@ class Flows(RequestId):
             return
         snap = state().snapshot
         st = keys.begin(flow, snap, None)
+        _hopbyhop.requestheaders(flow)
         super().requestheaders(flow)
         _normalize.requestheaders(flow)
         if flow.response:

@@ -16,6 +16,7 @@ from .etcd import Etcd
 from .forward import Forward
 from .forwarded import Forwarded
 from .health import Health
+from .hopbyhop import HopByHop
 from .httpguard import HttpGuard
 from .idempotency import Idempotency
 from .inbound import Inbound
@@ -62,6 +63,7 @@ def gateway(state: MeshState | None = None) -> list:
         Health(state),     # active health checks of endpoints; not on the request path
         HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
         Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow
+        HopByHop(),        # fields Connection nominates leave before any stage reads headers
         RequestId(),       # before anything may answer, so every reply carries the id
         Normalize(),       # first on the request path: one checked head and normalized path for all after
         tracing,           # server span from the incoming trace context, before any decision
@@ -111,6 +113,7 @@ def sidecar(state: MeshState | None = None) -> list:
         Health(state),     # active health checks (the app, and endpoints sent to); off the path
         HttpGuard(state),  # every connection's HTTP layer: body limits while reading, no mitmproxy error pages
         Timeouts(state),   # closes connections too slow to send a head or body, or idle; follows every flow
+        HopByHop(),        # fields Connection nominates leave before any stage reads headers
         RequestId(),       # before anything may answer, so every reply carries the id
         Normalize(),       # first on the request path: one checked head and normalized path for all after
         tracing,           # server span (inbound: continues the caller's trace; outbound: the app's)

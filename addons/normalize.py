@@ -1,6 +1,7 @@
 """Normalize: checks the request head (RFC 9110/9112) and normalizes its path (RFC 3986 §6) once,
 before any addon decides anything; every addon after it reads `FlowState.path`, and the upstream gets
-the same path. A request that fails is answered 400 (or 505, or 307 for UNESCAPE_AND_REDIRECT)."""
+the same path. A request that fails is answered 400 (or 505, or 307 for UNESCAPE_AND_REDIRECT).
+Header names holding `_` are dropped or refused here (`headers_with_underscores_action`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Normalize:
         opts = st.snapshot.http
         try:
             heads.check(req.http_version, req.headers.fields, flow.client_conn.alpn == b"h2")
+            fields, dropped = heads.underscores(req.headers.fields, opts.headers_with_underscores_action)
             path = paths.normalize(raw, normalize_path=opts.normalize_path, merge_slashes=opts.merge_slashes,
                                    escaped_slashes=opts.path_with_escaped_slashes_action)
         except paths.Redirect as r:
@@ -32,6 +34,11 @@ class Normalize:
             st.decide("normalize", e.reason)
             replies.reply(flow, e.status, e.error, e.reason, headers={"connection": "close"})
             return
+        if dropped:
+            req.headers.fields = fields
+            names = ", ".join(repr(n.decode("latin-1")) for n in dropped)
+            st.decide("normalize", f"dropped header {names}: an underscore in its name "
+                                   f"(headers_with_underscores_action: DROP_HEADER)")
         if path != raw:
             st.decide("normalize", f"path {raw!r} normalized to {path!r}")
             req.path = path + mark + query  # what mitmweb, recordings and the upstream see

@@ -18,6 +18,12 @@ UNESCAPE_AND_FORWARD = "UNESCAPE_AND_FORWARD"
 ESCAPED_SLASH_ACTIONS = (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_REDIRECT, UNESCAPE_AND_FORWARD)
 
 EscapedSlashesAction = Literal[ESCAPED_SLASH_ACTIONS]  # type: ignore[valid-type]
+# Envoy's HttpProtocolOptions.headers_with_underscores_action: what to do with a request header whose
+# name holds `_` (a CGI/WSGI upstream reads `x_user` as `x-user`; mesh/core/heads.py does it)
+ALLOW = "ALLOW"
+DROP_HEADER = "DROP_HEADER"
+UNDERSCORE_ACTIONS = (ALLOW, DROP_HEADER, REJECT_REQUEST)
+UnderscoresAction = Literal[UNDERSCORE_ACTIONS]  # type: ignore[valid-type]
 Engine = Literal["standard", "fast"]
 ENGINE_DOC = ("how HTTP/1.1 request heads are read (docs/performance.md §5): standard is mitmproxy's "
               "parser; fast parses them with httptools (llhttp) and hands anything it does not take "
@@ -53,6 +59,14 @@ class Http(Model):
                     "it as it is; UNESCAPE_AND_FORWARD reads it as / (\\); UNESCAPE_AND_REDIRECT "
                     "answers 307 to the unescaped path (default REJECT_REQUEST). %00 and malformed "
                     "percent-encodings are always a 400")
+    headers_with_underscores_action: UnderscoresAction = Field(
+        "DROP_HEADER",
+        description="a request header whose name holds an underscore (`x_user`, which a CGI/WSGI "
+                    "upstream reads as x-user): DROP_HEADER removes it and says so in the decision "
+                    "log; REJECT_REQUEST answers 400; ALLOW forwards it (default DROP_HEADER, as "
+                    "nginx's underscores_in_headers off; Envoy's edge advice is REJECT_REQUEST). "
+                    "Whatever the action, a header that reads as a claim header once case and `_` "
+                    "are folded is removed from every request")
     max_request_headers: Annotated[Size, Field(ge=1024, le=1 << 24)] = Field(
         128 << 10, description="an HTTP/1 request head (request line and headers) bigger than this is "
                                "answered 431 and the connection closed, before it is parsed (default "

@@ -25,11 +25,12 @@ GATEWAY, SIDECAR_INBOUND, SIDECAR_OUTBOUND = "gateway", "sidecar_inbound", "side
 # The built-in stages a plugin may be placed next to, in chain order (addons/chain.py; a test keeps
 # them equal). The response-side observers (decisions, metrics, access log) are not among them: a
 # plugin always runs before them, so its decisions and errors are logged and counted.
-GATEWAY_STAGES = ("requestid", "normalize", "tracing", "sanitize", "tls", "ipfilter", "router", "cors",
-                  "sizelimit", "versioning", "auththrottle", "authn", "authz", "ratelimit", "idempotency",
-                  "canary", "transform", "forwarded", "mirror", "function", "forward", "securityheaders")
-SIDECAR_STAGES = ("requestid", "normalize", "tracing", "tls", "inbound", "authz", "outbound",
-                  "idempotency", "forwarded", "forward")
+GATEWAY_STAGES = ("hopbyhop", "requestid", "normalize", "tracing", "sanitize", "tls", "ipfilter",
+                  "router", "cors", "sizelimit", "versioning", "auththrottle", "authn", "authz",
+                  "ratelimit", "idempotency", "canary", "transform", "forwarded", "mirror", "function",
+                  "forward", "securityheaders")
+SIDECAR_STAGES = ("hopbyhop", "requestid", "normalize", "tracing", "tls", "inbound", "authz",
+                  "outbound", "idempotency", "forwarded", "forward")
 STAGES = {GATEWAY: GATEWAY_STAGES, SIDECAR_INBOUND: SIDECAR_STAGES, SIDECAR_OUTBOUND: SIDECAR_STAGES}
 # the stage that picks the route: before it a flow has none, so only an all_routes plugin fits there
 ROUTING = {GATEWAY: "router", SIDECAR_INBOUND: "inbound", SIDECAR_OUTBOUND: "outbound"}

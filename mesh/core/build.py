@@ -16,7 +16,7 @@ from mesh import config as meshconfig
 from mesh.config import ConfigError
 from mesh.config.plugins import PluginPlan, compile_plugins
 from mesh.config.source import Problem, Source
-from mesh.core import sidecar
+from mesh.core import heads, sidecar
 from mesh.core.plan import Runtime, Uses
 from mesh.core.routing import RouteTable, compile_routes
 from mesh.core.state import Bound, Snapshot, TlsPlan, admin_of, listeners_of
@@ -104,14 +104,15 @@ def ip_filters(config: meshconfig.MeshConfig) -> dict[str, tuple[Networks, Netwo
             if lst.ip_filter is not None and (lst.ip_filter.allow or lst.ip_filter.deny)}
 
 
-def claim_headers(config: meshconfig.MeshConfig) -> tuple[str, ...]:
-    """Every header any authentication policy of the config sets from verified claims (addons/sanitize.py)."""
-    names: set[str] = set()
+def claim_headers(config: meshconfig.MeshConfig) -> frozenset[bytes]:
+    """Every header any authentication policy of the config sets from verified claims, folded
+    (`heads.fold`), so that addons/sanitize.py removes each spelling a CGI/WSGI upstream reads alike."""
+    names: set[bytes] = set()
     for policy in config.policies.values():
         for kind in (policy.jwt, policy.oauth2, policy.api_key):
             if kind is not None:
-                names.update(kind.forward_claims.values())
-    return tuple(sorted(names))
+                names.update(heads.fold(h.encode("latin-1")) for h in kind.forward_claims.values())
+    return frozenset(names)
 
 
 def identity_of(config: meshconfig.MeshConfig, workload: Workload | None) -> str:

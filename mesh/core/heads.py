@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from mesh.config.http import ALLOW, REJECT_REQUEST  # the option's values: the config owns them
+from mesh.core import hopbyhop
 from mesh.core.paths import Rejected
 
 # RFC 9110 §5.1: a field name is a token
@@ -24,7 +26,8 @@ _HTTP1 = ("HTTP/1.1", "HTTP/1.0")
 
 def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False) -> None:
     """Raise `Rejected` for the first thing wrong with a request head: its HTTP version (`h2`: it
-    came over HTTP/2), a field name or value, its Host fields, or its message framing."""
+    came over HTTP/2), a field name or value, its Host fields, what its Connection field nominates,
+    or its message framing."""
     if h2:
         if version != "HTTP/2.0":
             raise Rejected(400, "bad_http_version", f"{version} request on an HTTP/2 connection")
@@ -35,6 +38,7 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
         raise Rejected(505, "http_version_not_supported",
                        f"HTTP version {version[:16]!r} is not spoken here (RFC 9110 §15.6.6)")
     hosts: list[bytes] = []
+    connection: list[bytes] = []
     lengths = encodings = 0
     encoding = b""
     for name, value in fields:
@@ -55,13 +59,38 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
         elif lower == b"transfer-encoding":
             encodings += 1
             encoding = value
+        elif lower == b"connection":
+            connection.append(value)
     if len(hosts) > 1:
         raise Rejected(400, "invalid_host", f"{len(hosts)} Host header fields (RFC 9112 §3.2)")
     if not hosts and version == "HTTP/1.1":
         raise Rejected(400, "invalid_host", "an HTTP/1.1 request without a Host header field (RFC 9112 §3.2)")
     if hosts and not _HOST.fullmatch(hosts[0]):
         raise Rejected(400, "invalid_host", f"invalid Host {_clip(hosts[0])} (RFC 9110 §7.2)")
+    if connection and (why := hopbyhop.refusal(hopbyhop.tokens(connection))):
+        raise Rejected(400, "invalid_header", why)
     _framing(version, h2, lengths, encodings, encoding)
+
+
+def fold(name: bytes) -> bytes:
+    """A field name as a CGI or WSGI upstream reads it (RFC 3875 §4.1.18: case folded, `-` and `_`
+    alike): `X_User` and `x-user` reach such an upstream as one variable, HTTP_X_USER."""
+    return name.lower().replace(b"_", b"-")
+
+
+def underscores(fields: Iterable[tuple[bytes, bytes]], action: str
+                ) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]]:
+    """`headers_with_underscores_action` on a request's fields: (the fields to keep, the names
+    dropped). REJECT_REQUEST raises `Rejected` for the first name holding `_`; ALLOW keeps all."""
+    fields = tuple(fields)
+    if action == ALLOW or not any(b"_" in name for name, _ in fields):
+        return fields, ()
+    if action == REJECT_REQUEST:
+        name = next(name for name, _ in fields if b"_" in name)
+        raise Rejected(400, "invalid_header", f"header name {_clip(name)} holds an underscore "
+                                              f"(headers_with_underscores_action: REJECT_REQUEST)")
+    return (tuple(f for f in fields if b"_" not in f[0]),
+            tuple(dict.fromkeys(name for name, _ in fields if b"_" in name)))
 
 
 def _framing(version: str, h2: bool, lengths: int, encodings: int, encoding: bytes) -> None:

@@ -119,7 +119,7 @@ class Snapshot:
     security_headers: tuple | None = None  # the gateway's default security headers, before routing
     tls: TlsPlan = field(default_factory=TlsPlan)
     ip_filters: dict = field(default_factory=dict)  # listener name → (allow, deny) networks
-    claim_headers: tuple[str, ...] = ()  # headers only the proxy sets: removed from every request
+    claim_headers: frozenset[bytes] = frozenset()  # only the proxy sets them (folded): never from a client
     auth_failures: object = None  # ratelimit.Policy of gateway.auth_failures
 
     @property

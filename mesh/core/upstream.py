@@ -19,11 +19,8 @@ from mesh.resilience.attempt import (ConnectFailure, ProtocolError, Reset, Respo
                                      Timeout, UpstreamError)
 from mesh.security import mtls
 from mesh.core import podnet
+from mesh.core.hopbyhop import HOP_BY_HOP
 
-HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-     b"trailer", b"upgrade"}
-)
 MAX_HEAD = 64 * 1024
 
 
@@ -345,13 +342,13 @@ def _parse_head(raw: bytes) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]
     return int(parts[1]), parts[2] if len(parts) > 2 else b"", parts[0], headers
 
 
+_NOT_SENT = HOP_BY_HOP | {b"host", b"content-length"}  # Host comes first, Content-Length with the body
+
+
 def request_headers(fields, host: bytes) -> list[tuple[bytes, bytes]]:
-    """Headers to send upstream: hop-by-hop removed, Host first."""
-    connection = set()
-    for name, value in fields:
-        if name.lower() == b"connection":
-            connection |= {t.strip().lower() for t in value.split(b",")}
-    drop = HOP_BY_HOP | connection | {b"host", b"content-length"}
+    """Headers to send upstream: the fixed hop-by-hop set removed, Host first. What the client's
+    Connection field nominated went when the request was received (mesh/core/hopbyhop.py): read
+    again here, it would also remove the headers the proxy set since (claims, X-Forwarded-*)."""
     out = [(b"host", host)]
-    out += [(n, v) for n, v in fields if n.lower() not in drop]
+    out += [(n, v) for n, v in fields if n.lower() not in _NOT_SENT]
     return out

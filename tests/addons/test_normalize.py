@@ -64,6 +64,25 @@ async def test_escaped_slash_actions_from_config(gateway, upstream_app):
         assert json.loads(flow.response.content)["path"] == "/users//a%2Fb"
 
 
+async def test_header_names_with_underscores_are_dropped_by_default_or_refused(gateway, upstream_app):
+    port = await upstream_app("api")
+    async with gateway(config(port)) as gw:
+        flow = await gw.send("/users", headers=[("x_user", "admin"), ("X_Forwarded_For", "10.0.0.1"),
+                                                ("x-user", "alice")])
+        seen = json.loads(flow.response.content)["headers"]
+        assert "x_user" not in seen and "x_forwarded_for" not in seen and seen["x-user"] == "alice"
+        assert keys.get(flow).decisions[0] == (
+            "normalize", "dropped header 'x_user', 'X_Forwarded_For': an underscore in its name "
+                         "(headers_with_underscores_action: DROP_HEADER)")
+    async with gateway(config(port, "{headers_with_underscores_action: REJECT_REQUEST}")) as gw:
+        flow = await gw.send("/users", headers={"x_user": "admin"})
+        body = json.loads(flow.response.content)
+        assert flow.response.status_code == 400 and body["error"] == "invalid_header"
+        assert body["reason"] == ("header name 'x_user' holds an underscore "
+                                  "(headers_with_underscores_action: REJECT_REQUEST)")
+        assert keys.get(flow).route is None
+
+
 def sidecar_config(other: int) -> str:
     return f"""
 version: 1

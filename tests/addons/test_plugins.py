@@ -78,7 +78,7 @@ def test_stage_names_are_the_chains():
     sc = [getattr(a, "name", type(a).__name__.lower()) for a in dispatch.stages(chain.sidecar(MeshState()))]
     assert [n for n in gw if n in GATEWAY_STAGES] == list(GATEWAY_STAGES)
     assert [n for n in sc if n in SIDECAR_STAGES] == list(SIDECAR_STAGES)
-    assert gw[gw.index("requestid"):gw.index("securityheaders") + 1] == list(GATEWAY_STAGES)
+    assert gw[gw.index("hopbyhop"):gw.index("securityheaders") + 1] == list(GATEWAY_STAGES)
 
 
 async def test_runs_where_placed_for_the_routes_that_list_it(mitmesh_chain, tmp_path):

@@ -75,3 +75,21 @@ def test_a_config_from_text_is_built_for_the_proxy_like_a_file(write_config):
     assert set(snap.sidecar_routes) == set(build(str(write_config()), state.runtime, workload).sidecar_routes) != set()
     state.workload = workload
     assert state.install(snap).region == "eu" and state.region == "eu"
+
+
+def test_claim_headers_are_folded_so_every_spelling_is_one():
+    from mesh.config import load_text
+    from mesh.core.build import claim_headers
+
+    config = load_text(BASE + f"""policies:
+  k:
+    api_key:
+      consumers: {{a: {{key_sha256: '{"0" * 64}'}}}}
+      forward_claims: {{consumer: X-Consumer, tier: x_tier}}
+  j:
+    jwt:
+      issuer: https://id.example
+      jwks_uri: https://id.example/k
+      forward_claims: {{sub: X_Authenticated_Userid}}
+""", "mesh.yaml")
+    assert claim_headers(config) == {b"x-consumer", b"x-tier", b"x-authenticated-userid"}

@@ -48,8 +48,8 @@ def write(tmp_path, block: str, route_refs: str = "p", service_refs: str = "") -
 
 @pytest.mark.parametrize("block, refs, error", [
     ("    plugin: code.py:Counted\n    after: warp", "p",
-     "mesh.yaml:11: plugins.p.after: unknown stage of the gateway chain; expected one of requestid, "
-     "normalize, tracing, sanitize, tls, ipfilter, router, cors,"),
+     "mesh.yaml:11: plugins.p.after: unknown stage of the gateway chain; expected one of hopbyhop, "
+     "requestid, normalize, tracing, sanitize, tls, ipfilter, router, cors,"),
     ("    plugin: code.py:Counted\n    after: normalize", "p",
      "mesh.yaml:11: plugins.p.after: runs before router picks the route, so it can only apply to every "
      "route: add all_routes: true or place it after router (got after: normalize)"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.heads import check
+from mesh.core.heads import check, fold, underscores
 from mesh.core.paths import Rejected
 
 HOST = (b"Host", b"example.com")
@@ -57,6 +57,8 @@ def test_good_heads_pass(version, fields, h2):
      "Transfer-Encoding 'chunked, chunked' does not end in a single chunked (RFC 9112 §6.1)"),
     ("HTTP/2.0", [(b"transfer-encoding", b"chunked")], True, 400, "invalid_framing",
      "Transfer-Encoding on HTTP/2 (RFC 9113 §8.2.2)"),
+    ("HTTP/1.1", [HOST, (b"Connection", b"close, x-forwarded-for")], False, 400, "invalid_header",
+     "Connection nominates 'x-forwarded-for', which the proxy does not remove (RFC 9110 §7.6.1)"),
 ])
 def test_bad_heads_are_refused(version, fields, h2, status, error, reason):
     with pytest.raises(Rejected) as e:
@@ -68,3 +70,21 @@ def test_long_values_are_clipped_in_the_reason():
     with pytest.raises(Rejected) as e:
         check("HTTP/1.1", [(b"Host", b"x" * 100 + b"/")])
     assert e.value.reason == f"invalid Host '{'x' * 40}…' (RFC 9110 §7.2)"
+
+
+def test_fold_reads_a_name_as_a_cgi_upstream_does():
+    assert fold(b"X_Authenticated_Userid") == fold(b"x-authenticated-userid") == b"x-authenticated-userid"
+
+
+FIELDS = (HOST, (b"X_User", b"admin"), (b"x-user", b"alice"), (b"x_user", b"root"))
+
+
+def test_underscores_dropped_allowed_or_refused():
+    assert underscores(FIELDS, "DROP_HEADER") == ((HOST, (b"x-user", b"alice")), (b"X_User", b"x_user"))
+    assert underscores(FIELDS, "ALLOW") == (FIELDS, ())
+    assert underscores(FIELDS[:1], "REJECT_REQUEST") == (FIELDS[:1], ())
+    with pytest.raises(Rejected) as e:
+        underscores(FIELDS, "REJECT_REQUEST")
+    assert (e.value.status, e.value.error, e.value.reason) == (
+        400, "invalid_header",
+        "header name 'X_User' holds an underscore (headers_with_underscores_action: REJECT_REQUEST)")

@@ -192,6 +192,15 @@ async def test_stale_pooled_connection_is_replaced_for_idempotent_requests():
 
 
 def test_request_headers_drop_hop_by_hop():
-    fields = [(b"Host", b"x"), (b"Connection", b"keep-alive, x-secret-hop"), (b"x-secret-hop", b"1"),
-              (b"Keep-Alive", b"5"), (b"TE", b"trailers"), (b"Accept", b"*/*"), (b"Content-Length", b"3")]
+    fields = [(b"Host", b"x"), (b"Connection", b"keep-alive, x-secret-hop"), (b"Keep-Alive", b"5"),
+              (b"TE", b"trailers"), (b"Accept", b"*/*"), (b"Content-Length", b"3")]
     assert upstream.request_headers(fields, b"svc") == [(b"host", b"svc"), (b"Accept", b"*/*")]
+
+
+def test_request_headers_keep_what_the_proxy_set_though_connection_names_it():
+    """Nominations went when the request was received (mesh/core/hopbyhop.py); a header the proxy
+    set since is sent, whatever the client's Connection field still says."""
+    fields = [(b"Host", b"x"), (b"Connection", b"close, x-consumer, x-forwarded-for"),
+              (b"x-consumer", b"acme"), (b"x-forwarded-for", b"10.1.1.1")]
+    assert upstream.request_headers(fields, b"svc") == [
+        (b"host", b"svc"), (b"x-consumer", b"acme"), (b"x-forwarded-for", b"10.1.1.1")]
