@@ -20,7 +20,9 @@ class Normalize:
         raw, mark, query = req.path.partition("?")
         opts = st.snapshot.http
         try:
-            heads.check(req.http_version, req.headers.fields, flow.client_conn.alpn == b"h2")
+            heads.check(req.http_version, req.data.method, req.headers.fields,
+                        flow.client_conn.alpn == b"h2", req.data.authority)
+            paths.check_query(query)  # before a redirect could put it into a Location
             path = paths.normalize(raw, normalize_path=opts.normalize_path, merge_slashes=opts.merge_slashes,
                                    escaped_slashes=opts.path_with_escaped_slashes_action)
         except paths.Redirect as r:
@@ -32,6 +34,11 @@ class Normalize:
             st.decide("normalize", e.reason)
             replies.reply(flow, e.status, e.error, e.reason, headers={"connection": "close"})
             return
+        host = req.host_header
+        if host and (named := heads.without_root_dot(host)) != host:
+            # the upstream gets the name routing and authorization decided on, as with the path
+            st.decide("normalize", f"host {host!r} without its trailing dot: {named!r}")
+            req.host_header = named
         if path != raw:
             st.decide("normalize", f"path {raw!r} normalized to {path!r}")
             req.path = path + mark + query  # what mitmweb, recordings and the upstream see
