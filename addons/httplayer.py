@@ -16,8 +16,10 @@ import logging
 import re
 import time
 
+import h11
 import h2.errors
 import h2.events
+from h11._readers import ChunkedReader
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
@@ -26,7 +28,8 @@ from mitmproxy.proxy.layers.http import (DropStream, ErrorCode, HttpLayer, HttpR
                                          ReceiveHttp, RequestEndOfMessage, RequestHeaders, ResponseData,
                                          ResponseEndOfMessage, ResponseHeaders, ResponseProtocolError, SendHttp)
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
-from mitmproxy.proxy.layers.http._http2 import Http2Server, format_h2_response_headers
+from mitmproxy.proxy.layers.http._http2 import (Http2Server, format_h2_response_headers,
+                                                parse_h2_request_headers)
 
 from mesh.core.downstream import LINGER, ResetWindow
 
@@ -178,12 +181,19 @@ class GuardedHttp1Server(Http1Server):
             self.state = self.done
 
     def read_body(self, event):
+        if type(self.body_reader) is ChunkedReader:
+            self.body_reader = TrailersDropped(self.body_reader, self.limits.max_head)
         for command in super().read_body(event):
             if isinstance(command, commands.CloseConnection) and self.response is None \
                     and self.conn.state & ConnectionState.CAN_WRITE:
-                # a broken chunk size or a body cut short: mitmproxy closes without a word
-                yield commands.SendData(self.conn, http1.assemble_response(replies.without_flow(
-                    400, "invalid_body", "the request body's framing is not valid (RFC 9112 §6-7)")))
+                if getattr(self.body_reader, "too_large", False):
+                    answer = replies.without_flow(
+                        431, "headers_too_large",
+                        f"the request's trailer section exceeds {self.limits.max_head} bytes")
+                else:  # a broken chunk size or a body cut short: mitmproxy closes without a word
+                    answer = replies.without_flow(400, "invalid_body", "the request body's "
+                                                  "framing is not valid (RFC 9112 §6-7)")
+                yield commands.SendData(self.conn, http1.assemble_response(answer))
             yield command
 
     def linger(self, event):
@@ -192,6 +202,32 @@ class GuardedHttp1Server(Http1Server):
             self.buf = type(self.buf)()
         else:  # the client closed, or the wakeup
             yield commands.CloseConnection(self.conn)
+
+
+class TrailersDropped:
+    """h11's chunked body reader, with the trailer section read and discarded: mitmproxy raises
+    NotImplementedError on one (no answer, a traceback per request). RFC 9110 §6.5.1 lets a
+    recipient discard trailer fields, Envoy's HTTP/1 codec drops them by default and nginx ignores
+    them; the body is sent upstream whole with a Content-Length, so they have nowhere to go, and are
+    never made headers."""
+
+    __slots__ = ("reader", "limit", "too_large")
+
+    def __init__(self, reader: ChunkedReader, limit: int):
+        self.reader, self.limit, self.too_large = reader, limit, False
+
+    def __call__(self, buf):
+        event = self.reader(buf)
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            log.debug(f"dropped a request's trailer section of {len(event.headers)} fields")
+            return h11.EndOfMessage()
+        if event is None and self.reader._reading_trailer and len(buf) > self.limit:
+            self.too_large = True  # h11 would buffer an endless trailer section, as a head
+            raise h11.RemoteProtocolError("trailer section over the request head limit")
+        return event
+
+    def read_eof(self):
+        return self.reader.read_eof()
 
 
 class FastHttp1Server(GuardedHttp1Server):
@@ -331,15 +367,39 @@ class GuardedHttp2Server(WholeResponseHttp2Server):
         if isinstance(event, ResponseProtocolError) and (status := event.code.http_status_code()) is not None \
                 and self.is_open_for_us(event.stream_id) \
                 and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent:
-            answer = refusal(event, status)
-            del answer.headers["connection"]  # connection-specific: not in HTTP/2
-            self.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % status), *answer.headers.fields])
-            self.h2_conn.send_data(event.stream_id, answer.content, end_stream=True)
+            self._answer(event.stream_id, refusal(event, status))
             yield commands.SendData(self.conn, self.h2_conn.data_to_send())
             return
         yield from super()._handle_event(event)
 
+    def _answer(self, stream_id: int, answer) -> None:
+        del answer.headers["connection"]  # connection-specific: not in HTTP/2
+        status = b"%d" % answer.status_code
+        self.h2_conn.send_headers(stream_id, [(b":status", status), *answer.headers.fields])
+        self.h2_conn.send_data(stream_id, answer.content, end_stream=True)
+
+    def _refuse_head(self, event: h2.events.RequestReceived, message: str):
+        """A request whose pseudo-header fields mitmproxy cannot parse (an :authority that is not
+        a host, a missing :path) gets the JSON 400 on its stream (RFC 9113 §8.1.1 lets an
+        intermediary answer a malformed request), where mitmproxy would end the whole connection
+        with a GOAWAY carrying its own words; the library's message stays in the log."""
+        log.info(f"refused an HTTP/2 request mitmproxy could not take (400): {message}")
+        if "pseudo header" in message:
+            error, reason = "bad_request", "pseudo-header fields missing or unknown (RFC 9113 §8.3)"
+        else:
+            error, reason = "invalid_host", "the :authority is not a host and port (RFC 9110 §7.2)"
+        self._answer(event.stream_id, replies.without_flow(400, error, reason))
+        if not event.stream_ended:  # the client need not send the rest
+            self.h2_conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+
     def handle_h2_event(self, event):
+        if isinstance(event, h2.events.RequestReceived):
+            try:  # parsed again by mitmproxy right after; a few microseconds
+                parse_h2_request_headers(event.headers)
+            except ValueError as e:
+                yield from self._refuse_head(event, str(e))
+                return False
         # every reset counts: mitmproxy itself forgets a stream whose HEADERS(END_STREAM) and
         # RST_STREAM came in one read, and would go on to forward its request
         if isinstance(event, h2.events.StreamReset) and event.remote_reset:

@@ -21,7 +21,9 @@ class Normalize:
         raw, mark, query = req.path.partition("?")
         opts = st.snapshot.http
         try:
-            heads.check(req.http_version, req.headers.fields, flow.client_conn.alpn == b"h2")
+            heads.check(req.http_version, req.data.method, req.headers.fields,
+                        flow.client_conn.alpn == b"h2", req.data.authority)
+            paths.check_query(query)  # before a redirect could put it into a Location
             fields, dropped = heads.underscores(req.headers.fields, opts.headers_with_underscores_action)
             path = paths.normalize(raw, normalize_path=opts.normalize_path, merge_slashes=opts.merge_slashes,
                                    escaped_slashes=opts.path_with_escaped_slashes_action)
@@ -39,6 +41,11 @@ class Normalize:
             names = ", ".join(repr(n.decode("latin-1")) for n in dropped)
             st.decide("normalize", f"dropped header {names}: an underscore in its name "
                                    f"(headers_with_underscores_action: DROP_HEADER)")
+        host = req.host_header
+        if host and (named := heads.without_root_dot(host)) != host:
+            # the upstream gets the name routing and authorization decided on, as with the path
+            st.decide("normalize", f"host {host!r} without its trailing dot: {named!r}")
+            req.host_header = named
         if path != raw:
             st.decide("normalize", f"path {raw!r} normalized to {path!r}")
             req.path = path + mark + query  # what mitmweb, recordings and the upstream see

@@ -14,20 +14,27 @@ from mesh.config.http import ALLOW, REJECT_REQUEST  # the option's values: the c
 from mesh.core import hopbyhop
 from mesh.core.paths import Rejected
 
-# RFC 9110 §5.1: a field name is a token
-_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.6.2: a field name (§5.1) and a method (§9.1) are tokens
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: a field value never holds NUL, CR, LF or another control character but HTAB; a CR
 # or LF inside a parsed value is also what an obs-fold (RFC 9112 §5.2) leaves behind
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ], or empty (RFC 9112 §3.2). The host is an
+# IP literal or a DNS name: labels of letters, digits, '-' and '_' (SRV and container names), and
+# one trailing dot (the root). The rest of RFC 3986's reg-name (',', ';', '%2e', …) names no host a
+# resolver knows, and an upstream that reads it otherwise (drops what follows a comma, decodes
+# '%2e') would see another virtual host than routing did
+_HOST = re.compile(rb"(?:(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?)"
+                   rb"(?::[0-9]*)?)?")
 _HTTP1 = ("HTTP/1.1", "HTTP/1.0")
 
 
-def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False) -> None:
+def check(version: str, method: bytes, fields: Iterable[tuple[bytes, bytes]], h2: bool = False,
+          authority: bytes = b"") -> None:
     """Raise `Rejected` for the first thing wrong with a request head: its HTTP version (`h2`: it
-    came over HTTP/2), a field name or value, its Host fields, what its Connection field nominates,
-    or its message framing."""
+    came over HTTP/2), its method, a field name or value, its Host fields or `authority` (HTTP/2's
+    `:authority`, an absolute-form target's), what its Connection field nominates, or its message
+    framing."""
     if h2:
         if version != "HTTP/2.0":
             raise Rejected(400, "bad_http_version", f"{version} request on an HTTP/2 connection")
@@ -37,12 +44,17 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
                            f"unknown HTTP version {version[:16]!r}: HTTP/1.0 and HTTP/1.1 are accepted")
         raise Rejected(505, "http_version_not_supported",
                        f"HTTP version {version[:16]!r} is not spoken here (RFC 9110 §15.6.6)")
+    if not _TOKEN.fullmatch(method):
+        # HTTP/2's :method can hold what HTTP/1's request line splits on: "GET /admin" would become
+        # the upstream's request line `GET /admin /x HTTP/1.1`
+        raise Rejected(400, "invalid_method",
+                       f"the method {_clip(method)} is not a token (RFC 9110 §9.1)")
     hosts: list[bytes] = []
     connection: list[bytes] = []
     lengths = encodings = 0
     encoding = b""
     for name, value in fields:
-        if not _NAME.fullmatch(name):
+        if not _TOKEN.fullmatch(name):
             raise Rejected(400, "invalid_header", f"invalid header name {_clip(name)} (RFC 9110 §5.1)")
         bad = _BAD_VALUE.search(value)
         if bad:
@@ -69,6 +81,9 @@ def check(version: str, fields: Iterable[tuple[bytes, bytes]], h2: bool = False)
         raise Rejected(400, "invalid_host", f"invalid Host {_clip(hosts[0])} (RFC 9110 §7.2)")
     if connection and (why := hopbyhop.refusal(hopbyhop.tokens(connection))):
         raise Rejected(400, "invalid_header", why)
+    if authority and not _HOST.fullmatch(authority):
+        raise Rejected(400, "invalid_host",
+                       f"invalid authority {_clip(authority)} (RFC 9110 §7.2)")
     _framing(version, h2, lengths, encodings, encoding)
 
 
@@ -91,6 +106,17 @@ def underscores(fields: Iterable[tuple[bytes, bytes]], action: str
                                               f"(headers_with_underscores_action: REJECT_REQUEST)")
     return (tuple(f for f in fields if b"_" not in f[0]),
             tuple(dict.fromkeys(name for name, _ in fields if b"_" in name)))
+
+
+def without_root_dot(authority: str) -> str:
+    """A checked Host without the trailing dot of its name (`admin.example.com.:8080` →
+    `admin.example.com:8080`): the same DNS name, in the form routes name it (Envoy's
+    `strip_trailing_host_dot`)."""
+    if authority[:1] == "[":  # an IP literal has no such dot
+        return authority
+    if authority[-1:] == ".":
+        return authority[:-1]
+    return authority.replace(".:", ":", 1) if ".:" in authority else authority
 
 
 def _framing(version: str, h2: bool, lengths: int, encodings: int, encoding: bytes) -> None:

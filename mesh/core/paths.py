@@ -75,6 +75,15 @@ def normalize(path: str, *, normalize_path: bool = True, merge_slashes: bool = T
     return path
 
 
+def check_query(query: str) -> None:
+    """Raise `Rejected` for a query (the target after its '?') that a request line cannot carry: it
+    would reach the upstream's request line as it came (`?q=a HTTP/1.1\tb`, terminal escapes)."""
+    bad = _FORBIDDEN.search(query)
+    if bad:
+        raise Rejected(400, "invalid_query", f"the query holds {_show(bad.group())}, which a "
+                                             f"request target may not contain (RFC 9112 §3.2)")
+
+
 def _percent(path: str, decode_unreserved: bool, escaped_slashes: str) -> tuple[str, bool]:
     """Percent-encodings normalized; returns the path and whether an escaped slash was unescaped."""
     parts = path.split("%")

@@ -232,10 +232,13 @@ class RouteTable:
 
 
 def strip_port(host: str) -> str:
+    """The name a route's `host` is matched with: lower case, without the port, and without one
+    trailing dot (`Admin.Example.Com.:80` → `admin.example.com`, the same DNS name)."""
     host = host.lower()
     if host.startswith("["):
         return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name[:-1] if name[-1:] == "." else name
 
 
 def compile_routes(config: schema.MeshConfig, runtime: Runtime | None = None, base: str = "",

@@ -54,6 +54,28 @@ async def test_refusals_are_json_and_name_the_problem(gateway, upstream_app):
         assert keys.get(flow).route is None  # refused before routing
 
 
+async def test_method_query_and_host_are_checked_and_the_host_loses_its_roots_dot(gateway,
+                                                                                 upstream_app):
+    port = await upstream_app("api")
+    async with gateway(config(port)) as gw:
+        for kwargs, error in (({"method": "GET /admin"}, "invalid_method"),
+                              ({"method": "G\x01ET"}, "invalid_method"),
+                              ({"path": "/users?q=a HTTP/1.1\tb"}, "invalid_query"),
+                              ({"path": "/users?q=\x1b[31m"}, "invalid_query"),
+                              ({"path": "/users?q=a#b"}, "invalid_query"),
+                              ({"host": "api.example.com,x"}, "invalid_host")):
+            flow = await gw.send(**{"path": "/users", **kwargs})
+            assert flow.response.status_code == 400, kwargs
+            assert json.loads(flow.response.content)["error"] == error, kwargs
+            assert keys.get(flow).route is None and keys.get(flow).attempts == 0, kwargs
+        flow = await gw.send("/users", host="Api.Example.com.:8080")
+        assert flow.response.status_code == 200
+        assert flow.request.host_header == "Api.Example.com:8080"
+        assert dict(json.loads(flow.response.content)["headers"])["host"] == "Api.Example.com:8080"
+        assert ("normalize", "host 'Api.Example.com.:8080' without its trailing dot: "
+                             "'Api.Example.com:8080'") in keys.get(flow).decisions
+
+
 async def test_escaped_slash_actions_from_config(gateway, upstream_app):
     port = await upstream_app("api")
     async with gateway(config(port, "{path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT}")) as gw:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.heads import check, fold, underscores
+from mesh.core.heads import check, fold, underscores, without_root_dot
 from mesh.core.paths import Rejected
 
 HOST = (b"Host", b"example.com")
@@ -21,7 +21,7 @@ HOST = (b"Host", b"example.com")
     ("HTTP/2.0", [(b"content-length", b"3")], True),
 ])
 def test_good_heads_pass(version, fields, h2):
-    check(version, fields, h2)
+    check(version, b"GET", fields, h2)
 
 
 @pytest.mark.parametrize("version, fields, h2, status, error, reason", [
@@ -62,13 +62,13 @@ def test_good_heads_pass(version, fields, h2):
 ])
 def test_bad_heads_are_refused(version, fields, h2, status, error, reason):
     with pytest.raises(Rejected) as e:
-        check(version, fields, h2)
+        check(version, b"GET", fields, h2)
     assert (e.value.status, e.value.error, e.value.reason) == (status, error, reason)
 
 
 def test_long_values_are_clipped_in_the_reason():
     with pytest.raises(Rejected) as e:
-        check("HTTP/1.1", [(b"Host", b"x" * 100 + b"/")])
+        check("HTTP/1.1", b"GET", [(b"Host", b"x" * 100 + b"/")])
     assert e.value.reason == f"invalid Host '{'x' * 40}…' (RFC 9110 §7.2)"
 
 
@@ -88,3 +88,64 @@ def test_underscores_dropped_allowed_or_refused():
     assert (e.value.status, e.value.error, e.value.reason) == (
         400, "invalid_header",
         "header name 'X_User' holds an underscore (headers_with_underscores_action: REJECT_REQUEST)")
+
+
+@pytest.mark.parametrize("method", [b"GET", b"PURGE", b"M-SEARCH", b"VERSION-CONTROL",
+                                    b"x~!#$%&'*+.^_`|"])
+def test_token_methods_pass(method):
+    check("HTTP/1.1", method, [HOST])
+
+
+@pytest.mark.parametrize("method, shown", [
+    (b"GET /app/admin", "'GET /app/admin'"),  # HTTP/2's :method: a request line of its own upstream
+    (b"G\x01ET", "'G\\x01ET'"),
+    (b"G\x0bET", "'G\\x0bET'"),
+    (b"GET?", "'GET?'"),
+    (b"GET/x", "'GET/x'"),
+    (b"GET\tx", "'GET\\tx'"),
+    (b"", "''"),
+])
+def test_methods_that_are_not_tokens_are_refused(method, shown):
+    with pytest.raises(Rejected) as e:
+        check("HTTP/2.0", method, [], True)
+    assert (e.value.status, e.value.error) == (400, "invalid_method")
+    assert e.value.reason == f"the method {shown} is not a token (RFC 9110 §9.1)"
+
+
+@pytest.mark.parametrize("host", [
+    b"example.com", b"Example.COM:8080", b"admin.example.com.", b"admin.example.com.:80",
+    b"localhost", b"my_service.internal", b"xn--bcher-kva.example", b"a-b.c-d",
+    b"127.0.0.1", b"127.0.0.1:80",
+    b"[::1]", b"[::1]:8080", b"[2001:db8::ffff:192.0.2.1]:443", b"example.com:", b"",
+])
+def test_hosts_that_name_a_host_pass(host):
+    check("HTTP/1.1", b"GET", [(b"Host", host)])
+    check("HTTP/2.0", b"GET", [], True, authority=host)
+
+
+@pytest.mark.parametrize("host", [
+    b"admin.example.com,x", b"admin.example.com;x", b"a=b", b"a!b", b"a$b", b"a&b", b"a'b", b"a(b)",
+    b"a*b", b"a+b", b"admin%2eexample.com", b"a~b", b"admin..example.com", b"admin.example.com..",
+    b".example.com", b".", b":80", b"a b", b"a/b", b"user@x", b"[::1", b"::1", b"x:80:80", b"x:8a",
+    b"[::1].", b"caf\xc3\xa9.example",
+])
+def test_hosts_that_are_not_hosts_are_refused(host):
+    with pytest.raises(Rejected) as e:
+        check("HTTP/1.1", b"GET", [(b"Host", host)])
+    assert (e.value.status, e.value.error) == (400, "invalid_host")
+    with pytest.raises(Rejected) as e:
+        check("HTTP/2.0", b"GET", [], True, authority=host)
+    assert e.value.reason.startswith("invalid authority ")
+
+
+@pytest.mark.parametrize("host, named", [
+    ("admin.example.com.", "admin.example.com"),
+    ("admin.example.com.:8080", "admin.example.com:8080"),
+    ("Admin.Example.Com.", "Admin.Example.Com"),  # matching is case-blind; the name keeps its case
+    ("admin.example.com", "admin.example.com"),
+    ("admin.example.com:8080", "admin.example.com:8080"),
+    ("127.0.0.1.", "127.0.0.1"),
+    ("[::1]:8080", "[::1]:8080"),
+])
+def test_without_root_dot(host, named):
+    assert without_root_dot(host) == named

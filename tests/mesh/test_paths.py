@@ -67,6 +67,28 @@ def test_refused_spellings(raw, error, reason):
     assert (e.value.status, e.value.error, e.value.reason) == (400, error, reason)
 
 
+@pytest.mark.parametrize("query, shown", [
+    ("q=\x01", "the control character '\\x01'"),
+    ("q=a HTTP/1.1\tb c", "a space"),  # a request line of its own, upstream
+    ("q=\x1b[31m", "the control character '\\x1b'"),
+    ("q=a\x7f", "the control character '\\x7f'"),
+    ("q=a\x00", "the control character '\\x00'"),
+    ("q=a#/admin", "'#' (a fragment)"),
+])
+def test_refused_queries(query, shown):
+    with pytest.raises(Rejected) as e:
+        paths.check_query(query)
+    assert (e.value.status, e.value.error, e.value.reason) == (
+        400, "invalid_query",
+        f"the query holds {shown}, which a request target may not contain (RFC 9112 §3.2)")
+
+
+@pytest.mark.parametrize("query", ["", "q=a%20b&r=%23", "a=b;c=d", "q=/a/../b?c", "q=caf\u00e9",
+                                   "a+b=c"])
+def test_queries_that_a_request_line_can_carry_pass(query):
+    paths.check_query(query)
+
+
 @pytest.mark.parametrize("action, raw, expected", [
     (KEEP_UNCHANGED, "/a%2fb/../c", "/c"),  # an escaped slash is data: the dot-dot removes the segment
     (KEEP_UNCHANGED, "/a%2fb", "/a%2Fb"),

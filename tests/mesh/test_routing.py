@@ -67,6 +67,20 @@ def test_hosts_exact_wildcard_any_with_fallback():
     assert match(t, "/", host="example.org") == "fallback"
 
 
+def test_host_with_the_roots_trailing_dot_gets_the_route_of_its_name():
+    """`admin.example.com.` is the same DNS name: it once fell through to the host-agnostic route,
+    and an upstream that strips the dot (nginx) served its admin virtual host."""
+    t = table("""
+    - {name: admin, match: {host: admin.example.com}, direct: {}}
+    - {name: wild, match: {host: "*.example.com"}, direct: {}}
+    - {name: fallback, match: {path: {prefix: /}}, direct: {}}
+    """)
+    for host in ("admin.example.com.", "Admin.Example.Com.", "admin.example.com.:80"):
+        assert match(t, "/shop/", host=host) == "admin", host
+    assert match(t, "/shop/", host="www.example.com.") == "wild"
+    assert match(t, "/shop/", host="example.com.") == "fallback"
+
+
 def test_methods_headers_query():
     t = table("""
     - name: canary
@@ -136,3 +150,6 @@ def test_strip_port():
     assert strip_port("Example.com:8080") == "example.com"
     assert strip_port("[::1]:8080") == "[::1]"
     assert strip_port("example.com") == "example.com"
+    assert strip_port("Admin.Example.Com.") == "admin.example.com"  # the root's dot: the same name
+    assert strip_port("admin.example.com.:80") == "admin.example.com"
+    assert strip_port("[::1]") == "[::1]"

@@ -62,6 +62,7 @@ class Target:
     port: int
     app: tuple[str, int]
     tls: ssl.SSLContext | None = field(default=None, repr=False)
+    log: Path | None = None  # the proxy's log file
 
     def hits(self) -> int:
         """Requests the app behind this listener has served (health checks are not counted)."""
@@ -169,14 +170,17 @@ def targets(tmp: Path, *, http: dict | None = None, sidecar: bool = True, tls: b
         if sidecar:
             (inst,) = m.start_instances({"service": "echo", "app": "echo"})
             found["sidecar"] = Target("sidecar", inst.inst.sidecar.address, inst.inst.sidecar.inbound,
-                                      (inst.inst.host, inst.inst.port))
+                                      (inst.inst.host, inst.inst.port), log=inst.sidecar.log)
         m.start_gateway()
         gw = config["gateway"]["listeners"]
-        found["gateway"] = Target("gateway", "127.0.0.1", gw[0]["port"], ("127.0.0.1", edge_app))
+        log = m.children["gateway"].log
+        found["gateway"] = Target("gateway", "127.0.0.1", gw[0]["port"], ("127.0.0.1", edge_app),
+                                  log=log)
         if tls:
             ctx = ssl.create_default_context(cafile=str(tmp / "certs" / "edge-ca.pem"))
             ctx.set_alpn_protocols(["h2"])
-            found["gateway-tls"] = Target("gateway-tls", "127.0.0.1", gw[1]["port"], ("127.0.0.1", edge_app), ctx)
+            found["gateway-tls"] = Target("gateway-tls", "127.0.0.1", gw[1]["port"],
+                                          ("127.0.0.1", edge_app), ctx, log)
         m.targets = found
         yield m
     finally:
