@@ -113,6 +113,7 @@ class Authn:
         """The route's requirements checked (403), then who the caller is recorded and decided."""
         route.authorize(verified)
         st.authenticated, st.claims = verified.principal, verified.claims
+        st.credential = verified.credential
         flow.metadata[keys.PRINCIPAL] = verified.principal
         st.decide("authn", f"{verified.method}: {verified.principal}")
 

@@ -49,6 +49,14 @@ class Verified(NamedTuple):  # a tuple: made for every authenticated request
     method: str  # jwt | oauth2 | api_key
     principal: str
     claims: dict
+    credential: str = ""  # which credential it was, never the credential itself (`identity`)
+
+
+def identity(method: str, secret: str) -> str:
+    """What names a verified credential in counters and logs without being it: its method and the
+    first 24 hex digits of its SHA-256 (for an API key, of the digest the config holds), so a rate
+    limit counts per key or token and its storage holds no secret."""
+    return f"{method}:{hashlib.sha256(secret.encode()).hexdigest()[:24]}"
 
 
 def _principal(claims: Mapping) -> str:
@@ -233,12 +241,13 @@ class Introspector:
 class ApiKeys:
     def __init__(self, config: ApiKey):
         self.config = config
-        self.by_digest: dict[bytes, tuple[str, dict]] = {}
+        self.by_digest: dict[bytes, tuple[str, dict, str]] = {}  # → consumer, claims, `identity`
         for name, consumer in config.consumers.items():
             claims = {"consumer": name, "sub": name, **{k: v if len(v) > 1 else v[0]
                                                        for k, v in consumer.claims.items()}}
             for hexdigest in consumer.key_sha256:
-                self.by_digest[bytes.fromhex(hexdigest)] = (name, claims)
+                digest = bytes.fromhex(hexdigest)
+                self.by_digest[digest] = (name, claims, "api_key:" + digest.hex()[:24])
 
     def find(self, header: Getter, query: Getter) -> str | None:
         c = self.config
@@ -248,7 +257,7 @@ class ApiKeys:
         found = self.by_digest.get(hashlib.sha256(key.encode()).digest())
         if found is None:
             raise AuthnError(401, "invalid_api_key", "unknown API key")
-        return Verified("api_key", found[0], dict(found[1]))
+        return Verified("api_key", found[0], dict(found[1]), found[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,12 +354,12 @@ class RouteAuthn:
         else:
             raise _invalid("malformed token")
         if isinstance(result, dict):
-            return Verified(method, _principal(result), result)
-        return self._later(result, method)
+            return Verified(method, _principal(result), result, identity(method, token))
+        return self._later(result, method, identity(method, token))
 
-    async def _later(self, pending: Awaitable[dict], method: str) -> Verified:
+    async def _later(self, pending: Awaitable[dict], method: str, credential: str) -> Verified:
         result = await pending
-        return Verified(method, _principal(result), result)
+        return Verified(method, _principal(result), result, credential)
 
     def authorize(self, verified: Verified) -> None:
         """The route's `require`: every scope, and one accepted value per claim; else 403."""
