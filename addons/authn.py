@@ -98,10 +98,12 @@ class Authn:
             value = authn.forwarded_value(verified.claims, claim)
             if value is not None:
                 headerfields.put(headers, header, value)
-        if verified.method == "api_key":
-            if not route.keep_key:
-                self._strip_key(flow, route)
-        elif not route.keep_token:
+        # whichever method verified the caller, every credential source of the route goes unless
+        # its policy forwards it: a token next to a verified key (or a key next to a verified
+        # token) was checked by no one, and the upstream is told "none, or a verified one"
+        if not route.keep_key:
+            self._strip_key(flow, route)
+        if not route.keep_token:
             for src in route.sources:
                 if src.header is not None:
                     headerfields.remove(headers, src.header)
@@ -113,22 +115,27 @@ class Authn:
         """The route's requirements checked (403), then who the caller is recorded and decided."""
         route.authorize(verified)
         st.authenticated, st.claims = verified.principal, verified.claims
+        st.credential = verified.credential
         flow.metadata[keys.PRINCIPAL] = verified.principal
         st.decide("authn", f"{verified.method}: {verified.principal}")
 
     def _api_key(self, flow: http.HTTPFlow, st: keys.FlowState, route: authn.RouteAuthn) -> bool:
         """The usual API-key route (a key in a header, `route.key_header`): what `authenticate` and
         `_accept` do for it, with one pass over the header fields to read the key, strip it and
-        see whether a forwarded claim's header is there. False when the header is absent or empty:
-        `authenticate` then decides (the key may not be the route's only credential)."""
-        name, forwarded = route.key_header, route.forward_names
+        the route's token headers, and see whether a forwarded claim's header is there. False when
+        the header is absent or empty: `authenticate` then decides (the key may not be the route's
+        only credential)."""
+        name, forwarded, tokens = route.key_header, route.forward_names, route.token_headers
+        keep = route.keep_key
         headers = flow.request.headers
         values, kept, present = [], [], False
         for field in headers.fields:
             low = field[0].lower()
             if low == name:
                 values.append(field[1])
-            else:
+                if keep:
+                    kept.append(field)
+            elif low not in tokens:  # a token beside the key is unverified: gone, as in `_accept`
                 kept.append(field)
                 present = present or low in forwarded
         key = b", ".join(values).decode("utf-8", "surrogateescape")
@@ -147,7 +154,7 @@ class Authn:
                 (header.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
                 for claim, header in route.forward
                 if (value := authn.forwarded_value(verified.claims, claim)) is not None)
-        headers.fields = (headers.fields if route.keep_key else tuple(kept)) + added
+        headers.fields = tuple(kept) + added
         return True
 
     def _strip_key(self, flow: http.HTTPFlow, route: authn.RouteAuthn) -> None:

@@ -57,6 +57,7 @@ WRITERS: dict[str, tuple[str, ...]] = {
     "peer": ("tls",),
     "authenticated": ("authn",),
     "claims": ("authn",),
+    "credential": ("authn",),
     "ratelimit_headers": ("ratelimit",),
     "sticky_point": ("canary",),
     "set_cookie": ("canary",),
@@ -109,6 +110,9 @@ class FlowState:
         # who Authn verified: a consumer name, a JWT subject, a client id; and the verified claims
         self.authenticated: str | None = None
         self.claims: dict | None = None
+        # which credential Authn verified, never the credential itself: `<method>:<24 hex digits of
+        # its SHA-256>` (mesh/policies/authn.py `identity`), what a per-key rate limit counts
+        self.credential: str | None = None
         self.ratelimit_headers: tuple[tuple[str, str], ...] = ()  # RateLimit-*
         # Canary: where a sticky key hashed to on the route's weights, and a new sticky cookie
         self.sticky_point: float | None = None

@@ -19,19 +19,25 @@ from mesh.policies.transform import claim
 
 
 def counter_key(flow: http.HTTPFlow, st: keys.FlowState, policy: ratelimit.Policy) -> str:
-    """What is counted; a request without the configured key is counted by its client IP (as Kong)."""
+    """What is counted; a request without the configured key is counted by its client IP (as Kong).
+    A credential is counted as Authn verified it (its identity, never the key or token: Authn has
+    stripped it by now), however it was sent; one no one verified is not a key."""
     kind = policy.key
     value = None
-    if kind == "consumer":
+    if policy.credential:  # key: api_key, or key: header on a header carrying a credential
+        credential = st.credential
+        if credential is not None and credential.startswith(policy.credential):
+            return credential
+    elif kind == "consumer":
         value = st.principal
     elif kind == "claim":
         found = claim(st.claims, policy.claim or "")
         value = None if found is None else str(found)
-    elif kind in ("header", "api_key"):
+    elif kind == "header":
         value = flow.request.headers.get(policy.header or "")
     if not value:
-        kind, value = "ip", flow.client_conn.peername[0]
-    return ratelimit.key_text(kind, value)
+        return ratelimit.key_text("ip", flow.client_conn.peername[0])
+    return ratelimit.key_text(kind, value, policy.hashed)
 
 
 class RateLimit:

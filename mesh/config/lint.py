@@ -1,11 +1,14 @@
 """Warnings about a config that loads but is likely a mistake; `mitmesh validate` prints them.
 
-One today: a service exposed by two routes that authenticate differently, where one route lets a
-caller skip a check the other makes (OWASP API Security Top 10, API5: broken function level
-authorization). A route is weaker than another to the same service when it authenticates no one
-while the other does (JWT, opaque token, API key, or an allow list of mTLS identities), or when
-both accept the same kind of credential and it requires fewer scopes or claims. Routes whose
-credentials are of different kinds (a JWT here, an mTLS identity there) each make their check.
+A service exposed by two routes that authenticate differently, where one route lets a caller skip
+a check the other makes (OWASP API Security Top 10, API5: broken function level authorization). A
+route is weaker than another to the same service when it authenticates no one while the other does
+(JWT, opaque token, API key, or an allow list of mTLS identities), or when both accept the same
+kind of credential and it requires fewer scopes or claims. Routes whose credentials are of different
+kinds (a JWT here, an mTLS identity there) each make their check.
+
+A rate limit by `key: api_key` (the key an api_key policy verified) on a route or service without
+an api_key policy: there it counts every request by its client IP (OWASP API4).
 """
 
 from __future__ import annotations
@@ -65,8 +68,27 @@ def route_auth(config: MeshConfig, route: Route) -> Auth:
     return Auth(frozenset(kinds), frozenset(requires))
 
 
+def _unkeyed_limits(src: Source, config: MeshConfig) -> list[Problem]:
+    """Rate limits by `key: api_key` where no api_key policy verifies a key."""
+    found: dict[str, list[str]] = {}  # policy block → where its limit has no key to count
+    places = [(f"route {r.name}", [*r.policies, *config.gateway.policies]) for r in config.routes]
+    places += [(f"service {name}", list(s.policies)) for name, s in config.services.items()]
+    for where, refs in places:
+        blocks = [(ref, config.policies[ref]) for ref in refs if ref in config.policies]
+        ref = next((ref for ref, b in blocks if b.rate_limit is not None), None)  # the first wins
+        if ref is None or config.policies[ref].rate_limit.key != "api_key":
+            continue
+        if not any(b.api_key is not None for _, b in blocks):
+            found.setdefault(ref, []).append(where)
+    return [src.problem(("policies", ref, "rate_limit", "key"), (
+        f"warning: key: api_key counts the API keys an api_key policy verifies, but "
+        f"{', '.join(where)} {'has' if len(where) == 1 else 'have'} no api_key policy: there every "
+        f"request is counted by its client IP; use key: consumer or ip, or add an api_key policy"))
+        for ref, where in found.items()]
+
+
 def warnings(src: Source, config: MeshConfig) -> list[Problem]:
-    out: list[Problem] = []
+    out: list[Problem] = _unkeyed_limits(src, config)
     by_service: dict[str, list[tuple[int, Route, Auth]]] = {}
     for i, route in enumerate(config.routes):
         if route.forward is not None:

@@ -625,10 +625,15 @@ class RateLimit(Model):
     hour: Count | None = Field(None, description="requests per hour")
     day: Count | None = Field(None, description="requests per day")
     key: Literal["consumer", "ip", "header", "claim", "api_key"] = Field(
-        "consumer", description="what is counted: the verified consumer (default), the client IP, a "
-                                "header, a JWT claim or an API key header; a missing key falls back to the IP")
+        "consumer", description="what is counted: the verified consumer (default), the client IP, "
+                                "a header, a JWT claim, or api_key: each API key the route's "
+                                "api_key policy verified, however it was sent (by its hash, never "
+                                "the key); a request without the key is counted by its IP")
     header: HeaderToken | None = Field(
-        None, description="the header, with key: header (required) or key: api_key (default x-api-key)")
+        None, description="the header, with key: header (required); one the route's "
+                          "authentication reads a key or token from counts that credential as "
+                          "verified, one named like a credential (authorization, cookie, "
+                          "x-api-key …) by the hash of its value")
     claim: str | None = Field(None, description="the claim, with key: claim (dotted path)")
     strategy: Literal["fixed_window", "sliding_window", "moving_window"] = Field(
         "fixed_window", description="fixed_window (default, cheapest), sliding_window (weighted counter) "
@@ -649,8 +654,10 @@ class RateLimit(Model):
             raise ValueError("key: header needs header: NAME")
         if self.key == "claim" and self.claim is None:
             raise ValueError("key: claim needs claim: NAME")
-        if self.header is not None and self.key not in ("header", "api_key"):
-            raise ValueError(f"header is only used with key: header or api_key (got key: {self.key})")
+        if self.header is not None and self.key != "header":
+            why = "; it counts the key the api_key policy verified, wherever it was sent"
+            raise ValueError(f"header is only used with key: header (got key: {self.key}"
+                             f"{why if self.key == 'api_key' else ''})")
         if self.claim is not None and self.key != "claim":
             raise ValueError(f"claim is only used with key: claim (got key: {self.key})")
         return self

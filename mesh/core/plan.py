@@ -14,7 +14,7 @@ no JWT, no rate limit, no CORS, no transform loads none of their code or librari
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -64,6 +64,9 @@ class Context:
     base: str
     runtime: Runtime
     uses: Uses
+    # the route's policy models by kind (`merged`): what a feature may need to know of another's
+    # config (a rate limit: which headers the route's authentication reads credentials from)
+    models: Mapping[str, object] = field(default_factory=dict)
 
     def jwks(self, j: schema.Jwt) -> JwksCache:
         from mesh.policies.jwks import JwksCache
@@ -127,7 +130,7 @@ def _authz(m, ctx: Context) -> authz.Policy:
 def _rate_limit(m, ctx: Context) -> ratelimit.Policy:
     from mesh.policies import ratelimit
 
-    return ratelimit.compile(m, ctx.route)
+    return ratelimit.compile(m, ctx.route, ctx.models)
 
 
 def _idempotency(m, ctx: Context) -> idempotency.Policy:
@@ -214,6 +217,7 @@ def merged(config: schema.MeshConfig, refs) -> dict[str, object]:
 def compile_plan(models: Mapping[str, object], ctx: Context) -> RoutePlan:
     """The plan of one route from its merged policy models; a compile's ValueError names the route."""
     values: dict[str, object] = {"models": dict(models)}
+    ctx = replace(ctx, models=values["models"])
     for f in FEATURES:
         if f.field != "forward" and not any(k in models for k in f.kinds):
             continue

@@ -49,6 +49,14 @@ class Verified(NamedTuple):  # a tuple: made for every authenticated request
     method: str  # jwt | oauth2 | api_key
     principal: str
     claims: dict
+    credential: str = ""  # which credential it was, never the credential itself (`identity`)
+
+
+def identity(method: str, secret: str) -> str:
+    """What names a verified credential in counters and logs without being it: its method and the
+    first 24 hex digits of its SHA-256 (for an API key, of the digest the config holds), so a rate
+    limit counts per key or token and its storage holds no secret."""
+    return f"{method}:{hashlib.sha256(secret.encode()).hexdigest()[:24]}"
 
 
 def _principal(claims: Mapping) -> str:
@@ -233,12 +241,13 @@ class Introspector:
 class ApiKeys:
     def __init__(self, config: ApiKey):
         self.config = config
-        self.by_digest: dict[bytes, tuple[str, dict]] = {}
+        self.by_digest: dict[bytes, tuple[str, dict, str]] = {}  # → consumer, claims, `identity`
         for name, consumer in config.consumers.items():
             claims = {"consumer": name, "sub": name, **{k: v if len(v) > 1 else v[0]
                                                        for k, v in consumer.claims.items()}}
             for hexdigest in consumer.key_sha256:
-                self.by_digest[bytes.fromhex(hexdigest)] = (name, claims)
+                digest = bytes.fromhex(hexdigest)
+                self.by_digest[digest] = (name, claims, "api_key:" + digest.hex()[:24])
 
     def find(self, header: Getter, query: Getter) -> str | None:
         c = self.config
@@ -248,7 +257,7 @@ class ApiKeys:
         found = self.by_digest.get(hashlib.sha256(key.encode()).digest())
         if found is None:
             raise AuthnError(401, "invalid_api_key", "unknown API key")
-        return Verified("api_key", found[0], dict(found[1]))
+        return Verified("api_key", found[0], dict(found[1]), found[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,15 +310,22 @@ class RouteAuthn:
             c = api_keys.config
             where = f'header="{c.header}"' if c.header else f'query="{c.query}"'
             self._api_key_challenge = f'ApiKey realm="{route}", {where}'
-        # the forwarded claims' header names, and the API key's header where a key is read from a
-        # header only and no claim is forwarded under its name: what the proxy reads, checks and
-        # edits in one pass over the request's header fields (addons/authn.py `_api_key`)
-        self.forward_names = frozenset(h.lower().encode("utf-8", "surrogateescape") for _, h in self.forward)
+        # the forwarded claims' header names, the token headers removed whatever authenticates
+        # (an unverified token never goes upstream unless forward_token keeps it), and the API
+        # key's header where a key is read from a header only, no claim is forwarded under its
+        # name or a token's, and no token sits in a cookie to remove: what the proxy reads,
+        # checks and edits in one pass over the request's header fields (addons/authn.py `_api_key`)
+        self.forward_names = frozenset(_low(h) for _, h in self.forward)
+        self.token_headers = frozenset() if self.keep_token else frozenset(
+            _low(s.header) for s in self.sources if s.header is not None)
         self.key_header: bytes | None = None
         self.key_forwards: dict[str, tuple[tuple[bytes, bytes], ...]] = {}  # consumer → its forwarded header fields
         if api_keys and api_keys.config.header and not api_keys.config.query:
-            name = api_keys.config.header.lower().encode("utf-8", "surrogateescape")
-            if name not in self.forward_names and len(self.forward_names) == len(self.forward):
+            name = _low(api_keys.config.header)
+            cookies = not self.keep_token and any(s.header is None for s in self.sources)
+            if (name not in self.forward_names | self.token_headers and not cookies
+                    and len(self.forward_names) == len(self.forward)
+                    and not self.forward_names & self.token_headers):
                 self.key_header = name
 
     def challenge(self, error: str) -> str:
@@ -345,12 +361,12 @@ class RouteAuthn:
         else:
             raise _invalid("malformed token")
         if isinstance(result, dict):
-            return Verified(method, _principal(result), result)
-        return self._later(result, method)
+            return Verified(method, _principal(result), result, identity(method, token))
+        return self._later(result, method, identity(method, token))
 
-    async def _later(self, pending: Awaitable[dict], method: str) -> Verified:
+    async def _later(self, pending: Awaitable[dict], method: str, credential: str) -> Verified:
         result = await pending
-        return Verified(method, _principal(result), result)
+        return Verified(method, _principal(result), result, credential)
 
     def authorize(self, verified: Verified) -> None:
         """The route's `require`: every scope, and one accepted value per claim; else 403."""
@@ -376,6 +392,10 @@ class RouteAuthn:
             c = self.api_keys.config
             what.append("API key in " + (f"{c.header} header" if c.header else f"{c.query} query parameter"))
         return "; or ".join(what)
+
+
+def _low(header: str) -> bytes:
+    return header.lower().encode("utf-8", "surrogateescape")
 
 
 def secret_of(config: OAuth2, env: Mapping[str, str]) -> str:

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import limits
 from limits import aio
@@ -22,6 +22,7 @@ from limits import strategies as sync_strategies
 
 from mesh.telemetry import metrics
 from mesh.config import schema
+from mesh.security.redact import SECRET_HEADERS
 
 log = logging.getLogger("mitmesh.ratelimit")
 
@@ -41,6 +42,11 @@ class Policy:
     key: str
     header: str | None  # lower case
     claim: str | None
+    # the verified credentials it counts, as prefixes of FlowState.credential (`api_key:`, `jwt:`,
+    # `oauth2:`): key: api_key, or key: header naming a header the route's authentication reads a
+    # credential from (Authn strips it before this counts). Empty: it counts no credential.
+    credential: tuple[str, ...]
+    hashed: bool  # key: header naming a header that usually carries a secret: its value is hashed
     strategy: str  # limits' name
     storage: str  # "memory" or an async+redis:// URI
     fail_open: bool
@@ -53,12 +59,34 @@ class Policy:
         return max((item.get_expiry() for item in self.items), default=0)
 
 
-def compile(model: schema.RateLimit, route: schema.Route) -> Policy:
+def compile(model: schema.RateLimit, route: schema.Route,
+            auth: Mapping[str, Any] | None = None) -> Policy:
+    """`auth`: the route's authentication models by kind (jwt, oauth2, api_key), if any."""
+    auth = auth or {}
     items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name))
-    header = model.header or ("x-api-key" if model.key == "api_key" else None)
-    return Policy(route.name, items, model.key, header.lower() if header else None, model.claim,
+    header = model.header.lower() if model.header else None
+    credential = credentials_in(header, auth) if header else ()
+    if model.key == "api_key":
+        credential = ("api_key:",)
+    return Policy(route.name, items, model.key, header, model.claim, credential,
+                  bool(header) and not credential and header in SECRET_HEADERS,
                   STRATEGIES[model.strategy], _storage(model.storage), model.fail_open,
                   model.storage_timeout, _policy_header(items))
+
+
+def credentials_in(header: str, auth: Mapping[str, Any]) -> tuple[str, ...]:
+    """The methods (as FlowState.credential prefixes) whose credential the route's authentication
+    reads from this header (lower case): a rate limit on it counts the verified credential."""
+    found = []
+    key = auth.get("api_key")
+    if key is not None and key.header is not None and key.header.lower() == header:
+        found.append("api_key:")
+    for kind in ("jwt", "oauth2"):
+        token = auth.get(kind)
+        if token is not None and any(s.header is not None and s.header.lower() == header
+                                     for s in token.token_from):
+            found.append(kind + ":")
+    return tuple(found)
 
 
 def _storage(uri: str) -> str:
@@ -83,7 +111,7 @@ AUTH_FAILURES = "auth-failures"  # the `route` of the failed-authentication coun
 def compile_auth_failures(model: schema.AuthFailures) -> Policy:
     """The per-client-IP counter of failed authentications, as a rate limit of its own."""
     items = tuple(cls(getattr(model, name)) for name, cls, _ in WINDOWS if getattr(model, name, None))
-    return Policy(AUTH_FAILURES, items, "ip", None, None, STRATEGIES["fixed_window"],
+    return Policy(AUTH_FAILURES, items, "ip", None, None, (), False, STRATEGIES["fixed_window"],
                   _storage(model.storage), True, model.storage_timeout, _policy_header(items))
 
 
@@ -102,10 +130,11 @@ class Outcome(NamedTuple):  # a tuple: made on every request, a frozen dataclass
         return f"over {self.window}, retry after {self.retry_after}s"
 
 
-def key_text(kind: str, value: str) -> str:
-    """A counter key: API keys are hashed so no secret lands in the storage or the logs."""
-    if kind == "api_key":
-        value = hashlib.sha256(value.encode()).hexdigest()[:24]
+def key_text(kind: str, value: str, hashed: bool = False) -> str:
+    """A counter key; a value that may be a secret is `hashed` (the first 24 hex digits of its
+    SHA-256, as a verified credential's identity) so no secret lands in the storage or the logs."""
+    if hashed:
+        value = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return f"{kind}:{value}"
 
 

@@ -28,12 +28,13 @@ class Gateway:
 
     async def send(self, path="/", *, method="GET", host="example.com", headers=None, body=b"", tls=False,
                    client: str | None = None, listener: int | None = None, principal=None, claims=None,
-                   mode: str | None = None, target: str = "127.0.0.1", sockname: tuple | None = None):
+                   mode: str | None = None, target: str = "127.0.0.1", sockname: tuple | None = None,
+                   credential: str | None = None):
         """One request through the chain; `client` sets the downstream address, `listener` the
         port of the config's listener it arrives on (default: no listener), `mode` a sidecar's
         listener spec (inbound or outbound), `target` the host of a proxied request
-        (`GET http://catalog/...`); `principal` and `claims` stand for what authentication
-        would have verified."""
+        (`GET http://catalog/...`); `principal`, `claims` and `credential` stand for what
+        authentication would have verified."""
         req = tutils.treq(method=method.encode(), path=path.encode(), host=target, port=9,
                           authority=b"", content=body)
         req.headers.clear()
@@ -57,21 +58,24 @@ class Gateway:
             flow.client_conn.proxy_mode = ProxyMode.parse(modes.reverse("127.0.0.1", listener))
         if self.auth is not None:
             self.auth.principal, self.auth.claims = principal, claims
+            self.auth.credential = credential
         await run_request_hooks(self.tctx.master.addons, flow)
         return flow
 
 
 class Authenticated:
     """Stands where authentication sits (right after the Router) and records what an authentication
-    addon records: the verified consumer and its claims, as given to `send`."""
+    addon records: the verified consumer, its claims and the credential's identity, as given to
+    `send`."""
 
     def __init__(self):
-        self.principal, self.claims = None, None
+        self.principal, self.claims, self.credential = None, None, None
 
     def requestheaders(self, flow):
         st = keys.get(flow)
         if st is not None and st.route is not None:
             st.authenticated, st.claims = self.principal, self.claims
+            st.credential = self.credential
 
 
 class Counted:

@@ -372,34 +372,52 @@ async def test_keys_are_fetched_at_start_so_requests_find_them_in_memory(gateway
         assert flow.response.status_code == 200 and idp.state["stats"]["jwks_fetches"] == 1
 
 
-def key_routes(upstream: int) -> str:
+def key_routes(upstream: int, idp: Idp) -> str:
     digest = apikeys.digest(KEY)
     other = apikeys.digest(KEY + "-other")
     consumers = f"{{acme: {{key_sha256: {digest}, claims: {{tier: gold}}}}, beta: {{key_sha256: {other}}}}}"
+    jwt = f"issuer: {idp.url}, audiences: [mitmesh], jwks_uri: {idp.url}/.well-known/jwks.json"
     return head(upstream) + f"""
 routes:
   - {{name: plain, match: {{path: {{prefix: /plain/}}}}, forward: {{service: users}}, policies: [plain]}}
   - {{name: keep, match: {{path: {{prefix: /keep/}}}}, forward: {{service: users}}, policies: [keep]}}
   - {{name: gold, match: {{path: {{prefix: /gold/}}}}, forward: {{service: users}}, policies: [claims, gold]}}
+  - {{name: both, match: {{path: {{prefix: /both/}}}}, forward: {{service: users}},
+     policies: [jwt, plain]}}
+  - {{name: both-keep, match: {{path: {{prefix: /both-keep/}}}}, forward: {{service: users}},
+     policies: [jwt-kept, keep]}}
 policies:
   plain: {{api_key: {{consumers: {consumers}}}}}
   keep: {{api_key: {{header: X-Key, forward_key: true, forward_claims: {{}}, consumers: {consumers}}}}}
   claims: {{api_key: {{forward_claims: {{consumer: x-consumer, tier: X-Tier}}, consumers: {consumers}}}}}
   gold: {{require: {{claims: {{tier: [gold]}}}}}}
+  jwt: {{jwt: {{{jwt}, forward_claims: {{sub: x-user}},
+               token_from: [{{header: authorization, prefix: "Bearer "}}, {{header: x-token}}]}}}}
+  jwt-kept: {{jwt: {{{jwt}, forward_token: true}}}}
 """
 
 
-async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gateway, upstream_app):
+async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gateway, upstream_app,
+                                                                             idp):
     """The one-pass path for a key in a header (`Authn._api_key`) against `authenticate` and
-    `_accept` on the same requests: same answer, decisions, caller, upstream headers and the
-    request's header fields in their order."""
+    `_accept` on the same requests: same answer, decisions, caller, credential, upstream headers
+    and the request's header fields in their order; beside a JWT policy, the tokens no one verified
+    are gone on both paths (unless forward_token keeps them)."""
     users = await upstream_app("users")
+    forged, token = forged_admin(idp), await idp.token()
     requests = [
         ("/plain/x", [("x-api-key", KEY)]), ("/plain/x", [("X-API-KEY", KEY)]),
         ("/plain/x", [("x-api-key", KEY + "-other")]), ("/plain/x", [("x-api-key", KEY + "x")]),
         ("/plain/x", [("x-api-key", "")]), ("/plain/x", []), ("/plain/x", [("x-api-key", KEY), ("x-api-key", KEY)]),
         ("/keep/x", [("x-key", KEY)]), ("/keep/x", [("x-api-key", KEY)]),
         ("/gold/x", [("x-api-key", KEY)]), ("/gold/x", [("x-api-key", KEY + "-other")]),
+        ("/both/x", [("authorization", f"Bearer {forged}"), ("x-api-key", KEY), ("accept", "*/*")]),
+        ("/both/x", [("Authorization", "Basic YTpi"), ("x-token", forged), ("x-api-key", KEY),
+                     ("authorization", f"Bearer {forged}")]),
+        ("/both/x", [("authorization", f"Bearer {forged}"), ("x-api-key", KEY + "x")]),
+        ("/both/x", [("authorization", f"Bearer {token}"), ("x-api-key", "")]),
+        ("/both/x", [("authorization", f"Bearer {forged}")]),
+        ("/both-keep/x", [("authorization", f"Bearer {forged}"), ("x-key", KEY)]),
     ]
 
     def seen(flow) -> tuple:
@@ -408,11 +426,12 @@ async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gate
         upstream = [(k, v) for k, v in body(flow).get("headers", {}).items() if k not in volatile]
         sent = [(k, v) for k, v in flow.request.headers.fields if k.lower().decode() not in volatile]  # in order
         authn_decisions = [what for who, what in st.decisions if who == "authn"]
-        return flow.response.status_code, body(flow).get("error"), upstream, sent, authn_decisions, st.principal
+        return (flow.response.status_code, body(flow).get("error"), upstream, sent, authn_decisions,
+                st.principal, st.credential)
 
-    async with gateway(key_routes(users)) as gw:
+    async with gateway(key_routes(users, idp)) as gw:
         plans = [r.plan.authn for r in gw.state.snapshot.routes.routes if r.plan.authn is not None]
-        assert len(plans) == 3 and all(p.key_header is not None for p in plans)
+        assert len(plans) == 5 and all(p.key_header is not None for p in plans)
         fast = []
         for path, headers in requests:
             fast.append(await gw.send(path, headers=headers))
@@ -421,3 +440,52 @@ async def test_api_key_in_a_header_one_pass_does_what_the_general_path_does(gate
         for (path, headers), earlier in zip(requests, fast):
             again = await gw.send(path, headers=headers)
             assert seen(earlier) == seen(again), (path, headers)
+
+
+def forged_admin(idp: Idp) -> str:
+    """A bearer token an attacker makes: HS256 signed with junk, claiming to be admin."""
+    claims = {"iss": idp.url, "sub": "admin", "aud": "mitmesh", "exp": int(time.time()) + 60,
+              "scope": "payments:charge"}
+    return jwt.encode(claims, "junk" * 8, algorithm="HS256")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["one-pass", "general"])
+async def test_a_token_beside_a_verified_key_never_reaches_the_upstream(gateway, upstream_app, idp,
+                                                                         fast):
+    users = await upstream_app("users")
+    async with gateway(key_routes(users, idp)) as gw:
+        if not fast:
+            for r in gw.state.snapshot.routes.routes:
+                if r.plan.authn is not None:
+                    r.plan.authn.key_header = None
+        forged = forged_admin(idp)
+        flow = await gw.send("/both/x", headers=[("authorization", f"Bearer {forged}"),
+                                                 ("x-token", forged), ("x-api-key", KEY)])
+        assert flow.response.status_code == 200
+        seen = body(flow)["headers"]
+        assert "authorization" not in seen and "x-token" not in seen and "x-api-key" not in seen
+        assert seen["x-consumer"] == seen["x-user"] == "acme"  # the verified caller, not "admin"
+        st = keys.get(flow)
+        assert (st.principal, st.credential) == ("acme", "api_key:" + apikeys.digest(KEY)[:24])
+        # forward_token: true keeps a token, verified or not, as that policy says
+        flow = await gw.send("/both-keep/x",
+                             headers={"authorization": f"Bearer {forged}", "x-key": KEY})
+        assert flow.response.status_code == 200
+        assert body(flow)["headers"]["authorization"] == f"Bearer {forged}"
+
+
+async def test_a_key_beside_a_verified_token_never_reaches_the_upstream(gateway, upstream_app, idp):
+    users = await upstream_app("users")
+    async with gateway(key_routes(users, idp)) as gw:
+        token = await idp.token()
+        bearer = f"Bearer {token}"
+        flow = await gw.send("/both/x", headers=[("authorization", bearer), ("x-api-key", "")])
+        assert flow.response.status_code == 200
+        seen = body(flow)["headers"]
+        assert "x-api-key" not in seen and "authorization" not in seen
+        assert seen["x-user"] == "demo-app"
+        st = keys.get(flow)
+        assert st.credential == "jwt:" + hashlib.sha256(token.encode()).hexdigest()[:24]
+        # a key that is there is checked, whatever else comes with it: a wrong one is refused
+        flow = await gw.send("/both/x", headers={"authorization": bearer, "x-api-key": KEY + "x"})
+        assert flow.response.status_code == 401 and body(flow)["error"] == "invalid_api_key"

@@ -3,9 +3,13 @@ keyed by consumer, claim, API key, header or client IP; fail closed answers 503.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+import pytest
+
 from addons import keys
+from mesh.policies import apikeys
 from mesh.runtime import procs
 
 
@@ -20,8 +24,8 @@ routes:
   - {{name: free, match: {{path: {{prefix: /free}}}}, forward: {{service: api}}}}
 policies:
   rl:
-    rate_limit: {spec}
-{extra}"""
+    rate_limit: {spec}{extra}
+"""
 
 
 async def test_over_the_limit_is_json_429_with_retry_after(gateway, upstream_app):
@@ -51,7 +55,8 @@ async def test_keys_consumer_claim_api_key_and_header(gateway, upstream_app):
         ("{minute: 1}", dict(principal="alice"), dict(principal="bob")),
         ("{minute: 1, key: claim, claim: org.id}", dict(claims={"org": {"id": "a"}}),
          dict(claims={"org": {"id": "b"}})),
-        ("{minute: 1, key: api_key}", dict(headers={"x-api-key": "k1"}), dict(headers={"x-api-key": "k2"})),
+        ("{minute: 1, key: api_key}", dict(credential="api_key:1f2e"),
+         dict(credential="api_key:9a8b")),
         ("{minute: 1, key: header, header: x-tenant}", dict(headers={"x-tenant": "t1"}),
          dict(headers={"x-tenant": "t2"})),
     ]:
@@ -85,3 +90,71 @@ async def test_fail_closed_when_redis_is_unreachable(gateway, upstream_app, coun
         flow = await gw.send("/limited")
         assert flow.response.status_code == 200 and "RateLimit-Limit" not in flow.response.headers
         assert counters["ratelimit_storage_outages"] == 2  # each gateway saw it go down
+
+
+KEY, OTHER = "mk_rate_acme_0123456789abcdef", "mk_rate_beta_0123456789abcdef"
+
+
+def keyed(port: int, spec: str, extra: str = "") -> str:
+    """`config` with API keys on the limited route, in the x-api-key header or apikey parameter."""
+    return config(port, spec, f"""
+    api_key:
+      header: x-api-key
+      query: apikey{extra}
+      consumers:
+        acme: {{key_sha256: {apikeys.digest(KEY)}}}
+        beta: {{key_sha256: {apikeys.digest(OTHER)}}}""")
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_a_key_limit_counts_the_verified_key_from_any_address(gateway, upstream_app,
+                                                                     redis_server, storage):
+    """Authn strips the key before the limit counts: the count is the key's as Authn verified it,
+    wherever it was sent, never the client's address (and never the key itself)."""
+    port = await upstream_app("api")
+    where = f", storage: '{redis_server.url}', storage_timeout: 2s" if storage == "redis" else ""
+    async with gateway(keyed(port, "{minute: 3, key: api_key%s}" % where)) as gw:
+        statuses = []
+        for client in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            for i in range(4):
+                how = dict(headers={"x-api-key": KEY}) if i % 2 else {}
+                path = "/limited" + ("" if i % 2 else f"?apikey={KEY}")
+                flow = await gw.send(path, client=client, **how)
+                statuses.append(flow.response.status_code)
+        assert statuses == [200] * 3 + [429] * 9
+        decision = dict(keys.get(flow).decisions)["ratelimit"]
+        assert decision.startswith(f"api_key:{apikeys.digest(KEY)[:24]} on route limited"), decision
+        assert (await gw.send("/limited", headers={"x-api-key": OTHER})).response.status_code == 200
+
+
+async def test_a_limit_on_the_key_header_counts_the_verified_key(gateway, upstream_app):
+    port = await upstream_app("api")
+    for extra in ("", "\n      forward_key: true"):
+        async with gateway(keyed(port, "{minute: 2, key: header, header: X-Api-Key}", extra)) as gw:
+            key = {"x-api-key": KEY}
+            flows = [await gw.send("/limited", client=f"127.0.0.{i}", headers=key) for i in (2, 3, 4)]
+            statuses = [f.response.status_code for f in flows]
+            assert statuses == [200, 200, 429], extra
+
+
+async def test_a_key_limit_without_an_api_key_policy_counts_the_address(gateway, upstream_app):
+    """No one verified the key: a made-up one per request must not get a fresh quota."""
+    port = await upstream_app("api")
+    async with gateway(config(port, "{minute: 2, key: api_key}")) as gw:
+        flows = [await gw.send("/limited", headers={"x-api-key": f"mk_made_up_{i}"})
+                 for i in range(3)]
+        statuses = [f.response.status_code for f in flows]
+        assert statuses == [200, 200, 429]
+        decision = dict(keys.get(await gw.send("/limited")).decisions)["ratelimit"]
+        assert decision.startswith("ip:127.0.0.1 on route limited"), decision
+
+
+async def test_a_limit_on_a_credential_header_no_one_verifies_keeps_no_secret(gateway,
+                                                                              upstream_app):
+    port = await upstream_app("api")
+    async with gateway(config(port, "{minute: 1, key: header, header: authorization}")) as gw:
+        flow = await gw.send("/limited", headers={"authorization": "Bearer s3cret-token"})
+        decision = dict(keys.get(flow).decisions)["ratelimit"]
+        assert "s3cret" not in decision
+        hashed = hashlib.sha256(b"Bearer s3cret-token").hexdigest()[:24]
+        assert decision.startswith(f"header:{hashed} on route limited"), decision

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from mesh.policies import apikeys
 from tests.redis_server import start_redis
 
 from .conftest import Mesh, get, wait_until
 from .traffic import config, gateway_copy, service, start_gateways
 
 LIMIT = 50
+KEYS = ("key-c", "consumer-1", "consumer-2")
 
 
 def limited(storage: str, per_minute: int) -> dict:
@@ -21,7 +23,10 @@ def limited(storage: str, per_minute: int) -> dict:
           "forward": {"service": "catalog", "rewrite": {"prefix": "/"}}, "policies": ["per-consumer"]}],
         # storage_timeout: this shared test machine may be slow; the default (100ms) suits production
         {"per-consumer": {"rate_limit": {"minute": per_minute, "key": "api_key", "storage": storage,
-                                         "storage_timeout": "2s"}}})
+                                         "storage_timeout": "2s"},
+                          # the limit counts each key this policy verified
+                          "api_key": {"consumers": {k: {"key_sha256": apikeys.digest(k)}
+                                                    for k in KEYS}}}})
 
 
 @pytest.fixture(scope="module")

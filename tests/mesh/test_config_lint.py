@@ -82,3 +82,17 @@ def test_validate_prints_warnings_and_exits_0(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{path}:14: routes[0]: warning: route open exposes service users without")
     assert out[1:] == ["ok"]
+
+
+def test_a_limit_by_api_key_where_no_api_key_policy_verifies_one():
+    limit = "  per-key: {rate_limit: {minute: 10, key: api_key}}\n"
+    text = dedent(HEAD.replace("routes:\n", limit + "routes:\n")) + dedent(
+        route("open", "/c", "catalog", "per-key")
+        + route("partner", "/p", "catalog", "keys", "per-key")
+        + route("token", "/u", "users", "jwt", "per-key"))
+    found = [str(w) for w in warnings(parse(text, "mesh.yaml"), load_text(text, "mesh.yaml"))]
+    assert found[0] == (
+        "mesh.yaml:13: policies.per-key.rate_limit.key: warning: key: api_key counts the API keys "
+        "an api_key policy verifies, but route open, route token have no api_key policy: there "
+        "every request is counted by its client IP; use key: consumer or ip, or add an api_key policy")
+    assert len(found) == 2 and "route open exposes service catalog without" in found[1]

@@ -4,6 +4,7 @@ three strategies, Redis shared between limiters, and fail-open/closed when Redis
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
@@ -81,10 +82,44 @@ def test_several_windows_headers_show_the_most_restrictive():
     assert not fourth.allowed and fourth.window == "3 per second"
 
 
-def test_api_keys_are_hashed_in_counter_keys():
-    assert ratelimit.key_text("api_key", "secret-key") == "api_key:" + __import__("hashlib").sha256(
-        b"secret-key").hexdigest()[:24]
+def test_secrets_are_hashed_in_counter_keys():
+    assert ratelimit.key_text("header", "Bearer secret", hashed=True) == "header:" + hashlib.sha256(
+        b"Bearer secret").hexdigest()[:24]
     assert ratelimit.key_text("header", "acme") == "header:acme"
+
+
+AUTH = """
+  keys: {api_key: {header: X-Partner-Key, consumers: {acme: {key_sha256: "%s"}}}}
+  tokens: {jwt: {issuer: "https://idp", jwks_uri: "https://idp/jwks",
+                 token_from: [{header: authorization, prefix: "Bearer "}, {cookie: session}]}}
+  opaque: {oauth2: {introspection_url: "https://idp/i", client_id: gw, client_secret: s}}
+""" % ("0" * 64)
+
+
+def auth(*kinds: str) -> dict:
+    config = load_text(CONFIG.replace("SPEC", "{minute: 1}") + AUTH, "t.yaml")
+    blocks = (("keys", "api_key"), ("tokens", "jwt"), ("opaque", "oauth2"))
+    return {kind: getattr(config.policies[name], kind) for name, kind in blocks if kind in kinds}
+
+
+@pytest.mark.parametrize("spec, kinds, credential, hashed", [
+    # key: api_key counts the key an api_key policy verified, wherever it came from (or the IP)
+    ("{minute: 1, key: api_key}", ("api_key",), ("api_key:",), False),
+    ("{minute: 1, key: api_key}", (), ("api_key:",), False),
+    # a header the route reads a credential from counts that credential, as verified
+    ("{minute: 1, key: header, header: x-partner-key}", ("api_key", "jwt"), ("api_key:",), False),
+    ("{minute: 1, key: header, header: Authorization}", ("api_key", "jwt", "oauth2"),
+     ("jwt:", "oauth2:"), False),
+    # a credential's name the route does not authenticate with: its value, hashed
+    ("{minute: 1, key: header, header: authorization}", ("api_key",), (), True),
+    ("{minute: 1, key: header, header: x-api-key}", (), (), True),
+    ("{minute: 1, key: header, header: x-tenant}", ("api_key", "jwt"), (), False),
+    ("{minute: 1, key: consumer}", ("api_key", "jwt"), (), False),
+])
+def test_what_a_limit_counts_of_a_credential(spec, kinds, credential, hashed):
+    config = load_text(CONFIG.replace("SPEC", spec), "t.yaml")
+    p = ratelimit.compile(config.policies["rl"].rate_limit, config.routes[0], auth(*kinds))
+    assert (p.credential, p.hashed) == (credential, hashed)
 
 
 @pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "moving_window"])
@@ -134,8 +169,11 @@ def test_unreachable_redis_fails_open_or_closed_and_is_counted(redis_server, fai
     ("{minute: 0}", "policies.rl.rate_limit.minute: expected a value >= 1 (got 0)"),
     ("{minute: 5, key: header}", "policies.rl.rate_limit: key: header needs header: NAME"),
     ("{minute: 5, key: claim}", "policies.rl.rate_limit: key: claim needs claim: NAME"),
-    ("{minute: 5, key: ip, header: x-a}", "policies.rl.rate_limit: header is only used with key: header or "
-                                          "api_key (got key: ip)"),
+    ("{minute: 5, key: ip, header: x-a}",
+     "policies.rl.rate_limit: header is only used with key: header (got key: ip)"),
+    ("{minute: 5, key: api_key, header: x-a}",
+     "policies.rl.rate_limit: header is only used with key: header (got key: api_key; it counts "
+     "the key the api_key policy verified, wherever it was sent)"),
     ("{minute: 5, key: user}", "policies.rl.rate_limit.key: expected one of 'consumer', 'ip', 'header', "
                                "'claim', 'api_key' (got 'user')"),
     ("{minute: 5, strategy: leaky}", "policies.rl.rate_limit.strategy: expected one of 'fixed_window', "

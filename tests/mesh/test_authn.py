@@ -1,0 +1,56 @@
+"""RouteAuthn, compiled: what names a verified credential (never the credential), and which token
+headers go whatever authenticates, so the one-pass API-key path knows what to strip."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mesh.config.security import ApiKey, Jwt
+from mesh.policies import apikeys, authn
+from mesh.policies.httpclient import Http
+from mesh.policies.jwks import JwksCache
+
+KEY = "mk_unit_acme_0123456789abcdef"
+
+
+def keys(**config) -> authn.ApiKeys:
+    return authn.ApiKeys(ApiKey(consumers={"acme": {"key_sha256": apikeys.digest(KEY)}}, **config))
+
+
+def token(**config) -> authn.JwtVerifier:
+    c = Jwt(issuer="https://idp", jwks_uri="https://idp/jwks", **config)
+    return authn.JwtVerifier(c, JwksCache(c.jwks_uri, Http()))
+
+
+def test_a_credential_is_named_by_its_hash_never_itself():
+    assert authn.identity("jwt", "eyJ.a.b") == "jwt:" + hashlib.sha256(b"eyJ.a.b").hexdigest()[:24]
+    verified = keys().verify(KEY)
+    # an API key's identity is the start of the digest the config already holds
+    assert verified.credential == "api_key:" + apikeys.digest(KEY)[:24]
+    assert verified.credential == authn.identity("api_key", KEY)
+    assert KEY not in verified.credential and verified.principal == "acme"
+
+
+@pytest.mark.parametrize("jwt, key, token_headers, one_pass", [
+    (None, {}, frozenset(), True),
+    ({}, {}, {b"authorization"}, True),
+    ({"token_from": [{"header": "Authorization", "prefix": "Bearer "}, {"header": "X-Token"}]}, {},
+     {b"authorization", b"x-token"}, True),
+    ({"forward_token": True}, {}, frozenset(), True),  # kept: nothing to strip
+    # a token in a cookie is removed through the cookie jar: the general path does it
+    ({"token_from": [{"cookie": "session"}]}, {}, frozenset(), False),
+    ({"token_from": [{"header": "authorization"}, {"cookie": "session"}]}, {}, {b"authorization"},
+     False),
+    ({"token_from": [{"cookie": "session"}], "forward_token": True}, {}, frozenset(), True),
+    # the key's header is also a token's, or a claim goes upstream under a token's name
+    ({"token_from": [{"header": "x-api-key"}]}, {}, {b"x-api-key"}, False),
+    ({"forward_claims": {"sub": "authorization"}}, {}, {b"authorization"}, False),
+    ({}, {"query": "apikey"}, {b"authorization"}, False),  # a key in the URL: the general path
+])
+def test_token_headers_and_the_one_pass_key_path(jwt, key, token_headers, one_pass):
+    route = authn.RouteAuthn("r", jwt_verifier=token(**jwt) if jwt is not None else None,
+                             api_keys=keys(**key))
+    assert route.token_headers == token_headers
+    assert (route.key_header is not None) == one_pass
