@@ -15,6 +15,7 @@ import contextlib
 import json
 import socket
 import ssl
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,42 @@ def read_reply(s: socket.socket, until_closed: bool = False) -> Reply:
         except ConnectionResetError:
             reply.closed = True
     return reply
+
+
+def sending_on(target: Target, data: bytes, seconds: float = 2.0) -> Reply:
+    """Send `data`, read the answer, then go on sending as a client that ignores it would; the
+    reply's `closed` says whether the proxy closed the connection within `seconds` of the answer."""
+    with contextlib.closing(target.connect()) as s:
+        try:
+            s.sendall(data)
+        except OSError:  # closed before all of it went out: the answer is read all the same
+            pass
+        reply = read_reply(s)
+        reply.closed = closes_within(s, seconds, b"a" * 65536)
+        return reply
+
+
+def closes_within(s: socket.socket, seconds: float, sending: bytes = b"") -> bool:
+    """Whether the peer closes `s` (end of stream or reset) within `seconds` of now, while we go
+    on sending `sending` over and over (or send nothing more)."""
+    deadline = time.monotonic() + seconds
+    s.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            if s.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            pass
+        except OSError:  # reset
+            return True
+        if sending:
+            try:
+                s.send(sending)
+            except TimeoutError:  # the peer reads no more: its buffers and ours are full
+                pass
+            except OSError:  # broken pipe, reset
+                return True
+    return False
 
 
 def assert_refused(reply: Reply, status: int, error: str | None = None) -> dict:

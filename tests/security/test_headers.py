@@ -5,9 +5,12 @@ mitmproxy's HTML page or its name), and the request never reaches the app."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import pytest
 
-from .conftest import assert_refused, request, targets
+from .conftest import assert_refused, closes_within, read_reply, request, sending_on, targets
 
 GET = "GET /app/x HTTP/1.1\r\nHost: x\r\n"
 
@@ -57,6 +60,23 @@ CASES = [
     ("endless-request-head", GET + "X-Big: " + "a" * 200_000, 431, "headers_too_large"),
 ]
 
+# a refused body framing is answered and the connection closed at once, even with the client sending
+# on behind it: the close once waited for the worker's garbage collector (~20 s, the client's sends
+# blocked) whenever more of the body was already buffered (mitmproxy's connection handler, cancelled
+# while it waited for its turn behind a finished hook, left without closing the socket)
+CHUNKED = "POST /app/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+SENDING_ON = [
+    ("bad-chunk-size-then-more", CHUNKED + "zz\r\n"),
+    ("chunk-size-overflow-then-more", CHUNKED + "f" * 40 + "\r\n"),
+    ("chunk-data-longer-than-size-then-more", CHUNKED + "2\r\nabcdef"),
+]
+# a body the client ends (half-closes) before its framing does
+CUT_SHORT = [
+    ("chunked-body-cut-short-by-half-close", CHUNKED + "5\r\nab"),
+    ("content-length-body-cut-short-by-half-close",
+     "POST /app/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"),
+]
+
 ACCEPTED = [
     ("http10-without-host", "GET /app/x HTTP/1.0\r\n\r\n"),
     ("tab-inside-header-value", GET + "X-A: a\tb\r\nConnection: close\r\n\r\n"),
@@ -101,3 +121,29 @@ def test_bare_cr_header_never_arrives_upstream(mesh, where):
     reply = target.send(request("GET", "/app/x", {"X-A": "a", "Connection": "close"}))
     assert reply.status == 200
     assert "x-user" not in dict(reply.json["headers"])
+
+
+@pytest.mark.parametrize("where", ["gateway", "sidecar"])
+@pytest.mark.parametrize("head", [c[1] for c in SENDING_ON], ids=[c[0] for c in SENDING_ON])
+def test_refused_body_framing_closes_while_the_client_sends_on(mesh, where, head):
+    target = mesh.targets[where]
+    before = target.hits()
+    reply = sending_on(target, head.encode() + b"a" * 300_000)
+    assert_refused(reply, 400, "invalid_body")
+    assert reply.closed, "the connection stays open after a refused body framing"
+    assert target.hits() == before
+
+
+@pytest.mark.parametrize("where", ["gateway", "sidecar"])
+@pytest.mark.parametrize("head", [c[1] for c in CUT_SHORT], ids=[c[0] for c in CUT_SHORT])
+def test_body_cut_short_is_refused_and_closed(mesh, where, head):
+    target = mesh.targets[where]
+    before = target.hits()
+    with contextlib.closing(target.connect()) as s:
+        s.sendall(head.encode())
+        s.shutdown(socket.SHUT_WR)
+        reply = read_reply(s)
+        closed = closes_within(s, 2.0)
+    assert_refused(reply, 400, "invalid_body")
+    assert closed, "the connection stays open after a body cut short"
+    assert target.hits() == before
