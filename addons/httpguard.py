@@ -1,9 +1,11 @@
 """HttpGuard: every HTTP connection a listener takes is read by mitmesh's guarded HTTP layer
 (addons/httplayer.py): bodies stop at the route's limit, early answers leave at once, no mitmproxy
-error page reaches a client, request heads have a size cap, HTTP/2 rapid reset gets GOAWAY."""
+error page reaches a client, request heads have a size cap, HTTP/2 rapid reset gets GOAWAY; and a
+client connection mitmproxy is done with is closed, also where its handler left it open."""
 
 from __future__ import annotations
 
+from mitmproxy import connection, ctx
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers.http import HttpLayer
 
@@ -29,6 +31,20 @@ class HttpGuard:
                 child.limits = self._current()
                 return
             child = getattr(child, "child_layer", None)
+
+    def client_disconnected(self, client: connection.Client):
+        # mitmproxy's connection handler closes the client's socket as it leaves, except when the
+        # close a layer asks for (a refused request: 400, 431) cancels it while it waits for its
+        # turn to hand on the next read: more of the request already buffered, and a hook that
+        # ended at once (hook tasks start eagerly) queued for that turn ahead of it. The
+        # cancellation then leaves from its `await server_event` and skips the close: the socket
+        # stayed open, unread, until the garbage collector found its writer (~20 s). The client's
+        # transport is still listed here only then.
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
+        io = handler.transports.get(client) if handler is not None else None
+        if io is not None and io.writer is not None:
+            io.writer.close()  # after what is still buffered for it: the answer leaves first
 
     def _current(self) -> Limits:
         snap = self.state.snapshot
