@@ -22,8 +22,12 @@ class HttpGuard:
         self._built_for: Snapshot | None = None
 
     def next_layer(self, nextlayer: layer.NextLayer):
-        # runs after mitmproxy's own NextLayer addon has decided (it is added before the chain); the
-        # HttpLayer it made becomes ours in place, so the stack and its context stay mitmproxy's
+        # the HttpLayer mitmproxy's own NextLayer addon made becomes ours in place, so the stack and
+        # its context stay mitmproxy's. The lean runtime adds NextLayer before the chain; mitmdump
+        # and mitmweb call a script's addons before it (ScriptLoader comes first), so there it is
+        # asked here, and then leaves the layer it sees decided alone
+        if nextlayer.layer is None and (decides := ctx.master.addons.get("nextlayer")) is not None:
+            decides.next_layer(nextlayer)
         child = nextlayer.layer
         while child is not None:
             if type(child) is HttpLayer:

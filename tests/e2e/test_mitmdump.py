@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import urllib.request
 
 import pytest
@@ -57,3 +58,24 @@ def test_mitmweb_shows_this_meshs_listener_and_the_decision_logs_lines(tmp_path)
     assert COMMENT_STYLE in page  # the Comment tab keeps one line per decision
     listener = config.gateway.listeners[0]
     assert (options["listen_host"]["value"], options["listen_port"]["value"]) == (listener.address, listener.port)
+
+
+def test_mitmdump_reads_requests_through_the_guarded_layer(dumped):
+    """Under stock mitmdump the script's addons come before mitmproxy's own NextLayer: the guarded
+    HTTP layer (head cap, body framing answered as JSON, no mitmproxy page) must still be the one
+    reading, as in the lean runtime."""
+    port = dumped.config["gateway"]["listeners"][0]["port"]
+    for head, status, error in [
+        (b"GET /catalog/items HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000, 431, "headers_too_large"),
+        (b"POST /catalog/items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+         400, "invalid_body"),
+    ]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(head)
+            raw = b""
+            while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, (error, raw[:200])  # mitmproxy's own answer: a silent close
+                raw += chunk
+        assert raw.startswith(f"HTTP/1.1 {status} ".encode()), raw[:200]
+        assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == error
