@@ -255,7 +255,9 @@ class HealthCheck(Model):
         1, description="consecutive passed checks that bring it back (default 1)"
     )
     path: str | None = Field(
-        None, description="HTTP GET this path and expect a 2xx; default: a TCP connect is the check"
+        None, description="HTTP GET this path and expect a 2xx; default: a connect is the check (a TCP "
+                          "connect; for an endpoint called over mTLS, the mTLS handshake and the "
+                          "check of its SPIFFE ID, as a request makes)"
     )
 
     @model_validator(mode="after")

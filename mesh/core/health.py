@@ -68,19 +68,22 @@ def record(ep: Endpoint, ok: bool, detail: str, hc: HealthCheck) -> bool:
 
 async def probe(ep: Endpoint, hc: HealthCheck,
                 tls: tuple[ssl.SSLContext, str] | None = None) -> tuple[bool, str]:
-    """One check: a TCP connect, or `GET path` expecting a 2xx when the check has a path (over
-    mTLS with `tls`, checking the peer's SPIFFE ID, as requests to the endpoint go)."""
+    """One check: a connect, then `GET path` expecting a 2xx when the check has a path.
+
+    With `tls` (the endpoint is called over mTLS) the connect is the upstream TLS handshake and
+    the peer's SPIFFE ID check a request makes: an endpoint that accepts TCP but cannot prove it
+    is the service (a tarpit, a rogue announcement) fails, as in Envoy, whose health checks go
+    through the cluster's transport socket."""
     writer = None
     try:
         async with asyncio.timeout(hc.timeout):
-            if hc.path is None:
-                reader, writer = await podnet.open_connection(ep.address, ep.port)
-                return True, ""
             reader, writer = await podnet.open_connection(ep.address, ep.port, ssl=tls[0] if tls else None)
             if tls is not None:
                 wrong = mtls.check_peer(writer.get_extra_info("ssl_object"), tls[1])
                 if wrong is not None:
                     return False, f"health check refused the peer: {wrong}"
+            if hc.path is None:
+                return True, ""
             writer.write(f"GET {hc.path} HTTP/1.1\r\nhost: {ep.address}:{ep.port}\r\n"
                          f"user-agent: mitmesh-health\r\nconnection: close\r\n\r\n".encode())
             line = await reader.readline()
@@ -120,7 +123,7 @@ class Checker:
 
     async def _probe(self, ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
         try:
-            tls = self.tls_of(ep) if self.tls_of is not None and hc.path is not None else None
+            tls = self.tls_of(ep) if self.tls_of is not None else None
         except mtls.NoMtls as e:
             return False, f"health check cannot use mTLS: {e}"
         return await probe(ep, hc, tls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import ssl
 import time
@@ -13,7 +14,7 @@ from typing import Callable, Iterator
 from discovery import Event, Instance, Registry, StaticSource
 
 from mesh.telemetry import metrics, records
-from mesh.core import modes
+from mesh.core import modes, own
 from mesh.security import mtls, pki
 from mesh.core.cluster import Cluster, Endpoint, HashKey
 from mesh.resilience.settings import Guards, guards
@@ -24,6 +25,8 @@ from mesh.core.plan import Runtime, Uses
 from mesh.core.routing import Route, RouteTable
 from mesh.core.upstream import Pool
 from mesh.core.workload import Workload
+
+log = logging.getLogger("mitmesh.discovery")
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -206,6 +209,8 @@ class MeshState:
         self.preparers: list[Callable[[Snapshot], Callable[[], None]]] = []
         self.status_sections: dict[str, Callable[[], object]] = {}  # more of /status, by its key
         self._installing = False
+        self.own = own.Own()  # what discovery must never make an endpoint (mesh/core/own.py)
+        self.refused: dict[str, str] = {}  # discovered instance name → why it is no endpoint
         self.registry.subscribe(self._registry_changed)
 
     def install(self, snap: Snapshot) -> Snapshot:
@@ -240,6 +245,7 @@ class MeshState:
         self.version += 1
         snap = dataclasses.replace(snap, version=self.version, loaded_at=time.time(), clusters=clusters)
         self.snapshot = snap
+        self.own = own_of(snap, self.config_store)
         self.runtime.keep(snap.uses)
         self.certs.retain(list(snap.tls.watched))
         self._installing = True
@@ -287,7 +293,12 @@ class MeshState:
         if snap is None:
             return
         members: dict[str, dict[tuple[str, int], Endpoint]] = {}
+        refused: dict[str, str] = {}
         for inst in self.registry.instances.values():
+            why = None if inst.source == "static" else self.own.refusal(inst.service, *inst.key)
+            if why is not None:
+                refused[inst.name] = why
+                continue
             ep = self.endpoints.get(inst.key)
             if ep is None:
                 ep = self.endpoints[inst.key] = Endpoint(inst.address, inst.port)
@@ -303,11 +314,22 @@ class MeshState:
         for cname, cluster in snap.clusters.items():
             if cname != LOCAL:
                 cluster.set_endpoints(list(members.get(cname, {}).values()))
+        self._refuse(refused)
         live = {key for eps in members.values() for key in eps}
         for key in [k for k in self.endpoints if k not in live]:
             del self.endpoints[key]
             self.pool.forget(*key)
         self._notify()
+
+    def _refuse(self, refused: dict[str, str]) -> None:
+        """Log and count each refused instance once (not on every browse that finds it again)."""
+        for name, why in refused.items():
+            if self.refused.get(name) != why:
+                inst = self.registry.instances[name]
+                log.warning(f"discovery: instance {name} ({inst.cluster} at {inst.address}:{inst.port}, "
+                            f"from {inst.source}) is no endpoint: {why}")
+                metrics.DISCOVERY_REFUSED.labels(inst.source).inc()
+        self.refused = refused
 
     def refresh(self) -> None:
         """After health changed: recompute every cluster's candidates and tell the watchers."""
@@ -355,7 +377,7 @@ class MeshState:
             inst = self.registry.instances[entry["name"]]
             ep = endpoints.get(inst.key)
             entry["healthy"] = ep.healthy if ep else None
-            entry["detail"] = ep.detail if ep else ""
+            entry["detail"] = ep.detail if ep else self.refused.get(inst.name, "")
             instances.append(entry)
         out = {
             "config": {"file": snap.file, "version": snap.version, "digest": snap.digest,
@@ -393,6 +415,17 @@ class MeshState:
                                "app_healthy": local.healthy if local else None,
                                "app_detail": local.detail if local else ""}
         return out
+
+
+def own_of(snap: Snapshot, config_store: tuple[str, ...] | None) -> own.Own:
+    """What this proxy serves (listeners, admin) and its control plane's etcd client URLs."""
+    etcd = snap.config.discovery.etcd
+    urls = tuple(f"http://{m.address}:{m.port}" for m in etcd.endpoints) if etcd else ()
+    listeners = [(b.listener.address, b.listener.port, f"{b.direction or 'gateway'} listener "
+                  f"{b.listener.name!r}") for b in snap.listeners]
+    inbound = next((l for b, l in zip(snap.listeners, listeners) if b.direction == INBOUND), None)
+    return own.own([l for l in listeners if l is not inbound], snap.admin, urls + (config_store or ()),
+                   inbound, snap.workload.service if snap.workload else None)
 
 
 def _cluster(old: Cluster | None, name: str, service: str, version: str, svc: Service,

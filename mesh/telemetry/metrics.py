@@ -44,6 +44,9 @@ EJECTIONS = Counter("mitmesh_ejections_total", "Endpoints ejected as outliers", 
 ENDPOINT_UNHEALTHY = Counter(
     "mitmesh_endpoint_unhealthy_total", "Endpoints taken out of rotation by liveness, by reason "
     "(connect_failure: a refused connection, passive; health_check: failed active checks)", ["reason"])
+DISCOVERY_REFUSED = Counter(
+    "mitmesh_discovery_refused_total", "Discovered instances refused as endpoints because they point "
+    "at this proxy's own listeners, admin listener or etcd, by discovery source", ["source"])
 RATELIMIT_REJECTIONS = Counter(
     "mitmesh_ratelimit_rejections_total", "Requests answered 429 by a rate limit", ["route"])
 RATELIMIT_STORAGE_ERRORS = Counter(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 
+import pytest
 from aiohttp import web
 
 from mesh.core import health
+from mesh.security import mtls, pki
 from mesh.runtime import procs
 from mesh.core.cluster import Endpoint
 from mesh.config.schema import HealthCheck
@@ -89,3 +93,49 @@ async def serve_on(port: int) -> tuple[web.AppRunner, int]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
     return runner, port
+
+
+@pytest.fixture
+def certs(tmp_path):
+    pki.init_mesh(tmp_path, "mitmesh.local")
+    for name in ("gateway", "payments", "orders"):
+        pki.issue_workload(tmp_path, name, pki.spiffe_id("mitmesh.local", "demo", name))
+    return tmp_path
+
+
+async def tls_server(directory, name: str) -> asyncio.Server:
+    """A sidecar inbound's stand-in: mTLS with `name`'s workload certificate, never answers."""
+    cert, key, ca = mtls.workload_files(str(directory), ".", name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=context)
+
+
+async def test_a_tcp_check_of_an_mtls_endpoint_is_the_handshake_and_the_identity(certs):
+    """A rogue instance of a STRICT service at a tarpit (accepts TCP, never speaks) or at a server
+    with another identity passes a bare TCP connect; the check a request would make fails it."""
+    client = mtls.Watched(lambda: mtls.client_context(*mtls.workload_files(str(certs), ".", "gateway")), ())
+    upstreams = mtls.Upstreams(frozenset({"payments"}), client)
+    tls = upstreams.plan("payments", "https", "spiffe://mitmesh.local/ns/demo/sa/payments")
+    tcp = HealthCheck(timeout=0.3)
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)
+    real, impostor = await tls_server(certs, "payments"), await tls_server(certs, "orders")
+    try:
+        pit = Endpoint(*tarpit.getsockname())
+        assert await health.probe(pit, tcp) == (True, "")  # what let the rogue in
+        assert await health.probe(pit, tcp, tls) == (False, "health check timed out after 0.3s")
+        ok, detail = await health.probe(Endpoint("127.0.0.1", impostor.sockets[0].getsockname()[1]), tcp, tls)
+        assert not ok and "peer identity is spiffe://mitmesh.local/ns/demo/sa/orders" in detail
+        good = Endpoint("127.0.0.1", real.sockets[0].getsockname()[1])
+        assert await health.probe(good, tcp, tls) == (True, "")
+        # the Checker asks for the request's TLS plan whatever the check's kind
+        checker = health.Checker(lambda: [], lambda: None, tls_of=lambda ep: tls)
+        assert (await checker._probe(pit, tcp))[0] is False
+    finally:
+        tarpit.close()
+        real.close()
+        impostor.close()

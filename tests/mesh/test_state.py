@@ -74,3 +74,35 @@ def test_health_targets_are_the_app_and_clusters_sent_to(write_config):
     snap.clusters["catalog"].pick()
     assert sorted(str(e) for e, _ in state.health_targets()) == [
         "127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19111", "127.0.0.1:9001"]
+
+
+def test_discovered_instances_at_the_proxys_own_addresses_are_no_endpoints(write_config, caplog):
+    """An mDNS or etcd announcement (unauthenticated) of a service at this gateway's admin listener,
+    its own listener or its etcd would let downstreams reach them through a route: refused."""
+    state = MeshState()
+    state.config_store = ("http://127.0.0.1:12379",)
+    snap = state.install(build(str(write_config()), state.runtime, state.workload))
+    rogues = [Instance("r1", "catalog", "v1", "127.0.0.1", 19901, source="mdns"),  # admin
+              Instance("r2", "catalog", "v1", "0.0.0.0", 18080, source="mdns"),  # its listener
+              Instance("r3", "search", "v1", "localhost", 12379, source="etcd")]  # its etcd
+    for _ in range(2):  # the second browse finds them again: one log line each, not two
+        for inst in rogues:
+            state.registry.apply(Event("add", inst))
+        state.registry.apply(Event("add", mdns("c3", "catalog", "v1", 19901)))  # another host's
+    assert [str(e) for e in snap.clusters["catalog/v1"].endpoints] == [
+        "127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.9:19901"]
+    assert "search" not in state.snapshot.clusters
+    assert not {i.key for i in rogues} & set(state.endpoints)
+    lines = [r.getMessage() for r in caplog.records if "is no endpoint" in r.getMessage()]
+    assert lines == [
+        "discovery: instance r1 (catalog/v1 at 127.0.0.1:19901, from mdns) is no endpoint: it is "
+        "this proxy's admin listener",
+        "discovery: instance r2 (catalog/v1 at 0.0.0.0:18080, from mdns) is no endpoint: it is "
+        "this proxy's gateway listener 'public'",
+        "discovery: instance r3 (search/v1 at localhost:12379, from etcd) is no endpoint: it is "
+        "this proxy's control plane's etcd (http://127.0.0.1:12379)"]
+    by_name = {i["name"]: i for i in state.status()["registry"]["instances"]}
+    assert by_name["r1"]["detail"] == "it is this proxy's admin listener"
+    # gone from discovery: forgotten, so a new announcement is logged again
+    state.registry.apply(Event("remove", rogues[0]))
+    assert "r1" not in state.refused
