@@ -87,6 +87,17 @@ def check(version: str, method: bytes, fields: Iterable[tuple[bytes, bytes]], h2
     _framing(version, h2, lengths, encodings, encoding)
 
 
+def field_refusal(name: bytes, value: bytes) -> str | None:
+    """What makes one field unfit to send (RFC 9110 §5.1, §5.5), else None: the same rules as a
+    request's (`check`), for fields the proxy writes from what something else said (a function's
+    response headers). Names the field, never its value: the value may be a secret."""
+    if not _TOKEN.fullmatch(name):
+        return f"header name {_clip(name)} is not a token (RFC 9110 §5.1)"
+    if _BAD_VALUE.search(value):
+        return f"header {_clip(name)} holds a control character (RFC 9110 §5.5)"
+    return None
+
+
 def fold(name: bytes) -> bytes:
     """A field name as a CGI or WSGI upstream reads it (RFC 3875 §4.1.18: case folded, `-` and `_`
     alike): `X_User` and `x-user` reach such an upstream as one variable, HTTP_X_USER."""
