@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from mesh.core import heads
+from mesh.config.types import field_refusal
 
 # framing is the proxy's own; whatever a handler says about it is dropped
 FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
@@ -124,10 +124,11 @@ class Response:
 def _field(key: str, name: str, value: str) -> tuple[str, str]:
     """One response field as the handler gave it, or ValueError naming it (never its value): a CR
     or LF in a value would end the field and start one the handler's caller chose (response
-    splitting: `location` from a query parameter), so API Gateway answers 502 and so do we."""
+    splitting: `location` from a query parameter), so API Gateway answers 502 and so do we. The
+    rules are those of a request's fields (mesh/core/heads.py)."""
     try:
-        why = heads.field_refusal(name.encode("utf-8", "surrogateescape"),
-                                  value.encode("utf-8", "surrogateescape"))
+        why = field_refusal(name.encode("utf-8", "surrogateescape"),
+                            value.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:
         why = f"header {name[:40]!r} is not encodable as UTF-8"
     if why is not None:

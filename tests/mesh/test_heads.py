@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.heads import check, field_refusal, fold, underscores, without_root_dot
+from mesh.core.heads import check, fold, underscores, without_root_dot
 from mesh.core.paths import Rejected
 
 HOST = (b"Host", b"example.com")
@@ -150,14 +150,3 @@ def test_hosts_that_are_not_hosts_are_refused(host):
 def test_without_root_dot(host, named):
     assert without_root_dot(host) == named
 
-
-@pytest.mark.parametrize("name, value, why", [
-    (b"location", b"/ok", None),
-    (b"x-a", b"a\tb caf\xc3\xa9", None),
-    (b"location", b"/\r\nset-cookie: s=evil", "header 'location' holds a control character (RFC 9110 §5.5)"),
-    (b"x-a", b"\x00", "header 'x-a' holds a control character (RFC 9110 §5.5)"),
-    (b"x a", b"1", "header name 'x a' is not a token (RFC 9110 §5.1)"),
-    (b"x:a", b"1", "header name 'x:a' is not a token (RFC 9110 §5.1)"),
-])
-def test_field_refusal_names_the_field_never_its_value(name, value, why):
-    assert field_refusal(name, value) == why
