@@ -77,7 +77,8 @@ class Function:
         if out.kind == "ok":
             try:
                 resp = event.response(out.result)
-            except ValueError as e:
+            except ValueError as e:  # e names a bad field, never its value (a secret, or a client's)
+                log.warning("function %s: not a valid response: %s", name, e)
                 st.decide("function", f"{name}: not a valid response: {e}")
                 out.kind = "bad_response"
         metrics.FUNCTION_CALLS.labels(name, out.kind).inc()

@@ -9,10 +9,13 @@ kinds (a JWT here, an mTLS identity there) each make their check.
 
 A rate limit by `key: api_key` (the key an api_key policy verified) on a route or service without
 an api_key policy: there it counts every request by its client IP (OWASP API4).
+
+An admin listener (`gateway.admin`, `sidecar.admin`) on an address other than loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from mesh.config.schema import MeshConfig, Route
@@ -87,8 +90,34 @@ def _unkeyed_limits(src: Source, config: MeshConfig) -> list[Problem]:
         for ref, where in found.items()]
 
 
+def _exposed_admins(src: Source, config: MeshConfig) -> list[Problem]:
+    """Admin listeners bound beyond loopback: their reading endpoints (/flows, /status) answer
+    whoever reaches them (Envoy's advice: never expose the admin interface)."""
+    out = []
+    exposed = ("/flows, /status and /metrics answer whoever reaches it (Envoy's advice: never "
+               "expose the admin interface)")
+    if not _loopback(address := config.gateway.admin.address):
+        out.append(src.problem(("gateway", "admin", "address"), (
+            f"warning: the gateway's admin listener binds {address}, not a loopback address: "
+            f"{exposed}; keep it on 127.0.0.1")))
+    if not _loopback(address := config.sidecar.admin.address):
+        # a sidecar's admin binds its instance's address (--address); this one names intent
+        out.append(src.problem(("sidecar", "admin", "address"), (
+            f"warning: {address} is not a loopback address: a sidecar's admin listener is meant "
+            f"for the host only, as {exposed}; a sidecar binds it on its instance's own address "
+            f"(--address), which should be loopback too")))
+    return out
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address.lower() == "localhost"
+
+
 def warnings(src: Source, config: MeshConfig) -> list[Problem]:
-    out: list[Problem] = _unkeyed_limits(src, config)
+    out: list[Problem] = _unkeyed_limits(src, config) + _exposed_admins(src, config)
     by_service: dict[str, list[tuple[int, Route, Auth]]] = {}
     for i, route in enumerate(config.routes):
         if route.forward is not None:

@@ -116,6 +116,30 @@ def split_hostport(value: object) -> object:
     return value
 
 
+# RFC 9110 §5.6.2: a field name (§5.1) and a method (§9.1) are tokens
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value never holds NUL, CR, LF or another control character but HTAB; a CR
+# or LF inside a parsed value is also what an obs-fold (RFC 9112 §5.2) leaves behind
+BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def clip(raw: bytes) -> str:
+    """Wire bytes for a message: escaped, at most 40 of them."""
+    text = repr(raw[:40])[1:]
+    return text if len(raw) <= 40 else text[:-1] + "…'"
+
+
+def field_refusal(name: bytes, value: bytes) -> str | None:
+    """What makes one header field unfit to send (RFC 9110 §5.1, §5.5), else None: the rules
+    mesh/core/heads.py holds a request's fields to, for fields the proxy writes from what something
+    else said (a function's response). Names the field, never its value: it may be a secret."""
+    if not TOKEN.fullmatch(name):
+        return f"header name {clip(name)} is not a token (RFC 9110 §5.1)"
+    if BAD_FIELD_VALUE.search(value):
+        return f"header {clip(name)} holds a control character (RFC 9110 §5.5)"
+    return None
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, AfterValidator(check_name)]
 Address = Annotated[str, AfterValidator(check_address)]

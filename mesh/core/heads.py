@@ -11,14 +11,11 @@ import re
 from collections.abc import Iterable
 
 from mesh.config.http import ALLOW, REJECT_REQUEST  # the option's values: the config owns them
+# the field grammar sits in the lowest layer: a function's response fields are checked with it too
+from mesh.config.types import BAD_FIELD_VALUE as _BAD_VALUE, TOKEN as _TOKEN, clip as _clip
 from mesh.core import hopbyhop
 from mesh.core.paths import Rejected
 
-# RFC 9110 §5.6.2: a field name (§5.1) and a method (§9.1) are tokens
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 §5.5: a field value never holds NUL, CR, LF or another control character but HTAB; a CR
-# or LF inside a parsed value is also what an obs-fold (RFC 9112 §5.2) leaves behind
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ], or empty (RFC 9112 §3.2). The host is an
 # IP literal or a DNS name: labels of letters, digits, '-' and '_' (SRV and container names), and
 # one trailing dot (the root). The rest of RFC 3986's reg-name (',', ';', '%2e', …) names no host a
@@ -136,7 +133,3 @@ def _framing(version: str, h2: bool, lengths: int, encodings: int, encoding: byt
         raise Rejected(400, "invalid_framing", f"Transfer-Encoding {_clip(encoding)} does not end in a "
                                                f"single chunked (RFC 9112 §6.1)")
 
-
-def _clip(raw: bytes) -> str:
-    text = repr(raw[:40])[1:]
-    return text if len(raw) <= 40 else text[:-1] + "…'"

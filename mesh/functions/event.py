@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from mesh.config.types import field_refusal
+
 # framing is the proxy's own; whatever a handler says about it is dropped
 FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _TEXT = ("text/", "application/json", "application/xml", "application/javascript",
@@ -119,6 +121,21 @@ class Response:
     body: bytes
 
 
+def _field(key: str, name: str, value: str) -> tuple[str, str]:
+    """One response field as the handler gave it, or ValueError naming it (never its value): a CR
+    or LF in a value would end the field and start one the handler's caller chose (response
+    splitting: `location` from a query parameter), so API Gateway answers 502 and so do we. The
+    rules are those of a request's fields (mesh/core/heads.py)."""
+    try:
+        why = field_refusal(name.encode("utf-8", "surrogateescape"),
+                            value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        why = f"header {name[:40]!r} is not encodable as UTF-8"
+    if why is not None:
+        raise ValueError(f"{key}: {why}")
+    return name, value
+
+
 def response(result: object) -> Response:
     """A handler's result as API Gateway reads it; ValueError when it cannot be a response."""
     if not (isinstance(result, dict) and "statusCode" in result):
@@ -137,12 +154,13 @@ def response(result: object) -> Response:
     for name, value in raw_headers.items():
         if str(name).lower() in FRAMING:
             continue
-        headers.append((str(name), value if isinstance(value, str) else json.dumps(value)))
+        text = value if isinstance(value, str) else json.dumps(value)
+        headers.append(_field("headers", str(name), text))
     cookies = result.get("cookies")
     cookies = [] if cookies is None else cookies
     if not isinstance(cookies, list):
         raise ValueError(f"cookies: expected a list of strings (got {type(cookies).__name__})")
-    headers.extend(("set-cookie", str(c)) for c in cookies)
+    headers.extend(_field("cookies", "set-cookie", str(c)) for c in cookies)
     body = result.get("body")
     if body is None:
         data = b""

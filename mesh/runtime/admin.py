@@ -2,9 +2,9 @@
 
 Reading (GET, HEAD) is open to whoever reaches the listener; every other method changes state
 (`POST /record`) and needs `Authorization: Bearer <token>`, the token in the admin token file
-(`mitmesh certs init` and `mitmesh up` make it, mode 0600; the CLI reads it). A listener on
-loopback answers only Host headers naming a loopback address, so a web page cannot reach it by
-rebinding its own DNS name to 127.0.0.1.
+(`mitmesh certs init` and `mitmesh up` make it, mode 0600; the CLI reads it). It answers only Host
+headers naming localhost, a loopback address or its own address, so a web page cannot reach it by
+rebinding its own DNS name to the listener's address, and only requests no proxy forwarded.
 """
 
 from __future__ import annotations
@@ -57,18 +57,43 @@ def read_token(path: Path) -> str | None:
         return None
 
 
-def _loopback_host(host: str) -> bool:
-    """A Host header naming localhost or a loopback address, with or without a port."""
+# What a proxy of the mesh adds to every request it forwards: the gateway and a sidecar inbound
+# always append X-Forwarded-For and set -Proto and -Host (addons/forwarded.py), and no client can
+# nominate them away (mesh/core/hopbyhop.py refuses that). RFC 7239's Forwarded is what other
+# proxies add.
+FORWARDED_MARKS = ("x-forwarded-for", "forwarded", "x-forwarded-host", "x-forwarded-proto")
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header without its port, lower case; an IP address in its one spelling."""
     if host.startswith("["):
         name = host[1:].partition("]")[0]
     else:
         name = host.rpartition(":")[0] if host.count(":") == 1 else host
-    if name.lower() == "localhost":
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name.lower()
+
+
+def _loopback_host(name: str) -> bool:
+    """A host name (`_host_name`) that is localhost or a loopback address."""
+    if name == "localhost":
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _own_name(address: str) -> str | None:
+    """The name a Host header gives a listener bound to `address`: none for a wildcard (0.0.0.0,
+    ::), which is no address a client calls; the connection's own address stands for it."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address.lower()
+    return None if ip.is_unspecified else str(ip)
 
 
 def json_reply(obj, status: int = 200) -> tuple[int, str, bytes]:
@@ -105,17 +130,30 @@ class AdminServer:
         self.token = token  # the current token (read when needed, so a new file takes effect at once)
         self._sock = sock
         self._server: asyncio.Server | None = None
-        try:
-            self._loopback = ipaddress.ip_address(address).is_loopback
-        except ValueError:
-            self._loopback = address == "localhost"
+        self._own = _own_name(address)
 
-    def refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str, bytes] | None:
-        """The answer to a request that may not go on (wrong Host, no or wrong token), else None."""
+    def refusal(self, method: str, headers: dict[str, str], local: str | None = None
+                ) -> tuple[int, str, bytes] | None:
+        """The answer to a request that may not go on (wrong Host, forwarded by a proxy, no or
+        wrong token), else None. `local`: the address the connection came to."""
         host = headers.get("host", "")
-        if self._loopback and host and not _loopback_host(host):
-            return json_reply({"error": "host_not_allowed", "reason": "this admin listener answers "
-                               "only requests addressed to a loopback address or localhost"}, 403)
+        # DNS rebinding: a page whose own name now resolves to this listener sends that name. Only
+        # localhost, loopback addresses and this listener's own address (the connection's, for a
+        # wildcard bind) are names a direct client uses, on whatever address it binds
+        if host and not self._host_allowed(_host_name(host), local):
+            return json_reply({"error": "host_not_allowed", "reason": "this admin listener "
+                               "answers only requests addressed to localhost, a loopback address "
+                               "or its own address"}, 403)
+        # A proxy forwarded it: a rogue discovery announcement (unauthenticated: mDNS, etcd) can
+        # name this port as an instance, and the gateway would then send public requests here
+        # from loopback. The admin is for direct clients (the CLI, curl, Prometheus), which add
+        # none of these marks. A sidecar's outbound adds none either, but its downstream is the
+        # local app, which reaches this port directly anyway
+        marked = next((m for m in FORWARDED_MARKS if m in headers), None)
+        if marked is not None:
+            return json_reply({"error": "forwarded_request", "reason": "this admin listener "
+                               "answers only direct requests, not one a proxy forwarded "
+                               f"({marked})"}, 403)
         if method in READ_ONLY:
             return None
         expected = self.token()
@@ -126,6 +164,11 @@ class AdminServer:
         why = ("no admin token is set up; `mitmesh certs init` makes one" if not expected else
                "wrong admin token" if given else "send the admin token: Authorization: Bearer <token>")
         return json_reply({"error": "unauthorized", "reason": f"{method} changes state: {why}"}, 401)
+
+    def _host_allowed(self, name: str, local: str | None) -> bool:
+        if _loopback_host(name) or name == self._own:
+            return True
+        return local is not None and name == _own_name(local)
 
     async def start(self) -> None:
         if self._sock is not None:
@@ -140,6 +183,8 @@ class AdminServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sockname = writer.get_extra_info("sockname")
+        local = sockname[0] if isinstance(sockname, tuple) else None
         try:
             while True:
                 try:
@@ -164,7 +209,7 @@ class AdminServer:
                     await reader.readexactly(length)
                 path, _, query = target.partition("?")
                 handler = self.handlers.get(path)
-                refused = self.refusal(method, headers)
+                refused = self.refusal(method, headers, local)
                 if refused is not None:
                     status, ctype, body = refused
                 elif handler is None:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from mesh.config import ConfigError, load, load_block, load_text, schema
+from mesh.config.types import field_refusal
 from tests.conftest import BASE, dedent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,3 +310,15 @@ def test_pod_settings_name_their_choices():
     assert errors(bad) == ["mesh.yaml:14: services.users.egress: expected one of 'allow', 'deny' (got 'open')"]
     assert errors(BASE + "sidecar: {isolation: netns}\n") == [
         "mesh.yaml:21: sidecar.isolation: expected one of 'auto', 'pod', 'loopback' (got 'netns')"]
+
+
+@pytest.mark.parametrize("name, value, why", [
+    (b"location", b"/ok", None),
+    (b"x-a", b"a\tb caf\xc3\xa9", None),
+    (b"location", b"/\r\nset-cookie: s=evil", "header 'location' holds a control character (RFC 9110 §5.5)"),
+    (b"x-a", b"\x00", "header 'x-a' holds a control character (RFC 9110 §5.5)"),
+    (b"x a", b"1", "header name 'x a' is not a token (RFC 9110 §5.1)"),
+    (b"x:a", b"1", "header name 'x:a' is not a token (RFC 9110 §5.1)"),
+])
+def test_a_response_field_refusal_names_the_field_never_its_value(name, value, why):
+    assert field_refusal(name, value) == why

@@ -43,6 +43,9 @@ def test_repeated_headers_are_joined_by_commas():
     ({"statusCode": "404", "body": "no", "headers": {"x": "y"}, "cookies": ["c=1"]},
      Response(404, (("x", "y"), ("set-cookie", "c=1")), b"no")),
     ({"statusCode": 200, "body": "AAE=", "isBase64Encoded": True}, Response(200, (), b"\x00\x01")),
+    # a tab and text beyond ASCII are field content (RFC 9110 §5.5); a number is sent as JSON
+    ({"statusCode": 200, "headers": {"x-a": "a\tb", "x-b": "café", "x-n": 3}},
+     Response(200, (("x-a", "a\tb"), ("x-b", "café"), ("x-n", "3")), b"")),
 ])
 def test_both_response_forms(result, expected):
     assert response(result) == expected
@@ -54,6 +57,22 @@ def test_both_response_forms(result, expected):
     ({"statusCode": 200, "headers": []}, "headers: expected an object (got list)"),
     ({"statusCode": 200, "cookies": "a=1"}, "cookies: expected a list of strings (got str)"),
     ({"statusCode": 200, "body": "%%", "isBase64Encoded": True}, "body: isBase64Encoded is true but the body is not base64"),
+    # response splitting: the handler's value never reaches the reason, only the field's name
+    ({"statusCode": 302, "headers": {"location": "/\r\nSet-Cookie: s=evil"}},
+     "headers: header 'location' holds a control character (RFC 9110 §5.5)"),
+    ({"statusCode": 302, "headers": {"location": "/\nSet-Cookie: s=evil"}},
+     "headers: header 'location' holds a control character (RFC 9110 §5.5)"),
+    ({"statusCode": 200, "headers": {"x-a": "a\x00b"}},
+     "headers: header 'x-a' holds a control character (RFC 9110 §5.5)"),
+    ({"statusCode": 200, "headers": {"x-a": "a\x7fb"}},
+     "headers: header 'x-a' holds a control character (RFC 9110 §5.5)"),
+    ({"statusCode": 200, "headers": {"x-a\r\nset-cookie": "s=evil"}},
+     "headers: header name 'x-a\\r\\nset-cookie' is not a token (RFC 9110 §5.1)"),
+    ({"statusCode": 200, "headers": {"x a": "1"}}, "headers: header name 'x a' is not a token (RFC 9110 §5.1)"),
+    ({"statusCode": 200, "headers": {"": "1"}}, "headers: header name '' is not a token (RFC 9110 §5.1)"),
+    ({"statusCode": 200, "headers": {"x-a": "\ud800"}}, "headers: header 'x-a' is not encodable as UTF-8"),
+    ({"statusCode": 200, "cookies": ["a=1", "b=2\r\nX-Injected: 1"]},
+     "cookies: header 'set-cookie' holds a control character (RFC 9110 §5.5)"),
 ])
 def test_results_that_cannot_be_a_response(result, error):
     with pytest.raises(ValueError) as e:

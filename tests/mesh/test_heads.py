@@ -149,3 +149,4 @@ def test_hosts_that_are_not_hosts_are_refused(host):
 ])
 def test_without_root_dot(host, named):
     assert without_root_dot(host) == named
+

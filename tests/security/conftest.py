@@ -176,10 +176,11 @@ def engine(request) -> str:
 
 @contextlib.contextmanager
 def targets(tmp: Path, *, http: dict | None = None, sidecar: bool = True, tls: bool = False,
-            routes: list | None = None, policies: dict | None = None, engine: str = "standard"):
+            routes: list | None = None, policies: dict | None = None, engine: str = "standard",
+            functions: dict | None = None):
     """A gateway (and a sidecar) in front of echo apps, both guarded by GUARD; `http` is their
     `gateway.http` / `sidecar.http` block, `routes` go before the gateway's catch-all route, `engine`
-    their `gateway.engine` / `sidecar.engine`."""
+    their `gateway.engine` / `sidecar.engine`, `functions` the config's `functions`."""
     m = Mesh(tmp, {})
     config = sidecar_config(f"{m.net}.1")
     p = procs.free_port
@@ -200,6 +201,8 @@ def targets(tmp: Path, *, http: dict | None = None, sidecar: bool = True, tls: b
     config["routes"] = [*(routes or []), {"name": "all", "match": {"path": {"prefix": "/"}},
                                           "forward": {"service": "edge-echo"}, "policies": ["guard"]}]
     config["policies"] = {"guard": GUARD, **(policies or {})}
+    if functions:
+        config["functions"] = functions
     m.write(config)
     try:
         m.start_services()

@@ -1,9 +1,10 @@
-"""The admin port: state changes need the admin token, a loopback admin listener answers only
-loopback Host names, and no credential shows in /flows, the access log, the decision log or a
+"""The admin port: state changes need the admin token, an admin listener answers only loopback
+Host names (and its own address), no request a proxy forwarded to it, and no credential shows in /flows, the access log, the decision log or a
 recording (unless `--include-secrets` asks). Against a real gateway and a real sidecar."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import json
@@ -17,6 +18,8 @@ import urllib.parse
 
 import pytest
 
+from discovery.mdns import MdnsSource
+from discovery.registry import Instance, Registry
 from mesh.runtime import procs
 from tools.testbed import Mesh, get, sidecar_config, wait_until
 
@@ -121,6 +124,38 @@ def test_dns_rebinding_host_header(admin_mesh, which):
     status, body, _ = call(url + "/flows", headers={"host": f"attacker.example:{port}"})
     assert (status, body["error"]) == (403, "host_not_allowed")
     assert call(url + "/flows", headers={"host": f"localhost:{port}"})[0] == 200
+
+
+@pytest.mark.parametrize("which", ["gateway", "sidecar"])
+def test_admin_reached_through_the_gateway_by_a_rogue_announcement(admin_mesh, which):
+    """A process with no certificate and no token announces over mDNS an instance of `catalog` at a
+    proxy's admin listener; the gateway then forwards `/catalog/status` there from loopback, with
+    `Host: localhost`. The admin answers no request a proxy forwarded."""
+    m = admin_mesh
+    admin = urllib.parse.urlsplit(admin_of(m, which))
+    rogue = f"{m.net}.77"  # the announcer's own address: not the one it names
+
+    async def attack() -> list[tuple[int, dict]]:
+        src = MdnsSource(m.config["mesh"]["id"], [rogue])
+        await src.start(Registry())
+        try:
+            await src.announce(Instance(name=f"rogue-{which}", service="catalog", version="v1",
+                                        address=admin.hostname, port=admin.port, weight=10000,
+                                        source="mdns"), f"rogue-{which}")
+            await asyncio.to_thread(wait_until, lambda: any(
+                i["address"] == f"{admin.hostname}:{admin.port}" for i in m.registry()),
+                timeout=15)
+            return [await asyncio.to_thread(get, m.url + path, {"host": host})
+                    for path, host in (("/catalog/status", "localhost"),
+                                       ("/catalog/flows", "127.0.0.1"))]
+        finally:
+            await src.stop()
+
+    for status, body, _ in asyncio.run(attack()):
+        assert (status, body["error"]) == (403, "forwarded_request"), (status, str(body)[:300])
+        assert body["reason"].endswith("(x-forwarded-for)")
+    # and the listener still answers whoever calls it directly, as the CLI does
+    assert call(admin_of(m, which) + "/status")[0] == 200
 
 
 def test_record_when_the_token_file_is_gone(admin_mesh):

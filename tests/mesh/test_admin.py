@@ -1,0 +1,83 @@
+"""The admin listener's refusals (`AdminServer.refusal`): which Host names it answers on whatever
+address it binds, requests a proxy forwarded, and state changes without the token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mesh.runtime.admin import AdminServer
+
+TOKEN = "s3cret"
+
+
+def refused(address: str, headers: dict, method: str = "GET", local: str | None = None):
+    server = AdminServer(address, 9901, {}, token=lambda: TOKEN)
+    answer = server.refusal(method, headers, local)
+    return None if answer is None else (answer[0], json.loads(answer[2])["error"])
+
+
+HOST_NOT_ALLOWED = (403, "host_not_allowed")
+
+
+@pytest.mark.parametrize("address, host, local, expected", [
+    ("127.0.0.1", "localhost:9901", None, None),
+    ("127.0.0.1", "LOCALHOST", None, None),
+    ("127.0.0.1", "127.0.0.1:9901", None, None),
+    ("127.0.0.1", "127.9.9.9", None, None),
+    ("127.0.0.1", "[::1]:9901", None, None),
+    ("127.0.0.1", "", None, None),  # HTTP/1.0 sends none: no page's name in it
+    ("127.0.0.1", "attacker.example:9901", None, HOST_NOT_ALLOWED),
+    # the red-team case: a wildcard bind had no Host check at all
+    ("0.0.0.0", "attacker.example", None, HOST_NOT_ALLOWED),
+    ("0.0.0.0", "attacker.example", "10.0.0.5", HOST_NOT_ALLOWED),
+    ("0.0.0.0", "localhost", "10.0.0.5", None),
+    ("0.0.0.0", "10.0.0.5:9901", "10.0.0.5", None),  # its own address: the connection's
+    ("0.0.0.0", "10.0.0.6:9901", "10.0.0.5", HOST_NOT_ALLOWED),
+    ("0.0.0.0", "0.0.0.0:9901", "10.0.0.5", HOST_NOT_ALLOWED),
+    ("10.0.0.5", "10.0.0.5", None, None),
+    ("10.0.0.5", "10.0.0.5:9901", None, None),
+    ("10.0.0.5", "admin.example", None, HOST_NOT_ALLOWED),
+    ("::", "[fe80::1]:9901", "fe80::1", None),
+    ("::", "[fe80:0::1]", "fe80::1", None),  # one address, another spelling
+    ("2001:db8::5", "[2001:db8::5]:9901", None, None),
+    ("admin.internal", "ADMIN.internal:9901", None, None),
+])
+def test_host_names_it_answers_on_every_address(address, host, local, expected):
+    assert refused(address, {"host": host}, local=local) == expected
+
+
+FORWARDED = (403, "forwarded_request")
+
+
+@pytest.mark.parametrize("headers", [
+    {"x-forwarded-for": "203.0.113.7"},
+    {"forwarded": "for=203.0.113.7"},
+    {"x-forwarded-host": "localhost"},
+    {"x-forwarded-proto": "http"},
+], ids=["x-forwarded-for", "forwarded", "x-forwarded-host", "x-forwarded-proto"])
+def test_a_request_a_proxy_forwarded_is_refused(headers):
+    assert refused("127.0.0.1", {"host": "localhost", **headers}) == FORWARDED
+    # before the token is looked at: the token does not make a forwarded request direct
+    assert refused("127.0.0.1", {"host": "localhost", "authorization": f"Bearer {TOKEN}", **headers},
+                   "POST") == FORWARDED
+
+
+def test_what_direct_clients_send_is_answered():
+    """The CLI, curl and Prometheus: no forwarding marks; a request id or a trace context alone is
+    what an instrumented client sends too."""
+    assert refused("127.0.0.1", {"host": "127.0.0.1:9901", "user-agent": "Prometheus/2.53",
+                                 "accept": "text/plain", "x-request-id": "r1",
+                                 "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) is None
+
+
+@pytest.mark.parametrize("method, authorization, expected", [
+    ("POST", None, (401, "unauthorized")),
+    ("POST", "Bearer nope", (401, "unauthorized")),
+    ("POST", f"Bearer {TOKEN}", None),
+    ("HEAD", None, None),
+])
+def test_state_changes_need_the_token(method, authorization, expected):
+    headers = {"host": "localhost"} | ({"authorization": authorization} if authorization else {})
+    assert refused("127.0.0.1", headers, method) == expected
