@@ -61,7 +61,7 @@ class Idempotency:
         query = flow.request.path.partition("?")[2]
         fp = idempotency.fingerprint(flow.request.method, (st.path or "/") + ("?" + query if query else ""),
                                      flow.request.raw_content or b"")
-        rkey = idempotency.record_key(st.route.name, st.principal, key)
+        rkey = idempotency.record_key(st.route.name, st.caller, key)
         record = idempotency.Record(fp, idempotency.new_token())
         store = self.stores.get(policy.storage)
         try:

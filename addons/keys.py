@@ -144,6 +144,17 @@ class FlowState:
         return self.authenticated if self.authenticated is not None else self.peer
 
     @property
+    def caller(self) -> str:
+        """Whose records a request's Idempotency-Key names: how the caller was verified, by which
+        issuer, and its name (a JWT `sub` and an API-key consumer of the same name are two callers,
+        as two tokens without a subject are not the anonymous caller); "" for no one verified."""
+        if self.authenticated is not None:
+            method = self.credential.partition(":")[0] if self.credential else "authn"
+            iss = self.claims.get("iss") if isinstance(self.claims, dict) else None
+            return f"{method}\0{iss if isinstance(iss, str) else ''}\0{self.authenticated}"
+        return f"peer\0\0{self.peer}" if self.peer is not None else ""
+
+    @property
     def upstream_path(self) -> str:
         """The path routing and policies match on: the normalized path, without the API version
         segment once Versioning took it out (Forward applies the route's rewrite to it)."""

@@ -63,9 +63,10 @@ class Record:
     answer: Answer | None = None  # None while in flight
 
 
-def record_key(route: str, principal: str | None, key: str) -> str:
-    """Keys are scoped by route and caller, and hashed: a key is never stored or logged as sent."""
-    digest = hashlib.sha256(f"{route}\0{principal or ''}\0{key}".encode()).hexdigest()
+def record_key(route: str, caller: str | None, key: str) -> str:
+    """Keys are scoped by route and caller (`FlowState.caller`: method, issuer and name), and
+    hashed: a key is never stored or logged as sent."""
+    digest = hashlib.sha256(f"{route}\0{caller or ''}\0{key}".encode()).hexdigest()
     return f"mitmesh:idempotency:{digest}"
 
 

@@ -75,6 +75,28 @@ async def test_a_duplicate_gets_the_kept_answer_replayed(gateway, upstream_app):
     assert ("idempotency", "duplicate: the kept answer (200) replayed") in keys.get(again).decisions
 
 
+async def test_records_are_the_callers_own_however_their_names_collide(gateway, upstream_app):
+    """One key, one request, five callers whose names meet: an API-key consumer and a JWT subject
+    both called alice, the same subject from another issuer, a token without a subject, and no one
+    verified. Each runs once (a caller never gets another's kept answer); each again is a replay."""
+    up = Charges()
+    port = await upstream_app("pay", handler=up.handle)
+    callers = [
+        dict(principal="alice", credential="api_key:aa"),
+        dict(principal="alice", claims={"iss": "https://idp.a", "sub": "alice"}, credential="jwt:bb"),
+        dict(principal="alice", claims={"iss": "https://idp.b", "sub": "alice"}, credential="jwt:cc"),
+        dict(principal="", claims={"iss": "https://idp.a"}, credential="jwt:dd"),
+        dict(),
+    ]
+    async with gateway(config([port])) as gw:
+        firsts = [await post(gw, **who) for who in callers]
+        agains = [await post(gw, **who) for who in callers]
+    assert [f.response.headers["x-charge"] for f in firsts] == ["1", "2", "3", "4", "5"]
+    assert [a.response.headers["x-charge"] for a in agains] == ["1", "2", "3", "4", "5"]
+    assert all(a.response.headers["idempotent-replayed"] == "true" for a in agains)
+    assert up.runs == {"k1": 5}
+
+
 async def test_a_duplicate_in_flight_gets_409(gateway, upstream_app):
     up = Charges(delay=1.5)  # long enough for the duplicate to arrive meanwhile on a loaded machine
     port = await upstream_app("pay", handler=up.handle)
