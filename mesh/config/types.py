@@ -69,7 +69,7 @@ def parse_size(value: object) -> int:
 
 def check_header(value: object) -> str:
     """A header name, lowercased (HTTP/2 needs lowercase names anyway)."""
-    if not isinstance(value, str) or not _HEADER.match(value.lower()):
+    if not isinstance(value, str) or not _HEADER.fullmatch(value.lower()):
         raise ValueError(f"expected a header name such as x-user (got {show(value)})")
     return value.lower()
 
@@ -83,7 +83,7 @@ def check_cidr(value: str) -> str:
 
 
 def check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
             f"expected a name of lowercase letters, digits, '.', '-' or '_' (got {show(value)})"
         )
@@ -153,7 +153,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def check_header_name(value: str) -> str:
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise ValueError(f"expected an HTTP header name (letters, digits, '-', ...) (got {show(value)})")
     return value
 

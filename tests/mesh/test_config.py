@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from mesh.config import ConfigError, load, load_block, load_text, schema
+from mesh.config import types
 from mesh.config.types import field_refusal
 from tests.conftest import BASE, dedent
 
@@ -322,3 +323,14 @@ def test_pod_settings_name_their_choices():
 ])
 def test_a_response_field_refusal_names_the_field_never_its_value(name, value, why):
     assert field_refusal(name, value) == why
+
+
+@pytest.mark.parametrize("check, value", [
+    (types.check_header_name, "x-a\n"),  # `$` matches before a final newline: a header name that
+    (types.check_header, "x-user\n"),  # splits the line the proxy writes it into
+    (types.check_name, "users\n"),
+])
+def test_a_name_with_a_trailing_newline_is_refused(check, value):
+    with pytest.raises(ValueError):
+        check(value)
+    assert check(value[:-1]) == value[:-1]
