@@ -11,6 +11,10 @@ A rate limit by `key: api_key` (the key an api_key policy verified) on a route o
 an api_key policy: there it counts every request by its client IP (OWASP API4).
 
 An admin listener (`gateway.admin`, `sidecar.admin`) on an address other than loopback.
+
+A request header the config reads (a route's match, a policy's key, token, version or limit header)
+whose name holds an underscore, where `http.headers_with_underscores_action` drops or refuses such
+headers before anything reads them: that match never matches, that key is never found.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from mesh.config.http import ALLOW
 from mesh.config.schema import MeshConfig, Route
 from mesh.config.source import Problem, Source
 
@@ -109,6 +114,50 @@ def _exposed_admins(src: Source, config: MeshConfig) -> list[Problem]:
     return out
 
 
+# policy kinds whose header names are not read from the request: they are set, or answered with
+_NOT_READ = frozenset({"transform", "cors", "security_headers", "mirror", "function"})
+
+
+def _read_headers(node, path: tuple) -> list[tuple[tuple, str]]:
+    """Every `header: NAME` and `headers: [NAME] | {NAME: …}` under a config node, with its path."""
+    out: list[tuple[tuple, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "header" and isinstance(value, str):
+                out.append(((*path, key), value))
+            elif key == "headers" and isinstance(value, (list, dict)):
+                out += [((*path, key), name) for name in value if isinstance(name, str)]
+            else:
+                out += _read_headers(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += _read_headers(value, (*path, i))
+    return out
+
+
+def _underscored_reads(src: Source, config: MeshConfig) -> list[Problem]:
+    """Header names with `_` the config reads, where the listeners drop or refuse such headers."""
+    actions = {where: http.headers_with_underscores_action for where, http in
+               (("gateway", config.gateway.http), ("sidecar", config.sidecar.http))}
+    if all(action == ALLOW for action in actions.values()):
+        return []
+    data = src.data if isinstance(src.data, dict) else {}
+    found = []
+    for i, route in enumerate(data.get("routes") or []):
+        if isinstance(route, dict):
+            found += _read_headers(route.get("match"), ("routes", i, "match"))
+    for name, block in (data.get("policies") or {}).items():
+        for kind, value in (block.items() if isinstance(block, dict) else ()):
+            if kind not in _NOT_READ:
+                found += _read_headers(value, ("policies", name, kind))
+    doing = ", ".join(f"{where}.http.headers_with_underscores_action is {action}"
+                      for where, action in actions.items() if action != ALLOW)
+    return [src.problem(path, (
+        f"warning: the header name {name!r} holds an underscore, but {doing}: such a header is "
+        f"gone before anything reads it; use a dash ({name.replace('_', '-')!r}) or set ALLOW"))
+        for path, name in found if "_" in name]
+
+
 def _loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -117,7 +166,8 @@ def _loopback(address: str) -> bool:
 
 
 def warnings(src: Source, config: MeshConfig) -> list[Problem]:
-    out: list[Problem] = _unkeyed_limits(src, config) + _exposed_admins(src, config)
+    out: list[Problem] = (_unkeyed_limits(src, config) + _exposed_admins(src, config)
+                          + _underscored_reads(src, config))
     by_service: dict[str, list[tuple[int, Route, Auth]]] = {}
     for i, route in enumerate(config.routes):
         if route.forward is not None:

@@ -118,3 +118,40 @@ def test_an_admin_listener_beyond_loopback(admin, expected):
     text = head + "  []\n"  # no routes
     found = [str(w) for w in warnings(parse(text, "mesh.yaml"), load_text(text, "mesh.yaml"))]
     assert found == expected
+
+
+
+UNDERSCORED = """
+version: 1
+gateway: {listeners: [{name: public, port: 18080}]%s}
+services:
+  users: {versions: {v1: {endpoints: ["127.0.0.1:19001"]}}}
+policies:
+  keys: {api_key: {header: x_api_key, consumers: {acme: {key_sha256: "%s"}}}}
+  dashed: {api_key: {header: x-api-key, consumers: {acme: {key_sha256: "%s"}}}}
+  set-it: {transform: {request: {set: {headers: {x_user: "a"}}}}}
+routes:
+  - name: keyed
+    match: {path: {prefix: /k}, headers: {x_tenant: blue}}
+    forward: {service: users}
+    policies: [keys, set-it]
+"""
+DROPPING = ("but gateway.http.headers_with_underscores_action is DROP_HEADER, "
+            "sidecar.http.headers_with_underscores_action is DROP_HEADER: such a header is gone "
+            "before anything reads it; use a dash")
+
+
+@pytest.mark.parametrize("http, sidecar, expected", [
+    ("", "", [f"mesh.yaml:11: routes[0].match.headers: warning: the header name 'x_tenant' holds "
+              f"an underscore, {DROPPING} ('x-tenant') or set ALLOW",
+              f"mesh.yaml:6: policies.keys.api_key.header: warning: the header name 'x_api_key' "
+              f"holds an underscore, {DROPPING} ('x-api-key') or set ALLOW"]),
+    (", http: {headers_with_underscores_action: ALLOW}",
+     "sidecar: {http: {headers_with_underscores_action: ALLOW}}\n", []),
+], ids=["dropped-by-default", "allowed"])
+def test_a_header_the_config_reads_that_its_listeners_drop(http, sidecar, expected):
+    """A header a route matches on or a policy reads its key from, spelled with `_`: dropped (or
+    refused) before it is read. A header the proxy sets (a transform's) is not read: no warning."""
+    text = dedent(UNDERSCORED) % (http, "0" * 64, "0" * 64) + sidecar
+    found = [str(w) for w in warnings(parse(text, "mesh.yaml"), load_text(text, "mesh.yaml"))]
+    assert [f for f in found if "underscore" in f] == expected
