@@ -119,7 +119,7 @@ _NOT_READ = frozenset({"transform", "cors", "security_headers", "mirror", "funct
 
 
 def _read_headers(node, path: tuple) -> list[tuple[tuple, str]]:
-    """Every `header: NAME` and `headers: [NAME] | {NAME: …}` under a config node, with its path."""
+    """Each `header: NAME` and `headers: [NAME] | {NAME: …}` under a config node, with its path."""
     out: list[tuple[tuple, str]] = []
     if isinstance(node, dict):
         for key, value in node.items():
