@@ -19,12 +19,12 @@ headers before anything reads them: that match never matches, that key is never 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from mesh.config.http import ALLOW
 from mesh.config.schema import MeshConfig, Route
 from mesh.config.source import Problem, Source
+from mesh.config.types import loopback
 
 TOKEN_KINDS = ("jwt", "oauth2", "api_key")
 
@@ -101,11 +101,11 @@ def _exposed_admins(src: Source, config: MeshConfig) -> list[Problem]:
     out = []
     exposed = ("/flows, /status and /metrics answer whoever reaches it (Envoy's advice: never "
                "expose the admin interface)")
-    if not _loopback(address := config.gateway.admin.address):
+    if not loopback(address := config.gateway.admin.address):
         out.append(src.problem(("gateway", "admin", "address"), (
             f"warning: the gateway's admin listener binds {address}, not a loopback address: "
             f"{exposed}; keep it on 127.0.0.1")))
-    if not _loopback(address := config.sidecar.admin.address):
+    if not loopback(address := config.sidecar.admin.address):
         # a sidecar's admin binds its instance's address (--address); this one names intent
         out.append(src.problem(("sidecar", "admin", "address"), (
             f"warning: {address} is not a loopback address: a sidecar's admin listener is meant "
@@ -156,13 +156,6 @@ def _underscored_reads(src: Source, config: MeshConfig) -> list[Problem]:
         f"warning: the header name {name!r} holds an underscore, but {doing}: such a header is "
         f"gone before anything reads it; use a dash ({name.replace('_', '-')!r}) or set ALLOW"))
         for path, name in found if "_" in name]
-
-
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address.lower() == "localhost"
 
 
 def warnings(src: Source, config: MeshConfig) -> list[Problem]:

@@ -16,7 +16,11 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
                "GB": 1000**3, "GiB": 1024**3}
-_HEADER = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# RFC 9110 §5.6.2: a field name (§5.1) and a method (§9.1) are tokens; one grammar for the names a
+# config writes (str) and those a request or a function's response carries (bytes)
+_TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(_TCHAR + "+")
+TOKEN = re.compile(_TCHAR.encode() + b"+")
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
@@ -69,9 +73,19 @@ def parse_size(value: object) -> int:
 
 def check_header(value: object) -> str:
     """A header name, lowercased (HTTP/2 needs lowercase names anyway)."""
-    if not isinstance(value, str) or not _HEADER.fullmatch(value.lower()):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value.lower()):
         raise ValueError(f"expected a header name such as x-user (got {show(value)})")
     return value.lower()
+
+
+def loopback(host: str) -> bool:
+    """Whether a host name or address always means this host: localhost, or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_cidr(value: str) -> str:
@@ -116,8 +130,6 @@ def split_hostport(value: object) -> object:
     return value
 
 
-# RFC 9110 §5.6.2: a field name (§5.1) and a method (§9.1) are tokens
-TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: a field value never holds NUL, CR, LF or another control character but HTAB; a CR
 # or LF inside a parsed value is also what an obs-fold (RFC 9112 §5.2) leaves behind
 BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -147,9 +159,6 @@ Regex = Annotated[str, AfterValidator(check_regex)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HeaderName = Annotated[str, BeforeValidator(check_header)]
 Cidr = Annotated[str, AfterValidator(check_cidr)]
-
-
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def check_header_name(value: str) -> str:

@@ -19,6 +19,8 @@ import secrets
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from mesh.config.types import loopback
+
 log = logging.getLogger("mitmesh.admin")
 
 Handler = Callable[[str, str], "tuple[int, str, bytes] | Awaitable[tuple[int, str, bytes]]"]
@@ -74,16 +76,6 @@ def _host_name(host: str) -> str:
         return str(ipaddress.ip_address(name))
     except ValueError:
         return name.lower()
-
-
-def _loopback_host(name: str) -> bool:
-    """A host name (`_host_name`) that is localhost or a loopback address."""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _own_name(address: str) -> str | None:
@@ -166,7 +158,7 @@ class AdminServer:
         return json_reply({"error": "unauthorized", "reason": f"{method} changes state: {why}"}, 401)
 
     def _host_allowed(self, name: str, local: str | None) -> bool:
-        if _loopback_host(name) or name == self._own:
+        if loopback(name) or name == self._own:
             return True
         return local is not None and name == _own_name(local)
 
