@@ -22,6 +22,7 @@ from mesh.policies import claims as claimlib
 from mesh.config.security import ApiKey, Jwt, OAuth2, Require, TokenSource
 from mesh.policies.httpclient import Http, HttpError
 from mesh.policies.jwks import JwksCache
+from mesh.security import redact
 
 Getter = Callable[[str], str | None]
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
@@ -53,10 +54,9 @@ class Verified(NamedTuple):  # a tuple: made for every authenticated request
 
 
 def identity(method: str, secret: str) -> str:
-    """What names a verified credential in counters and logs without being it: its method and the
-    first 24 hex digits of its SHA-256 (for an API key, of the digest the config holds), so a rate
-    limit counts per key or token and its storage holds no secret."""
-    return f"{method}:{hashlib.sha256(secret.encode()).hexdigest()[:24]}"
+    """What names a verified credential in counters and logs without being it (`redact.named`),
+    so a rate limit counts per key or token and its storage holds no secret."""
+    return redact.named(method, secret)
 
 
 def _principal(claims: Mapping) -> str:
@@ -247,6 +247,7 @@ class ApiKeys:
                                                        for k, v in consumer.claims.items()}}
             for hexdigest in consumer.key_sha256:
                 digest = bytes.fromhex(hexdigest)
+                # `identity("api_key", key)`, from the key's SHA-256 the config holds
                 self.by_digest[digest] = (name, claims, "api_key:" + digest.hex()[:24])
 
     def find(self, header: Getter, query: Getter) -> str | None:

@@ -9,7 +9,6 @@ request decided without it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ from limits import strategies as sync_strategies
 
 from mesh.telemetry import metrics
 from mesh.config import schema
-from mesh.security.redact import SECRET_HEADERS
+from mesh.security.redact import SECRET_HEADERS, named
 
 log = logging.getLogger("mitmesh.ratelimit")
 
@@ -131,11 +130,9 @@ class Outcome(NamedTuple):  # a tuple: made on every request, a frozen dataclass
 
 
 def key_text(kind: str, value: str, hashed: bool = False) -> str:
-    """A counter key; a value that may be a secret is `hashed` (the first 24 hex digits of its
-    SHA-256, as a verified credential's identity) so no secret lands in the storage or the logs."""
-    if hashed:
-        value = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return f"{kind}:{value}"
+    """A counter key; a value that may be a secret is `hashed` (`redact.named`, as a verified
+    credential's identity) so no secret lands in the storage or the logs."""
+    return named(kind, value) if hashed else f"{kind}:{value}"
 
 
 def _outcome(policy: Policy, stats: list[tuple[limits.RateLimitItem, bool, Any]], now: float) -> Outcome:

@@ -8,6 +8,7 @@ records through (and the log filter its lines, through `text()`); only `mitmesh 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from typing import Any, Iterable
@@ -39,6 +40,13 @@ _API_KEY = re.compile(r"\bmk_[A-Za-z0-9_-]{16,}")
 
 # a cheap first look (on the lowercased text: a case-insensitive alternation is ten times slower)
 _ANY = re.compile("|".join(re.escape(n) for n in sorted(SECRET_NAMES | {"bearer", "basic", "eyj", "mk_"})))
+
+
+def named(kind: str, secret: str) -> str:
+    """What names a secret in counters and logs without being it: `<kind>:<the first 24 hex digits
+    of its SHA-256>`. A verified credential's identity (FlowState.credential) and a rate limit's key
+    for a secret-bearing header are both this, so a per-key limit counts the two alike."""
+    return f"{kind}:{hashlib.sha256(secret.encode('utf-8', 'surrogateescape')).hexdigest()[:24]}"
 
 
 def suspect(line: str) -> bool:
