@@ -255,7 +255,9 @@ class ApiKeys:
         return (header(c.header) if c.header else None) or (query(c.query) if c.query else None)
 
     def verify(self, key: str) -> Verified:
-        found = self.by_digest.get(hashlib.sha256(key.encode()).digest())
+        # a header's bytes that are not UTF-8 arrive surrogate-escaped: a key no consumer has, not
+        # an exception (it was a traceback per request, and a 401 that named no reason)
+        found = self.by_digest.get(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest())
         if found is None:
             raise AuthnError(401, "invalid_api_key", "unknown API key")
         return Verified("api_key", found[0], dict(found[1]), found[2])
@@ -355,6 +357,8 @@ class RouteAuthn:
                              f"route {self.route} needs credentials: {self.describe()}")
         if len(token) > self.max_token:
             raise _invalid(f"token of {len(token)} bytes is larger than {self.max_token}")
+        if not token.isascii():  # RFC 6750's b64token, a JWT's base64url: neither holds anything else
+            raise _invalid("malformed token")
         if self.jwt is not None and (self.oauth2 is None or _JWT_SHAPE.match(token)):
             result, method = self.jwt.verify(token), "jwt"
         elif self.oauth2 is not None:

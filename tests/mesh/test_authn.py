@@ -54,3 +54,18 @@ def test_token_headers_and_the_one_pass_key_path(jwt, key, token_headers, one_pa
                              api_keys=keys(**key))
     assert route.token_headers == token_headers
     assert (route.key_header is not None) == one_pass
+
+
+def test_credentials_that_are_not_text_are_refused_as_credentials():
+    """A header's bytes that are not UTF-8 reach authentication surrogate-escaped (mitmproxy's
+    `Headers`): an unknown key and a malformed token, never an exception."""
+    with pytest.raises(authn.AuthnError) as e:
+        keys().verify("mk_\udcff\udcfe")
+    assert (e.value.status, e.value.error) == (401, "invalid_api_key")
+    route = authn.RouteAuthn("r", jwt_verifier=token())
+    for bad in ("ab\udcffcd.ef.gh", "eyJ.caf\u00e9.x"):
+        with pytest.raises(authn.AuthnError) as e:
+            route.authenticate(lambda name: f"Bearer {bad}" if name == "authorization" else None,
+                               lambda name: None, lambda name: None)
+        assert (e.value.status, e.value.error, e.value.reason) == (401, "invalid_token",
+                                                                   "malformed token")

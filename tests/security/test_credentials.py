@@ -6,6 +6,7 @@ engines; each attack comes from loopback addresses of its own."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import jwt
@@ -107,3 +108,22 @@ def test_api_key_beside_a_valid_jwt(gateway):
     seen = upstream_saw(body)
     assert "x-api-key" not in seen and "authorization" not in seen, seen
     assert seen["x-authenticated-userid"] == "alice"
+
+
+@pytest.mark.parametrize("path, field, error", [
+    ("/rlkey/x", b"X-Api-Key: mk_\xff\xfe", "invalid_api_key"),
+    ("/orders/x", b"Authorization: Bearer ab\xffcd.ef.gh", "invalid_token"),
+], ids=["api-key-of-bytes-that-are-not-utf8", "bearer-token-of-bytes-that-are-not-utf8"])
+def test_credential_bytes_that_are_not_text(gateway, path, field, error):
+    """A credential of raw bytes: the 401 of a wrong credential, not an exception (it was a 401
+    naming no reason, and a traceback in the log per request)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + field
+                  + b"\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), raw[:200]
+    assert json.loads(body)["error"] == error
+    assert "Traceback" not in gateway.children["gateway"].log.read_text(errors="replace")
