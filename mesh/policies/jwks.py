@@ -83,7 +83,9 @@ class JwksCache:
         self.timeout = timeout
         self.is_file = is_file
         self.keys: KeySet | None = None
-        self.fetched_at = 0.0  # monotonic time of the last good fetch
+        # monotonic times of the last good fetch and the last attempt; never: -inf, not 0.0, which
+        # is the boot of the machine (a proxy started in its first `ttl` seconds fetched no keys)
+        self.fetched_at = float("-inf")
         self.attempted_at = float("-inf")
         self.fetches = 0
         self.error: str | None = None

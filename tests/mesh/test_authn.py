@@ -69,3 +69,11 @@ def test_credentials_that_are_not_text_are_refused_as_credentials():
                                lambda name: None, lambda name: None)
         assert (e.value.status, e.value.error, e.value.reason) == (401, "invalid_token",
                                                                    "malformed token")
+
+
+def test_keys_never_fetched_are_stale_on_a_machine_booted_moments_ago(monkeypatch):
+    """time.monotonic() counts from the machine's boot: a proxy started in its first `ttl` seconds
+    (a VM or container host just up) must still fetch its keys at start."""
+    cache = JwksCache("http://127.0.0.1:9/jwks.json", Http(), ttl=300.0)
+    monkeypatch.setattr("mesh.policies.jwks.time.monotonic", lambda: 42.0)  # 42 s after boot
+    assert cache.stale() and cache.may_refresh()
