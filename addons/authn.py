@@ -98,12 +98,14 @@ class Authn:
             value = authn.forwarded_value(verified.claims, claim)
             if value is not None:
                 headerfields.put(headers, header, value)
-        # whichever method verified the caller, every credential source of the route goes unless
+        # every credential source of the route goes, but the one that verified the caller where
         # its policy forwards it: a token next to a verified key (or a key next to a verified
-        # token) was checked by no one, and the upstream is told "none, or a verified one"
-        if not route.keep_key:
+        # token) was checked by no one, forward_token or not, and the upstream is told "none, or
+        # a verified one"
+        by_key = verified.method == "api_key"
+        if route.api_keys is not None and not (route.keep_key and by_key):
             self._strip_key(flow, route)
-        if not route.keep_token:
+        if not (route.keep_token and not by_key):
             for src in route.sources:
                 if src.header is not None:
                     headerfields.remove(headers, src.header)

@@ -127,7 +127,9 @@ class TokenAuth(Model):
         description="where to look for the token, in order (default Authorization: Bearer)")
     forward_claims: dict[str, HeaderName] = Field(
         default_factory=dict, description="claim → request header set upstream, e.g. {sub: x-user}")
-    forward_token: bool = Field(False, description="keep the token in the upstream request (default false)")
+    forward_token: bool = Field(False, description="keep the token in the upstream request when it "
+                                                   "authenticated the caller; a token beside a "
+                                                   "verified API key is removed (default false)")
     max_token_size: Annotated[int, Field(ge=256, le=1 << 20)] = Field(
         8192, description="longer tokens are refused before decoding (default 8192 bytes)")
 
@@ -210,7 +212,9 @@ class ApiKey(Model):
     forward_claims: dict[str, HeaderName] = Field(
         default_factory=lambda: {"consumer": "x-consumer"},
         description="claim → upstream header (default {consumer: x-consumer})")
-    forward_key: bool = Field(False, description="keep the key in the upstream request (default false)")
+    forward_key: bool = Field(False, description="keep the key in the upstream request when it "
+                                                 "authenticated the caller; a key beside a verified "
+                                                 "token is removed (default false)")
 
     @model_validator(mode="after")
     def _where(self) -> ApiKey:

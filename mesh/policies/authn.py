@@ -313,19 +313,19 @@ class RouteAuthn:
             c = api_keys.config
             where = f'header="{c.header}"' if c.header else f'query="{c.query}"'
             self._api_key_challenge = f'ApiKey realm="{route}", {where}'
-        # the forwarded claims' header names, the token headers removed whatever authenticates
-        # (an unverified token never goes upstream unless forward_token keeps it), and the API
-        # key's header where a key is read from a header only, no claim is forwarded under its
-        # name or a token's, and no token sits in a cookie to remove: what the proxy reads,
-        # checks and edits in one pass over the request's header fields (addons/authn.py `_api_key`)
+        # the forwarded claims' header names, the token headers removed when a key authenticated
+        # (a token beside a verified key was verified by no one: forward_token keeps only a token
+        # that authenticated), and the API key's header where a key is read from a header only, no
+        # claim is forwarded under its name or a token's, and no token sits in a cookie to remove:
+        # what the proxy reads, checks and edits in one pass over the request's header fields
+        # (addons/authn.py `_api_key`)
         self.forward_names = frozenset(_low(h) for _, h in self.forward)
-        self.token_headers = frozenset() if self.keep_token else frozenset(
-            _low(s.header) for s in self.sources if s.header is not None)
+        self.token_headers = frozenset(_low(s.header) for s in self.sources if s.header is not None)
         self.key_header: bytes | None = None
         self.key_forwards: dict[str, tuple[tuple[bytes, bytes], ...]] = {}  # consumer → its forwarded header fields
         if api_keys and api_keys.config.header and not api_keys.config.query:
             name = _low(api_keys.config.header)
-            cookies = not self.keep_token and any(s.header is None for s in self.sources)
+            cookies = any(s.header is None for s in self.sources)
             if (name not in self.forward_names | self.token_headers and not cookies
                     and len(self.forward_names) == len(self.forward)
                     and not self.forward_names & self.token_headers):

@@ -38,12 +38,13 @@ def test_a_credential_is_named_by_its_hash_never_itself():
     ({}, {}, {b"authorization"}, True),
     ({"token_from": [{"header": "Authorization", "prefix": "Bearer "}, {"header": "X-Token"}]}, {},
      {b"authorization", b"x-token"}, True),
-    ({"forward_token": True}, {}, frozenset(), True),  # kept: nothing to strip
+    # forward_token keeps a token that authenticated: beside a verified key it goes all the same
+    ({"forward_token": True}, {}, {b"authorization"}, True),
     # a token in a cookie is removed through the cookie jar: the general path does it
     ({"token_from": [{"cookie": "session"}]}, {}, frozenset(), False),
     ({"token_from": [{"header": "authorization"}, {"cookie": "session"}]}, {}, {b"authorization"},
      False),
-    ({"token_from": [{"cookie": "session"}], "forward_token": True}, {}, frozenset(), True),
+    ({"token_from": [{"cookie": "session"}], "forward_token": True}, {}, frozenset(), False),
     # the key's header is also a token's, or a claim goes upstream under a token's name
     ({"token_from": [{"header": "x-api-key"}]}, {}, {b"x-api-key"}, False),
     ({"forward_claims": {"sub": "authorization"}}, {}, {b"authorization"}, False),

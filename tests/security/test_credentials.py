@@ -44,14 +44,18 @@ def config(tmp, engine: str) -> dict:
                                                   "endpoints": [f"127.0.0.1:{p()}"]}}}},
         # orders as the demo's: a JWT or a partner's key
         "routes": [route("rlkey", "keys", "per-key"), route("rlquery", "keys-or-query", "per-key"),
-                   route("orders", "tokens", "keys")],
+                   route("orders", "tokens", "keys"),
+                   route("passthrough", "tokens-forwarded", "keys-forwarded")],
         "policies": {
             "keys": {"api_key": {"consumers": consumers}},
             "keys-or-query": {"api_key": {"query": "apikey", "consumers": consumers}},
+            "keys-forwarded": {"api_key": {"consumers": consumers, "forward_key": True}},
             "per-key": {"rate_limit": {"minute": 3, "key": "api_key"}},
             "tokens": {"jwt": {"issuer": ISSUER, "jwks_file": "jwks.json",
                                "forward_claims": {"sub": "x-authenticated-userid",
                                                   "scope": "x-authenticated-scope"}}},
+            "tokens-forwarded": {"jwt": {"issuer": ISSUER, "jwks_file": "jwks.json",
+                                         "forward_token": True}},
         },
     }
 
@@ -108,6 +112,24 @@ def test_api_key_beside_a_valid_jwt(gateway):
     seen = upstream_saw(body)
     assert "x-api-key" not in seen and "authorization" not in seen, seen
     assert seen["x-authenticated-userid"] == "alice"
+
+
+def test_forward_token_keeps_only_a_token_that_authenticated(gateway):
+    """forward_token and forward_key keep the credential that verified the caller: a forged token
+    beside a valid key (or an empty key beside a valid token) was checked by no one and is not
+    passed on, where the upstream would read the forged token's claims as the gateway's word."""
+    forged = token("junk" * 8, sub="admin", scope="payments:charge")
+    status, body, _ = request(gateway.port, "GET", "/passthrough/1", source="127.0.0.7",
+                              headers={"x-api-key": KEY, "authorization": f"Bearer {forged}"})
+    assert status == 200
+    seen = upstream_saw(body)
+    assert "authorization" not in seen and seen["x-api-key"] == KEY, seen
+    valid = token(SIGNING)
+    status, body, _ = request(gateway.port, "GET", "/passthrough/1", source="127.0.0.7",
+                              headers={"x-api-key": "", "authorization": f"Bearer {valid}"})
+    assert status == 200
+    seen = upstream_saw(body)
+    assert "x-api-key" not in seen and seen["authorization"] == f"Bearer {valid}", seen
 
 
 @pytest.mark.parametrize("path, field, error", [
