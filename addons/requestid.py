@@ -27,7 +27,7 @@ class RequestId:
         if st is None:
             return
         rid = flow.request.headers.get("x-request-id")
-        if rid is None or not _SANE.match(rid):
+        if rid is None or not _SANE.fullmatch(rid):
             rid = new_id()
             flow.request.headers["x-request-id"] = rid
         st.request_id = rid

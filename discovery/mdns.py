@@ -71,12 +71,12 @@ def instance_from_txt(name: str, addresses: list[str], srv_port: int, props: dic
     fields: dict[str, object] = {}
     for key in ("service", "version"):
         value = _text(props, key)
-        if value is None or not _NAME.match(value):
+        if value is None or not _NAME.fullmatch(value):
             raise ValueError(f"TXT {key}: expected a lowercase name (got {value!r})")
         fields[key] = value
     zone, region = _text(props, "zone"), _text(props, "region")
     for key, value in (("zone", zone), ("region", region)):
-        if value is not None and not _NAME.match(value):
+        if value is not None and not _NAME.fullmatch(value):
             raise ValueError(f"TXT {key}: expected a lowercase name (got {value!r})")
     weight = _text(props, "weight") or "1"
     if not weight.isdigit() or not 1 <= int(weight) <= 10_000:

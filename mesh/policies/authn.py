@@ -359,7 +359,7 @@ class RouteAuthn:
             raise _invalid(f"token of {len(token)} bytes is larger than {self.max_token}")
         if not token.isascii():  # RFC 6750's b64token, a JWT's base64url: neither holds anything else
             raise _invalid("malformed token")
-        if self.jwt is not None and (self.oauth2 is None or _JWT_SHAPE.match(token)):
+        if self.jwt is not None and (self.oauth2 is None or _JWT_SHAPE.fullmatch(token)):
             result, method = self.jwt.verify(token), "jwt"
         elif self.oauth2 is not None:
             result, method = self.oauth2.verify(token), "oauth2"

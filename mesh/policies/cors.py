@@ -29,7 +29,7 @@ class CorsPolicy:
         for scheme, suffix in self.wildcards:
             if origin.startswith(scheme) and origin.endswith(suffix):
                 sub = origin[len(scheme):-len(suffix)]
-                if sub and _SUBDOMAIN.match(sub):
+                if sub and _SUBDOMAIN.fullmatch(sub):
                     return True
         return False
 

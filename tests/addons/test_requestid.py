@@ -13,6 +13,7 @@ CONFIG = BASE + """
 
 @pytest.mark.parametrize("sent, kept", [
     ("abc-123", True), ("a" * 128, True), ("a" * 129, False), ("evil\x01", False), ("two words", False),
+    ("abc\n", False),  # `$` alone matches before a final newline: the whole value must be sane
 ])
 async def test_request_id(gateway, sent, kept):
     async with gateway(CONFIG) as gw:

@@ -40,6 +40,7 @@ def test_txt_round_trip():
     ({"port": "70000"}, "TXT port: expected a port from 1 to 65535 (got '70000')"),
     ({"protocol": "gopher"}, "TXT protocol: expected one of http, https (got 'gopher')"),
     ({"zone": "A B"}, "TXT zone: expected a lowercase name (got 'A B')"),
+    ({"service": "catalog\n"}, "TXT service: expected a lowercase name (got 'catalog\\n')"),
     ({"admin": "0"}, "TXT admin: expected a port from 1 to 65535 (got '0')"),
 ])
 def test_malformed_txt_names_the_key(change, error):
