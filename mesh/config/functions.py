@@ -16,14 +16,14 @@ _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check_handler(value: str) -> str:
-    if not _HANDLER.match(value):
+    if not _HANDLER.fullmatch(value):
         raise ValueError(f"expected module:function, e.g. services.functions.greet:handler (got {show(value)})")
     return value
 
 
 def _check_env(value: dict[str, str]) -> dict[str, str]:
     for key in value:
-        if not _ENV.match(key):
+        if not _ENV.fullmatch(key):
             raise ValueError(f"expected environment variable names like LOG_LEVEL (got {show(key)})")
     return value
 

@@ -190,7 +190,7 @@ def _sha256_list(value: Any) -> Any:
     value = _listify(value)
     if isinstance(value, list):
         for v in value:
-            if not isinstance(v, str) or not _SHA256.match(v):
+            if not isinstance(v, str) or not _SHA256.fullmatch(v):
                 raise ValueError("expected the SHA-256 of the key as 64 lowercase hex digits; "
                                  f"`mitmesh apikey new NAME` makes one (got {show(v)})")
     return value
@@ -279,8 +279,8 @@ class IpFilter(Model):
 
 
 def _origin(value: Any) -> Any:
-    if isinstance(value, str) and value != "*" and not re.match(
-            r"^https?://(\*\.)?[A-Za-z0-9.-]+(:\d+)?$", value):
+    if isinstance(value, str) and value != "*" and not re.fullmatch(
+            r"https?://(\*\.)?[A-Za-z0-9.-]+(:\d+)?", value):
         raise ValueError(f"expected '*' or an origin such as https://app.example.com or "
                          f"https://*.example.com (got {show(value)})")
     return value

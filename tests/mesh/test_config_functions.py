@@ -40,6 +40,9 @@ def test_defaults_and_the_compiled_action():
     ('handler: "greet:handler"', 'handler: "greet.handler"',
      "mesh.yaml:5: functions.greet.handler: expected module:function, e.g. services.functions.greet:handler "
      "(got 'greet.handler')"),
+    ('handler: "greet:handler"', 'handler: "greet:handler\\n"',
+     "mesh.yaml:5: functions.greet.handler: expected module:function, e.g. services.functions.greet:handler "
+     "(got 'greet:handler\\n')"),
     ("timeout: 2s", "timeout: 0s", "mesh.yaml:5: functions.greet.timeout: expected a value > 0 (got '0s')"),
     ("max_instances: 3", "max_instances: 3, min_instances: 4",
      "mesh.yaml:5: functions.greet: min_instances: expected at most max_instances (3) (got 4)"),

@@ -47,6 +47,9 @@ def errors(policies: str = "", listener: str = "", gateway: str = "", mesh: str 
     ("{api_key: {consumers: {acme: {key_sha256: abc}}}}",
      "policies.p.api_key.consumers.acme.key_sha256: expected the SHA-256 of the key as 64 lowercase "
      "hex digits; `mitmesh apikey new NAME` makes one (got 'abc')"),
+    ('{api_key: {consumers: {acme: {key_sha256: "%s\\n"}}}}' % SHA,  # a whole match, not up to a newline
+     "policies.p.api_key.consumers.acme.key_sha256: expected the SHA-256 of the key as 64 lowercase "
+     "hex digits; `mitmesh apikey new NAME` makes one (got 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...)"),
     ("{api_key: {consumers: {}}}", "policies.p.api_key.consumers: expected at least 1 item(s) (got {})"),
     ("{api_key: {header: null, consumers: {acme: {key_sha256: %s}}}}" % SHA,
      "policies.p.api_key: expected header or query (got none)"),
@@ -70,6 +73,9 @@ def errors(policies: str = "", listener: str = "", gateway: str = "", mesh: str 
     ("{cors: {allow_origins: ['example.com']}}",
      "policies.p.cors.allow_origins[0]: expected '*' or an origin such as https://app.example.com or "
      "https://*.example.com (got 'example.com')"),
+    ('{cors: {allow_origins: ["https://app.example.com\\n"]}}',
+     "policies.p.cors.allow_origins[0]: expected '*' or an origin such as https://app.example.com or "
+     "https://*.example.com (got 'https://app.example.com\\n')"),
     ("{size_limit: {max_body: 10 parsecs}}",
      "policies.p.size_limit.max_body: expected a size like 64KiB, 1MiB or 10MB (got '10 parsecs')"),
     ("{size_limit: {max_headers: 10}}", "policies.p.size_limit.max_headers: expected a value >= 1024 (got 10)"),
