@@ -151,7 +151,7 @@ def run(r: Run) -> Report:
     for name, path in ledgers.items():
         for line in path.read_text().splitlines() if path.exists() else ():
             _, key, _ = line.split(" ", 2)
-            charges[key.removeprefix("order-")] += 1
+            charges[key.removeprefix("order-").rpartition("@")[0]] += 1  # order-<key>@<caller>
             by_instance[name] += 1
     for folder in {path.parent for path in ledgers.values()} - {r.workdir}:  # the pods' ledgers, read
         shutil.rmtree(folder, ignore_errors=True)

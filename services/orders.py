@@ -7,6 +7,7 @@ listener) with keep-alive connections, or to explicit `--catalog-url`/`--payment
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 
 import aiohttp
@@ -60,9 +61,13 @@ def build(ident, catalog: str, payments: str, proxy: str | None) -> web.Applicat
             details = item.get("item", {})
             price = details.get("price", details.get("price_cents", 0) / 100)
             # one key per order: the client's own Idempotency-Key when it sent one (its retries of
-            # the order then charge once), else this request's id
-            key = "order-" + (request.headers.get("idempotency-key") or request.headers.get("x-request-id")
-                              or uuid.uuid4().hex)
+            # the order then charge once), else this request's id, both chosen by the client, so
+            # scoped by who placed the order (the caller the gateway verified and forwards): two
+            # callers who pick the same key never share a charge (Stripe scopes keys per account)
+            chosen = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+            caller = request.headers.get("x-authenticated-userid", "")
+            key = (f"order-{chosen}@{hashlib.sha256(caller.encode()).hexdigest()[:16]}" if chosen
+                   else f"order-{uuid.uuid4().hex}")
             status, payment = await call(request, "POST", f"{payments}/charge", headers={"idempotency-key": key},
                                          json={"amount": round(price * quantity, 2)})
             if status != 200:

@@ -63,6 +63,31 @@ async def test_orders_calls_catalog_and_payments():
         await cat.close()
 
 
+async def test_an_orders_idempotency_key_is_the_callers_own(tmp_path):
+    """The key orders sends payments is scoped by the verified caller: two callers who choose the
+    same Idempotency-Key (or x-request-id) place two orders, not one charge shared; one caller's
+    retry keeps its key."""
+    ledger = tmp_path / "ledger"
+    cat = await client(catalog.build(Identity("catalog", "v1", "c1")))
+    pay = await client(payments.build(Identity("payments", "v1", "p1", knobs=Knobs(ledger=str(ledger)))))
+    base = lambda c: f"http://127.0.0.1:{c.server.port}"  # noqa: E731
+    o = await client(orders.build(Identity("orders", "v1", "o1"), base(cat), base(pay), None))
+    try:
+        for caller, chosen in (("alice", "idempotency-key"), ("bob", "idempotency-key"),
+                               ("alice", "idempotency-key"), ("alice", "x-request-id"),
+                               ("bob", "x-request-id")):
+            r = await o.post("/orders", json={"item_id": 2},
+                             headers={chosen: "k-1", "x-authenticated-userid": caller})
+            assert r.status == 200
+    finally:
+        await o.close()
+        await pay.close()
+        await cat.close()
+    keys = [line.split()[1] for line in ledger.read_text().splitlines()]
+    assert len(keys) == 5 and all(k.startswith("order-k-1@") for k in keys)
+    assert keys[0] == keys[2] == keys[3] and keys[1] == keys[4] and keys[0] != keys[1]
+
+
 async def test_echo_answers_what_it_received():
     from services import echo
 
