@@ -14,7 +14,7 @@ import yaml
 from discovery.etcdapi import Etcd
 from mesh.runtime import procs
 from mesh.runtime.store import Store
-from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
+from tests.etcd_server import etcd_server, operator_tls, workload_tls  # noqa: F401 (fixture)
 
 from .conftest import Mesh, demo_config, get, wait_until
 
@@ -34,7 +34,10 @@ def control(m: Mesh) -> dict:
 
 
 def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
-    store = f"etcd://127.0.0.1:{etcd_server.client_port}"
+    # mutual TLS: `mitmesh config` finds the operator's files in certs/ of its working folder, the
+    # gateway its workload certificate there
+    store = f"etcds://127.0.0.1:{etcd_server.client_port}"
+    workload_tls(etcd_server, "gateway")
     config = demo_config()
     config["mesh"] = {"id": "cfgtest"}
     m = Mesh(tmp_path, config)
@@ -75,7 +78,7 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
 
         # revision 3 written around the CLI, invalid: the gateway keeps 2 and says why
         async def sneak():
-            etcd = Etcd([etcd_server.client_url])
+            etcd = Etcd([etcd_server.client_url], tls=operator_tls(etcd_server))
             try:
                 await Store(etcd, "cfgtest").push("version: 1\nroutes: [{name: x}]\n", "mesh.yaml")
             finally:

@@ -14,7 +14,7 @@ def test_location_round_trip():
 
 
 @pytest.mark.parametrize("text, error", [
-    ("mesh.yaml", "expected etcd://HOST:PORT[,HOST:PORT]/MESH (got 'mesh.yaml')"),
+    ("mesh.yaml", "expected etcd[s]://HOST:PORT[,HOST:PORT]/MESH (got 'mesh.yaml')"),
     ("etcd://127.0.0.1:2379", "the mesh id after the hosts (got 'etcd://127.0.0.1:2379')"),
     ("etcd://127.0.0.1:2379/a/b", "the mesh id after the hosts"),
     ("etcd://127.0.0.1/demo", "expected host:port or http://host:port (got '127.0.0.1')"),
