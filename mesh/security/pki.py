@@ -242,6 +242,14 @@ def issue_etcd_member(directory: Path, name: str, host: str,
     return cert, key
 
 
+def issue_operator(directory: Path, lifetime: dt.timedelta = CONTROL_LIFETIME) -> Path:
+    """The operator's client certificate (no SPIFFE ID: it is no workload), written 0600."""
+    ca = read(*mesh_ca_paths(directory))
+    cert, key = operator_paths(directory)
+    write(issue(ca, OPERATOR_CN, lifetime=lifetime, server=False, client=True), cert, key)
+    return cert
+
+
 def ensure_operator(directory: Path, lifetime: dt.timedelta = CONTROL_LIFETIME) -> str | None:
     """Issue the operator's client certificate when it is missing, from another CA, or past half
     its life; returns why it was issued, or None when it was kept."""
@@ -261,8 +269,7 @@ def ensure_operator(directory: Path, lifetime: dt.timedelta = CONTROL_LIFETIME) 
     except (ValueError, TypeError, InvalidSignature):
         why = "signed by another CA"
     if why:
-        leaf = issue(ca, OPERATOR_CN, lifetime=lifetime, server=False, client=True)
-        write(leaf, cert_path, key_path)
+        issue_operator(directory, lifetime)
     return why
 
 
