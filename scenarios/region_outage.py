@@ -54,7 +54,8 @@ def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate:
         members = [f"127.0.0.1:{etcd.client_port}"]
         m.config["discovery"] = {"etcd": {"endpoints": members, "ttl": TTL, "tls": {}}}
         m.write()
-        certcmd.rotate(r.workdir / "certs", load_config(m.path))  # the gateway's and catalog's, as `up`
+        # the gateway's and catalog's workload certificates, as `up` issues them
+        certcmd.rotate(r.workdir / "certs", load_config(m.path))
         placed = [("eu1", "eu-1", "eu"), ("eu2", "eu-2", "eu"), ("us1", "us-1", "us"), ("us2", "us-2", "us")]
         r.say(f"etcd on 127.0.0.1:{etcd.client_port} (pid {etcd.child.pid}); starting the gateway (zone eu-1, "
               f"region eu) and four catalog instances: eu-1, eu-2, us-1, us-2")
