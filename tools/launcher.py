@@ -173,7 +173,7 @@ def start_sidecar(inst: Instance, source: Path | str, run_dir: Path, cwd: str,
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
                  web_token: str | None = None, extra: list[str] = (), source: str | None = None) -> list[str]:
-    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd:// config store instead
+    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd[s]:// config store instead
     of the file."""
     script = str(ROOT / "addons" / "gateway.py")
     mode_args = [arg for lst in config.gateway.listeners

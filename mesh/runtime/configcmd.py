@@ -24,8 +24,9 @@ from mesh.runtime.store import (Location, Revision, Store, on_loopback, operator
 from mesh.telemetry.analysis import Sample, Thresholds, parse, verdict
 
 STORE_HELP = ("etcd[s]://HOST:PORT[,HOST:PORT]/MESH, as proxies name it in mesh_config; etcds: "
-              "mutual TLS (default $MITMESH_STORE, else etcd://127.0.0.1:2379 and, on push, the "
-              "file's mesh.id)")
+              "mutual TLS (default $MITMESH_STORE, else etcds://127.0.0.1:2379, the demo's, and, "
+              "on push, the file's mesh.id)")
+DEFAULT_STORE = "etcds://127.0.0.1:2379"  # what `mitmesh up --control-plane etcd` runs
 TLS_HELP = {  # etcdctl's flags, and their environment variables
     "cacert": "with an etcds:// store: CA bundle the members' certificates must chain to "
               "(default $MITMESH_ETCD_CACERT, else certs/mesh-ca.pem)",
@@ -38,7 +39,7 @@ TLS_HELP = {  # etcdctl's flags, and their environment variables
 
 def location(text: str | None, mesh: str | None = None, args=None) -> Location:
     """The store named, with the operator's TLS files when it is etcds://."""
-    text = text or os.environ.get("MITMESH_STORE") or "etcd://127.0.0.1:2379"
+    text = text or os.environ.get("MITMESH_STORE") or DEFAULT_STORE
     if mesh is not None and text.count("/") == 2:  # no mesh id given: the pushed file's
         text = f"{text.rstrip('/')}/{mesh}"
     try:

@@ -14,6 +14,7 @@ import yaml
 from discovery.etcdapi import Etcd
 from mesh.runtime import procs
 from mesh.runtime.store import Store
+from mesh.security import pki
 from tests.etcd_server import etcd_server, operator_tls, workload_tls  # noqa: F401 (fixture)
 
 from .conftest import Mesh, demo_config, get, wait_until
@@ -55,6 +56,18 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
 
         r = mitmesh("config", "push", str(m.path), "--store", store, "-m", "first", cwd=tmp_path)
         assert r.returncode == 0 and "revision 1 " in r.stdout, r
+        # a proxy without a certificate of the mesh CA reads nothing: none at all, or another mesh's
+        gateway = ["gateway", "--workers", "1", "--config", f"{store}/cfgtest"]
+        lost = mitmesh(*gateway, cwd=tmp_path.parent)
+        missing = ("the workload certificate of gateway for etcd: ca: no such file "
+                   "(got 'certs/mesh-ca.pem')")
+        assert lost.returncode == 1 and missing in lost.stderr, lost
+        rogue = tmp_path / "rogue"
+        pki.init_mesh(rogue / "certs", "mitmesh.local")
+        spiffe = pki.spiffe_id("mitmesh.local", "demo", "gateway")
+        pki.issue_workload(rogue / "certs", "gateway", spiffe)
+        lost = mitmesh(*gateway, cwd=rogue)
+        assert lost.returncode == 1 and "cannot read the config" in lost.stderr, lost
         # the gateway reads its config from etcd
         m.children["gateway"] = gw = procs.spawn(
             "gateway", procs.python("-m", "mesh.cli", "gateway", "--workers", "1", "--config",
