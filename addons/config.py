@@ -14,7 +14,8 @@ from mesh.core.build import build, build_text
 from mesh.core.state import Bound, MeshState, Snapshot
 from mesh.core.workload import parse_workload
 from mesh.runtime.reload import EtcdWatcher, Watcher
-from mesh.runtime.store import Location, Revision, fetch_current, is_location, parse_location
+from mesh.runtime.store import (Location, Revision, fetch_current, is_location, on_loopback,
+                                proxy_location)
 from mesh.telemetry import metrics
 
 from . import keys, replies
@@ -33,7 +34,9 @@ class Config:
     def load(self, loader):
         loader.add_option("mesh_config", str, "mesh.yaml",
                           "Mesh config file (YAML), or etcd://HOST:PORT[,HOST:PORT]/MESH for the revisions "
-                          "`mitmesh config push` stores there. Changes are validated and applied live.")
+                          "`mitmesh config push` stores there (etcds://: mutual TLS, with this "
+                          "proxy's workload certificate, see docs/howto/etcd.md). Changes are "
+                          "validated and applied live.")
         loader.add_option("mesh_proxy", str, os.environ.get("MITMESH_PROXY", ""),
                           "This proxy's name for a config rollout's canary (default: a sidecar's "
                           "instance name, the gateway's gateway.identity).")
@@ -72,12 +75,19 @@ class Config:
         self._etcd = None
         if not is_location(spec):
             return self._build(spec)
-        location = parse_location(spec)
+        # the certificate it presents to an etcds:// store: its workload's (the gateway's is read
+        # before its config names gateway.identity: certs/workload/gateway.pem, or $MITMESH_ETCD_*)
+        workload = self.state.workload.service if self.state.workload is not None else "gateway"
+        location = proxy_location(spec, workload)
+        if not location.secure and not on_loopback(location):
+            log.warning(f"config store {location} is plain http beyond this host: anyone who "
+                        f"reaches it can push a config to this proxy; use etcds:// "
+                        f"(docs/howto/etcd.md)")
         proxy = self.proxy_name()
         rev = fetch_current(location, proxy)
         snap = self._build_text(rev.text, rev.label, rev.digest)
         self._etcd = (location, proxy, rev)
-        self.state.config_store = location.endpoints
+        self.state.config_store = (location.endpoints, location.tls)
         return snap
 
     def _describe(self) -> dict:

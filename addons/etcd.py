@@ -15,20 +15,24 @@ from .mdns import Mdns
 
 if TYPE_CHECKING:
     from discovery.etcd import EtcdSource
+    from discovery.etcdtls import EtcdTls
 
 log = logging.getLogger("mitmesh.discovery")
 DEFAULT_TTL = EtcdModel.model_fields["ttl"].default
 
 
-def etcd_settings(snap: Snapshot, store: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...], int] | None:
-    """(mesh id, etcd client URLs, lease TTL), or None when etcd discovery is off. A proxy whose
-    config comes from etcd (`store`) discovers through the same members unless
-    discovery.etcd names others."""
+def etcd_settings(snap: Snapshot,
+                  store: tuple[tuple[str, ...], EtcdTls | None] | None = None) -> tuple | None:
+    """(mesh id, etcd client URLs, lease TTL, TLS files or None), or None when etcd discovery is
+    off. A proxy whose config comes from etcd (`store`) discovers through the same members, with
+    the same certificate, unless discovery.etcd names others."""
     etcd = snap.config.discovery.etcd
     if etcd is not None:
-        return snap.config.mesh.id, tuple(f"http://{m.address}:{m.port}" for m in etcd.endpoints), etcd.ttl
+        scheme = "https" if snap.etcd_tls is not None else "http"
+        urls = tuple(f"{scheme}://{m.address}:{m.port}" for m in etcd.endpoints)
+        return snap.config.mesh.id, urls, etcd.ttl, snap.etcd_tls
     if store:
-        return snap.config.mesh.id, tuple(store), DEFAULT_TTL
+        return snap.config.mesh.id, store[0], DEFAULT_TTL, store[1]
     return None
 
 
@@ -50,8 +54,8 @@ class Etcd(Mdns):
         from discovery.etcd import EtcdSource  # only where the config uses etcd
         from discovery.etcdapi import Etcd as EtcdClient
 
-        mesh, endpoints, ttl = settings
-        source = EtcdSource(EtcdClient(list(endpoints)), mesh, ttl)
+        mesh, endpoints, ttl, tls = settings
+        source = EtcdSource(EtcdClient(list(endpoints), tls=tls), mesh, ttl)
         await source.start(self.state.registry)
         self.state.control["discovery"] = source.status
         log.info(f"etcd discovery of mesh {mesh!r} through {', '.join(endpoints)} (lease TTL {ttl}s)")

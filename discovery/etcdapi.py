@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 if TYPE_CHECKING:
     import aiohttp
 
+    from .etcdtls import EtcdTls
+
 from .etcdwire import EtcdError, LeaseLost, b64, parse_endpoints, unb64  # noqa: F401  (callers import them from here too)
 
 log = logging.getLogger("mitmesh.etcd")
@@ -51,13 +53,16 @@ def _kv(d: dict) -> KeyValue:
 
 
 class Etcd:
-    """One aiohttp session to a list of etcd endpoints; made inside the running loop."""
+    """One aiohttp session to a list of etcd endpoints; made inside the running loop. With `tls`,
+    the endpoints are https:// and each connection verifies the member against `tls.ca` and
+    presents `tls.cert` (etcd's --client-cert-auth)."""
 
-    def __init__(self, endpoints: list[str], timeout: float = 2.0):
+    def __init__(self, endpoints: list[str], timeout: float = 2.0, tls: EtcdTls | None = None):
         global aiohttp  # loaded by the first client: a proxy without etcd never imports aiohttp
         import aiohttp
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.tls = tls
         self._session: aiohttp.ClientSession | None = None
         self._preferred = 0  # the endpoint that answered last
 
@@ -65,6 +70,15 @@ class Etcd:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
         return self._session
+
+    def _ssl(self):
+        """The context for a new connection (rebuilt when the certificate was renewed)."""
+        if self.tls is None:
+            return True  # aiohttp's default; plain http:// endpoints never use it
+        try:
+            return self.tls.context()
+        except ValueError as e:
+            raise EtcdError(str(e)) from None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -76,11 +90,12 @@ class Etcd:
         client's by default) for each; raises EtcdError when none does."""
         errors = []
         n = len(self.endpoints)
+        ssl = self._ssl()
         for i in range(n):
             idx = (self._preferred + i) % n
             url = f"{self.endpoints[idx]}/v3/{path}"
             try:
-                async with self._get().post(url, json=body,
+                async with self._get().post(url, json=body, ssl=ssl,
                                             timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
                     data = await r.json(content_type=None)
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
@@ -152,11 +167,12 @@ class Etcd:
         body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision)}}
         errors = []
+        ssl = self._ssl()
         for idx in [self._preferred] + [i for i in range(len(self.endpoints)) if i != self._preferred]:
             url = f"{self.endpoints[idx]}/v3/watch"
             try:
                 resp = await self._get().post(url, json=body, timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self.timeout, sock_read=None))
+                    total=None, connect=self.timeout, sock_read=None), ssl=ssl)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 errors.append(f"{self.endpoints[idx]}: {e.__class__.__name__} {e}")
                 continue

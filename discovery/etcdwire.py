@@ -24,18 +24,20 @@ def unb64(text: str | None) -> str:
     return base64.b64decode(text or "").decode("utf-8", "replace")
 
 
-def parse_endpoints(text: str) -> list[str]:
-    """`127.0.0.1:2379,127.0.0.2:2379` or full URLs → base URLs; raises ValueError."""
+def parse_endpoints(text: str, scheme: str = "http") -> list[str]:
+    """`127.0.0.1:2379,127.0.0.2:2379` or full URLs of `scheme` (http, or https for a store over
+    TLS) → base URLs; raises ValueError."""
     out = []
+    expected = f"expected host:port or {scheme}://host:port"
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        url = part if "://" in part else f"http://{part}"
-        if not url.startswith("http://"):
-            raise ValueError(f"expected host:port or http://host:port (got {part!r})")
-        host, _, port = url[len("http://"):].rstrip("/").rpartition(":")
+        url = part if "://" in part else f"{scheme}://{part}"
+        if not url.startswith(f"{scheme}://"):
+            raise ValueError(f"{expected} (got {part!r})")
+        host, _, port = url[len(f"{scheme}://"):].rstrip("/").rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"expected host:port or http://host:port (got {part!r})")
+            raise ValueError(f"{expected} (got {part!r})")
         out.append(url.rstrip("/"))
     if not out:
         raise ValueError(f"expected at least one etcd endpoint (got {text!r})")

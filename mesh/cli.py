@@ -16,7 +16,7 @@ from mesh.config.schema import BY_DESIGN
 
 def config_file(text: str) -> Path | str:
     """A --config that exists (checked before anything starts, so the error is one line), or an
-    etcd://HOST:PORT/MESH config store, returned as given."""
+    etcd[s]://HOST:PORT/MESH config store, returned as given."""
     from mesh.runtime.store import is_location, parse_location
 
     if is_location(text):

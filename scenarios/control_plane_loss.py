@@ -30,7 +30,8 @@ import yaml
 
 from mesh.runtime import procs
 from mesh.config import load as load_config
-from tools import etcdserver
+from mesh.security import pki
+from tools import certcmd, etcdserver
 from tools.scenario import Report, Run, main
 from tools.testbed import Load, wait_until
 
@@ -51,7 +52,16 @@ def run(r: Run) -> Report:
 def _run(r: Run, hosts: _hosts.Hosts, step: float, lost_for: float, rate: int) -> Report:
     net = hosts.net
     edge, mesh_id = net.address("edge"), f"s-{secrets.token_hex(4)}"
-    members = [etcdserver.Member(h, net.address(h), CLIENT, PEER) for h in ("e1", "e2", "e3")]
+    # mutual TLS between the members, and to them, as `mitmesh up --control-plane etcd`: the mesh
+    # CA (certs/ beside mesh.yaml) signs each member's certificate for its address, the proxies'
+    # workload certificates and the operator's, with which `push` stores each revision
+    certs = r.workdir / "certs"
+    pki.init_mesh(certs, "mitmesh.local")
+    pki.ensure_operator(certs)
+    cert, key = pki.operator_paths(certs)
+    operator = ["--cacert", str(pki.mesh_ca_cert(certs)), "--cert", str(cert), "--key", str(key)]
+    members = [etcdserver.Member(h, net.address(h), CLIENT, PEER, certs=certs)
+               for h in ("e1", "e2", "e3")]
 
     def member(m: etcdserver.Member) -> None:
         m.child = hosts.spawn(m.name, f"etcd-{m.name}", etcdserver.argv(m, members, r.workdir / "etcd"))
@@ -60,12 +70,13 @@ def _run(r: Run, hosts: _hosts.Hosts, step: float, lost_for: float, rate: int) -
         member(m)
     r.say("hosts (namespaces on one bridge): " + ", ".join(f"{m.name} {m.host} (etcd)" for m in members)
           + f", edge {edge} (gateway, catalog, load)")
-    store = "etcd://" + ",".join(f"{m.host}:{CLIENT}" for m in members) + f"/{mesh_id}"
+    store = "etcds://" + ",".join(f"{m.host}:{CLIENT}" for m in members) + f"/{mesh_id}"
     config = {
         "version": 1, "mesh": {"id": mesh_id},
         "gateway": {"listeners": [{"name": "public", "address": edge, "port": GATEWAY}],
                     "admin": {"address": edge, "port": GATEWAY_ADMIN}},
-        "discovery": {"etcd": {"endpoints": [f"{m.host}:{CLIENT}" for m in members], "ttl": TTL}},
+        "discovery": {"etcd": {"endpoints": [f"{m.host}:{CLIENT}" for m in members], "ttl": TTL,
+                               "tls": {}}},
         "sidecar": {"admin": {"port": ADMIN}, "drain": "100ms"},
         "services": {"catalog": {"versions": {"v1": {}}}},
         "routes": [{"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
@@ -77,13 +88,14 @@ def _run(r: Run, hosts: _hosts.Hosts, step: float, lost_for: float, rate: int) -
         config["routes"][1:] = [{"name": "note", "match": {"path": {"exact": "/note"}}, "direct": {"body": {"note": note}}}]
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         out = subprocess.run(net.argv("edge", procs.python("-m", "mesh.cli", "config", "push", str(path),
-                                                           "--store", store)),
+                                                           "--store", store, *operator)),
                              capture_output=True, text=True, timeout=60).stdout
         found = [int(w) for w in out.replace("\n", " ").split("revision ")[1:2][0].split()[:1]] if "revision " in out else []
         return found[0] if found else None
 
     r.say("waiting for the etcd cluster to elect a leader, then pushing revision 1")
     wait_until(lambda: push("first") == 1, timeout=30, interval=1.0)
+    certcmd.rotate(certs, load_config(path))  # the gateway's and catalog's workload certificates
     sc = load_config(path).sidecar
     # the instance's address: edge's, or its pod's inside edge
     at, app, sidecar, pod = hosts.catalog("edge", "catalog-1", store, r.workdir / "pods",

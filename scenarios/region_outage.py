@@ -19,7 +19,9 @@ from __future__ import annotations
 import sys
 import time
 
-from tools import etcdserver
+from mesh.config import load as load_config
+from mesh.security import pki
+from tools import certcmd, etcdserver
 from tools.scenario import Report, Run, main
 
 from . import _mesh
@@ -34,7 +36,10 @@ def run(r: Run) -> Report:
     outage_at, settle, outage_for = r.pick(5.0, 1.5), r.pick(10.0, 2.0), r.pick(15.0, 5.0)
     rate = 50
     services = {"catalog": {"lb": {"policy": "peak_ewma", "locality": True}}}
-    etcd = etcdserver.start(r.workdir / "etcd", r.workdir / "logs")
+    # mutual TLS, as `mitmesh up --control-plane etcd`: the mesh's CA (certs/ beside the scenario's
+    # mesh.yaml) signs etcd's certificate and the proxies' workload certificates they present
+    pki.init_mesh(r.workdir / "certs", "mitmesh.local")
+    etcd = etcdserver.start(r.workdir / "etcd", r.workdir / "logs", certs=r.workdir / "certs")
     try:
         return _run(r, etcd, outage_at, settle, outage_for, rate, services)
     finally:
@@ -46,8 +51,11 @@ def _run(r: Run, etcd, outage_at: float, settle: float, outage_for: float, rate:
         m.config["gateway"].update(zone="eu-1", region="eu")
         # etcd discovery: a killed instance is gone from every proxy when its lease ends (mDNS keeps
         # its record cached for minutes, and a dead endpoint still counts in its level's health)
-        m.config["discovery"] = {"etcd": {"endpoints": [f"127.0.0.1:{etcd.client_port}"], "ttl": TTL}}
+        members = [f"127.0.0.1:{etcd.client_port}"]
+        m.config["discovery"] = {"etcd": {"endpoints": members, "ttl": TTL, "tls": {}}}
         m.write()
+        # the gateway's and catalog's workload certificates, as `up` issues them
+        certcmd.rotate(r.workdir / "certs", load_config(m.path))
         placed = [("eu1", "eu-1", "eu"), ("eu2", "eu-2", "eu"), ("us1", "us-1", "us"), ("us2", "us-2", "us")]
         r.say(f"etcd on 127.0.0.1:{etcd.client_port} (pid {etcd.child.pid}); starting the gateway (zone eu-1, "
               f"region eu) and four catalog instances: eu-1, eu-2, us-1, us-2")

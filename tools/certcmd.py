@@ -80,9 +80,21 @@ def main(args) -> int:
             cert = pki.issue_workload(directory, name, spiffe, _lifetime(args, config))
             print(f"wrote {cert} for {spiffe}")
         return 0
+    if args.certs_command == "operator":
+        pki.init_mesh(directory, trust_domain)
+        lifetime = _lifetime(args, None) if args.lifetime else pki.CONTROL_LIFETIME
+        cert = pki.issue_operator(directory, lifetime)
+        info = pki.describe(cert)
+        print(f"wrote {cert} (CN {pki.OPERATOR_CN!r}, client only, expires {info['not_after']}): "
+              f"`mitmesh config ... --cert {cert} --key {cert.with_suffix('.key')}` against an "
+              f"etcds:// store")
+        return 0
     if args.certs_command == "show":
         files = [directory / "edge.pem", pki.mesh_ca_cert(directory)]
         files += sorted((directory / pki.WORKLOADS).glob("*.pem"))
+        # the control plane's, made by `mitmesh up --control-plane etcd` or `certs operator`
+        files += [f for f in (pki.operator_paths(directory)[0],) if f.exists()]
+        files += sorted((directory / pki.ETCD_DIR).glob("*.pem"))
         if args.names:
             files = [pki.workload_paths(directory, n)[0] for n in args.names]
         status = 0
@@ -130,6 +142,8 @@ def add_parser(sub) -> None:
     csub = c.add_subparsers(dest="certs_command", required=True)
     for name, text in (("init", "make the edge CA, edge certificate, mesh CA and admin token if missing"),
                        ("issue", "issue workload certificates (SPIFFE ID from the config)"),
+                       ("operator", "issue the operator's client certificate (certs/operator.pem) "
+                                    "for `mitmesh config` against an etcds:// store"),
                        ("show", "list certificates with their identity and expiry"),
                        ("rotate", "renew workload certificates that are due (--watch: keep renewing)")):
         p = csub.add_parser(name, help=text)
@@ -145,6 +159,8 @@ def add_parser(sub) -> None:
                            help="workload names, e.g. orders" + ("" if name == "issue" else " (default: all)"))
         if name == "issue":
             p.add_argument("--lifetime", default=None, help="e.g. 1h (default mesh.identity.lifetime)")
+        if name == "operator":
+            p.add_argument("--lifetime", default=None, help="e.g. 720h (default 90 days)")
         if name == "rotate":
             p.add_argument("--watch", action="store_true", help="keep renewing each second until stopped "
                                                                 "(default: renew once and exit)")

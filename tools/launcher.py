@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.runtime import admin, forkserver, procs, sockets, supervisor
+from mesh.runtime import admin, forkserver, procs, sockets, store, supervisor
 from tools import certcmd, etcdserver, pods
 from mesh.core import modes, podnet
 from mesh.security import pki
@@ -173,7 +173,7 @@ def start_sidecar(inst: Instance, source: Path | str, run_dir: Path, cwd: str,
 
 def gateway_argv(config_path: Path, config: MeshConfig, *, web: bool = False, web_port: int = 8081,
                  web_token: str | None = None, extra: list[str] = (), source: str | None = None) -> list[str]:
-    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd:// config store instead
+    """mitmdump (or mitmweb) with the gateway's addons; `source`: an etcd[s]:// config store instead
     of the file."""
     script = str(ROOT / "addons" / "gateway.py")
     mode_args = [arg for lst in config.gateway.listeners
@@ -202,6 +202,17 @@ def _healthy(host: str, port: int, pid: int, pod: pods.Pod | None = None) -> boo
             return r.status == 200 and json.load(r).get("pid") == pid
     except (OSError, ValueError):
         return False
+
+
+def operator_flags(certs: Path) -> str:
+    """The --cacert --cert --key of `mitmesh config` for the demo's store, when they are not its
+    defaults (certs/ of the folder it is run from)."""
+    cert, key = pki.operator_paths(certs)
+    files = {"cacert": pki.mesh_ca_cert(certs), "cert": cert, "key": key}
+    defaults = store.operator_tls_defaults()
+    if all(Path(defaults[k]).resolve() == v.resolve() for k, v in files.items()):
+        return ""
+    return "".join(f" --{k} {v}" for k, v in files.items())
 
 
 def state_dir(config_path: Path) -> Path:
@@ -401,11 +412,18 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
                   "can reach directly, without its sidecar (docs/howto/pods.md)"
                   + (f"; no pods here: {why_not_pods}" if why_not_pods else ""), flush=True)
         if control_plane == "etcd":
-            member, source = etcdserver.control_plane(state / "etcd", run_dir, path.read_text(), path.name,
-                                                      config.mesh.id, etcd_port)
+            member, source = etcdserver.control_plane(state / "etcd", run_dir, identity_dir,
+                                                      path.read_text(), path.name, config.mesh.id,
+                                                      etcd_port)
             etcd_child = member.child  # stopped last: sidecars revoke their leases while stopping
-            print(f"control-plane: {source} (etcd pid {member.child.pid}; "
-                  f"`mitmesh config push|history|rollback --store {source}`)", flush=True)
+            flags = operator_flags(identity_dir)
+            print(f"control-plane: {source} (etcd pid {member.child.pid}; mutual TLS, mesh CA; "
+                  f"`mitmesh config push|history|rollback --store {source}{flags}`)", flush=True)
+            # every proxy presents its workload certificate to etcd: they find it here (their
+            # children, the fork server's sidecars too, inherit it)
+            os.environ[store.IDENTITY_ENV] = str(identity_dir)
+            for name in store.TLS_ENV.values():  # an operator's own files are no proxy's identity
+                os.environ.pop(name, None)
         apps: list[tuple[Instance, procs.Child]] = []
         for inst in planned:
             argv = service_argv(inst, config, gateway_url, path)
@@ -448,8 +466,11 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         argv = (gateway_argv(path, config, web=True, web_port=web_port, web_token=token,
                              source=None if source == path else str(source)) if web
                 else lean_argv(source, workers))
-        gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent),
-                         env={podnet.ENV: net.mesh} if net else None)
+        env = {podnet.ENV: net.mesh} if net else {}
+        if control_plane == "etcd":  # it reads etcd before its config names gateway.identity
+            cert, key = pki.workload_paths(identity_dir, config.gateway.identity)
+            env |= {store.TLS_ENV["cert"]: str(cert), store.TLS_ENV["key"]: str(key)}
+        gw = procs.spawn("gateway", argv, log_dir=run_dir, cwd=str(path.parent), env=env)
         children.append(gw)
         _echo(gw, "[gateway]")
         admin_cfg = config.gateway.admin

@@ -12,6 +12,9 @@ an api_key policy: there it counts every request by its client IP (OWASP API4).
 
 An admin listener (`gateway.admin`, `sidecar.admin`) on an address other than loopback.
 
+etcd discovery over plain http (`discovery.etcd` without `tls`) to a member beyond loopback:
+whoever reaches that member can register an instance of any service.
+
 A request header the config reads (a route's match, a policy's key, token, version or limit header)
 whose name holds an underscore, where `http.headers_with_underscores_action` drops or refuses such
 headers before anything reads them: that match never matches, that key is never found.
@@ -114,6 +117,19 @@ def _exposed_admins(src: Source, config: MeshConfig) -> list[Problem]:
     return out
 
 
+def _plain_etcd(src: Source, config: MeshConfig) -> list[Problem]:
+    """etcd discovery without TLS to members other hosts can reach: etcd then checks no one."""
+    etcd = config.discovery.etcd
+    if etcd is None or etcd.tls is not None:
+        return []
+    return [src.problem(("discovery", "etcd", "endpoints", i), (
+        f"warning: {m.address}:{m.port} is reached over plain http, not on loopback: whoever "
+        f"reaches that member can register an instance of any service (or, with the store there, "
+        f"push a config); serve etcd with --client-cert-auth and set discovery.etcd.tls "
+        f"(docs/howto/etcd.md)"))
+        for i, m in enumerate(etcd.endpoints) if not loopback(m.address)]
+
+
 # policy kinds whose header names are not read from the request: they are set, or answered with
 _NOT_READ = frozenset({"transform", "cors", "security_headers", "mirror", "function"})
 
@@ -160,7 +176,7 @@ def _underscored_reads(src: Source, config: MeshConfig) -> list[Problem]:
 
 def warnings(src: Source, config: MeshConfig) -> list[Problem]:
     out: list[Problem] = (_unkeyed_limits(src, config) + _exposed_admins(src, config)
-                          + _underscored_reads(src, config))
+                          + _plain_etcd(src, config) + _underscored_reads(src, config))
     by_service: dict[str, list[tuple[int, Route, Auth]]] = {}
     for i, route in enumerate(config.routes):
         if route.forward is not None:

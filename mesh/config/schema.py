@@ -954,6 +954,29 @@ class EtcdMember(Model):
     port: Port
 
 
+class EtcdTls(Model):
+    """Mutual TLS to the etcd members (their --client-cert-auth): https, each member's certificate
+    checked against `ca`, this proxy presenting `cert`. `tls: {}` takes every default."""
+
+    ca: str | None = Field(
+        None, description="PEM CA bundle the members' certificates must chain to, relative to the "
+                          "config file (default: the mesh CA, <mesh.identity.dir>/mesh-ca.pem)")
+    cert: str | None = Field(
+        None, description="PEM client certificate this proxy presents, relative to the config file "
+                          "(default: its own workload certificate, <mesh.identity.dir>/workload/"
+                          "<name>.pem, name being a sidecar's service or gateway.identity)")
+    key: str | None = Field(
+        None, description="PEM private key of cert; given with cert (default: the workload "
+                          "certificate's key, <mesh.identity.dir>/workload/<name>.key)")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> EtcdTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: name both, or neither for the workload "
+                             "certificate")
+        return self
+
+
 class Etcd(Model):
     """Discovery through an etcd cluster: sidecars register under a lease, proxies watch."""
 
@@ -962,6 +985,10 @@ class Etcd(Model):
                     "that answers will do")
     ttl: int = Field(5, ge=1, le=10, description="lease TTL in seconds (default 5): a killed sidecar "
                                                   "is gone from every proxy within it")
+    tls: EtcdTls | None = Field(
+        None, description="mutual TLS to the members (default: none, plain http, which lets anyone "
+                          "who reaches etcd register an instance of any service; `mitmesh "
+                          "validate` warns unless every member is on loopback)")
 
 
 class Discovery(Model):

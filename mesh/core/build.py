@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import os
 
+from discovery import etcdtls
 from mesh import config as meshconfig
 from mesh.config import ConfigError
 from mesh.config.plugins import PluginPlan, compile_plugins
@@ -69,6 +70,7 @@ def compile_config(config: meshconfig.MeshConfig, path: str, digest: str = "", r
         tls=tls_plan(config, path, workload, listeners, runtime.certs),
         ip_filters=ip_filters(config), claim_headers=claim_headers(config),
         auth_failures=auth_failures(config) if gateway else None,
+        etcd_tls=etcd_tls(config, path, workload, src),
     )
 
 
@@ -161,6 +163,32 @@ def tls_plan(config, path: str, workload: Workload | None, listeners: tuple[Boun
              if b.listener.tls and b.listener.tls.mtls}
     upstreams = mtls.Upstreams(wanted, client, config.mesh.trust_domain, config.mesh.namespace, missing)
     return TlsPlan(contexts, names, upstreams, tuple(contexts.values()) + ((client,) if client else ()), error)
+
+
+def etcd_tls(config: meshconfig.MeshConfig, path: str, workload: Workload | None,
+             src: Source | None) -> etcdtls.EtcdTls | None:
+    """The files this proxy presents to discovery.etcd's members (`tls`), resolved against the
+    config's folder. A file the config names that is not there rejects the config; the default,
+    the proxy's workload certificate, is issued by `mitmesh up` or `mitmesh certs issue`, so it
+    is checked when the proxy connects (the error names it in /status)."""
+    etcd = config.discovery.etcd
+    if etcd is None or etcd.tls is None:
+        return None
+    base = os.path.dirname(os.path.abspath(path))
+    me = identity_of(config, workload)
+    cert, key, ca = mtls.workload_files(base, config.mesh.identity.dir, me)
+    given = {"ca": etcd.tls.ca, "cert": etcd.tls.cert, "key": etcd.tls.key}
+    problems = []
+    for name, value in given.items():
+        if value is not None and not os.path.isfile(os.path.join(base, value)):
+            where = ("discovery", "etcd", "tls", name)
+            line = src.line_of(where) if src is not None else 1
+            problems.append(Problem(path, line, where, f"no such file (got {value!r})"))
+    if problems:
+        raise ConfigError(problems)
+    files = {k: os.path.join(base, v) if v is not None else default
+             for (k, v), default in zip(given.items(), (ca, cert, key))}
+    return etcdtls.EtcdTls(**files, what="discovery.etcd.tls")
 
 
 def _fail(path: str, text: str):

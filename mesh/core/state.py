@@ -9,7 +9,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from discovery import Event, Instance, Registry, StaticSource
 
@@ -25,6 +25,9 @@ from mesh.core.plan import Runtime, Uses
 from mesh.core.routing import Route, RouteTable
 from mesh.core.upstream import Pool
 from mesh.core.workload import Workload
+
+if TYPE_CHECKING:
+    from discovery.etcdtls import EtcdTls
 
 log = logging.getLogger("mitmesh.discovery")
 
@@ -124,6 +127,7 @@ class Snapshot:
     ip_filters: dict = field(default_factory=dict)  # listener name → (allow, deny) networks
     claim_headers: frozenset[bytes] = frozenset()  # only the proxy sets them (folded): never from a client
     auth_failures: object = None  # ratelimit.Policy of gateway.auth_failures
+    etcd_tls: EtcdTls | None = None  # what this proxy presents to discovery.etcd's members
 
     @property
     def role(self) -> str:
@@ -200,9 +204,9 @@ class MeshState:
         self.watchers: list[Callable[[], None]] = []  # told after membership or health changes
         # the control plane's view (etcd discovery, etcd config): name → status(), each with "stale"
         self.control: dict[str, Callable[[], dict]] = {}
-        # the etcd members the config comes from (mesh_config=etcd://...): discovery uses them too
-        # unless discovery.etcd names others
-        self.config_store: tuple[str, ...] | None = None
+        # the etcd members the config comes from (mesh_config=etcd[s]://...), as (client URLs, TLS
+        # files or None): discovery uses them too unless discovery.etcd names others
+        self.config_store: tuple[tuple[str, ...], EtcdTls | None] | None = None
         self.recent = records.Records("flows", 100, 8192, metrics.shared_dir(), _worker())  # /flows
         # told of every snapshot before it is installed (user plugins load their code here): each
         # returns what to run once it is installed, or raises ConfigError to refuse the snapshot
@@ -417,14 +421,16 @@ class MeshState:
         return out
 
 
-def own_of(snap: Snapshot, config_store: tuple[str, ...] | None) -> own.Own:
+def own_of(snap: Snapshot, config_store: tuple[tuple[str, ...], EtcdTls | None] | None) -> own.Own:
     """What this proxy serves (listeners, admin) and its control plane's etcd client URLs."""
     etcd = snap.config.discovery.etcd
-    urls = tuple(f"http://{m.address}:{m.port}" for m in etcd.endpoints) if etcd else ()
+    scheme = "https" if etcd is not None and etcd.tls is not None else "http"
+    urls = tuple(f"{scheme}://{m.address}:{m.port}" for m in etcd.endpoints) if etcd else ()
     listeners = [(b.listener.address, b.listener.port, f"{b.direction or 'gateway'} listener "
                   f"{b.listener.name!r}") for b in snap.listeners]
     inbound = next((l for b, l in zip(snap.listeners, listeners) if b.direction == INBOUND), None)
-    return own.own([l for l in listeners if l is not inbound], snap.admin, urls + (config_store or ()),
+    store = config_store[0] if config_store is not None else ()
+    return own.own([l for l in listeners if l is not inbound], snap.admin, urls + store,
                    inbound, snap.workload.service if snap.workload else None)
 
 

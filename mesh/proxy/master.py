@@ -184,7 +184,8 @@ def build_master(config_path: str, role: str = "gateway", verbosity: str = "info
                  ready_fd: int = -1, workload: str = "", announce: bool = True) -> master.Master:
     from addons import chain  # the chain imports mitmproxy's addon API; keep it out of module import
 
-    config = load_any(config_path, parse_workload(workload).name if role == "sidecar" else "gateway")
+    wl = parse_workload(workload) if role == "sidecar" else None
+    config = load_any(config_path, wl.name if wl else "gateway", wl.service if wl else "gateway")
     opts = options.Options()
     m = master.Master(opts)
     m.addons = HookTable(m)

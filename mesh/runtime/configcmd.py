@@ -7,25 +7,39 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 
 from discovery.etcdapi import Etcd, EtcdError
+from discovery.etcdtls import EtcdTls
 
 from mesh.config.errors import BAD_INPUT, CommandError
 from mesh.config.types import parse_duration
 from mesh.core.build import build_text
-from mesh.runtime.store import Location, Revision, Store, parse_location
+from mesh.runtime.store import (Location, Revision, Store, on_loopback, operator_tls_defaults,
+                                parse_location)
 from mesh.telemetry.analysis import Sample, Thresholds, parse, verdict
 
-STORE_HELP = ("etcd://HOST:PORT[,HOST:PORT]/MESH, as proxies name it in mesh_config (default "
-              "$MITMESH_STORE, else etcd://127.0.0.1:2379 and, on push, the file's mesh.id)")
+STORE_HELP = ("etcd[s]://HOST:PORT[,HOST:PORT]/MESH, as proxies name it in mesh_config; etcds: "
+              "mutual TLS (default $MITMESH_STORE, else etcds://127.0.0.1:2379, the demo's, and, "
+              "on push, the file's mesh.id)")
+DEFAULT_STORE = "etcds://127.0.0.1:2379"  # what `mitmesh up --control-plane etcd` runs
+TLS_HELP = {  # etcdctl's flags, and their environment variables
+    "cacert": "with an etcds:// store: CA bundle the members' certificates must chain to "
+              "(default $MITMESH_ETCD_CACERT, else certs/mesh-ca.pem)",
+    "cert": "with an etcds:// store: client certificate to present (default $MITMESH_ETCD_CERT, "
+            "else certs/operator.pem, which `mitmesh up --control-plane etcd` issues)",
+    "key": "with an etcds:// store: its private key (default $MITMESH_ETCD_KEY, else "
+           "certs/operator.key)",
+}
 
 
-def location(text: str | None, mesh: str | None = None) -> Location:
-    text = text or os.environ.get("MITMESH_STORE") or "etcd://127.0.0.1:2379"
+def location(text: str | None, mesh: str | None = None, args=None) -> Location:
+    """The store named, with the operator's TLS files when it is etcds://."""
+    text = text or os.environ.get("MITMESH_STORE") or DEFAULT_STORE
     if mesh is not None and text.count("/") == 2:  # no mesh id given: the pushed file's
         text = f"{text.rstrip('/')}/{mesh}"
     try:
@@ -35,7 +49,24 @@ def location(text: str | None, mesh: str | None = None) -> Location:
     if mesh is not None and loc.mesh != mesh:
         raise CommandError(f"--store names mesh {loc.mesh!r} but the config's mesh.id is {mesh!r}",
                            BAD_INPUT)
-    return loc
+    given = {k: getattr(args, k, None) for k in TLS_HELP}
+    if not loc.secure:
+        named = [f"--{k}" for k, v in given.items() if v]
+        if named:
+            raise CommandError(f"{', '.join(named)}: the store {loc} is plain http; name it "
+                               f"etcds://... for mutual TLS", BAD_INPUT)
+        if not on_loopback(loc):
+            print(f"warning: {loc} is plain http beyond this host: anyone who reaches it can push "
+                  f"a config; use etcds:// (docs/howto/etcd.md)", file=sys.stderr)
+        return loc
+    files = {k: v or operator_tls_defaults()[k] for k, v in given.items()}
+    for k, path in files.items():
+        if not Path(path).is_file():
+            raise CommandError(f"--{k}: no such file (got {path!r}); `mitmesh up --control-plane "
+                               f"etcd` issues the demo's operator certificate into certs/",
+                               BAD_INPUT)
+    return loc.with_tls(EtcdTls(files["cacert"], files["cert"], files["key"],
+                                what="--cacert/--cert/--key"))
 
 
 def validated(file: str) -> tuple[str, str]:
@@ -61,7 +92,7 @@ def describe(rev: Revision, current: dict) -> str:
 
 
 async def _with_store(loc: Location, work):
-    etcd = Etcd(list(loc.endpoints))
+    etcd = Etcd(list(loc.endpoints), tls=loc.tls)
     try:
         return await work(Store(etcd, loc.mesh))
     except EtcdError as e:
@@ -72,14 +103,14 @@ async def _with_store(loc: Location, work):
 
 def push(args) -> int:
     text, mesh = validated(args.file)  # a ConfigError ends here: nothing is stored
-    loc = location(args.store, mesh)
+    loc = location(args.store, mesh, args)
     rev = asyncio.run(_with_store(loc, lambda s: s.push(text, Path(args.file).name, args.message or "")))
     print(f"{args.file}: ok\nrevision {rev.revision} ({rev.digest}) stored in {loc}; every proxy applies it")
     return 0
 
 
 def history(args) -> int:
-    loc = location(args.store)
+    loc = location(args.store, args=args)
 
     async def work(store: Store):
         return await store.history(), await store.current()
@@ -94,7 +125,7 @@ def history(args) -> int:
 
 
 def rollback(args) -> int:
-    loc = location(args.store)
+    loc = location(args.store, args=args)
 
     async def work(store: Store) -> Revision:
         old = await store.get(args.revision)
@@ -109,7 +140,7 @@ def rollback(args) -> int:
 
 def rollout(args) -> int:
     text, mesh = validated(args.file)
-    loc = location(args.store, mesh)
+    loc = location(args.store, mesh, args)
     t = Thresholds(args.max_error_increase, args.p99_ratio, args.p99_slack, args.min_requests)
     return asyncio.run(_with_store(loc, lambda store: Rollout(store, args, t).run(text)))
 
@@ -209,6 +240,12 @@ def duration(text: str) -> float:
     return value
 
 
+def store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    for name, text in TLS_HELP.items():
+        p.add_argument(f"--{name}", default=None, metavar="FILE", help=text)
+
+
 def add_parser(sub) -> None:
     c = sub.add_parser("config", help="config revisions in etcd: push, history, rollback, rollout")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -216,14 +253,14 @@ def add_parser(sub) -> None:
                                      "every proxy reading etcd applies it")
     p.add_argument("file", metavar="FILE", help="the config file to validate and store")
     p.add_argument("-m", "--message", default="", help="a note kept with the revision (default none)")
-    p.add_argument("--store", default=None, help=STORE_HELP)
+    store_flags(p)
     p.set_defaults(func=push)
     h = csub.add_parser("history", help="list the stored revisions; * marks the one proxies run")
-    h.add_argument("--store", default=None, help=STORE_HELP)
+    store_flags(h)
     h.set_defaults(func=history)
     r = csub.add_parser("rollback", help="store revision REV again as the next revision, for every proxy")
     r.add_argument("revision", type=int, metavar="REV", help="the revision to run again (see history)")
-    r.add_argument("--store", default=None, help=STORE_HELP)
+    store_flags(r)
     r.set_defaults(func=rollback)
     o = csub.add_parser("rollout", help="run a new revision on canary gateways, compare their error rate "
                                         "and p99 with the rest, then promote it or roll it back")
@@ -242,5 +279,5 @@ def add_parser(sub) -> None:
     o.add_argument("--min-requests", type=int, default=20, help="canary requests needed for a verdict "
                                                                 "(default 20; fewer: rolled back)")
     o.add_argument("-m", "--message", default="", help="a note kept with the revision (default: rollout)")
-    o.add_argument("--store", default=None, help=STORE_HELP)
+    store_flags(o)
     o.set_defaults(func=rollout)

@@ -96,7 +96,7 @@ class EtcdWatcher:
         self.on_invalid = on_invalid
         from discovery.etcdapi import Etcd, Follower, LeasedKey  # a config from etcd: its client
 
-        self.etcd = Etcd(list(location.endpoints))
+        self.etcd = Etcd(list(location.endpoints), tls=location.tls)
         self.store = Store(self.etcd, location.mesh)
         self.follower = Follower(self.etcd, self._follow, "config", probe_interval)
         self.wanted: int | None = applied.revision

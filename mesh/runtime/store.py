@@ -11,14 +11,19 @@ validates what it reads, and one that cannot apply a revision keeps its own and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from discovery.etcdtls import EtcdTls
 from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
 
 if TYPE_CHECKING:
@@ -46,27 +51,67 @@ def proxy_key(mesh: str, proxy: str, pid: int) -> str:
     return f"{proxies_prefix(mesh)}{proxy}/{pid}"
 
 
+SCHEMES = {"etcd": "http", "etcds": "https"}  # etcds: mutual TLS to every member
+SYNTAX = "etcd[s]://HOST:PORT[,HOST:PORT]/MESH"
+
+
 @dataclass(frozen=True)
 class Location:
-    """Where a proxy reads its config: `etcd://host:port[,host:port...]/<mesh id>`."""
+    """Where a proxy reads its config: `etcd://host:port[,host:port...]/<mesh id>` (plain http), or
+    `etcds://...` (https: the client presents `tls.cert`, checks the members against `tls.ca`)."""
 
     endpoints: tuple[str, ...]
     mesh: str
+    tls: EtcdTls | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.endpoints[0].startswith("https://")
 
     def __str__(self) -> str:
-        hosts = ",".join(e.removeprefix("http://") for e in self.endpoints)
-        return f"etcd://{hosts}/{self.mesh}"
+        scheme = "etcds" if self.secure else "etcd"
+        hosts = ",".join(e.partition("://")[2] for e in self.endpoints)
+        return f"{scheme}://{hosts}/{self.mesh}"
+
+    def with_tls(self, tls: EtcdTls | None) -> Location:
+        return dataclasses.replace(self, tls=tls)
 
 
 def parse_location(text: str) -> Location:
-    """Raises ValueError naming what is wrong."""
-    if not text.startswith("etcd://"):
-        raise ValueError(f"expected etcd://HOST:PORT[,HOST:PORT]/MESH (got {text!r})")
-    hosts, slash, mesh = text[len("etcd://"):].partition("/")
+    """Raises ValueError naming what is wrong. An etcds:// location has no TLS files yet: the
+    caller adds them (`with_tls`: a proxy's own identity, the command line's --cacert ...)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ValueError(f"expected {SYNTAX} (got {text!r})")
+    hosts, slash, mesh = rest.partition("/")
     if not slash or not mesh or "/" in mesh:
-        raise ValueError(f"expected etcd://HOST:PORT[,HOST:PORT]/MESH, the mesh id after the "
-                         f"hosts (got {text!r})")
-    return Location(tuple(parse_endpoints(hosts)), mesh)
+        raise ValueError(f"expected {SYNTAX}, the mesh id after the hosts (got {text!r})")
+    return Location(tuple(parse_endpoints(hosts, SCHEMES[scheme])), mesh)
+
+
+def on_loopback(location: Location) -> bool:
+    """Whether every member is on this host: a plain-http store elsewhere is open to the network."""
+    from mesh.config.types import loopback
+
+    return all(loopback(urllib.parse.urlsplit(url).hostname or "") for url in location.endpoints)
+
+
+IDENTITY_ENV = "MITMESH_IDENTITY_DIR"  # where a proxy finds its certificates before its config
+TLS_ENV = {"ca": "MITMESH_ETCD_CACERT", "cert": "MITMESH_ETCD_CERT", "key": "MITMESH_ETCD_KEY"}
+
+
+def proxy_tls(workload: str) -> EtcdTls:
+    """The files a proxy presents to an etcds:// store: its own workload certificate and the mesh
+    CA (as an Istio proxy authenticates to istiod), from `$MITMESH_IDENTITY_DIR` (default certs,
+    relative to the working folder, where a config from etcd resolves its paths too); each one
+    can be named instead by $MITMESH_ETCD_CACERT, $MITMESH_ETCD_CERT, $MITMESH_ETCD_KEY."""
+    from mesh.security import pki
+
+    directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
+    cert, key = pki.workload_paths(directory, workload)
+    default = {"ca": pki.mesh_ca_cert(directory), "cert": cert, "key": key}
+    files = {k: os.environ.get(TLS_ENV[k]) or str(v) for k, v in default.items()}
+    return EtcdTls(**files, what=f"the workload certificate of {workload} for etcd")
 
 
 @dataclass(frozen=True)
@@ -150,12 +195,16 @@ class Store:
 def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revision:
     """The revision a starting proxy should run, read synchronously (a proxy's first config is
     loaded before its event loop serves). Raises EtcdError saying what is missing or unreachable."""
+    try:
+        context = location.tls.context() if location.tls is not None else None
+    except ValueError as e:
+        raise EtcdError(f"{location}: {e}") from None
     errors = []
     for base in location.endpoints:
         def call(key: str) -> str | None:
             req = urllib.request.Request(f"{base}/v3/kv/range", data=json.dumps({"key": b64(key)}).encode(),
                                          headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
                 kvs = json.load(r).get("kvs") or []
             return unb64(kvs[0].get("value")) if kvs else None
         try:
@@ -173,16 +222,36 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
     raise EtcdError(f"{location}: cannot read the config: {'; '.join(errors)}")
 
 
+def operator_tls_defaults() -> dict[str, str]:
+    """What `mitmesh config` presents to an etcds:// store unless --cacert, --cert, --key say:
+    $MITMESH_ETCD_CACERT, ... else the mesh CA and the operator certificate `mitmesh up
+    --control-plane etcd` issues, in certs/ of the working folder."""
+    from mesh.security import pki
+
+    directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
+    cert, key = pki.operator_paths(directory)
+    default = {"cacert": pki.mesh_ca_cert(directory), "cert": cert, "key": key}
+    env = {"cacert": TLS_ENV["ca"], "cert": TLS_ENV["cert"], "key": TLS_ENV["key"]}
+    return {k: os.environ.get(env[k]) or str(v) for k, v in default.items()}
+
+
 def is_location(spec: str) -> bool:
-    return spec.startswith("etcd://")
+    return spec.startswith(("etcd://", "etcds://"))
 
 
-def load_any(spec: str, proxy: str):
+def proxy_location(spec: str, workload: str) -> Location:
+    """The store a proxy reads, with its own certificate when it is etcds://."""
+    location = parse_location(spec)
+    return location.with_tls(proxy_tls(workload)) if location.secure else location
+
+
+def load_any(spec: str, proxy: str, workload: str):
     """The MeshConfig a proxy starts with: from a file, or the revision etcd selects for it (the
-    supervisor binds its listeners before any worker runs)."""
+    supervisor binds its listeners before any worker runs); `workload` names the certificate it
+    presents to an etcds:// store."""
     from mesh.config import load, load_text
 
     if not is_location(spec):
         return load(spec)
-    rev = fetch_current(parse_location(spec), proxy)
+    rev = fetch_current(proxy_location(spec, workload), proxy)
     return load_text(rev.text, rev.label)

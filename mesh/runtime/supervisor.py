@@ -65,7 +65,7 @@ def serve(config_path: str, workers: int, verbosity: str = "info", role: str = "
     path = config_path if is_location(config_path) else Path(config_path).resolve()
     try:
         wl = parse_workload(workload) if role == "sidecar" else None
-        config = load_any(str(path), wl.name if wl else "gateway")
+        config = load_any(str(path), wl.name if wl else "gateway", wl.service if wl else "gateway")
     except (ConfigError, EtcdError, ValueError) as e:
         print(e, file=sys.stderr)
         return 1

@@ -210,6 +210,69 @@ def issue_workload(directory: Path, name: str, identity: str,
     return cert
 
 
+# ---------------------------------------------------------------------------------------------
+# The control plane's etcd: its members' certificates and the operator's, from the mesh CA.
+
+ETCD_DIR = "etcd"
+OPERATOR = "operator"
+# the operator's common name: not a workload name (those are lowercase, no space), so etcd, which
+# takes a client certificate's CN as its user, never confuses the two
+OPERATOR_CN = "mitmesh operator"
+CONTROL_LIFETIME = dt.timedelta(days=90)
+
+
+def etcd_member_paths(directory: Path, name: str) -> tuple[Path, Path]:
+    return directory / ETCD_DIR / f"{name}.pem", directory / ETCD_DIR / f"{name}.key"
+
+
+def operator_paths(directory: Path) -> tuple[Path, Path]:
+    """The certificate `mitmesh config push|history|rollback` presents to an etcds:// store."""
+    return directory / f"{OPERATOR}.pem", directory / f"{OPERATOR}.key"
+
+
+def issue_etcd_member(directory: Path, name: str, host: str,
+                      lifetime: dt.timedelta = CONTROL_LIFETIME) -> tuple[Path, Path]:
+    """An etcd member's certificate for `host`, from the mesh CA: server for its client and peer
+    URLs, and client as well: its peers and its own JSON gateway dial it with this one."""
+    ca = read(*mesh_ca_paths(directory))
+    cert, key = etcd_member_paths(directory, name)
+    leaf = issue(ca, name, ips=[host], dns=["localhost"], lifetime=lifetime, server=True,
+                 client=True)
+    write(leaf, cert, key, chain=[ca.cert])
+    return cert, key
+
+
+def issue_operator(directory: Path, lifetime: dt.timedelta = CONTROL_LIFETIME) -> Path:
+    """The operator's client certificate (no SPIFFE ID: it is no workload), written 0600."""
+    ca = read(*mesh_ca_paths(directory))
+    cert, key = operator_paths(directory)
+    write(issue(ca, OPERATOR_CN, lifetime=lifetime, server=False, client=True), cert, key)
+    return cert
+
+
+def ensure_operator(directory: Path, lifetime: dt.timedelta = CONTROL_LIFETIME) -> str | None:
+    """Issue the operator's client certificate when it is missing, from another CA, or past half
+    its life; returns why it was issued, or None when it was kept."""
+    ca = read(*mesh_ca_paths(directory))
+    cert_path, key_path = operator_paths(directory)
+    why = None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca.cert)
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if not key_path.exists():
+            why = "key is missing"
+        elif _now() >= start + (end - start) / 2:
+            why = "past half its life"
+    except OSError:
+        why = "missing"
+    except (ValueError, TypeError, InvalidSignature):
+        why = "signed by another CA"
+    if why:
+        issue_operator(directory, lifetime)
+    return why
+
+
 def renewal_due(cert: x509.Certificate, identity: str, ca: x509.Certificate,
                 lifetime: dt.timedelta, renew_after: float, now: dt.datetime | None = None) -> str | None:
     """Why this certificate must be replaced now, or None while it is good."""

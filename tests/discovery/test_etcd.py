@@ -13,7 +13,7 @@ from discovery import Instance, Registry
 from discovery.etcd import EtcdSource, decode, encode, instance_key
 from discovery.etcdapi import Etcd, KeyValue, parse_endpoints
 from discovery.registry import Event
-from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
+from tests.etcd_server import etcd_server, mesh_certs, workload_tls  # noqa: F401 (fixture)
 
 INST = Instance("catalog-1", "catalog", "v2", "127.0.0.5", 15006, weight=3, zone="a", region="eu",
                 identity="spiffe://mitmesh.local/ns/demo/sa/catalog", protocol="https", source="etcd",
@@ -44,7 +44,7 @@ def test_bad_values_are_named(value, error):
 
 @pytest.mark.parametrize("text, error", [
     ("", "expected at least one etcd endpoint"),
-    ("https://127.0.0.1:1", "expected host:port or http://host:port"),
+    ("https://127.0.0.1:1", "expected host:port or http://host:port"),  # TLS: an etcds:// store
     ("127.0.0.1", "expected host:port or http://host:port (got '127.0.0.1')"),
 ])
 def test_bad_endpoints(text, error):
@@ -68,9 +68,10 @@ async def _until(cond, timeout: float) -> float:
 
 async def test_announce_watch_and_graceful_stop(etcd_server):
     watcher_reg, announcer_reg = Registry(), Registry()
-    watcher = EtcdSource(Etcd([etcd_server.client_url]), "m1", ttl=3)
-    announcer = EtcdSource(Etcd([etcd_server.client_url]), "m1", ttl=3)
-    other = EtcdSource(Etcd([etcd_server.client_url]), "another-mesh", ttl=3)
+    tls = workload_tls(etcd_server, "catalog")
+    watcher = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "m1", ttl=3)
+    announcer = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "m1", ttl=3)
+    other = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "another-mesh", ttl=3)
     try:
         await watcher.start(watcher_reg)
         await announcer.start(announcer_reg)
@@ -96,8 +97,9 @@ async def test_announce_watch_and_graceful_stop(etcd_server):
 async def test_lease_expires_when_the_announcer_dies(etcd_server):
     """A SIGKILLed sidecar stops refreshing: its key goes with the lease's TTL."""
     reg = Registry()
-    watcher = EtcdSource(Etcd([etcd_server.client_url]), "m1", ttl=2)
-    announcer = EtcdSource(Etcd([etcd_server.client_url]), "m1", ttl=2)
+    tls = workload_tls(etcd_server, "catalog")
+    watcher = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "m1", ttl=2)
+    announcer = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "m1", ttl=2)
     try:
         await watcher.start(reg)
         await announcer.announce(INST, "catalog-1")
@@ -128,10 +130,13 @@ def test_same_endpoint_from_mdns_and_etcd_is_one_member(write_config):
 
 async def test_etcd_gone_keeps_instances_stale_then_resyncs(tmp_path):
     from tools import etcdserver
-    member = etcdserver.start(tmp_path / "data", tmp_path / "logs")
+    member = etcdserver.start(tmp_path / "data", tmp_path / "logs",
+                              certs=mesh_certs(tmp_path / "certs"))
+    tls = workload_tls(member, "catalog")
     reg = Registry()
-    watcher = EtcdSource(Etcd([member.client_url], timeout=0.5), "m1", ttl=3, probe_interval=0.3)
-    writer = Etcd([member.client_url])
+    watcher = EtcdSource(Etcd([member.client_url], timeout=0.5, tls=tls), "m1", ttl=3,
+                         probe_interval=0.3)
+    writer = Etcd([member.client_url], tls=tls)
     try:
         await watcher.start(reg)
         await writer.put(instance_key("m1", INST), encode(INST))

@@ -14,7 +14,8 @@ import yaml
 from discovery.etcdapi import Etcd
 from mesh.runtime import procs
 from mesh.runtime.store import Store
-from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
+from mesh.security import pki
+from tests.etcd_server import etcd_server, operator_tls, workload_tls  # noqa: F401 (fixture)
 
 from .conftest import Mesh, demo_config, get, wait_until
 
@@ -34,7 +35,10 @@ def control(m: Mesh) -> dict:
 
 
 def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
-    store = f"etcd://127.0.0.1:{etcd_server.client_port}"
+    # mutual TLS: `mitmesh config` finds the operator's files in certs/ of its working folder, the
+    # gateway its workload certificate there
+    store = f"etcds://127.0.0.1:{etcd_server.client_port}"
+    workload_tls(etcd_server, "gateway")
     config = demo_config()
     config["mesh"] = {"id": "cfgtest"}
     m = Mesh(tmp_path, config)
@@ -52,6 +56,18 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
 
         r = mitmesh("config", "push", str(m.path), "--store", store, "-m", "first", cwd=tmp_path)
         assert r.returncode == 0 and "revision 1 " in r.stdout, r
+        # a proxy without a certificate of the mesh CA reads nothing: none at all, or another mesh's
+        gateway = ["gateway", "--workers", "1", "--config", f"{store}/cfgtest"]
+        lost = mitmesh(*gateway, cwd=tmp_path.parent)
+        missing = ("the workload certificate of gateway for etcd: ca: no such file "
+                   "(got 'certs/mesh-ca.pem')")
+        assert lost.returncode == 1 and missing in lost.stderr, lost
+        rogue = tmp_path / "rogue"
+        pki.init_mesh(rogue / "certs", "mitmesh.local")
+        spiffe = pki.spiffe_id("mitmesh.local", "demo", "gateway")
+        pki.issue_workload(rogue / "certs", "gateway", spiffe)
+        lost = mitmesh(*gateway, cwd=rogue)
+        assert lost.returncode == 1 and "cannot read the config" in lost.stderr, lost
         # the gateway reads its config from etcd
         m.children["gateway"] = gw = procs.spawn(
             "gateway", procs.python("-m", "mesh.cli", "gateway", "--workers", "1", "--config",
@@ -75,7 +91,7 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
 
         # revision 3 written around the CLI, invalid: the gateway keeps 2 and says why
         async def sneak():
-            etcd = Etcd([etcd_server.client_url])
+            etcd = Etcd([etcd_server.client_url], tls=operator_tls(etcd_server))
             try:
                 await Store(etcd, "cfgtest").push("version: 1\nroutes: [{name: x}]\n", "mesh.yaml")
             finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
+from tests.etcd_server import etcd_server, workload_tls  # noqa: F401 (fixture)
 
 from .conftest import wait_until
 
@@ -14,8 +14,12 @@ TTL = 3
 
 def test_etcd_beside_mdns_graceful_stop_and_sigkill(sidecar_mesh, etcd_server):
     m = sidecar_mesh
-    m.config["discovery"]["etcd"] = {"endpoints": [f"127.0.0.1:{etcd_server.client_port}"], "ttl": TTL}
+    members = [f"127.0.0.1:{etcd_server.client_port}"]
+    # tls: {}: each proxy presents its workload certificate, and checks etcd's against the mesh CA
+    m.config["discovery"]["etcd"] = {"endpoints": members, "ttl": TTL, "tls": {}}
     m.write()
+    for name in ("catalog", "gateway"):
+        workload_tls(etcd_server, name)
     a, b, c = m.start_instances(*({"service": "catalog", "name": f"catalog-{x}", "zone": "a"} for x in "abc"))
     m.start_gateway()
     m.wait_instances(3, source="etcd", timeout=30)
@@ -48,8 +52,11 @@ def test_etcd_beside_mdns_graceful_stop_and_sigkill(sidecar_mesh, etcd_server):
 def test_etcd_alone(sidecar_mesh, etcd_server):
     """Without mDNS the gateway finds instances through etcd only, and routes to them."""
     m = sidecar_mesh
-    m.config["discovery"] = {"etcd": {"endpoints": [f"127.0.0.1:{etcd_server.client_port}"], "ttl": TTL}}
+    members = [f"127.0.0.1:{etcd_server.client_port}"]
+    m.config["discovery"] = {"etcd": {"endpoints": members, "ttl": TTL, "tls": {}}}
     m.write()
+    for name in ("catalog", "gateway"):
+        workload_tls(etcd_server, name)
     (a,) = m.start_instances({"service": "catalog", "name": "catalog-a"})
     m.start_gateway()
     m.wait_instances(1, source="etcd", timeout=30)

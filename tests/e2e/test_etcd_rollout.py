@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mesh.runtime import procs
-from tests.etcd_server import etcd_server  # noqa: F401 (fixture)
+from tests.etcd_server import etcd_server, operator_flags, workload_tls  # noqa: F401 (fixture)
 
 from .conftest import Load, Mesh, demo_config, get, wait_until
 
@@ -25,7 +25,10 @@ def mitmesh(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.timeout(300)  # two gateways, the just recipe and two analysis windows: ~70 s idle, 130+ s at load 12
 def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etcd_server):
-    store = f"etcd://127.0.0.1:{etcd_server.client_port}/rollout"
+    store = f"etcds://127.0.0.1:{etcd_server.client_port}/rollout"
+    # mutual TLS: the operator presents its certificate, the gateways their workload's
+    operator = operator_flags(etcd_server)
+    workload_tls(etcd_server, "gateway")
     config = demo_config()
     config["mesh"] = {"id": "rollout"}
     m = Mesh(tmp_path, config)
@@ -36,7 +39,7 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
     loads: list[Load] = []
     try:
         m.start_services()
-        assert mitmesh("config", "push", str(m.path), "--store", store).returncode == 0
+        assert mitmesh("config", "push", str(m.path), "--store", store, *operator).returncode == 0
         for name, host in hosts.items():
             gw = procs.spawn(name, procs.python("-m", "mesh.cli", "gateway", "--workers", "1", "--name", name,
                                                 "--address", host, "--config", store),
@@ -56,7 +59,8 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
         # through the just recipe, as CI's workflow runs it: validate, policy tests, rollout
         r = subprocess.run([str(Path(sys.executable).with_name("just")), "--justfile", str(ROOT / "justfile"),
                             "rollout", str(m.path), "--canary", "1", "--watch", "8s", "--interval", "2s",
-                            "--store", store], capture_output=True, text=True, timeout=180)
+                            "--store", store, *operator],
+                           capture_output=True, text=True, timeout=180)
         out = r.stdout
         assert "ok" in out and "2 passed" in out, (out, r.stderr)  # validate, then the policy tests
         assert r.returncode == 1, (out, r.stderr)
@@ -65,14 +69,15 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
         assert "every proxy runs revision 1" in out, out
         wait_until(lambda: get(f"http://{hosts['gw-a']}:{admin}/status")[1]["control_plane"]["config"]["revision"] == 1,
                    timeout=20)
-        history = mitmesh("config", "history", "--store", store).stdout
+        history = mitmesh("config", "history", "--store", store, *operator).stdout
         assert "(current)" in history.splitlines()[1] and "rollout" in history.splitlines()[2], history
 
         # revision 3: a harmless change, promoted after a clean window
         config["routes"].insert(0, {"name": "hello", "match": {"path": {"exact": "/hello"}},
                                     "direct": {"body": {"hello": "etcd"}}})
         m.write(config)
-        r = mitmesh("config", "rollout", str(m.path), "--watch", "6s", "--interval", "2s", "--store", store)
+        r = mitmesh("config", "rollout", str(m.path), "--watch", "6s", "--interval", "2s",
+                    "--store", store, *operator)
         assert r.returncode == 0, (r.stdout, r.stderr)
         assert "promoted: revision 3 runs on every proxy" in r.stdout, r.stdout
         for host in hosts.values():

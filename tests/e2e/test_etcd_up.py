@@ -33,10 +33,17 @@ def test_up_with_etcd_control_plane(tmp_path):
         wait_until(lambda: "\nready\n" in log.read_text() or proc.poll() is not None, timeout=90)
         out = log.read_text()
         assert proc.poll() is None, out
-        store = f"etcd://127.0.0.1:{etcd_port}/{config['mesh']['id']}"
-        found = re.search(r"^control-plane: (\S+) \(etcd pid (\d+);", out, re.M)
-        assert found and found[1] == store, out
+        store = f"etcds://127.0.0.1:{etcd_port}/{config['mesh']['id']}"
+        found = re.search(r"^control-plane: (\S+) \(etcd pid (\d+); mutual TLS, mesh CA; "
+                          r"`mitmesh config push\|history\|rollback "
+                          r"--store (\S+)((?: --\S+ \S+)*)`\)$", out, re.M)
+        assert found and found[1] == found[3] == store, out
         etcd_pid = int(found[2])
+        # run from another folder than the demo's, the operator's files are named in the line
+        operator = found[4].split()
+        certs = tmp_path / "certs"
+        assert operator == ["--cacert", str(certs / "mesh-ca.pem"), "--cert",
+                            str(certs / "operator.pem"), "--key", str(certs / "operator.key")], out
         port = config["gateway"]["listeners"][0]["port"]
         assert get(f"http://127.0.0.1:{port}/users/alice")[0] == 200
         admin = f"http://127.0.0.1:{config['gateway']['admin']['port']}/status"
@@ -49,8 +56,15 @@ def test_up_with_etcd_control_plane(tmp_path):
         config["routes"].insert(0, {"name": "hello", "match": {"path": {"exact": "/hello"}},
                                     "direct": {"body": {"hello": "etcd"}}})
         path.write_text(yaml.safe_dump(config))
-        r = subprocess.run([sys.executable, "-m", "mesh.cli", "config", "push", str(path), "--store", store],
-                           capture_output=True, text=True, timeout=60)
+        push = [sys.executable, "-m", "mesh.cli", "config", "push", str(path), "--store", store]
+        # the demo's etcd refuses a client without a certificate of the mesh CA
+        r = subprocess.run(push, capture_output=True, text=True, timeout=60, cwd=tmp_path.parent)
+        missing = "--cacert: no such file (got 'certs/mesh-ca.pem')"
+        assert r.returncode == 2 and missing in r.stderr, r
+        plain = push[:-1] + [store.replace("etcds://", "etcd://")]
+        r = subprocess.run(plain, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "revision" not in r.stdout, r  # refused: the next one is 2
+        r = subprocess.run(push + operator, capture_output=True, text=True, timeout=60)
         assert "revision 2 " in r.stdout, r
         wait_until(lambda: get(f"http://127.0.0.1:{port}/hello")[0] == 200, timeout=20)
         # the pushed file names no discovery.etcd: proxies keep discovering through the store's etcd

@@ -93,3 +93,32 @@ def test_claim_headers_are_folded_so_every_spelling_is_one():
       forward_claims: {{sub: X_Authenticated_Userid}}
 """, "mesh.yaml")
     assert claim_headers(config) == {b"x-consumer", b"x-tier", b"x-authenticated-userid"}
+
+
+ETCD = BASE + "discovery:\n  etcd:\n    endpoints: [127.0.0.1:2379]\n    tls: %s\n"
+
+
+def test_etcd_tls_files_resolve_against_the_config_or_are_the_workloads(write_config, tmp_path):
+    """discovery.etcd.tls: named files relative to the config; unnamed ones are the mesh CA and
+    this proxy's workload certificate (the gateway's gateway.identity)."""
+    (tmp_path / "etcd-ca.pem").write_text("")
+    snap = build(str(write_config(ETCD % "{ca: etcd-ca.pem}")))
+    tls = snap.etcd_tls
+    assert (tls.ca, tls.cert, tls.key) == (str(tmp_path / "etcd-ca.pem"),
+                                           str(tmp_path / "certs/workload/gateway.pem"),
+                                           str(tmp_path / "certs/workload/gateway.key"))
+    assert build(str(write_config())).etcd_tls is None  # no tls: plain http
+
+
+@pytest.mark.parametrize("tls, error", [
+    ("{cert: client.pem, key: client.key}",
+     "mesh.yaml:24: discovery.etcd.tls.cert: no such file (got 'client.pem')\n"
+     "mesh.yaml:24: discovery.etcd.tls.key: no such file (got 'client.key')"),
+    ("{cert: client.pem}", "mesh.yaml:24: discovery.etcd.tls: cert and key go together: name both, "
+                           "or neither for the workload certificate"),
+])
+def test_unusable_etcd_tls_files_are_named(write_config, tls, error):
+    path = write_config(ETCD % tls)
+    with pytest.raises(ConfigError) as e:
+        build(str(path))
+    assert str(e.value).replace(str(path), "mesh.yaml") == error

@@ -54,3 +54,24 @@ def test_apikey_new(capsys):
     key = out.splitlines()[1].strip()
     assert key.startswith("mk_") and len(key) > 40
     assert out.splitlines()[3] == f"  acme: {{key_sha256: {apikeys.digest(key)}}}"
+
+
+def test_operator_certificate(tmp_path, capsys, monkeypatch):
+    """`mitmesh certs operator`: a client-only certificate of the mesh CA for `mitmesh config`;
+    `mitmesh up --control-plane etcd` keeps one (ensure_operator) until past half its life."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "certs", "operator", "--lifetime", "2h")
+    wrote = "wrote certs/operator.pem (CN 'mitmesh operator', client only"
+    assert code == 0 and out.startswith(wrote), out
+    cert = x509.load_pem_x509_certificate((tmp_path / "certs/operator.pem").read_bytes())
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH] and pki.spiffe_of(cert) is None
+    cert.verify_directly_issued_by(pki.read(*pki.mesh_ca_paths(tmp_path / "certs")).cert)
+    assert stat.S_IMODE((tmp_path / "certs/operator.key").stat().st_mode) == 0o600
+    assert pki.ensure_operator(tmp_path / "certs") is None  # kept: fresh, from this CA
+    pki.init_mesh(tmp_path / "certs", "mitmesh.local", force=True)
+    assert pki.ensure_operator(tmp_path / "certs") == "signed by another CA"
+    assert "certs/operator.pem: CN=mitmesh operator" in run(capsys, "certs", "show")[1]

@@ -118,6 +118,14 @@ CASES = [
     ("validate bad.yaml", 1, "bad.yaml:2: invalid YAML:"),
     ("certs show --config missing.yaml", 2, "mitmesh certs: config missing.yaml does not exist"),
     ("certs issue x --lifetime bogus", 2, "mitmesh certs: --lifetime: expected a duration"),
+    ("config history --store etcd://127.0.0.1:1/m --cert x.pem", 2,
+     "mitmesh config: --cert: the store etcd://127.0.0.1:1/m is plain http; name it etcds://... "
+     "for mutual TLS"),
+    ("config history --store etcds://127.0.0.1:1/m --cacert demo.yaml", 2,
+     "mitmesh config: --cert: no such file (got 'certs/operator.pem'); `mitmesh up "
+     "--control-plane etcd` issues the demo's operator certificate into certs/"),
+    ("config rollback 1 --store etcds://127.0.0.1:1/m --cacert demo.yaml --cert nope.pem", 2,
+     "mitmesh config: --cert: no such file (got 'nope.pem')"),
     ("scenario nosuch", 2, "mitmesh scenario: unknown scenario 'nosuch'"),
     ("bench --seconds abc", 2, "mitmesh bench: error: argument --seconds: invalid float value: 'abc'"),
 ]

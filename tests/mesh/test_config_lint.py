@@ -120,6 +120,20 @@ def test_an_admin_listener_beyond_loopback(admin, expected):
     assert found == expected
 
 
+@pytest.mark.parametrize("etcd, expected", [
+    ("{endpoints: [127.0.0.1:2379, 10.0.0.7:2379]}",
+     ["mesh.yaml:7: discovery.etcd.endpoints[1]: warning: 10.0.0.7:2379 is reached over plain "
+      "http, not on loopback: whoever reaches that member can register an instance of any service "
+      "(or, with the store there, push a config); serve etcd with --client-cert-auth and set "
+      "discovery.etcd.tls (docs/howto/etcd.md)"]),
+    ("{endpoints: [10.0.0.7:2379], tls: {}}", []),
+    ("{endpoints: [127.0.0.1:2379, 127.0.0.2:2379]}", []),
+], ids=["plain-beyond-loopback", "mutual-tls", "plain-on-loopback"])
+def test_etcd_discovery_over_plain_http_beyond_loopback(etcd, expected):
+    text = dedent(HEAD).replace("policies:", f"discovery:\n  etcd: {etcd}\npolicies:", 1) + "  []\n"
+    found = [str(w) for w in warnings(parse(text, "mesh.yaml"), load_text(text, "mesh.yaml"))]
+    assert found == expected
+
 
 UNDERSCORED = """
 version: 1

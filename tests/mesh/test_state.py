@@ -80,7 +80,7 @@ def test_discovered_instances_at_the_proxys_own_addresses_are_no_endpoints(write
     """An mDNS or etcd announcement (unauthenticated) of a service at this gateway's admin listener,
     its own listener or its etcd would let downstreams reach them through a route: refused."""
     state = MeshState()
-    state.config_store = ("http://127.0.0.1:12379",)
+    state.config_store = (("http://127.0.0.1:12379",), None)
     snap = state.install(build(str(write_config()), state.runtime, state.workload))
     rogues = [Instance("r1", "catalog", "v1", "127.0.0.1", 19901, source="mdns"),  # admin
               Instance("r2", "catalog", "v1", "0.0.0.0", 18080, source="mdns"),  # its listener

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.runtime.store import Location, Revision, parse_location, wanted_revision
+from mesh.runtime.store import (Location, Revision, on_loopback, operator_tls_defaults,
+                                parse_location, proxy_location, wanted_revision)
+
+ENV = ("MITMESH_IDENTITY_DIR", "MITMESH_ETCD_CACERT", "MITMESH_ETCD_CERT", "MITMESH_ETCD_KEY")
 
 
 def test_location_round_trip():
@@ -13,8 +16,50 @@ def test_location_round_trip():
     assert str(loc) == "etcd://127.0.0.1:2379,127.0.0.2:2379/demo"
 
 
+def test_etcds_is_https_to_every_member():
+    loc = parse_location("etcds://127.0.0.1:2379,127.0.0.2:2379/demo")
+    assert loc.endpoints == ("https://127.0.0.1:2379", "https://127.0.0.2:2379") and loc.secure
+    assert str(loc) == "etcds://127.0.0.1:2379,127.0.0.2:2379/demo"
+    assert not parse_location("etcd://127.0.0.1:2379/demo").secure
+
+
+def test_a_proxy_presents_its_workload_certificate(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    tls = proxy_location("etcds://127.0.0.1:2379/demo", "catalog").tls
+    assert (tls.ca, tls.cert, tls.key) == ("certs/mesh-ca.pem", "certs/workload/catalog.pem",
+                                           "certs/workload/catalog.key")
+    assert proxy_location("etcd://127.0.0.1:2379/demo", "catalog").tls is None  # plain: no files
+    monkeypatch.setenv("MITMESH_IDENTITY_DIR", "/srv/mesh")
+    monkeypatch.setenv("MITMESH_ETCD_CERT", "/srv/other.pem")
+    tls = proxy_location("etcds://127.0.0.1:2379/demo", "catalog").tls
+    assert (tls.ca, tls.cert, tls.key) == ("/srv/mesh/mesh-ca.pem", "/srv/other.pem",
+                                           "/srv/mesh/workload/catalog.key")
+
+
+def test_the_operator_presents_the_operator_certificate(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert operator_tls_defaults() == {"cacert": "certs/mesh-ca.pem", "cert": "certs/operator.pem",
+                                       "key": "certs/operator.key"}
+    monkeypatch.setenv("MITMESH_ETCD_KEY", "/k")
+    assert operator_tls_defaults()["key"] == "/k"
+
+
+@pytest.mark.parametrize("text, local", [
+    ("etcd://127.0.0.1:2379,127.0.0.9:2379/m", True),
+    ("etcd://localhost:2379/m", True),
+    ("etcd://127.0.0.1:2379,10.0.0.7:2379/m", False),
+    ("etcd://etcd.example:2379/m", False),
+])
+def test_on_loopback(text, local):
+    assert on_loopback(parse_location(text)) is local
+
+
 @pytest.mark.parametrize("text, error", [
-    ("mesh.yaml", "expected etcd://HOST:PORT[,HOST:PORT]/MESH (got 'mesh.yaml')"),
+    ("etcds://127.0.0.1/demo", "expected host:port or https://host:port (got '127.0.0.1')"),
+    ("etc://127.0.0.1:2379/demo", "expected etcd[s]://HOST:PORT[,HOST:PORT]/MESH"),
+    ("mesh.yaml", "expected etcd[s]://HOST:PORT[,HOST:PORT]/MESH (got 'mesh.yaml')"),
     ("etcd://127.0.0.1:2379", "the mesh id after the hosts (got 'etcd://127.0.0.1:2379')"),
     ("etcd://127.0.0.1:2379/a/b", "the mesh id after the hosts"),
     ("etcd://127.0.0.1/demo", "expected host:port or http://host:port (got '127.0.0.1')"),
