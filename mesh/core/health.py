@@ -72,8 +72,8 @@ def record(ep: Endpoint, ok: bool, detail: str, hc: HealthCheck) -> bool:
         ep.pending = False
         ep.successes, ep.failures = (1, 0) if ok else (0, 1)
         ep.healthy, ep.detail = ok, "" if ok else detail
-        if ok:
-            log.info(f"endpoint {ep} passed its first health check")
+        if ok:  # every proxy checks every new endpoint once: the usual case is not news
+            log.debug(f"endpoint {ep} passed its first health check")
         else:
             log.warning(f"endpoint {ep} failed its first health check: {detail}")
         return True
