@@ -14,7 +14,7 @@ import time
 from mitmproxy import http
 
 from mesh.core import health, upstream
-from mesh.core.cluster import Endpoint, HashKey
+from mesh.core.cluster import Cluster, Endpoint, HashKey
 from mesh.core.routing import ForwardAction
 from mesh.core.state import MeshState
 from mesh.resilience import forwarding
@@ -92,7 +92,7 @@ class Forward:
             return await self._send(flow, st, cluster, endpoint, attempt, target, headers, body)
 
         call = forwarding.Call(req.method, hash_key(flow, cluster.hash_on) if cluster.hash_on else None,
-                               header_fault, st.decide, self._eject)
+                               header_fault, st.decide, self._eject, self._warm)
         out = await forwarding.forward(res, cluster, self.state.guards_for(cluster), send, call)
         st.attempts, st.endpoint = out.attempts, out.endpoint
         st.sent = out.sent
@@ -117,6 +117,11 @@ class Forward:
             st.decide("forward", f"answered {_STATUS[kind]}: {cname} endpoint {st.endpoint}: {out.error}")
         replies.reply(flow, _STATUS[kind], _ERROR[kind], reason,
                       headers={ATTEMPTS_HEADER: str(st.attempts)})
+
+    async def _warm(self, cluster: Cluster) -> None:
+        """Wait for the first health checks of a cluster none of whose endpoints is checked yet."""
+        if cluster.health_check is not None:
+            await self.state.checker.first_checks(cluster.warming(), cluster.health_check)
 
     def _eject(self, endpoint: Endpoint, why: str) -> None:
         """Passive ejection (liveness): a refused endpoint leaves the rotation at once."""

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from mesh.core.health import Checker
 from mesh.core.state import MeshState
 
 
 class Health:
     def __init__(self, state: MeshState):
         self.state = state
-        self.checker: Checker | None = None
 
     def running(self):
-        self.checker = Checker(self.state.health_targets, self.state.refresh, tls_of=self.state.health_tls)
-        self.checker.start()
+        # a new endpoint is out of rotation until its first check: checked as soon as it is known
+        self.state.watchers.append(self.state.checker.wake)
+        self.state.checker.start()
 
     async def done(self):
-        if self.checker is not None:
-            await self.checker.stop()
+        if self.state.checker.wake in self.state.watchers:
+            self.state.watchers.remove(self.state.checker.wake)
+        await self.state.checker.stop()

@@ -96,6 +96,9 @@ class Mirror:
         await asyncio.sleep(SEND_AFTER)
         policy, cluster = copy.policy, copy.cluster
         metrics.MIRROR_REQUESTS.labels(route).inc()
+        if (waiting := cluster.warming()) and cluster.health_check is not None:
+            # every endpoint is new: wait for their first checks, as Forward does
+            await self.state.checker.first_checks(waiting, cluster.health_check)
         endpoint = cluster.pick()
         if endpoint is None:
             answer = (0, None, f"cluster {cluster.name} has no healthy endpoint".encode())

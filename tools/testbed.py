@@ -300,12 +300,15 @@ class Mesh:
             self.wait_instances(count, timeout=timeout, admin=admin)
 
     def wait_instances(self, count: int, service: str | None = None, healthy: bool | None = None,
-                       timeout: float = 10.0, admin: str | None = None, source: str = "mdns") -> list[dict]:
-        """Wait until the gateway's (or `admin`'s) registry holds `count` matching instances."""
+                       timeout: float = 10.0, admin: str | None = None, source: str = "mdns",
+                       pending: bool | None = None) -> list[dict]:
+        """Wait until the gateway's (or `admin`'s) registry holds `count` matching instances
+        (`pending`: awaiting their first health check, or not; such an instance is not healthy)."""
         def matching():
             found = [i for i in self.registry(admin) if i["source"] == source
                      and (service is None or i["service"] == service)
-                     and (healthy is None or i["healthy"] == healthy)]
+                     and (healthy is None or i["healthy"] == healthy)
+                     and (pending is None or i.get("pending", False) == pending)]
             return found if len(found) == count else None
         who = "the gateway" if admin is None else admin
         self.say(f"waiting for {who} to find {count} {service or ''} instances over {source}".replace("  ", " "))

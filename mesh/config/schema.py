@@ -244,7 +244,8 @@ class LoadBalancer(Model):
 
 
 class HealthCheck(Model):
-    """Active health checks of every endpoint the proxy sends to (Envoy's health_checks)."""
+    """Active health checks of every endpoint the proxy sends to (Envoy's health_checks), and the
+    first check of every new endpoint, which takes no traffic until that check passed."""
 
     interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = Field(
         1.0, description="time between checks of one endpoint (default 1s)"
@@ -253,10 +254,12 @@ class HealthCheck(Model):
         0.5, description="a check not answered within this fails (default 500ms)"
     )
     unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = Field(
-        2, description="consecutive failed checks that take an endpoint out of rotation (default 2)"
+        2, description="consecutive failed checks that take an endpoint out of rotation (default "
+                       "2); a new endpoint is out until its first check passed"
     )
     healthy_threshold: Annotated[int, Field(ge=1, le=100)] = Field(
-        1, description="consecutive passed checks that bring it back (default 1)"
+        1, description="consecutive passed checks that bring it back (default 1); a new "
+                       "endpoint's first pass is enough"
     )
     path: str | None = Field(
         None, description="HTTP GET this path and expect a 2xx; default: a connect is the check (a TCP "
@@ -332,7 +335,9 @@ class Service(Model):
                                "presents the service's workload certificate and requires (STRICT) or accepts "
                                "(PERMISSIVE) mesh client certificates; every proxy calls it over mTLS and "
                                "checks its SPIFFE ID. DISABLE: plaintext (default DISABLE)")
-    health_check: HealthCheck = Field(HealthCheck(), description="active health checks (default on, 1s)")
+    health_check: HealthCheck = Field(
+        HealthCheck(), description="active health checks (default on, 1s); a new endpoint takes "
+                                   "traffic once its first check passed")
     policies: list[Name] = Field(
         default_factory=list,
         description="policy blocks the sidecars apply to this service: callers' sidecars on calls to it "

@@ -25,6 +25,9 @@ class Endpoint:
     instance: str | None = None  # the discovered instance's name
     active: int = 0  # requests in flight, for least_request
     healthy: bool = True
+    # awaiting its first active health check: out of rotation and out of panic mode until it passes
+    # (Envoy's PENDING_ACTIVE_HC; mesh/core/health.py await_first_check)
+    pending: bool = False
     current: float = 0.0  # smooth weighted round robin state
     failures: int = 0  # consecutive failed health checks (or a passive ejection)
     successes: int = 0  # consecutive passed health checks
@@ -246,21 +249,29 @@ class Cluster:
 
     def refresh(self) -> None:
         """Recompute who may be picked, after a change of membership or health."""
-        healthy = [e for e in self.endpoints if e.healthy]
-        # none healthy: try them all rather than fail outright (Envoy's panic mode, at 0 %)
-        self.panic = not healthy and bool(self.endpoints)
-        candidates = healthy or list(self.endpoints)
+        # An endpoint awaiting its first health check counts nowhere below: not a candidate, not in
+        # the zone share or the levels, not in panic mode. Envoy's ignore_new_hosts_until_first_hc
+        # leaves such hosts out of the panic, spillover and locality denominators, but "if panic
+        # mode is triggered, new hosts are still eligible for traffic" (cluster.proto): its panic
+        # set is every host (load_balancer_impl.cc). Discovery here is unauthenticated, so that
+        # would hand traffic to an instance nobody has checked, any local process's announcement:
+        # panic mode tries only endpoints that have been checked (a first check is under way).
+        checked = [e for e in self.endpoints if not e.pending]
+        healthy = [e for e in checked if e.healthy]
+        # none healthy: try every checked one rather than fail outright (Envoy's panic mode, at 0 %)
+        self.panic = not healthy and bool(checked)
+        candidates = healthy or checked
         self.local_only = False
         if self.zone_aware is not None and self.local_zone is not None and healthy:
             local = [e for e in healthy if e.zone == self.local_zone]
-            in_zone = sum(1 for e in self.endpoints if e.zone == self.local_zone)
+            in_zone = sum(1 for e in checked if e.zone == self.local_zone)
             if local and len(local) >= self.zone_aware * in_zone:
                 candidates, self.local_only = local, True
         # priority levels: [(load, healthy endpoints of the level)], the local zone first
         self._levels: list[tuple[float, list[Endpoint]]] = []
         if self.locality is not None and healthy:
             by_level: list[list[Endpoint]] = [[], [], []]
-            for e in self.endpoints:
+            for e in checked:
                 by_level[level_of(e, self.local_zone, self.local_region)].append(e)
             present = [eps for eps in by_level if eps]
             loads = priority_loads([(sum(e.healthy for e in eps), len(eps)) for eps in present],
@@ -268,6 +279,7 @@ class Cluster:
             self._levels = [(load, [e for e in eps if e.healthy]) for load, eps in zip(loads, present)]
         self._healthy = healthy
         self._candidates = candidates
+        self._pending = [e for e in self.endpoints if e.pending]
         rebuild = getattr(self.lb, "rebuild", None)
         if rebuild is not None:
             rebuild(candidates)
@@ -297,6 +309,12 @@ class Cluster:
             return None
         return self.lb.pick(candidates, key)
 
+    def warming(self) -> list[Endpoint]:
+        """The endpoints a request must wait for: those awaiting their first health check, when no
+        other may be picked (Envoy's cluster warming: a cluster is used once its first checks are
+        done); empty when some endpoint has been checked, or none awaits a check."""
+        return [] if self._candidates else self._pending
+
     def levels(self) -> list[dict]:
         """The priority levels as they stand: load share and healthy endpoints of each."""
         return [{"load": round(load, 3), "healthy": [str(e) for e in eps]} for load, eps in self._levels]
@@ -319,7 +337,8 @@ class Cluster:
             "endpoints": [
                 {"address": str(e), "instance": e.instance, "weight": e.weight, "zone": e.zone,
                  "region": e.region, "ewma_ms": round(e.ewma * 1000, 1) if e.ewma >= 0 else None,
-                 "healthy": e.healthy, "detail": e.detail, "active": e.active, "source": e.source,
+                 "healthy": e.healthy, "pending": e.pending, "detail": e.detail,
+                 "active": e.active, "source": e.source,
                  "identity": e.identity, "protocol": e.protocol}
                 for e in self.endpoints
             ],

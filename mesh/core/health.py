@@ -4,11 +4,15 @@ mDNS keeps an instance killed without a goodbye for about 19 minutes; these two 
 rotation instead: at once when a connection to it is refused (`eject`), and within
 `unhealthy_threshold` × `interval` when nobody sends it traffic (`Checker`). Outlier detection
 (ejection on 5xx rates, ejection times) grows here later.
+
+A new endpoint enters rotation only once its first check passed (`await_first_check`): discovery
+is unauthenticated, and a rogue announcement must not take traffic while its checks are pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -30,6 +34,19 @@ Targets = Callable[[], Iterable[tuple[Endpoint, HealthCheck]]]
 TlsOf = Callable[[Endpoint], "tuple[ssl.SSLContext, str] | None"]
 
 
+AWAITING = "awaiting its first health check"
+
+
+def await_first_check(ep: Endpoint) -> Endpoint:
+    """A new endpoint of a health-checked cluster: out of rotation until its first check passes.
+
+    As Envoy marks a host added to a cluster with active health checks FAILED_ACTIVE_HC, and with
+    ignore_new_hosts_until_first_hc also PENDING_ACTIVE_HC (upstream_impl.cc,
+    updateDynamicHostList): not chosen, and not counted in panic mode (mesh/core/cluster.py)."""
+    ep.pending, ep.healthy, ep.detail = True, False, AWAITING
+    return ep
+
+
 def eject(ep: Endpoint, reason: str, threshold: int = 1) -> bool:
     """Passive ejection: take `ep` out of rotation now; an active check brings it back.
 
@@ -46,7 +63,20 @@ def eject(ep: Endpoint, reason: str, threshold: int = 1) -> bool:
 
 
 def record(ep: Endpoint, ok: bool, detail: str, hc: HealthCheck) -> bool:
-    """Count one check result against the thresholds; returns whether the endpoint's health changed."""
+    """Count one check result against the thresholds; returns whether the endpoint's health changed
+    (or it was awaiting its first check: it now counts in the cluster's shares and panic mode)."""
+    if ep.pending:
+        # the first result decides at once, whatever the thresholds: a pass puts it in rotation
+        # (Envoy's handleSuccess moves a host to healthy on its first_check_), a failure keeps it
+        # out (it was failing already, as Envoy's FAILED_ACTIVE_HC); no longer pending either way
+        ep.pending = False
+        ep.successes, ep.failures = (1, 0) if ok else (0, 1)
+        ep.healthy, ep.detail = ok, "" if ok else detail
+        if ok:  # every proxy checks every new endpoint once: the usual case is not news
+            log.debug(f"endpoint {ep} passed its first health check")
+        else:
+            log.warning(f"endpoint {ep} failed its first health check: {detail}")
+        return True
     if ok:
         ep.successes += 1
         ep.failures = 0
@@ -103,7 +133,8 @@ async def probe(ep: Endpoint, hc: HealthCheck,
 
 
 class Checker:
-    """Checks every target endpoint every `interval` (its own service's) in the background."""
+    """Checks every target endpoint every `interval` (its own service's) in the background; an
+    endpoint awaiting its first check is checked at once (`wake` on every membership change)."""
 
     def __init__(self, targets: Targets, on_change: Callable[[], None], tick: float = 0.1,
                  tls_of: TlsOf | None = None):
@@ -112,7 +143,8 @@ class Checker:
         self.on_change = on_change
         self.tick = tick
         self._due: dict[Endpoint, float] = {}  # when each endpoint's next check is due
-        self._running: set[Endpoint] = set()
+        self._running: dict[Endpoint, asyncio.Task] = {}  # the checks under way
+        self._wake = asyncio.Event()
         self._loop = Loop("mitmesh-health", self._run)
 
     def start(self) -> None:
@@ -121,6 +153,10 @@ class Checker:
     async def stop(self) -> None:
         await self._loop.stop()
 
+    def wake(self) -> None:
+        """The targets changed: look for new endpoints now, not at the next tick."""
+        self._wake.set()
+
     async def _probe(self, ep: Endpoint, hc: HealthCheck) -> tuple[bool, str]:
         try:
             tls = self.tls_of(ep) if self.tls_of is not None else None
@@ -128,33 +164,48 @@ class Checker:
             return False, f"health check cannot use mTLS: {e}"
         return await probe(ep, hc, tls)
 
+    def _start(self, ep: Endpoint, hc: HealthCheck) -> asyncio.Task:
+        """The check of `ep` under way, or one started now; the next is due an interval later."""
+        task = self._running.get(ep)
+        if task is None:
+            self._due[ep] = time.monotonic() + hc.interval
+            task = self._running[ep] = asyncio.get_running_loop().create_task(self._check(ep, hc))
+        return task
+
     async def check_now(self, ep: Endpoint, hc: HealthCheck) -> bool:
-        """Check one endpoint at once (a sidecar's app before it announces); returns its health."""
-        ok, detail = await self._probe(ep, hc)
-        if record(ep, ok, detail, hc):
-            self.on_change()
-        self._due[ep] = time.monotonic() + hc.interval
+        """Check one endpoint at once (or wait for its check under way); returns its health."""
+        await asyncio.wait({self._start(ep, hc)})  # a cancelled caller leaves the check running
         return ep.healthy
+
+    async def first_checks(self, endpoints: Iterable[Endpoint], hc: HealthCheck) -> None:
+        """Wait for the first checks of those of `endpoints` awaiting theirs (started now unless
+        under way; each within the check's timeout): a request to a cluster none of whose
+        endpoints has been checked yet waits here, as Envoy's cluster warming waits for the first
+        check of every host before the cluster is used (upstream_impl.cc, onInitDone)."""
+        tasks = {self._start(ep, hc) for ep in endpoints if ep.pending}
+        if tasks:
+            await asyncio.wait(tasks)  # a cancelled caller leaves the checks running
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             now = time.monotonic()
             live = set()
             for ep, hc in self.targets():
-                key = ep
-                live.add(key)
-                if key in self._running:
+                live.add(ep)
+                if ep in self._running:
                     continue
-                due = self._due.get(key)
-                if due is None:  # first seen: check soon, spread out so checks do not come in bursts
-                    self._due[key] = now + (id(key) % 97) / 97 * min(hc.interval, 1.0)
-                elif now >= due:
-                    self._due[key] = now + hc.interval
-                    self._running.add(key)
-                    asyncio.get_running_loop().create_task(self._check(ep, hc))
-            for key in set(self._due) - live - self._running:
+                due = self._due.get(ep)
+                if ep.pending or (due is not None and now >= due):
+                    # a new endpoint at once: it is out of rotation until this check passes
+                    self._start(ep, hc)
+                elif due is None:  # first seen: check soon, spread out so checks come in no bursts
+                    self._due[ep] = now + (id(ep) % 97) / 97 * min(hc.interval, 1.0)
+            for key in set(self._due) - live - set(self._running):
                 del self._due[key]
-            await asyncio.sleep(self.tick)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tick):
+                    await self._wake.wait()
 
     async def _check(self, ep: Endpoint, hc: HealthCheck) -> None:
         try:
@@ -164,4 +215,4 @@ class Checker:
         except Exception:  # a bug here must not stop the checks
             log.exception(f"health check of {ep} failed")
         finally:
-            self._running.discard(ep)
+            self._running.pop(ep, None)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from discovery import Event, Instance, Registry, StaticSource
 
 from mesh.telemetry import metrics, records
-from mesh.core import modes, own
+from mesh.core import health, modes, own
 from mesh.security import mtls, pki
 from mesh.core.cluster import Cluster, Endpoint, HashKey
 from mesh.resilience.settings import Guards, guards
@@ -216,6 +216,9 @@ class MeshState:
         self.own = own.Own()  # what discovery must never make an endpoint (mesh/core/own.py)
         self.refused: dict[str, str] = {}  # discovered instance name → why it is no endpoint
         self.registry.subscribe(self._registry_changed)
+        # active health checks: in the background while the Health addon runs it; the first checks
+        # a request to a cluster without a checked endpoint waits for (Forward) run in any case
+        self.checker = health.Checker(self.health_targets, self.refresh, tls_of=self.health_tls)
 
     def install(self, snap: Snapshot) -> Snapshot:
         """Swap in a new snapshot, built (mesh/core/build.py) for this proxy's workload; clusters that
@@ -306,6 +309,12 @@ class MeshState:
             ep = self.endpoints.get(inst.key)
             if ep is None:
                 ep = self.endpoints[inst.key] = Endpoint(inst.address, inst.port)
+                # whatever its source: a new endpoint of a service with active health checks (every
+                # service: they are on by default) is chosen once its first check passed; one that
+                # is known already (same address) keeps its state across announcements and reloads
+                svc = snap.config.services.get(inst.service) or _DEFAULT_SERVICE
+                if svc.health_check is not None:
+                    health.await_first_check(ep)
             ep.weight, ep.zone, ep.identity, ep.region = inst.weight, inst.zone, inst.identity, inst.region
             ep.source, ep.protocol, ep.instance = inst.source, inst.protocol, inst.name
             members.setdefault(inst.cluster, {})[inst.key] = ep
@@ -347,23 +356,27 @@ class MeshState:
             watcher()
 
     def health_targets(self) -> Iterator[tuple[Endpoint, HealthCheck]]:
-        """What the active health checker probes: this sidecar's app, and the endpoints of every
-        cluster this proxy has sent to (a sidecar that never calls a service never checks it)."""
+        """What the active health checker probes: this sidecar's app, the endpoints of every
+        cluster this proxy has sent to (a sidecar that never calls a service checks it no more),
+        and every endpoint awaiting its first check, once, wherever it is (it is chosen by nobody
+        until it passed, and an unchecked one must not look like a cluster with none healthy)."""
         snap = self.snapshot
         if snap is None:
             return
         seen: dict[Endpoint, Cluster] = {}
         for cluster in snap.clusters.values():
-            if cluster.used or cluster.name == LOCAL:
-                for ep in cluster.endpoints:
-                    if ep not in seen:
-                        seen[ep] = cluster
-                        yield ep, cluster.health_check
+            every = cluster.used or cluster.name == LOCAL
+            for ep in cluster.endpoints:
+                if (every or ep.pending) and ep not in seen:
+                    seen[ep] = cluster
+                    yield ep, cluster.health_check
         self._checked = seen
 
     def health_tls(self, ep: Endpoint) -> tuple[ssl.SSLContext, str] | None:
         """How an HTTP health check reaches `ep`: over mTLS exactly when requests to it do."""
         cluster = self._checked.get(ep)
+        if cluster is None and self.snapshot is not None:  # a first check before the targets' pass
+            cluster = next((c for c in self.snapshot.clusters.values() if ep in c.endpoints), None)
         return self.upstream_tls(cluster, ep) if cluster is not None else None
 
     def control_status(self) -> dict:
@@ -381,6 +394,7 @@ class MeshState:
             inst = self.registry.instances[entry["name"]]
             ep = endpoints.get(inst.key)
             entry["healthy"] = ep.healthy if ep else None
+            entry["pending"] = ep.pending if ep else False  # awaiting its first health check
             entry["detail"] = ep.detail if ep else self.refused.get(inst.name, "")
             instances.append(entry)
         out = {

@@ -7,6 +7,7 @@ proxy's side is the `send` it is given, so every rule here is tested without a p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
@@ -37,6 +38,8 @@ class Cluster(Protocol):
 
     def pick(self, exclude: tuple = (), key: str | None = None, usable=None) -> Endpoint | None: ...
 
+    def warming(self) -> list: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -59,17 +62,23 @@ def _keep(_endpoint: Endpoint, _why: str) -> None:
     pass
 
 
+async def _cold(_cluster: Cluster) -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """What is particular to one request: its method, its consistent-hash key, a fault it asked for
-    (the fault header), where decisions are written, and how an endpoint that refused the
-    connection leaves the rotation (passive ejection: the proxy's health records)."""
+    (the fault header), where decisions are written, how an endpoint that refused the connection
+    leaves the rotation (passive ejection: the proxy's health records), and how to wait for the
+    first health checks of a cluster none of whose endpoints has been checked yet (the checker)."""
 
     method: str = "GET"
     key: str | None = None
     fault: Fault = NONE
     decide: Callable[[str, str], None] = _ignore
     eject: Callable[[Endpoint, str], None] = _keep
+    warm: Callable[[Cluster], Awaitable[None]] = _cold
 
 
 @dataclass(slots=True)
@@ -108,6 +117,7 @@ async def forward(plan: RouteResilience, cluster: Cluster, guards: Guards, send:
     refused: list[Endpoint] = []
     again: Endpoint | None = None  # re-send here on a new connection (a stale keep-alive connection)
     resent_stale = False
+    warmed = False
     while True:
         if again is not None:
             endpoint = again
@@ -119,6 +129,16 @@ async def forward(plan: RouteResilience, cluster: Cluster, guards: Guards, send:
             if endpoint is None:
                 if out.response is not None or out.failure is not None:
                     break  # nothing left to retry on: answer with the last outcome
+                if not warmed and (waiting := cluster.warming()):
+                    # every endpoint is new (awaiting its first health check, not chosen until it
+                    # passes): wait for those checks, within the deadline, and pick again
+                    warmed = True
+                    decide("forward", f"{cname}: no endpoint checked yet; waiting for the first "
+                                      f"health check of {len(waiting)}")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                            await call.warm(cluster)
+                    continue
                 if cluster.endpoints and guards.breakers is not None:
                     return _unavailable(out, decide, cname, "circuit_open", "every endpoint's circuit breaker is open")
                 return _unavailable(out, decide, cname, "no_healthy_upstream", "no healthy endpoint")

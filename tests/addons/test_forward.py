@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 from aiohttp import web
 
@@ -102,8 +103,13 @@ async def test_reset_upstream_is_json_502(gateway, upstream_app):
 async def test_refused_endpoint_is_ejected_and_another_takes_the_request(gateway, upstream_app):
     users = await upstream_app("users")
     good = await upstream_app("good")
-    dead = procs.free_port()
+    doomed = socket.create_server(("127.0.0.1", 0))  # passes its first health check, then dies
+    dead = doomed.getsockname()[1]
     async with gateway(config(users, [dead, good])) as gw:
+        catalog = gw.state.snapshot.clusters["catalog/v1"]
+        await gw.state.checker.first_checks(catalog.endpoints, catalog.health_check)
+        assert all(e.healthy for e in catalog.endpoints)
+        doomed.close()
         names = [json.loads((await gw.send("/catalog/x", method="POST")).response.content)["name"]
                  for _ in range(4)]
         assert names == ["good"] * 4  # the request was never sent to the dead one: safe to resend

@@ -113,3 +113,44 @@ def test_panic_when_none_is_healthy():
         e.healthy = False
     c.refresh()
     assert c.panic and c.pick() in c.endpoints  # try them all rather than fail outright
+
+
+def fresh(c: Cluster, *indexes: int) -> Cluster:
+    """Those endpoints are new: awaiting their first health check (mesh/core/health.py)."""
+    for i in indexes:
+        c.endpoints[i].pending, c.endpoints[i].healthy = True, False
+    c.refresh()
+    return c
+
+
+def test_an_endpoint_awaiting_its_first_check_is_never_chosen():
+    c = fresh(Cluster("a/v1", "a", "v1", endpoints=eps(1, 10000)), 1)  # a heavy newcomer
+    assert {c.pick().port for _ in range(50)} == {9000}
+    assert c.pick(exclude=(c.endpoints[0],)) is c.endpoints[0]  # not even on a retry
+    assert c.warming() == [] and not c.panic
+    assert c.status()["endpoints"][1]["pending"] is True
+
+
+def test_panic_tries_only_endpoints_that_were_checked():
+    c = fresh(Cluster("a/v1", "a", "v1", endpoints=eps(1, 1, 1)), 2)
+    for e in c.endpoints[:2]:
+        e.healthy = False
+    c.refresh()
+    assert c.panic and {c.pick().port for _ in range(40)} == {9000, 9001}
+    only_new = fresh(Cluster("b/v1", "b", "v1", endpoints=eps(1, 1)), 0, 1)
+    assert only_new.pick() is None and not only_new.panic  # nobody checked: nobody chosen
+    assert only_new.warming() == only_new.endpoints  # a request waits for their first checks
+
+
+def test_new_endpoints_do_not_count_in_the_zone_share_or_the_levels():
+    """Envoy's ignore_new_hosts_until_first_hc: new hosts are left out of the denominators, so
+    scaling up a zone does not push its traffic elsewhere before the newcomers are checked."""
+    c = fresh(zoned("a", "a", "a", "b", min_healthy=0.6), 1, 2)  # 1 of 1 checked in zone a
+    assert c.local_only and {c.pick().port for _ in range(20)} == {9000}
+    levels = fresh(Cluster("a/v1", "a", "v1", endpoints=eps(1, 1, 1), locality=1.4,
+                           local_zone="a"), 1)
+    for e, zone in zip(levels.endpoints, "aab"):
+        e.zone = zone
+    levels.refresh()
+    assert levels.levels() == [{"load": 1.0, "healthy": ["127.0.0.1:9000"]},
+                               {"load": 0.0, "healthy": ["127.0.0.1:9002"]}]

@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from mesh.core import upstream
+from mesh.core import health, upstream
 from mesh.core.cluster import Cluster, Endpoint
+from mesh.config.schema import HealthCheck
 from mesh.resilience.breaker import BreakerPolicy, Breakers
 from mesh.resilience.faults import Fault
 from mesh.resilience.forwarding import Attempt, Call, forward
@@ -251,3 +252,38 @@ async def test_injected_abort_is_an_answer_and_retried_like_one():
     out, log = await run(ups, plan("5xx", attempts=2), fault=Fault(abort=503))
     assert out.response.status == 503 and out.attempts == 2 and ups.calls == []
     assert ("fault", "injected abort 503") in log
+
+
+async def test_a_cluster_with_no_endpoint_checked_yet_waits_for_their_first_checks():
+    """Envoy's cluster warming, on first use: no 503 at once, and never an unchecked endpoint."""
+    ups = Upstreams([ok()], [ok()])
+    for e in ups.endpoints:
+        health.await_first_check(e)
+    warmed = []
+
+    async def warm(cluster):  # the checker: the first endpoint passes, the second fails
+        warmed.append([str(e) for e in cluster.warming()])
+        health.record(cluster.endpoints[0], True, "", HealthCheck())
+        health.record(cluster.endpoints[1], False, "refused", HealthCheck())
+        cluster.refresh()
+
+    out, log = await run(ups, plan(), warm=warm)
+    assert out.response.status == 200 and ups.calls == [(0, 1, False)]
+    assert warmed == [["127.0.0.1:10000", "127.0.0.1:10001"]]
+    assert ("forward", "svc/v1: no endpoint checked yet; waiting for the first health check "
+                       "of 2") in log
+    await run(ups, plan(), warm=warm)
+    assert len(warmed) == 1  # checked now: no waiting
+
+
+async def test_waiting_for_first_checks_ends_at_the_deadline():
+    ups = Upstreams([ok()])
+    health.await_first_check(ups.endpoints[0])
+
+    async def hang(_cluster):
+        await asyncio.sleep(30)
+
+    started = asyncio.get_running_loop().time()
+    out, _ = await run(ups, plan(deadline=0.1), warm=hang)
+    assert out.failure == "no_healthy_upstream" and ups.calls == []
+    assert asyncio.get_running_loop().time() - started < 1.0

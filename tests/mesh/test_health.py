@@ -139,3 +139,60 @@ async def test_a_tcp_check_of_an_mtls_endpoint_is_the_handshake_and_the_identity
         tarpit.close()
         real.close()
         impostor.close()
+
+
+def test_the_first_check_decides_at_once_whatever_the_thresholds():
+    """Envoy: a host's first successful check makes it healthy (first_check_), and a new host
+    failing its first check stays out; either way it no longer awaits its first check."""
+    passed, failed = (health.await_first_check(Endpoint("127.0.0.1", p)) for p in (1, 2))
+    assert passed.pending and not passed.healthy and passed.detail == health.AWAITING
+    assert health.record(passed, True, "", HC) and passed.healthy and not passed.pending
+    assert health.record(failed, False, "refused", HC)  # one failure of 2: out all the same
+    assert not failed.healthy and not failed.pending and failed.detail == "refused"
+    assert not health.record(failed, True, "", HC) and not failed.healthy  # now the thresholds
+    assert health.record(failed, True, "", HC) and failed.healthy
+
+
+async def test_a_new_endpoint_is_checked_at_once():
+    """Not at the next tick, nor spread over an interval as endpoints first seen otherwise are."""
+    runner, port = await serve(200)
+    known, new = Endpoint("127.0.0.1", port), health.await_first_check(Endpoint("127.0.0.1", port))
+    targets = [(known, HC)]
+    checker = health.Checker(lambda: list(targets), lambda: None, tick=30)
+    checker.start()
+    try:
+        await asyncio.sleep(0.05)  # the checker's first pass is done; the next is 30 s away
+        targets.append((new, HC))
+        checker.wake()  # what a membership change does (addons/health.py)
+        for _ in range(50):
+            if not new.pending:
+                break
+            await asyncio.sleep(0.01)
+        assert new.healthy and not new.pending
+    finally:
+        await checker.stop()
+        await runner.cleanup()
+
+
+async def test_first_checks_wait_for_every_new_endpoint_and_survive_a_cancelled_waiter():
+    runner, port = await serve(200)
+    tarpit = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the GET
+    http = HealthCheck(path="/healthz", timeout=0.3)
+    real = health.await_first_check(Endpoint("127.0.0.1", port))
+    rogue = health.await_first_check(Endpoint(*tarpit.getsockname()))
+    checker = health.Checker(lambda: [], lambda: None)
+    try:
+        waiter = asyncio.get_running_loop().create_task(checker.first_checks([real, rogue], http))
+        await asyncio.sleep(0.05)
+        under_way = list(checker._running.values())
+        waiter.cancel()  # a client gave up: the checks go on
+        await asyncio.sleep(0)
+        assert len(under_way) == 1 and not under_way[0].done()  # the real one passed already
+        await checker.first_checks([real, rogue], http)  # waits for the check under way
+        assert real.healthy and not real.pending
+        assert (rogue.healthy, rogue.pending) == (False, False)
+        assert rogue.detail == "health check timed out after 0.3s"
+        await checker.first_checks([real, rogue], http)  # nothing awaits a first check: at once
+    finally:
+        tarpit.close()
+        await runner.cleanup()

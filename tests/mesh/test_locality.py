@@ -117,9 +117,15 @@ services:
                                 {address: 127.0.0.1, port: 3, zone: us-1, region: us}]}}
 routes: [{name: c, match: {path: {prefix: /}}, forward: {service: catalog}}]
 """)
+    from mesh.core import health
     state = MeshState()
     state.install(build(str(path)))
-    lb = state.snapshot.clusters["catalog/v1"].status()["lb"]
+    cluster = state.snapshot.clusters["catalog/v1"]
+    assert cluster.status()["lb"]["locality"]["levels"] == []  # both await their first check
+    for ep in cluster.endpoints:
+        health.record(ep, True, "", cluster.health_check)
+    state.refresh()
+    lb = cluster.status()["lb"]
     assert lb["policy"] == "peak_ewma"
     assert lb["locality"] == {"overprovisioning": 1.4, "zone": "eu-1", "region": "eu",
                               "levels": [{"load": 1.0, "healthy": ["127.0.0.1:2"]},

@@ -4,6 +4,7 @@ Endpoint per address; static endpoints, discovered instances and a sidecar's own
 from __future__ import annotations
 
 from discovery import Event, Instance
+from mesh.core import health
 from mesh.core.build import build
 from mesh.core.state import INBOUND, OUTBOUND, MeshState
 from mesh.core.workload import parse_workload
@@ -50,6 +51,38 @@ def test_reload_keeps_live_endpoint_state_and_discovered_ones(write_config):
     assert ("127.0.0.1", 19111) not in state.endpoints
 
 
+def test_a_new_endpoint_awaits_its_first_check_and_a_known_one_keeps_its_state(write_config):
+    """Static, mDNS or etcd alike: a new address is out of rotation until its first check passed
+    (discovery is unauthenticated); the same address announced again, under another name or
+    after a reload, is the endpoint already known."""
+    state = MeshState()
+    path = write_config()
+    snap = state.install(build(str(path), state.runtime, state.workload))
+    v1 = snap.clusters["catalog/v1"]
+    assert all(e.pending and not e.healthy for e in v1.endpoints) and v1.pick() is None
+    hc = v1.health_check
+    for ep in v1.endpoints:
+        health.record(ep, True, "", hc)
+    state.refresh()
+    state.registry.apply(Event("add", mdns("c3", "catalog", "v1", 15006)))
+    new = state.endpoints[("127.0.0.9", 15006)]
+    assert new.pending and new not in {v1.pick() for _ in range(20)}
+    entry = next(i for i in state.status()["registry"]["instances"] if i["name"] == "c3")
+    assert (entry["healthy"], entry["pending"], entry["detail"]) == (
+        False, True, "awaiting its first health check")
+    health.record(new, True, "", hc)
+    state.refresh()
+    state.registry.apply(Event("add", mdns("c3-again", "catalog", "v1", 15006, weight=2)))
+    write_config(BASE.replace('v2: {endpoints: ["127.0.0.1:19111"]}', "v2: {}"))
+    snap = state.install(build(str(path), state.runtime, state.workload))
+    assert state.endpoints[("127.0.0.9", 15006)] is new and new.healthy and new.weight == 2
+    assert not any(e.pending for e in snap.clusters["catalog/v1"].endpoints)
+    state.registry.apply(Event("remove", mdns("c3", "catalog", "v1", 15006)))
+    state.registry.apply(Event("remove", mdns("c3-again", "catalog", "v1", 15006)))
+    state.registry.apply(Event("add", mdns("c3", "catalog", "v1", 15006)))  # gone, then back
+    assert state.endpoints[("127.0.0.9", 15006)].pending
+
+
 def test_a_sidecar_has_its_workload_listeners_and_app(write_config):
     state = MeshState()
     state.workload = parse_workload("service=users,app=127.0.0.1:9001,address=127.0.0.7,zone=b,inbound=16006")
@@ -67,9 +100,15 @@ def test_a_sidecar_has_its_workload_listeners_and_app(write_config):
 
 
 def test_health_targets_are_the_app_and_clusters_sent_to(write_config):
+    """And every endpoint awaiting its first check, once: none is chosen before it passed."""
     state = MeshState()
     state.workload = parse_workload("service=users,app=127.0.0.1:9001")
     snap = state.install(build(str(write_config()), state.runtime, state.workload))
+    first = sorted(str(e) for e, _ in state.health_targets())
+    assert first == ["127.0.0.1:19001", "127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19111",
+                     "127.0.0.1:9001"]
+    for ep, hc in list(state.health_targets()):
+        health.record(ep, True, "", hc)
     assert [str(e) for e, _ in state.health_targets()] == ["127.0.0.1:9001"]
     snap.clusters["catalog"].pick()
     assert sorted(str(e) for e, _ in state.health_targets()) == [

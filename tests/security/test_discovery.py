@@ -9,6 +9,7 @@ import contextlib
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ from discovery.registry import Instance, Registry
 from mesh.runtime import procs
 
 from .conftest import Mesh, sidecar_config
-from tools.testbed import get
+from tools.testbed import get, wait_until
 
 PAYMENTS = "spiffe://mitmesh.local/ns/demo/sa/payments"
 
@@ -114,7 +115,7 @@ def test_rogue_instances_of_a_strict_service_at_a_tarpit(strict):
                   for i, pit in enumerate(pits)]
         with rogue(m.config["mesh"]["id"], f"{m.net}.77", *rogues):
             m.wait_instances(5, "payments")
-            unhealthy = m.wait_instances(4, "payments", healthy=False, timeout=15)
+            unhealthy = m.wait_instances(4, "payments", healthy=False, pending=False, timeout=15)
             assert all(i["name"].startswith("rogue-pay-") for i in unhealthy), unhealthy
             assert all("timed out" in i["detail"] for i in unhealthy), unhealthy
             results = [get(m.url + "/payments/x", timeout=10)[0] for _ in range(20)]
@@ -122,3 +123,77 @@ def test_rogue_instances_of_a_strict_service_at_a_tarpit(strict):
     finally:
         for pit in pits:
             pit.close()
+
+
+def tarpits(count: int) -> list[socket.socket]:
+    """Sockets that accept TCP (the kernel completes the handshakes) and never read."""
+    pits = []
+    for _ in range(count):
+        pit = socket.socket()
+        pit.bind(("127.0.0.1", 0))
+        pit.listen(64)
+        pits.append(pit)
+    return pits
+
+
+def test_a_freshly_announced_rogue_instance_gets_no_request(strict):
+    """Rogue instances of payments (weight 10000, at tarpits) took traffic from the moment the
+    gateway learned of them until their second failed health check, 1 to 2.5 s later: requests hung
+    at the TLS handshake, then were retried elsewhere or failed. A new endpoint is now chosen only
+    once its first check passed: every request of a stream that runs from before the announcement
+    until the rogues have failed their checks is answered by the real instance, at the first try."""
+    m = strict
+    assert get(m.url + "/payments/x")[0] == 200  # the cluster is in use
+    results: list[tuple[int, str | None, str | None]] = []
+    stop = threading.Event()
+
+    def send():
+        while not stop.is_set() and len(results) < 3000:
+            status, body, headers = get(m.url + "/payments/x", timeout=10)
+            instance = body.get("instance") if isinstance(body, dict) else None
+            results.append((status, headers.get("x-mitmesh-attempts"), instance))
+
+    pits = tarpits(4)
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(4)]
+    try:
+        for t in senders:
+            t.start()
+        rogues = [Instance(f"fresh-rogue-{i}", "payments", "v1", "127.0.0.1", pit.getsockname()[1],
+                           weight=10000, source="mdns", protocol="https", identity=PAYMENTS)
+                  for i, pit in enumerate(pits)]
+        with rogue(m.config["mesh"]["id"], f"{m.net}.78", *rogues):
+            m.wait_instances(5, "payments")
+            known = len(results)
+            m.wait_instances(4, "payments", healthy=False, pending=False, timeout=15)
+            stop.set()
+            for t in senders:
+                t.join(15)
+    finally:
+        stop.set()
+        for pit in pits:
+            pit.close()
+    wrong = [r for r in results if r[:2] != (200, "1")]
+    assert not wrong, f"{len(wrong)} of {len(results)} requests: {wrong[:5]}"
+    assert len({i for _, _, i in results}) == 1  # the real instance's name
+    assert len(results) - known >= 10, (known, len(results))  # requests while the rogues were new
+
+
+def test_a_new_real_instance_takes_traffic_once_its_first_check_passed(strict):
+    """What the rogues cannot do, a real second instance does: it passes its first check (the mTLS
+    handshake as payments) at once and takes its share within moments of its announcement."""
+    m = strict
+    assert get(m.url + "/payments/x")[0] == 200
+    (second,) = m.start_instances({"service": "payments", "app": "echo"})
+    try:
+        def answered_by_second():
+            status, body, _ = get(m.url + "/payments/x")
+            assert status == 200, body
+            return body["instance"] == second.name and time.time()
+        first = wait_until(answered_by_second, timeout=5, interval=0.01)
+        # as tests/e2e/test_discovery.py expects of any new instance, checks or not
+        assert first and first - second.announced <= 2.0, first - second.announced
+        entry = next(i for i in m.registry() if i["workload"] == second.name)
+        assert (entry["healthy"], entry["pending"]) == (True, False), entry
+    finally:
+        m.stop_instance(second)
+        m.wait_instances(1, "payments")
