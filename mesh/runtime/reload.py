@@ -13,7 +13,8 @@ from discovery.etcdwire import EtcdError
 from mesh.config import ConfigError
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
-from mesh.runtime.store import Location, Revision, Store, current_key, proxy_key, wanted_revision
+from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
+                                wanted_revision)
 from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
@@ -81,8 +82,9 @@ async def hand_over(make: Callable[[], Snapshot], label: str, on_valid: Callable
 
 class EtcdWatcher:
     """Follows the config store: the revision selected for this proxy (by name, for a canary) is
-    built and handed to the same callbacks as a file edit. A revision that does not build or
-    install is not retried until another is selected; the proxy keeps the one it runs."""
+    built and handed to the same callbacks as a file edit. A revision the operator did not sign
+    (etcds://), or that does not build or install, is not retried until another is selected; the
+    proxy keeps the one it runs."""
 
     def __init__(self, location: Location, proxy: str, applied: Revision,
                  build_text: Callable[[str, str, str], Snapshot],
@@ -149,6 +151,13 @@ class EtcdWatcher:
         rev = await self.store.get(n)
         if rev is None:
             self.refused[n] = f"{self.location}: revision {n} is selected but not stored"
+            self.on_invalid(self.refused[n])
+            return
+        try:
+            check_revision(rev, n, self.location)  # a workload's push, or edited after signing
+        except ValueError as e:
+            still = self.applied.revision
+            self.refused[n] = f"revision {n} not applied, still running {still}:\n{e}"
             self.on_invalid(self.refused[n])
             return
         errors: list[str] = []
