@@ -172,8 +172,10 @@ def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = 
     if rev.revision != n:
         raise ValueError(f"{rev.label}: stored as revision {n}, refused (got revision "
                          f"{rev.revision})")
-    if not location.secure or location.tls is None:
+    if not location.secure:
         return
+    if location.tls is None:  # fail closed: an etcds:// store is only ever read with a mesh CA
+        raise ValueError(f"{rev.label}: no mesh CA to check its signature against, refused")
     from mesh.security import signing
 
     at = dt.datetime.fromtimestamp(rev.pushed_at, dt.UTC) if signed_at else None

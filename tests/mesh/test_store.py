@@ -148,3 +148,9 @@ def test_an_unsigned_revision_asks_for_a_push(signed):
         "mitmesh signed revisions, or around `mitmesh config`): push the file again with "
         "`mitmesh config push FILE --store etcds://127.0.0.1:2379/demo`")
     check_revision(unsigned, 7, parse_location("etcd://127.0.0.1:2379/demo"))  # plain: trusted
+
+
+def test_an_etcds_store_without_a_ca_refuses_everything(signed):
+    rev, location = signed
+    with pytest.raises(ValueError, match="no mesh CA to check its signature against"):
+        check_revision(rev, 7, location.with_tls(None))
