@@ -136,19 +136,32 @@ class EtcdWatcher:
         revision = kv.mod_revision if kv else 0
         self.follower.in_sync()
         if kv is not None:
-            await self._select(json.loads(kv.value))
+            await self._select(kv.value)
         await self._report()
         async for ev in self.etcd.watch(current_key(self.location.mesh), revision + 1):
             if ev.kind == "put" and ev.kv.key == current_key(self.location.mesh):
-                await self._select(json.loads(ev.kv.value))
+                await self._select(ev.kv.value)
                 await self._report()
 
-    async def _select(self, current: dict) -> None:
-        n = wanted_revision(current, self.proxy)
+    async def _select(self, current: str) -> None:
+        # anyone who may write to etcd may write junk: it is refused, and the watch goes on
+        try:
+            n = wanted_revision(json.loads(current), self.proxy)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            self.on_invalid(f"{self.location}: selection refused, still running "
+                            f"{self.applied.revision}: not a revision's selection "
+                            f"(got {current[:80]!r}: {e!r})")
+            return
         self.wanted = n
         if n is None or n == self.applied.revision or n in self.refused:
             return
-        rev = await self.store.get(n)
+        try:
+            rev = await self.store.get(n)
+        except (ValueError, TypeError, KeyError) as e:
+            self.refused[n] = (f"revision {n} not applied, still running {self.applied.revision}:"
+                               f"\n{self.location}: revision {n} is no revision record ({e!r})")
+            self.on_invalid(self.refused[n])
+            return
         if rev is None:
             self.refused[n] = f"{self.location}: revision {n} is selected but not stored"
             self.on_invalid(self.refused[n])

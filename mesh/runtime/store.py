@@ -269,7 +269,7 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
             if value is None:
                 raise EtcdError(f"{location}: revision {n} is selected but not stored")
             rev = Revision.from_json(value)
-        except (OSError, urllib.error.URLError, ValueError) as e:
+        except (OSError, urllib.error.URLError, ValueError, TypeError, KeyError) as e:
             errors.append(f"{base}: {e}")
             continue
         try:

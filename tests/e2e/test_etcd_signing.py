@@ -2,7 +2,8 @@
 certificate of the mesh CA may write to etcd, but the gateway runs only what the operator's
 certificate signed. A workload's revision (signed with its own key, or unsigned), a signed
 revision whose text was changed, and one signed by another CA's operator are refused and the old
-config keeps serving; a gateway starting on one exits saying why; the operator's is applied."""
+config keeps serving (as after junk in the selection); a gateway starting on one exits saying
+why; the operator's is applied."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import yaml
 from discovery.etcdapi import Etcd
 from discovery.etcdtls import EtcdTls
 from mesh.runtime import procs
-from mesh.runtime.store import Revision, Store, revision_key
+from mesh.runtime.store import Revision, Store, current_key, revision_key
 from mesh.security import pki
 from mesh.security.signing import Signer
 from tests.etcd_server import etcd_server, mesh_certs, operator_tls, workload_tls  # noqa: F401
@@ -128,6 +129,18 @@ def test_a_gateway_runs_only_what_the_operator_signed(tmp_path, etcd_server):
         # a gateway starting while a refused revision is selected exits and says why
         r = mitmesh("gateway", "--workers", "1", "--config", store, cwd=tmp_path)
         assert r.returncode == 1 and "not issued by the mesh CA" in r.stderr, r
+
+        # junk where the selection belongs is refused too, and the watch goes on
+        async def junk():
+            etcd = Etcd([etcd_server.client_url], tls=workload)
+            try:
+                await etcd.put(current_key(MESH), "{not json")
+            finally:
+                await etcd.close()
+        asyncio.run(junk())
+        wait_until(lambda: "selection refused, still running 1" in
+                   (m.status()["config"]["last_error"] or ""), timeout=20)
+        assert get(m.url + "/which")[1] == {"revision": "1"}
 
         # the operator's push is applied
         m.write(config("6") | {"gateway": base["gateway"]})
