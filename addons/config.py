@@ -35,8 +35,8 @@ class Config:
         loader.add_option("mesh_config", str, "mesh.yaml",
                           "Mesh config file (YAML), or etcd://HOST:PORT[,HOST:PORT]/MESH for the revisions "
                           "`mitmesh config push` stores there (etcds://: mutual TLS, with this "
-                          "proxy's workload certificate, see docs/howto/etcd.md). Changes are "
-                          "validated and applied live.")
+                          "proxy's workload certificate; only revisions the operator signed run, "
+                          "see docs/howto/etcd.md). Changes are validated and applied live.")
         loader.add_option("mesh_proxy", str, os.environ.get("MITMESH_PROXY", ""),
                           "This proxy's name for a config rollout's canary (default: a sidecar's "
                           "instance name, the gateway's gateway.identity).")

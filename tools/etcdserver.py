@@ -86,29 +86,39 @@ def control_plane(state_dir: Path, log_dir: Path, certs: Path, text: str, file: 
     """A single-member etcd for the demo (127.0.0.1:2379 when free), serving mutual TLS with the
     mesh CA of `certs`, holding `text` (validated by the caller) as the current revision; proxies
     reading their config there also discover through it. The operator's certificate is issued
-    into `certs` (the revision is pushed with it). Returns the member and the store location."""
+    into `certs` (the revision is pushed and signed with it). Returns the member and the store
+    location."""
     import asyncio
 
     from discovery.etcdapi import Etcd
     from discovery.etcdtls import EtcdTls
-    from mesh.runtime.store import Store
+    from mesh.runtime.store import Store, check_revision, parse_location
+    from mesh.security.signing import Signer
 
     host = "127.0.0.1"
     client = port or (2379 if not procs.port_open(host, 2379) else procs.free_port(host))
     member = Member("etcd0", host, client, procs.free_port(host), certs=certs)
     pki.ensure_operator(certs)
     operator = EtcdTls(str(pki.mesh_ca_cert(certs)), *map(str, pki.operator_paths(certs)))
+    location = parse_location(member.store(mesh)).with_tls(operator)
     member.child = procs.spawn("etcd", argv(member, [member], state_dir), log_dir=log_dir)
     procs.wait_ports(member.child, [(host, client)], timeout=20)
+
+    def signed(rev) -> bool:  # a revision from before signing, or a workload's: proxies refuse it
+        try:
+            check_revision(rev, rev.revision, location)
+            return True
+        except ValueError:
+            return False
 
     async def push() -> None:
         etcd = Etcd([member.client_url], tls=operator)
         try:
-            store = Store(etcd, mesh)
+            store = Store(etcd, mesh, Signer.load(operator.cert, operator.key))
             current = await store.current()
             latest = await store.get(current["revision"]) if current.get("revision") else None
-            if latest is None or latest.text != text:  # keep history across runs; push an edit
-                await store.push(text, file, "mitmesh up")
+            if latest is None or latest.text != text or not signed(latest):
+                await store.push(text, file, "mitmesh up")  # keep history across runs; push an edit
         finally:
             await etcd.close()
     try:

@@ -19,8 +19,10 @@ from discovery.etcdtls import EtcdTls
 from mesh.config.errors import BAD_INPUT, CommandError
 from mesh.config.types import parse_duration
 from mesh.core.build import build_text
-from mesh.runtime.store import (Location, Revision, Store, on_loopback, operator_tls_defaults,
-                                parse_location)
+from mesh.runtime.store import (Location, Revision, Store, check_revision, on_loopback,
+                                operator_tls_defaults, parse_location)
+from mesh.security import signing
+from mesh.security.signing import Signer
 from mesh.telemetry.analysis import Sample, Thresholds, parse, verdict
 
 STORE_HELP = ("etcd[s]://HOST:PORT[,HOST:PORT]/MESH, as proxies name it in mesh_config; etcds: "
@@ -78,8 +80,13 @@ def validated(file: str) -> tuple[str, str]:
     return text, build_text(text, path.name).config.mesh.id
 
 
-def describe(rev: Revision, current: dict) -> str:
+def describe(rev: Revision, current: dict, loc: Location | None = None) -> str:
     marks = []
+    try:
+        if loc is not None:
+            check_revision(rev, rev.revision, loc)
+    except ValueError:  # a workload's push, say: the operator should know it is there
+        marks.append("proxies refuse it: no valid operator signature")
     if current.get("revision") == rev.revision:
         marks.append("current")
     canary = current.get("canary") or {}
@@ -91,10 +98,28 @@ def describe(rev: Revision, current: dict) -> str:
             f"{'  ' + note if note else ''}{'  (' + '; '.join(marks) + ')' if marks else ''}")
 
 
-async def _with_store(loc: Location, work):
+PROBE = b"mitmesh config: may this certificate sign revisions?"
+
+
+def signer(loc: Location) -> Signer | None:
+    """The operator's key, which signs every revision stored in an etcds:// store; refused here
+    when proxies would refuse what it signs (a workload's certificate, another CA's, expired)."""
+    if not loc.secure or loc.tls is None:
+        return None  # a plain etcd:// store: proxies trust whatever it holds (docs/howto/etcd.md)
+    try:
+        key = Signer.load(loc.tls.cert, loc.tls.key)
+        signing.check(PROBE, key.sign(PROBE), key.certificate, loc.tls.ca)
+    except ValueError as e:
+        raise CommandError(f"--cert/--key: proxies refuse revisions this signs: {e}; sign with "
+                           f"the operator certificate (certs/operator.pem)", BAD_INPUT) from None
+    return key
+
+
+async def _with_store(loc: Location, work, sign: bool = False):
+    key = signer(loc) if sign else None
     etcd = Etcd(list(loc.endpoints), tls=loc.tls)
     try:
-        return await work(Store(etcd, loc.mesh))
+        return await work(Store(etcd, loc.mesh, key))
     except EtcdError as e:
         raise CommandError(f"{loc}: {e}") from None
     finally:
@@ -104,7 +129,8 @@ async def _with_store(loc: Location, work):
 def push(args) -> int:
     text, mesh = validated(args.file)  # a ConfigError ends here: nothing is stored
     loc = location(args.store, mesh, args)
-    rev = asyncio.run(_with_store(loc, lambda s: s.push(text, Path(args.file).name, args.message or "")))
+    name = Path(args.file).name
+    rev = asyncio.run(_with_store(loc, lambda s: s.push(text, name, args.message or ""), sign=True))
     print(f"{args.file}: ok\nrevision {rev.revision} ({rev.digest}) stored in {loc}; every proxy applies it")
     return 0
 
@@ -120,7 +146,7 @@ def history(args) -> int:
         return 0
     print(f"  {'REV':>4}  DIGEST        PUSHED (UTC)         FILE")
     for rev in revs:
-        print(describe(rev, current))
+        print(describe(rev, current, loc))
     return 0
 
 
@@ -131,8 +157,12 @@ def rollback(args) -> int:
         old = await store.get(args.revision)
         if old is None:
             raise CommandError(f"{loc}: no revision {args.revision} (see `mitmesh config history`)", BAD_INPUT)
+        try:  # signed again below: it must be the operator's (signed then), not a workload's
+            check_revision(old, args.revision, loc, signed_at=True)
+        except ValueError as e:
+            raise CommandError(str(e), BAD_INPUT) from None
         return await store.push(old.text, old.file, f"rollback to {old.revision}", rollback_of=old.revision)
-    rev = asyncio.run(_with_store(loc, work))
+    rev = asyncio.run(_with_store(loc, work, sign=True))
     print(f"revision {rev.revision} ({rev.digest}) = revision {args.revision}, stored in {loc}; "
           f"every proxy applies it")
     return 0
@@ -142,7 +172,7 @@ def rollout(args) -> int:
     text, mesh = validated(args.file)
     loc = location(args.store, mesh, args)
     t = Thresholds(args.max_error_increase, args.p99_ratio, args.p99_slack, args.min_requests)
-    return asyncio.run(_with_store(loc, lambda store: Rollout(store, args, t).run(text)))
+    return asyncio.run(_with_store(loc, lambda store: Rollout(store, args, t).run(text), sign=True))
 
 
 def say(text: str) -> None:

@@ -13,7 +13,8 @@ from discovery.etcdwire import EtcdError
 from mesh.config import ConfigError
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
-from mesh.runtime.store import Location, Revision, Store, current_key, proxy_key, wanted_revision
+from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
+                                wanted_revision)
 from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
@@ -81,8 +82,9 @@ async def hand_over(make: Callable[[], Snapshot], label: str, on_valid: Callable
 
 class EtcdWatcher:
     """Follows the config store: the revision selected for this proxy (by name, for a canary) is
-    built and handed to the same callbacks as a file edit. A revision that does not build or
-    install is not retried until another is selected; the proxy keeps the one it runs."""
+    built and handed to the same callbacks as a file edit. A revision the operator did not sign
+    (etcds://), or that does not build or install, is not retried until another is selected; the
+    proxy keeps the one it runs."""
 
     def __init__(self, location: Location, proxy: str, applied: Revision,
                  build_text: Callable[[str, str, str], Snapshot],
@@ -134,21 +136,41 @@ class EtcdWatcher:
         revision = kv.mod_revision if kv else 0
         self.follower.in_sync()
         if kv is not None:
-            await self._select(json.loads(kv.value))
+            await self._select(kv.value)
         await self._report()
         async for ev in self.etcd.watch(current_key(self.location.mesh), revision + 1):
             if ev.kind == "put" and ev.kv.key == current_key(self.location.mesh):
-                await self._select(json.loads(ev.kv.value))
+                await self._select(ev.kv.value)
                 await self._report()
 
-    async def _select(self, current: dict) -> None:
-        n = wanted_revision(current, self.proxy)
+    async def _select(self, current: str) -> None:
+        # anyone who may write to etcd may write junk: it is refused, and the watch goes on
+        try:
+            n = wanted_revision(json.loads(current), self.proxy)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            self.on_invalid(f"{self.location}: selection refused, still running "
+                            f"{self.applied.revision}: not a revision's selection "
+                            f"(got {current[:80]!r}: {e!r})")
+            return
         self.wanted = n
         if n is None or n == self.applied.revision or n in self.refused:
             return
-        rev = await self.store.get(n)
+        try:
+            rev = await self.store.get(n)
+        except (ValueError, TypeError, KeyError) as e:
+            self.refused[n] = (f"revision {n} not applied, still running {self.applied.revision}:"
+                               f"\n{self.location}: revision {n} is no revision record ({e!r})")
+            self.on_invalid(self.refused[n])
+            return
         if rev is None:
             self.refused[n] = f"{self.location}: revision {n} is selected but not stored"
+            self.on_invalid(self.refused[n])
+            return
+        try:
+            check_revision(rev, n, self.location)  # a workload's push, or edited after signing
+        except ValueError as e:
+            still = self.applied.revision
+            self.refused[n] = f"revision {n} not applied, still running {still}:\n{e}"
             self.on_invalid(self.refused[n])
             return
         errors: list[str] = []

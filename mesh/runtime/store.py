@@ -2,16 +2,22 @@
 
 Keys under `/mitmesh/<mesh>/config/`:
   proxies/<name>/<pid>  each proxy worker, under a lease: role, admin URL, revision run, refusal
-  revisions/<n>  one pushed config: its YAML text, digest, file name, time, message (n from 1 up)
+  revisions/<n>  one pushed config: its YAML text, digest, file name, time, message (n from 1 up),
+                 the operator's signature and certificate (etcds://)
   current        {"revision": n, "canary": {"revision": m, "proxies": [names]} | absent}: what
-                 proxies run; a proxy named in the canary runs m, every other runs n
+                 proxies run; a proxy named in the canary runs m, every other runs n (unsigned: it
+                 picks among signed revisions, it cannot bring a config of its own)
 Only validated configs are pushed (the caller validates: `mitmesh config push`); a proxy still
 validates what it reads, and one that cannot apply a revision keeps its own and says why.
+In an etcds:// store every revision carries the operator's signature and certificate, and a proxy
+runs none without them (`check_revision`): every workload can write to etcd, only the operator can
+sign. A plain etcd:// store is trusted whole, as whoever reaches it can write anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import os
@@ -28,6 +34,7 @@ from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
 
 if TYPE_CHECKING:
     from discovery.etcdapi import Etcd
+    from mesh.security.signing import Signer
 
 
 def config_prefix(mesh: str) -> str:
@@ -123,21 +130,63 @@ class Revision:
     pushed_at: float
     message: str = ""
     rollback_of: int | None = None
+    signature: str = ""  # base64, over `signed_bytes`, by the key of `certificate`
+    certificate: str = ""  # PEM: the operator's, which `mitmesh config` presents to etcds://
 
     @property
     def label(self) -> str:
         return f"{self.file}@r{self.revision}"
 
+    def signed_bytes(self, mesh: str) -> bytes:
+        """What the operator signs: the mesh, and every field a proxy applies or shows, the
+        text by its whole SHA-256 (the 12-digit digest names a revision, too short to prove one)."""
+        return json.dumps({"purpose": "mitmesh config revision", "mesh": mesh,
+                           "revision": self.revision,
+                           "sha256": hashlib.sha256(self.text.encode()).hexdigest(),
+                           "digest": self.digest, "file": self.file, "pushed_at": self.pushed_at,
+                           "message": self.message, "rollback_of": self.rollback_of},
+                          sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, mesh: str, signer: Signer) -> Revision:
+        return dataclasses.replace(self, signature=signer.sign(self.signed_bytes(mesh)),
+                                   certificate=signer.certificate)
+
     def to_json(self) -> str:
         return json.dumps({"revision": self.revision, "text": self.text, "digest": self.digest,
                            "file": self.file, "pushed_at": self.pushed_at, "message": self.message,
-                           "rollback_of": self.rollback_of})
+                           "rollback_of": self.rollback_of, "signature": self.signature,
+                           "certificate": self.certificate})
 
     @classmethod
     def from_json(cls, value: str) -> Revision:
         d = json.loads(value)
         return cls(int(d["revision"]), d["text"], d["digest"], d["file"], float(d["pushed_at"]),
-                   d.get("message", ""), d.get("rollback_of"))
+                   d.get("message", ""), d.get("rollback_of"), d.get("signature") or "",
+                   d.get("certificate") or "")
+
+
+def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = False) -> None:
+    """Raises ValueError saying why no proxy may run `rev`, read as revision `n` of `location`:
+    in an etcds:// store, a signature by the operator's certificate of the mesh CA the proxy
+    trusts (`location.tls.ca`), valid now (`signed_at`: when it was pushed, for a rollback)."""
+    if rev.revision != n:
+        raise ValueError(f"{rev.label}: stored as revision {n}, refused (got revision "
+                         f"{rev.revision})")
+    if not location.secure:
+        return
+    if location.tls is None:  # fail closed: an etcds:// store is only ever read with a mesh CA
+        raise ValueError(f"{rev.label}: no mesh CA to check its signature against, refused")
+    from mesh.security import signing
+
+    at = dt.datetime.fromtimestamp(rev.pushed_at, dt.UTC) if signed_at else None
+    try:
+        signing.check(rev.signed_bytes(location.mesh), rev.signature, rev.certificate,
+                      location.tls.ca, at)
+    except ValueError as e:
+        again = (" (stored before mitmesh signed revisions, or around `mitmesh config`): push "
+                 f"the file again with `mitmesh config push FILE --store {location}`"
+                 if not rev.signature else "")
+        raise ValueError(f"{rev.label}: not signed by the operator, refused: {e}{again}") from None
 
 
 def wanted_revision(current: dict, proxy: str) -> int | None:
@@ -151,9 +200,10 @@ def wanted_revision(current: dict, proxy: str) -> int | None:
 class Store:
     """Push, list and select config revisions of one mesh."""
 
-    def __init__(self, etcd: Etcd, mesh: str):
+    def __init__(self, etcd: Etcd, mesh: str, signer: Signer | None = None):
         self.etcd = etcd
         self.mesh = mesh
+        self.signer = signer  # the operator's key: signs each revision it adds (etcds://)
 
     async def current(self) -> dict:
         kv = await self.etcd.get(current_key(self.mesh))
@@ -182,6 +232,8 @@ class Store:
             n = (revs[-1].revision if revs else 0) + 1
             rev = Revision(n, text, hashlib.sha256(text.encode()).hexdigest()[:12], file, time.time(),
                            message, rollback_of)
+            if self.signer is not None:
+                rev = rev.signed(self.mesh, self.signer)
             if await self.etcd.create(revision_key(self.mesh, n), rev.to_json()):
                 return rev  # else another push took n meanwhile: count again
 
@@ -216,9 +268,15 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
             value = call(revision_key(location.mesh, n)) if n else None
             if value is None:
                 raise EtcdError(f"{location}: revision {n} is selected but not stored")
-            return Revision.from_json(value)
-        except (OSError, urllib.error.URLError, ValueError) as e:
+            rev = Revision.from_json(value)
+        except (OSError, urllib.error.URLError, ValueError, TypeError, KeyError) as e:
             errors.append(f"{base}: {e}")
+            continue
+        try:
+            check_revision(rev, n, location)
+        except ValueError as e:
+            raise EtcdError(f"{location}: {e}") from None
+        return rev
     raise EtcdError(f"{location}: cannot read the config: {'; '.join(errors)}")
 
 

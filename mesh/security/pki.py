@@ -226,7 +226,7 @@ def etcd_member_paths(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def operator_paths(directory: Path) -> tuple[Path, Path]:
-    """The certificate `mitmesh config push|history|rollback` presents to an etcds:// store."""
+    """The certificate `mitmesh config` presents to an etcds:// store; its key signs revisions."""
     return directory / f"{OPERATOR}.pem", directory / f"{OPERATOR}.key"
 
 

@@ -15,6 +15,7 @@ from discovery.etcdapi import Etcd
 from mesh.runtime import procs
 from mesh.runtime.store import Store
 from mesh.security import pki
+from mesh.security.signing import Signer
 from tests.etcd_server import etcd_server, operator_tls, workload_tls  # noqa: F401 (fixture)
 
 from .conftest import Mesh, demo_config, get, wait_until
@@ -89,11 +90,14 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
         assert get(m.url + "/hello")[0] == 200
         assert "mitmesh_config_revision 2.0" in metrics_text(m)
 
-        # revision 3 written around the CLI, invalid: the gateway keeps 2 and says why
+        # revision 3 written around the CLI (signed by the operator), invalid: the gateway keeps
+        # 2 and says why
         async def sneak():
-            etcd = Etcd([etcd_server.client_url], tls=operator_tls(etcd_server))
+            tls = operator_tls(etcd_server)
+            etcd = Etcd([etcd_server.client_url], tls=tls)
             try:
-                await Store(etcd, "cfgtest").push("version: 1\nroutes: [{name: x}]\n", "mesh.yaml")
+                await Store(etcd, "cfgtest", Signer.load(tls.cert, tls.key)).push(
+                    "version: 1\nroutes: [{name: x}]\n", "mesh.yaml")
             finally:
                 await etcd.close()
         asyncio.run(sneak())

@@ -1,11 +1,18 @@
-"""The config store's pure parts: where a proxy reads its config, and which revision it runs."""
+"""The config store's pure parts: where a proxy reads its config, which revision it runs, and
+whether the operator signed it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from mesh.runtime.store import (Location, Revision, on_loopback, operator_tls_defaults,
-                                parse_location, proxy_location, wanted_revision)
+from discovery.etcdtls import EtcdTls
+from mesh.runtime.store import (Location, Revision, check_revision, on_loopback,
+                                operator_tls_defaults, parse_location, proxy_location,
+                                wanted_revision)
+from mesh.security import pki
+from mesh.security.signing import Signer
 
 ENV = ("MITMESH_IDENTITY_DIR", "MITMESH_ETCD_CACERT", "MITMESH_ETCD_CERT", "MITMESH_ETCD_KEY")
 
@@ -81,6 +88,69 @@ def test_wanted_revision(current, proxy, wanted):
 
 
 def test_revision_json_and_label():
-    rev = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5, "note", rollback_of=3)
+    rev = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5, "note", rollback_of=3,
+                   signature="c2ln", certificate="PEM")
     assert Revision.from_json(rev.to_json()) == rev
     assert rev.label == "mesh.yaml@r7"
+    old = '{"revision": 7, "text": "", "digest": "abc", "file": "m.yaml", "pushed_at": 1.5}'
+    assert Revision.from_json(old).signature == ""  # stored before revisions were signed
+
+
+@pytest.fixture
+def signed(tmp_path):
+    """(revision 7 signed by the operator, the etcds:// store of mesh demo trusting its CA)."""
+    certs = tmp_path / "certs"
+    pki.init_mesh(certs, "mitmesh.local")
+    pki.ensure_operator(certs)
+    cert, key = map(str, pki.operator_paths(certs))
+    location = parse_location("etcds://127.0.0.1:2379/demo").with_tls(
+        EtcdTls(str(pki.mesh_ca_cert(certs)), cert, key))
+    rev = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5, "note", rollback_of=3)
+    return rev.signed("demo", Signer.load(cert, key)), location
+
+
+def test_an_operator_signed_revision_is_run(signed):
+    rev, location = signed
+    check_revision(rev, 7, location)
+
+
+@pytest.mark.parametrize("change", [
+    {"text": "version: 1\nroutes: []\n"}, {"file": "other.yaml"}, {"revision": 8},
+    {"digest": "abd"}, {"message": "hi"}, {"pushed_at": 2.5}, {"rollback_of": None},
+])
+def test_the_signature_covers_what_a_proxy_applies(signed, change):
+    rev, location = signed
+    with pytest.raises(ValueError, match="not signed by the operator, refused: the signature does "
+                                         "not match its content"):
+        check_revision(dataclasses.replace(rev, **change), change.get("revision", 7), location)
+
+
+def test_a_revision_signed_for_another_mesh_is_refused(signed):
+    rev, location = signed
+    with pytest.raises(ValueError, match="the signature does not match"):
+        check_revision(rev, 7, dataclasses.replace(location, mesh="other"))
+
+
+def test_a_revision_stored_under_another_number_is_refused(signed):
+    rev, location = signed
+    with pytest.raises(ValueError) as e:
+        check_revision(rev, 9, location)
+    assert str(e.value) == "mesh.yaml@r7: stored as revision 9, refused (got revision 7)"
+
+
+def test_an_unsigned_revision_asks_for_a_push(signed):
+    rev, location = signed
+    unsigned = dataclasses.replace(rev, signature="", certificate="")
+    with pytest.raises(ValueError) as e:
+        check_revision(unsigned, 7, location)
+    assert str(e.value) == (
+        "mesh.yaml@r7: not signed by the operator, refused: it is not signed (stored before "
+        "mitmesh signed revisions, or around `mitmesh config`): push the file again with "
+        "`mitmesh config push FILE --store etcds://127.0.0.1:2379/demo`")
+    check_revision(unsigned, 7, parse_location("etcd://127.0.0.1:2379/demo"))  # plain: trusted
+
+
+def test_an_etcds_store_without_a_ca_refuses_everything(signed):
+    rev, location = signed
+    with pytest.raises(ValueError, match="no mesh CA to check its signature against"):
+        check_revision(rev, 7, location.with_tls(None))
