@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -152,12 +153,64 @@ def wait_log(child: Child, text: str, timeout: float = 30.0) -> None:
 
 
 _handed_out: set[tuple[str, int]] = set()
+# Where free_port draws from: below the kernel's ephemeral range, from one counter every process on
+# the machine shares. A port drawn by the kernel's bind to port 0 is an ephemeral one: until its
+# listener binds it, an outgoing connection of any process may take it as its source port, and
+# another process's draw may return it again (a test's gateway found its port taken by the bench's
+# gateway of a parallel test worker). Ports below the range are never a connection's source port,
+# and the shared counter hands each one to one caller until it wraps.
+_COUNTER = Path("/tmp/mitmesh-free-port")
+_FIRST = 20000  # above the usual fixed ports (the demo's, etcd's, Redis', Prometheus')
+
+
+def _drawable() -> range:
+    """The ports below the ephemeral range (empty when that range starts too low to leave some)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(_FIRST, low) if low - _FIRST >= 4096 else range(0)
+
+
+def _next(ports: range) -> int | None:
+    """The shared counter's port, the counter moved on (wrapping); None when it cannot be used."""
+    import fcntl
+
+    try:
+        fd = os.open(_COUNTER, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        text = f.read().strip()
+        port = int(text) if text.isdigit() and int(text) in ports else ports.start
+        f.seek(0)
+        f.truncate()
+        f.write(str(port + 1 if port + 1 in ports else ports.start))
+    return port
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on `host` now, and never one this process was given before: the kernel can
-    hand the same free port to two calls (it is free again once the first caller closed its probe),
-    and a sidecar's four ports, drawn one after the other, then collided when bound."""
+    """A port free on `host` now, never one this process was given before, and, from the shared
+    counter below the ephemeral range, not one another process was given lately: the kernel can
+    hand the same free port to two calls (it is free again once the first caller closed its
+    probe), and a sidecar's four ports, drawn one after the other, then collided when bound."""
+    ports = _drawable()
+    for _ in range(200 if ports else 0):
+        port = _next(ports)
+        if port is None:
+            break
+        if (host, port) in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    continue
+                raise
+        _handed_out.add((host, port))
+        return port
     for _ in range(100):
         with socket.socket() as s:
             s.bind((host, 0))
