@@ -29,9 +29,9 @@ class EtcdTls:
         """The client context for the files as they are now: built again once any of them
         changed (a renewed workload certificate), so a new connection presents the new one.
         Raises ValueError naming the file that cannot be used."""
-        stamp = tuple(_stamp(p) for p in (self.ca, self.cert, self.key))
-        if self._cache[0] != stamp or self._cache[1] is None:
-            self._cache[:] = [stamp, self._load()]
+        now = tuple(_stamp(p) for p in (self.ca, self.cert, self.key))
+        if self._cache[0] != now or self._cache[1] is None:
+            self._cache[:] = [now, self._load()]
         return self._cache[1]
 
     def _load(self) -> ssl.SSLContext:
@@ -53,6 +53,7 @@ class EtcdTls:
 
 
 def _stamp(path: str) -> tuple | None:
+    """mesh.config.files.stamp: discovery/ imports nothing of mesh (tests/mesh/test_layering.py)."""
     try:
         st = os.stat(path)
     except OSError:

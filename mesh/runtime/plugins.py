@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from mesh.config.load import translate
 from mesh.config.plugins import PluginSpec
 from mesh.config.source import ConfigError, Problem, Source, show
-from mesh.runtime.reload import _stamp as stamp
+from mesh.config.files import stamp
 
 _PREFIX = "__mitmesh_plugin__."
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 from discovery.etcdwire import EtcdError
 from mesh.config import ConfigError
+from mesh.config.files import stamp
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
 from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
@@ -19,14 +20,6 @@ from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
 PRESENCE_TTL = 5
-
-
-def _stamp(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class Watcher:
@@ -39,7 +32,7 @@ class Watcher:
         self.on_valid = on_valid
         self.on_invalid = on_invalid
         self.interval = interval
-        self._seen = _stamp(path)
+        self._seen = stamp(path)
         self._loop = Loop("mitmesh-config-watch", self._run)
 
     def start(self) -> None:
@@ -51,12 +44,12 @@ class Watcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            stamp = _stamp(self.path)
+            stamp = stamp(self.path)
             if stamp is None or stamp == self._seen:
                 continue
             # an editor may still be writing: wait until the file holds still for one interval
             await asyncio.sleep(self.interval / 2)
-            if _stamp(self.path) != stamp:
+            if stamp(self.path) != stamp:
                 continue
             self._seen = stamp
             await self.check_now()

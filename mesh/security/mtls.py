@@ -16,6 +16,7 @@ from typing import Callable, Generic, TypeVar
 from cryptography import x509
 from OpenSSL import SSL
 
+from mesh.config.files import stamp
 from mesh.security import pki
 
 T = TypeVar("T")
@@ -194,14 +195,7 @@ def parse_spiffe(spiffe: str) -> tuple[str, str, str] | None:
 
 
 def _stamps(paths: tuple[str, ...]) -> tuple:
-    out = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return tuple(stamp(p) for p in paths)
 
 
 class Watched(Generic[T]):
