@@ -221,15 +221,30 @@ class Store:
         kvs, _ = await self.etcd.get_prefix(proxies_prefix(self.mesh))
         return [json.loads(kv.value) for kv in kvs]
 
-    async def history(self) -> list[Revision]:
+    async def _records(self) -> list[tuple[int, str]]:
+        """(number, stored value) of every record under revisions/, by the number in its key."""
         kvs, _ = await self.etcd.get_prefix(f"{config_prefix(self.mesh)}revisions/")
-        return [Revision.from_json(kv.value) for kv in kvs]
+        found = [(kv.key.rpartition("/")[2], kv.value) for kv in kvs]
+        return sorted((int(n), value) for n, value in found if n.isdigit())
+
+    async def history(self) -> list[Revision]:
+        """The revisions stored; a record that is none (anyone with a mesh certificate can write
+        under revisions/, and no proxy runs such a record) is left out, not an error that stops
+        the operator's `history`, `push` and `rollout`."""
+        revs = []
+        for _, value in await self._records():
+            try:
+                revs.append(Revision.from_json(value))
+            except (ValueError, TypeError, KeyError):
+                continue
+        return revs
 
     async def add(self, text: str, file: str, message: str = "", rollback_of: int | None = None) -> Revision:
-        """Store a (validated) config as the next revision; it runs nowhere until selected."""
+        """Store a (validated) config as the next revision; it runs nowhere until selected. The
+        next number follows the highest key, a record that is no revision included."""
         while True:
-            revs = await self.history()
-            n = (revs[-1].revision if revs else 0) + 1
+            records = await self._records()
+            n = (records[-1][0] if records else 0) + 1
             rev = Revision(n, text, hashlib.sha256(text.encode()).hexdigest()[:12], file, time.time(),
                            message, rollback_of)
             if self.signer is not None:

@@ -105,3 +105,28 @@ def test_a_renewed_certificate_is_used_for_new_connections(tmp_path):
     cert = pki.issue_workload(tmp_path / "other", "catalog", spiffe)
     os.utime(cert, ns=(1, 1))  # a renewal within the same mtime tick is still a change of inode
     assert tls.context() is not first
+
+
+async def test_junk_under_revisions_stops_neither_history_nor_push(etcd_server):
+    """Any holder of a mesh certificate can write under revisions/ (etcd checks only the CA): a
+    record that is no revision, at the next number or far beyond, is left out of the history and
+    numbered past, where it broke `mitmesh config history`, `push` and `rollout`."""
+    from mesh.runtime.store import Store, revision_key
+    from mesh.security.signing import Signer
+    from tests.etcd_server import operator_tls
+
+    rogue = Etcd([etcd_server.client_url], tls=workload_tls(etcd_server, "catalog"))
+    tls = operator_tls(etcd_server)
+    operator = Etcd([etcd_server.client_url], tls=tls)
+    store = Store(operator, "junk", Signer.load(tls.cert, tls.key))
+    try:
+        first = await store.push("version: 1\n", "mesh.yaml")
+        await rogue.put(revision_key("junk", 2), "not a revision")
+        await rogue.put(revision_key("junk", 9_999_999_999), json.dumps({"revision": "x"}))
+        assert [r.revision for r in await store.history()] == [first.revision]
+        second = await store.push("version: 1\n# again\n", "mesh.yaml")
+        assert second.revision == 10_000_000_000
+        assert [r.revision for r in await store.history()] == [first.revision, second.revision]
+    finally:
+        await rogue.close()
+        await operator.close()
