@@ -13,7 +13,7 @@ from mesh.config import ConfigError
 from mesh.core.build import build, build_text
 from mesh.core.state import Bound, MeshState, Snapshot
 from mesh.core.workload import parse_workload
-from mesh.runtime.reload import EtcdWatcher, Watcher
+from mesh.runtime.reload import EtcdWatcher, Watcher, note_signature
 from mesh.runtime.store import (Location, Revision, fetch_current, is_location, on_loopback,
                                 proxy_location)
 from mesh.telemetry import metrics
@@ -86,6 +86,7 @@ class Config:
         proxy = self.proxy_name()
         rev = fetch_current(location, proxy)
         snap = self._build_text(rev.text, rev.label, rev.digest)
+        note_signature(rev, location)
         self._etcd = (location, proxy, rev)
         self.state.config_store = (location.endpoints, location.tls)
         return snap

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from typing import Callable
 
 from discovery.etcdwire import EtcdError
@@ -15,7 +16,7 @@ from mesh.config.files import stamp
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
 from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
-                                wanted_revision)
+                                signed_until, wanted_revision)
 from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
@@ -73,6 +74,28 @@ async def hand_over(make: Callable[[], Snapshot], label: str, on_valid: Callable
     return on_valid(snap) is not False
 
 
+# how long before the signing certificate's end a proxy warns: after it, a proxy that starts (a
+# restart, a new worker, a new pod) refuses the revision, as TUF clients refuse expired metadata
+EXPIRY_WARNING = 14 * 86400
+
+
+def note_signature(rev: Revision, location: Location) -> float | None:
+    """When the operator certificate that signed `rev` (an etcds:// store's) expires: exported as
+    mitmesh_config_signature_expiry_timestamp_seconds, and a warning in its last EXPIRY_WARNING
+    seconds, the time to push again (`mitmesh config push`, or `rollback N`, which signs anew)."""
+    until = signed_until(rev) if location.secure else None
+    if until is None:
+        return None
+    metrics.CONFIG_SIGNED_UNTIL.set(until)
+    left = until - time.time()
+    if left < EXPIRY_WARNING:
+        log.warning(f"config revision {rev.revision} from {location}: its signature's certificate "
+                    f"expires in {max(left, 0) / 86400:.1f} days; a proxy that starts after that "
+                    f"refuses it: push the config again (mitmesh config push, or rollback "
+                    f"{rev.revision}, signs it anew)")
+    return until
+
+
 class EtcdWatcher:
     """Follows the config store: the revision selected for this proxy (by name, for a canary) is
     built and handed to the same callbacks as a file edit. A revision the operator did not sign
@@ -120,8 +143,11 @@ class EtcdWatcher:
 
     def status(self) -> dict:
         wanted = self.wanted
+        until = signed_until(self.applied) if self.location.secure else None
         return {**self.follower.status(), "source": str(self.location), "proxy": self.proxy,
                 "revision": self.applied.revision, "digest": self.applied.digest,
+                "signed_until": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+                                 if until is not None else None),
                 "wanted": wanted, "refused": self.refused.get(wanted) if wanted is not None else None}
 
     async def _follow(self) -> None:
@@ -175,6 +201,7 @@ class EtcdWatcher:
                            self.on_valid, refused):
             self.applied = rev
             metrics.CONFIG_REVISION.set(n)
+            note_signature(rev, self.location)
             log.info(f"config revision {n} ({rev.digest}) from {self.location} in service")
         else:
             self.refused[n] = errors[-1] if errors else "not applied"

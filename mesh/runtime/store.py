@@ -189,6 +189,19 @@ def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = 
         raise ValueError(f"{rev.label}: not signed by the operator, refused: {e}{again}") from None
 
 
+def signed_until(rev: Revision) -> float | None:
+    """When the certificate that signed `rev` stops being valid (Unix time); None: unsigned."""
+    if not rev.certificate:
+        return None
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(rev.certificate.encode())
+    except ValueError:
+        return None
+    return cert.not_valid_after_utc.timestamp()
+
+
 def wanted_revision(current: dict, proxy: str) -> int | None:
     """The revision `proxy` should run, by the `current` record."""
     canary = current.get("canary") or {}

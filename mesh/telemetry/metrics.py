@@ -69,6 +69,10 @@ CONFIG_RELOADS = Counter("mitmesh_config_reloads_total", "Config reloads, by res
 CONFIG_REVISION = Gauge(
     "mitmesh_config_revision", "The config revision from etcd this proxy runs (0: a config file)", [],
     multiprocess_mode="livemax")
+CONFIG_SIGNED_UNTIL = Gauge(
+    "mitmesh_config_signature_expiry_timestamp_seconds", "When the operator certificate that "
+    "signed the config revision this proxy runs expires (Unix time; etcds:// stores): a proxy "
+    "started later refuses that revision", [], multiprocess_mode="livemin")
 MIRROR_DIFFERENCES = Counter(
     "mitmesh_mirror_differences_total", "Mirrored responses that differed from the primary", ["route"])
 MIRROR_REQUESTS = Counter("mitmesh_mirror_requests_total", "Requests copied to a mirror cluster", ["route"])

@@ -5,8 +5,10 @@ cannot apply leaves it on its own and says why, history and rollback."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 import yaml
@@ -79,6 +81,11 @@ def test_push_reload_refuse_history_rollback(tmp_path, etcd_server):
         got = control(m)
         assert (got["revision"], got["stale"], got["source"]) == (1, False, f"{store}/cfgtest")
         assert "mitmesh_config_revision 1.0" in metrics_text(m)
+        # when the operator certificate that signed it expires: a proxy starting later refuses it
+        until = float(re.search(r"^mitmesh_config_signature_expiry_timestamp_seconds (\S+)$",
+                                metrics_text(m), re.M).group(1))
+        assert 89 * 86400 < until - time.time() <= 90 * 86400
+        assert got["signed_until"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
 
         # revision 2: a new route, applied live
         config["routes"].insert(0, {"name": "hello", "match": {"path": {"exact": "/hello"}},

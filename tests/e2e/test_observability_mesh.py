@@ -198,4 +198,4 @@ def test_promtool_accepts_the_shipped_config_and_rules():
     out = subprocess.run([binary("promtool"), "check", "config", str(OBSERVABILITY / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 10 rules found" in out.stdout + out.stderr
+    assert "SUCCESS: 11 rules found" in out.stdout + out.stderr

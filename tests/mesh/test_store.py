@@ -154,3 +154,31 @@ def test_an_etcds_store_without_a_ca_refuses_everything(signed):
     rev, location = signed
     with pytest.raises(ValueError, match="no mesh CA to check its signature against"):
         check_revision(rev, 7, location.with_tls(None))
+
+
+def test_a_signature_near_its_end_is_exported_and_warned_about(tmp_path, caplog):
+    """A proxy that starts after the signing certificate's end refuses the revision (as TUF refuses
+    expired metadata): the end is a metric, and in its last 14 days a warning says to push again."""
+    import datetime as dt
+    import logging
+    import time
+
+    from mesh.runtime.reload import note_signature
+    from mesh.runtime.store import signed_until
+    from mesh.telemetry import metrics
+
+    certs = tmp_path / "certs"
+    pki.init_mesh(certs, "mitmesh.local")
+    location = parse_location("etcds://127.0.0.1:2379/demo")
+    for days, warned in ((90, False), (5, True)):
+        pki.issue_operator(certs, lifetime=dt.timedelta(days=days))
+        signer = Signer.load(*map(str, pki.operator_paths(certs)))
+        rev = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5).signed("demo", signer)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mitmesh.config"):
+            until = note_signature(rev, location)
+        assert until == signed_until(rev) and abs(until - time.time() - days * 86400) < 3600
+        assert metrics.CONFIG_SIGNED_UNTIL._value.get() == until
+        assert ("push the config again" in caplog.text) is warned
+    unsigned = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5)
+    assert signed_until(unsigned) is None and note_signature(unsigned, location) is None
