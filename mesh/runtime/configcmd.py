@@ -154,7 +154,11 @@ def rollback(args) -> int:
     loc = location(args.store, args=args)
 
     async def work(store: Store) -> Revision:
-        old = await store.get(args.revision)
+        try:
+            old = await store.get(args.revision)
+        except (ValueError, TypeError, KeyError):  # written around `mitmesh config`
+            raise CommandError(f"{loc}: revision {args.revision} is no revision record (see "
+                               f"`mitmesh config history`)", BAD_INPUT) from None
         if old is None:
             raise CommandError(f"{loc}: no revision {args.revision} (see `mitmesh config history`)", BAD_INPUT)
         try:  # signed again below: it must be the operator's (signed then), not a workload's

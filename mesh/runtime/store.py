@@ -219,8 +219,14 @@ class Store:
         self.signer = signer  # the operator's key: signs each revision it adds (etcds://)
 
     async def current(self) -> dict:
+        """The selection; {} when none is stored, or what is stored is no JSON object (anyone
+        with a mesh certificate can write it, and no proxy follows it): the next push selects."""
         kv = await self.etcd.get(current_key(self.mesh))
-        return json.loads(kv.value) if kv else {}
+        try:
+            found = json.loads(kv.value) if kv else {}
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
 
     async def set_current(self, record: dict) -> None:
         await self.etcd.put(current_key(self.mesh), json.dumps(record, sort_keys=True))

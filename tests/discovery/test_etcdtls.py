@@ -111,7 +111,7 @@ async def test_junk_under_revisions_stops_neither_history_nor_push(etcd_server):
     """Any holder of a mesh certificate can write under revisions/ (etcd checks only the CA): a
     record that is no revision, at the next number or far beyond, is left out of the history and
     numbered past, where it broke `mitmesh config history`, `push` and `rollout`."""
-    from mesh.runtime.store import Store, revision_key
+    from mesh.runtime.store import Store, current_key, revision_key
     from mesh.security.signing import Signer
     from tests.etcd_server import operator_tls
 
@@ -127,6 +127,35 @@ async def test_junk_under_revisions_stops_neither_history_nor_push(etcd_server):
         second = await store.push("version: 1\n# again\n", "mesh.yaml")
         assert second.revision == 10_000_000_000
         assert [r.revision for r in await store.history()] == [first.revision, second.revision]
+        await rogue.put(current_key("junk"), "[not a selection")
+        assert await store.current() == {}  # no selection: the next push selects
+        third = await store.push("version: 1\n# third\n", "mesh.yaml")
+        assert await store.current() == {"revision": third.revision}
     finally:
         await rogue.close()
         await operator.close()
+
+
+def test_rolling_back_to_junk_is_refused_with_a_reason(etcd_server):
+    """`mitmesh config rollback N` where N is a record someone wrote around `mitmesh config`: the
+    command's error, not a traceback."""
+    import argparse
+    import asyncio
+
+    from mesh.config.errors import CommandError
+    from mesh.runtime import configcmd
+    from mesh.runtime.store import revision_key
+    from tests.etcd_server import operator_tls
+
+    async def write_junk() -> None:
+        rogue = Etcd([etcd_server.client_url], tls=workload_tls(etcd_server, "catalog"))
+        try:
+            await rogue.put(revision_key("junk", 1), "not a revision")
+        finally:
+            await rogue.close()
+    asyncio.run(write_junk())
+    tls = operator_tls(etcd_server)
+    args = argparse.Namespace(store=etcd_server.store("junk"), revision=1, cacert=tls.ca,
+                              cert=tls.cert, key=tls.key)
+    with pytest.raises(CommandError, match="revision 1 is no revision record"):
+        configcmd.rollback(args)
