@@ -45,14 +45,14 @@ class Watcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            stamp = stamp(self.path)
-            if stamp is None or stamp == self._seen:
+            now = stamp(self.path)
+            if now is None or now == self._seen:
                 continue
             # an editor may still be writing: wait until the file holds still for one interval
             await asyncio.sleep(self.interval / 2)
-            if stamp(self.path) != stamp:
+            if stamp(self.path) != now:
                 continue
-            self._seen = stamp
+            self._seen = now
             await self.check_now()
 
     async def check_now(self) -> None:
