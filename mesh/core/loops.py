@@ -8,7 +8,10 @@ writing the task bookkeeping out again.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Awaitable, Callable
+
+log = logging.getLogger("mitmesh")
 
 
 class Loop:
@@ -21,6 +24,14 @@ class Loop:
         """Start the body as a task on the running loop (again after a stop; never twice)."""
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.body(), name=self.name)
+            self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """A body that ends by an exception stops its feature (no more reloads, refreshes,
+        checks): said at once with its traceback, not when the task is garbage collected."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error(f"background loop {self.name} stopped by an error; what it does is no "
+                      f"longer done until the proxy restarts", exc_info=task.exception())
 
     async def stop(self, grace: float = 5.0) -> None:
         """Cancel the body and wait up to `grace` seconds for it to finish its cleanup."""

@@ -27,3 +27,18 @@ async def test_a_loop_runs_until_stopped_and_its_cleanup_runs():
     assert not loop.running and cleaned == [1]
     await loop.stop()  # stopping twice is harmless
 
+
+
+async def test_a_body_that_fails_is_said_at_once(caplog):
+    """A loop whose body raises has stopped its feature (a config watcher's error once stopped
+    every reload, unseen): logged as an error with the traceback when it happens."""
+    async def body():
+        await asyncio.sleep(0)
+        raise UnboundLocalError("cannot access local variable 'stamp'")
+
+    loop = Loop("failing-loop", body)
+    loop.start()
+    await asyncio.sleep(0.05)
+    assert not loop.running
+    assert "background loop failing-loop stopped by an error" in caplog.text
+    assert "UnboundLocalError" in caplog.text
