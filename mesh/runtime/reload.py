@@ -16,7 +16,7 @@ from mesh.config.files import stamp
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
 from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
-                                signed_until, wanted_revision)
+                                load_json, signed_until, wanted_revision)
 from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
@@ -165,7 +165,7 @@ class EtcdWatcher:
     async def _select(self, current: str) -> None:
         # anyone who may write to etcd may write junk: it is refused, and the watch goes on
         try:
-            n = wanted_revision(json.loads(current), self.proxy)
+            n = wanted_revision(load_json(current), self.proxy)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             self.on_invalid(f"{self.location}: selection refused, still running "
                             f"{self.applied.revision}: not a revision's selection "

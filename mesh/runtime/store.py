@@ -159,10 +159,43 @@ class Revision:
 
     @classmethod
     def from_json(cls, value: str) -> Revision:
-        d = json.loads(value)
-        return cls(int(d["revision"]), d["text"], d["digest"], d["file"], float(d["pushed_at"]),
+        """Raises ValueError saying why `value` is no revision record: anyone with a mesh
+        certificate can write one, so each field must be of its type, each number in range."""
+        d = load_json(value)
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object (got {value[:80]!r})")
+        missing = [k for k in ("text", "digest", "file") if k not in d]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing")
+        for k in ("text", "digest", "file", "message", "signature", "certificate"):
+            if not isinstance(d.get(k, ""), str) and not (k in SIGNATURE and d[k] is None):
+                raise ValueError(f"{k}: expected a string (got {str(d[k])[:80]!r})")
+        if not is_revision_number(d.get("revision")):
+            raise ValueError(f"revision: expected a number > 0 (got {d.get('revision')!r})")
+        if d.get("rollback_of") is not None and not is_revision_number(d["rollback_of"]):
+            raise ValueError(f"rollback_of: expected a revision number (got {d['rollback_of']!r})")
+        at = d.get("pushed_at")
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < LAST_TIME:
+            raise ValueError(f"pushed_at: expected a Unix time (got {at!r})")
+        return cls(d["revision"], d["text"], d["digest"], d["file"], float(at),
                    d.get("message", ""), d.get("rollback_of"), d.get("signature") or "",
                    d.get("certificate") or "")
+
+
+SIGNATURE = ("signature", "certificate")  # null in records from before revisions were signed
+LAST_TIME = 253402300800  # 10000-01-01: later times do not fit a datetime
+
+
+def is_revision_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**10
+
+
+def load_json(value: str) -> object:
+    """json.loads, nesting too deep for the parser a ValueError too (anyone may write it)."""
+    try:
+        return json.loads(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = False) -> None:
@@ -202,12 +235,21 @@ def signed_until(rev: Revision) -> float | None:
     return cert.not_valid_after_utc.timestamp()
 
 
-def wanted_revision(current: dict, proxy: str) -> int | None:
-    """The revision `proxy` should run, by the `current` record."""
+def wanted_revision(current: object, proxy: str) -> int | None:
+    """The revision `proxy` should run, by the `current` record; raises ValueError when that
+    names none (anyone with a mesh certificate can write it)."""
+    if not isinstance(current, dict) or not isinstance(current.get("canary") or {}, dict):
+        raise ValueError("expected {\"revision\": n, \"canary\": {...}}")
     canary = current.get("canary") or {}
-    if canary and proxy in canary.get("proxies", ()):
-        return int(canary["revision"])
-    return int(current["revision"]) if current.get("revision") else None
+    names = canary.get("proxies", [])
+    if not isinstance(names, list):  # a string would name every proxy it contains
+        raise ValueError(f"canary.proxies: expected a list of names (got {names!r})")
+    n = canary.get("revision") if canary and proxy in names else current.get("revision")
+    if n is None or n == 0:
+        return None
+    if not is_revision_number(n):
+        raise ValueError(f"revision: expected a number > 0 (got {n!r})")
+    return n
 
 
 class Store:
@@ -223,7 +265,7 @@ class Store:
         with a mesh certificate can write it, and no proxy follows it): the next push selects."""
         kv = await self.etcd.get(current_key(self.mesh))
         try:
-            found = json.loads(kv.value) if kv else {}
+            found = load_json(kv.value) if kv else {}
         except ValueError:
             return {}
         return found if isinstance(found, dict) else {}
@@ -298,7 +340,7 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
             if current is None:
                 raise EtcdError(f"{location}: no config pushed yet (run `mitmesh config push FILE "
                                 f"--store {location}`)")
-            n = wanted_revision(json.loads(current), proxy)
+            n = wanted_revision(load_json(current), proxy)
             value = call(revision_key(location.mesh, n)) if n else None
             if value is None:
                 raise EtcdError(f"{location}: revision {n} is selected but not stored")
