@@ -218,7 +218,8 @@ class Rollout:
         problem = await self._applied(rev.revision, canary)
         if problem:
             return await self._roll_back(rev.revision, problem)
-        admins = {p["proxy"]: p["admin"] for p in await self.store.proxies() if p.get("admin")}
+        admins = {p["proxy"]: p["admin"] for p in await self.store.proxies()
+                  if isinstance(p.get("admin"), str)}
         async with aiohttp.ClientSession() as session:
             async def group(names: list[str]) -> Sample:
                 total = Sample()

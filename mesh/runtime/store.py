@@ -278,9 +278,19 @@ class Store:
         return Revision.from_json(kv.value) if kv else None
 
     async def proxies(self) -> list[dict]:
-        """Every proxy worker reading this store, as it reports itself."""
+        """Every proxy worker reading this store, as it reports itself; a record that is no
+        JSON object naming its proxy (anyone with a mesh certificate can write one) is left out,
+        not an error that stops the operator's rollout."""
         kvs, _ = await self.etcd.get_prefix(proxies_prefix(self.mesh))
-        return [json.loads(kv.value) for kv in kvs]
+        found = []
+        for kv in kvs:
+            try:
+                record = load_json(kv.value)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("proxy"), str):
+                found.append(record)
+        return found
 
     async def _records(self) -> list[tuple[int, str]]:
         """(number, stored value) of every record under revisions/, by the number in its key."""

@@ -169,7 +169,8 @@ def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server):
     async def metrics(request: web.Request) -> web.Response:
         hits.append(str(request.url))
         count["n"] += 100
-        body = f'mitmesh_requests_total{{code="200"}} {count["n"]}\n'
+        body = ("# TYPE mitmesh_requests_total counter\n"
+                f'mitmesh_requests_total{{code="200"}} {count["n"]}\n')
         return web.Response(text=body, content_type="text/plain")
 
     async def run() -> int:
