@@ -202,3 +202,37 @@ def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server):
     code = asyncio.run(run())
     assert not hits, f"the operator's CLI fetched {hits[0]} named by a workload's record"
     assert code != 0, "promoted a revision on the word of a workload's record"
+
+
+def test_a_workloads_deep_instance_record_does_not_wedge_discovery(etcd_server):
+    """Registering instances is open to every workload (documented); stopping every proxy from
+    learning any instance after it, by one record nested too deep for json.loads, is not."""
+    from discovery import Instance, Registry
+    from discovery.etcd import EtcdSource
+
+    inst = Instance(name="c1", service="catalog", version="v1", address="127.0.0.5", port=15006)
+    registry = Registry()
+
+    async def run() -> bool:
+        tls = workload_tls(etcd_server, "catalog")
+        watcher = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "m1", ttl=3)
+        announcer = EtcdSource(Etcd([etcd_server.client_url], tls=tls), "m1", ttl=3)
+        try:
+            await watcher.start(registry)
+            await announcer.start(Registry())
+            assert await watcher.wait_synced(5)
+            await write(etcd_server, workload_tls(etcd_server, "evil"),
+                        "/mitmesh/m1/instances/evil/v1/127.0.0.9:1", "[" * 100_000)
+            await asyncio.sleep(0.5)
+            await announcer.announce(inst, "catalog-1")
+            deadline = time.monotonic() + 5
+            while "etcd:127.0.0.5:15006" not in registry.instances:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+            return True
+        finally:
+            for s in (announcer, watcher):
+                await s.stop()
+                await s.etcd.close()
+    assert asyncio.run(run()), "a record nested too deep stopped the discovery watcher"
