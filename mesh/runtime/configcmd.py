@@ -80,6 +80,13 @@ def validated(file: str) -> tuple[str, str]:
     return text, build_text(text, path.name).config.mesh.id
 
 
+def shown(text: object) -> str:
+    """`text` for the operator's terminal: anyone with a mesh certificate writes what `history`
+    and `rollout` print, so a newline (a line of its own) or an escape sequence (hiding what
+    follows) is printed escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def describe(rev: Revision, current: dict, loc: Location | None = None) -> str:
     marks = []
     try:
@@ -93,8 +100,9 @@ def describe(rev: Revision, current: dict, loc: Location | None = None) -> str:
     if canary.get("revision") == rev.revision:
         marks.append(f"canary on {', '.join(canary.get('proxies', []))}")
     when = dt.datetime.fromtimestamp(rev.pushed_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    note = rev.message or (f"rollback to {rev.rollback_of}" if rev.rollback_of else "")
-    return (f"{'*' if 'current' in marks else ' '} {rev.revision:>4}  {rev.digest}  {when}  {rev.file}"
+    note = shown(rev.message or (f"rollback to {rev.rollback_of}" if rev.rollback_of else ""))
+    return (f"{'*' if 'current' in marks else ' '} {rev.revision:>4}  {shown(rev.digest)}  {when}  "
+            f"{shown(rev.file)}"
             f"{'  ' + note if note else ''}{'  (' + '; '.join(marks) + ')' if marks else ''}")
 
 
@@ -180,7 +188,7 @@ def rollout(args) -> int:
 
 
 def say(text: str) -> None:
-    print(f"rollout: {text}", flush=True)
+    print(f"rollout: {shown(text)}", flush=True)  # names and refusals come from any workload
 
 
 async def sample(session: aiohttp.ClientSession, admin: str) -> Sample:

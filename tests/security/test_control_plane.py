@@ -236,3 +236,34 @@ def test_a_workloads_deep_instance_record_does_not_wedge_discovery(etcd_server):
                 await s.stop()
                 await s.etcd.close()
     assert asyncio.run(run()), "a record nested too deep stopped the discovery watcher"
+
+
+def test_a_workloads_revision_cannot_dress_up_in_history(etcd_server):
+    """`history` prints every record under revisions/, a workload's too, marked 'proxies refuse
+    it'. Its file name and message went to the operator's terminal as they were: a newline makes
+    a line of its own (a fake current revision), an escape sequence hides the mark."""
+    asyncio.run(operator_push(etcd_server, text("one")))
+    fake = record(2, message="hotfix\x1b[8m", file="mesh.yaml\n*    7  0123456789ab  fake")
+    asyncio.run(write(etcd_server, workload_tls(etcd_server, "evil"), revision_key(MESH, 2), fake))
+    r = mitmesh("config", "history", "--store", etcd_server.store(MESH),
+                *operator_flags(etcd_server))
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and len(r.stdout.splitlines()) == 3, r.stdout
+
+
+SELECTION_JUNK = {
+    "canary-not-object": {"revision": 1, "canary": 5},
+    "canary-names-not-text": {"revision": 1, "canary": {"revision": 1, "proxies": [1]}},
+    "canary-names-not-list": {"revision": 1, "canary": {"revision": 1, "proxies": 5}},
+}
+
+
+@pytest.mark.parametrize("value", SELECTION_JUNK.values(), ids=SELECTION_JUNK.keys())
+def test_a_workloads_selection_does_not_crash_history(etcd_server, value):
+    """Junk in config/current reads as no selection (1ca1fdb), junk inside its canary too."""
+    asyncio.run(operator_push(etcd_server, text("one")))
+    attacker = workload_tls(etcd_server, "evil")
+    asyncio.run(write(etcd_server, attacker, current_key(MESH), json.dumps(value)))
+    r = mitmesh("config", "history", "--store", etcd_server.store(MESH),
+                *operator_flags(etcd_server))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
