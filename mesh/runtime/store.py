@@ -187,7 +187,7 @@ LAST_TIME = 253402300800  # 10000-01-01: later times do not fit a datetime
 
 
 def is_revision_number(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**10
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def load_json(value: str) -> object:
@@ -235,21 +235,31 @@ def signed_until(rev: Revision) -> float | None:
     return cert.not_valid_after_utc.timestamp()
 
 
+def check_selection(current: object) -> dict:
+    """`current` if it is a selection: {"revision": n, "canary": {"revision": m, "proxies":
+    [names]}}, the canary optional; raises ValueError (anyone with a mesh certificate writes it)."""
+    if not isinstance(current, dict):
+        raise ValueError("expected a JSON object")
+    if current.get("revision") not in (None, 0) and not is_revision_number(current["revision"]):
+        raise ValueError(f"revision: expected a number > 0 (got {current['revision']!r})")
+    canary = current.get("canary") or {}
+    if not isinstance(canary, dict):
+        raise ValueError(f"canary: expected an object (got {canary!r})")
+    names = canary.get("proxies", [])
+    if not isinstance(names, list) or not all(isinstance(p, str) for p in names):
+        raise ValueError(f"canary.proxies: expected a list of names (got {names!r})")
+    if canary and not is_revision_number(canary.get("revision")):
+        raise ValueError(f"canary.revision: expected a number > 0 (got {canary.get('revision')!r})")
+    return current
+
+
 def wanted_revision(current: object, proxy: str) -> int | None:
     """The revision `proxy` should run, by the `current` record; raises ValueError when that
-    names none (anyone with a mesh certificate can write it)."""
-    if not isinstance(current, dict) or not isinstance(current.get("canary") or {}, dict):
-        raise ValueError("expected {\"revision\": n, \"canary\": {...}}")
-    canary = current.get("canary") or {}
-    names = canary.get("proxies", [])
-    if not isinstance(names, list):  # a string would name every proxy it contains
-        raise ValueError(f"canary.proxies: expected a list of names (got {names!r})")
-    n = canary.get("revision") if canary and proxy in names else current.get("revision")
-    if n is None or n == 0:
-        return None
-    if not is_revision_number(n):
-        raise ValueError(f"revision: expected a number > 0 (got {n!r})")
-    return n
+    is no selection (`check_selection`)."""
+    canary = check_selection(current).get("canary") or {}
+    if canary and proxy in canary.get("proxies", []):
+        return canary["revision"]
+    return current.get("revision") or None
 
 
 class Store:
@@ -261,14 +271,14 @@ class Store:
         self.signer = signer  # the operator's key: signs each revision it adds (etcds://)
 
     async def current(self) -> dict:
-        """The selection; {} when none is stored, or what is stored is no JSON object (anyone
+        """The selection; {} when none is stored, or what is stored is no selection (anyone
         with a mesh certificate can write it, and no proxy follows it): the next push selects."""
         kv = await self.etcd.get(current_key(self.mesh))
         try:
             found = load_json(kv.value) if kv else {}
+            return check_selection(found)
         except ValueError:
             return {}
-        return found if isinstance(found, dict) else {}
 
     async def set_current(self, record: dict) -> None:
         await self.etcd.put(current_key(self.mesh), json.dumps(record, sort_keys=True))
