@@ -226,12 +226,20 @@ class Rollout:
         problem = await self._applied(rev.revision, canary)
         if problem:
             return await self._roll_back(rev.revision, problem)
+        try:  # an admin URL is a presence record's word, anyone's: a bad one ends in a rollback
+            return await self._analyse(rev, canary, rest)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            return await self._roll_back(rev.revision, f"cannot read a gateway's metrics: {e!r}")
+
+    async def _analyse(self, rev: Revision, canary: list[str], rest: list[str]) -> int:
         admins = {p["proxy"]: p["admin"] for p in await self.store.proxies()
                   if isinstance(p.get("admin"), str)}
         async with aiohttp.ClientSession() as session:
             async def group(names: list[str]) -> Sample:
                 total = Sample()
                 for name in names:
+                    if name not in admins:
+                        raise ValueError(f"{name} names no admin URL")
                     total = total + await sample(session, admins[name])
                 return total
             start_c, start_b = await group(canary), await group(rest)

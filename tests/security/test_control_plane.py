@@ -267,3 +267,29 @@ def test_a_workloads_selection_does_not_crash_history(etcd_server, value):
     r = mitmesh("config", "history", "--store", etcd_server.store(MESH),
                 *operator_flags(etcd_server))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("admin", ["http://127.0.0.1:1", "not a url", None])
+def test_a_canary_that_cannot_be_measured_is_rolled_back(etcd_server, admin):
+    """A presence record's admin URL is a workload's word: one that refuses, is no URL, or is
+    missing ended the rollout in a traceback after the canary was selected, and the canary ran
+    the new revision, unwatched, until someone noticed."""
+    async def run() -> tuple[object, dict]:
+        attacker = workload_tls(etcd_server, "evil")
+        await operator_push(etcd_server, text("one"))
+        for name in ("aaa-fake", "zzz-fake"):
+            fake = {"role": "gateway", "admin": admin, "proxy": name, "pid": 1, "revision": 2}
+            await write(etcd_server, attacker, proxy_key(MESH, name, 1), json.dumps(fake))
+        tls = operator_tls(etcd_server)
+        etcd = Etcd([etcd_server.client_url], tls=tls)
+        try:
+            store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
+            try:
+                code = await Rollout(store, Args(), Thresholds()).run(text("two"))
+            except Exception as e:  # noqa: BLE001 (what the operator saw: a traceback)
+                code = e
+            return code, await store.current()
+        finally:
+            await etcd.close()
+    code, current = asyncio.run(run())
+    assert code == 1 and current == {"revision": 1}, (code, current)
