@@ -293,3 +293,27 @@ def test_a_canary_that_cannot_be_measured_is_rolled_back(etcd_server, admin):
             await etcd.close()
     code, current = asyncio.run(run())
     assert code == 1 and current == {"revision": 1}, (code, current)
+
+
+def test_a_workload_selecting_numbers_without_end_does_not_grow_a_proxy(etcd_server):
+    """Each revision a proxy refuses is remembered, so it is not tried again; a workload that
+    selects 1, 2, 3 ... (no such revision stored) grew that memory by one entry a write."""
+    async def run() -> int:
+        first = await operator_push(etcd_server, text("one"))
+        loc = parse_location(etcd_server.store(MESH)).with_tls(workload_tls(etcd_server, "gw"))
+        watcher = EtcdWatcher(loc, "gw", first, lambda t, label, digest: t,
+                              lambda snap: None, lambda why: None, probe_interval=0.2)
+        watcher.start()
+        etcd = Etcd([etcd_server.client_url], tls=workload_tls(etcd_server, "evil"))
+        try:
+            await asyncio.wait_for(watcher.follower.synced.wait(), 10)
+            for n in range(1000, 1300):
+                await etcd.put(current_key(MESH), json.dumps({"revision": n}))
+            deadline = time.monotonic() + 10
+            while watcher.wanted != 1299 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return len(watcher.refused)
+        finally:
+            await etcd.close()
+            await watcher.stop()
+    assert asyncio.run(run()) <= 64
