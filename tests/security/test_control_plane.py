@@ -317,3 +317,17 @@ def test_a_workload_selecting_numbers_without_end_does_not_grow_a_proxy(etcd_ser
             await etcd.close()
             await watcher.stop()
     assert asyncio.run(run()) <= 64
+
+
+def test_an_etcd_members_certificate_cannot_sign(tmp_path):
+    """An etcd member's certificate of the mesh CA has no SPIFFE ID and is for client auth (its
+    peers dial it with it): the operator's shape but for the CN, which is the member's name, free
+    text in docs/howto/etcd.md. Only the server usage tells the two apart; a revision signed
+    with a member's key must be refused whatever the member is named."""
+    from mesh.security import pki, signing
+
+    pki.init_mesh(tmp_path, "mitmesh.local")
+    cert, key = pki.issue_etcd_member(tmp_path, pki.OPERATOR_CN, "127.0.0.1")
+    member = Signer.load(cert, key)
+    with pytest.raises(ValueError):
+        signing.check(b"x", member.sign(b"x"), member.certificate, str(pki.mesh_ca_cert(tmp_path)))
