@@ -42,7 +42,7 @@ def decode(kv: KeyValue) -> Instance:
     """The instance a key holds; raises ValueError naming what is wrong."""
     try:
         data = json.loads(kv.value)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json parses
         raise ValueError(f"{kv.key}: expected a JSON object ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{kv.key}: expected a JSON object (got {kv.value[:40]!r})")

@@ -251,6 +251,9 @@ class Follower:
                 await self.follow()
             except EtcdError as e:
                 self.lost(str(e))
+            except Exception as e:  # a record no check foresaw must not end the following
+                log.exception(f"etcd {self.what}: following failed")
+                self.last_error = f"internal error: {e!r}"
             await asyncio.sleep(0.5)
 
     async def _probing(self) -> None:

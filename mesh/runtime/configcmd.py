@@ -80,6 +80,13 @@ def validated(file: str) -> tuple[str, str]:
     return text, build_text(text, path.name).config.mesh.id
 
 
+def shown(text: object) -> str:
+    """`text` for the operator's terminal: anyone with a mesh certificate writes what `history`
+    and `rollout` print, so a newline (a line of its own) or an escape sequence (hiding what
+    follows) is printed escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def describe(rev: Revision, current: dict, loc: Location | None = None) -> str:
     marks = []
     try:
@@ -93,8 +100,9 @@ def describe(rev: Revision, current: dict, loc: Location | None = None) -> str:
     if canary.get("revision") == rev.revision:
         marks.append(f"canary on {', '.join(canary.get('proxies', []))}")
     when = dt.datetime.fromtimestamp(rev.pushed_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    note = rev.message or (f"rollback to {rev.rollback_of}" if rev.rollback_of else "")
-    return (f"{'*' if 'current' in marks else ' '} {rev.revision:>4}  {rev.digest}  {when}  {rev.file}"
+    note = shown(rev.message or (f"rollback to {rev.rollback_of}" if rev.rollback_of else ""))
+    return (f"{'*' if 'current' in marks else ' '} {rev.revision:>4}  {shown(rev.digest)}  {when}  "
+            f"{shown(rev.file)}"
             f"{'  ' + note if note else ''}{'  (' + '; '.join(marks) + ')' if marks else ''}")
 
 
@@ -180,7 +188,7 @@ def rollout(args) -> int:
 
 
 def say(text: str) -> None:
-    print(f"rollout: {text}", flush=True)
+    print(f"rollout: {shown(text)}", flush=True)  # names and refusals come from any workload
 
 
 async def sample(session: aiohttp.ClientSession, admin: str) -> Sample:
@@ -218,11 +226,20 @@ class Rollout:
         problem = await self._applied(rev.revision, canary)
         if problem:
             return await self._roll_back(rev.revision, problem)
-        admins = {p["proxy"]: p["admin"] for p in await self.store.proxies() if p.get("admin")}
+        try:  # an admin URL is a presence record's word, anyone's: a bad one ends in a rollback
+            return await self._analyse(rev, canary, rest)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            return await self._roll_back(rev.revision, f"cannot read a gateway's metrics: {e!r}")
+
+    async def _analyse(self, rev: Revision, canary: list[str], rest: list[str]) -> int:
+        admins = {p["proxy"]: p["admin"] for p in await self.store.proxies()
+                  if isinstance(p.get("admin"), str)}
         async with aiohttp.ClientSession() as session:
             async def group(names: list[str]) -> Sample:
                 total = Sample()
                 for name in names:
+                    if name not in admins:
+                        raise ValueError(f"{name} names no admin URL")
                     total = total + await sample(session, admins[name])
                 return total
             start_c, start_b = await group(canary), await group(rest)

@@ -16,11 +16,12 @@ from mesh.config.files import stamp
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
 from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
-                                signed_until, wanted_revision)
+                                load_json, signed_until, wanted_revision)
 from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
 PRESENCE_TTL = 5
+REFUSED_KEPT = 64  # refusals a proxy remembers, the oldest forgotten first (tried again if chosen)
 
 
 class Watcher:
@@ -162,10 +163,15 @@ class EtcdWatcher:
                 await self._select(ev.kv.value)
                 await self._report()
 
+    def _refuse(self, n: int, why: str) -> None:
+        self.refused[n] = why
+        while len(self.refused) > REFUSED_KEPT:  # a workload may select numbers without end
+            del self.refused[next(iter(self.refused))]
+
     async def _select(self, current: str) -> None:
         # anyone who may write to etcd may write junk: it is refused, and the watch goes on
         try:
-            n = wanted_revision(json.loads(current), self.proxy)
+            n = wanted_revision(load_json(current), self.proxy)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             self.on_invalid(f"{self.location}: selection refused, still running "
                             f"{self.applied.revision}: not a revision's selection "
@@ -177,19 +183,19 @@ class EtcdWatcher:
         try:
             rev = await self.store.get(n)
         except (ValueError, TypeError, KeyError) as e:
-            self.refused[n] = (f"revision {n} not applied, still running {self.applied.revision}:"
-                               f"\n{self.location}: revision {n} is no revision record ({e!r})")
+            self._refuse(n, f"revision {n} not applied, still running {self.applied.revision}:"
+                         f"\n{self.location}: revision {n} is no revision record ({e!r})")
             self.on_invalid(self.refused[n])
             return
         if rev is None:
-            self.refused[n] = f"{self.location}: revision {n} is selected but not stored"
+            self._refuse(n, f"{self.location}: revision {n} is selected but not stored")
             self.on_invalid(self.refused[n])
             return
         try:
             check_revision(rev, n, self.location)  # a workload's push, or edited after signing
         except ValueError as e:
             still = self.applied.revision
-            self.refused[n] = f"revision {n} not applied, still running {still}:\n{e}"
+            self._refuse(n, f"revision {n} not applied, still running {still}:\n{e}")
             self.on_invalid(self.refused[n])
             return
         errors: list[str] = []
@@ -204,4 +210,4 @@ class EtcdWatcher:
             note_signature(rev, self.location)
             log.info(f"config revision {n} ({rev.digest}) from {self.location} in service")
         else:
-            self.refused[n] = errors[-1] if errors else "not applied"
+            self._refuse(n, errors[-1] if errors else "not applied")

@@ -159,10 +159,43 @@ class Revision:
 
     @classmethod
     def from_json(cls, value: str) -> Revision:
-        d = json.loads(value)
-        return cls(int(d["revision"]), d["text"], d["digest"], d["file"], float(d["pushed_at"]),
+        """Raises ValueError saying why `value` is no revision record: anyone with a mesh
+        certificate can write one, so each field must be of its type, each number in range."""
+        d = load_json(value)
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object (got {value[:80]!r})")
+        missing = [k for k in ("text", "digest", "file") if k not in d]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing")
+        for k in ("text", "digest", "file", "message", "signature", "certificate"):
+            if not isinstance(d.get(k, ""), str) and not (k in SIGNATURE and d[k] is None):
+                raise ValueError(f"{k}: expected a string (got {str(d[k])[:80]!r})")
+        if not is_revision_number(d.get("revision")):
+            raise ValueError(f"revision: expected a number > 0 (got {d.get('revision')!r})")
+        if d.get("rollback_of") is not None and not is_revision_number(d["rollback_of"]):
+            raise ValueError(f"rollback_of: expected a revision number (got {d['rollback_of']!r})")
+        at = d.get("pushed_at")
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < LAST_TIME:
+            raise ValueError(f"pushed_at: expected a Unix time (got {at!r})")
+        return cls(d["revision"], d["text"], d["digest"], d["file"], float(at),
                    d.get("message", ""), d.get("rollback_of"), d.get("signature") or "",
                    d.get("certificate") or "")
+
+
+SIGNATURE = ("signature", "certificate")  # null in records from before revisions were signed
+LAST_TIME = 253402300800  # 10000-01-01: later times do not fit a datetime
+
+
+def is_revision_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def load_json(value: str) -> object:
+    """json.loads, nesting too deep for the parser a ValueError too (anyone may write it)."""
+    try:
+        return json.loads(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = False) -> None:
@@ -202,12 +235,31 @@ def signed_until(rev: Revision) -> float | None:
     return cert.not_valid_after_utc.timestamp()
 
 
-def wanted_revision(current: dict, proxy: str) -> int | None:
-    """The revision `proxy` should run, by the `current` record."""
+def check_selection(current: object) -> dict:
+    """`current` if it is a selection: {"revision": n, "canary": {"revision": m, "proxies":
+    [names]}}, the canary optional; raises ValueError (anyone with a mesh certificate writes it)."""
+    if not isinstance(current, dict):
+        raise ValueError("expected a JSON object")
+    if current.get("revision") not in (None, 0) and not is_revision_number(current["revision"]):
+        raise ValueError(f"revision: expected a number > 0 (got {current['revision']!r})")
     canary = current.get("canary") or {}
-    if canary and proxy in canary.get("proxies", ()):
-        return int(canary["revision"])
-    return int(current["revision"]) if current.get("revision") else None
+    if not isinstance(canary, dict):
+        raise ValueError(f"canary: expected an object (got {canary!r})")
+    names = canary.get("proxies", [])
+    if not isinstance(names, list) or not all(isinstance(p, str) for p in names):
+        raise ValueError(f"canary.proxies: expected a list of names (got {names!r})")
+    if canary and not is_revision_number(canary.get("revision")):
+        raise ValueError(f"canary.revision: expected a number > 0 (got {canary.get('revision')!r})")
+    return current
+
+
+def wanted_revision(current: object, proxy: str) -> int | None:
+    """The revision `proxy` should run, by the `current` record; raises ValueError when that
+    is no selection (`check_selection`)."""
+    canary = check_selection(current).get("canary") or {}
+    if canary and proxy in canary.get("proxies", []):
+        return canary["revision"]
+    return current.get("revision") or None
 
 
 class Store:
@@ -219,14 +271,14 @@ class Store:
         self.signer = signer  # the operator's key: signs each revision it adds (etcds://)
 
     async def current(self) -> dict:
-        """The selection; {} when none is stored, or what is stored is no JSON object (anyone
+        """The selection; {} when none is stored, or what is stored is no selection (anyone
         with a mesh certificate can write it, and no proxy follows it): the next push selects."""
         kv = await self.etcd.get(current_key(self.mesh))
         try:
-            found = json.loads(kv.value) if kv else {}
+            found = load_json(kv.value) if kv else {}
+            return check_selection(found)
         except ValueError:
             return {}
-        return found if isinstance(found, dict) else {}
 
     async def set_current(self, record: dict) -> None:
         await self.etcd.put(current_key(self.mesh), json.dumps(record, sort_keys=True))
@@ -236,9 +288,19 @@ class Store:
         return Revision.from_json(kv.value) if kv else None
 
     async def proxies(self) -> list[dict]:
-        """Every proxy worker reading this store, as it reports itself."""
+        """Every proxy worker reading this store, as it reports itself; a record that is no
+        JSON object naming its proxy (anyone with a mesh certificate can write one) is left out,
+        not an error that stops the operator's rollout."""
         kvs, _ = await self.etcd.get_prefix(proxies_prefix(self.mesh))
-        return [json.loads(kv.value) for kv in kvs]
+        found = []
+        for kv in kvs:
+            try:
+                record = load_json(kv.value)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("proxy"), str):
+                found.append(record)
+        return found
 
     async def _records(self) -> list[tuple[int, str]]:
         """(number, stored value) of every record under revisions/, by the number in its key."""
@@ -298,7 +360,7 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
             if current is None:
                 raise EtcdError(f"{location}: no config pushed yet (run `mitmesh config push FILE "
                                 f"--store {location}`)")
-            n = wanted_revision(json.loads(current), proxy)
+            n = wanted_revision(load_json(current), proxy)
             value = call(revision_key(location.mesh, n)) if n else None
             if value is None:
                 raise EtcdError(f"{location}: revision {n} is selected but not stored")

@@ -67,7 +67,7 @@ class Signer:
 
 
 def operator_problem(cert: x509.Certificate) -> str | None:
-    """Why `cert` is not an operator certificate (CN, no SPIFFE ID, client auth), or None."""
+    """Why `cert` is not an operator certificate (CN, no SPIFFE ID, client auth only), or None."""
     spiffe = [u for u in _uris(cert) if u.startswith("spiffe://")]
     if spiffe:
         return f"it is a workload certificate ({spiffe[0]}), not the operator's"
@@ -82,6 +82,8 @@ def operator_problem(cert: x509.Certificate) -> str | None:
         return "its certificate has no extended key usage: the operator's is for client auth"
     if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         return "its certificate is not for client auth, as the operator's is"
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages:  # an etcd member's, whose CN is its free name
+        return "its certificate is a server's (an etcd member's?), not the operator's"
     return None
 
 
