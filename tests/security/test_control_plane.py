@@ -48,6 +48,17 @@ async def operator_push(member, body: str) -> Revision:
         await etcd.close()
 
 
+async def fake_gateways(member, admin: object, **fields) -> None:
+    """Revision 1 pushed by the operator, then two 'gateways' a workload makes up (aaa-fake and
+    zzz-fake, presence records claiming to run revision 2, the next) with `admin` as their
+    admin URL."""
+    attacker = workload_tls(member, "evil")
+    await operator_push(member, text("one"))
+    for name in ("aaa-fake", "zzz-fake"):
+        fake = {"role": "gateway", "admin": admin, "proxy": name, "pid": 1, "revision": 2, **fields}
+        await write(member, attacker, proxy_key(MESH, name, 1), json.dumps(fake))
+
+
 def record(n: int, **fields) -> str:
     body = text("junk")
     d = {"revision": n, "text": body, "digest": hashlib.sha256(body.encode()).hexdigest()[:12],
@@ -184,12 +195,7 @@ def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server):
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        attacker = workload_tls(etcd_server, "evil")
-        await operator_push(etcd_server, text("one"))
-        for name in ("aaa-fake", "zzz-fake"):  # revision 2 is the next: claim to run it
-            fake = {"role": "gateway", "admin": f"http://127.0.0.1:{port}", "proxy": name,
-                    "pid": 1, "revision": 2, "wanted": 2, "refused": None}
-            await write(etcd_server, attacker, proxy_key(MESH, name, 1), json.dumps(fake))
+        await fake_gateways(etcd_server, f"http://127.0.0.1:{port}", wanted=2, refused=None)
         tls = operator_tls(etcd_server)
         etcd = Etcd([etcd_server.client_url], tls=tls)
         try:
@@ -278,11 +284,7 @@ def test_a_canary_that_cannot_be_measured_is_rolled_back(etcd_server, admin):
     missing ended the rollout in a traceback after the canary was selected, and the canary ran
     the new revision, unwatched, until someone noticed."""
     async def run() -> tuple[object, dict]:
-        attacker = workload_tls(etcd_server, "evil")
-        await operator_push(etcd_server, text("one"))
-        for name in ("aaa-fake", "zzz-fake"):
-            fake = {"role": "gateway", "admin": admin, "proxy": name, "pid": 1, "revision": 2}
-            await write(etcd_server, attacker, proxy_key(MESH, name, 1), json.dumps(fake))
+        await fake_gateways(etcd_server, admin)
         tls = operator_tls(etcd_server)
         etcd = Etcd([etcd_server.client_url], tls=tls)
         try:
