@@ -172,11 +172,6 @@ class Checker:
             task = self._running[ep] = asyncio.get_running_loop().create_task(self._check(ep, hc))
         return task
 
-    async def check_now(self, ep: Endpoint, hc: HealthCheck) -> bool:
-        """Check one endpoint at once (or wait for its check under way); returns its health."""
-        await asyncio.wait({self._start(ep, hc)})  # a cancelled caller leaves the check running
-        return ep.healthy
-
     async def first_checks(self, endpoints: Iterable[Endpoint], hc: HealthCheck) -> None:
         """Wait for the first checks of those of `endpoints` awaiting theirs (started now unless
         under way; each within the check's timeout): a request to a cluster none of whose

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from discovery.etcdtls import EtcdTls
 from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
@@ -107,17 +107,25 @@ IDENTITY_ENV = "MITMESH_IDENTITY_DIR"  # where a proxy finds its certificates be
 TLS_ENV = {"ca": "MITMESH_ETCD_CACERT", "cert": "MITMESH_ETCD_CERT", "key": "MITMESH_ETCD_KEY"}
 
 
-def proxy_tls(workload: str) -> EtcdTls:
-    """The files a proxy presents to an etcds:// store: its own workload certificate and the mesh
-    CA (as an Istio proxy authenticates to istiod), from `$MITMESH_IDENTITY_DIR` (default certs,
-    relative to the working folder, where a config from etcd resolves its paths too); each one
-    can be named instead by $MITMESH_ETCD_CACERT, $MITMESH_ETCD_CERT, $MITMESH_ETCD_KEY."""
+def _tls_files(client: Callable[[Path], tuple[Path, Path]]) -> dict[str, str]:
+    """The mesh CA and a client certificate and key (`client(identity dir)`) in
+    `$MITMESH_IDENTITY_DIR` (default certs, relative to the working folder), each one replaced
+    by $MITMESH_ETCD_CACERT, $MITMESH_ETCD_CERT or $MITMESH_ETCD_KEY where set."""
     from mesh.security import pki
 
     directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
-    cert, key = pki.workload_paths(directory, workload)
+    cert, key = client(directory)
     default = {"ca": pki.mesh_ca_cert(directory), "cert": cert, "key": key}
-    files = {k: os.environ.get(TLS_ENV[k]) or str(v) for k, v in default.items()}
+    return {k: os.environ.get(TLS_ENV[k]) or str(v) for k, v in default.items()}
+
+
+def proxy_tls(workload: str) -> EtcdTls:
+    """The files a proxy presents to an etcds:// store: its own workload certificate and the mesh
+    CA (as an Istio proxy authenticates to istiod), where a config from etcd resolves its paths
+    too (`_tls_files`)."""
+    from mesh.security import pki
+
+    files = _tls_files(lambda directory: pki.workload_paths(directory, workload))
     return EtcdTls(**files, what=f"the workload certificate of {workload} for etcd")
 
 
@@ -379,14 +387,11 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
 def operator_tls_defaults() -> dict[str, str]:
     """What `mitmesh config` presents to an etcds:// store unless --cacert, --cert, --key say:
     $MITMESH_ETCD_CACERT, ... else the mesh CA and the operator certificate `mitmesh up
-    --control-plane etcd` issues, in certs/ of the working folder."""
+    --control-plane etcd` issues, in certs/ of the working folder (`_tls_files`)."""
     from mesh.security import pki
 
-    directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
-    cert, key = pki.operator_paths(directory)
-    default = {"cacert": pki.mesh_ca_cert(directory), "cert": cert, "key": key}
-    env = {"cacert": TLS_ENV["ca"], "cert": TLS_ENV["cert"], "key": TLS_ENV["key"]}
-    return {k: os.environ.get(env[k]) or str(v) for k, v in default.items()}
+    files = _tls_files(pki.operator_paths)
+    return {"cacert": files["ca"], "cert": files["cert"], "key": files["key"]}
 
 
 def is_location(spec: str) -> bool:
