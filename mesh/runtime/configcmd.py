@@ -17,11 +17,12 @@ from discovery.etcdapi import Etcd, EtcdError
 from discovery.etcdtls import EtcdTls
 
 from mesh.config.errors import BAD_INPUT, CommandError
+from mesh.config.schema import MeshConfig
 from mesh.config.types import parse_duration
 from mesh.core.build import build_text
-from mesh.runtime.store import (Location, Revision, Store, check_revision, on_loopback,
-                                operator_tls_defaults, parse_location)
-from mesh.security import signing
+from mesh.runtime.store import (Location, PresenceTrust, Revision, Store, check_revision,
+                                on_loopback, operator_tls_defaults, parse_location)
+from mesh.security import pki, signing
 from mesh.security.signing import Signer
 from mesh.telemetry.analysis import Sample, Thresholds, parse, verdict
 
@@ -71,13 +72,13 @@ def location(text: str | None, mesh: str | None = None, args=None) -> Location:
                                 what="--cacert/--cert/--key"))
 
 
-def validated(file: str) -> tuple[str, str]:
-    """(text, mesh id) of a config that builds as a proxy would build it; raises ConfigError."""
+def validated(file: str) -> tuple[str, MeshConfig]:
+    """(text, config) of a config that builds as a proxy would build it; raises ConfigError."""
     path = Path(file)
     if not path.is_file():
         raise CommandError(f"{file}: no such file", BAD_INPUT)
     text = path.read_text()
-    return text, build_text(text, path.name).config.mesh.id
+    return text, build_text(text, path.name).config
 
 
 def shown(text: object) -> str:
@@ -135,8 +136,8 @@ async def _with_store(loc: Location, work, sign: bool = False):
 
 
 def push(args) -> int:
-    text, mesh = validated(args.file)  # a ConfigError ends here: nothing is stored
-    loc = location(args.store, mesh, args)
+    text, config = validated(args.file)  # a ConfigError ends here: nothing is stored
+    loc = location(args.store, config.mesh.id, args)
     name = Path(args.file).name
     rev = asyncio.run(_with_store(loc, lambda s: s.push(text, name, args.message or ""), sign=True))
     print(f"{args.file}: ok\nrevision {rev.revision} ({rev.digest}) stored in {loc}; every proxy applies it")
@@ -181,10 +182,23 @@ def rollback(args) -> int:
 
 
 def rollout(args) -> int:
-    text, mesh = validated(args.file)
-    loc = location(args.store, mesh, args)
+    text, config = validated(args.file)
+    loc = location(args.store, config.mesh.id, args)
     t = Thresholds(args.max_error_increase, args.p99_ratio, args.p99_slack, args.min_requests)
-    return asyncio.run(_with_store(loc, lambda store: Rollout(store, args, t).run(text), sign=True))
+    trust = gateway_trust(loc, config)
+    return asyncio.run(_with_store(loc, lambda store: Rollout(store, args, t, trust).run(text),
+                                   sign=True))
+
+
+def gateway_trust(loc: Location, config: MeshConfig) -> PresenceTrust | None:
+    """Whose presence records the rollout believes: in an etcds:// store, those its gateways
+    sign with the workload certificate they present to etcd, for gateway.identity's SPIFFE ID
+    (certs/workload/gateway.pem by default); a plain etcd:// store is trusted whole."""
+    if not loc.secure or loc.tls is None:
+        return None
+    m = config.mesh
+    return PresenceTrust(loc.tls.ca, frozenset({pki.spiffe_id(m.trust_domain, m.namespace,
+                                                               config.gateway.identity)}))
 
 
 def say(text: str) -> None:
@@ -197,11 +211,30 @@ async def sample(session: aiohttp.ClientSession, admin: str) -> Sample:
 
 
 class Rollout:
-    """Revision N+1 on the canary gateways while the rest runs N; analysis; promote or roll back."""
+    """Revision N+1 on the canary gateways while the rest runs N; analysis; promote or roll back.
+    Which gateways there are, what they run and where their metrics are, it reads from their
+    presence records: with `trust` (an etcds:// store) only those a gateway signed."""
 
-    def __init__(self, store: Store, args, t: Thresholds):
-        self.store, self.args, self.t = store, args, t
+    def __init__(self, store: Store, args, t: Thresholds, trust: PresenceTrust | None):
+        self.store, self.args, self.t, self.trust = store, args, t, trust
         self.stable: int | None = None
+
+    async def gateways(self, say_why: bool = False) -> list[dict]:
+        """The gateways' workers' presence records; any other is left out (said, with say_why)."""
+        records = [p for p in await self.store.proxies() if p.get("role") == "gateway"]
+        if self.trust is None:
+            return records
+        kept, left = [], {}
+        for p in records:
+            try:
+                self.trust.check(p, self.store.mesh)
+                kept.append(p)
+            except ValueError as e:
+                left.setdefault(p["proxy"], str(e))
+        if say_why:
+            for name, why in sorted(left.items()):
+                say(f"left out a presence record naming {name}: not a gateway's own: {why}")
+        return kept
 
     async def run(self, text: str) -> int:
         current = await self.store.current()
@@ -211,8 +244,7 @@ class Rollout:
         if current.get("canary"):
             raise CommandError(f"revision {current['canary']['revision']} is on canary already; "
                                f"wait for that rollout, or `mitmesh config rollback {self.stable}`")
-        workers = [p for p in await self.store.proxies() if p.get("role") == "gateway"]
-        gateways = sorted({p["proxy"] for p in workers})
+        gateways = sorted({p["proxy"] for p in await self.gateways(say_why=True)})
         if len(gateways) <= self.args.canary:
             raise CommandError(f"{len(gateways)} gateway(s) read this store ({', '.join(gateways) or 'none'}); "
                                f"a canary of {self.args.canary} needs at least {self.args.canary + 1}")
@@ -232,7 +264,7 @@ class Rollout:
             return await self._roll_back(rev.revision, f"cannot read a gateway's metrics: {e!r}")
 
     async def _analyse(self, rev: Revision, canary: list[str], rest: list[str]) -> int:
-        admins = {p["proxy"]: p["admin"] for p in await self.store.proxies()
+        admins = {p["proxy"]: p["admin"] for p in await self.gateways()
                   if isinstance(p.get("admin"), str)}
         async with aiohttp.ClientSession() as session:
             async def group(names: list[str]) -> Sample:
@@ -264,7 +296,7 @@ class Rollout:
         """None once every worker of the canary gateways runs revision n; else why not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = [p for p in await self.store.proxies() if p["proxy"] in canary]
+            workers = [p for p in await self.gateways() if p["proxy"] in canary]
             refused = [p for p in workers if p.get("wanted") == n and p.get("refused")]
             if refused:
                 return f"{refused[0]['proxy']} refused it: {refused[0]['refused']}"

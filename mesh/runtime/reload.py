@@ -15,8 +15,10 @@ from mesh.config import ConfigError
 from mesh.config.files import stamp
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
-from mesh.runtime.store import (Location, Revision, Store, check_revision, current_key, proxy_key,
-                                load_json, signed_until, wanted_revision)
+from mesh.runtime.store import (PRESENCE_REFRESH, Location, Revision, Store, check_revision,
+                                current_key, load_json, proxy_key, signed_presence, signed_until,
+                                wanted_revision)
+from mesh.security.signing import Signer
 from mesh.telemetry import metrics
 
 log = logging.getLogger("mitmesh.config")
@@ -123,20 +125,45 @@ class EtcdWatcher:
         # this proxy (one key per worker) and the revision it runs, for `mitmesh config rollout`
         self.describe = describe
         self.presence = LeasedKey(self.etcd, PRESENCE_TTL)
+        self.reported = False  # once the follower has read the selection: then kept fresh
+        self._refresh = Loop("mitmesh-config-presence", self._refresh_presence)
         metrics.CONFIG_REVISION.set(applied.revision)
 
     def start(self) -> None:
         self.follower.start()
+        if self.location.secure:
+            self._refresh.start()
 
     async def stop(self) -> None:
+        await self._refresh.stop()
         await self.follower.stop()
         await self.presence.revoke()
         await self.etcd.close()
 
-    async def _report(self) -> None:
+    async def _refresh_presence(self) -> None:
+        """A signed presence record is believed PRESENCE_MAX_AGE: said again before that."""
+        while True:
+            await asyncio.sleep(PRESENCE_REFRESH)
+            if self.reported:
+                await self._report()
+
+    def _record(self) -> dict:
         record = {**self.describe(), "proxy": self.proxy, "pid": os.getpid(),
                   "revision": self.applied.revision, "wanted": self.wanted,
                   "refused": self.refused.get(self.wanted) if self.wanted is not None else None}
+        tls = self.location.tls
+        if not self.location.secure or tls is None:
+            return record
+        try:  # read each time: the workload certificate is renewed under the proxy (24 h)
+            return signed_presence(self.location.mesh, record, Signer.load(tls.cert, tls.key))
+        except ValueError as e:
+            log.warning(f"etcd config: cannot sign this proxy's presence record ({e}); "
+                        f"`mitmesh config rollout` will not count it")
+            return record
+
+    async def _report(self) -> None:
+        self.reported = True
+        record = self._record()
         try:
             await self.presence.put(proxy_key(self.location.mesh, self.proxy, os.getpid()), json.dumps(record))
         except EtcdError as e:

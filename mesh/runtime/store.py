@@ -1,7 +1,9 @@
 """The config store in etcd: numbered revisions, and which one each proxy should run.
 
 Keys under `/mitmesh/<mesh>/config/`:
-  proxies/<name>/<pid>  each proxy worker, under a lease: role, admin URL, revision run, refusal
+  proxies/<name>/<pid>  each proxy worker, under a lease: role, admin URL, revision run, refusal;
+                 in an etcds:// store signed by the worker's own workload key, anew every
+                 PRESENCE_REFRESH seconds: a rollout believes only a gateway's, and only fresh
   revisions/<n>  one pushed config: its YAML text, digest, file name, time, message (n from 1 up),
                  the operator's signature and certificate (etcds://)
   current        {"revision": n, "canary": {"revision": m, "proxies": [names]} | absent}: what
@@ -56,6 +58,54 @@ def proxies_prefix(mesh: str) -> str:
 def proxy_key(mesh: str, proxy: str, pid: int) -> str:
     """Each worker of each proxy says, under a lease, which revision it runs."""
     return f"{proxies_prefix(mesh)}{proxy}/{pid}"
+
+
+PRESENCE_REFRESH = 30.0  # a proxy signs its presence record anew this often (etcds://) ...
+PRESENCE_MAX_AGE = 120.0  # ... and a rollout believes a record this old at most (clock skew)
+
+
+def presence_bytes(mesh: str, record: dict) -> bytes:
+    """What a proxy signs of its presence record: every field but the signature, and the mesh."""
+    body = {k: v for k, v in record.items() if k not in SIGNATURE}
+    return json.dumps({"purpose": "mitmesh proxy presence", "mesh": mesh, "record": body},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def signed_presence(mesh: str, record: dict, signer: Signer) -> dict:
+    """`record` with the time it is said at, signed with the proxy's own workload key."""
+    record = {**record, "at": time.time()}
+    return {**record, "signature": signer.sign(presence_bytes(mesh, record)),
+            "certificate": signer.certificate}
+
+
+@dataclass(frozen=True)
+class PresenceTrust:
+    """Whose presence records `mitmesh config rollout` believes in an etcds:// store: any
+    workload can write one, naming itself a gateway with its own admin URL and revision; only a
+    record signed by the key of a certificate of the mesh CA (`ca`) for a gateway's SPIFFE ID
+    (`gateways`), and said within PRESENCE_MAX_AGE, is a gateway's."""
+
+    ca: str
+    gateways: frozenset[str]
+
+    def check(self, record: dict, mesh: str, now: float | None = None) -> None:
+        """Raises ValueError saying why `record` is not a gateway's own, fresh word."""
+        from mesh.security import pki, signing
+
+        def whose(cert) -> str | None:
+            spiffe = pki.spiffe_of(cert)
+            if spiffe in self.gateways:
+                return None
+            return (f"its certificate is {spiffe or cert.subject.rfc4514_string()}'s, not a "
+                    f"gateway's ({', '.join(sorted(self.gateways))})")
+
+        signing.check(presence_bytes(mesh, record), record.get("signature"),
+                      record.get("certificate"), self.ca, whose=whose)
+        at, now = record.get("at"), time.time() if now is None else now
+        if isinstance(at, bool) or not isinstance(at, (int, float)) \
+                or not abs(now - at) <= PRESENCE_MAX_AGE:
+            raise ValueError(f"it was said at {at!r}, not within {PRESENCE_MAX_AGE:g}s of now "
+                             f"({now:.0f}): a copy of an old record, or a proxy that is gone")
 
 
 SCHEMES = {"etcd": "http", "etcds": "https"}  # etcds: mutual TLS to every member

@@ -4,6 +4,8 @@ its mesh CA signed, never what any other holder of a mesh certificate (a workloa
 etcd's mutual TLS says who may reach the store, and every workload may; it cannot say who may
 write a config (etcd 3.4's JSON gateway ignores client certificate names). So, like TUF or
 Sigstore, the content carries its own proof of origin: the operator's signature and certificate.
+A proxy signs what it says of itself (its presence record) the same way, with its own workload key,
+so that `mitmesh config rollout` believes only gateways (`check(..., whose=...)`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import binascii
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -105,12 +108,15 @@ def _issued_by(cert: x509.Certificate, cas: list[x509.Certificate]) -> bool:
     return False
 
 
-def check(data: bytes, signature: str, certificate: str, ca_file: str,
-          at: dt.datetime | None = None) -> None:
+def check(data: bytes, signature: object, certificate: object, ca_file: str,
+          at: dt.datetime | None = None,
+          whose: Callable[[x509.Certificate], str | None] = operator_problem) -> None:
     """Raises ValueError saying why `signature` over `data` is not the operator's: its certificate
-    must be issued by a CA of `ca_file`, be an operator certificate, be valid `at` (default now),
-    and the signature must verify with its key."""
-    if not signature or not certificate:
+    must be issued by a CA of `ca_file`, be an operator certificate (`whose`: why a certificate
+    is not the signer's, or None), be valid `at` (default now), and the signature must verify
+    with its key."""
+    if not signature or not certificate or not isinstance(signature, str) \
+            or not isinstance(certificate, str):
         raise ValueError("it is not signed")
     try:
         cert = x509.load_pem_x509_certificate(certificate.encode())
@@ -123,7 +129,7 @@ def check(data: bytes, signature: str, certificate: str, ca_file: str,
     subject = cert.subject.rfc4514_string()
     if not _issued_by(cert, cas):
         raise ValueError(f"its certificate ({subject}) is not issued by the mesh CA {ca_file}")
-    problem = operator_problem(cert)
+    problem = whose(cert)
     if problem:
         raise ValueError(problem)
     at = at or dt.datetime.now(dt.UTC)
@@ -143,5 +149,5 @@ def check(data: bytes, signature: str, certificate: str, ca_file: str,
         else:
             raise ValueError(f"its certificate's key is not EC, RSA or Ed25519 ({subject})")
     except (InvalidSignature, binascii.Error):
-        raise ValueError("the signature does not match its content: it was changed after the "
-                         "operator signed it") from None
+        raise ValueError("the signature does not match its content: it was changed after it "
+                         "was signed") from None

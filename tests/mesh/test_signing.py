@@ -78,7 +78,7 @@ def test_another_mesh_cas_operator_is_refused(certs, tmp_path):
 
 def test_a_changed_content_is_refused(certs):
     assert refusal(certs, operator(certs), data=DATA + b" ") == (
-        "the signature does not match its content: it was changed after the operator signed it")
+        "the signature does not match its content: it was changed after it was signed")
 
 
 def test_an_expired_certificate_is_refused(certs):

@@ -17,8 +17,10 @@ from aiohttp import web
 from discovery.etcdapi import Etcd
 from mesh.runtime.configcmd import Rollout
 from mesh.runtime.reload import EtcdWatcher
-from mesh.runtime.store import (Revision, Store, current_key, parse_location, proxy_key,
-                                revision_key)
+from mesh.runtime.store import (PRESENCE_MAX_AGE, PresenceTrust, Revision, Store, current_key,
+                                parse_location, presence_bytes, proxy_key, revision_key,
+                                signed_presence)
+from mesh.security import pki
 from mesh.security.signing import Signer
 from mesh.telemetry.analysis import Thresholds
 from tests.etcd_server import (etcd_server, operator_flags, operator_tls,  # noqa: F401
@@ -48,15 +50,28 @@ async def operator_push(member, body: str) -> Revision:
         await etcd.close()
 
 
-async def fake_gateways(member, admin: object, **fields) -> None:
-    """Revision 1 pushed by the operator, then two 'gateways' a workload makes up (aaa-fake and
+GATEWAY = pki.spiffe_id("mitmesh.local", "demo", "gateway")
+
+
+def trust(member) -> PresenceTrust:
+    """Whose presence records the operator's rollout believes: the gateway's (`gateway_trust`)."""
+    return PresenceTrust(str(pki.mesh_ca_cert(member.certs)), frozenset({GATEWAY}))
+
+
+def signer(member, name: str) -> Signer:
+    tls = workload_tls(member, name)
+    return Signer.load(tls.cert, tls.key)
+
+
+async def fake_gateways(member, admin: object, sign=lambda record: record, **fields) -> None:
+    """Revision 1 pushed by the operator, then two 'gateways' a workload writes (aaa-fake and
     zzz-fake, presence records claiming to run revision 2, the next) with `admin` as their
-    admin URL."""
+    admin URL, each record as `sign` makes it."""
     attacker = workload_tls(member, "evil")
     await operator_push(member, text("one"))
     for name in ("aaa-fake", "zzz-fake"):
         fake = {"role": "gateway", "admin": admin, "proxy": name, "pid": 1, "revision": 2, **fields}
-        await write(member, attacker, proxy_key(MESH, name, 1), json.dumps(fake))
+        await write(member, attacker, proxy_key(MESH, name, 1), json.dumps(sign(fake)))
 
 
 def record(n: int, **fields) -> str:
@@ -107,6 +122,42 @@ def test_a_workloads_junk_does_not_wedge_the_config_watcher(etcd_server, key, va
             await watcher.stop()
     asyncio.run(run())
     assert applied == [text("two")], refused
+
+
+def test_a_gateways_presence_is_signed_and_said_again(etcd_server, monkeypatch):
+    """What a rollout believes, a real watcher writes: its record, signed with the workload
+    certificate it presents to etcd, passes the operator's check, and is signed anew (a later
+    `at`) before PRESENCE_MAX_AGE, so a gateway that runs for days stays counted."""
+    from mesh.runtime import reload
+
+    monkeypatch.setattr(reload, "PRESENCE_REFRESH", 0.5)
+
+    async def run() -> list[dict]:
+        first = await operator_push(etcd_server, text("one"))
+        loc = parse_location(etcd_server.store(MESH)).with_tls(workload_tls(etcd_server,
+                                                                            "gateway"))
+        watcher = EtcdWatcher(loc, "gw-a", first, lambda t, label, digest: t, print, print,
+                              lambda: {"role": "gateway", "admin": "http://127.0.0.1:9"})
+        watcher.start()
+        tls = operator_tls(etcd_server)
+        etcd = Etcd([etcd_server.client_url], tls=tls)
+        seen: list[dict] = []
+        try:
+            store = Store(etcd, MESH)
+            deadline = time.monotonic() + 10
+            while len({r.get("at") for r in seen}) < 3 and time.monotonic() < deadline:
+                seen.extend(await store.proxies())
+                await asyncio.sleep(0.1)
+            return seen
+        finally:
+            await etcd.close()
+            await watcher.stop()
+    seen = asyncio.run(run())
+    assert len({r["at"] for r in seen}) >= 3, seen
+    for record in seen:
+        trust(etcd_server).check(record, MESH)
+        assert (record["proxy"], record["revision"], record["admin"]) == \
+            ("gw-a", 1, "http://127.0.0.1:9")
 
 
 def mitmesh(*args: str) -> subprocess.CompletedProcess:
@@ -160,7 +211,7 @@ def test_a_workloads_presence_record_does_not_crash_rollout(etcd_server, value):
             store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
             from mesh.config.errors import CommandError
             try:
-                await Rollout(store, Args(), Thresholds()).run(text("two"))
+                await Rollout(store, Args(), Thresholds(), trust(etcd_server)).run(text("two"))
             except CommandError as e:  # too few gateways: a command error, as it should be
                 return str(e)
             return ""
@@ -169,14 +220,32 @@ def test_a_workloads_presence_record_does_not_crash_rollout(etcd_server, value):
     assert "gateway(s) read this store" in asyncio.run(run())
 
 
-@pytest.mark.xfail(strict=True, reason="known, not fixed (2026-12-01 note): rollout takes its "
-                   "gateways and their admin URLs from presence records any workload writes; "
-                   "strict, so the fix is seen as this test passing")
-def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server):
+def old_record(member, record: dict) -> dict:
+    """A gateway's own record, signed by it long ago: kept by a workload, written again."""
+    said = {**record, "at": time.time() - PRESENCE_MAX_AGE - 60}
+    gateway = signer(member, "gateway")
+    return {**said, "signature": gateway.sign(presence_bytes(MESH, said)),
+            "certificate": gateway.certificate}
+
+
+FORGERIES = {  # how a workload makes up a gateway's presence record
+    "unsigned": lambda member, record: record,
+    "signed-by-the-workload": lambda member, record: signed_presence(MESH, record,
+                                                                     signer(member, "evil")),
+    "a-gateways-record-with-another-admin-url": lambda member, record: {
+        **signed_presence(MESH, {**record, "admin": "http://127.0.0.1:1"},
+                          signer(member, "gateway")), "admin": record["admin"]},
+    "a-gateways-old-record": old_record,
+}
+
+
+@pytest.mark.parametrize("forge", FORGERIES.values(), ids=FORGERIES.keys())
+def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server, forge):
     """`mitmesh config rollout` takes the gateways, the revision they run and the admin URL it
     reads their metrics from out of presence records that any workload may write. A workload
-    that registers two 'gateways' with its own admin URL is the canary and the baseline: the
-    operator's CLI fetches the attacker's URL and promotes a revision no gateway ever ran."""
+    that registered two 'gateways' with its own admin URL was the canary and the baseline: the
+    operator's CLI fetched the attacker's URL and promoted a revision no gateway ever ran. Now
+    it believes only records a gateway signed, lately."""
     hits: list[str] = []
     count = {"n": 0}
 
@@ -195,14 +264,16 @@ def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server):
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        await fake_gateways(etcd_server, f"http://127.0.0.1:{port}", wanted=2, refused=None)
+        await fake_gateways(etcd_server, f"http://127.0.0.1:{port}",
+                            lambda record: forge(etcd_server, record), wanted=2, refused=None)
         tls = operator_tls(etcd_server)
         etcd = Etcd([etcd_server.client_url], tls=tls)
         try:
             store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
             from mesh.config.errors import CommandError
             try:
-                return await Rollout(store, Args(), Thresholds()).run(text("two"))
+                rollout = Rollout(store, Args(), Thresholds(), trust(etcd_server))
+                return await rollout.run(text("two"))
             except CommandError:
                 return 2
         finally:
@@ -280,17 +351,19 @@ def test_a_workloads_selection_does_not_crash_history(etcd_server, value):
 
 @pytest.mark.parametrize("admin", ["http://127.0.0.1:1", "not a url", None])
 def test_a_canary_that_cannot_be_measured_is_rolled_back(etcd_server, admin):
-    """A presence record's admin URL is a workload's word: one that refuses, is no URL, or is
-    missing ended the rollout in a traceback after the canary was selected, and the canary ran
-    the new revision, unwatched, until someone noticed."""
+    """A gateway's admin URL that refuses (the gateway is gone), is no URL, or is missing (an
+    older mitmesh, a misconfiguration) ended the rollout in a traceback after the canary was
+    selected, and the canary ran the new revision, unwatched, until someone noticed."""
     async def run() -> tuple[object, dict]:
-        await fake_gateways(etcd_server, admin)
+        gateway = signer(etcd_server, "gateway")  # real gateways, signed: their word, not URLs
+        await fake_gateways(etcd_server, admin, lambda r: signed_presence(MESH, r, gateway))
         tls = operator_tls(etcd_server)
         etcd = Etcd([etcd_server.client_url], tls=tls)
         try:
             store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
             try:
-                code = await Rollout(store, Args(), Thresholds()).run(text("two"))
+                rollout = Rollout(store, Args(), Thresholds(), trust(etcd_server))
+                code = await rollout.run(text("two"))
             except Exception as e:  # noqa: BLE001 (what the operator saw: a traceback)
                 code = e
             return code, await store.current()
