@@ -129,6 +129,11 @@ class Etcd:
         data = await self.call("kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
         return [_kv(d) for d in data.get("kvs") or []], int(data["header"]["revision"])
 
+    async def get_range(self, key: str, range_end: str) -> list[KeyValue]:
+        """Every key from `key` up to, not including, `range_end`."""
+        data = await self.call("kv/range", {"key": b64(key), "range_end": b64(range_end)})
+        return [_kv(d) for d in data.get("kvs") or []]
+
     async def delete(self, key: str) -> None:
         await self.call("kv/deleterange", {"key": b64(key)})
 

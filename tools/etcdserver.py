@@ -114,13 +114,14 @@ def control_plane(state_dir: Path, log_dir: Path, certs: Path, text: str, file: 
     async def push() -> None:
         etcd = Etcd([member.client_url], tls=operator)
         try:
-            store = Store(etcd, mesh, Signer.load(operator.cert, operator.key))
+            store = Store(etcd, mesh, Signer.load(operator.cert, operator.key), location)
             current = await store.current()
             try:  # junk a holder of a mesh certificate wrote is no revision: push the file
                 latest = await store.get(current["revision"]) if current.get("revision") else None
             except (ValueError, TypeError, KeyError):
                 latest = None
-            if latest is None or latest.text != text or not signed(latest):
+            if latest is None or latest.text != text or not signed(latest) \
+                    or await store.selection_problem(current):  # proxies refuse the selection
                 await store.push(text, file, "mitmesh up")  # keep history across runs; push an edit
         finally:
             await etcd.close()

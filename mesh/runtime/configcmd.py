@@ -128,7 +128,7 @@ async def _with_store(loc: Location, work, sign: bool = False):
     key = signer(loc) if sign else None
     etcd = Etcd(list(loc.endpoints), tls=loc.tls)
     try:
-        return await work(Store(etcd, loc.mesh, key))
+        return await work(Store(etcd, loc.mesh, key, loc))
     except EtcdError as e:
         raise CommandError(f"{loc}: {e}") from None
     finally:
@@ -148,14 +148,17 @@ def history(args) -> int:
     loc = location(args.store, args=args)
 
     async def work(store: Store):
-        return await store.history(), await store.current()
-    revs, current = asyncio.run(_with_store(loc, work))
+        current = await store.current()
+        return await store.history(), current, await store.selection_problem(current)
+    revs, current, problem = asyncio.run(_with_store(loc, work))
     if not revs:
         print(f"{loc}: no config pushed yet")
         return 0
     print(f"  {'REV':>4}  DIGEST        PUSHED (UTC)         FILE")
     for rev in revs:
         print(describe(rev, current, loc))
+    if problem:  # proxies keep what they run; one that starts now exits
+        print(f"proxies refuse the selection marked *: {shown(problem)}")
     return 0
 
 
@@ -241,6 +244,10 @@ class Rollout:
         self.stable = current.get("revision")
         if self.stable is None:
             raise CommandError("no revision runs yet: `mitmesh config push` the first one")
+        problem = await self.store.selection_problem(current)
+        if problem:  # a workload's: which revision the proxies run is not known
+            raise CommandError(f"proxies refuse the selection stored ({shown(problem)}); select "
+                               f"a revision again first: `mitmesh config rollback N`")
         if current.get("canary"):
             raise CommandError(f"revision {current['canary']['revision']} is on canary already; "
                                f"wait for that rollout, or `mitmesh config rollback {self.stable}`")
@@ -252,7 +259,8 @@ class Rollout:
         rev = await self.store.add(text, Path(self.args.file).name, self.args.message or "rollout")
         say(f"stored revision {rev.revision} ({rev.digest}); {len(gateways)} gateways run revision {self.stable}")
         await self.store.set_current({"revision": self.stable,
-                                      "canary": {"revision": rev.revision, "proxies": canary}})
+                                      "canary": {"revision": rev.revision, "proxies": canary}},
+                                     rev.revision)
         say(f"canary: revision {rev.revision} on {', '.join(canary)}; baseline: revision {self.stable} "
             f"on {', '.join(rest)}")
         problem = await self._applied(rev.revision, canary)
@@ -288,7 +296,7 @@ class Rollout:
                 if result == "fail":
                     return await self._roll_back(rev.revision, why)
                 if result == "pass":
-                    await self.store.set_current({"revision": rev.revision})
+                    await self.store.set_current({"revision": rev.revision}, rev.revision)
                     say(f"promoted: revision {rev.revision} runs on every proxy")
                     return 0
 
@@ -307,7 +315,7 @@ class Rollout:
         return f"the canary did not run revision {n} within {timeout:g}s"
 
     async def _roll_back(self, n: int, why: str) -> int:
-        await self.store.set_current({"revision": self.stable})
+        await self.store.set_current({"revision": self.stable}, n)
         say(f"rolled back: {why}")
         say(f"every proxy runs revision {self.stable}; revision {n} stays in the history")
         return 1

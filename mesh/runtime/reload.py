@@ -118,9 +118,10 @@ class EtcdWatcher:
         from discovery.etcdapi import Etcd, Follower, LeasedKey  # a config from etcd: its client
 
         self.etcd = Etcd(list(location.endpoints), tls=location.tls)
-        self.store = Store(self.etcd, location.mesh)
+        self.store = Store(self.etcd, location.mesh, location=location)
         self.follower = Follower(self.etcd, self._follow, "config", probe_interval)
         self.wanted: int | None = applied.revision
+        self.selection_made: tuple[int, float] | None = None  # (latest, at) of what it follows
         self.refused: dict[int, str] = {}  # revision → why it was not applied
         # this proxy (one key per worker) and the revision it runs, for `mitmesh config rollout`
         self.describe = describe
@@ -190,6 +191,22 @@ class EtcdWatcher:
                 await self._select(ev.kv.value)
                 await self._report()
 
+    async def _selection_problem(self, selection: dict) -> str | None:
+        """Why this proxy may not follow `selection` (etcds://): not the operator's, a copy of
+        an older one (`Store.selection_problem`), or older than the one it follows."""
+        if not self.location.secure:
+            return None
+        problem = await self.store.selection_problem(selection)
+        if problem:
+            return problem
+        made = (selection["latest"], selection.get("at", 0))
+        if self.selection_made is not None and made < self.selection_made:
+            return (f"the selection was made before the one this proxy follows (latest revision "
+                    f"{made[0]} at {made[1]:.0f}, against {self.selection_made[0]} at "
+                    f"{self.selection_made[1]:.0f}): a copy of an old selection, refused")
+        self.selection_made = made
+        return None
+
     def _refuse(self, n: int, why: str) -> None:
         self.refused[n] = why
         while len(self.refused) > REFUSED_KEPT:  # a workload may select numbers without end
@@ -198,11 +215,17 @@ class EtcdWatcher:
     async def _select(self, current: str) -> None:
         # anyone who may write to etcd may write junk: it is refused, and the watch goes on
         try:
-            n = wanted_revision(load_json(current), self.proxy)
+            selection = load_json(current)
+            n = wanted_revision(selection, self.proxy)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             self.on_invalid(f"{self.location}: selection refused, still running "
                             f"{self.applied.revision}: not a revision's selection "
                             f"(got {current[:80]!r}: {e!r})")
+            return
+        problem = await self._selection_problem(selection)
+        if problem:
+            self.on_invalid(f"{self.location}: selection refused, still running "
+                            f"{self.applied.revision}: {problem}")
             return
         self.wanted = n
         if n is None or n == self.applied.revision or n in self.refused:

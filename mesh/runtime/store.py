@@ -6,9 +6,11 @@ Keys under `/mitmesh/<mesh>/config/`:
                  PRESENCE_REFRESH seconds: a rollout believes only a gateway's, and only fresh
   revisions/<n>  one pushed config: its YAML text, digest, file name, time, message (n from 1 up),
                  the operator's signature and certificate (etcds://)
-  current        {"revision": n, "canary": {"revision": m, "proxies": [names]} | absent}: what
-                 proxies run; a proxy named in the canary runs m, every other runs n (unsigned: it
-                 picks among signed revisions, it cannot bring a config of its own)
+  current        {"revision": n, "canary": {"revision": m, "proxies": [names]} | absent,
+                 "latest": the highest revision stored then, "at": time}: what proxies run; a
+                 proxy named in the canary runs m, every other runs n. In an etcds:// store
+                 signed by the operator too; a proxy refuses one made before a revision the
+                 operator stored since, or before the one it follows (a copy of an old one)
 Only validated configs are pushed (the caller validates: `mitmesh config push`); a proxy still
 validates what it reads, and one that cannot apply a revision keeps its own and says why.
 In an etcds:// store every revision carries the operator's signature and certificate, and a proxy
@@ -308,7 +310,87 @@ def check_selection(current: object) -> dict:
         raise ValueError(f"canary.proxies: expected a list of names (got {names!r})")
     if canary and not is_revision_number(canary.get("revision")):
         raise ValueError(f"canary.revision: expected a number > 0 (got {canary.get('revision')!r})")
+    if "latest" in current and not is_revision_number(current["latest"]):
+        raise ValueError(f"latest: expected a revision number (got {current['latest']!r})")
+    at = current.get("at", 0)
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < LAST_TIME:
+        raise ValueError(f"at: expected a Unix time (got {at!r})")
     return current
+
+
+def selection_bytes(mesh: str, selection: dict) -> bytes:
+    """What the operator signs of a selection: every field but the signature, and the mesh."""
+    body = {k: v for k, v in selection.items() if k not in SIGNATURE}
+    return json.dumps({"purpose": "mitmesh config selection", "mesh": mesh, "selection": body},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def signed_selection(mesh: str, selection: dict, latest: int, signer: Signer | None) -> dict:
+    """`selection` with the highest revision stored when it was made (`latest`) and the time,
+    signed by the operator (etcds://): a copy of an older selection is then known as one."""
+    record = {**selection, "latest": latest, "at": time.time()}
+    if signer is None:
+        return record
+    return {**record, "signature": signer.sign(selection_bytes(mesh, record)),
+            "certificate": signer.certificate}
+
+
+def selected(selection: dict) -> list[int]:
+    canary = selection.get("canary") or {}
+    return [n for n in (selection.get("revision"), canary.get("revision")) if n]
+
+
+def check_signed_selection(selection: dict, location: Location) -> None:
+    """Raises ValueError saying why no proxy may follow `selection` (a checked structure, as
+    `check_selection` passes it) of an etcds:// store: the operator's signature, as on a
+    revision, and no revision it selects above the `latest` it names. An older selection the
+    operator signed is refused by `newer_revision`."""
+    if not location.secure:
+        return
+    if location.tls is None:
+        raise ValueError("no mesh CA to check its signature against, refused")
+    from mesh.security import signing
+
+    try:
+        signing.check(selection_bytes(location.mesh, selection), selection.get("signature"),
+                      selection.get("certificate"), location.tls.ca)
+    except ValueError as e:
+        again = (f" (stored before mitmesh signed selections, or around `mitmesh config`): "
+                 f"push the file again, or `mitmesh config rollback N --store {location}`"
+                 if not selection.get("signature") else "")
+        raise ValueError(f"the selection is not signed by the operator, refused: {e}"
+                         f"{again}") from None
+    latest = selection.get("latest")
+    if not is_revision_number(latest) or any(n > latest for n in selected(selection)):
+        raise ValueError(f"the selection names revisions {selected(selection)} above its "
+                         f"latest {latest!r}, refused")
+
+
+def revisions_end(mesh: str) -> str:
+    """The etcd range end past every key under revisions/."""
+    from discovery.etcdapi import prefix_end
+
+    return prefix_end(f"{config_prefix(mesh)}revisions/")
+
+
+def newer_revision(records: list[tuple[int, str]], latest: int, location: Location) -> int | None:
+    """The number of a revision the operator signed above `latest`, of the (number, value)
+    records read above it, or None: a selection made before that revision was stored is a copy
+    of an old one (a workload's downgrade), as TUF refuses metadata older than what it knows."""
+    for n, value in sorted(records, reverse=True):
+        if n <= latest:
+            continue
+        try:
+            check_revision(Revision.from_json(value), n, location)
+        except (ValueError, TypeError, KeyError):
+            continue  # junk a workload wrote above: no revision, and no proof of anything
+        return n
+    return None
+
+
+def stale_selection(n: int, latest: int) -> str:
+    return (f"the selection was made when revision {latest} was the latest, but the operator has "
+            f"since stored revision {n}: a copy of an old selection, refused")
 
 
 def wanted_revision(current: object, proxy: str) -> int | None:
@@ -323,10 +405,12 @@ def wanted_revision(current: object, proxy: str) -> int | None:
 class Store:
     """Push, list and select config revisions of one mesh."""
 
-    def __init__(self, etcd: Etcd, mesh: str, signer: Signer | None = None):
+    def __init__(self, etcd: Etcd, mesh: str, signer: Signer | None = None,
+                 location: Location | None = None):
         self.etcd = etcd
         self.mesh = mesh
-        self.signer = signer  # the operator's key: signs each revision it adds (etcds://)
+        self.signer = signer  # the operator's key: signs each revision and selection (etcds://)
+        self.location = location  # where it is, with the CA that checks signatures (etcds://)
 
     async def current(self) -> dict:
         """The selection; {} when none is stored, or what is stored is no selection (anyone
@@ -338,8 +422,32 @@ class Store:
         except ValueError:
             return {}
 
-    async def set_current(self, record: dict) -> None:
-        await self.etcd.put(current_key(self.mesh), json.dumps(record, sort_keys=True))
+    async def set_current(self, record: dict, latest: int) -> None:
+        """Select revisions, `latest` being the highest this caller stored: signed by the
+        operator's key where it has one (`signed_selection`)."""
+        signed = signed_selection(self.mesh, record, latest, self.signer)
+        await self.etcd.put(current_key(self.mesh), json.dumps(signed, sort_keys=True))
+
+    async def above(self, latest: int) -> list[tuple[int, str]]:
+        """(number, stored value) of the records under revisions/ numbered above `latest`."""
+        kvs = await self.etcd.get_range(revision_key(self.mesh, latest + 1),
+                                        revisions_end(self.mesh))
+        found = [(kv.key.rpartition("/")[2], kv.value) for kv in kvs]
+        return [(int(n), value) for n, value in found if n.isdigit()]
+
+    async def selection_problem(self, selection: dict) -> str | None:
+        """Why proxies refuse `selection` (`check_signed_selection`, `newer_revision`), or None
+        (also in a plain etcd:// store, or a Store not told its location)."""
+        location = self.location
+        if not selection or location is None or not location.secure:
+            return None
+        try:
+            check_signed_selection(selection, location)
+        except ValueError as e:
+            return str(e)
+        newer = newer_revision(await self.above(selection["latest"]), selection["latest"],
+                               location)
+        return stale_selection(newer, selection["latest"]) if newer is not None else None
 
     async def get(self, n: int) -> Revision | None:
         kv = await self.etcd.get(revision_key(self.mesh, n))
@@ -394,7 +502,7 @@ class Store:
     async def push(self, text: str, file: str, message: str = "", rollback_of: int | None = None) -> Revision:
         """Store and select for every proxy (any canary in progress ends)."""
         rev = await self.add(text, file, message, rollback_of)
-        await self.set_current({"revision": rev.revision})
+        await self.set_current({"revision": rev.revision}, rev.revision)
         return rev
 
 
@@ -407,26 +515,42 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
         raise EtcdError(f"{location}: {e}") from None
     errors = []
     for base in location.endpoints:
-        def call(key: str) -> str | None:
-            req = urllib.request.Request(f"{base}/v3/kv/range", data=json.dumps({"key": b64(key)}).encode(),
+        def call(key: str, end: str | None = None) -> list[tuple[str, str]]:
+            body = {"key": b64(key), **({"range_end": b64(end)} if end is not None else {})}
+            req = urllib.request.Request(f"{base}/v3/kv/range", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
                 kvs = json.load(r).get("kvs") or []
-            return unb64(kvs[0].get("value")) if kvs else None
+            return [(unb64(kv.get("key")), unb64(kv.get("value"))) for kv in kvs]
+
+        def value(key: str) -> str | None:
+            found = call(key)
+            return found[0][1] if found else None
         try:
-            current = call(current_key(location.mesh))
+            current = value(current_key(location.mesh))
             if current is None:
                 raise EtcdError(f"{location}: no config pushed yet (run `mitmesh config push FILE "
                                 f"--store {location}`)")
-            n = wanted_revision(load_json(current), proxy)
-            value = call(revision_key(location.mesh, n)) if n else None
-            if value is None:
+            selection = load_json(current)
+            n = wanted_revision(selection, proxy)
+            stored = value(revision_key(location.mesh, n)) if n else None
+            if stored is None:
                 raise EtcdError(f"{location}: revision {n} is selected but not stored")
-            rev = Revision.from_json(value)
+            rev = Revision.from_json(stored)
+            above: list[tuple[int, str]] = []
+            if location.secure and is_revision_number(selection.get("latest")):
+                found = call(revision_key(location.mesh, selection["latest"] + 1),
+                             revisions_end(location.mesh))
+                above = [(int(k.rpartition("/")[2]), v) for k, v in found
+                         if k.rpartition("/")[2].isdigit()]
         except (OSError, urllib.error.URLError, ValueError, TypeError, KeyError) as e:
             errors.append(f"{base}: {e}")
             continue
         try:
+            check_signed_selection(selection, location)
+            newer = newer_revision(above, selection.get("latest") or 0, location)
+            if newer is not None:
+                raise ValueError(stale_selection(newer, selection["latest"]))
             check_revision(rev, n, location)
         except ValueError as e:
             raise EtcdError(f"{location}: {e}") from None

@@ -130,7 +130,7 @@ async def test_junk_under_revisions_stops_neither_history_nor_push(etcd_server):
         await rogue.put(current_key("junk"), "[not a selection")
         assert await store.current() == {}  # no selection: the next push selects
         third = await store.push("version: 1\n# third\n", "mesh.yaml")
-        assert await store.current() == {"revision": third.revision}
+        assert (await store.current())["revision"] == third.revision
     finally:
         await rogue.close()
         await operator.close()

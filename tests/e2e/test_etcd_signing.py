@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -53,15 +54,40 @@ def revision(n: int, answer: str, base: dict, signer: Signer | None) -> Revision
 
 
 def store_and_select(member, tls: EtcdTls, rev: Revision) -> None:
-    """What anyone holding a certificate of the mesh CA can do, around `mitmesh config`."""
+    """What anyone holding a certificate of the mesh CA can do, around `mitmesh config`: write
+    `rev` over a revision the operator selected (the operator's signed selection of its number,
+    as after the operator's push of that number)."""
+    operator = Signer.load(*pki.operator_paths(member.certs))
+
     async def write():
         etcd = Etcd([member.client_url], tls=tls)
         try:
             await etcd.put(revision_key(MESH, rev.revision), rev.to_json())
-            await Store(etcd, MESH).set_current({"revision": rev.revision})
+            await Store(etcd, MESH, operator).set_current({"revision": rev.revision},
+                                                          rev.revision)
         finally:
             await etcd.close()
     asyncio.run(write())
+
+
+def select(member, tls: EtcdTls, selection: dict) -> None:
+    async def write():
+        etcd = Etcd([member.client_url], tls=tls)
+        try:
+            await etcd.put(current_key(MESH), json.dumps(selection))
+        finally:
+            await etcd.close()
+    asyncio.run(write())
+
+
+def selection(member) -> dict:
+    async def read():
+        etcd = Etcd([member.client_url], tls=operator_tls(member))
+        try:
+            return json.loads((await etcd.get(current_key(MESH))).value)
+        finally:
+            await etcd.close()
+    return asyncio.run(read())
 
 
 def test_a_gateway_runs_only_what_the_operator_signed(tmp_path, etcd_server):
@@ -85,6 +111,7 @@ def test_a_gateway_runs_only_what_the_operator_signed(tmp_path, etcd_server):
     try:
         r = mitmesh("config", "push", str(m.path), "--store", store, cwd=tmp_path)
         assert r.returncode == 0 and "revision 1 " in r.stdout, r
+        first = selection(etcd_server)  # the operator's signed selection of revision 1
         m.children["gateway"] = gw = procs.spawn(
             "gateway", procs.python("-m", "mesh.cli", "gateway", "--workers", "1", "--config",
                                     store), log_dir=tmp_path / "logs", cwd=str(tmp_path))
@@ -149,6 +176,27 @@ def test_a_gateway_runs_only_what_the_operator_signed(tmp_path, etcd_server):
         wait_until(lambda: control()["revision"] == 6, timeout=20)
         assert get(m.url + "/which")[1] == {"revision": "6"}
         assert control()["refused"] is None
+        sixth = selection(etcd_server)
+
+        # the selection is the operator's too: a workload cannot select an older revision the
+        # operator signed (1, whose route has no fix of 6's, say) ...
+        select(etcd_server, workload, {"revision": 1})
+        wait_until(lambda: "selection refused, still running 6: the selection is not signed "
+                   "by the operator" in (m.status()["config"]["last_error"] or ""), timeout=20)
+        # ... nor replay the operator's own older selection, of revision 1: 6 is newer
+        select(etcd_server, workload, first)
+        wait_until(lambda: "selection refused, still running 6: the selection was made when "
+                   "revision 1 was the latest, but the operator has since stored revision 6" in
+                   (m.status()["config"]["last_error"] or ""), timeout=20)
+        assert control()["revision"] == 6 and get(m.url + "/which")[1] == {"revision": "6"}
+        r = mitmesh("config", "history", "--store", store, cwd=tmp_path)
+        assert "proxies refuse the selection marked *: the selection was made when revision 1" \
+            in r.stdout, r.stdout
+        r = mitmesh("gateway", "--workers", "1", "--config", store, cwd=tmp_path)
+        assert r.returncode == 1 and "since stored revision 6" in r.stderr, r
+        select(etcd_server, workload, sixth)  # the operator's latest, written again: no harm
+        r = mitmesh("config", "history", "--store", store, cwd=tmp_path)
+        assert r.returncode == 0 and "proxies refuse the selection" not in r.stdout, r.stdout
     finally:
         m.stop()
 
@@ -177,13 +225,13 @@ def test_up_pushes_again_a_revision_stored_unsigned(tmp_path):
         assert first.revision == 1 and first.signature and first.certificate
         unsigned = dataclasses.replace(first, revision=2, signature="", certificate="")
         await store.etcd.put(revision_key(MESH, 2), unsigned.to_json())
-        await store.set_current({"revision": 2})
+        await store.set_current({"revision": 2}, 2)  # unsigned, as before signing
 
     async def history(member, store: Store):
         return await store.history(), await store.current()
     up_and(unsigned_copy)
     revs, current = up_and(history)
-    assert [r.revision for r in revs] == [1, 2, 3] and current == {"revision": 3}
+    assert [r.revision for r in revs] == [1, 2, 3] and current["revision"] == 3
     assert revs[2].text == text and revs[2].signature
     revs, current = up_and(history)  # signed and unchanged: kept
     assert len(revs) == 3

@@ -370,31 +370,83 @@ def test_a_canary_that_cannot_be_measured_is_rolled_back(etcd_server, admin):
         finally:
             await etcd.close()
     code, current = asyncio.run(run())
-    assert code == 1 and current == {"revision": 1}, (code, current)
+    assert code == 1 and current["revision"] == 1 and "canary" not in current, (code, current)
 
 
-def test_a_workload_selecting_numbers_without_end_does_not_grow_a_proxy(etcd_server):
+def test_selecting_numbers_without_end_does_not_grow_a_proxy(etcd_server):
     """Each revision a proxy refuses is remembered, so it is not tried again; a workload that
-    selects 1, 2, 3 ... (no such revision stored) grew that memory by one entry a write."""
-    async def run() -> int:
+    selected 1, 2, 3 ... (no such revision stored) grew that memory by one entry a write. A
+    workload's selections are refused now (not the operator's), and the memory is capped for
+    selections the operator signed too (a script gone wrong)."""
+    refusals: list[str] = []
+
+    async def run() -> tuple[int, int | None]:
         first = await operator_push(etcd_server, text("one"))
         loc = parse_location(etcd_server.store(MESH)).with_tls(workload_tls(etcd_server, "gw"))
         watcher = EtcdWatcher(loc, "gw", first, lambda t, label, digest: t,
-                              lambda snap: None, lambda why: None, probe_interval=0.2)
+                              lambda snap: None, refusals.append, probe_interval=0.2)
         watcher.start()
-        etcd = Etcd([etcd_server.client_url], tls=workload_tls(etcd_server, "evil"))
+        tls = operator_tls(etcd_server)
+        etcd = Etcd([etcd_server.client_url], tls=tls)
+        operator = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
         try:
             await asyncio.wait_for(watcher.follower.synced.wait(), 10)
-            for n in range(1000, 1300):
-                await etcd.put(current_key(MESH), json.dumps({"revision": n}))
+            await write(etcd_server, workload_tls(etcd_server, "evil"), current_key(MESH),
+                        json.dumps({"revision": 999}))
             deadline = time.monotonic() + 10
+            while not refusals and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            wanted_after_workload = watcher.wanted
+            for n in range(1000, 1300):
+                await operator.set_current({"revision": n}, n)
+            deadline = time.monotonic() + 20
             while watcher.wanted != 1299 and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            return len(watcher.refused)
+            assert watcher.wanted == 1299
+            return len(watcher.refused), wanted_after_workload
         finally:
             await etcd.close()
             await watcher.stop()
-    assert asyncio.run(run()) <= 64
+    kept, wanted = asyncio.run(run())
+    assert "the selection is not signed by the operator" in refusals[0] and wanted == 1, refusals
+    assert kept <= 64
+
+
+def test_a_proxy_does_not_go_back_to_an_older_selection(etcd_server):
+    """The operator's selections are signed, so a workload can only write one the operator made
+    before: one made before a newer revision was stored is refused by every proxy (the e2e
+    test), and one with the same latest revision but older (the canary of a rollout the
+    operator rolled back since) by a proxy that followed the newer one."""
+    refusals: list[str] = []
+
+    async def run() -> int | None:
+        await operator_push(etcd_server, text("one"))
+        tls = operator_tls(etcd_server)
+        etcd = Etcd([etcd_server.client_url], tls=tls)
+        operator = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
+        bad = await operator.add(text("two"), "mesh.yaml", "rollout")
+        await operator.set_current({"revision": 1, "canary": {"revision": bad.revision,
+                                                              "proxies": ["gw"]}}, bad.revision)
+        canary = (await etcd.get(current_key(MESH))).value
+        await operator.set_current({"revision": 1}, bad.revision)  # rolled back
+        first = await operator.get(1)
+        loc = parse_location(etcd_server.store(MESH)).with_tls(workload_tls(etcd_server, "gw"))
+        watcher = EtcdWatcher(loc, "gw", first, lambda t, label, digest: t,
+                              lambda snap: None, refusals.append, probe_interval=0.2)
+        watcher.start()
+        try:
+            await asyncio.wait_for(watcher.follower.synced.wait(), 10)
+            await write(etcd_server, workload_tls(etcd_server, "evil"), current_key(MESH), canary)
+            deadline = time.monotonic() + 10
+            while not refusals and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return watcher.wanted
+        finally:
+            await etcd.close()
+            await watcher.stop()
+    assert asyncio.run(run()) == 1
+    assert refusals and "the selection was made before the one this proxy follows" in \
+        refusals[0], refusals
 
 
 def test_an_etcd_members_certificate_cannot_sign(tmp_path):
