@@ -66,11 +66,16 @@ PRESENCE_REFRESH = 30.0  # a proxy signs its presence record anew this often (et
 PRESENCE_MAX_AGE = 120.0  # ... and a rollout believes a record this old at most (clock skew)
 
 
-def presence_bytes(mesh: str, record: dict) -> bytes:
-    """What a proxy signs of its presence record: every field but the signature, and the mesh."""
+def content_bytes(purpose: str, mesh: str, record: dict) -> bytes:
+    """What is signed of a record: every field but the signature, the mesh and what it is."""
     body = {k: v for k, v in record.items() if k not in SIGNATURE}
-    return json.dumps({"purpose": "mitmesh proxy presence", "mesh": mesh, "record": body},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps({"purpose": purpose, "mesh": mesh, "record": body}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def presence_bytes(mesh: str, record: dict) -> bytes:
+    """What a proxy signs of its presence record."""
+    return content_bytes("mitmesh proxy presence", mesh, record)
 
 
 def signed_presence(mesh: str, record: dict, signer: Signer) -> dict:
@@ -319,10 +324,8 @@ def check_selection(current: object) -> dict:
 
 
 def selection_bytes(mesh: str, selection: dict) -> bytes:
-    """What the operator signs of a selection: every field but the signature, and the mesh."""
-    body = {k: v for k, v in selection.items() if k not in SIGNATURE}
-    return json.dumps({"purpose": "mitmesh config selection", "mesh": mesh, "selection": body},
-                      sort_keys=True, separators=(",", ":")).encode()
+    """What the operator signs of a selection."""
+    return content_bytes("mitmesh config selection", mesh, selection)
 
 
 def signed_selection(mesh: str, selection: dict, latest: int, signer: Signer | None) -> dict:

@@ -13,19 +13,12 @@ from mesh.runtime.store import (PRESENCE_MAX_AGE, PresenceTrust, presence_bytes,
                                 signed_presence)
 from mesh.security import pki
 from mesh.security.signing import Signer
+from tests.mesh.test_signing import certs  # noqa: F401 (fixture: a mesh CA and the operator)
 
 MESH = "demo"
 GATEWAY = pki.spiffe_id("mitmesh.local", "demo", "gateway")
 RECORD = {"role": "gateway", "admin": "http://127.0.0.1:9901", "proxy": "gw-a", "pid": 7,
           "revision": 3, "wanted": 3, "refused": None}
-
-
-@pytest.fixture
-def certs(tmp_path):
-    directory = tmp_path / "certs"
-    pki.init_mesh(directory, "mitmesh.local")
-    pki.ensure_operator(directory)
-    return directory
 
 
 def workload(certs, name: str) -> Signer:
