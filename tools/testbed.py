@@ -48,6 +48,7 @@ class Sidecared:
     announced: float = 0.0  # wall-clock time of the mDNS announcement, from the sidecar's log
     netns: str | None = None  # in a pod: the mesh namespace, from which its sidecar is reached
     stopping: bool = False  # its sidecar was sent the SIGTERM of a graceful stop (Mesh.begin_stop)
+    token: str = ""  # its admin token: /flows, read from a pod's neighbour, needs it
 
     @property
     def name(self) -> str:
@@ -66,7 +67,9 @@ class Sidecared:
         return f"http://{self.inst.sidecar.address}:{self.inst.sidecar.admin}"
 
     def flows(self) -> list[dict]:
-        with reach(self.admin, self.netns), urllib.request.urlopen(self.admin + "/flows", timeout=5) as r:
+        req = urllib.request.Request(self.admin + "/flows",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with reach(self.admin, self.netns), urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)["flows"]
 
     def knobs(self, **values) -> dict:
@@ -237,7 +240,9 @@ class Mesh:
                 argv, cwd = launcher.service_argv(inst, config, self.url), None
             app = procs.spawn(name, argv, log_dir=self.tmp / "logs", cwd=cwd)
             self.children[name] = app
-            started.append(Sidecared(inst, app, None, netns=self.pods.mesh if inst.pod else None))
+            started.append(Sidecared(inst, app, None, netns=self.pods.mesh if inst.pod else None,
+                                     token=admin.read_token(admin.token_path(self.path, config,
+                                                                             sidecar=True)) or ""))
         for s in started:  # at once: a sidecar announces its instance only once the app answers
             argv = launcher.sidecar_argv(self.path, s.inst)
             if s.inst.pod is not None:

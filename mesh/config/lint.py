@@ -99,11 +99,12 @@ def _unkeyed_limits(src: Source, config: MeshConfig) -> list[Problem]:
 
 
 def _exposed_admins(src: Source, config: MeshConfig) -> list[Problem]:
-    """Admin listeners bound beyond loopback: their reading endpoints (/flows, /status) answer
-    whoever reaches them (Envoy's advice: never expose the admin interface)."""
+    """Admin listeners bound beyond loopback: their reading endpoints (/status, /metrics; /flows
+    with the token) answer whoever reaches them (Envoy's advice: never expose the admin
+    interface)."""
     out = []
-    exposed = ("/flows, /status and /metrics answer whoever reaches it (Envoy's advice: never "
-               "expose the admin interface)")
+    exposed = ("/status and /metrics answer whoever reaches it, /flows whoever has its token "
+               "(Envoy's advice: never expose the admin interface)")
     if not loopback(address := config.gateway.admin.address):
         out.append(src.problem(("gateway", "admin", "address"), (
             f"warning: the gateway's admin listener binds {address}, not a loopback address: "

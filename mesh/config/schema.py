@@ -82,13 +82,14 @@ class Listener(Model):
 
 class Admin(Model):
     """The admin listener: /status, /metrics, /flows, /record. Binds loopback by default; reading
-    is open to whoever reaches it, every other method needs the admin token."""
+    is open to whoever reaches it (/flows from beyond loopback: with the token), every other
+    method needs the admin token."""
 
     address: Address = Field(
         "127.0.0.1", description="the address it binds (default 127.0.0.1); `mitmesh gateway "
                                  "--address` and a sidecar's instance address take its place. "
                                  "`mitmesh validate` warns when it is not loopback: reading is open "
-                                 "to whoever reaches it")
+                                 "to whoever reaches it, /flows with the admin token")
     port: Port = 9901
     token_file: str | None = Field(
         None, description="file holding the bearer token that POST /record and every other "

@@ -1,8 +1,11 @@
 """A tiny HTTP/1.1 server for a proxy's admin listener (/status, /metrics), on loopback by default.
 
-Reading (GET, HEAD) is open to whoever reaches the listener; every other method changes state
-(`POST /record`) and needs `Authorization: Bearer <token>`, the token in the admin token file
-(`mitmesh certs init` and `mitmesh up` make it, mode 0600; the CLI reads it). It answers only Host
+Reading (GET, HEAD) is open to whoever reaches the listener, but for what shows traffic (`/flows`:
+TRAFFIC), which a client beyond this host (not on loopback: a pod's neighbour, another host) reads
+only with the token, as Linkerd serves its proxies' debug endpoints to localhost only; every other
+method changes state (`POST /record`) and needs `Authorization: Bearer <token>`, the token in the
+admin token file (`mitmesh certs init` and `mitmesh up` make it, mode 0600; the CLI reads it).
+It answers only Host
 headers naming localhost, a loopback address or its own address, so a web page cannot reach it by
 rebinding its own DNS name to the listener's address, and only requests no proxy forwarded.
 """
@@ -25,6 +28,7 @@ log = logging.getLogger("mitmesh.admin")
 
 Handler = Callable[[str, str], "tuple[int, str, bytes] | Awaitable[tuple[int, str, bytes]]"]
 READ_ONLY = frozenset({"GET", "HEAD"})
+TRAFFIC = frozenset({"/flows"})  # recent requests: read from loopback, or with the token
 TOKEN_FILE = "admin.token"
 
 
@@ -113,6 +117,17 @@ def prometheus_targets(snap, instances) -> list[dict]:
     return groups
 
 
+def _from_loopback(peer: str) -> bool:
+    """Whether a connection's source address is loopback (an IPv4 one mapped into IPv6 too)."""
+    try:
+        address = ipaddress.ip_address(peer.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 class AdminServer:
     def __init__(self, address: str, port: int, handlers: dict[str, Handler], sock=None,
                  token: Callable[[], str | None] = lambda: None):
@@ -124,10 +139,11 @@ class AdminServer:
         self._server: asyncio.Server | None = None
         self._own = _own_name(address)
 
-    def refusal(self, method: str, headers: dict[str, str], local: str | None = None
-                ) -> tuple[int, str, bytes] | None:
+    def refusal(self, method: str, headers: dict[str, str], local: str | None = None,
+                path: str = "", peer: str | None = None) -> tuple[int, str, bytes] | None:
         """The answer to a request that may not go on (wrong Host, forwarded by a proxy, no or
-        wrong token), else None. `local`: the address the connection came to."""
+        wrong token), else None. `local`: the address the connection came to; `peer`: the
+        address it came from (None: this host's own, as from a test)."""
         host = headers.get("host", "")
         # DNS rebinding: a page whose own name now resolves to this listener sends that name. Only
         # localhost, loopback addresses and this listener's own address (the connection's, for a
@@ -146,7 +162,8 @@ class AdminServer:
             return json_reply({"error": "forwarded_request", "reason": "this admin listener "
                                "answers only direct requests, not one a proxy forwarded "
                                f"({marked})"}, 403)
-        if method in READ_ONLY:
+        beyond = peer is not None and not _from_loopback(peer)
+        if method in READ_ONLY and not (path in TRAFFIC and beyond):
             return None
         expected = self.token()
         scheme, _, given = headers.get("authorization", "").partition(" ")
@@ -155,7 +172,9 @@ class AdminServer:
             return None
         why = ("no admin token is set up; `mitmesh certs init` makes one" if not expected else
                "wrong admin token" if given else "send the admin token: Authorization: Bearer <token>")
-        return json_reply({"error": "unauthorized", "reason": f"{method} changes state: {why}"}, 401)
+        what = (f"{method} changes state" if method not in READ_ONLY else
+                f"{path} shows traffic, read from {peer}, not a loopback address")
+        return json_reply({"error": "unauthorized", "reason": f"{what}: {why}"}, 401)
 
     def _host_allowed(self, name: str, local: str | None) -> bool:
         if loopback(name) or name == self._own:
@@ -177,6 +196,8 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sockname = writer.get_extra_info("sockname")
         local = sockname[0] if isinstance(sockname, tuple) else None
+        peername = writer.get_extra_info("peername")
+        peer = peername[0] if isinstance(peername, tuple) else None
         try:
             while True:
                 try:
@@ -201,7 +222,7 @@ class AdminServer:
                     await reader.readexactly(length)
                 path, _, query = target.partition("?")
                 handler = self.handlers.get(path)
-                refused = self.refusal(method, headers, local)
+                refused = self.refusal(method, headers, local, path, peer)
                 if refused is not None:
                     status, ctype, body = refused
                 elif handler is None:

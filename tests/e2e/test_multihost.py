@@ -12,7 +12,6 @@ import secrets
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -23,7 +22,7 @@ from discovery.mdns import MdnsSource
 from tools import netns, pods
 from mesh.config import load
 from mesh.core.sidecar import virtual_addresses
-from mesh.runtime import procs
+from mesh.runtime import admin, procs
 
 from .conftest import get, wait_until
 
@@ -81,6 +80,9 @@ def test_services_in_pods_on_different_hosts_find_each_other(hosts):
     }
     path = net.tmp / "mesh.yaml"
     path.write_text(yaml.safe_dump(config))
+    token = admin.token_path(path, load(path), sidecar=True)
+    admin.ensure_token(token)  # /flows from another address than loopback: with the token
+    auth = {"Authorization": f"Bearer {admin.read_token(token)}"}
     placed = {"catalog": "h1", "payments": "h2", "orders": "h3"}
     vips = virtual_addresses(load(path).services)
     starting, at = [], {}
@@ -121,16 +123,16 @@ def test_services_in_pods_on_different_hosts_find_each_other(hosts):
                                data=json.dumps({"item_id": 4, "quantity": 1}).encode())
     assert status == 200, body
     assert (body["order"]["catalog"], body["order"]["payments"]) == ("catalog-on-h1", "payments-on-h2")
-    flows = net.call("h3", lambda: json.load(urllib.request.urlopen(
-        f"http://{at['orders']}:{ADMIN}/flows", timeout=5))["flows"])
+    flows = net.call("h3", lambda: json.load(urllib.request.urlopen(urllib.request.Request(
+        f"http://{at['orders']}:{ADMIN}/flows", headers=auth), timeout=5))["flows"])
     out = {(f["host"], f["endpoint"]) for f in flows
            if f["request_id"] == "across-hosts" and f["direction"] == "outbound"}
     assert out == {("catalog", f"{at['catalog']}:{INBOUND}"), ("payments", f"{at['payments']}:{INBOUND}")}
     # the apps are on their pods' loopback: from another host, a connection to the app's port is
     # taken by its sidecar's inbound (seen in its flows), and the host's own address has nothing on it
     net.call("h3", get, f"http://{at['catalog']}:{APP}/items/1", headers={"x-request-id": "app-port"})
-    inbound = net.call("h1", lambda: json.load(urllib.request.urlopen(
-        f"http://{at['catalog']}:{ADMIN}/flows", timeout=5))["flows"])
+    inbound = net.call("h1", lambda: json.load(urllib.request.urlopen(urllib.request.Request(
+        f"http://{at['catalog']}:{ADMIN}/flows", headers=auth), timeout=5))["flows"])
     assert [f["direction"] for f in inbound if f["request_id"] == "app-port"] == ["inbound"]
     with pytest.raises(OSError):
         net.call("h3", urllib.request.urlopen, f"http://{net.address('h1')}:{APP}/healthz", None, 2)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from mesh.config import load
 from mesh.core import podnet
-from mesh.runtime import procs
+from mesh.runtime import admin
 from tools import launcher, pods
 from tools.testbed import running_demo, wait_until
 
@@ -174,10 +175,19 @@ def test_apps_call_services_by_name_with_their_own_identity(mesh):
     got = call(mesh, "users-v1-1", "http://payments/charge", '{"amount": 5}')
     assert got["status"] == 403 and got["body"]["error"] != "egress_denied", got
     # the hop between the sidecars was mTLS with the caller's SPIFFE ID (payments' sidecar saw it)
+    config = mesh["config"]
+    token = admin.read_token(admin.token_path(config, load(config), sidecar=True))
     with podnet.entered(mesh["mesh_ns"]):  # the whole request: its socket is made in there
         conn = http.client.HTTPConnection(mesh["addresses"]["payments-v1-1"], 15000, timeout=5)
+        # the recent requests are not for the pod's network neighbours: the token, or loopback
         conn.request("GET", "/flows")
+        refused = conn.getresponse()
+        assert refused.status == 401 and b"/flows shows traffic" in refused.read()
+        conn.request("GET", "/flows", headers={"Authorization": f"Bearer {token}"})
         flows = json.loads(conn.getresponse().read())["flows"]
+        conn.request("GET", "/metrics")  # what Prometheus scrapes stays open
+        scraped = conn.getresponse()
+        assert scraped.status == 200 and b"mitmesh_" in scraped.read()
     peers = {f.get("peer") or f.get("principal") for f in flows if f.get("direction") == "inbound"}
     assert "spiffe://mitmesh.local/ns/demo/sa/orders" in peers, flows[-2:]
     assert "spiffe://mitmesh.local/ns/demo/sa/users" in peers, flows[-2:]

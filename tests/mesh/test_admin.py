@@ -81,3 +81,32 @@ def test_what_direct_clients_send_is_answered():
 def test_state_changes_need_the_token(method, authorization, expected):
     headers = {"host": "localhost"} | ({"authorization": authorization} if authorization else {})
     assert refused("127.0.0.1", headers, method) == expected
+
+
+@pytest.mark.parametrize("path, peer, authorization, expected", [
+    ("/flows", "127.0.0.1", None, None),
+    ("/flows", "127.9.9.9", None, None),
+    ("/flows", "::1", None, None),
+    ("/flows", "::ffff:127.0.0.1", None, None),  # an IPv4 client of a dual-stack bind
+    ("/flows", None, None, None),  # a unix socket, a test: this host's own
+    ("/flows", "10.0.0.7", None, (401, "unauthorized")),  # a pod's neighbour, another host
+    ("/flows", "::ffff:10.0.0.7", None, (401, "unauthorized")),
+    ("/flows", "fe80::1%eth0", None, (401, "unauthorized")),
+    ("/flows", "10.0.0.7", "Bearer nope", (401, "unauthorized")),
+    ("/flows", "10.0.0.7", f"Bearer {TOKEN}", None),
+    ("/metrics", "10.0.0.7", None, None),  # Prometheus scrapes from anywhere
+    ("/healthz", "10.0.0.7", None, None),
+    ("/status", "10.0.0.7", None, None),
+])
+def test_traffic_is_shown_beyond_loopback_only_with_the_token(path, peer, authorization,
+                                                               expected):
+    """/flows shows recent requests (paths, clients, decisions; credentials masked): on an admin
+    listener beyond loopback (a sidecar's in a pod binds the pod's address), its network
+    neighbours read them only with the admin token, as Linkerd serves its proxy's debug
+    endpoints to localhost only; metrics and health stay open to scrapers and probes."""
+    server = AdminServer("0.0.0.0", 9901, {}, token=lambda: TOKEN)
+    headers = {"host": "localhost"} | ({"authorization": authorization} if authorization else {})
+    answer = server.refusal("GET", headers, "10.0.0.5", path, peer)
+    assert (None if answer is None else (answer[0], json.loads(answer[2])["error"])) == expected
+    if answer is not None:
+        assert f"/flows shows traffic, read from {peer}" in json.loads(answer[2])["reason"]

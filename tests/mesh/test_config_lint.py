@@ -101,13 +101,14 @@ def test_a_limit_by_api_key_where_no_api_key_policy_verifies_one():
 @pytest.mark.parametrize("admin, expected", [
     ("gateway: {listeners: [{name: public, port: 18080}], admin: {address: 0.0.0.0, port: 9901}}",
      ["mesh.yaml:2: gateway.admin.address: warning: the gateway's admin listener binds 0.0.0.0, "
-      "not a loopback address: /flows, /status and /metrics answer whoever reaches it (Envoy's "
-      "advice: never expose the admin interface); keep it on 127.0.0.1"]),
+      "not a loopback address: /status and /metrics answer whoever reaches it, /flows whoever has "
+      "its token (Envoy's advice: never expose the admin interface); keep it on 127.0.0.1"]),
     ("gateway: {listeners: [{name: public, port: 18080}]}\n"
      "sidecar: {admin: {address: 10.0.0.5, port: 15000}}",
      ["mesh.yaml:3: sidecar.admin.address: warning: 10.0.0.5 is not a loopback address: a "
-      "sidecar's admin listener is meant for the host only, as /flows, /status and /metrics "
-      "answer whoever reaches it (Envoy's advice: never expose the admin interface); a sidecar "
+      "sidecar's admin listener is meant for the host only, as /status and /metrics answer "
+      "whoever reaches it, /flows whoever has its token (Envoy's advice: never expose the admin "
+      "interface); a sidecar "
       "binds it on its instance's own address (--address), which should be loopback too"]),
     ("gateway: {listeners: [{name: public, port: 18080}], admin: {address: 127.0.0.9}}", []),
     ("gateway: {listeners: [{name: public, port: 18080}], admin: {address: '::1'}}", []),
