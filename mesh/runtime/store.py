@@ -266,12 +266,20 @@ def load_json(value: str) -> object:
 def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = False) -> None:
     """Raises ValueError saying why no proxy may run `rev`, read as revision `n` of `location`:
     in an etcds:// store, a signature by the operator's certificate of the mesh CA the proxy
-    trusts (`location.tls.ca`), valid now (`signed_at`: when it was pushed, for a rollback)."""
+    trusts (`location.tls.ca`), valid now (`signed_at`: when it was pushed, for a rollback);
+    in any store, a digest that is its text's (what `history` and /status name it by)."""
     if rev.revision != n:
         raise ValueError(f"{rev.label}: stored as revision {n}, refused (got revision "
                          f"{rev.revision})")
-    if not location.secure:
-        return
+    if location.secure:
+        _check_signature(rev, location, signed_at)
+    own = hashlib.sha256(rev.text.encode()).hexdigest()[:12]
+    if rev.digest != own:  # signed or not, a record whose name is another text's
+        raise ValueError(f"{rev.label}: its digest {rev.digest[:40]!r} is not its text's "
+                         f"({own}), refused")
+
+
+def _check_signature(rev: Revision, location: Location, signed_at: bool) -> None:
     if location.tls is None:  # fail closed: an etcds:// store is only ever read with a mesh CA
         raise ValueError(f"{rev.label}: no mesh CA to check its signature against, refused")
     from mesh.security import signing

@@ -4,6 +4,8 @@ whether the operator signed it."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -105,8 +107,11 @@ def signed(tmp_path):
     cert, key = map(str, pki.operator_paths(certs))
     location = parse_location("etcds://127.0.0.1:2379/demo").with_tls(
         EtcdTls(str(pki.mesh_ca_cert(certs)), cert, key))
-    rev = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5, "note", rollback_of=3)
+    rev = Revision(7, "version: 1\n", DIGEST, "mesh.yaml", 1.5, "note", rollback_of=3)
     return rev.signed("demo", Signer.load(cert, key)), location
+
+
+DIGEST = hashlib.sha256(b"version: 1\n").hexdigest()[:12]
 
 
 def test_an_operator_signed_revision_is_run(signed):
@@ -123,6 +128,20 @@ def test_the_signature_covers_what_a_proxy_applies(signed, change):
     with pytest.raises(ValueError, match="not signed by the operator, refused: the signature does "
                                          "not match its content"):
         check_revision(dataclasses.replace(rev, **change), change.get("revision", 7), location)
+
+
+def test_a_revision_whose_digest_is_another_texts_is_refused(signed):
+    """`history` and /status name a revision by its digest: a record signed with another text's
+    (the one it replaced, say) would read as that one. Refused in a plain store too."""
+    rev, location = signed
+    certs = Path(location.tls.ca).parent
+    other = dataclasses.replace(rev, digest="0123456789ab").signed(
+        "demo", Signer.load(*pki.operator_paths(certs)))
+    message = (f"mesh.yaml@r7: its digest '0123456789ab' is not its text's ({DIGEST}), refused")
+    for where in (location, parse_location("etcd://127.0.0.1:2379/demo")):
+        with pytest.raises(ValueError) as e:
+            check_revision(other, 7, where)
+        assert str(e.value) == message
 
 
 def test_a_revision_signed_for_another_mesh_is_refused(signed):
