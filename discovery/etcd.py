@@ -6,6 +6,9 @@ revokes the lease: every watcher hears the delete at once. A killed announcer st
 etcd deletes the key when the TTL runs out. When etcd cannot be reached the registry keeps the
 last known instances (stale, flagged by `status()`); when it answers again the source lists the
 prefix, drops what vanished meanwhile, and watches on.
+
+With `sign` the announcer adds a proof to its record (`signature`, `certificate`); with `verify`
+the watcher takes only records whose proof holds: mesh/security/instances.py, for etcd with TLS.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+from typing import Callable
 
 from .etcdapi import Etcd, Follower, KeyValue, LeasedKey
+from .etcdwire import EtcdError
 from .registry import Event, Instance, Registry
 from .source import Source
 
@@ -33,19 +38,26 @@ def instance_key(mesh: str, inst: Instance) -> str:
     return f"{instances_prefix(mesh)}{inst.service}/{inst.version}/{inst.address}:{inst.port}"
 
 
-def encode(inst: Instance) -> str:
-    return json.dumps({k: getattr(inst, k) for k in FIELDS if getattr(inst, k) is not None},
-                      sort_keys=True)
+PROOF = ("signature", "certificate")  # what `sign` adds and `verify` checks
+Sign = Callable[[dict], dict]  # a record → the same with its proof; ValueError: cannot sign
+Verify = Callable[[dict], None]  # raises ValueError: the record's proof does not hold
 
 
-def decode(kv: KeyValue) -> Instance:
-    """The instance a key holds; raises ValueError naming what is wrong."""
+def encode(inst: Instance, sign: Sign | None = None) -> str:
+    record = {k: getattr(inst, k) for k in FIELDS if getattr(inst, k) is not None}
+    return json.dumps(sign(record) if sign is not None else record, sort_keys=True)
+
+
+def decode(kv: KeyValue, verify: Verify | None = None) -> Instance:
+    """The instance a key holds; raises ValueError naming what is wrong (with `verify`, a proof
+    that does not hold too)."""
     try:
-        data = json.loads(kv.value)
+        signed = json.loads(kv.value)
     except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json parses
         raise ValueError(f"{kv.key}: expected a JSON object ({e})") from None
-    if not isinstance(data, dict):
+    if not isinstance(signed, dict):
         raise ValueError(f"{kv.key}: expected a JSON object (got {kv.value[:40]!r})")
+    data = {k: v for k, v in signed.items() if k not in PROOF}
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ValueError(f"{kv.key}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}")
@@ -57,6 +69,11 @@ def decode(kv: KeyValue) -> Instance:
     weight = data.get("weight", 1)
     if not isinstance(weight, int) or not 1 <= weight <= 10_000:
         raise ValueError(f"{kv.key}: weight: expected an integer from 1 to 10000 (got {weight!r})")
+    if verify is not None:
+        try:
+            verify(signed)
+        except ValueError as e:
+            raise ValueError(f"{kv.key}: {e}") from None
     return Instance(name=f"etcd:{data['address']}:{data['port']}", source="etcd",
                     **{k: v for k, v in data.items()})
 
@@ -66,12 +83,15 @@ class EtcdSource(Source):
 
     name = "etcd"
 
-    def __init__(self, etcd: Etcd, mesh: str, ttl: int = 5, probe_interval: float = 1.0):
+    def __init__(self, etcd: Etcd, mesh: str, ttl: int = 5, probe_interval: float = 1.0,
+                 sign: Sign | None = None, verify: Verify | None = None):
         if not 1 <= ttl <= 10:
             raise ValueError(f"etcd lease ttl: expected 1 to 10 seconds (got {ttl!r})")
         self.etcd = etcd
         self.mesh = mesh
         self.ttl = ttl
+        self.sign, self.verify = sign, verify
+        self._announced: tuple[str, Instance] | None = None  # (key, record), for `refresh`
         self.registry: Registry | None = None
         self.revision = 0
         self.follower = Follower(etcd, self._follow, "discovery", probe_interval)
@@ -132,7 +152,7 @@ class EtcdSource(Source):
 
     def _decode(self, kv: KeyValue) -> Instance | None:
         try:
-            return decode(kv)
+            return decode(kv, self.verify)
         except (ValueError, TypeError) as e:
             if kv.key not in self._warned:
                 self._warned.add(kv.key)
@@ -144,11 +164,28 @@ class EtcdSource(Source):
     async def announce(self, inst: Instance, instance: str) -> str:
         """Register `inst` under a lease kept alive in the background; returns its key."""
         key = instance_key(self.mesh, inst)
-        await self.lease.put(key, encode(dataclasses.replace(inst, source="etcd", workload=instance)))
+        record = dataclasses.replace(inst, source="etcd", workload=instance)
+        try:
+            value = encode(record, self.sign)
+        except ValueError as e:  # its certificate cannot be read: proxies would refuse it
+            raise EtcdError(f"{key}: cannot sign the instance record: {e}") from None
+        self._announced = (key, record)
+        await self.lease.put(key, value)
         return key
+
+    async def refresh(self) -> None:
+        """Sign the announced record again (a renewed certificate: the one that signed it expires
+        while the lease lives on); written only when that changes it."""
+        if self._announced is None or self.sign is None:
+            return
+        key, record = self._announced
+        value = encode(record, self.sign)
+        if value != self.lease.value:
+            await self.lease.put(key, value)
 
     async def withdraw(self) -> None:
         """Revoke the lease: every watcher drops this instance at once, not after the TTL."""
+        self._announced = None
         await self.lease.revoke()
 
     async def stop(self) -> None:

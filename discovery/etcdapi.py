@@ -288,6 +288,11 @@ class LeasedKey:
         self._value = ""
         self._task: asyncio.Task | None = None
 
+    @property
+    def value(self) -> str:
+        """What the key was last set to."""
+        return self._value
+
     async def put(self, key: str, value: str) -> None:
         """Set (or change) the key; raises EtcdError when etcd cannot take it now (the keeper
         retries in the background)."""

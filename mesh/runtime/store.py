@@ -66,15 +66,10 @@ PRESENCE_REFRESH = 30.0  # a proxy signs its presence record anew this often (et
 PRESENCE_MAX_AGE = 120.0  # ... and a rollout believes a record this old at most (clock skew)
 
 
-def content_bytes(purpose: str, mesh: str, record: dict) -> bytes:
-    """What is signed of a record: every field but the signature, the mesh and what it is."""
-    body = {k: v for k, v in record.items() if k not in SIGNATURE}
-    return json.dumps({"purpose": purpose, "mesh": mesh, "record": body}, sort_keys=True,
-                      separators=(",", ":")).encode()
-
-
 def presence_bytes(mesh: str, record: dict) -> bytes:
     """What a proxy signs of its presence record."""
+    from mesh.security.signing import content_bytes
+
     return content_bytes("mitmesh proxy presence", mesh, record)
 
 
@@ -333,6 +328,8 @@ def check_selection(current: object) -> dict:
 
 def selection_bytes(mesh: str, selection: dict) -> bytes:
     """What the operator signs of a selection."""
+    from mesh.security.signing import content_bytes
+
     return content_bytes("mitmesh config selection", mesh, selection)
 
 

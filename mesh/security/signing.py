@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mesh.security import pki
 
 KEY_TYPES = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
+PROOF = ("signature", "certificate")  # the fields a signed record carries its proof in
+
+
+def content_bytes(purpose: str, mesh: str, record: dict) -> bytes:
+    """What is signed of a record: every field but its proof, the mesh and what it is."""
+    body = {k: v for k, v in record.items() if k not in PROOF}
+    return json.dumps({"purpose": purpose, "mesh": mesh, "record": body}, sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
 def _pss() -> padding.PSS:

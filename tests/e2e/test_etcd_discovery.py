@@ -3,6 +3,8 @@ whatever finds it, graceful stop gone in under a second, SIGKILL gone within the
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
 from tests.etcd_server import etcd_server, workload_tls  # noqa: F401 (fixture)
@@ -63,3 +65,56 @@ def test_etcd_alone(sidecar_mesh, etcd_server):
     from tools.testbed import get
     status, body, _ = get(m.url + "/catalog/items")
     assert status == 200, body
+
+
+def test_only_a_service_registers_its_own_instances(sidecar_mesh, etcd_server):
+    """etcd with TLS lets every workload certificate of the mesh CA write every key. users'
+    certificate registered an instance of catalog at an address of its choosing, and the gateway
+    sent catalog's requests there (mTLS STRICT would have stopped them at the handshake; a
+    DISABLE service, not). Now a proxy takes an instance of catalog only as catalog's own sidecar
+    signed it."""
+    from discovery.etcd import instance_key
+    from discovery.etcdapi import Etcd
+    from discovery.registry import Instance
+    from mesh.runtime import procs
+    from mesh.security import pki
+    from mesh.security.instances import InstanceSigner
+
+    m = sidecar_mesh
+    mesh = m.config["mesh"]["id"]
+    members = [f"127.0.0.1:{etcd_server.client_port}"]
+    m.config["discovery"] = {"etcd": {"endpoints": members, "ttl": TTL, "tls": {}}}
+    m.write()
+    for name in ("catalog", "gateway"):
+        workload_tls(etcd_server, name)
+    (a,) = m.start_instances({"service": "catalog", "name": "catalog-a"})
+    m.start_gateway()
+    m.wait_instances(1, source="etcd", timeout=30)
+    attacker = workload_tls(etcd_server, "users")
+    catalog_id = pki.spiffe_id("mitmesh.local", "demo", "catalog")
+
+    async def forge() -> None:
+        etcd = Etcd([etcd_server.client_url], tls=attacker)
+        try:
+            real = (await etcd.get_prefix(f"/mitmesh/{mesh}/instances/"))[0][0]
+            ports = iter(procs.free_port() for _ in range(3))
+
+            def record(port: int) -> dict:
+                return {"service": "catalog", "version": "v1", "address": "127.0.0.1",
+                        "port": port, "identity": catalog_id}
+            forged = [record(next(ports)),  # unsigned
+                      InstanceSigner(mesh, attacker.cert, attacker.key)(record(next(ports))),
+                      {**json.loads(real.value), "port": next(ports)}]  # catalog's, moved
+            for rec in forged:
+                inst = Instance(name="x", service="catalog", version="v1", address="127.0.0.1",
+                                port=rec["port"])
+                await etcd.put(instance_key(mesh, inst), json.dumps(rec))
+        finally:
+            await etcd.close()
+    asyncio.run(forge())
+    time.sleep(1.5)  # what the gateway would have taken by now, it took at once
+    assert [i["workload"] for i in m.registry() if i["source"] == "etcd"] == ["catalog-a"]
+    log = m.children["gateway"].log.read_text()
+    assert log.count("not registered by service 'catalog' itself") == 3, log[-3000:]
+    assert "its certificate is spiffe://mitmesh.local/ns/demo/sa/users's" in log
+    assert "the signature does not match its content" in log and "it is not signed" in log

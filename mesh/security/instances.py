@@ -1,0 +1,71 @@
+"""Who may register an instance of a service in etcd: that service's own workload.
+
+etcd served with mutual TLS takes every certificate of the mesh CA, and etcd cannot say which
+keys a client may write (mesh/runtime/store.py), so a holder of catalog's certificate could
+register an instance of payments at an address of its choice. As a proxy does with its presence
+record, a sidecar signs its instance record with the key of the certificate it presents to etcd,
+its workload's; a proxy takes an instance of service S from etcd only when that signature is by
+a certificate of its mesh CA, valid now, for S's SPIFFE ID (Istio's secure naming, checked where
+the instance is learned rather than only at the handshake). mDNS announcements carry no such
+proof: SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mesh.security import pki, signing
+from mesh.security.signing import Signer
+
+PURPOSE = "mitmesh instance"
+
+
+@dataclass
+class InstanceSigner:
+    """Signs instance records with the key of `cert`, read again for each record so that a renewed
+    certificate signs the next one; the same record and certificate give the same proof (so a
+    refresh writes to etcd only when the certificate changed)."""
+
+    mesh: str
+    cert: str
+    key: str
+    _last: tuple[str, str, dict] | None = field(default=None, repr=False)
+
+    def __call__(self, record: dict) -> dict:
+        signer = Signer.load(self.cert, self.key)  # ValueError: the announcer says why
+        text = json.dumps(record, sort_keys=True)
+        if self._last is not None and self._last[:2] == (text, signer.certificate):
+            return self._last[2]
+        signed = {**record, "signature": signer.sign(signing.content_bytes(PURPOSE, self.mesh,
+                                                                             record)),
+                  "certificate": signer.certificate}
+        self._last = (text, signer.certificate, signed)
+        return signed
+
+
+def verifier(mesh: str, ca: str, trust_domain: str, namespace: str) -> Callable[[dict], None]:
+    """What a proxy checks of each instance record it reads from etcd: raises ValueError saying
+    why it is not the word of the service it names."""
+    def verify(record: dict) -> None:
+        expected = pki.spiffe_id(trust_domain, namespace, str(record.get("service")))
+
+        def whose(cert) -> str | None:
+            spiffe = pki.spiffe_of(cert)
+            if spiffe == expected:
+                return None
+            return (f"its certificate is {spiffe or cert.subject.rfc4514_string()}'s, not "
+                    f"{expected}'s")
+
+        try:
+            signing.check(signing.content_bytes(PURPOSE, mesh, record), record.get("signature"),
+                          record.get("certificate"), ca, whose=whose)
+        except ValueError as e:
+            raise ValueError(f"not registered by service {record.get('service')!r} itself: "
+                             f"{e}") from None
+        claimed = record.get("identity")
+        if claimed is not None and claimed != expected:
+            raise ValueError(f"it claims identity {claimed!r}, but service "
+                             f"{record.get('service')!r} runs as {expected}")
+    return verify
