@@ -51,17 +51,22 @@ def test_etcd_beside_mdns_graceful_stop_and_sigkill(sidecar_mesh, etcd_server):
     assert [i["workload"] for i in m.registry() if i["source"] == "etcd"] == ["catalog-a"]
 
 
-def test_etcd_alone(sidecar_mesh, etcd_server):
-    """Without mDNS the gateway finds instances through etcd only, and routes to them."""
-    m = sidecar_mesh
+def etcd_alone(m, etcd_server) -> None:
+    """catalog-a and the gateway, discovering through etcd with TLS only."""
     members = [f"127.0.0.1:{etcd_server.client_port}"]
     m.config["discovery"] = {"etcd": {"endpoints": members, "ttl": TTL, "tls": {}}}
     m.write()
     for name in ("catalog", "gateway"):
         workload_tls(etcd_server, name)
-    (a,) = m.start_instances({"service": "catalog", "name": "catalog-a"})
+    m.start_instances({"service": "catalog", "name": "catalog-a"})
     m.start_gateway()
     m.wait_instances(1, source="etcd", timeout=30)
+
+
+def test_etcd_alone(sidecar_mesh, etcd_server):
+    """Without mDNS the gateway finds instances through etcd only, and routes to them."""
+    m = sidecar_mesh
+    etcd_alone(m, etcd_server)
     from tools.testbed import get
     status, body, _ = get(m.url + "/catalog/items")
     assert status == 200, body
@@ -82,14 +87,7 @@ def test_only_a_service_registers_its_own_instances(sidecar_mesh, etcd_server):
 
     m = sidecar_mesh
     mesh = m.config["mesh"]["id"]
-    members = [f"127.0.0.1:{etcd_server.client_port}"]
-    m.config["discovery"] = {"etcd": {"endpoints": members, "ttl": TTL, "tls": {}}}
-    m.write()
-    for name in ("catalog", "gateway"):
-        workload_tls(etcd_server, name)
-    (a,) = m.start_instances({"service": "catalog", "name": "catalog-a"})
-    m.start_gateway()
-    m.wait_instances(1, source="etcd", timeout=30)
+    etcd_alone(m, etcd_server)
     attacker = workload_tls(etcd_server, "users")
     catalog_id = pki.spiffe_id("mitmesh.local", "demo", "catalog")
 
