@@ -62,6 +62,16 @@ def address(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def name(text: str) -> str:
+    """argparse type: a workload name, as the config names services (a file name in certs/)."""
+    from .config.types import check_name
+
+    try:
+        return check_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def count(text: str) -> int:
     """argparse type: a whole number >= 0 (workers: 0 means one per core)."""
     if not text.isdigit():
@@ -158,6 +168,10 @@ def _gateway(args) -> int:
         os.environ["MITMESH_PROXY"] = args.name
     if args.address:  # every worker binds there (mesh/core/state.py gateway_address)
         os.environ["MITMESH_ADDRESS"] = args.address
+    if args.identity:  # every process that reads an etcds:// store presents it (store._tls_files)
+        from mesh.runtime.store import identity_files
+
+        os.environ.update(identity_files(args.identity))
     return supervisor.serve(str(config_file(args.config)), workers, args.verbosity)
 
 
@@ -319,6 +333,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None, type=address,
                    help="bind every listener and the admin listener on this address instead of the "
                         "config's: one config for gateways on many hosts (default: the config's)")
+    g.add_argument("--identity", default=None, type=name, metavar="NAME",
+                   help="with --config etcds://...: the workload whose certificate it presents to "
+                        "etcd and signs its presence with, read before the config names "
+                        "gateway.identity: certs/workload/NAME.pem and .key (default: gateway, or "
+                        "$MITMESH_ETCD_CERT and $MITMESH_ETCD_KEY)")
     _fork_server_flag(g)
     g.set_defaults(func=_gateway)
 

@@ -171,6 +171,17 @@ def _tls_files(client: Callable[[Path], tuple[Path, Path]]) -> dict[str, str]:
     return {k: os.environ.get(TLS_ENV[k]) or str(v) for k, v in default.items()}
 
 
+def identity_files(workload: str) -> dict[str, str]:
+    """$MITMESH_ETCD_CERT and $MITMESH_ETCD_KEY naming `workload`'s certificate and key in the
+    identity folder (`mitmesh gateway --identity`), so the gateway presents them before its config
+    names gateway.identity."""
+    from mesh.security import pki
+
+    directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
+    cert, key = pki.workload_paths(directory, workload)
+    return {TLS_ENV["cert"]: str(cert), TLS_ENV["key"]: str(key)}
+
+
 def proxy_tls(workload: str) -> EtcdTls:
     """The files a proxy presents to an etcds:// store: its own workload certificate and the mesh
     CA (as an Istio proxy authenticates to istiod), where a config from etcd resolves its paths

@@ -4,6 +4,7 @@ breaks a route is rolled back by the analysis; a good one is promoted."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,49 @@ def test_rollout_rolls_back_a_broken_route_and_promotes_a_good_one(tmp_path, etc
         for load in loads:
             load.stop()
         m.stop()
+
+
+def test_a_gateway_of_another_identity_is_counted_by_a_rollout(tmp_path, etcd_server):
+    """gateway.identity `edge`: certs/workload/edge.pem, no gateway.pem. `mitmesh gateway
+    --identity edge` presents it to the etcds:// store before its config says so, and signs its
+    presence with it, which a rollout of that config believes (it expects edge's SPIFFE ID)."""
+    import asyncio
+
+    from discovery.etcdapi import Etcd
+    from mesh.runtime.configcmd import gateway_trust
+    from mesh.runtime.store import Store, parse_location
+    from mesh.config import load
+    from tests.etcd_server import operator_tls
+
+    store = f"etcds://127.0.0.1:{etcd_server.client_port}/edgemesh"
+    workload_tls(etcd_server, "edge")
+    config = {"version": 1, "mesh": {"id": "edgemesh"},
+              "gateway": {"identity": "edge", "listeners": [{"name": "public",
+                                                              "port": procs.free_port()}],
+                          "admin": {"port": procs.free_port()}},
+              "services": {}, "routes": [{"name": "hi", "match": {"path": {"exact": "/hi"}},
+                                          "direct": {"status": 200, "body": {"hi": "edge"}}}]}
+    path = tmp_path / "mesh.yaml"
+    path.write_text(json.dumps(config))
+    r = mitmesh("config", "push", str(path), "--store", store, *operator_flags(etcd_server))
+    assert r.returncode == 0, r
+    gw = procs.spawn("gateway", procs.python("-m", "mesh.cli", "gateway", "--workers", "1",
+                                             "--identity", "edge", "--config", store),
+                     log_dir=tmp_path / "logs", cwd=str(tmp_path))
+    try:
+        procs.wait_log(gw, "gateway ready", timeout=60)
+        loc = parse_location(store).with_tls(operator_tls(etcd_server))
+        trust = gateway_trust(loc, load(path))
+
+        async def records() -> list[dict]:
+            etcd = Etcd(list(loc.endpoints), tls=loc.tls)
+            try:
+                return await Store(etcd, "edgemesh").proxies()
+            finally:
+                await etcd.close()
+        found = wait_until(lambda: asyncio.run(records()), timeout=10)
+        for record in found:
+            trust.check(record, "edgemesh")  # raises: the rollout would leave it out
+        assert {r["role"] for r in found} == {"gateway"}
+    finally:
+        gw.stop()
