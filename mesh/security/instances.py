@@ -13,8 +13,11 @@ proof: SECURITY.md.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from cryptography import x509
 
 from mesh.security import pki, signing
 from mesh.security.signing import Signer
@@ -45,10 +48,27 @@ class InstanceSigner:
         return signed
 
 
+VERIFIED_KEPT = 8192  # records whose proof held, remembered until their certificate ends
+
+
 def verifier(mesh: str, ca: str, trust_domain: str, namespace: str) -> Callable[[dict], None]:
     """What a proxy checks of each instance record it reads from etcd: raises ValueError saying
-    why it is not the word of the service it names."""
+    why it is not the word of the service it names. A record whose proof held is not checked
+    again until its certificate ends: two signature checks take ~0.4 ms, and a proxy lists every
+    instance again each time it reconnects to etcd, on its event loop."""
+    verified: dict[str, float] = {}  # the record's text → when its certificate ends
+
     def verify(record: dict) -> None:
+        text = json.dumps(record, sort_keys=True)
+        if verified.get(text, 0.0) > time.time():
+            return
+        check(record)
+        if len(verified) >= VERIFIED_KEPT:
+            verified.clear()
+        cert = x509.load_pem_x509_certificate(record["certificate"].encode())
+        verified[text] = cert.not_valid_after_utc.timestamp()
+
+    def check(record: dict) -> None:
         expected = pki.spiffe_id(trust_domain, namespace, str(record.get("service")))
 
         def whose(cert) -> str | None:

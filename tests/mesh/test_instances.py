@@ -69,3 +69,19 @@ def test_the_same_certificate_signs_once_a_renewed_one_again(certs):
     pki.issue_workload(certs, "catalog", CATALOG)  # renewed, as `mitmesh certs` renews it
     renewed = encode(INST, sign)
     assert renewed != first and read(certs, renewed) == INST
+
+
+def test_a_record_checked_once_is_checked_again_when_its_certificate_ends(certs):
+    """Proofs that held are remembered (a reconnect lists every instance again), until the
+    certificate that signed them ends: then the record is refused like any expired one."""
+    import datetime as dt
+    import time
+
+    cert = pki.issue_workload(certs, "catalog", CATALOG, lifetime=dt.timedelta(seconds=2))
+    value = encode(INST, InstanceSigner(MESH, str(cert), str(cert.with_suffix(".key"))))
+    verify = verifier(MESH, str(pki.mesh_ca_cert(certs)), "mitmesh.local", "demo")
+    kv = KeyValue("/mitmesh/demo/instances/catalog/v1/127.0.0.5:15006", value, 1, 1)
+    assert decode(kv, verify) == INST and decode(kv, verify) == INST
+    time.sleep(2.5)
+    with pytest.raises(ValueError, match="its certificate is valid from"):
+        decode(kv, verify)
