@@ -65,6 +65,7 @@ class Etcd:
         self.tls = tls
         self._session: aiohttp.ClientSession | None = None
         self._preferred = 0  # the endpoint that answered last
+        self.cluster_id: str | None = None  # the etcd cluster's, from the last reply's header
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -109,6 +110,7 @@ class Etcd:
                 errors.append(f"{self.endpoints[idx]}: {message}")
                 continue
             self._preferred = idx
+            self.cluster_id = str((data.get("header") or {}).get("cluster_id") or "") or None
             return data
         raise EtcdError("; ".join(errors) or "no etcd endpoint")
 

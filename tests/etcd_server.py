@@ -39,7 +39,9 @@ def operator_flags(member: etcdserver.Member) -> list[str]:
 
 
 @pytest.fixture
-def etcd_server(tmp_path):
+def etcd_server(tmp_path, monkeypatch):
+    # the selection each proxy of the test followed last (store.Floor): the test's, not ./certs
+    monkeypatch.setenv("MITMESH_STATE_DIR", str(tmp_path / "state"))
     try:
         member = etcdserver.start(tmp_path / "etcd-data", tmp_path / "logs",
                                   certs=mesh_certs(tmp_path / "certs"))

@@ -15,9 +15,9 @@ from mesh.config import ConfigError
 from mesh.config.files import stamp
 from mesh.core.loops import Loop
 from mesh.core.state import Snapshot
-from mesh.runtime.store import (PRESENCE_REFRESH, Location, Revision, Store, check_revision,
-                                current_key, load_json, proxy_key, signed_presence, signed_until,
-                                wanted_revision)
+from mesh.runtime.store import (PRESENCE_REFRESH, Floor, Location, Revision, Store,
+                                check_revision, current_key, load_json, proxy_key,
+                                signed_presence, signed_until, wanted_revision)
 from mesh.security.signing import Signer
 from mesh.telemetry import metrics
 
@@ -204,6 +204,12 @@ class EtcdWatcher:
             return (f"the selection was made before the one this proxy follows (latest revision "
                     f"{made[0]} at {made[1]:.0f}, against {self.selection_made[0]} at "
                     f"{self.selection_made[1]:.0f}): a copy of an old selection, refused")
+        floor = Floor.of(self.location, self.etcd.cluster_id)
+        if floor is not None:
+            older = floor.problem(selection)
+            if older:
+                return older
+            floor.raise_to(selection)
         self.selection_made = made
         return None
 

@@ -407,6 +407,66 @@ def newer_revision(records: list[tuple[int, str]], latest: int, location: Locati
     return None
 
 
+STATE_ENV = "MITMESH_STATE_DIR"  # where a proxy keeps what it trusted last (default certs/state)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The newest selection this host followed from one store (mesh id and etcd cluster id),
+    kept in a file, as TUF clients keep the metadata they trusted last: after a restart a copy of
+    an older selection is refused too, even when a workload deleted the newer revisions that
+    would otherwise show it is older (`newer_revision`). A host that never followed the store has
+    no floor: it trusts the first selection that passes the other checks."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, location: Location, cluster: str | None) -> Floor | None:
+        if not location.secure or not cluster:
+            return None
+        directory = Path(os.environ.get(STATE_ENV)
+                         or Path(os.environ.get(IDENTITY_ENV) or "certs") / "state")
+        return cls(directory / f"selection-{location.mesh}-{cluster}.json")
+
+    def read(self) -> tuple[int, float] | None:
+        try:
+            d = json.loads(self.path.read_text())
+            return int(d["latest"]), float(d["at"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as e:  # written by no mitmesh
+            import logging
+
+            logging.getLogger("mitmesh.config").warning(f"{self.path}: ignored ({e!r})")
+            return None
+
+    def problem(self, selection: dict) -> str | None:
+        floor = self.read()
+        made = (selection.get("latest") or 0, selection.get("at", 0))
+        if floor is None or made >= floor:
+            return None
+        return (f"the selection was made before the one this host followed last (latest "
+                f"revision {floor[0]} at {floor[1]:.0f}, kept in {self.path}): a copy of an old "
+                f"selection, refused; if the store was emptied and filled again, remove that file")
+
+    def raise_to(self, selection: dict) -> None:
+        made = (selection["latest"], float(selection.get("at", 0)))
+        floor = self.read()
+        if floor is not None and made <= floor:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"latest": made[0], "at": made[1]}))
+            tmp.replace(self.path)
+        except OSError as e:  # a read-only identity folder: the floor lives as long as the process
+            import logging
+
+            logging.getLogger("mitmesh.config").warning(
+                f"cannot keep the selection followed in {self.path} ({e}); set "
+                f"${STATE_ENV} to a writable folder")
+
+
 def stale_selection(n: int, latest: int) -> str:
     return (f"the selection was made when revision {latest} was the latest, but the operator has "
             f"since stored revision {n}: a copy of an old selection, refused")
@@ -533,14 +593,16 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
     except ValueError as e:
         raise EtcdError(f"{location}: {e}") from None
     errors = []
+    cluster: list[str] = []  # the etcd cluster's id, from a reply's header: whose floor
     for base in location.endpoints:
         def call(key: str, end: str | None = None) -> list[tuple[str, str]]:
             body = {"key": b64(key), **({"range_end": b64(end)} if end is not None else {})}
             req = urllib.request.Request(f"{base}/v3/kv/range", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
-                kvs = json.load(r).get("kvs") or []
-            return [(unb64(kv.get("key")), unb64(kv.get("value"))) for kv in kvs]
+                data = json.load(r)
+            cluster.append(str((data.get("header") or {}).get("cluster_id") or ""))
+            return [(unb64(kv.get("key")), unb64(kv.get("value"))) for kv in data.get("kvs") or []]
 
         def value(key: str) -> str | None:
             found = call(key)
@@ -565,14 +627,20 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
         except (OSError, urllib.error.URLError, ValueError, TypeError, KeyError) as e:
             errors.append(f"{base}: {e}")
             continue
+        floor = Floor.of(location, cluster[-1] if cluster else None)
         try:
             check_signed_selection(selection, location)
             newer = newer_revision(above, selection.get("latest") or 0, location)
             if newer is not None:
                 raise ValueError(stale_selection(newer, selection["latest"]))
+            older = floor.problem(selection) if floor is not None else None
+            if older:
+                raise ValueError(older)
             check_revision(rev, n, location)
         except ValueError as e:
             raise EtcdError(f"{location}: {e}") from None
+        if floor is not None:
+            floor.raise_to(selection)
         return rev
     raise EtcdError(f"{location}: cannot read the config: {'; '.join(errors)}")
 

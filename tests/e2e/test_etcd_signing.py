@@ -197,6 +197,24 @@ def test_a_gateway_runs_only_what_the_operator_signed(tmp_path, etcd_server):
         select(etcd_server, workload, sixth)  # the operator's latest, written again: no harm
         r = mitmesh("config", "history", "--store", store, cwd=tmp_path)
         assert r.returncode == 0 and "proxies refuse the selection" not in r.stdout, r.stdout
+
+        # a workload that deletes every newer revision makes the old selection look current to a
+        # proxy that starts; this host kept the newest selection it followed, so a restarted
+        # gateway refuses it still (as TUF clients keep the metadata they trusted last)
+        gw.stop()
+
+        async def erase() -> None:
+            etcd = Etcd([etcd_server.client_url], tls=workload)
+            try:
+                for n in range(2, 7):
+                    await etcd.delete(revision_key(MESH, n))
+                await etcd.put(current_key(MESH), json.dumps(first))
+            finally:
+                await etcd.close()
+        asyncio.run(erase())
+        r = mitmesh("gateway", "--workers", "1", "--config", store, cwd=tmp_path)
+        assert r.returncode == 1 and "the selection was made before the one this host followed " \
+            "last (latest revision 6" in r.stderr, r
     finally:
         m.stop()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from discovery.etcdtls import EtcdTls
-from mesh.runtime.store import (Location, Revision, check_revision, on_loopback,
+from mesh.runtime.store import (Floor, Location, Revision, check_revision, on_loopback,
                                 operator_tls_defaults, parse_location, proxy_location,
                                 wanted_revision)
 from mesh.security import pki
@@ -201,3 +201,26 @@ def test_a_signature_near_its_end_is_exported_and_warned_about(tmp_path, caplog)
         assert ("push the config again" in caplog.text) is warned
     unsigned = Revision(7, "version: 1\n", "abc", "mesh.yaml", 1.5)
     assert signed_until(unsigned) is None and note_signature(unsigned, location) is None
+
+
+def test_a_floor_keeps_the_newest_selection_followed(tmp_path, monkeypatch):
+    """What a proxy followed last, per store and etcd cluster: an older selection is a problem,
+    the same or a newer one is not and raises it; an unreadable file is no floor."""
+    monkeypatch.setenv("MITMESH_STATE_DIR", str(tmp_path / "state"))
+    secure = parse_location("etcds://127.0.0.1:2379/demo")
+    assert Floor.of(parse_location("etcd://127.0.0.1:2379/demo"), "7") is None  # trusted whole
+    assert Floor.of(secure, None) is None
+    floor = Floor.of(secure, "7")
+    assert floor.path == tmp_path / "state" / "selection-demo-7.json"
+    assert floor.read() is None and floor.problem({"latest": 1, "at": 5.0}) is None
+    floor.raise_to({"revision": 3, "latest": 4, "at": 50.0})
+    floor.raise_to({"revision": 1, "latest": 2, "at": 60.0})  # older: not lowered
+    assert floor.read() == (4, 50.0)
+    assert floor.problem({"latest": 4, "at": 50.0}) is None
+    assert floor.problem({"latest": 5, "at": 1.0}) is None
+    older = floor.problem({"latest": 4, "at": 49.0})
+    assert older.startswith("the selection was made before the one this host followed last "
+                            "(latest revision 4 at 50, kept in ")
+    assert Floor.of(secure, "8").problem({"latest": 1, "at": 1.0}) is None  # another cluster
+    floor.path.write_text("not json")
+    assert floor.read() is None

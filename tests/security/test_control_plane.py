@@ -461,3 +461,42 @@ def test_an_etcd_members_certificate_cannot_sign(tmp_path):
     member = Signer.load(cert, key)
     with pytest.raises(ValueError):
         signing.check(b"x", member.sign(b"x"), member.certificate, str(pki.mesh_ca_cert(tmp_path)))
+
+
+def test_a_restarted_proxy_does_not_go_back_to_an_older_selection(etcd_server):
+    """A workload deletes every revision newer than an old selection of the operator's and
+    writes that selection back: nothing in the store shows it is old any more. A proxy that
+    followed the newer one keeps it (store.Floor), so it refuses the old one when it starts
+    again; one on a host that never followed the store (no floor) takes it, as documented."""
+    import os
+
+    from mesh.runtime.store import fetch_current
+    from discovery.etcdwire import EtcdError
+
+    async def setup() -> str:
+        await operator_push(etcd_server, text("one"))
+        tls = operator_tls(etcd_server)
+        etcd = Etcd([etcd_server.client_url], tls=tls)
+        try:
+            old = (await etcd.get(current_key(MESH))).value
+        finally:
+            await etcd.close()
+        await operator_push(etcd_server, text("two"))
+        return old
+
+    async def downgrade(old: str) -> None:
+        etcd = Etcd([etcd_server.client_url], tls=workload_tls(etcd_server, "evil"))
+        try:
+            await etcd.delete(revision_key(MESH, 2))
+            await etcd.put(current_key(MESH), old)
+        finally:
+            await etcd.close()
+    old = asyncio.run(setup())
+    loc = parse_location(etcd_server.store(MESH)).with_tls(workload_tls(etcd_server, "gw"))
+    assert fetch_current(loc, "gw").revision == 2  # followed: this host keeps it
+    asyncio.run(downgrade(old))
+    with pytest.raises(EtcdError, match="the selection was made before the one this host "
+                                        "followed last"):
+        fetch_current(loc, "gw")
+    os.environ["MITMESH_STATE_DIR"] += "-new-host"  # the fixture's monkeypatch restores it
+    assert fetch_current(loc, "gw").revision == 1
