@@ -66,18 +66,15 @@ PRESENCE_REFRESH = 30.0  # a proxy signs its presence record anew this often (et
 PRESENCE_MAX_AGE = 120.0  # ... and a rollout believes a record this old at most (clock skew)
 
 
-def presence_bytes(mesh: str, record: dict) -> bytes:
-    """What a proxy signs of its presence record."""
-    from mesh.security.signing import content_bytes
-
-    return content_bytes("mitmesh proxy presence", mesh, record)
+PRESENCE = "mitmesh proxy presence"  # what a proxy signs its presence record as
+SELECTION = "mitmesh config selection"  # what the operator signs a selection as
 
 
 def signed_presence(mesh: str, record: dict, signer: Signer) -> dict:
     """`record` with the time it is said at, signed with the proxy's own workload key."""
-    record = {**record, "at": time.time()}
-    return {**record, "signature": signer.sign(presence_bytes(mesh, record)),
-            "certificate": signer.certificate}
+    from mesh.security.signing import sign_record
+
+    return sign_record(PRESENCE, mesh, {**record, "at": time.time()}, signer)
 
 
 @dataclass(frozen=True)
@@ -92,17 +89,11 @@ class PresenceTrust:
 
     def check(self, record: dict, mesh: str, now: float | None = None) -> None:
         """Raises ValueError saying why `record` is not a gateway's own, fresh word."""
-        from mesh.security import pki, signing
+        from mesh.security import signing
 
-        def whose(cert) -> str | None:
-            spiffe = pki.spiffe_of(cert)
-            if spiffe in self.gateways:
-                return None
-            return (f"its certificate is {spiffe or cert.subject.rfc4514_string()}'s, not a "
-                    f"gateway's ({', '.join(sorted(self.gateways))})")
-
-        signing.check(presence_bytes(mesh, record), record.get("signature"),
-                      record.get("certificate"), self.ca, whose=whose)
+        gateways = f"a gateway's ({', '.join(sorted(self.gateways))})"
+        signing.check_record(PRESENCE, mesh, record, self.ca,
+                             signing.of_identity(self.gateways, gateways))
         at, now = record.get("at"), time.time() if now is None else now
         if isinstance(at, bool) or not isinstance(at, (int, float)) \
                 or not abs(now - at) <= PRESENCE_MAX_AGE:
@@ -337,21 +328,13 @@ def check_selection(current: object) -> dict:
     return current
 
 
-def selection_bytes(mesh: str, selection: dict) -> bytes:
-    """What the operator signs of a selection."""
-    from mesh.security.signing import content_bytes
-
-    return content_bytes("mitmesh config selection", mesh, selection)
-
-
 def signed_selection(mesh: str, selection: dict, latest: int, signer: Signer | None) -> dict:
     """`selection` with the highest revision stored when it was made (`latest`) and the time,
     signed by the operator (etcds://): a copy of an older selection is then known as one."""
+    from mesh.security.signing import sign_record
+
     record = {**selection, "latest": latest, "at": time.time()}
-    if signer is None:
-        return record
-    return {**record, "signature": signer.sign(selection_bytes(mesh, record)),
-            "certificate": signer.certificate}
+    return sign_record(SELECTION, mesh, record, signer) if signer is not None else record
 
 
 def selected(selection: dict) -> list[int]:
@@ -371,8 +354,7 @@ def check_signed_selection(selection: dict, location: Location) -> None:
     from mesh.security import signing
 
     try:
-        signing.check(selection_bytes(location.mesh, selection), selection.get("signature"),
-                      selection.get("certificate"), location.tls.ca)
+        signing.check_record(SELECTION, location.mesh, selection, location.tls.ca)
     except ValueError as e:
         again = (f" (stored before mitmesh signed selections, or around `mitmesh config`): "
                  f"push the file again, or `mitmesh config rollback N --store {location}`"

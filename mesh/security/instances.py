@@ -41,9 +41,7 @@ class InstanceSigner:
         text = json.dumps(record, sort_keys=True)
         if self._last is not None and self._last[:2] == (text, signer.certificate):
             return self._last[2]
-        signed = {**record, "signature": signer.sign(signing.content_bytes(PURPOSE, self.mesh,
-                                                                             record)),
-                  "certificate": signer.certificate}
+        signed = signing.sign_record(PURPOSE, self.mesh, record, signer)
         self._last = (text, signer.certificate, signed)
         return signed
 
@@ -70,17 +68,9 @@ def verifier(mesh: str, ca: str, trust_domain: str, namespace: str) -> Callable[
 
     def check(record: dict) -> None:
         expected = pki.spiffe_id(trust_domain, namespace, str(record.get("service")))
-
-        def whose(cert) -> str | None:
-            spiffe = pki.spiffe_of(cert)
-            if spiffe == expected:
-                return None
-            return (f"its certificate is {spiffe or cert.subject.rfc4514_string()}'s, not "
-                    f"{expected}'s")
-
         try:
-            signing.check(signing.content_bytes(PURPOSE, mesh, record), record.get("signature"),
-                          record.get("certificate"), ca, whose=whose)
+            signing.check_record(PURPOSE, mesh, record, ca,
+                                 signing.of_identity(frozenset({expected}), f"{expected}'s"))
         except ValueError as e:
             raise ValueError(f"not registered by service {record.get('service')!r} itself: "
                              f"{e}") from None

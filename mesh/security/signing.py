@@ -37,6 +37,32 @@ def content_bytes(purpose: str, mesh: str, record: dict) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def sign_record(purpose: str, mesh: str, record: dict, signer: Signer) -> dict:
+    """`record` with its proof: the signature over `content_bytes` and the signer's certificate
+    (a presence record, a selection, an instance: JSON anyone with a mesh certificate can write)."""
+    return {**record, "signature": signer.sign(content_bytes(purpose, mesh, record)),
+            "certificate": signer.certificate}
+
+
+def check_record(purpose: str, mesh: str, record: dict, ca_file: str,
+                 whose: Callable[[x509.Certificate], str | None] | None = None) -> None:
+    """Raises ValueError saying why `record`'s proof (`sign_record`) does not hold: `check`, by
+    default for the operator's certificate."""
+    check(content_bytes(purpose, mesh, record), record.get("signature"),
+          record.get("certificate"), ca_file, whose=whose or operator_problem)
+
+
+def of_identity(wanted: frozenset[str], name: str) -> Callable[[x509.Certificate], str | None]:
+    """`whose` for `check`: a certificate whose SPIFFE ID is one of `wanted`, else why not
+    (`name`: whose it should be, as the message says it)."""
+    def whose(cert: x509.Certificate) -> str | None:
+        spiffe = pki.spiffe_of(cert)
+        if spiffe in wanted:
+            return None
+        return f"its certificate is {spiffe or cert.subject.rfc4514_string()}'s, not {name}"
+    return whose
+
+
 def _pss() -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
 

@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from mesh.runtime.store import (PRESENCE_MAX_AGE, PresenceTrust, presence_bytes,
-                                signed_presence)
+from mesh.runtime.store import PRESENCE, PRESENCE_MAX_AGE, PresenceTrust, signed_presence
 from mesh.security import pki
-from mesh.security.signing import Signer
+from mesh.security.signing import Signer, content_bytes
 from tests.mesh.test_signing import certs  # noqa: F401 (fixture: a mesh CA and the operator)
 
 MESH = "demo"
@@ -95,6 +94,6 @@ def test_an_old_or_future_record_is_refused(certs, skew):
 
 
 def test_the_signature_covers_every_field_but_itself():
-    a = presence_bytes(MESH, {**RECORD, "signature": "x", "certificate": "y"})
-    assert a == presence_bytes(MESH, RECORD)
-    assert presence_bytes(MESH, {**RECORD, "extra": 1}) != a
+    a = content_bytes(PRESENCE, MESH, {**RECORD, "signature": "x", "certificate": "y"})
+    assert a == content_bytes(PRESENCE, MESH, RECORD)
+    assert content_bytes(PRESENCE, MESH, {**RECORD, "extra": 1}) != a

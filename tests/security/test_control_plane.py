@@ -17,11 +17,11 @@ from aiohttp import web
 from discovery.etcdapi import Etcd
 from mesh.runtime.configcmd import Rollout
 from mesh.runtime.reload import EtcdWatcher
-from mesh.runtime.store import (PRESENCE_MAX_AGE, PresenceTrust, Revision, Store, current_key,
-                                parse_location, presence_bytes, proxy_key, revision_key,
+from mesh.runtime.store import (PRESENCE, PRESENCE_MAX_AGE, PresenceTrust, Revision, Store,
+                                current_key, parse_location, proxy_key, revision_key,
                                 signed_presence)
 from mesh.security import pki
-from mesh.security.signing import Signer
+from mesh.security.signing import Signer, sign_record
 from mesh.telemetry.analysis import Thresholds
 from tests.etcd_server import (etcd_server, operator_flags, operator_tls,  # noqa: F401
                                workload_tls)
@@ -224,8 +224,7 @@ def old_record(member, record: dict) -> dict:
     """A gateway's own record, signed by it long ago: kept by a workload, written again."""
     said = {**record, "at": time.time() - PRESENCE_MAX_AGE - 60}
     gateway = signer(member, "gateway")
-    return {**said, "signature": gateway.sign(presence_bytes(MESH, said)),
-            "certificate": gateway.certificate}
+    return sign_record(PRESENCE, MESH, said, gateway)
 
 
 FORGERIES = {  # how a workload makes up a gateway's presence record
