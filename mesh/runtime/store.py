@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -31,7 +32,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from discovery.etcdtls import EtcdTls
 from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
@@ -39,6 +40,8 @@ from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
 if TYPE_CHECKING:
     from discovery.etcdapi import Etcd
     from mesh.security.signing import Signer
+
+log = logging.getLogger("mitmesh.config")
 
 
 def config_prefix(mesh: str) -> str:
@@ -150,13 +153,18 @@ IDENTITY_ENV = "MITMESH_IDENTITY_DIR"  # where a proxy finds its certificates be
 TLS_ENV = {"ca": "MITMESH_ETCD_CACERT", "cert": "MITMESH_ETCD_CERT", "key": "MITMESH_ETCD_KEY"}
 
 
+def identity_dir() -> Path:
+    """`$MITMESH_IDENTITY_DIR`, default certs, relative to the working folder."""
+    return Path(os.environ.get(IDENTITY_ENV) or "certs")
+
+
 def _tls_files(client: Callable[[Path], tuple[Path, Path]]) -> dict[str, str]:
     """The mesh CA and a client certificate and key (`client(identity dir)`) in
     `$MITMESH_IDENTITY_DIR` (default certs, relative to the working folder), each one replaced
     by $MITMESH_ETCD_CACERT, $MITMESH_ETCD_CERT or $MITMESH_ETCD_KEY where set."""
     from mesh.security import pki
 
-    directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
+    directory = identity_dir()
     cert, key = client(directory)
     default = {"ca": pki.mesh_ca_cert(directory), "cert": cert, "key": key}
     return {k: os.environ.get(TLS_ENV[k]) or str(v) for k, v in default.items()}
@@ -168,8 +176,7 @@ def identity_files(workload: str) -> dict[str, str]:
     names gateway.identity."""
     from mesh.security import pki
 
-    directory = Path(os.environ.get(IDENTITY_ENV) or "certs")
-    cert, key = pki.workload_paths(directory, workload)
+    cert, key = pki.workload_paths(identity_dir(), workload)
     return {TLS_ENV["cert"]: str(cert), TLS_ENV["key"]: str(key)}
 
 
@@ -346,7 +353,7 @@ def check_signed_selection(selection: dict, location: Location) -> None:
     """Raises ValueError saying why no proxy may follow `selection` (a checked structure, as
     `check_selection` passes it) of an etcds:// store: the operator's signature, as on a
     revision, and no revision it selects above the `latest` it names. An older selection the
-    operator signed is refused by `newer_revision`."""
+    operator signed is refused by `selection_refusal`."""
     if not location.secure:
         return
     if location.tls is None:
@@ -374,18 +381,33 @@ def revisions_end(mesh: str) -> str:
     return prefix_end(f"{config_prefix(mesh)}revisions/")
 
 
-def newer_revision(records: list[tuple[int, str]], latest: int, location: Location) -> int | None:
-    """The number of a revision the operator signed above `latest`, of the (number, value)
-    records read above it, or None: a selection made before that revision was stored is a copy
-    of an old one (a workload's downgrade), as TUF refuses metadata older than what it knows."""
-    for n, value in sorted(records, reverse=True):
+def numbered(kvs: Iterable[tuple[str, str]]) -> list[tuple[int, str]]:
+    """(number, value) of the (key, value) pairs read under revisions/ whose key ends in one,
+    by number (anyone with a mesh certificate may write other keys there)."""
+    found = [(key.rpartition("/")[2], value) for key, value in kvs]
+    return sorted((int(n), value) for n, value in found if n.isdigit())
+
+
+def selection_refusal(selection: dict, above: list[tuple[int, str]],
+                      location: Location) -> str | None:
+    """Why no proxy may follow `selection` (`check_signed_selection`), given the records stored
+    above its `latest` (`numbered`), or None. A revision the operator signed among them means the
+    selection was made before it: a copy of an old one (a workload's downgrade), as TUF refuses
+    metadata older than what it knows."""
+    try:
+        check_signed_selection(selection, location)
+    except ValueError as e:
+        return str(e)
+    latest = selection.get("latest") or 0
+    for n, value in sorted(above, reverse=True):
         if n <= latest:
             continue
         try:
             check_revision(Revision.from_json(value), n, location)
         except (ValueError, TypeError, KeyError):
             continue  # junk a workload wrote above: no revision, and no proof of anything
-        return n
+        return (f"the selection was made when revision {latest} was the latest, but the "
+                f"operator has since stored revision {n}: a copy of an old selection, refused")
     return None
 
 
@@ -397,7 +419,7 @@ class Floor:
     """The newest selection this host followed from one store (mesh id and etcd cluster id),
     kept in a file, as TUF clients keep the metadata they trusted last: after a restart a copy of
     an older selection is refused too, even when a workload deleted the newer revisions that
-    would otherwise show it is older (`newer_revision`). A host that never followed the store has
+    would otherwise show it is older (`selection_refusal`). A host that never followed the store has
     no floor: it trusts the first selection that passes the other checks."""
 
     path: Path
@@ -406,8 +428,7 @@ class Floor:
     def of(cls, location: Location, cluster: str | None) -> Floor | None:
         if not location.secure or not cluster:
             return None
-        directory = Path(os.environ.get(STATE_ENV)
-                         or Path(os.environ.get(IDENTITY_ENV) or "certs") / "state")
+        directory = Path(os.environ.get(STATE_ENV) or identity_dir() / "state")
         return cls(directory / f"selection-{location.mesh}-{cluster}.json")
 
     def read(self) -> tuple[int, float] | None:
@@ -417,9 +438,7 @@ class Floor:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError) as e:  # written by no mitmesh
-            import logging
-
-            logging.getLogger("mitmesh.config").warning(f"{self.path}: ignored ({e!r})")
+            log.warning(f"{self.path}: ignored ({e!r})")
             return None
 
     def problem(self, selection: dict) -> str | None:
@@ -442,16 +461,8 @@ class Floor:
             tmp.write_text(json.dumps({"latest": made[0], "at": made[1]}))
             tmp.replace(self.path)
         except OSError as e:  # a read-only identity folder: the floor lives as long as the process
-            import logging
-
-            logging.getLogger("mitmesh.config").warning(
-                f"cannot keep the selection followed in {self.path} ({e}); set "
-                f"${STATE_ENV} to a writable folder")
-
-
-def stale_selection(n: int, latest: int) -> str:
-    return (f"the selection was made when revision {latest} was the latest, but the operator has "
-            f"since stored revision {n}: a copy of an old selection, refused")
+            log.warning(f"cannot keep the selection followed in {self.path} ({e}); set "
+                        f"${STATE_ENV} to a writable folder")
 
 
 def wanted_revision(current: object, proxy: str) -> int | None:
@@ -489,26 +500,18 @@ class Store:
         signed = signed_selection(self.mesh, record, latest, self.signer)
         await self.etcd.put(current_key(self.mesh), json.dumps(signed, sort_keys=True))
 
-    async def above(self, latest: int) -> list[tuple[int, str]]:
-        """(number, stored value) of the records under revisions/ numbered above `latest`."""
-        kvs = await self.etcd.get_range(revision_key(self.mesh, latest + 1),
-                                        revisions_end(self.mesh))
-        found = [(kv.key.rpartition("/")[2], kv.value) for kv in kvs]
-        return [(int(n), value) for n, value in found if n.isdigit()]
-
     async def selection_problem(self, selection: dict) -> str | None:
-        """Why proxies refuse `selection` (`check_signed_selection`, `newer_revision`), or None
-        (also in a plain etcd:// store, or a Store not told its location)."""
+        """Why proxies refuse `selection` (`selection_refusal`), or None (also in a plain
+        etcd:// store, or a Store not told its location)."""
         location = self.location
         if not selection or location is None or not location.secure:
             return None
-        try:
-            check_signed_selection(selection, location)
-        except ValueError as e:
-            return str(e)
-        newer = newer_revision(await self.above(selection["latest"]), selection["latest"],
-                               location)
-        return stale_selection(newer, selection["latest"]) if newer is not None else None
+        above: list[tuple[int, str]] = []
+        if is_revision_number(latest := selection.get("latest")):
+            kvs = await self.etcd.get_range(revision_key(self.mesh, latest + 1),
+                                            revisions_end(self.mesh))
+            above = numbered((kv.key, kv.value) for kv in kvs)
+        return selection_refusal(selection, above, location)
 
     async def get(self, n: int) -> Revision | None:
         kv = await self.etcd.get(revision_key(self.mesh, n))
@@ -532,8 +535,7 @@ class Store:
     async def _records(self) -> list[tuple[int, str]]:
         """(number, stored value) of every record under revisions/, by the number in its key."""
         kvs, _ = await self.etcd.get_prefix(f"{config_prefix(self.mesh)}revisions/")
-        found = [(kv.key.rpartition("/")[2], kv.value) for kv in kvs]
-        return sorted((int(n), value) for n, value in found if n.isdigit())
+        return numbered((kv.key, kv.value) for kv in kvs)
 
     async def history(self) -> list[Revision]:
         """The revisions stored; a record that is none (anyone with a mesh certificate can write
@@ -602,19 +604,16 @@ def fetch_current(location: Location, proxy: str, timeout: float = 3.0) -> Revis
             rev = Revision.from_json(stored)
             above: list[tuple[int, str]] = []
             if location.secure and is_revision_number(selection.get("latest")):
-                found = call(revision_key(location.mesh, selection["latest"] + 1),
-                             revisions_end(location.mesh))
-                above = [(int(k.rpartition("/")[2]), v) for k, v in found
-                         if k.rpartition("/")[2].isdigit()]
+                above = numbered(call(revision_key(location.mesh, selection["latest"] + 1),
+                                      revisions_end(location.mesh)))
         except (OSError, urllib.error.URLError, ValueError, TypeError, KeyError) as e:
             errors.append(f"{base}: {e}")
             continue
         floor = Floor.of(location, cluster[-1] if cluster else None)
         try:
-            check_signed_selection(selection, location)
-            newer = newer_revision(above, selection.get("latest") or 0, location)
-            if newer is not None:
-                raise ValueError(stale_selection(newer, selection["latest"]))
+            refused = selection_refusal(selection, above, location)
+            if refused:
+                raise ValueError(refused)
             older = floor.problem(selection) if floor is not None else None
             if older:
                 raise ValueError(older)
