@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from discovery.etcdapi import Etcd
+from mesh.config.errors import CommandError
 from mesh.runtime.configcmd import Rollout
 from mesh.runtime.reload import EtcdWatcher
 from mesh.runtime.store import (PRESENCE, PRESENCE_MAX_AGE, PresenceTrust, Revision, Store,
@@ -189,6 +190,22 @@ class Args:
     canary, watch, interval, message, file = 1, 0.6, 0.2, "", "mesh.yaml"
 
 
+async def operator_rollout(member) -> tuple[object, dict]:
+    """The operator's `mitmesh config rollout` of text("two") as the presence records in
+    `member` stand: its exit code, or the exception it ended in, and the selection after it."""
+    tls = operator_tls(member)
+    etcd = Etcd([member.client_url], tls=tls)
+    try:
+        store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
+        try:
+            code = await Rollout(store, Args(), Thresholds(), trust(member)).run(text("two"))
+        except Exception as e:  # noqa: BLE001 (what the operator saw: an error, or a traceback)
+            code = e
+        return code, await store.current()
+    finally:
+        await etcd.close()
+
+
 PRESENCE_JUNK = {
     "not-json": "{",
     "not-an-object": "[1]",
@@ -201,23 +218,14 @@ PRESENCE_JUNK = {
 def test_a_workloads_presence_record_does_not_crash_rollout(etcd_server, value):
     """Any workload may write under config/proxies/; the operator's rollout read every record
     there as a proxy's and ended in a traceback on one that is not."""
-    async def run() -> str:
+    async def run() -> object:
         await operator_push(etcd_server, text("one"))
         attacker = workload_tls(etcd_server, "evil")
         await write(etcd_server, attacker, proxy_key(MESH, "evil", 1), value)
-        tls = operator_tls(etcd_server)
-        etcd = Etcd([etcd_server.client_url], tls=tls)
-        try:
-            store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
-            from mesh.config.errors import CommandError
-            try:
-                await Rollout(store, Args(), Thresholds(), trust(etcd_server)).run(text("two"))
-            except CommandError as e:  # too few gateways: a command error, as it should be
-                return str(e)
-            return ""
-        finally:
-            await etcd.close()
-    assert "gateway(s) read this store" in asyncio.run(run())
+        return (await operator_rollout(etcd_server))[0]
+    code = asyncio.run(run())
+    # too few gateways: a command error, as it should be
+    assert isinstance(code, CommandError) and "gateway(s) read this store" in str(code), code
 
 
 def old_record(member, record: dict) -> dict:
@@ -265,22 +273,14 @@ def test_a_fake_presence_record_cannot_steer_a_rollout(etcd_server, forge):
         port = site._server.sockets[0].getsockname()[1]
         await fake_gateways(etcd_server, f"http://127.0.0.1:{port}",
                             lambda record: forge(etcd_server, record), wanted=2, refused=None)
-        tls = operator_tls(etcd_server)
-        etcd = Etcd([etcd_server.client_url], tls=tls)
         try:
-            store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
-            from mesh.config.errors import CommandError
-            try:
-                rollout = Rollout(store, Args(), Thresholds(), trust(etcd_server))
-                return await rollout.run(text("two"))
-            except CommandError:
-                return 2
+            return (await operator_rollout(etcd_server))[0]
         finally:
-            await etcd.close()
             await runner.cleanup()
     code = asyncio.run(run())
     assert not hits, f"the operator's CLI fetched {hits[0]} named by a workload's record"
-    assert code != 0, "promoted a revision on the word of a workload's record"
+    assert code == 1 or isinstance(code, CommandError), \
+        f"promoted a revision on the word of a workload's record ({code!r})"
 
 
 def test_a_workloads_deep_instance_record_does_not_wedge_discovery(etcd_server):
@@ -356,18 +356,7 @@ def test_a_canary_that_cannot_be_measured_is_rolled_back(etcd_server, admin):
     async def run() -> tuple[object, dict]:
         gateway = signer(etcd_server, "gateway")  # real gateways, signed: their word, not URLs
         await fake_gateways(etcd_server, admin, lambda r: signed_presence(MESH, r, gateway))
-        tls = operator_tls(etcd_server)
-        etcd = Etcd([etcd_server.client_url], tls=tls)
-        try:
-            store = Store(etcd, MESH, Signer.load(tls.cert, tls.key))
-            try:
-                rollout = Rollout(store, Args(), Thresholds(), trust(etcd_server))
-                code = await rollout.run(text("two"))
-            except Exception as e:  # noqa: BLE001 (what the operator saw: a traceback)
-                code = e
-            return code, await store.current()
-        finally:
-            await etcd.close()
+        return await operator_rollout(etcd_server)
     code, current = asyncio.run(run())
     assert code == 1 and current["revision"] == 1 and "canary" not in current, (code, current)
 
