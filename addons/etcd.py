@@ -46,6 +46,7 @@ class Etcd(Mdns):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._resign = Loop("mitmesh-etcd-resign", self._resign_loop)
+
     def load(self, loader):
         pass  # mesh_announce is Mdns's option, and governs both
 

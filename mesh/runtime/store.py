@@ -301,15 +301,9 @@ def _check_signature(rev: Revision, location: Location, signed_at: bool) -> None
 
 def signed_until(rev: Revision) -> float | None:
     """When the certificate that signed `rev` stops being valid (Unix time); None: unsigned."""
-    if not rev.certificate:
-        return None
-    from cryptography import x509
+    from mesh.security.signing import valid_until
 
-    try:
-        cert = x509.load_pem_x509_certificate(rev.certificate.encode())
-    except ValueError:
-        return None
-    return cert.not_valid_after_utc.timestamp()
+    return valid_until(rev.certificate)
 
 
 def check_selection(current: object) -> dict:

@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cryptography import x509
-
 from mesh.security import pki, signing
 from mesh.security.signing import Signer
 
@@ -63,8 +61,7 @@ def verifier(mesh: str, ca: str, trust_domain: str, namespace: str) -> Callable[
         check(record)
         if len(verified) >= VERIFIED_KEPT:
             verified.clear()
-        cert = x509.load_pem_x509_certificate(record["certificate"].encode())
-        verified[text] = cert.not_valid_after_utc.timestamp()
+        verified[text] = signing.valid_until(record["certificate"]) or 0.0
 
     def check(record: dict) -> None:
         expected = pki.spiffe_id(trust_domain, namespace, str(record.get("service")))

@@ -52,6 +52,17 @@ def check_record(purpose: str, mesh: str, record: dict, ca_file: str,
           record.get("certificate"), ca_file, whose=whose or operator_problem)
 
 
+def valid_until(certificate: str) -> float | None:
+    """When a PEM certificate stops being valid (Unix time); None: none, or not PEM."""
+    if not certificate:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(certificate.encode())
+    except ValueError:
+        return None
+    return cert.not_valid_after_utc.timestamp()
+
+
 def of_identity(wanted: frozenset[str], name: str) -> Callable[[x509.Certificate], str | None]:
     """`whose` for `check`: a certificate whose SPIFFE ID is one of `wanted`, else why not
     (`name`: whose it should be, as the message says it)."""
