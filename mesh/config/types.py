@@ -79,13 +79,17 @@ def check_header(value: object) -> str:
 
 
 def loopback(host: str) -> bool:
-    """Whether a host name or address always means this host: localhost, or a loopback address."""
+    """Whether a host name or address always means this host: localhost, or a loopback address
+    (an IPv4 one mapped into IPv6 too, as a dual-stack socket names its IPv4 peers)."""
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def check_cidr(value: str) -> str:

@@ -117,17 +117,6 @@ def prometheus_targets(snap, instances) -> list[dict]:
     return groups
 
 
-def _from_loopback(peer: str) -> bool:
-    """Whether a connection's source address is loopback (an IPv4 one mapped into IPv6 too)."""
-    try:
-        address = ipaddress.ip_address(peer.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
 class AdminServer:
     def __init__(self, address: str, port: int, handlers: dict[str, Handler], sock=None,
                  token: Callable[[], str | None] = lambda: None):
@@ -162,7 +151,7 @@ class AdminServer:
             return json_reply({"error": "forwarded_request", "reason": "this admin listener "
                                "answers only direct requests, not one a proxy forwarded "
                                f"({marked})"}, 403)
-        beyond = peer is not None and not _from_loopback(peer)
+        beyond = peer is not None and not loopback(peer)
         if method in READ_ONLY and not (path in TRAFFIC and beyond):
             return None
         expected = self.token()

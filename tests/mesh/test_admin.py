@@ -110,3 +110,16 @@ def test_traffic_is_shown_beyond_loopback_only_with_the_token(path, peer, author
     assert (None if answer is None else (answer[0], json.loads(answer[2])["error"])) == expected
     if answer is not None:
         assert f"/flows shows traffic, read from {peer}" in json.loads(answer[2])["reason"]
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("localhost", True),
+    ("::ffff:127.0.0.1", True), ("::ffff:10.0.0.7", False), ("10.0.0.7", False),
+    ("fe80::1%eth0", False), ("admin.example", False),
+])
+def test_what_is_loopback(host, expected):
+    """The one test of loopback the admin listener (its peers, its Host names) and the config's
+    warnings share: an IPv4 loopback address mapped into IPv6 is one."""
+    from mesh.config.types import loopback
+
+    assert loopback(host) is expected
