@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from mesh.runtime import admin
+from mesh.runtime import admin, procs
 from mesh.security import pki
 from mesh.config import ConfigError, load
 from mesh.config.schema import MeshConfig
@@ -120,13 +120,12 @@ def main(args) -> int:
 
 
 def rotate(directory: Path, config: MeshConfig, watch: bool = False,
-           stop: threading.Event | None = None, names: list[str] | None = None) -> int:
+           stop: procs.Stop | None = None, names: list[str] | None = None) -> int:
     """Renew the workload certificates that are due (all of the config's, or `names`); with
     `watch`, keep doing so each second."""
-    stop = stop or threading.Event()
+    stop = stop or procs.Stop()
     if watch and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop.on_signals(signal.SIGTERM, signal.SIGINT)
     m = config.mesh
     wanted = {n: pki.spiffe_id(m.trust_domain, m.namespace, n) for n in names} if names else identities(config)
     lifetime = dt.timedelta(seconds=config.mesh.identity.lifetime)

@@ -270,7 +270,7 @@ def unavailable(wanted: list[tuple[str, int, str]]) -> list[str]:
     return out
 
 
-def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: threading.Event,
+def _wait_discovered(admins: list[tuple[str, int, int]], count: int, stopping: procs.Stop,
                      timeout: float = 10.0, netns: str | None = None) -> None:
     """Wait until the gateway's and every sidecar's registry hold every instance `up` started
     (a newcomer's questions are answered at once, or at most a second later). Each entry is
@@ -378,7 +378,7 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
         return 1
     pki.init_edge(path.parent / "certs")
     children: list[procs.Child] = []
-    stopping = threading.Event()
+    stopping = procs.Stop().on_signals(signal.SIGINT, signal.SIGTERM)
     # the mesh CA and a workload certificate per service and for the gateway, renewed before
     # they expire for as long as `up` runs; proxies pick the new files up by themselves
     identity_dir = certcmd.identity_dir(path, config)
@@ -390,11 +390,6 @@ def up(config_path: str, web: bool = False, web_port: int = 8081, workers: int =
     threading.Thread(target=certcmd.rotate, args=(identity_dir, config),
                      kwargs={"watch": True, "stop": stopping}, daemon=True, name="cert-rotation").start()
 
-    def on_signal(signum, _frame):
-        stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     net: pods.Pods | None = None
     listeners = config.gateway.listeners
     plain = next((l for l in listeners if l.tls is None), None)

@@ -74,6 +74,40 @@ class Child:
         return ""
 
 
+class Stop:
+    """A stop flag that signal handlers set (`on_signals`), for a main loop and its threads.
+
+    threading.Event.set takes its condition's lock, and a Python signal handler runs on the main
+    thread wherever that thread was, inside Event.wait or Event.set included: a second signal
+    while the first one's set() held the lock deadlocked the process (`mitmesh up` got SIGTERM
+    twice, from its process group and from `just` forwarding it, and never stopped). Setting this
+    one takes no lock; `wait` polls it."""
+
+    POLL = 0.05  # seconds between looks at the flag in `wait`
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the flag is set, at once or within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(self.POLL, left))
+        return self._set
+
+    def on_signals(self, *signals: int) -> Stop:
+        """Set it on each of `signals` (call from the main thread)."""
+        for sig in signals:
+            signal.signal(sig, lambda *_: self.set())
+        return self
+
+
 def stop_all(children: list[Child], timeout: float = 10.0) -> None:
     """Stop many children at once: one SIGTERM to each group, one shared wait, then SIGKILL."""
     for child in children:
