@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PATH = "/catalog/items/1"
 BARE_PATH = "/bare/items/1"  # the same upstream through a route without policies (policies_vs_bare)
+MIRROR_PATH = "/mirrored/items/1"  # the bare route, every request also copied to the same upstream
 BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
 ROUTES = 10  # the ordinary config has this many routes; the big one adds 10,000 more
 
@@ -178,11 +179,13 @@ def h2_vs_h1(h2load: H2load, url: str, args) -> tuple[list[float], list[float], 
 class PolicyRuns:
     """policies_vs_bare's rounds: req/s and the worker's CPU per request (µs), of each route:
     `policies` and `bare` on one gateway, and with --policies-only `unloaded`, the bare route on a
-    gateway whose config has no policies at all."""
+    gateway whose config has no policies at all (or `mirrored` and `bare`: mirror_vs_bare); and the
+    p50 latency (ms) of each run."""
 
     rps: dict[str, list[float]]
     cpu: dict[str, list[float]]
     errors: int
+    p50: dict[str, list[float]]
 
     def ratio(self, what: str = "rps") -> float:
         runs = getattr(self, what)
@@ -207,23 +210,28 @@ class PolicyRuns:
                    if "unloaded" in self.cpu else ""))
 
 
-def policies_vs_bare(wrk: Wrk, targets: list[tuple[str, str, list[int]]], args) -> PolicyRuns:
+def policies_vs_bare(wrk: Wrk, targets: list[tuple[str, str, list[int]]], args,
+                     connections: int = 0) -> PolicyRuns:
     """The demo's policies (API key, rate limit) against a bare route to the same upstream on the
     same gateway, interleaved (ABBA, or ABCCBA with a third target, so a trend in the machine's
-    load hits all alike) for `--policy-rounds` rounds (one with --no-warmup): req/s of each run,
-    the worker CPU per request (what the route costs, whatever else the machine runs), and failed
-    requests. `targets`: (name, url, the worker pids of its gateway)."""
+    load hits all alike) for `--policy-rounds` rounds (one with --no-warmup): req/s and p50 of each
+    run, the worker CPU per request (what the route costs, whatever else the machine runs), and
+    failed requests. `targets`: (name, url, the worker pids of its gateway); `connections`: wrk's
+    (default --connections)."""
     seconds = max(args.seconds / 2, 1)
     warm = not args.no_warmup
+    connections = connections or args.connections
     if warm:
         for _, url, _ in targets:
-            wrk.run(url, args.connections, 1)
-    runs = PolicyRuns({name: [] for name, _, _ in targets}, {name: [] for name, _, _ in targets}, 0)
+            wrk.run(url, connections, 1)
+    names = [name for name, _, _ in targets]
+    runs = PolicyRuns({n: [] for n in names}, {n: [] for n in names}, 0, {n: [] for n in names})
     for i in range(args.policy_rounds if warm else 1):
         for name, url, pids in (targets if i % 2 == 0 else targets[::-1]):
             cpu0 = cpu_seconds(pids)
-            rps, _, _, failed = wrk.run(url, args.connections, seconds)
+            rps, p50, _, failed = wrk.run(url, connections, seconds)
             runs.rps[name].append(rps)
+            runs.p50[name].append(p50)
             runs.cpu[name].append(1e6 * (cpu_seconds(pids) - cpu0) / max(wrk.last_count, 1))
             runs.errors += failed
     return runs
@@ -241,6 +249,17 @@ def policies_sentence(runs: PolicyRuns) -> str:
                  f"config: {runs.paired(of='bare', to='unloaded'):.2f}x the worker CPU per request "
                  f"(median of {', '.join(f'{r:.2f}' for r in pairs)})")
     return text
+
+
+def mirror_sentence(runs: PolicyRuns) -> str:
+    n = len(runs.rps["bare"])
+    cpu, p50 = runs.pairs(of="mirrored"), runs.pairs("p50", of="mirrored")
+    return (f"Every request mirrored (copied to the same upstream after the answer, both answers "
+            f"compared) against the bare route on the same 1-worker gateway, one connection "
+            f"({n} interleaved round{'s' if n > 1 else ''}): {runs.paired(of='mirrored'):.2f}x the "
+            f"worker CPU per request (the copy included; {', '.join(f'{r:.2f}' for r in cpu)}), "
+            f"{runs.paired('p50', of='mirrored'):.2f}x the client's p50 latency "
+            f"({', '.join(f'{r:.2f}' for r in p50)})")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -274,11 +293,12 @@ FUNCTIONS = 3  # functions called once each from zero instances: the cold starts
 
 def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
                  tls: tuple[int, Path] | None = None, functions: bool = False,
-                 engine: str = "standard", policies: bool = True) -> dict:
+                 engine: str = "standard", policies: bool = True, mirror: bool = False) -> dict:
     """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
     limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1;
     `functions` the demo's pure function on /fn/ and FUNCTIONS copies of it on /cold0/, /cold1/ ...;
-    without `policies`, no policy in the config and none on /catalog/."""
+    without `policies`, no policy in the config and none on /catalog/; `mirror` adds /mirrored/,
+    the bare route with every request mirrored to the same upstream (mirror_vs_bare)."""
     routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
@@ -289,6 +309,10 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     routes.append({"name": "catalog", "match": {"path": {"prefix": "/catalog/"}},
                    "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
                    **({"policies": ["partner", "public"]} if policies else {})})
+    if mirror:
+        routes.append({"name": "mirrored", "match": {"path": {"prefix": "/mirrored/"}},
+                       "forward": {"service": "catalog", "rewrite": {"prefix": "/"}},
+                       "policies": ["shadow"]})
     fns = {}
     if functions:
         fn = {"handler": "services.functions.greet:handler", "code": str(Path(__file__).resolve().parents[1])}
@@ -298,6 +322,7 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     if tls is not None:
         listeners.append({"name": "bench-tls", "port": tls[0],
                           "tls": {"cert": str(tls[1] / "edge.pem"), "key": str(tls[1] / "edge.key")}})
+    shadow = {"shadow": {"mirror": {"service": "catalog", "percent": 100}}} if mirror else {}
     return {
         "version": 1,
         "gateway": {"listeners": listeners, "admin": {"port": admin_port}, "engine": engine},
@@ -310,7 +335,8 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
             "partner": {"api_key": {"consumers": {"bench": {
                 "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}}}},
             "public": {"rate_limit": {"second": 1_000_000, "minute": 60_000_000, "key": "consumer"}},
-        } if policies else {},
+            **shadow,
+        } if policies else shadow,
     }
 
 
@@ -405,7 +431,8 @@ class Bench:
 
     def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
                 tls_port: int = 0, functions: bool = False,
-                engine: str = "standard", policies: bool = True) -> tuple[str, procs.Child]:
+                engine: str = "standard", policies: bool = True,
+                mirror: bool = False) -> tuple[str, procs.Child]:
         port, admin = procs.free_port(), procs.free_port()
         cfg = self.tmp / f"{name}.yaml"
         tls = None
@@ -413,7 +440,7 @@ class Bench:
             pki.init_edge(self.tmp / "certs")
             tls = (tls_port, self.tmp / "certs")
         cfg.write_text(yaml.safe_dump(bench_config(service, port, admin, extra_routes, tls, functions,
-                                                   engine, policies)))
+                                                   engine, policies, mirror)))
         child = procs.spawn(name, [procs.tool("mitmesh"), "gateway", "--config", str(cfg),
                                    "--workers", str(workers), "--verbosity", "warn"], log_dir=self.tmp)
         self.children.append(child)
@@ -545,6 +572,21 @@ class Bench:
             print(f"  ERRORS {runs.errors} failed requests on the routes measured", flush=True)
         return runs
 
+    def mirror(self, url: str, pids: list[int]) -> PolicyRuns:
+        """mirror_vs_bare on the gateway at `url` (its worker `pids`): the mirrored route against
+        the bare one, at one connection (a client that waits for each answer), each round printed."""
+        targets = [("mirrored", url.replace(PATH, MIRROR_PATH), pids),
+                   ("bare", url.replace(PATH, BARE_PATH), pids)]
+        runs = policies_vs_bare(self.wrk, targets, self.args, connections=1)
+        for name in ("mirrored", "bare"):
+            p50 = ", ".join(f"{x:.2f}" for x in runs.p50[name])
+            cpu = ", ".join(f"{x:.0f}" for x in runs.cpu[name])
+            print(f"  {name + ' route, 1 worker, @1':<32} p50 {p50} ms   worker CPU {cpu} µs/request",
+                  flush=True)
+        if runs.errors:
+            print(f"  ERRORS {runs.errors} failed requests on the routes measured", flush=True)
+        return runs
+
     def stop(self, child: procs.Child) -> None:
         child.stop()
         self.children.remove(child)
@@ -603,11 +645,12 @@ class Bench:
                 self.stop(c)
 
         tls_port = procs.free_port()
-        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port, functions=True)
+        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port, functions=True, mirror=True)
         worker_pids = children_of(gw.pid)
         cold, warm = self.functions(url.removesuffix(PATH))
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
         policy = self.policies(url, worker_pids)
+        mirrored = self.mirror(url, worker_pids)
         h1 = h2 = None
         h2_errors = 0
         if self.h2load is not None:
@@ -677,13 +720,17 @@ class Bench:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
         print(policies_sentence(policy))
-        errors = sum(r.errors for r in results.values()) + h2_errors + warm.errors + policy.errors
+        print(mirror_sentence(mirrored))
+        errors = (sum(r.errors for r in results.values()) + h2_errors + warm.errors + policy.errors
+                  + mirrored.errors)
         if errors:
             print(f"WARNING: {errors} failed requests during the runs")
         print(f"gateway_vs_mitmdump={gw1.rps / base:.2f} workers_scaling={gwn.rps / gw1.rps:.2f} "
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f} "
               + policy.figures()
+              + f" mirror_cpu_vs_bare_paired={mirrored.paired(of='mirrored'):.2f}"
+              f" mirror_p50_vs_bare_paired={mirrored.paired('p50', of='mirrored'):.2f}"
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 and sum(h1) > 0 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)

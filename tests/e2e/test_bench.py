@@ -18,6 +18,7 @@ def test_bench_smoke():
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"gateway_vs_mitmdump=[\d.]+ workers_scaling=[\d.]+ added_p50_ms=-?[\d.]+ "
                         r"rss_growth_pct=-?[\d.]+ sidecars_added_p50_ms=-?[\d.]+ policies_vs_bare=[\d.]+ policies_cpu_vs_bare=[\d.]+ policies_cpu_vs_bare_paired=[\d.]+ "
+                        r"mirror_cpu_vs_bare_paired=[\d.]+ mirror_p50_vs_bare_paired=[\d.]+ "
                         r"h2_vs_h1=[\d.]+( pod_sidecars_added_p50_ms=-?[\d.]+)? "
                         r"function_cold_ms=[\d.]+ function_warm_p50_ms=[\d.]+ "
                         r"fast_vs_standard=[\d.]+ fast_newconn_vs_standard=[\d.]+ fast_added_p50_ms=-?[\d.]+ "
@@ -33,6 +34,9 @@ def test_bench_smoke():
     assert re.search(r"function, 1 worker +cold start [\d.]+ ms", table)
     assert re.search(r"engine: fast, 1 worker +keep-alive \d+ req/s +new connections \d+ req/s", table)
     assert re.search(r"demo policies, 1 worker +\d+ req/s", table) and re.search(r"bare route, 1 worker +\d+ req/s", table)
+    mirrored = r"mirrored route, 1 worker, @1 +p50 [\d.]+ ms +worker CPU \d+ µs/request"
+    assert re.search(mirrored, table), table
+    assert "Every request mirrored" in table
     assert "WARNING" not in table  # no failed requests through any target
     from tools import pods
     if pods.why_not() is None:  # the same hop in pods: the caller's call captured by nftables
