@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
+import json
 import os
 import platform
 import random
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PATH = "/catalog/items/1"
 BARE_PATH = "/bare/items/1"  # the same upstream through a route without policies (policies_vs_bare)
-MIRROR_PATH = "/mirrored/items/1"  # the bare route, every request also copied to the same upstream
+MIRROR_PATH = "/mirrored/items/1"  # the bare route, every request also copied to catalog v2
 BENCH_KEY = "mk_bench_9fK2xQ7LpV4tR8wZ"  # sent by wrk to every target, checked by the gateway
 ROUTES = 10  # the ordinary config has this many routes; the big one adds 10,000 more
 
@@ -251,15 +254,57 @@ def policies_sentence(runs: PolicyRuns) -> str:
     return text
 
 
-def mirror_sentence(runs: PolicyRuns) -> str:
+def paced(urls: dict[str, str], blocks: int, per_block: int = 20,
+          pause: float = 0.015) -> dict[str, list[float]]:
+    """Latencies (ms) of a client that leaves the gateway idle between requests: one request at a
+    time on one keep-alive connection per url, `pause` s before each, in blocks of `per_block`
+    alternating between the urls (a busier moment of the machine hits both alike)."""
+    conns = {}
+    for name, url in urls.items():
+        u = urllib.parse.urlsplit(url)
+        conns[name] = (http.client.HTTPConnection(u.hostname, u.port, timeout=10), u.path)
+    out: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for _ in range(blocks):
+            for name, (conn, path) in conns.items():
+                for _ in range(per_block):
+                    time.sleep(pause)
+                    t0 = time.perf_counter()
+                    conn.request("GET", path, headers={"x-api-key": BENCH_KEY})
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{name}: {r.status} from {path}")
+                    out[name].append(1000 * (time.perf_counter() - t0))
+    finally:
+        for conn, _ in conns.values():
+            conn.close()
+    return out
+
+
+def idle_ratio(idle: dict[str, list[float]]) -> float:
+    return statistics.median(idle["mirrored"]) / statistics.median(idle["bare"])
+
+
+def mirror_sentence(runs: PolicyRuns, idle: dict[str, list[float]]) -> str:
     n = len(runs.rps["bare"])
     cpu, p50 = runs.pairs(of="mirrored"), runs.pairs("p50", of="mirrored")
-    return (f"Every request mirrored (copied to the same upstream after the answer, both answers "
-            f"compared) against the bare route on the same 1-worker gateway, one connection "
-            f"({n} interleaved round{'s' if n > 1 else ''}): {runs.paired(of='mirrored'):.2f}x the "
-            f"worker CPU per request (the copy included; {', '.join(f'{r:.2f}' for r in cpu)}), "
-            f"{runs.paired('p50', of='mirrored'):.2f}x the client's p50 latency "
+    return (f"Every request mirrored (copied after the answer to a catalog v2 instance, which "
+            f"answers differently; every difference counted) against the bare route on the same "
+            f"1-worker gateway. A client that leaves the gateway idle between requests (15 ms, "
+            f"{len(idle['bare'])} requests each): {idle_ratio(idle):.2f}x the median latency. A "
+            f"client "
+            f"that sends its next request at once, wrk at one connection ({n} interleaved "
+            f"round{'s' if n > 1 else ''}): {runs.paired(of='mirrored'):.2f}x the worker CPU per "
+            f"request (the copy included; {', '.join(f'{r:.2f}' for r in cpu)}), "
+            f"{runs.paired('p50', of='mirrored'):.2f}x the p50 latency "
             f"({', '.join(f'{r:.2f}' for r in p50)})")
+
+
+def mirror_figures(runs: PolicyRuns, idle: dict[str, list[float]]) -> str:
+    return (f"mirror_idle_p50_vs_bare={idle_ratio(idle):.2f} "
+            f"mirror_cpu_vs_bare_paired={runs.paired(of='mirrored'):.2f} "
+            f"mirror_busy_p50_vs_bare_paired={runs.paired('p50', of='mirrored'):.2f}")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -293,12 +338,13 @@ FUNCTIONS = 3  # functions called once each from zero instances: the cold starts
 
 def bench_config(service_port: int, listen_port: int, admin_port: int, extra_routes: int = 0,
                  tls: tuple[int, Path] | None = None, functions: bool = False,
-                 engine: str = "standard", policies: bool = True, mirror: bool = False) -> dict:
+                 engine: str = "standard", policies: bool = True, mirror: int = 0) -> dict:
     """The gateway under test: the demo's kind of chain (health, a few services, rewrite, a rate
     limit); `tls` (port, certificate directory) adds a TLS listener offering HTTP/2 and HTTP/1.1;
     `functions` the demo's pure function on /fn/ and FUNCTIONS copies of it on /cold0/, /cold1/ ...;
-    without `policies`, no policy in the config and none on /catalog/; `mirror` adds /mirrored/,
-    the bare route with every request mirrored to the same upstream (mirror_vs_bare)."""
+    without `policies`, no policy in the config and none on /catalog/; `mirror` (the port of a
+    catalog v2 instance) adds /mirrored/, the bare route with every request mirrored to it and
+    both answers compared (mirror_vs_bare: issue 6's 100 % to a deliberately different v2)."""
     routes = [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "direct": {"status": 200}}]
     routes += [{"name": f"svc{i}", "match": {"path": {"prefix": f"/svc{i}/"}}, "forward": {"service": "catalog"}}
                for i in range(extra_routes)]
@@ -322,11 +368,15 @@ def bench_config(service_port: int, listen_port: int, admin_port: int, extra_rou
     if tls is not None:
         listeners.append({"name": "bench-tls", "port": tls[0],
                           "tls": {"cert": str(tls[1] / "edge.pem"), "key": str(tls[1] / "edge.key")}})
-    shadow = {"shadow": {"mirror": {"service": "catalog", "percent": 100}}} if mirror else {}
+    services = {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}}
+    shadow = {}
+    if mirror:  # a service of its own: the routes to catalog keep going to v1 alone
+        services["catalog-shadow"] = {"versions": {"v2": {"endpoints": [f"127.0.0.1:{mirror}"]}}}
+        shadow = {"shadow": {"mirror": {"service": "catalog-shadow", "percent": 100}}}
     return {
         "version": 1,
         "gateway": {"listeners": listeners, "admin": {"port": admin_port}, "engine": engine},
-        "services": {"catalog": {"versions": {"v1": {"endpoints": [f"127.0.0.1:{service_port}"]}}}},
+        "services": services,
         "routes": routes,
         "functions": fns,
         "policies": {
@@ -348,6 +398,10 @@ def sidecar_config(inbound: int, admin: int, address: str = "127.0.0.1") -> dict
         "gateway": {"listeners": [{"name": "unused", "port": admin}]},  # the schema wants one
         "services": {"catalog": {"versions": {"v1": {"endpoints": [f"{address}:{inbound}"]}}}},
     }
+
+
+def admin_port(config: Path) -> int:
+    return yaml.safe_load(config.read_text())["gateway"]["admin"]["port"]
 
 
 def gw1_rps(results: dict) -> float:
@@ -432,7 +486,7 @@ class Bench:
     def gateway(self, name: str, service: int, workers: int, extra_routes: int = 0,
                 tls_port: int = 0, functions: bool = False,
                 engine: str = "standard", policies: bool = True,
-                mirror: bool = False) -> tuple[str, procs.Child]:
+                mirror: int = 0) -> tuple[str, procs.Child]:
         port, admin = procs.free_port(), procs.free_port()
         cfg = self.tmp / f"{name}.yaml"
         tls = None
@@ -572,20 +626,41 @@ class Bench:
             print(f"  ERRORS {runs.errors} failed requests on the routes measured", flush=True)
         return runs
 
-    def mirror(self, url: str, pids: list[int]) -> PolicyRuns:
-        """mirror_vs_bare on the gateway at `url` (its worker `pids`): the mirrored route against
-        the bare one, at one connection (a client that waits for each answer), each round printed."""
-        targets = [("mirrored", url.replace(PATH, MIRROR_PATH), pids),
-                   ("bare", url.replace(PATH, BARE_PATH), pids)]
-        runs = policies_vs_bare(self.wrk, targets, self.args, connections=1)
+    def mirror(self, url: str, pids: list[int],
+               admin: int) -> tuple[PolicyRuns, dict[str, list[float]]]:
+        """mirror_vs_bare on the gateway at `url` (its worker `pids`, its admin port): the mirrored
+        route against the bare one, first with a client that leaves the gateway idle between
+        requests (`paced`), then at one connection with wrk (a client that sends its next request
+        at once), each printed, and the gateway's count of copies, comparisons and differences."""
+        urls = {"mirrored": url.replace(PATH, MIRROR_PATH), "bare": url.replace(PATH, BARE_PATH)}
+        if not self.args.no_warmup:
+            paced(urls, 1)
+        idle = paced(urls, 10 if not self.args.no_warmup else 2)
+        runs = policies_vs_bare(self.wrk, [(name, u, pids) for name, u in urls.items()], self.args,
+                                connections=1)
         for name in ("mirrored", "bare"):
             p50 = ", ".join(f"{x:.2f}" for x in runs.p50[name])
             cpu = ", ".join(f"{x:.0f}" for x in runs.cpu[name])
-            print(f"  {name + ' route, 1 worker, @1':<32} p50 {p50} ms   worker CPU {cpu} µs/request",
-                  flush=True)
+            print(f"  {name + ' route, 1 worker, @1':<32} paced p50 "
+                  f"{statistics.median(idle[name]):.2f} ms   wrk p50 {p50} ms   "
+                  f"worker CPU {cpu} µs/request", flush=True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as r:
+            counters = json.load(r)["counters"]
+        sent, compared, differed = (counters.get(f"mirror_{k}", 0)
+                                    for k in ("requests", "compared", "diffs"))
+        print(f"  {'mirror copies':<32} {sent} sent, {compared} compared, {differed} differed",
+              flush=True)
         if runs.errors:
             print(f"  ERRORS {runs.errors} failed requests on the routes measured", flush=True)
-        return runs
+        return runs, idle
+
+    def mirror_gateway(self, svc: int, **options) -> tuple[str, procs.Child]:
+        """The 1-worker gateway "gateway-1" with /mirrored/, and the catalog v2 instance it mirrors
+        to (it answers prices in cents: every copy differs)."""
+        v2 = procs.free_port()
+        self.spawn("catalog-v2", procs.python("-m", "services.catalog", "--port", str(v2),
+                                             "--version", "v2"), v2)
+        return self.gateway("gateway-1", svc, 1, mirror=v2, **options)
 
     def stop(self, child: procs.Child) -> None:
         child.stop()
@@ -609,6 +684,14 @@ class Bench:
             policy = self.policies(url, children_of(gw.pid), (plain, children_of(plain_gw.pid)))
             print(policies_sentence(policy))
             print(policy.figures() + (" WARNING: failed requests" if policy.errors else ""), flush=True)
+            return 0
+        if args.mirror_only:
+            url, gw = self.mirror_gateway(svc)
+            admin = admin_port(self.tmp / "gateway-1.yaml")
+            mirrored, idle = self.mirror(url, children_of(gw.pid), admin)
+            print(mirror_sentence(mirrored, idle))
+            print(mirror_figures(mirrored, idle)
+                  + (" WARNING: failed requests" if mirrored.errors else ""), flush=True)
             return 0
         results: dict[str, Result] = {}
         results["direct"] = measure("direct (demo service)", f"http://127.0.0.1:{svc}/items/1", self.wrk, args)
@@ -645,12 +728,12 @@ class Bench:
                 self.stop(c)
 
         tls_port = procs.free_port()
-        url, gw = self.gateway("gateway-1", svc, 1, tls_port=tls_port, functions=True, mirror=True)
+        url, gw = self.mirror_gateway(svc, tls_port=tls_port, functions=True)
         worker_pids = children_of(gw.pid)
         cold, warm = self.functions(url.removesuffix(PATH))
         results["gw1"] = measure("mitmesh gateway, 1 worker", url, self.wrk, args, worker_pids)
         policy = self.policies(url, worker_pids)
-        mirrored = self.mirror(url, worker_pids)
+        mirrored, idle = self.mirror(url, worker_pids, admin_port(self.tmp / "gateway-1.yaml"))
         h1 = h2 = None
         h2_errors = 0
         if self.h2load is not None:
@@ -720,7 +803,7 @@ class Bench:
             print(f"HTTP/2 against HTTP/1.1 on the TLS listener of 1 worker, same route, h2load for both "
                   f"({len(h1)} interleaved round{'s' if len(h1) > 1 else ''}): {sum(h2) / sum(h1):.2f}x the throughput")
         print(policies_sentence(policy))
-        print(mirror_sentence(mirrored))
+        print(mirror_sentence(mirrored, idle))
         errors = (sum(r.errors for r in results.values()) + h2_errors + warm.errors + policy.errors
                   + mirrored.errors)
         if errors:
@@ -729,8 +812,7 @@ class Bench:
               f"added_p50_ms={gw1.p50_1 - results['direct'].p50_1:.2f} rss_growth_pct={growth:.1f} "
               f"sidecars_added_p50_ms={two.p50_1 - results['direct'].p50_1:.2f} "
               + policy.figures()
-              + f" mirror_cpu_vs_bare_paired={mirrored.paired(of='mirrored'):.2f}"
-              f" mirror_p50_vs_bare_paired={mirrored.paired('p50', of='mirrored'):.2f}"
+              + " " + mirror_figures(mirrored, idle)
               + (f" h2_vs_h1={sum(h2) / sum(h1):.2f}" if h1 and h2 and sum(h1) > 0 else "")
               + (f" pod_sidecars_added_p50_ms={pod.p50_1 - results['direct'].p50_1:.2f}" if pod else "")
               + f" function_cold_ms={cold:.1f} function_warm_p50_ms={warm.p50_1:.2f} {engines}", flush=True)
@@ -762,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies-only", action="store_true",
                    help="measure only policies_vs_bare on a 1-worker gateway, and its bare route against "
                         "a gateway with no policies (policies_vs_bare=... bare_cpu_vs_unloaded_paired=...)")
+    p.add_argument("--mirror-only", action="store_true",
+                   help="measure only a route whose every request is mirrored against a bare "
+                        "route on a 1-worker gateway (mirror_idle_p50_vs_bare=...)")
     p.add_argument("--engines-only", action="store_true",
                    help="measure only the direct service and the two engines (fast_vs_standard=...)")
     p.add_argument("--footprint-only", action="store_true",
