@@ -126,6 +126,10 @@ class GuardedStream(HttpStream):
         self.flow.response.timestamp_start = time.time()
         yield HttpResponseHeadersHook(self.flow)
         yield from self.send_response()
+        if not self.flow.live:
+            # the client closed while the hooks ran (a body cut short): send_response found the flow
+            # killed, told the connection so and sent nothing, so there is no response to end
+            return
         self.flow.live = False
         # mitmproxy ends the response only once the request is done (flow_done): end it now
         yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)

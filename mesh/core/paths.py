@@ -20,9 +20,12 @@ from mesh.config.http import (  # the option's values: the config owns its vocab
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # anything that may need work; a path without any of these is returned as it came (the common case)
-_SUSPECT = re.compile(r"[%\\\x00-\x20\x7f#]|/\.|//")
-# never valid in a request target (RFC 9112 §3.2; a fragment is never sent), whatever the options
-_FORBIDDEN = re.compile(r"[\x00-\x20\x7f#]")
+_SUSPECT = re.compile(r"[%\\\x00-\x20\x7f#\udc80-\udcff]|/\.|//")
+# never valid in a request target (RFC 9112 §3.2; a fragment is never sent), whatever the options:
+# controls, space, DEL, '#', and bytes that are no UTF-8 (mitmproxy's surrogateescape decoding makes
+# each a lone surrogate, which no upstream request line can be encoded from). Passed on,
+# `/app\xc0\xafadmin` (an overlong '/') is `/app/admin` to a lax UTF-8 decoder. UTF-8 itself passes.
+_FORBIDDEN = re.compile(r"[\x00-\x20\x7f#\udc80-\udcff]")
 _SLASHES = re.compile(r"//+")
 
 
@@ -132,4 +135,6 @@ def remove_dot_segments(path: str) -> str:
 
 
 def _show(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte that is no UTF-8 (surrogateescape)
+        return f"the byte 0x{ord(char) - 0xdc00:02X}, no UTF-8 (percent-encode it)"
     return {" ": "a space", "#": "'#' (a fragment)"}.get(char, f"the control character {char!r}")

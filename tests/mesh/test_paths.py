@@ -52,6 +52,13 @@ def test_normalized_spellings(raw, expected):
     ("/a#b", "invalid_path", "the path holds '#' (a fragment), which a request target may not contain "
                              "(RFC 9112 §3.2)"),
     ("/a%00", "invalid_path", "the path holds an encoded NUL (%00)"),
+    # bytes that are no UTF-8 (mitmproxy decodes the target with surrogateescape): an overlong '/'
+    ("/app\udcc0\udcafadmin", "invalid_path",
+     "the path holds the byte 0xC0, no UTF-8 (percent-encode it), which a request target may not "
+     "contain (RFC 9112 §3.2)"),
+    ("/a/b\udcff", "invalid_path",
+     "the path holds the byte 0xFF, no UTF-8 (percent-encode it), which a request target may not "
+     "contain (RFC 9112 §3.2)"),
     ("/a%zz", "invalid_path", "malformed percent-encoding '%zz' in the path (RFC 3986 §2.1)"),
     ("/a%2", "invalid_path", "malformed percent-encoding '%2' in the path (RFC 3986 §2.1)"),
     ("/a%", "invalid_path", "malformed percent-encoding '%' in the path (RFC 3986 §2.1)"),
@@ -74,6 +81,7 @@ def test_refused_spellings(raw, error, reason):
     ("q=a\x7f", "the control character '\\x7f'"),
     ("q=a\x00", "the control character '\\x00'"),
     ("q=a#/admin", "'#' (a fragment)"),
+    ("q=caf\udce9", "the byte 0xE9, no UTF-8 (percent-encode it)"),  # café in Latin-1
 ])
 def test_refused_queries(query, shown):
     with pytest.raises(Rejected) as e:
@@ -87,6 +95,13 @@ def test_refused_queries(query, shown):
                                    "a+b=c"])
 def test_queries_that_a_request_line_can_carry_pass(query):
     paths.check_query(query)
+
+
+@pytest.mark.parametrize("raw", ["/caf\u00e9", "/a/\u2603/b", "/%C3%A9"])
+def test_utf8_paths_pass(raw):
+    """UTF-8 in a path is kept as it came (the upstream gets the same bytes); only bytes that are no
+    UTF-8 are refused."""
+    assert normalize(raw) == raw
 
 
 @pytest.mark.parametrize("action, raw, expected", [

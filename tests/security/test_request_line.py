@@ -44,6 +44,11 @@ REFUSED = [
     ("delete-in-query", line(target="/app/x?q=a\x7f"), "invalid_query"),
     ("fragment-in-query", line(target="/app/x?q=a#/app/admin"), "invalid_query"),
     ("tab-in-query", line(target="/app/x?q=a\tb"), "bad_request"),  # mitmproxy's split refuses it
+    # bytes that are no UTF-8 (sent as they are: line().encode("latin-1")); before, the gateway's
+    # forward stage failed on them and mitmproxy answered 502
+    ("byte-not-utf8-in-path", line(target="/app/x\xff"), "invalid_path"),
+    ("overlong-slash-in-path", line(target="/app\xc0\xafadmin"), "invalid_path"),
+    ("latin-1-in-query", line(target="/app/x?q=caf\xe9"), "invalid_query"),
     # RFC 9110 §7.2, RFC 3986 §3.2.2: a Host is a DNS name, an IP literal or IPv4, and a port
     ("comma-in-host", host("admin.example.com,x"), "invalid_host"),
     ("semicolon-in-host", host("admin.example.com;x"), "invalid_host"),
