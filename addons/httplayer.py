@@ -31,6 +31,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.layers.http._http2 import (Http2Server, format_h2_response_headers,
                                                 parse_h2_request_headers)
 
+from mesh.config.types import shown
 from mesh.core.downstream import LINGER, ResetWindow
 
 from . import keys, replies
@@ -88,7 +89,7 @@ class StopReading(ResponseProtocolError):
 
 def refusal(event: ResponseProtocolError, status: int):
     error, reason = _REFUSALS.get(event.code, ("bad_request", "the request was refused: {what}"))
-    log.info(f"refused a request mitmproxy could not take ({status}): {event.message}")
+    log.info(f"refused a request mitmproxy could not take ({status}): {shown(event.message)}")
     return replies.without_flow(status, error, reason.format(what=in_our_words(event.message)))
 
 
@@ -172,7 +173,8 @@ class GuardedHttp1Server(Http1Server):
                 # mitmproxy's HTML page for a head it cannot parse: the same refusal, as our JSON
                 found = _PARAGRAPH.search(command.data)
                 message = html.unescape(found[1].decode("utf-8", "replace")) if found else ""
-                log.info(f"refused a request head mitmproxy could not parse: {message[:300]}")
+                log.info(f"refused a request head mitmproxy could not parse: "
+                         f"{shown(message[:300])}")
                 command = commands.SendData(self.conn, http1.assemble_response(replies.without_flow(
                     400, "bad_request", f"the request head is not valid HTTP/1.1 (RFC 9112): "
                                         f"{in_our_words(message)}")))
@@ -387,13 +389,17 @@ class GuardedHttp2Server(WholeResponseHttp2Server):
         a host, a missing :path) gets the JSON 400 on its stream (RFC 9113 §8.1.1 lets an
         intermediary answer a malformed request), where mitmproxy would end the whole connection
         with a GOAWAY carrying its own words; the library's message stays in the log."""
-        log.info(f"refused an HTTP/2 request mitmproxy could not take (400): {message}")
+        log.info(f"refused an HTTP/2 request mitmproxy could not take (400): {shown(message)}")
         if "pseudo header" in message:
             error, reason = "bad_request", "pseudo-header fields missing or unknown (RFC 9113 §8.3)"
         else:
             error, reason = "invalid_host", "the :authority is not a host and port (RFC 9110 §7.2)"
-        self._answer(event.stream_id, replies.without_flow(400, error, reason))
-        if not event.stream_ended:  # the client need not send the rest
+        # the frames after the head came in the same read and are already applied to the stream:
+        # the client may have reset it (nothing to answer), or ended it (nothing left to stop)
+        if self.is_open_for_us(event.stream_id):
+            self._answer(event.stream_id, replies.without_flow(400, error, reason))
+        stream = self.h2_conn.streams.get(event.stream_id)
+        if stream is not None and not stream.closed:  # the client need not send the rest
             self.h2_conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
         yield commands.SendData(self.conn, self.h2_conn.data_to_send())
 

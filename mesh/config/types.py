@@ -139,6 +139,13 @@ def split_hostport(value: object) -> object:
 BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def shown(text: object) -> str:
+    """`text` from someone else for a log line or a terminal: a newline (a line of its own), an
+    escape sequence (hiding what follows) or a byte that is no UTF-8 (a lone surrogate, which a
+    log file cannot even be written with) comes out escaped; printable text as it is."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def clip(raw: bytes) -> str:
     """Wire bytes for a message: escaped, at most 40 of them."""
     text = repr(raw[:40])[1:]

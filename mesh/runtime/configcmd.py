@@ -18,7 +18,7 @@ from discovery.etcdtls import EtcdTls
 
 from mesh.config.errors import BAD_INPUT, CommandError
 from mesh.config.schema import MeshConfig
-from mesh.config.types import parse_duration
+from mesh.config.types import parse_duration, shown
 from mesh.core.build import build_text
 from mesh.runtime.store import (Location, PresenceTrust, Revision, Store, check_revision,
                                 on_loopback, operator_tls_defaults, parse_location)
@@ -79,13 +79,6 @@ def validated(file: str) -> tuple[str, MeshConfig]:
         raise CommandError(f"{file}: no such file", BAD_INPUT)
     text = path.read_text()
     return text, build_text(text, path.name).config
-
-
-def shown(text: object) -> str:
-    """`text` for the operator's terminal: anyone with a mesh certificate writes what `history`
-    and `rollout` print, so a newline (a line of its own) or an escape sequence (hiding what
-    follows) is printed escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def describe(rev: Revision, current: dict, loc: Location | None = None) -> str:

@@ -6,6 +6,8 @@ upstream as the request line `GET /app/admin /app/x HTTP/1.1` (authorization had
 
 from __future__ import annotations
 
+import time
+
 import h2.config
 import h2.events
 import pytest
@@ -131,14 +133,20 @@ def test_trailing_dot_is_removed_from_the_forwarded_host(mesh, where):
     assert dict(reply.json["headers"])["host"] == "shop.example.com:8080"
 
 
+def lax_h2(target: Target, header_encoding: str | None = "utf-8") -> H2:
+    """An HTTP/2 client that sends header fields as given, as no client library would."""
+    client = H2(target)
+    client.conn.config = h2.config.H2Configuration(client_side=True, header_encoding=header_encoding,
+                                                   validate_outbound_headers=False,
+                                                   normalize_outbound_headers=False)
+    return client
+
+
 def h2_exchange(target: Target, method: str, path: str, authority: str = "localhost",
                 extra: tuple = ()) -> tuple[int, dict, bytes] | None:
     """One request with pseudo-headers a client library would refuse to send; (status, headers,
     body), or None when the stream or the connection was reset instead."""
-    client = H2(target)
-    client.conn.config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
-                                                   validate_outbound_headers=False,
-                                                   normalize_outbound_headers=False)
+    client = lax_h2(target)
     try:
         sid = client.conn.get_next_available_stream_id()
         client.conn.send_headers(sid, [(":method", method), (":path", path), (":scheme", "https"),
@@ -198,10 +206,7 @@ def test_http2_trailing_dot_authority_gets_the_route_of_its_name(mesh):
 def test_http2_authority_mitmproxy_cannot_parse_is_answered_on_its_stream(mesh):
     """mitmproxy ended the whole connection (GOAWAY with its own words, every other stream lost);
     the stream now gets the JSON 400 and the connection serves on."""
-    client = H2(mesh.targets["gateway-tls"])
-    client.conn.config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
-                                                   validate_outbound_headers=False,
-                                                   normalize_outbound_headers=False)
+    client = lax_h2(mesh.targets["gateway-tls"])
     try:
         sid = client.conn.get_next_available_stream_id()
         client.conn.send_headers(sid, [(":method", "GET"), (":path", "/app/x"),
@@ -215,3 +220,63 @@ def test_http2_authority_mitmproxy_cannot_parse_is_answered_on_its_stream(mesh):
         assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("rest", ["data-ends-the-stream", "reset"])
+def test_http2_unparsable_head_with_the_rest_of_its_stream_in_one_read_keeps_the_connection(mesh,
+                                                                                            rest):
+    """The same head, with its stream's end (a DATA frame with END_STREAM, or the client's
+    RST_STREAM) in the same read: the stream is closed by the time its head is refused. Before,
+    refusing it reset (or answered) a closed stream, the h2 library raised, and mitmproxy ended
+    the connection with every other stream on it ('has crashed' and a traceback in the log)."""
+    log = mesh.children["gateway"].log
+    crashes = log.read_text().count("has crashed")
+    client = lax_h2(mesh.targets["gateway-tls"])
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "POST"), (":path", "/app/x"),
+                                       (":scheme", "https"), (":authority", "admin.example.com,x")])
+        if rest == "reset":
+            client.conn.reset_stream(sid)
+        else:
+            client.conn.send_data(sid, b"x", end_stream=True)
+        client.flush()  # one write: the server reads both frames at once
+        if rest != "reset":
+            status, _, body = client.response(sid)
+            assert status == 400 and b"invalid_host" in body, body
+        status, _, _ = client.response(client.headers("/app/x"))
+        assert status == 200
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events)
+    finally:
+        client.close()
+    time.sleep(0.2)
+    assert log.read_text().count("has crashed") == crashes
+
+
+# (a CR or LF in a field value never gets this far: the h2 library refuses the stream itself)
+@pytest.mark.parametrize("scheme", [b"\xff", b"ftp\x1b[8m", b"ftp\x08\x08\x08web"])
+def test_http2_client_bytes_in_a_refusal_are_logged_escaped(mesh, scheme):
+    """mitmproxy's message for a refused head quotes the client (`Invalid request scheme: …`);
+    logged as it came, a byte that is no UTF-8 made the log file unreadable as text, and a
+    control character could hide or rewrite what a terminal shows. The log line shows them
+    escaped."""
+    log = mesh.children["gateway"].log
+    size = log.stat().st_size
+    client = lax_h2(mesh.targets["gateway-tls"], header_encoding=None)
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(b":method", b"GET"), (b":path", b"/app/x"),
+                                       (b":scheme", scheme), (b":authority", b"localhost")],
+                                 end_stream=True)
+        client.flush()
+        client.read(lambda evs: any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset,
+                                                   h2.events.ConnectionTerminated)) for e in evs))
+    finally:
+        client.close()
+    time.sleep(0.2)
+    with open(log, "rb") as f:
+        f.seek(size)
+        written = f.read()
+    text = written.decode("utf-8")  # raises on a byte that is no UTF-8
+    assert "scheme" in text, text
+    assert not any(c in text for c in "\x1b\x08"), text
