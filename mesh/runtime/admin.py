@@ -30,6 +30,7 @@ Handler = Callable[[str, str], "tuple[int, str, bytes] | Awaitable[tuple[int, st
 READ_ONLY = frozenset({"GET", "HEAD"})
 TRAFFIC = frozenset({"/flows"})  # recent requests: read from loopback, or with the token
 TOKEN_FILE = "admin.token"
+READ_TIMEOUT = 30.0  # a request head, or its body, must arrive within this many seconds
 
 
 def token_path(config_file: str | Path, config, sidecar: bool = False) -> Path:
@@ -190,7 +191,7 @@ class AdminServer:
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                     return
                 line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
@@ -207,8 +208,11 @@ class AdminServer:
                     return
                 if not 0 <= length <= 1 << 16:  # admin requests carry their arguments in the query
                     return
-                if length:
-                    await reader.readexactly(length)
+                if length:  # a body cut short or never sent ends the connection, as a head does
+                    try:
+                        await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
+                    except (asyncio.IncompleteReadError, TimeoutError):
+                        return
                 path, _, query = target.partition("?")
                 handler = self.handlers.get(path)
                 refused = self.refusal(method, headers, local, path, peer)

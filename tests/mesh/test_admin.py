@@ -123,3 +123,45 @@ def test_what_is_loopback(host, expected):
     from mesh.config.types import loopback
 
     assert loopback(host) is expected
+
+
+def test_a_body_cut_short_or_never_sent_ends_the_connection_quietly(monkeypatch, caplog):
+    """A request that announces a body and ends before it (or never sends it) is dropped, as one
+    whose head is cut short. Before, the cut body escaped the handler (asyncio logged an
+    unhandled exception with its traceback) and a body never sent held the connection for ever."""
+    import asyncio
+    import logging
+
+    from mesh.runtime import admin
+
+    monkeypatch.setattr(admin, "READ_TIMEOUT", 0.3, raising=False)
+
+    async def run() -> list[bytes]:
+        server = AdminServer("127.0.0.1", 0, {"/status": lambda method, query: (200, "text/plain",
+                                                                                 b"ok")})
+        await server.start()
+        port = server.port
+        answers = []
+        try:
+            for cut in (True, False):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST /status HTTP/1.1\r\nHost: localhost\r\n"
+                             b"Content-Length: 5\r\n\r\nab")
+                if cut:
+                    writer.write_eof()
+                answers.append(await asyncio.wait_for(reader.read(), 5))  # b"": closed, no answer
+                writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # it serves on
+            writer.write(b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            answers.append(await asyncio.wait_for(reader.readuntil(b"ok"), 5))
+            writer.close()
+            await asyncio.sleep(0.05)
+        finally:
+            await server.stop()
+        return answers
+
+    with caplog.at_level(logging.ERROR):
+        cut, never, served = asyncio.run(run())
+    assert (cut, never) == (b"", b"")
+    assert served.startswith(b"HTTP/1.1 200 ")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
