@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import select
 import ssl as _ssl
 import time
@@ -19,9 +20,13 @@ from mesh.resilience.attempt import (ConnectFailure, ProtocolError, Reset, Respo
                                      Timeout, UpstreamError)
 from mesh.security import mtls
 from mesh.core import podnet
+from mesh.config.types import BAD_FIELD_VALUE, TOKEN
 from mesh.core.hopbyhop import HOP_BY_HOP
 
 MAX_HEAD = 64 * 1024
+MAX_INTERIM = 8  # 1xx responses skipped before the final one; more is an upstream gone wrong
+_DIGITS = re.compile(rb"[0-9]{1,18}")  # RFC 9110 §8.6: Content-Length = 1*DIGIT
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")  # RFC 9112 §7.1: chunk-size = 1*HEXDIG
 
 
 @dataclass(slots=True)
@@ -184,20 +189,15 @@ class Pool:
 
     async def _exchange(self, conn: _Conn, method: bytes):
         reader = conn.reader
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as e:
-            if not e.partial:
-                raise _NothingReceived("EOF") from None
-            raise Reset("connection closed in the response head") from None
-        except asyncio.LimitOverrunError:
-            raise ProtocolError(f"response head larger than {MAX_HEAD} bytes") from None
-        except (ConnectionResetError, BrokenPipeError) as e:
-            raise _NothingReceived(e.__class__.__name__) from None
-        status, reason, version, headers = _parse_head(raw)
-        while 100 <= status < 200 and status != 101:  # skip interim responses
-            raw = await reader.readuntil(b"\r\n\r\n")
-            status, reason, version, headers = _parse_head(raw)
+        status, reason, version, headers = _parse_head(await _read_head(reader, first=True))
+        for _ in range(MAX_INTERIM):
+            if not 100 <= status < 200 or status == 101:
+                break
+            # an interim response (100 Continue, 103 Early Hints): skipped
+            status, reason, version, headers = _parse_head(await _read_head(reader))
+        if 100 <= status < 200:
+            # the proxy never forwards Upgrade (hop by hop), so no 101 was asked for
+            raise ProtocolError(f"status {status} where a final response was due")
         keep = version == b"HTTP/1.1"
         hint = None
         length = None
@@ -218,18 +218,18 @@ class Pool:
             elif lname == b"transfer-encoding":
                 chunked = value.strip().lower().endswith(b"chunked")
             elif lname == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise ProtocolError(f"invalid Content-Length {value[:40]!r}") from None
+                if not _DIGITS.fullmatch(value) or (length is not None and int(value) != length):
+                    # int() would take "-5", "+5", "5_0"; two lengths that differ frame nothing
+                    raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
+                length = int(value)
         for name, value in headers:
             lname = name.lower()
             if lname not in drop and lname != b"content-length":
                 out.append((name, value))
-        if method == b"HEAD" or status in (204, 304) or status == 101:
+        if method == b"HEAD" or status in (204, 304):
             if length is not None:
                 out.append((b"content-length", str(length).encode()))
-            return Response(status, reason, out, b"", version, hint), keep and status != 101
+            return Response(status, reason, out, b"", version, hint), keep
         if chunked:
             data = await self._read_chunked(reader)
         elif length is not None:
@@ -251,13 +251,13 @@ class Pool:
         parts: list[bytes] = []
         total = 0
         while True:
-            line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProtocolError(f"invalid chunk size {line[:40]!r}") from None
+            line = await _read_line(reader)
+            digits = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(digits):  # int(…, 16) would take "0x5", "-5", "5_0"
+                raise ProtocolError(f"invalid chunk size {line[:40]!r}")
+            size = int(digits, 16)
             if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers are dropped
+                while (await _read_line(reader)) != b"\r\n":  # trailers are dropped
                     pass
                 return b"".join(parts)
             total += size
@@ -328,17 +328,43 @@ def _serialize(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
     return b"".join(lines)
 
 
+async def _read_head(reader: asyncio.StreamReader, first: bool = False) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if first and not e.partial:
+            raise _NothingReceived("EOF") from None
+        raise Reset("connection closed in the response head") from None
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(f"response head larger than {MAX_HEAD} bytes") from None
+    except (ConnectionResetError, BrokenPipeError) as e:
+        if first:
+            raise _NothingReceived(e.__class__.__name__) from None
+        raise
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """A chunk-size or trailer line of a chunked body."""
+    try:
+        return await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(f"chunked body line longer than {MAX_HEAD} bytes") from None
+
+
 def _parse_head(raw: bytes) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
     lines = raw[:-4].split(b"\r\n")
     parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(parts[1]) != 3 \
+            or not parts[1].isdigit() or parts[1][:1] == b"0":
         raise ProtocolError(f"invalid status line {lines[0][:60]!r}")
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
+        value = value.strip(b" \t")
+        # a bare CR or LF would end a line at the client (a header of the upstream's own making)
+        if not sep or not TOKEN.fullmatch(name) or BAD_FIELD_VALUE.search(value):
             raise ProtocolError(f"invalid header line {line[:60]!r}")
-        headers.append((name, value.strip()))
+        headers.append((name, value))
     return int(parts[1]), parts[2] if len(parts) > 2 else b"", parts[0], headers
 
 

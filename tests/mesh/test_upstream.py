@@ -204,3 +204,52 @@ def test_request_headers_keep_what_the_proxy_set_though_connection_names_it():
               (b"x-consumer", b"acme"), (b"x-forwarded-for", b"10.1.1.1")]
     assert upstream.request_headers(fields, b"svc") == [
         (b"host", b"svc"), (b"x-consumer", b"acme"), (b"x-forwarded-for", b"10.1.1.1")]
+
+
+# what an upstream may not answer (RFC 9110/9112): each is a ProtocolError (a 502 at the proxy),
+# never a response passed on or an exception the proxy did not expect
+BAD_ANSWERS = {
+    # int() would read these as lengths and frame the next response from the wrong byte
+    "negative-content-length": b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\nhello",
+    "signed-content-length": b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+    "underscore-in-content-length": b"HTTP/1.1 200 OK\r\ncontent-length: 0_2\r\n\r\nok",
+    "two-content-lengths": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+    "negative-chunk-size": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-2\r\nok\r\n0"
+                           b"\r\n\r\n",
+    "0x-chunk-size": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x2\r\nok\r\n0\r\n\r\n",
+    "chunk-size-line-over-the-limit": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                      + b"0" * (upstream.MAX_HEAD + 10) + b"2\r\nok\r\n0\r\n\r\n",
+    "interim-then-a-head-over-the-limit": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx: "
+                                          + b"a" * (upstream.MAX_HEAD + 10) + b"\r\n\r\n",
+    "endless-interim-responses": b"HTTP/1.1 103 Early Hints\r\n\r\n" * 50 + OK,
+    # the proxy never forwards Upgrade: a 101 switches to a protocol nobody asked for
+    "unasked-switching-protocols": b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                                   b"connection: upgrade\r\n\r\n",
+    # a bare LF or CR would end the line at the client: a header the upstream slipped in
+    "bare-lf-in-header-value": b"HTTP/1.1 200 OK\r\nx-a: a\nset-cookie: s=evil\r\ncontent-length: 2"
+                               b"\r\n\r\nok",
+    "bare-cr-in-header-value": b"HTTP/1.1 200 OK\r\nx-a: a\rset-cookie: s=evil\r\ncontent-length: 2"
+                               b"\r\n\r\nok",
+    "nul-in-header-value": b"HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 2\r\n\r\nok",
+    "space-in-header-name": b"HTTP/1.1 200 OK\r\nx a: b\r\ncontent-length: 2\r\n\r\nok",
+    "four-digit-status": b"HTTP/1.1 2000 OK\r\ncontent-length: 2\r\n\r\nok",
+    "http-2-status-line": b"HTTP/1.2 200 OK\r\ncontent-length: 2\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("answer", list(BAD_ANSWERS.values()), ids=list(BAD_ANSWERS))
+async def test_an_answer_that_frames_nothing_is_a_protocol_error(answer):
+    async with RawServer(lambda h: answer) as srv:
+        pool = upstream.Pool()
+        with pytest.raises(upstream.ProtocolError):
+            await call(pool, srv.port)
+        await pool.close()
+
+
+async def test_interim_responses_are_skipped():
+    async with RawServer(lambda h: b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                                   b"link: </a.css>\r\n\r\n" + OK) as srv:
+        pool = upstream.Pool()
+        resp = await call(pool, srv.port)
+        assert (resp.status, resp.body) == (200, b"ok")
+        await pool.close()
