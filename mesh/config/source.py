@@ -118,7 +118,9 @@ def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Path, src: Source, pro
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(loader, key_node, path, src, problems)
+            if key is _INVALID:
+                continue
             if not isinstance(key, (str, int, float, bool)):
                 problems.append(
                     Problem(src.file, key_node.start_mark.line + 1, path, f"keys must be plain scalars (got {show(key)})")
@@ -141,4 +143,22 @@ def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Path, src: Source, pro
             src.lines[path + (i,)] = item.start_mark.line + 1
             items.append(_walk(loader, item, path + (i,), src, problems))
         return items
-    return loader.construct_object(node, deep=True)
+    value = _construct(loader, node, path, src, problems)
+    return None if value is _INVALID else value
+
+
+_INVALID = object()  # a scalar YAML cannot construct: its problem is recorded
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, src: Source,
+               problems: list) -> Any:
+    """A node's value; a scalar that parses but does not construct (the date 2026-13-45, bad
+    !!binary) is a problem at its line, where PyYAML raises from deep inside its constructor."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError, TypeError) as e:
+        problem = e.problem if isinstance(e, yaml.MarkedYAMLError) and e.problem else str(e)
+        what = f"invalid YAML value {show(node.value)}" if isinstance(node, yaml.ScalarNode) \
+            else "invalid YAML value"
+        problems.append(Problem(src.file, node.start_mark.line + 1, path, f"{what}: {problem}"))
+        return _INVALID

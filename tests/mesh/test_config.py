@@ -96,6 +96,24 @@ def test_yaml_syntax_error_has_a_line():
     assert len(found) == 1 and found[0].startswith("mesh.yaml:3: invalid YAML")
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("2026-13-45", "services.users.versions.v1.note: invalid YAML value '2026-13-45': month must "
+                   "be in 1..12"),
+    ('!!binary "a"', "services.users.versions.v1.note: invalid YAML value 'a': failed to decode "
+                     "base64 data: Invalid base64-encoded string: number of data characters (1) "
+                     "cannot be 1 more than a multiple of 4"),
+    ('!!int "abc"', "services.users.versions.v1.note: invalid YAML value 'abc': invalid literal "
+                    "for int() with base 10: 'abc'"),
+])
+def test_a_yaml_value_that_does_not_construct_is_an_error_at_its_line(value, expected):
+    """A scalar that parses but that PyYAML cannot construct (found by mutating mesh.yaml: the
+    date raised ValueError out of the loader, a traceback instead of file:line)."""
+    text = BASE.replace('      v1: {endpoints: ["127.0.0.1:19001"]}',
+                        f'      v1:\n        endpoints: ["127.0.0.1:19001"]\n        note: {value}')
+    line = dedent(text).splitlines().index(f"        note: {value}") + 1
+    assert f"mesh.yaml:{line}: {expected}" in errors(text), errors(text)
+
+
 def test_libyaml_and_pure_python_parsers_give_the_same_values_and_lines(monkeypatch):
     """The config is parsed with libyaml where PyYAML has it (much faster on a large config); the
     values and the line of every key are the pure-Python parser's, anchors and merge keys too."""
