@@ -204,10 +204,10 @@ class Introspector:
                              f"token introspection failed: {e}") from None
         now, mono = time.time(), time.monotonic()
         result = self._judge(answer, now)
-        exp = answer.get("exp")
         ttl = c.cache
-        if result.claims is not None and isinstance(exp, (int, float)):
-            ttl = min(ttl, exp - now)
+        exp = answer.get("exp")  # a number here once _judge found the token active
+        if result.claims is not None and exp is not None and exp < now + ttl:
+            ttl = exp - now  # (compared first: an exp of 10**400 has no float to subtract from)
         result.until = mono + max(ttl, 0.0)
         if ttl > 0:
             if len(self.cache) >= self.max_entries:  # drop the oldest entries first
@@ -221,13 +221,16 @@ class Introspector:
         if answer.get("active") is not True:
             return _Answer(0, None, "token is not active")
         exp = answer.get("exp")
-        if isinstance(exp, (int, float)) and exp <= now:
+        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))
+                                or exp != exp):  # RFC 7662 §2.2: seconds since the epoch
+            return _Answer(0, None, "exp is not a number of seconds")
+        if exp is not None and exp <= now:
             return _Answer(0, None, "token expired")
         if c.issuer is not None and answer.get("iss") != c.issuer:
             return _Answer(0, None, "wrong issuer")
         if c.audiences:
-            aud = answer.get("aud")
-            auds = set(aud) if isinstance(aud, list) else {aud}
+            aud = answer.get("aud")  # a string or a list of strings (RFC 7662 §2.2); else none
+            auds = {a for a in (aud if isinstance(aud, list) else [aud]) if isinstance(a, str)}
             if not auds & set(c.audiences):
                 return _Answer(0, None, "wrong audience")
         claims = {k: v for k, v in answer.items() if k != "active"}

@@ -63,10 +63,12 @@ def parse(data: bytes | str) -> KeySet:
     for raw in doc["keys"]:
         if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
             continue
+        if any(not isinstance(raw.get(name, ""), str) for name in ("kid", "kty", "alg")):
+            continue  # RFC 7517 §4: strings; a kid that is an object would not even index
         try:
             jwk = jwt.PyJWK(raw)
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-            continue
+        except Exception:  # the issuer's document: whatever PyJWT raises (NotImplementedError for
+            continue       # an RSA key with some private fields) leaves that key out, not the set
         keys.append(Key(raw.get("kid"), raw.get("kty", ""), raw.get("alg"), jwk.key))
     if not keys:
         raise ValueError("no usable signing key")

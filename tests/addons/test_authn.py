@@ -324,6 +324,26 @@ async def test_opaque_tokens_are_introspected_and_cached(gateway, upstream_app, 
                                                    "request_id": ""}
 
 
+@pytest.mark.parametrize("claim, value, status", [
+    ("aud", {"a": 1}, 401),             # an object: no audience at all
+    ("aud", [{"a": 1}, "mitmesh"], 200),  # the strings of a list count
+    ("exp", 10 ** 400, 200),            # far future, with no float to subtract now from
+    ("exp", True, 401),                 # a boolean is no number of seconds
+], ids=["aud-object", "aud-list-with-an-object", "exp-huge", "exp-boolean"])
+async def test_an_odd_introspection_answer_is_judged_not_raised(gateway, upstream_app, idp, claim,
+                                                               value, status):
+    """What the authorization server answers is judged (RFC 7662 §2.2); found by fuzzing _judge:
+    an `aud` object raised TypeError and an `exp` of 10**400 OverflowError, out of the policy."""
+    users = await upstream_app("users")
+    async with gateway(config(idp, users, oauth_extra="audiences: [mitmesh]")) as gw:
+        opaque = await idp.token("legacy-app")
+        idp.state["opaque"][opaque] |= {"aud": "mitmesh", claim: value}
+        flow = await gw.send("/token/x", headers={"authorization": f"Bearer {opaque}"})
+        assert flow.response.status_code == status, flow.response.content
+        if status == 401:
+            assert body(flow)["error"] == "invalid_token"
+
+
 async def test_introspection_down_is_503(gateway, upstream_app, idp):
     users = await upstream_app("users")
     async with gateway(config(idp, users)) as gw:
