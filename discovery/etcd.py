@@ -21,7 +21,7 @@ from typing import Callable
 
 from .etcdapi import Etcd, Follower, KeyValue, LeasedKey
 from .etcdwire import EtcdError
-from .registry import Event, Instance, Registry
+from .registry import NAME, PROTOCOLS, Event, Instance, Registry
 from .source import Source
 
 log = logging.getLogger("mitmesh.discovery")
@@ -62,13 +62,27 @@ def decode(kv: KeyValue, verify: Verify | None = None) -> Instance:
     if unknown:
         raise ValueError(f"{kv.key}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}")
     for key, kind in (("service", str), ("version", str), ("address", str), ("port", int)):
-        if not isinstance(data.get(key), kind):
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise ValueError(f"{kv.key}: {key}: expected a {kind.__name__} (got {data.get(key)!r})")
     if not 1 <= data["port"] <= 65535:
         raise ValueError(f"{kv.key}: port: expected 1 to 65535 (got {data['port']!r})")
     weight = data.get("weight", 1)
-    if not isinstance(weight, int) or not 1 <= weight <= 10_000:
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 10_000:
         raise ValueError(f"{kv.key}: weight: expected an integer from 1 to 10000 (got {weight!r})")
+    # the rest as an mDNS announcement is held to (mdns.instance_from_txt)
+    for key in ("service", "version", "zone", "region"):
+        if key in data and not (isinstance(data[key], str) and NAME.fullmatch(data[key])):
+            raise ValueError(f"{kv.key}: {key}: expected a lowercase name (got {data[key]!r})")
+    for key in ("identity", "workload"):
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f"{kv.key}: {key}: expected a string (got {data[key]!r})")
+    if "protocol" in data and data["protocol"] not in PROTOCOLS:
+        raise ValueError(f"{kv.key}: protocol: expected one of {', '.join(PROTOCOLS)} "
+                         f"(got {data['protocol']!r})")
+    admin = data.get("admin")
+    if admin is not None and (not isinstance(admin, int) or isinstance(admin, bool)
+                              or not 1 <= admin <= 65535):
+        raise ValueError(f"{kv.key}: admin: expected a port from 1 to 65535 (got {admin!r})")
     if verify is not None:
         try:
             verify(signed)

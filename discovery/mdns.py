@@ -23,15 +23,13 @@ import zeroconf._utils.net as zcnet
 from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .registry import Event, Instance, Registry
+from .registry import NAME as _NAME, PROTOCOLS, Event, Instance, Registry
 from .source import Source
 
 log = logging.getLogger("mitmesh.discovery")
 
 SERVICE_TYPE = "_mitmesh._tcp.local."
 TXT_KEYS = ("mesh", "service", "version", "zone", "region", "weight", "identity", "port", "protocol", "instance", "admin")
-PROTOCOLS = ("http", "https")
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"[^a-z0-9-]+")
 
 

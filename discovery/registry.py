@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 log = logging.getLogger("mitmesh.discovery")
+
+# what an announcement may name, whichever source carries it (mDNS TXT, an etcd record): the names
+# of the config (mesh/config/types.py, which discovery may not import) and the inbound protocols
+NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+PROTOCOLS = ("http", "https")
 
 Kind = Literal["add", "update", "remove"]
 

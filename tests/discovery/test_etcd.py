@@ -35,6 +35,19 @@ def test_instance_round_trip():
      "weight: expected an integer from 1 to 10000 (got 0)"),
     ('{"service": "c", "version": "v1", "address": "127.0.0.1", "port": 1, "colour": 1}',
      "unknown field 'colour'"),
+    # held to what an mDNS announcement is (instance_from_txt)
+    ('{"service": "c", "version": "v1", "address": "127.0.0.1", "port": true}',
+     "port: expected a int (got True)"),
+    ('{"service": "C D", "version": "v1", "address": "127.0.0.1", "port": 1}',
+     "service: expected a lowercase name (got 'C D')"),
+    ('{"service": "c", "version": "v1", "address": "127.0.0.1", "port": 1, "zone": {"a": 1}}',
+     "zone: expected a lowercase name (got {'a': 1})"),
+    ('{"service": "c", "version": "v1", "address": "127.0.0.1", "port": 1, "protocol": "ftp"}',
+     "protocol: expected one of http, https (got 'ftp')"),
+    ('{"service": "c", "version": "v1", "address": "127.0.0.1", "port": 1, "admin": "15000"}',
+     "admin: expected a port from 1 to 65535 (got '15000')"),
+    ('{"service": "c", "version": "v1", "address": "127.0.0.1", "port": 1, "identity": ["x"]}',
+     "identity: expected a string (got ['x'])"),
 ])
 def test_bad_values_are_named(value, error):
     with pytest.raises(ValueError) as e:
