@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 from mesh.core.loops import Loop
 from mesh.security import redact
+from mesh.config.types import load_json
 from mesh.runtime.admin import json_reply
 from mesh.core.state import MeshState
 
@@ -192,8 +193,8 @@ def redacted(flow: http.HTTPFlow) -> http.HTTPFlow:
             body = None
         if body and redact.suspect(body):
             try:  # a JSON body is masked by its structure (fields, header pairs), other text by pattern
-                message.text = json.dumps(redact.value(json.loads(body)))
-            except ValueError:
+                message.text = json.dumps(redact.value(load_json(body)))
+            except ValueError:  # not JSON, or nested past the parser
                 message.text = redact.value(body)
     copy.request.path = redact.value(copy.request.path)
     copy.metadata = redact.value(copy.metadata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Annotated
 
@@ -137,6 +138,15 @@ def split_hostport(value: object) -> object:
 # RFC 9110 §5.5: a field value never holds NUL, CR, LF or another control character but HTAB; a CR
 # or LF inside a parsed value is also what an obs-fold (RFC 9112 §5.2) leaves behind
 BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def load_json(value: str | bytes) -> object:
+    """json.loads, where nesting too deep for the parser (RecursionError, which is no ValueError)
+    is a ValueError too: for JSON from anyone (a client's body, an issuer, an etcd record)."""
+    try:
+        return json.loads(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def shown(text: object) -> str:

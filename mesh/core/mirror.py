@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.config import schema
+from mesh.config.types import load_json
 
 _JSON = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.I)
 
@@ -77,8 +78,8 @@ def difference(primary: tuple[int, str | None, bytes], mirror: tuple[int, str | 
         return None
     if ptype and mtype and _JSON.match(ptype) and _JSON.match(mtype):
         try:
-            a, b = json.loads(pbody), json.loads(mbody)
-        except (ValueError, UnicodeDecodeError):
+            a, b = load_json(pbody), load_json(mbody)
+        except (ValueError, UnicodeDecodeError):  # not JSON, or nested past the parser: bytes
             pass
         else:
             for path in ignore:

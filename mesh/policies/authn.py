@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from mesh.config.security import ApiKey, Jwt, OAuth2, Require, TokenSource
 from mesh.policies.httpclient import Http, HttpError
 from mesh.policies.jwks import JwksCache
 from mesh.security import redact
+from mesh.config.types import load_json
 
 Getter = Callable[[str], str | None]
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
@@ -196,7 +196,7 @@ class Introspector:
                 data={"token": token, "token_type_hint": "access_token"})
             if status != 200:
                 raise HttpError(f"{c.introspection_url}: status {status}")
-            answer = json.loads(body)
+            answer = load_json(body)
             if not isinstance(answer, dict):
                 raise ValueError("not a JSON object")
         except (HttpError, ValueError) as e:

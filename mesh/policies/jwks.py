@@ -8,7 +8,6 @@ A failed fetch keeps the last good keys.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import jwt
 
 from mesh.policies.httpclient import Http, HttpError
+from mesh.config.types import load_json
 
 log = logging.getLogger("mitmesh.authn")
 
@@ -54,7 +54,7 @@ class KeySet:
 def parse(data: bytes | str) -> KeySet:
     """A JWKS document to keys; keys that cannot be used for signatures are skipped."""
     try:
-        doc = json.loads(data)
+        doc = load_json(data)
     except ValueError as e:
         raise ValueError(f"not JSON: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):

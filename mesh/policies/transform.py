@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from mesh.config import template
 from mesh.config import schema
 from mesh.config.template import MISSING, Template
+from mesh.config.types import load_json
 
 Values = Mapping[tuple[str, str], Any]
 _JSON = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.I)
@@ -223,8 +224,8 @@ def transform_body(ops: Ops, body: bytes | None, content_type: str | None, max_b
     if not ops or not body or len(body) > max_body or not content_type or not _JSON.match(content_type):
         return None
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = load_json(body)
+    except (ValueError, UnicodeDecodeError):  # not JSON, or nested past the parser
         return None
     if not isinstance(doc, dict):
         return None

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from discovery.etcdtls import EtcdTls
 from discovery.etcdwire import EtcdError, b64, parse_endpoints, unb64
+from mesh.config.types import load_json
 
 if TYPE_CHECKING:
     from discovery.etcdapi import Etcd
@@ -259,12 +260,6 @@ def is_revision_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
-def load_json(value: str) -> object:
-    """json.loads, nesting too deep for the parser a ValueError too (anyone may write it)."""
-    try:
-        return json.loads(value)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
 
 
 def check_revision(rev: Revision, n: int, location: Location, signed_at: bool = False) -> None:

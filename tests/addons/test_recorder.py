@@ -65,3 +65,17 @@ def test_a_fork_leaves_the_run_directory_of_the_process_that_made_it(alone, monk
     monkeypatch.setattr(recorder, "_made", parent)
     recorder.remove_own_run_dir()
     assert not run.exists()
+
+
+def test_a_json_body_nested_past_the_parser_is_masked_as_text():
+    """RecursionError, which is no ValueError, escaped `redacted` (the flow was
+    not recorded); such a body is masked by pattern, as any other text."""
+    from mitmproxy.test import tflow
+
+    from addons.recorder import redacted
+
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["content-type"] = "application/json"
+    flow.request.content = (b'{"password": "hunter2", "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}")
+    text = redacted(flow).request.get_text()
+    assert "hunter2" not in text and '"password": "[redacted]"' in text

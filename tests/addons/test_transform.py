@@ -5,6 +5,7 @@ Content-Length right; non-JSON and large bodies untouched."""
 from __future__ import annotations
 
 import json
+import logging
 
 from aiohttp import web
 
@@ -92,6 +93,19 @@ async def test_non_json_and_large_bodies_pass_untouched(gateway, upstream_app):
         assert json.loads(flow.response.content)["body"] == big.decode()
         flow = await gw.send("/api/a", method="POST", body=b'{"y": 2}', headers={"content-type": "application/json"})
         assert json.loads(json.loads(flow.response.content)["body"]) == {"y": 2, "x": 1}
+
+
+async def test_a_json_body_nested_past_the_parser_passes_untouched(gateway, upstream_app, caplog):
+    """A body nested deeper than Python's json parses (RecursionError, which is
+    no ValueError, escaped the transform stage) is not JSON to transform: it goes as it came."""
+    port = await upstream_app("api")
+    async with gateway(config(port, "      request: {set: {body: {x: 1}}}")) as gw:
+        deep = b'{"a": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"  # 10 KB, under max_body
+        flow = await gw.send("/api/a", method="POST", body=deep,
+                             headers={"content-type": "application/json"})
+        assert flow.response.status_code == 200, flow.response.content
+        assert json.loads(flow.response.content)["body"] == deep.decode()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 RESPONSE = """

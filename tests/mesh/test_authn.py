@@ -78,3 +78,32 @@ def test_keys_never_fetched_are_stale_on_a_machine_booted_moments_ago(monkeypatc
     cache = JwksCache("http://127.0.0.1:9/jwks.json", Http(), ttl=300.0)
     monkeypatch.setattr("mesh.policies.jwks.time.monotonic", lambda: 42.0)  # 42 s after boot
     assert cache.stale() and cache.may_refresh()
+
+
+async def test_an_introspection_answer_nested_past_the_parser_is_unavailable_not_raised():
+    """An authorization server's answer nested deeper than Python's json parses
+    raised RecursionError (no ValueError) out of the policy; it is an unusable answer (503)."""
+    from aiohttp import web
+
+    from mesh.config.security import OAuth2
+    from mesh.runtime import procs
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 5_000 + b"]" * 5_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/introspect", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = procs.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    http = Http()
+    try:
+        intro = authn.Introspector(OAuth2(introspection_url=f"http://127.0.0.1:{port}/introspect",
+                                          client_id="gw", client_secret="s"), http, "s")
+        with pytest.raises(authn.AuthnError) as e:
+            await intro.verify("opaque-token")
+        assert (e.value.status, e.value.error) == (503, "authn_unavailable")
+    finally:
+        await http.close()
+        await runner.cleanup()

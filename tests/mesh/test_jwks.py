@@ -38,6 +38,11 @@ def test_a_key_that_cannot_be_used_is_left_out_and_the_rest_kept(bad):
     assert keys.candidates("r1", "RS256")
 
 
+def test_a_document_nested_past_the_parser_is_a_value_error():
+    with pytest.raises(ValueError, match="not JSON"):
+        jwks.parse(b'{"keys": ' + b"[" * 5_000 + b"]" * 5_000 + b"}")
+
+
 def test_a_document_with_no_usable_key_is_a_value_error():
     with pytest.raises(ValueError, match="no usable signing key"):
         jwks.parse(json.dumps({"keys": [{**GOOD, "kid": {"a": 1}}]}))

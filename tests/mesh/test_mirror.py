@@ -52,6 +52,14 @@ def test_other_bodies_compare_as_bytes():
     assert mirror.difference(answer(200, b"{bad", J), answer(200, b"{bad2", J)) == "body differs (4 vs 5 bytes)"
 
 
+def test_json_nested_past_the_parser_compares_as_bytes():
+    """RecursionError, which is no ValueError, escaped the comparison (and the
+    mirror's task)."""
+    deep = b"[" * 5_000 + b"]" * 5_000
+    assert mirror.difference(answer(200, deep, J), answer(200, deep + b" ", J)) == \
+        "body differs (10000 vs 10001 bytes)"
+
+
 def test_wanted_share():
     m = mirror.Mirror("s", ("s/v2",), 0.25, True, (), 1.0)
     assert m.wanted(0.1) and not m.wanted(0.25) and not m.wanted(0.9)

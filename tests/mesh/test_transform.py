@@ -115,6 +115,8 @@ def test_bodies_that_pass_untouched():
     assert transform.transform_body(o, body, "application/json", 7, {}) is None  # over max_body
     assert transform.transform_body(o, b"[1, 2]", "application/json", 100, {}) is None  # not an object
     assert transform.transform_body(o, b"{nope", "application/json", 100, {}) is None  # not valid JSON
+    deep = b'{"a": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"  # nested past the parser (RecursionError)
+    assert transform.transform_body(o, deep, "application/json", 20_000, {}) is None
     assert transform.transform_body(o, b"", "application/json", 100, {}) is None  # empty
     assert transform.transform_body(ops(), body, "application/json", 100, {}) is None  # nothing to do
 
