@@ -19,9 +19,9 @@ _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1
                "GB": 1000**3, "GiB": 1024**3}
 # RFC 9110 §5.6.2: a field name (§5.1) and a method (§9.1) are tokens; one grammar for the names a
 # config writes (str) and those a request or a function's response carries (bytes)
-_TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_TOKEN = re.compile(_TCHAR + "+")
-TOKEN = re.compile(_TCHAR.encode() + b"+")
+TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"  # one character of a token
+_TOKEN = re.compile(TCHAR + "+")
+TOKEN = re.compile(TCHAR.encode() + b"+")
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
