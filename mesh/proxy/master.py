@@ -26,7 +26,7 @@ from mitmproxy.proxy import mode_servers
 from discovery.etcdwire import EtcdError
 from mesh.runtime import sockets
 from mesh.runtime.store import is_location, load_any
-from mesh.config import ConfigError, load
+from mesh.config import ConfigError
 from mesh.core.state import listeners_of
 from mesh.core.workload import parse_workload
 
