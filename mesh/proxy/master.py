@@ -24,6 +24,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog
 from mitmproxy.proxy import mode_servers
 
 from discovery.etcdwire import EtcdError
+from mesh.proxy import headers
 from mesh.runtime import sockets
 from mesh.runtime.store import is_location, load_any
 from mesh.config import ConfigError
@@ -231,6 +232,7 @@ async def _drain(m: master.Master) -> None:
 async def run(config_path: str, role: str, verbosity: str, ready_fd: int = -1,
               workload: str = "", announce: bool = True) -> int:
     _share_listeners()
+    headers.install()  # header lookups without a Python call per field
     m = build_master(config_path, role, verbosity, ready_fd, workload, announce)
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task] = []
