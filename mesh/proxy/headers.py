@@ -35,14 +35,15 @@ def get_all(self, name) -> list[str]:
 
 
 def getitem(self, key) -> str:
-    name, key = key, _folded(key)
-    values = [v.decode("utf-8", "surrogateescape") for k, v in self.fields if k.lower() == key]
+    values = get_all(self, key)
     if not values:
-        raise KeyError(name)
+        raise KeyError(key)
     return ", ".join(values)
 
 
 def get(self, key, default=None):
+    # get_all's scan written out again: `get` is the lookup mitmproxy makes ~17 times a request,
+    # and a call to get_all would be one more Python call each time
     key = _folded(key)
     values = [v.decode("utf-8", "surrogateescape") for k, v in self.fields if k.lower() == key]
     return ", ".join(values) if values else default
