@@ -77,7 +77,8 @@ class RateLimit:
     def _apply(self, flow: http.HTTPFlow, st: keys.FlowState, policy: ratelimit.Policy, key: str,
                outcome: ratelimit.Outcome) -> None:
         st.decide("ratelimit", f"{key} on route {policy.route}: {outcome.describe()}")
-        st.ratelimit_headers = outcome.headers
+        if policy.headers:  # what the response hook sends; mitmweb's metadata has them either way
+            st.ratelimit_headers = outcome.headers
         if outcome.headers:
             flow.metadata[keys.RATELIMIT] = dict(outcome.headers)
         if outcome.allowed:

@@ -657,6 +657,11 @@ class RateLimit(Model):
                                               "answer 503")
     storage_timeout: Annotated[Duration, Field(gt=0, le=10)] = Field(
         0.1, description="longest wait for the storage per request (default 100ms)")
+    headers: bool = Field(
+        True, description="send RateLimit-Limit, -Remaining, -Reset and -Policy on every answer of "
+                          "the route (default); false keeps them from clients, as Kong's "
+                          "hide_client_headers (a 429 keeps Retry-After; the decision log and "
+                          "mitmweb still show them)")
 
     @model_validator(mode="after")
     def _valid(self) -> RateLimit:

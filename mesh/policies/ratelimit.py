@@ -51,6 +51,7 @@ class Policy:
     fail_open: bool
     timeout: float
     policy_header: str  # RateLimit-Policy: 50;w=60, 1000;w=3600
+    headers: bool = True  # RateLimit-* sent to the client (false: Kong's hide_client_headers)
 
     @property
     def span(self) -> int:
@@ -70,7 +71,7 @@ def compile(model: schema.RateLimit, route: schema.Route,
     return Policy(route.name, items, model.key, header, model.claim, credential,
                   bool(header) and not credential and header in SECRET_HEADERS,
                   STRATEGIES[model.strategy], _storage(model.storage), model.fail_open,
-                  model.storage_timeout, _policy_header(items))
+                  model.storage_timeout, _policy_header(items), model.headers)
 
 
 def credentials_in(header: str, auth: Mapping[str, Any]) -> tuple[str, ...]:

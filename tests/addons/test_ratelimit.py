@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+from aiohttp import web
 
 from addons import keys
 from mesh.policies import apikeys
@@ -47,6 +48,31 @@ async def test_over_the_limit_is_json_429_with_retry_after(gateway, upstream_app
         assert free.response.status_code == 200 and "RateLimit-Limit" not in free.response.headers
         other_ip = await gw.send("/limited", client="10.1.1.1")
         assert other_ip.response.status_code == 200
+
+
+async def test_headers_false_keeps_the_counts_from_clients(gateway, upstream_app):
+    # Kong's hide_client_headers: the same counting and 429, no RateLimit-* on any answer; the 429
+    # keeps Retry-After, and the decision log and mitmweb's metadata still show the count
+    port = await upstream_app("api")
+    async with gateway(config(port, "{minute: 2, key: ip, headers: false}")) as gw:
+        flows = [await gw.send("/limited") for _ in range(3)]
+        assert [f.response.status_code for f in flows] == [200, 200, 429]
+        for f in flows:
+            ours = [n for n in f.response.headers if n.lower().startswith("ratelimit")]
+            assert not ours, f.response.headers
+        assert 1 <= int(flows[-1].response.headers["Retry-After"]) <= 60
+        assert json.loads(flows[-1].response.content)["error"] == "rate_limited"
+        assert flows[0].metadata[keys.RATELIMIT]["RateLimit-Remaining"] == "1"
+        decision = ("ratelimit", "ip:127.0.0.1 on route limited: allowed, 0/2 left")
+        assert decision in keys.get(flows[1]).decisions
+        # an upstream's own RateLimit-* fields are its business: they pass as they came
+        async def own_limits(request):
+            return web.json_response({}, headers={"RateLimit-Limit": "7"})
+        own = await upstream_app("own", handler=own_limits)
+    async with gateway(config(own, "{minute: 5, key: ip, headers: false}")) as gw:
+        flow = await gw.send("/limited")
+        assert flow.response.status_code == 200
+        assert flow.response.headers.get_all("RateLimit-Limit") == ["7"]
 
 
 async def test_keys_consumer_claim_api_key_and_header(gateway, upstream_app):

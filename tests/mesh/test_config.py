@@ -156,7 +156,8 @@ def test_missing_file_is_reported():
 @pytest.mark.parametrize("model, text, expected", [
     (schema.RateLimit, "{minute: 0}", "mesh_x:1: minute: expected a value >= 1 (got 0)"),
     (schema.RateLimit, "{minuet: 3}", "mesh_x:1: minuet: unknown key; expected one of second, minute, hour, "
-                                      "day, key, header, claim, strategy, storage, fail_open, storage_timeout "
+                                      "day, key, header, claim, strategy, storage, fail_open, storage_timeout, "
+                                      "headers "
                                       "(got 'minuet')"),
     (schema.RateLimit, "{minute: 3, key: header}", "mesh_x:1: key: header needs header: NAME"),
     (schema.Cors, "[a]", "mesh_x:1: expected a mapping (got ['a'])"),

@@ -182,7 +182,8 @@ def test_unreachable_redis_fails_open_or_closed_and_is_counted(redis_server, fai
                                               "such as redis://127.0.0.1:6379/0 (got 'memcached://x')"),
     ("{minute: 5, storage_timeout: 0}", "policies.rl.rate_limit.storage_timeout: expected a value > 0 (got 0)"),
     ("{minute: 5, windw: 1}", "policies.rl.rate_limit.windw: unknown key; expected one of second, minute, "
-                              "hour, day, key, header, claim, strategy, storage, fail_open, storage_timeout "
+                              "hour, day, key, header, claim, strategy, storage, fail_open, storage_timeout, "
+                              "headers "
                               "(got 'windw')"),
 ])
 def test_config_errors(spec, error):
