@@ -1,5 +1,6 @@
 """Rate limits per route and key (consumer, claim, API key, client IP, header): RateLimit-* on every
-response of a limited route, a JSON 429 with Retry-After when over.
+response of a limited route (unless its policy says `headers: false`), a JSON 429 with Retry-After
+when over.
 
 Alone: `mitmdump -s addons/ratelimit.py --set mesh_rate_limit='{minute: 60, key: ip}'`.
 """

@@ -1,5 +1,6 @@
-"""RateLimit: 429 with Retry-After over the limit, RateLimit-* on every response of a limited route,
-keyed by consumer, claim, API key, header or client IP; fail closed answers 503."""
+"""RateLimit: 429 with Retry-After over the limit, RateLimit-* on every response of a limited route
+(none with headers: false), keyed by consumer, claim, API key, header or client IP; fail closed
+answers 503."""
 
 from __future__ import annotations
 
