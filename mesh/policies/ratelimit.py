@@ -29,6 +29,8 @@ WINDOWS = (("second", limits.RateLimitItemPerSecond, 1), ("minute", limits.RateL
            ("hour", limits.RateLimitItemPerHour, 3600), ("day", limits.RateLimitItemPerDay, 86400))
 STRATEGIES = {"fixed_window": "fixed-window", "sliding_window": "sliding-window-counter",
               "moving_window": "moving-window"}
+# the fields of an Outcome's headers, in the order `_answer` makes them
+FIELDS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
 RETRY_STORAGE_AFTER = 1.0  # seconds an unreachable storage is not asked again
 
 
@@ -146,6 +148,13 @@ def _outcome(policy: Policy, stats: list[tuple[limits.RateLimitItem, bool, Any]]
             best = (rank, item, ok, reset, remaining)
     assert best is not None
     _, item, ok, reset, remaining = best
+    return _answer(policy, item, ok, reset, remaining, now)
+
+
+def _answer(policy: Policy, item: limits.RateLimitItem, ok: bool, reset: float, remaining: int,
+            now: float) -> Outcome:
+    """The outcome of the most restrictive window: `item`, whether it allowed the hit, when it
+    ends and what is left in it."""
     wait = math.ceil(reset - now) if reset > now else 0
     headers = (("RateLimit-Limit", str(item.amount)), ("RateLimit-Remaining", str(remaining if remaining > 0 else 0)),
                ("RateLimit-Reset", str(wait)), ("RateLimit-Policy", policy.policy_header))
@@ -174,21 +183,10 @@ class LoopMemoryStorage(limits.storage.MemoryStorage):
         """Drop expired counters and moving-window entries (memory only; counts are unaffected)."""
         self._MemoryStorage__expire_events()
 
-    # The fixed window's two calls, on the same counters as limits' `incr`, `get` and `get_expiry`
-    # (the fixed-window strategy reads them), without their per-call wrapper and per-key lock: the
-    # event loop is this storage's only user (no timer thread, see above).
-
-    def hit(self, key: str, expiry: float, now: float) -> tuple[int, float]:
-        """`incr(key, expiry)` then `get_expiry(key)` at `now` (time.time()): the count with this
-        hit, when its window ends."""
-        if self.expirations.get(key, 0) <= now:  # a new window (as `get` drops an expired one)
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
-        count = self.storage[key] = self.storage.get(key, 0) + 1
-        if count == 1:
-            self.expirations[key] = now + expiry
-        return count, self.expirations[key]
+    # The fixed window reads and counts on the same counters as limits' `incr`, `get` and
+    # `get_expiry` (the fixed-window strategy reads them), without their per-call wrapper and
+    # per-key lock: the event loop is this storage's only user (no timer thread, see above).
+    # Counting is `Limiters._hit_fixed`; looking is this.
 
     def look(self, key: str, now: float) -> tuple[int, float]:
         """`get(key)` and `get_expiry(key)` without counting: (0, now) for a window not started."""
@@ -214,18 +212,9 @@ class Limiters:
     # memory: synchronous, no await on the hot path
 
     def hit_sync(self, policy: Policy, key: str) -> Outcome:
-        stats = []
         if policy.strategy == "fixed-window":
-            # the fixed window's count comes back from the increment: one key and one storage
-            # call per window instead of the strategy's hit plus get_window_stats (three and five)
-            hit, now = self._memory.hit, time.time()
-            for item, k, seconds in self._windows(policy, key):
-                count, reset = hit(k, seconds, now)
-                ok = count <= item.amount
-                stats.append((item, ok, (reset, item.amount - count)))
-                if not ok:
-                    break
-            return _outcome(policy, stats, now)
+            return self._hit_fixed(policy, key)
+        stats = []
         ids = (policy.strategy, policy.route, key)
         limiter = self._sync_limiter(policy.strategy)
         for item in policy.items:
@@ -234,6 +223,36 @@ class Limiters:
             if not ok:
                 break
         return _outcome(policy, stats, time.time())
+
+    def _hit_fixed(self, policy: Policy, key: str) -> Outcome:
+        """One hit of the memory fixed window. Per window, what limits' `incr(key, expiry)` then
+        `get_expiry(key)` do (a window that has ended is dropped first, as `get` drops it): the
+        count comes back from the increment, one key and one step per window instead of the
+        strategy's hit plus get_window_stats (three and five calls). The outcome is `_outcome`'s,
+        from the same ranking, made as the windows are counted: the window that refuses is the
+        last counted, so it is the answer; else the one with fewest left, then the later end."""
+        windows = self._keys.get((policy, key)) or self._windows(policy, key)
+        memory = self._memory
+        counts, ends = memory.storage, memory.expirations
+        now = time.time()
+        best, fewest, last = None, 0, 0.0
+        for item, k, seconds in windows:
+            end = ends.get(k, 0)
+            if end <= now:  # a new window
+                memory.locks.pop(k, None)
+                counts[k] = count = 1
+                ends[k] = end = now + seconds
+            else:
+                count = counts[k] = counts.get(k, 0) + 1
+                if count == 1:
+                    ends[k] = end = now + seconds
+            left = item.amount - count
+            if left < 0:
+                return _answer(policy, item, False, end, left, now)
+            if best is None or left < fewest or (left == fewest and end > last):
+                best, fewest, last = item, left, end
+        assert best is not None
+        return _answer(policy, best, True, last, fewest, now)
 
     def _sync_limiter(self, strategy: str) -> Any:
         limiter = self._sync.get(strategy)

@@ -76,6 +76,29 @@ async def test_headers_false_keeps_the_counts_from_clients(gateway, upstream_app
         assert flow.response.headers.get_all("RateLimit-Limit") == ["7"]
 
 
+async def test_ours_replace_an_upstreams_own_fields(gateway, upstream_app):
+    """With the fields on (the default), an upstream's own `RateLimit-*` fields (any case) give way
+    to ours, one of each; a field that only contains the word (`X-RateLimit-Limit`) is not one."""
+    async def own_limits(request):
+        return web.json_response({}, headers={"ratelimit-limit": "7", "RateLimit-Policy": "7;w=1",
+                                              "X-RateLimit-Limit": "9"})
+
+    async def plain(request):
+        return web.json_response({}, headers={"X-RateLimit-Limit": "9"})
+
+    for handler, upstream in ((own_limits, "own"), (plain, "plain")):
+        port = await upstream_app(upstream, handler=handler)
+        async with gateway(config(port, "{minute: 5, key: ip}")) as gw:
+            flow = await gw.send("/limited")
+            assert flow.response.status_code == 200
+            h = flow.response.headers
+            names = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+                     "RateLimit-Policy", "X-RateLimit-Limit")
+            assert [h.get_all(n) for n in names] == [
+                ["5"], ["4"], [h["RateLimit-Reset"]], ["5;w=60"], ["9"]], (upstream, h)
+            assert 0 <= int(h["RateLimit-Reset"]) <= 60
+
+
 async def test_keys_consumer_claim_api_key_and_header(gateway, upstream_app):
     port = await upstream_app("api")
     for spec, first, second in [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 import pytest
 
@@ -80,6 +81,36 @@ def test_several_windows_headers_show_the_most_restrictive():
     assert third.allowed and headers(third)["RateLimit-Remaining"] == "0"
     fourth = limiters.hit_sync(p, "k")
     assert not fourth.allowed and fourth.window == "3 per second"
+
+
+@pytest.mark.parametrize("spec", ["{minute: 5, hour: 5, key: ip}",
+                                  "{second: 3, minute: 5, hour: 6, key: ip}",
+                                  "{second: 9, minute: 3, hour: 3, day: 4, key: ip}",
+                                  "{minute: 4, hour: 6, day: 2, key: ip}", "{second: 2, key: ip}"])
+def test_memory_fixed_window_hits_answer_as_limits_strategy(spec):
+    """Each hit of the memory fixed window (`Limiters._hit_fixed`) answers what `_outcome` makes of
+    limits' own FixedWindowRateLimiter hit and window stats: allowed, the window shown (fewest
+    left, a tie to the later end, the refusing window when refused), retry-after."""
+    from limits.strategies import FixedWindowRateLimiter
+
+    p = policy(spec)
+    limiters = ratelimit.Limiters()
+    reference = FixedWindowRateLimiter(ratelimit.LoopMemoryStorage())  # limits' own incr and get
+    ids = (p.strategy, p.route, "k")
+    for _ in range(8):
+        ours = limiters.hit_sync(p, "k")
+        stats = []
+        for item in p.items:
+            ok = reference.hit(item, *ids)
+            stats.append((item, ok, reference.get_window_stats(item, *ids)))
+            if not ok:
+                break
+        theirs = ratelimit._outcome(p, stats, time.time())
+        assert (ours.allowed, ours.window) == (theirs.allowed, theirs.window)
+        assert abs(ours.retry_after - theirs.retry_after) <= 1  # two clocks a few µs apart
+        mine, limits_ = headers(ours), headers(theirs)
+        assert abs(int(mine.pop("RateLimit-Reset")) - int(limits_.pop("RateLimit-Reset"))) <= 1
+        assert mine == limits_
 
 
 def test_secrets_are_hashed_in_counter_keys():
