@@ -61,6 +61,12 @@ def suspect(line: str) -> bool:
 _HEADERS_T = tuple(SECRET_HEADERS)
 _PARAMS_T = tuple(SECRET_PARAMS)
 _QUOTED_T = tuple(f'"{n}' for n in SECRET_NAMES)
+# their last few characters: most separators follow none of them, and a slice and a set lookup
+# say so for less than trying every name (a name that ends there has its tail there too)
+_HT, _PT = min(map(len, SECRET_HEADERS)), min(map(len, SECRET_PARAMS))
+_HEADER_TAILS = frozenset(n[-_HT:] for n in SECRET_HEADERS)
+_PARAM_TAILS = frozenset(n[-_PT:] for n in SECRET_PARAMS)
+_QUOTES = ("'", '"')
 _SCHEME = re.compile(r"(?:bearer|basic)\s")
 
 
@@ -78,21 +84,22 @@ def masks(line: str) -> bool:
             or (("bearer" in low or "basic" in low) and _SCHEME.search(low) is not None)):
         return True
     for sep in ":=":
-        j = low.find(sep, 1)  # a name ends before it
-        while j > 0:
-            if sep == "=" and low.endswith(_PARAMS_T, 0, j):  # `token=`
-                return True
-            k = j
-            while k and low[k - 1].isspace():
-                k -= 1
-            if low.endswith(_HEADERS_T, 0, k):  # `x-api-key:`, `authorization =`
-                return True
-            if k and low[k - 1] in "'\"":
-                if low.endswith(_HEADERS_T, 0, k - 1):  # `'authorization': ` (a logged dict)
+        if sep not in low:
+            continue
+        before = low.split(sep)  # the text before each separator, back to the one before it (a
+        before.pop()  # name holds neither separator, so none spans two): the last one is after all
+        for part in before:
+            if sep == "=" and part[-_PT:] in _PARAM_TAILS and part.endswith(_PARAMS_T):
+                return True  # `token=`
+            name = part.rstrip()  # blanks between a name and its separator
+            if name[-_HT:] in _HEADER_TAILS and name.endswith(_HEADERS_T):
+                return True  # `x-api-key:`, `authorization =`
+            if name[-1:] in _QUOTES:
+                bare = name[:-1]
+                if bare.endswith(_HEADERS_T):  # `'authorization': ` (a logged dict)
                     return True
-                if sep == ":" and low[k - 1] == '"' and low.endswith(_QUOTED_T, 0, k - 1):
+                if sep == ":" and name[-1] == '"' and bare.endswith(_QUOTED_T):
                     return True  # `"access_token": ` (a JSON field)
-            j = low.find(sep, j + 1)
     return False
 
 

@@ -76,6 +76,9 @@ def _every_pattern(line: str) -> str:
     ("consumer token-service on route orders", False),
     ("ratelimit: api_key:0f3a9c on route catalog: allowed", False),
     ("basically a session of 3 keys", False),
+    ("route: the header it reads is x-api-key", False),  # a name no separator follows
+    ("forward: set the cookie", False), ("authn: sent token", False),
+    ("x-api-key  : abc", True), ("'cookie' = c", True), ("a: b\nauthorization:x", True),
     ("GET /x?api_key=mk_1234567890abcdefgh", True),
     ("x-api-key: abc", True), ('{"client_secret" : "s"}', True), ("Basic\tdXNlcjpwYXNz", True),
     ("sessionid=1", True), ("eyJhbGciOi.eyJzdWIi.sig", True),
