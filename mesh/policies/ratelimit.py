@@ -31,6 +31,7 @@ STRATEGIES = {"fixed_window": "fixed-window", "sliding_window": "sliding-window-
               "moving_window": "moving-window"}
 # the fields of an Outcome's headers, in the order `_answer` makes them
 FIELDS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
+_LIMIT, _REMAINING, _RESET, _POLICY = FIELDS
 RETRY_STORAGE_AFTER = 1.0  # seconds an unreachable storage is not asked again
 
 
@@ -156,8 +157,8 @@ def _answer(policy: Policy, item: limits.RateLimitItem, ok: bool, reset: float, 
     """The outcome of the most restrictive window: `item`, whether it allowed the hit, when it
     ends and what is left in it."""
     wait = math.ceil(reset - now) if reset > now else 0
-    headers = (("RateLimit-Limit", str(item.amount)), ("RateLimit-Remaining", str(remaining if remaining > 0 else 0)),
-               ("RateLimit-Reset", str(wait)), ("RateLimit-Policy", policy.policy_header))
+    headers = ((_LIMIT, str(item.amount)), (_REMAINING, str(remaining if remaining > 0 else 0)),
+               (_RESET, str(wait)), (_POLICY, policy.policy_header))
     if ok:
         return Outcome(True, headers)
     return Outcome(False, headers, retry_after=max(1, wait), window=f"{item.amount} per {item.GRANULARITY.name}")
@@ -231,7 +232,7 @@ class Limiters:
         strategy's hit plus get_window_stats (three and five calls). The outcome is `_outcome`'s,
         from the same ranking, made as the windows are counted: the window that refuses is the
         last counted, so it is the answer; else the one with fewest left, then the later end."""
-        windows = self._keys.get((policy, key)) or self._windows(policy, key)
+        windows = self._windows(policy, key)
         memory = self._memory
         counts, ends = memory.storage, memory.expirations
         now = time.time()
